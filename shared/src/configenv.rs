@@ -1,0 +1,74 @@
+//! Environment overrides for TOML configuration: `PREFIX` + `SECTION__KEY` (double
+//! underscore between levels, case-insensitive), e.g. `CERTFLEET_SERVER__LISTEN`. The value is
+//! read as a TOML value when it parses as one (numbers, booleans, arrays), else as a string.
+//! Overrides apply to tables only, never into arrays of tables.
+
+use toml::Value;
+
+/// Applies every `prefix*` variable of `vars` (except the names in `skip`) to `doc`.
+/// Returns the names applied, for logging.
+pub fn apply_overrides(
+    doc: &mut Value,
+    prefix: &str,
+    skip: &[&str],
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<String>, String> {
+    let mut applied = Vec::new();
+    for (name, raw) in vars {
+        let Some(rest) = name.strip_prefix(prefix) else { continue };
+        if skip.iter().any(|s| *s == name) || rest.is_empty() {
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        if path.iter().any(|p| p.is_empty()) {
+            return Err(format!("environment variable {name}: empty key segment"));
+        }
+        let value = parse_value(&raw);
+        set_path(doc, &path, value).map_err(|e| format!("environment variable {name}: {e}"))?;
+        applied.push(name);
+    }
+    Ok(applied)
+}
+
+fn parse_value(raw: &str) -> Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| Value::String(raw.to_owned()))
+}
+
+fn set_path(doc: &mut Value, path: &[String], value: Value) -> Result<(), String> {
+    let Some((last, parents)) = path.split_last() else { return Ok(()) };
+    let mut cur = doc;
+    for p in parents {
+        let table = cur.as_table_mut().ok_or_else(|| format!("{p:?} is not a table"))?;
+        cur = table.entry(p.clone()).or_insert_with(|| Value::Table(Default::default()));
+    }
+    let table = cur.as_table_mut().ok_or_else(|| format!("{last:?} is inside a non-table"))?;
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_nested_keys_with_typed_values() {
+        let mut doc: Value = toml::from_str("version = 1\n[server]\nlisten = \"a\"\n").unwrap();
+        let vars = vec![
+            ("CF_SERVER__LISTEN".to_owned(), "0.0.0.0:1".to_owned()),
+            ("CF_SERVER__IPS".to_owned(), "[\"::1\"]".to_owned()),
+            ("CF_VERSION".to_owned(), "2".to_owned()),
+            ("CF_CONFIG".to_owned(), "/x".to_owned()),
+            ("OTHER".to_owned(), "x".to_owned()),
+        ];
+        let applied = apply_overrides(&mut doc, "CF_", &["CF_CONFIG"], vars).unwrap();
+        assert_eq!(applied.len(), 3);
+        assert_eq!(doc["server"]["listen"].as_str(), Some("0.0.0.0:1"));
+        assert_eq!(doc["server"]["ips"].as_array().map(|a| a.len()), Some(1));
+        assert_eq!(doc["version"].as_integer(), Some(2));
+        assert!(doc.get("config").is_none());
+    }
+}

@@ -1,0 +1,175 @@
+//! IP identifiers: canonical text form and the special-purpose address check.
+//!
+//! Public CAs (Let's Encrypt's Boulder) refuse addresses in the IANA special-purpose
+//! registries; we refuse them first, with a message that says so, unless the issuer is
+//! configured to allow private addresses (private CAs, pebble in tests).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdentifierError {
+    #[error("{0:?} is not an IP address")]
+    NotAnIp(String),
+    #[error("{given:?} is not in canonical form; write it as {canonical:?}")]
+    NotCanonical { given: String, canonical: String },
+    #[error(
+        "{0} is a private or special-purpose address that public CAs refuse; \
+         set allow_private_ips = true on the issuer only for a private CA"
+    )]
+    NotPublic(IpAddr),
+}
+
+/// Parses an IP identifier, insisting on the canonical text form (RFC 5952 for IPv6,
+/// dotted quad without leading zeros for IPv4), so that one address has one spelling in
+/// the store, in certificates and in rate-limit counting.
+pub fn parse_ip(s: &str) -> Result<IpAddr, IdentifierError> {
+    let ip: IpAddr = s
+        .parse()
+        .map_err(|_| IdentifierError::NotAnIp(s.chars().take(64).collect()))?;
+    // An IPv4-mapped IPv6 address names an IPv4 host; make people say so.
+    let canonical = match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => ip,
+        },
+        IpAddr::V4(_) => ip,
+    };
+    if canonical.to_string() != s {
+        return Err(IdentifierError::NotCanonical {
+            given: s.to_owned(),
+            canonical: canonical.to_string(),
+        });
+    }
+    Ok(ip)
+}
+
+/// Checks an address against the issuer's policy.
+pub fn check_issuable(ip: IpAddr, allow_private: bool) -> Result<(), IdentifierError> {
+    if allow_private || is_public(ip) {
+        Ok(())
+    } else {
+        Err(IdentifierError::NotPublic(ip))
+    }
+}
+
+/// True unless the address is in an IANA special-purpose registry entry that public CAs
+/// refuse (RFC 6890 and successors).
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => is_public_v6(v6),
+    }
+}
+
+fn in_v4(ip: Ipv4Addr, net: [u8; 4], len: u32) -> bool {
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    (u32::from(ip) & mask) == (u32::from(Ipv4Addr::from(net)) & mask)
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    const RANGES: &[([u8; 4], u32)] = &[
+        ([0, 0, 0, 0], 8),        // "this network"
+        ([10, 0, 0, 0], 8),       // private
+        ([100, 64, 0, 0], 10),    // shared address space (CGNAT)
+        ([127, 0, 0, 0], 8),      // loopback
+        ([169, 254, 0, 0], 16),   // link local
+        ([172, 16, 0, 0], 12),    // private
+        ([192, 0, 0, 0], 24),     // IETF protocol assignments
+        ([192, 0, 2, 0], 24),     // TEST-NET-1
+        ([192, 88, 99, 0], 24),   // 6to4 relay anycast (deprecated)
+        ([192, 168, 0, 0], 16),   // private
+        ([198, 18, 0, 0], 15),    // benchmarking
+        ([198, 51, 100, 0], 24),  // TEST-NET-2
+        ([203, 0, 113, 0], 24),   // TEST-NET-3
+        ([224, 0, 0, 0], 4),      // multicast
+        ([240, 0, 0, 0], 4),      // reserved, and broadcast
+    ];
+    !RANGES.iter().any(|&(net, len)| in_v4(ip, net, len))
+}
+
+fn in_v6(ip: Ipv6Addr, net: [u16; 8], len: u32) -> bool {
+    let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+    (u128::from(ip) & mask) == (u128::from(Ipv6Addr::from(net)) & mask)
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    const RANGES: &[([u16; 8], u32)] = &[
+        ([0, 0, 0, 0, 0, 0, 0, 0], 128),                // unspecified
+        ([0, 0, 0, 0, 0, 0, 0, 1], 128),                // loopback
+        ([0, 0, 0, 0, 0, 0xffff, 0, 0], 96),            // IPv4-mapped
+        ([0x64, 0xff9b, 0, 0, 0, 0, 0, 0], 96),         // IPv4/IPv6 translation
+        ([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48),         // local-use translation
+        ([0x100, 0, 0, 0, 0, 0, 0, 0], 64),             // discard-only
+        ([0x2001, 0, 0, 0, 0, 0, 0, 0], 23),            // IETF protocol assignments
+        ([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32),        // documentation
+        ([0x2002, 0, 0, 0, 0, 0, 0, 0], 16),            // 6to4
+        ([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20),            // documentation (RFC 9637)
+        ([0x5f00, 0, 0, 0, 0, 0, 0, 0], 16),            // segment routing SIDs
+        ([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7),             // unique local
+        ([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10),            // link local
+        ([0xff00, 0, 0, 0, 0, 0, 0, 0], 8),             // multicast
+    ];
+    !RANGES.iter().any(|&(net, len)| in_v6(ip, net, len))
+}
+
+/// Sorts and de-duplicates a set of addresses: the canonical order of a certificate's
+/// identifier set (IPv4 before IPv6, then numeric).
+pub fn canonical_set(mut ips: Vec<IpAddr>) -> Vec<IpAddr> {
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_forms_are_accepted() {
+        for s in ["8.8.8.8", "2606:4700::1111", "::1", "127.0.0.1"] {
+            assert_eq!(parse_ip(s).map(|ip| ip.to_string()), Ok(s.to_owned()));
+        }
+    }
+
+    #[test]
+    fn non_canonical_forms_name_the_fix() {
+        let err = parse_ip("2606:4700:0:0:0:0:0:1111").unwrap_err();
+        assert_eq!(
+            err,
+            IdentifierError::NotCanonical {
+                given: "2606:4700:0:0:0:0:0:1111".into(),
+                canonical: "2606:4700::1111".into()
+            }
+        );
+        assert!(parse_ip("2606:4700::ABCD").is_err(), "upper case is not canonical");
+        assert!(matches!(parse_ip("::ffff:8.8.8.8"), Err(IdentifierError::NotCanonical { canonical, .. }) if canonical == "8.8.8.8"));
+        assert!(matches!(parse_ip("010.1.1.1"), Err(IdentifierError::NotAnIp(_))));
+        assert!(matches!(parse_ip(" 8.8.8.8"), Err(IdentifierError::NotAnIp(_))));
+        assert!(matches!(parse_ip("example.com"), Err(IdentifierError::NotAnIp(_))));
+    }
+
+    #[test]
+    fn special_purpose_ranges_are_not_public() {
+        for s in [
+            "10.1.2.3", "127.0.0.1", "172.16.0.1", "172.31.255.255", "192.168.1.1",
+            "100.64.0.1", "169.254.1.1", "192.0.2.1", "198.51.100.1", "203.0.113.9",
+            "198.18.0.1", "198.19.255.255", "0.1.2.3", "224.0.0.1", "255.255.255.255",
+            "::1", "::", "fd00::1", "fe80::1", "2001:db8::1", "ff02::1", "::ffff:1.2.3.4",
+            "2001::1", "2002::1",
+        ] {
+            let ip: IpAddr = s.parse().unwrap();
+            assert!(!is_public(ip), "{s} treated as public");
+            assert!(check_issuable(ip, false).is_err());
+            assert!(check_issuable(ip, true).is_ok());
+        }
+        for s in ["8.8.8.8", "172.32.0.1", "1.1.1.1", "2606:4700::1111", "2a00:1450::1"] {
+            assert!(is_public(s.parse().unwrap()), "{s} treated as private");
+        }
+    }
+
+    #[test]
+    fn identifier_sets_have_one_order() {
+        let a: Vec<IpAddr> = vec!["2001:4860::1".parse().unwrap(), "8.8.8.8".parse().unwrap(), "8.8.8.8".parse().unwrap()];
+        assert_eq!(canonical_set(a), vec!["8.8.8.8".parse::<IpAddr>().unwrap(), "2001:4860::1".parse().unwrap()]);
+    }
+}

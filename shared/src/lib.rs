@@ -1,0 +1,34 @@
+//! # certfleet-shared
+//!
+//! Types and pure mechanisms used by both the coordinator and the agent. Nothing in here
+//! decides *policy* (what to issue, where to write, when to renew); it only parses,
+//! validates, computes and builds.
+//!
+//! ## Layout
+//! - [`ids`] — typed identifiers (`HostId`, `CertId`) as transparent newtypes.
+//! - [`identifier`] — IP identifier parsing: canonical form, special-purpose ranges.
+//! - [`x509`] — PEM/DER parsing and inspection of certificates and CSRs.
+//! - [`tls`] — rustls client configs (fleet CA trust, CA pinning by fingerprint).
+//! - [`transport`] — a tonic `Channel` over our own rustls config.
+//! - [`configenv`] — environment overrides for TOML config (`PREFIX_SECTION__KEY`).
+//! - [`clock`] — the `Clock` every time decision goes through.
+//! - [`backoff`] — jittered exponential backoff.
+//! - [`fsutil`] — crash-safe file writes (temp, fsync, rename, dir fsync) with modes.
+//! - [`timefmt`] — unix seconds ↔ RFC 3339 for humans and JSON.
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod clock;
+pub mod configenv;
+pub mod fsutil;
+pub mod identifier;
+pub mod ids;
+pub mod timefmt;
+pub mod tls;
+pub mod transport;
+pub mod x509;
+
+/// URI SAN prefix that marks an agent identity certificate: `certfleet://host/<host-id>`.
+pub const HOST_URI_PREFIX: &str = "certfleet://host/";
+/// URI SAN prefix that marks an operator certificate: `certfleet://admin/<name>`.
+pub const ADMIN_URI_PREFIX: &str = "certfleet://admin/";
