@@ -1,0 +1,151 @@
+//! Operator commands: talk to a running coordinator over the admin API with the operator
+//! credential from the state directory, and print tables or JSON.
+
+use crate::config::Config;
+use crate::fleet_ca::StateDir;
+use anyhow::Context;
+use certfleet_proto::v1::{self as pb, admin_client::AdminClient};
+use certfleet_proto::MAX_MESSAGE_BYTES;
+use certfleet_shared::timefmt::{relative, rfc3339};
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+
+/// Connects to the admin API.
+pub async fn connect(config: &Config, url: Option<&str>) -> anyhow::Result<AdminClient<Channel>> {
+    let dir = StateDir::new(&config.state_dir);
+    let ca = dir.read(&dir.ca_cert())?;
+    let cert = dir.read(&dir.admin_cert())?;
+    let key = dir.read(&dir.admin_key())?;
+    let tls = certfleet_shared::tls::fleet_client_config(&ca, &cert, &key)?;
+    let url = url.map(str::to_owned).unwrap_or_else(|| config.local_url());
+    let channel = certfleet_shared::transport::connect(&url, tls)
+        .await
+        .with_context(|| "is `certfleet-coordinator serve` running? (or pass --coordinator URL)")?;
+    Ok(AdminClient::new(channel).max_decoding_message_size(64 * MAX_MESSAGE_BYTES))
+}
+
+fn status_err(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("coordinator refused: {} ({:?})", s.message(), s.code())
+}
+
+pub async fn token_create(client: &mut AdminClient<Channel>, ttl_seconds: u64, uses: u32) -> anyhow::Result<pb::CreateTokenResponse> {
+    Ok(client
+        .create_token(pb::CreateTokenRequest { ttl_seconds, uses })
+        .await
+        .map_err(status_err)?
+        .into_inner())
+}
+
+fn opt_time(unix: i64) -> Value {
+    if unix == 0 { Value::Null } else { Value::String(rfc3339(unix)) }
+}
+
+fn opt_str(s: &str) -> Value {
+    if s.is_empty() { Value::Null } else { Value::String(s.to_owned()) }
+}
+
+pub async fn hosts(client: &mut AdminClient<Channel>, as_json: bool, now: i64) -> anyhow::Result<String> {
+    let mut hosts = client.list_hosts(pb::ListHostsRequest {}).await.map_err(status_err)?.into_inner().hosts;
+    hosts.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.host_id.cmp(&b.host_id)));
+    if as_json {
+        let v: Vec<Value> = hosts
+            .iter()
+            .map(|h| {
+                json!({
+                    "host_id": h.host_id, "hostname": h.hostname, "ips": h.ips, "targets": h.targets,
+                    "connected": h.connected, "enrolled": rfc3339(h.enrolled_unix),
+                    "last_seen": opt_time(h.last_seen_unix), "labels": h.labels,
+                })
+            })
+            .collect();
+        return Ok(serde_json::to_string_pretty(&v)?);
+    }
+    let rows: Vec<Vec<String>> = hosts
+        .iter()
+        .map(|h| {
+            vec![
+                h.host_id.clone(),
+                h.hostname.clone(),
+                if h.connected { "connected".into() } else { "offline".into() },
+                h.ips.join(","),
+                h.targets.join(","),
+                if h.last_seen_unix == 0 { "never".into() } else { relative(h.last_seen_unix, now) },
+            ]
+        })
+        .collect();
+    Ok(table(&["HOST", "NAME", "STATUS", "IPS", "TARGETS", "LAST SEEN"], &rows))
+}
+
+pub async fn certs(client: &mut AdminClient<Channel>, as_json: bool, now: i64) -> anyhow::Result<String> {
+    let mut certs = client.list_certs(pb::ListCertsRequest {}).await.map_err(status_err)?.into_inner().certs;
+    certs.sort_by(|a, b| a.host_id.cmp(&b.host_id).then(a.cert_id.cmp(&b.cert_id)));
+    if as_json {
+        let v: Vec<Value> = certs
+            .iter()
+            .map(|c| {
+                json!({
+                    "cert_id": c.cert_id, "host_id": c.host_id, "identifiers": c.identifiers,
+                    "issuer": c.issuer, "profile": opt_str(&c.profile), "target": c.target, "state": c.state,
+                    "serial": opt_str(&c.serial), "not_before": opt_time(c.not_before_unix),
+                    "not_after": opt_time(c.not_after_unix), "last_error": opt_str(&c.last_error),
+                    "order_url": opt_str(&c.order_url), "updated": rfc3339(c.updated_unix),
+                })
+            })
+            .collect();
+        return Ok(serde_json::to_string_pretty(&v)?);
+    }
+    let rows: Vec<Vec<String>> = certs
+        .iter()
+        .map(|c| {
+            vec![
+                c.cert_id.clone(),
+                c.host_id.clone(),
+                c.identifiers.join(","),
+                c.state.clone(),
+                if c.serial.is_empty() { "-".into() } else { c.serial.clone() },
+                if c.not_after_unix == 0 {
+                    "-".into()
+                } else {
+                    format!("{} ({})", rfc3339(c.not_after_unix), relative(c.not_after_unix, now))
+                },
+                if c.last_error.is_empty() { "-".into() } else { c.last_error.clone() },
+            ]
+        })
+        .collect();
+    Ok(table(&["CERT", "HOST", "IDENTIFIERS", "STATE", "SERIAL", "NOT AFTER", "LAST ERROR"], &rows))
+}
+
+/// A plain left-aligned text table.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        s.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tables_align() {
+        let t = super::table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
+        assert_eq!(t, "A    BB\nxxx  y\n");
+    }
+}

@@ -1,0 +1,306 @@
+//! The coordinator's configuration: strict (`deny_unknown_fields`), versioned, with
+//! environment overrides (`CERTFLEET_SECTION__KEY`) and a `validate()` that names what to
+//! fix.
+
+use base64::Engine;
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+pub const CONFIG_VERSION: u32 = 1;
+const ENV_PREFIX: &str = "CERTFLEET_";
+/// Variables under the prefix that are not config overrides.
+const ENV_SKIP: &[&str] = &["CERTFLEET_CONFIG", "CERTFLEET_LOG_FORMAT", "CERTFLEET_COORDINATOR"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path} is not valid: {detail}")]
+    Parse { path: PathBuf, detail: String },
+    #[error("config {path}: {detail}")]
+    Invalid { path: PathBuf, detail: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub version: u32,
+    pub state_dir: PathBuf,
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub issuance: IssuanceConfig,
+    #[serde(rename = "issuer", default)]
+    pub issuers: Vec<IssuerConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    #[serde(default = "default_names")]
+    pub names: Vec<String>,
+    #[serde(default = "default_ips")]
+    pub ips: Vec<IpAddr>,
+}
+
+fn default_names() -> Vec<String> {
+    vec!["localhost".into()]
+}
+fn default_ips() -> Vec<IpAddr> {
+    vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])]
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+pub enum KeyTypeName {
+    #[default]
+    #[serde(rename = "ecdsa-p256")]
+    EcdsaP256,
+    #[serde(rename = "ecdsa-p384")]
+    EcdsaP384,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuanceConfig {
+    /// Issuer for host certificates; defaults to the only issuer when there is one.
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub key_type: KeyTypeName,
+    /// Target name on the agent; defaults to the agent's only target.
+    pub target: Option<String>,
+    #[serde(default = "default_validation_timeout")]
+    pub validation_timeout_secs: u64,
+}
+
+impl Default for IssuanceConfig {
+    fn default() -> Self {
+        Self { issuer: None, key_type: KeyTypeName::default(), target: None, validation_timeout_secs: default_validation_timeout() }
+    }
+}
+
+fn default_validation_timeout() -> u64 {
+    90
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    pub name: String,
+    pub directory: String,
+    #[serde(default)]
+    pub contact: Vec<String>,
+    /// Trust only this root (PEM) for the CA's HTTPS endpoint instead of the system roots.
+    pub trust_root: Option<PathBuf>,
+    pub eab_kid: Option<String>,
+    /// base64url HMAC key for external account binding.
+    pub eab_hmac_key: Option<String>,
+    /// Profile asked for when a certificate has IP identifiers and the CA offers profiles;
+    /// "" asks for none.
+    #[serde(default = "default_ip_profile")]
+    pub ip_profile: String,
+    #[serde(default)]
+    pub allow_private_ips: bool,
+}
+
+fn default_ip_profile() -> String {
+    "shortlived".into()
+}
+
+impl std::fmt::Debug for IssuerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuerConfig")
+            .field("name", &self.name)
+            .field("directory", &self.directory)
+            .field("contact", &self.contact)
+            .field("trust_root", &self.trust_root)
+            .field("eab_kid", &self.eab_kid)
+            .field("eab_hmac_key", &self.eab_hmac_key.as_ref().map(|_| "<redacted>"))
+            .field("ip_profile", &self.ip_profile)
+            .field("allow_private_ips", &self.allow_private_ips)
+            .finish()
+    }
+}
+
+impl IssuerConfig {
+    /// The decoded EAB HMAC key, if configured.
+    pub fn eab(&self) -> Option<(String, Vec<u8>)> {
+        match (&self.eab_kid, &self.eab_hmac_key) {
+            (Some(kid), Some(key)) => decode_b64url(key).map(|k| (kid.clone(), k)),
+            _ => None,
+        }
+    }
+}
+
+fn decode_b64url(s: &str) -> Option<Vec<u8>> {
+    let trimmed = s.trim_end_matches('=');
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(trimmed).ok().filter(|k| !k.is_empty())
+}
+
+impl Config {
+    /// Reads, applies environment overrides, parses and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::from_toml(&text, path, std::env::vars())
+    }
+
+    pub fn from_toml(
+        text: &str,
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let parse_err = |detail: String| ConfigError::Parse { path: path.into(), detail };
+        let mut doc: toml::Value = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+        certfleet_shared::configenv::apply_overrides(&mut doc, ENV_PREFIX, ENV_SKIP, env.into_iter().filter(|(k, _)| !k.starts_with("CERTFLEET_AGENT_")))
+            .map_err(parse_err)?;
+        let cfg: Config = doc.try_into().map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
+        cfg.validate().map_err(|detail| ConfigError::Invalid { path: path.into(), detail })?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: references, formats, files.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.version != CONFIG_VERSION {
+            return Err(format!("version = {} is not supported; this coordinator reads version = {CONFIG_VERSION}", self.version));
+        }
+        if !self.state_dir.is_absolute() {
+            return Err(format!("state_dir {:?} must be an absolute path", self.state_dir));
+        }
+        if self.server.names.is_empty() && self.server.ips.is_empty() {
+            return Err("[server] needs at least one of names or ips for the server certificate".into());
+        }
+        for n in &self.server.names {
+            if rustls::pki_types::DnsName::try_from(n.as_str()).is_err() {
+                return Err(format!("[server] names: {n:?} is not a valid DNS name"));
+            }
+        }
+        if self.issuers.is_empty() {
+            return Err("no [[issuer]] configured; add one with name and directory".into());
+        }
+        let mut names = HashSet::new();
+        for i in &self.issuers {
+            let ctx = |m: String| format!("[[issuer]] {:?}: {m}", i.name);
+            if i.name.is_empty() || !i.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return Err(format!("[[issuer]] name {:?} must be non-empty letters, digits, - or _", i.name));
+            }
+            if !names.insert(i.name.as_str()) {
+                return Err(ctx("name is used twice".into()));
+            }
+            if !i.directory.starts_with("https://") {
+                return Err(ctx(format!("directory {:?} must be an https:// URL", i.directory)));
+            }
+            for c in &i.contact {
+                if !c.starts_with("mailto:") {
+                    return Err(ctx(format!("contact {c:?} must be a mailto: URI")));
+                }
+            }
+            match (&i.eab_kid, &i.eab_hmac_key) {
+                (Some(_), None) | (None, Some(_)) => return Err(ctx("eab_kid and eab_hmac_key go together".into())),
+                (Some(_), Some(k)) if decode_b64url(k).is_none() => {
+                    return Err(ctx("eab_hmac_key is not base64url (as the CA shows it)".into()))
+                }
+                _ => {}
+            }
+            if let Some(root) = &i.trust_root {
+                if !root.is_file() {
+                    return Err(ctx(format!("trust_root {} does not exist", root.display())));
+                }
+            }
+        }
+        let issuer = self.default_issuer_name().ok_or_else(|| {
+            "[issuance] issuer is not set and there is more than one [[issuer]]; name one".to_string()
+        })?;
+        if !self.issuers.iter().any(|i| i.name == issuer) {
+            return Err(format!("[issuance] issuer {issuer:?} is not one of the configured [[issuer]] names"));
+        }
+        if self.issuance.validation_timeout_secs == 0 || self.issuance.validation_timeout_secs > 3600 {
+            return Err("[issuance] validation_timeout_secs must be between 1 and 3600".into());
+        }
+        Ok(())
+    }
+
+    pub fn default_issuer_name(&self) -> Option<&str> {
+        match &self.issuance.issuer {
+            Some(n) => Some(n),
+            None if self.issuers.len() == 1 => Some(&self.issuers[0].name),
+            None => None,
+        }
+    }
+
+    /// The URL operators use by default: the listen address, with a wildcard replaced by
+    /// loopback.
+    pub fn local_url(&self) -> String {
+        let addr = self.server.listen;
+        let host = match addr.ip() {
+            IpAddr::V4(v4) if v4.is_unspecified() => "127.0.0.1".to_string(),
+            IpAddr::V6(v6) if v6.is_unspecified() => "[::1]".to_string(),
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("[{v6}]"),
+        };
+        format!("https://{host}:{}", addr.port())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+version = 1
+state_dir = "/var/lib/cf"
+[server]
+listen = "127.0.0.1:7443"
+[[issuer]]
+name = "pebble"
+directory = "https://127.0.0.1:14000/dir"
+allow_private_ips = true
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("test.toml"), Vec::new())
+    }
+
+    #[test]
+    fn example_config_in_deploy_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/coordinator.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cfg = Config::from_toml(&text, &path, Vec::new()).unwrap();
+        assert_eq!(cfg.issuers.len(), 2);
+        assert_eq!(cfg.default_issuer_name(), Some("letsencrypt"));
+        assert!(cfg.issuers[1].eab().is_some());
+        assert!(!format!("{:?}", cfg.issuers[1]).contains("REPLACE-WITH-BASE64URL"), "EAB key redacted in Debug");
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let cfg = parse(MINIMAL).unwrap();
+        assert_eq!(cfg.default_issuer_name(), Some("pebble"));
+        assert_eq!(cfg.issuers[0].ip_profile, "shortlived");
+        assert_eq!(cfg.local_url(), "https://127.0.0.1:7443");
+    }
+
+    #[test]
+    fn bad_configs_name_the_fix() {
+        let cases = [
+            (MINIMAL.replace("version = 1", "version = 2"), "version = 2 is not supported"),
+            (MINIMAL.replace("[server]", "[server]\nlisten_addr = 1"), "unknown field `listen_addr`"),
+            (MINIMAL.replace("https://127", "http://127"), "must be an https:// URL"),
+            (MINIMAL.replace("/var/lib/cf", "relative"), "absolute path"),
+            (MINIMAL.replace("127.0.0.1:7443", "nonsense"), "invalid socket address"),
+            (format!("{MINIMAL}eab_kid = \"k\"\n"), "go together"),
+            (format!("{MINIMAL}[[issuer]]\nname = \"pebble\"\ndirectory = \"https://x/dir\"\n"), "used twice"),
+        ];
+        for (text, want) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} should contain {want:?}");
+        }
+    }
+
+    #[test]
+    fn environment_overrides_apply() {
+        let env = vec![("CERTFLEET_SERVER__LISTEN".to_owned(), "0.0.0.0:9000".to_owned())];
+        let cfg = Config::from_toml(MINIMAL, Path::new("t"), env).unwrap();
+        assert_eq!(cfg.local_url(), "https://127.0.0.1:9000");
+    }
+}

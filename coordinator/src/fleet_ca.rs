@@ -1,0 +1,228 @@
+//! The coordinator's state directory and its fleet CA: the private PKI for mutual TLS
+//! between the coordinator, agents and operators. It never signs anything a browser
+//! trusts; ACME issuance is separate ([`crate::acme`]).
+//!
+//! Files (keys 0600, directory 0700):
+//! `fleet-ca.pem|key`, `server.pem|key`, `admin.pem|key`, `store/`.
+
+use certfleet_shared::fsutil::{create_dir_with_mode, read_limited, write_atomic};
+use certfleet_shared::ids::HostId;
+use certfleet_shared::x509::{sha256_hex, CertInfo};
+use certfleet_shared::{ADMIN_URI_PREFIX, HOST_URI_PREFIX};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls_pki_types::CertificateSigningRequestDer;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use time::{Duration, OffsetDateTime};
+
+const CA_LIFETIME_DAYS: i64 = 3650;
+const SERVER_LIFETIME_DAYS: i64 = 825;
+const ADMIN_LIFETIME_DAYS: i64 = 365;
+/// Agent identity certificates. Rotation over the session is a later step; until then a
+/// year, re-enrolling before it ends.
+pub const AGENT_IDENTITY_LIFETIME_DAYS: i64 = 365;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("state directory {0} already holds a fleet CA; refusing to overwrite it")]
+    AlreadyInitialised(PathBuf),
+    #[error("state directory {0} is not initialised; run `certfleet-coordinator init` first")]
+    NotInitialised(PathBuf),
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("the enrollment CSR is invalid: {0}")]
+    BadCsr(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Paths inside the state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    pub root: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(root: &Path) -> Self {
+        Self { root: root.to_path_buf() }
+    }
+    pub fn store(&self) -> PathBuf {
+        self.root.join("store")
+    }
+    pub fn ca_cert(&self) -> PathBuf {
+        self.root.join("fleet-ca.pem")
+    }
+    pub fn ca_key(&self) -> PathBuf {
+        self.root.join("fleet-ca.key")
+    }
+    pub fn server_cert(&self) -> PathBuf {
+        self.root.join("server.pem")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.root.join("server.key")
+    }
+    pub fn admin_cert(&self) -> PathBuf {
+        self.root.join("admin.pem")
+    }
+    pub fn admin_key(&self) -> PathBuf {
+        self.root.join("admin.key")
+    }
+
+    pub fn read(&self, path: &Path) -> Result<String, CaError> {
+        let bytes = read_limited(path, 1 << 20).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                CaError::NotInitialised(self.root.clone())
+            } else {
+                CaError::Io { path: path.into(), source }
+            }
+        })?;
+        String::from_utf8(bytes).map_err(|_| CaError::Invalid(format!("{} is not UTF-8 PEM", path.display())))
+    }
+
+    fn write(&self, path: &Path, content: &str, mode: u32) -> Result<(), CaError> {
+        write_atomic(path, content.as_bytes(), mode).map_err(|source| CaError::Io { path: path.into(), source })
+    }
+
+    /// SHA-256 of the fleet CA certificate (DER), the value agents pin with `--ca-sha256`.
+    pub fn ca_fingerprint(&self) -> Result<String, CaError> {
+        let pem = self.read(&self.ca_cert())?;
+        let der = certfleet_shared::x509::parse_pem_chain(&pem).map_err(|e| CaError::Invalid(e.to_string()))?;
+        Ok(sha256_hex(&der[0]))
+    }
+}
+
+fn validity(params: &mut CertificateParams, days: i64) {
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::minutes(5);
+    params.not_after = now + Duration::days(days);
+}
+
+fn random_serial(params: &mut CertificateParams) {
+    let mut serial: [u8; 16] = rand::random();
+    serial[0] &= 0x7f;
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+}
+
+/// Creates the state directory: fleet CA, server certificate for `names`/`ips`, operator
+/// credential. Refuses to overwrite an existing CA.
+pub fn init(dir: &StateDir, names: &[String], ips: &[IpAddr]) -> Result<String, CaError> {
+    if dir.ca_key().exists() {
+        return Err(CaError::AlreadyInitialised(dir.root.clone()));
+    }
+    create_dir_with_mode(&dir.root, 0o700).map_err(|source| CaError::Io { path: dir.root.clone(), source })?;
+
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("certfleet fleet CA {}", hex::encode(rand::random::<[u8; 4]>())));
+    ca.distinguished_name = dn;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    validity(&mut ca, CA_LIFETIME_DAYS);
+    random_serial(&mut ca);
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+
+    let server_key = KeyPair::generate()?;
+    let mut server = CertificateParams::default();
+    server.distinguished_name = DistinguishedName::new();
+    server.distinguished_name.push(DnType::CommonName, "certfleet coordinator");
+    server.subject_alt_names = names
+        .iter()
+        .map(|n| n.clone().try_into().map(SanType::DnsName))
+        .collect::<Result<Vec<_>, _>>()?;
+    server.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    validity(&mut server, SERVER_LIFETIME_DAYS);
+    random_serial(&mut server);
+    let server_cert = server.signed_by(&server_key, &issuer)?;
+
+    let admin_key = KeyPair::generate()?;
+    let admin_cert = client_params("operator", &format!("{ADMIN_URI_PREFIX}operator"), ADMIN_LIFETIME_DAYS)?
+        .signed_by(&admin_key, &issuer)?;
+
+    // Keys first, CA key last: its presence marks a complete init.
+    dir.write(&dir.server_key(), &server_key.serialize_pem(), 0o600)?;
+    dir.write(&dir.server_cert(), &server_cert.pem(), 0o644)?;
+    dir.write(&dir.admin_key(), &admin_key.serialize_pem(), 0o600)?;
+    dir.write(&dir.admin_cert(), &admin_cert.pem(), 0o644)?;
+    dir.write(&dir.ca_cert(), &ca_cert.pem(), 0o644)?;
+    dir.write(&dir.ca_key(), &issuer.key().serialize_pem(), 0o600)?;
+    Ok(sha256_hex(ca_cert.der()))
+}
+
+fn client_params(cn: &str, uri: &str, days: i64) -> Result<CertificateParams, CaError> {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.subject_alt_names = vec![SanType::URI(uri.to_string().try_into()?)];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    validity(&mut p, days);
+    random_serial(&mut p);
+    Ok(p)
+}
+
+/// The loaded fleet CA, able to sign agent identities.
+pub struct FleetCa {
+    issuer: Issuer<'static, KeyPair>,
+    pub ca_pem: String,
+}
+
+impl FleetCa {
+    pub fn load(dir: &StateDir) -> Result<Self, CaError> {
+        let ca_pem = dir.read(&dir.ca_cert())?;
+        let key_pem = dir.read(&dir.ca_key())?;
+        let key = KeyPair::from_pem(&key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&ca_pem, key)?;
+        Ok(Self { issuer, ca_pem })
+    }
+
+    /// Signs an agent identity for `host` from the agent's CSR. Only the CSR's public key
+    /// is used (after its signature is verified); names come from us.
+    pub fn sign_agent(&self, csr_der: &[u8], host: &HostId) -> Result<(String, CertInfo), CaError> {
+        if csr_der.len() > certfleet_shared::x509::MAX_CSR_BYTES {
+            return Err(CaError::BadCsr("too large".into()));
+        }
+        let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+            .map_err(|e| CaError::BadCsr(e.to_string()))?;
+        let params = client_params(host.as_str(), &format!("{HOST_URI_PREFIX}{host}"), AGENT_IDENTITY_LIFETIME_DAYS)?;
+        let cert = params.signed_by(&csr.public_key, &self.issuer)?;
+        let info = CertInfo::from_der(cert.der()).map_err(|e| CaError::Invalid(e.to_string()))?;
+        Ok((cert.pem(), info))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_then_sign_an_agent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(&tmp.path().join("state"));
+        let fp = init(&dir, &["localhost".into()], &["127.0.0.1".parse().unwrap()]).unwrap();
+        assert_eq!(fp, dir.ca_fingerprint().unwrap());
+        assert!(matches!(init(&dir, &[], &[]), Err(CaError::AlreadyInitialised(_))));
+        use std::os::unix::fs::PermissionsExt;
+        for key in [dir.ca_key(), dir.server_key(), dir.admin_key()] {
+            assert_eq!(std::fs::metadata(key).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        let ca = FleetCa::load(&dir).unwrap();
+        let agent_key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.subject_alt_names = vec![SanType::DnsName("evil.example".try_into().unwrap())];
+        let csr = p.serialize_request(&agent_key).unwrap();
+        let host = HostId::generate();
+        let (_, info) = ca.sign_agent(csr.der(), &host).unwrap();
+        assert_eq!(info.uris, vec![format!("{HOST_URI_PREFIX}{host}")]);
+        assert!(info.dns_names.is_empty(), "names asked for in the CSR are ignored");
+        assert!(ca.sign_agent(b"garbage", &host).is_err());
+    }
+}

@@ -1,0 +1,114 @@
+//! # certfleet-coordinator
+//!
+//! Owns the ACME accounts, the fleet CA, the store and the issuance engine; serves agents
+//! and operators over one mutual-TLS gRPC port.
+//!
+//! ## Layout
+//! - [`config`] — strict TOML config, env overrides, `validate()`.
+//! - [`fleet_ca`] — state directory, fleet CA, server/operator certificates, agent identities.
+//! - [`store`] — the `Store` trait and its sled engine: accounts, tokens, hosts, certificates.
+//! - [`tokens`] — join token generation (stored only as hashes).
+//! - [`acme`] — ACME issuers (the only code that talks to a CA).
+//! - [`sessions`] — live agent streams and request/reply correlation.
+//! - [`issuance`] — the engine: per-host reconcile → order → validate → CSR → finalize → install.
+//! - [`server`] — gRPC services and the per-call identity checks.
+//! - [`cli`] — operator commands that talk to a running coordinator.
+//!
+//! The binary (`src/main.rs`) only parses arguments, loads config, starts tracing and calls
+//! [`serve`] or a [`cli`] function.
+#![forbid(unsafe_code)]
+
+pub mod acme;
+pub mod cli;
+pub mod config;
+pub mod fleet_ca;
+pub mod issuance;
+pub mod server;
+pub mod sessions;
+pub mod store;
+pub mod tokens;
+
+use anyhow::Context;
+use certfleet_proto::v1::{
+    admin_server::AdminServer, agent_session_server::AgentSessionServer, enrollment_server::EnrollmentServer,
+};
+use certfleet_proto::MAX_MESSAGE_BYTES;
+use certfleet_shared::clock::{SharedClock, SystemClock};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+/// How long a stopping coordinator waits for in-flight work before it exits anyway.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Runs the coordinator until `shutdown` is cancelled.
+pub async fn serve(config: config::Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let dir = fleet_ca::StateDir::new(&config.state_dir);
+    let ca = Arc::new(fleet_ca::FleetCa::load(&dir)?);
+    let server_cert = dir.read(&dir.server_cert())?;
+    let server_key = dir.read(&dir.server_key())?;
+    let store_path = dir.store();
+    let store: Arc<dyn store::Store> = Arc::new(
+        store::SledStore::open(&store_path)
+            .with_context(|| format!("opening the store at {} (is another coordinator running?)", store_path.display()))?,
+    );
+    let clock: SharedClock = Arc::new(SystemClock);
+    let sessions = Arc::new(sessions::Sessions::default());
+    let tracker = TaskTracker::new();
+    let engine = issuance::Engine::new(config.clone(), store.clone(), sessions.clone(), clock.clone(), shutdown.clone(), tracker.clone());
+    engine.warm_up();
+
+    let services = Arc::new(server::Services {
+        store: store.clone(),
+        sessions: sessions.clone(),
+        engine: engine.clone(),
+        ca: ca.clone(),
+        clock,
+        shutdown: shutdown.clone(),
+    });
+
+    // The chain includes the fleet CA so agents can pin it by fingerprint at enrollment.
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(format!("{server_cert}{}", ca.ca_pem), server_key))
+        .client_ca_root(Certificate::from_pem(&ca.ca_pem))
+        .client_auth_optional(true)
+        .timeout(Duration::from_secs(10));
+
+    let incoming = TcpIncoming::bind(config.server.listen)
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?
+        .with_nodelay(Some(true));
+    tracing::info!(listen = %config.server.listen, "coordinator listening");
+
+    let router = Server::builder()
+        .tls_config(tls)?
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .concurrency_limit_per_connection(64)
+        .add_service(EnrollmentServer::new(server::Api(services.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(AgentSessionServer::new(server::Api(services.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(AdminServer::new(server::Api(services.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES));
+
+    let stop = shutdown.clone();
+    let sessions_for_stop = sessions.clone();
+    let server = router.serve_with_incoming_shutdown(incoming, async move {
+        stop.cancelled().await;
+        sessions_for_stop.close_all();
+    });
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r.context("gRPC server failed")?,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(DRAIN).await } => {
+            tracing::warn!("connections did not drain within {} s; stopping anyway", DRAIN.as_secs());
+        }
+    }
+    tracker.close();
+    if tokio::time::timeout(DRAIN, tracker.wait()).await.is_err() {
+        tracing::warn!("background tasks did not finish within {} s", DRAIN.as_secs());
+    }
+    store.certs().ok(); // touch the store once more so a broken store shows up in the log
+    tracing::info!("coordinator stopped");
+    Ok(())
+}

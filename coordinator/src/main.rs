@@ -1,0 +1,151 @@
+//! `certfleet-coordinator`: thin binary. Parses arguments, loads config, starts tracing,
+//! then calls the library.
+
+use anyhow::Context;
+use certfleet_coordinator::{cli, config::Config, fleet_ca};
+use certfleet_shared::clock::{Clock, SystemClock};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "certfleet-coordinator", version, about = "certfleet coordinator: ACME accounts, fleet CA, issuance, admin API")]
+struct Args {
+    /// Config file (TOML).
+    #[arg(long, global = true, env = "CERTFLEET_CONFIG", default_value = "/etc/certfleet/coordinator.toml")]
+    config: PathBuf,
+    /// Coordinator URL for operator commands (default: from [server] listen).
+    #[arg(long, global = true, env = "CERTFLEET_COORDINATOR")]
+    coordinator: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, global = true, env = "CERTFLEET_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create the state directory: store, fleet CA, server certificate, operator credential.
+    Init,
+    /// Print the fleet CA fingerprint agents pin with --ca-sha256.
+    CaFingerprint,
+    /// Run the coordinator.
+    Serve,
+    /// Join tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// List hosts.
+    Hosts {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List certificates.
+    Certs {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a join token and print it.
+    Create {
+        /// Lifetime, e.g. 30m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// How many enrollments it allows.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+}
+
+fn init_tracing(format: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,hyper=warn,tower=warn,sled=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        "text" => builder.init(),
+        "json" => builder.json().init(),
+        other => anyhow::bail!("--log-format {other:?}: use text or json"),
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    if let Err(e) = init_tracing(&args.log_format) {
+        eprintln!("error: {e:#}");
+        return std::process::ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = Config::load(&args.config)?;
+    let now = SystemClock.now_unix();
+    match args.cmd {
+        Cmd::Init => {
+            let dir = fleet_ca::StateDir::new(&config.state_dir);
+            let fp = fleet_ca::init(&dir, &config.server.names, &config.server.ips)?;
+            println!("initialised {}", config.state_dir.display());
+            println!("agents enroll with: certfleet-agent enroll --coordinator {} --token <token> --ca-sha256 {fp}", config.local_url());
+            println!("ca-sha256: {fp}");
+        }
+        Cmd::CaFingerprint => println!("{}", fleet_ca::StateDir::new(&config.state_dir).ca_fingerprint()?),
+        Cmd::Serve => {
+            let shutdown = CancellationToken::new();
+            let trigger = shutdown.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("stopping");
+                trigger.cancel();
+            });
+            certfleet_coordinator::serve(config, shutdown).await?;
+        }
+        Cmd::Token { cmd: TokenCmd::Create { ttl, uses } } => {
+            let ttl = certfleet_shared::timefmt::parse_duration_secs(&ttl).map_err(anyhow::Error::msg).context("--ttl")?;
+            let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
+            let t = cli::token_create(&mut client, ttl, uses).await?;
+            println!("{}", t.token);
+        }
+        Cmd::Hosts { json } => {
+            let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
+            print!("{}", cli::hosts(&mut client, json, now).await?);
+            if json { println!(); }
+        }
+        Cmd::Certs { json } => {
+            let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
+            print!("{}", cli::certs(&mut client, json, now).await?);
+            if json { println!(); }
+        }
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! The gRPC server: three services on one TLS port.
+//!
+//! - `Enrollment` needs no client certificate: the join token authenticates.
+//! - `AgentSession` needs a fleet-CA client certificate naming an enrolled host.
+//! - `Admin` needs a fleet-CA client certificate naming an operator.
+//!
+//! TLS verifies any presented client certificate against the fleet CA (a certificate from
+//! another CA fails the handshake); each RPC then checks *which* identity it carries.
+
+use crate::issuance::Engine;
+use crate::fleet_ca::FleetCa;
+use crate::sessions::Sessions;
+use crate::store::{EnrollError, HostRecord, InstalledRecord, Store, TokenRecord};
+use certfleet_proto::v1::{
+    self as pb, admin_server::Admin, agent_message::Msg, agent_session_server::AgentSession,
+    enrollment_server::Enrollment, AgentMessage, CoordinatorMessage,
+};
+use certfleet_shared::clock::SharedClock;
+use certfleet_shared::identifier::parse_ip;
+use certfleet_shared::ids::HostId;
+use certfleet_shared::x509::{sha256_hex, CertInfo};
+use certfleet_shared::{ADMIN_URI_PREFIX, HOST_URI_PREFIX};
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
+const MAX_IPS: usize = 64;
+const MAX_TARGETS: usize = 32;
+const MAX_LABELS: usize = 32;
+const DEFAULT_TOKEN_TTL: u64 = 3600;
+const MAX_TOKEN_TTL: u64 = 30 * 86_400;
+
+pub struct Services {
+    pub store: Arc<dyn Store>,
+    pub sessions: Arc<Sessions>,
+    pub engine: Arc<Engine>,
+    pub ca: Arc<FleetCa>,
+    pub clock: SharedClock,
+    pub shutdown: CancellationToken,
+}
+
+/// The gRPC face of [`Services`] (a local type, so it can implement the generated traits).
+#[derive(Clone)]
+pub struct Api(pub Arc<Services>);
+
+impl std::ops::Deref for Api {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    tracing::error!(error = %e, "internal error");
+    Status::internal(format!("coordinator error: {e}"))
+}
+
+/// Names carried by the verified client certificate, if any.
+fn peer_uris<T>(req: &Request<T>) -> Result<Vec<String>, Status> {
+    let certs = req
+        .peer_certs()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| Status::unauthenticated("this call needs a client certificate from the fleet CA (mutual TLS)"))?;
+    let leaf = CertInfo::from_der(&certs[0]).map_err(|_| Status::unauthenticated("unreadable client certificate"))?;
+    Ok(leaf.uris)
+}
+
+fn host_identity<T>(req: &Request<T>, store: &dyn Store) -> Result<HostRecord, Status> {
+    let uris = peer_uris(req)?;
+    let id = uris
+        .iter()
+        .find_map(|u| u.strip_prefix(HOST_URI_PREFIX))
+        .ok_or_else(|| Status::permission_denied("this call is for agents; the client certificate is not a host identity"))?;
+    let id = HostId::parse(id).map_err(|e| Status::permission_denied(e.to_string()))?;
+    store
+        .host(&id)
+        .map_err(internal)?
+        .ok_or_else(|| Status::permission_denied(format!("host {id} is not enrolled (was it removed?); enroll again")))
+}
+
+fn admin_identity<T>(req: &Request<T>) -> Result<String, Status> {
+    peer_uris(req)?
+        .iter()
+        .find_map(|u| u.strip_prefix(ADMIN_URI_PREFIX).map(str::to_owned))
+        .ok_or_else(|| Status::permission_denied("this call is for operators; the client certificate is not an operator credential"))
+}
+
+fn valid_name(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+#[tonic::async_trait]
+impl Enrollment for Api {
+    async fn enroll(&self, req: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
+        let from = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let r = req.into_inner();
+        if r.token.is_empty() || r.token.len() > 256 {
+            return Err(Status::invalid_argument("join token missing or malformed"));
+        }
+        let hostname = if r.hostname.is_empty() { "unnamed".to_owned() } else { r.hostname.clone() };
+        if !valid_name(&hostname, 253) {
+            return Err(Status::invalid_argument(format!("hostname {:?} must be letters, digits, '-', '_' or '.'", hostname.chars().take(80).collect::<String>())));
+        }
+        if r.labels.len() > MAX_LABELS || r.labels.iter().any(|(k, v)| !valid_name(k, 63) || v.len() > 253) {
+            return Err(Status::invalid_argument("labels: at most 32, keys letters/digits/-_. up to 63, values up to 253 bytes"));
+        }
+        let host_id = HostId::generate();
+        let (cert_pem, info) = self.ca.sign_agent(&r.csr_der, &host_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let now = self.clock.now_unix();
+        let host = HostRecord {
+            id: host_id.clone(),
+            hostname,
+            labels: r.labels.into_iter().collect::<BTreeMap<_, _>>(),
+            enrolled: now,
+            enrolled_from: from.clone(),
+            identity_serial: info.serial_hex,
+            ips: vec![],
+            targets: vec![],
+            last_seen: None,
+            inventory: vec![],
+        };
+        let token_hash = sha256_hex(r.token.as_bytes());
+        let store = self.store.clone();
+        let result = tokio::task::spawn_blocking(move || store.enroll(&token_hash, now, &host))
+            .await
+            .map_err(internal)?;
+        match result {
+            Ok(()) => {
+                tracing::info!(host = %host_id, from = %from, "agent enrolled");
+                Ok(Response::new(pb::EnrollResponse { host_id: host_id.to_string(), client_cert_pem: cert_pem, ca_cert_pem: self.ca.ca_pem.clone() }))
+            }
+            Err(EnrollError::Refused(refusal)) => {
+                tracing::warn!(from = %from, reason = %refusal, "enrollment refused");
+                Err(Status::permission_denied(refusal.to_string()))
+            }
+            Err(EnrollError::Store(e)) => Err(internal(e)),
+        }
+    }
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentSession for Api {
+    type SessionStream = SessionStream;
+
+    async fn session(&self, req: Request<Streaming<AgentMessage>>) -> Result<Response<SessionStream>, Status> {
+        let host = host_identity(&req, self.store.as_ref())?;
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.next())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 15 s"))?;
+        let hello = match first {
+            Some(Ok(AgentMessage { msg: Some(Msg::Hello(h)) })) => h,
+            Some(Err(e)) => return Err(e),
+            _ => return Err(Status::invalid_argument("the first message of a session must be Hello")),
+        };
+        self.apply_hello(&host.id, hello).map_err(|e| {
+            tracing::warn!(host = %host.id, error = %e.message(), "bad Hello");
+            e
+        })?;
+
+        let (tx, rx) = mpsc::channel(32);
+        let handle = self.sessions.open(host.id.clone(), tx);
+        tracing::info!(host = %host.id, session = handle.session_id, "agent connected");
+        self.engine.reconcile(host.id.clone());
+
+        let svc = self.0.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    n = inbound.next() => n,
+                    _ = svc.shutdown.cancelled() => break,
+                };
+                match next {
+                    Some(Ok(AgentMessage { msg: Some(Msg::Reply(reply)) })) => handle.deliver(reply),
+                    Some(Ok(AgentMessage { msg: Some(Msg::Hello(h)) })) => match svc.apply_hello(&handle.host, h) {
+                        Ok(()) => svc.engine.reconcile(handle.host.clone()),
+                        Err(e) => tracing::warn!(host = %handle.host, error = %e.message(), "bad Hello ignored"),
+                    },
+                    Some(Ok(AgentMessage { msg: None })) => tracing::warn!(host = %handle.host, "empty message ignored"),
+                    Some(Err(e)) => {
+                        tracing::info!(host = %handle.host, error = %e.message(), "session stream error");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            svc.sessions.close(&handle);
+            if let Ok(Some(mut rec)) = svc.store.host(&handle.host) {
+                rec.last_seen = Some(svc.clock.now_unix());
+                let _ = svc.store.put_host(&rec);
+            }
+            tracing::info!(host = %handle.host, session = handle.session_id, "agent disconnected");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl Services {
+    /// Validates and records what the agent says about itself.
+    fn apply_hello(&self, host: &HostId, hello: pb::Hello) -> Result<(), Status> {
+        if hello.ips.len() > MAX_IPS || hello.targets.len() > MAX_TARGETS || hello.inventory.len() > MAX_TARGETS {
+            return Err(Status::invalid_argument(format!("Hello: at most {MAX_IPS} IPs and {MAX_TARGETS} targets")));
+        }
+        let ips = hello
+            .ips
+            .iter()
+            .map(|s| parse_ip(s).map_err(|e| Status::invalid_argument(format!("Hello: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(bad) = hello.targets.iter().find(|t| !valid_name(t, 64)) {
+            return Err(Status::invalid_argument(format!("Hello: target name {:?} is not valid", bad.chars().take(80).collect::<String>())));
+        }
+        let mut rec = self.store.host(host).map_err(internal)?.ok_or_else(|| Status::permission_denied("host not enrolled"))?;
+        rec.ips = certfleet_shared::identifier::canonical_set(ips);
+        rec.targets = hello.targets;
+        rec.inventory = hello
+            .inventory
+            .into_iter()
+            .filter(|i| valid_name(&i.target, 64) && i.serial.len() <= 64)
+            .map(|i| InstalledRecord { target: i.target, serial: i.serial, not_after: i.not_after_unix, identifiers: i.identifiers.into_iter().take(MAX_IPS).collect() })
+            .collect();
+        rec.last_seen = Some(self.clock.now_unix());
+        self.store.put_host(&rec).map_err(internal)
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for Api {
+    async fn create_token(&self, req: Request<pb::CreateTokenRequest>) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let operator = admin_identity(&req)?;
+        let r = req.into_inner();
+        let ttl = if r.ttl_seconds == 0 { DEFAULT_TOKEN_TTL } else { r.ttl_seconds };
+        if ttl > MAX_TOKEN_TTL {
+            return Err(Status::invalid_argument("token ttl is at most 30 days"));
+        }
+        let uses = if r.uses == 0 { 1 } else { r.uses };
+        let token = crate::tokens::generate();
+        let now = self.clock.now_unix();
+        let rec = TokenRecord { created: now, expires: now + ttl as i64, uses_left: uses, used_by: vec![], revoked: false };
+        self.store.put_token(&sha256_hex(token.as_bytes()), &rec).map_err(internal)?;
+        tracing::info!(operator = %operator, ttl, uses, "join token created");
+        Ok(Response::new(pb::CreateTokenResponse { token, expires_unix: rec.expires }))
+    }
+
+    async fn list_hosts(&self, req: Request<pb::ListHostsRequest>) -> Result<Response<pb::ListHostsResponse>, Status> {
+        admin_identity(&req)?;
+        let hosts = self
+            .store
+            .hosts()
+            .map_err(internal)?
+            .into_iter()
+            .map(|h| pb::HostView {
+                connected: self.sessions.is_connected(&h.id),
+                host_id: h.id.to_string(),
+                hostname: h.hostname,
+                ips: h.ips.iter().map(|i| i.to_string()).collect(),
+                targets: h.targets,
+                enrolled_unix: h.enrolled,
+                last_seen_unix: h.last_seen.unwrap_or(0),
+                labels: h.labels.into_iter().collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListHostsResponse { hosts }))
+    }
+
+    async fn list_certs(&self, req: Request<pb::ListCertsRequest>) -> Result<Response<pb::ListCertsResponse>, Status> {
+        admin_identity(&req)?;
+        let certs = self
+            .store
+            .certs()
+            .map_err(internal)?
+            .into_iter()
+            .map(|c| pb::CertView {
+                cert_id: c.id.to_string(),
+                host_id: c.host_id.to_string(),
+                identifiers: c.identifiers.iter().map(|i| i.to_string()).collect(),
+                issuer: c.issuer,
+                profile: c.profile.unwrap_or_default(),
+                target: c.target,
+                state: c.state.as_str().to_owned(),
+                serial: c.serial.unwrap_or_default(),
+                not_before_unix: c.not_before.unwrap_or(0),
+                not_after_unix: c.not_after.unwrap_or(0),
+                last_error: c.last_error.unwrap_or_default(),
+                updated_unix: c.updated,
+                order_url: c.order_url.unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListCertsResponse { certs }))
+    }
+}

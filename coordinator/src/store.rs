@@ -1,0 +1,368 @@
+//! Durable state behind the [`Store`] trait; [`SledStore`] is the default engine.
+//!
+//! Every write is flushed before the call returns (durable before acknowledged). Records
+//! are JSON so that the store stays readable with a hex dump and survives field additions
+//! (`#[serde(default)]` on new fields).
+//!
+//! This module owns *what is stored*; it never talks to a CA or an agent.
+
+use certfleet_shared::ids::{CertId, HostId};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O failed: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored record {key} is corrupt: {detail}")]
+    Corrupt { key: String, detail: String },
+    #[error("cannot encode record: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Why an enrollment was refused. Shown to the agent's operator as is.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum EnrollRefusal {
+    #[error("join token is unknown: check it was copied whole, or create a new one with `certfleet-coordinator token create`")]
+    UnknownToken,
+    #[error("join token expired at {0}; create a new one with `certfleet-coordinator token create`")]
+    Expired(String),
+    #[error("join token was already used (by host {0}); tokens are single-use unless created with --uses")]
+    AlreadyUsed(String),
+    #[error("join token was revoked")]
+    Revoked,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error(transparent)]
+    Refused(#[from] EnrollRefusal),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// ACME account credentials for one issuer (contains the account key: the store
+/// directory is 0700).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct AccountRecord {
+    pub directory: String,
+    pub account_id: String,
+    pub created: i64,
+    /// `instant_acme::AccountCredentials`, as JSON.
+    pub credentials: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub created: i64,
+    pub expires: i64,
+    pub uses_left: u32,
+    #[serde(default)]
+    pub used_by: Vec<HostId>,
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InstalledRecord {
+    pub target: String,
+    pub serial: String,
+    pub not_after: i64,
+    pub identifiers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub id: HostId,
+    pub hostname: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub enrolled: i64,
+    #[serde(default)]
+    pub enrolled_from: String,
+    /// Serial of the identity certificate issued at enrollment.
+    pub identity_serial: String,
+    /// Addresses from the agent's last Hello.
+    #[serde(default)]
+    pub ips: Vec<IpAddr>,
+    #[serde(default)]
+    pub targets: Vec<String>,
+    #[serde(default)]
+    pub last_seen: Option<i64>,
+    #[serde(default)]
+    pub inventory: Vec<InstalledRecord>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CertState {
+    /// Wanted, nothing ordered yet (or waiting for the agent).
+    Pending,
+    /// An order is in flight.
+    Ordering,
+    /// The CA issued it; not yet confirmed installed.
+    Issued,
+    /// The agent installed it and ran the reload.
+    Installed,
+    /// The last attempt failed; see `last_error` and `next_attempt`.
+    Failed,
+}
+
+impl CertState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertState::Pending => "pending",
+            CertState::Ordering => "ordering",
+            CertState::Issued => "issued",
+            CertState::Installed => "installed",
+            CertState::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CertRecord {
+    pub id: CertId,
+    pub host_id: HostId,
+    pub identifiers: Vec<IpAddr>,
+    pub issuer: String,
+    pub profile: Option<String>,
+    pub target: String,
+    pub state: CertState,
+    pub serial: Option<String>,
+    pub not_before: Option<i64>,
+    pub not_after: Option<i64>,
+    /// Leaf first, PEM. Public material only.
+    pub chain_pem: Option<String>,
+    pub order_url: Option<String>,
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub attempts: u32,
+    pub next_attempt: Option<i64>,
+    pub updated: i64,
+}
+
+/// The coordinator's durable state.
+pub trait Store: Send + Sync + 'static {
+    fn account(&self, issuer: &str) -> Result<Option<AccountRecord>, StoreError>;
+    fn put_account(&self, issuer: &str, rec: &AccountRecord) -> Result<(), StoreError>;
+
+    fn put_token(&self, token_hash: &str, rec: &TokenRecord) -> Result<(), StoreError>;
+    /// Atomically: check the token, consume one use, and record the host.
+    fn enroll(&self, token_hash: &str, now: i64, host: &HostRecord) -> Result<(), EnrollError>;
+
+    fn host(&self, id: &HostId) -> Result<Option<HostRecord>, StoreError>;
+    fn put_host(&self, rec: &HostRecord) -> Result<(), StoreError>;
+    fn hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
+
+    fn cert(&self, id: &CertId) -> Result<Option<CertRecord>, StoreError>;
+    fn put_cert(&self, rec: &CertRecord) -> Result<(), StoreError>;
+    fn certs(&self) -> Result<Vec<CertRecord>, StoreError>;
+    /// The certificate managed for a host, if any.
+    fn cert_for_host(&self, host: &HostId) -> Result<Option<CertRecord>, StoreError>;
+}
+
+/// sled-backed [`Store`].
+pub struct SledStore {
+    db: sled::Db,
+    accounts: sled::Tree,
+    tokens: sled::Tree,
+    hosts: sled::Tree,
+    certs: sled::Tree,
+    /// host id → cert id
+    host_certs: sled::Tree,
+}
+
+const SCHEMA_KEY: &[u8] = b"schema_version";
+const SCHEMA_VERSION: &[u8] = b"1";
+
+impl SledStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).open()?;
+        let meta = db.open_tree("meta")?;
+        match meta.get(SCHEMA_KEY)? {
+            None => {
+                meta.insert(SCHEMA_KEY, SCHEMA_VERSION)?;
+                db.flush()?;
+            }
+            Some(v) if v.as_ref() == SCHEMA_VERSION => {}
+            Some(v) => {
+                return Err(StoreError::Corrupt {
+                    key: "meta/schema_version".into(),
+                    detail: format!("store schema {} is not supported by this coordinator", String::from_utf8_lossy(&v)),
+                })
+            }
+        }
+        Ok(Self {
+            accounts: db.open_tree("accounts")?,
+            tokens: db.open_tree("tokens")?,
+            hosts: db.open_tree("hosts")?,
+            certs: db.open_tree("certs")?,
+            host_certs: db.open_tree("host_certs")?,
+            db,
+        })
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &str) -> Result<Option<T>, StoreError> {
+        tree.get(key.as_bytes())?.map(|v| decode(key, &v)).transpose()
+    }
+
+    fn put<T: Serialize>(&self, tree: &sled::Tree, key: &str, rec: &T) -> Result<(), StoreError> {
+        tree.insert(key.as_bytes(), serde_json::to_vec(rec)?)?;
+        self.flush()
+    }
+
+    fn all<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
+        tree.iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&String::from_utf8_lossy(&k), &v)
+            })
+            .collect()
+    }
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { key: key.to_owned(), detail: e.to_string() })
+}
+
+impl Store for SledStore {
+    fn account(&self, issuer: &str) -> Result<Option<AccountRecord>, StoreError> {
+        Self::get(&self.accounts, issuer)
+    }
+
+    fn put_account(&self, issuer: &str, rec: &AccountRecord) -> Result<(), StoreError> {
+        self.put(&self.accounts, issuer, rec)
+    }
+
+    fn put_token(&self, token_hash: &str, rec: &TokenRecord) -> Result<(), StoreError> {
+        self.put(&self.tokens, token_hash, rec)
+    }
+
+    fn enroll(&self, token_hash: &str, now: i64, host: &HostRecord) -> Result<(), EnrollError> {
+        use sled::transaction::{ConflictableTransactionError as Cte, TransactionError, Transactional};
+        let host_bytes = serde_json::to_vec(host).map_err(StoreError::from)?;
+        let result = (&self.tokens, &self.hosts).transaction(|(tokens, hosts)| {
+            let raw = tokens.get(token_hash.as_bytes())?.ok_or(Cte::Abort(EnrollRefusal::UnknownToken))?;
+            let mut tok: TokenRecord = serde_json::from_slice(&raw).map_err(|_| Cte::Abort(EnrollRefusal::UnknownToken))?;
+            if tok.revoked {
+                return Err(Cte::Abort(EnrollRefusal::Revoked));
+            }
+            if tok.uses_left == 0 {
+                let by = tok.used_by.last().map(|h| h.to_string()).unwrap_or_default();
+                return Err(Cte::Abort(EnrollRefusal::AlreadyUsed(by)));
+            }
+            if now >= tok.expires {
+                return Err(Cte::Abort(EnrollRefusal::Expired(certfleet_shared::timefmt::rfc3339(tok.expires))));
+            }
+            tok.uses_left -= 1;
+            tok.used_by.push(host.id.clone());
+            let tok_bytes = serde_json::to_vec(&tok).map_err(|_| Cte::Abort(EnrollRefusal::UnknownToken))?;
+            tokens.insert(token_hash.as_bytes(), tok_bytes)?;
+            hosts.insert(host.id.as_str().as_bytes(), host_bytes.clone())?;
+            Ok(())
+        });
+        match result {
+            Ok(()) => {
+                self.flush()?;
+                Ok(())
+            }
+            Err(TransactionError::Abort(refusal)) => Err(EnrollError::Refused(refusal)),
+            Err(TransactionError::Storage(e)) => Err(EnrollError::Store(StoreError::Sled(e))),
+        }
+    }
+
+    fn host(&self, id: &HostId) -> Result<Option<HostRecord>, StoreError> {
+        Self::get(&self.hosts, id.as_str())
+    }
+
+    fn put_host(&self, rec: &HostRecord) -> Result<(), StoreError> {
+        self.put(&self.hosts, rec.id.as_str(), rec)
+    }
+
+    fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        Self::all(&self.hosts)
+    }
+
+    fn cert(&self, id: &CertId) -> Result<Option<CertRecord>, StoreError> {
+        Self::get(&self.certs, id.as_str())
+    }
+
+    fn put_cert(&self, rec: &CertRecord) -> Result<(), StoreError> {
+        self.certs.insert(rec.id.as_str().as_bytes(), serde_json::to_vec(rec)?)?;
+        self.host_certs.insert(rec.host_id.as_str().as_bytes(), rec.id.as_str().as_bytes())?;
+        self.flush()
+    }
+
+    fn certs(&self) -> Result<Vec<CertRecord>, StoreError> {
+        Self::all(&self.certs)
+    }
+
+    fn cert_for_host(&self, host: &HostId) -> Result<Option<CertRecord>, StoreError> {
+        let Some(id) = self.host_certs.get(host.as_str().as_bytes())? else { return Ok(None) };
+        let id = String::from_utf8_lossy(&id).into_owned();
+        Self::get(&self.certs, &id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(id: &HostId) -> HostRecord {
+        HostRecord {
+            id: id.clone(),
+            hostname: "web-1".into(),
+            labels: BTreeMap::new(),
+            enrolled: 10,
+            enrolled_from: "127.0.0.1:5000".into(),
+            identity_serial: "01".into(),
+            ips: vec![],
+            targets: vec![],
+            last_seen: None,
+            inventory: vec![],
+        }
+    }
+
+    #[test]
+    fn tokens_are_single_use_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("db")).unwrap();
+        store.put_token("t1", &TokenRecord { created: 0, expires: 100, uses_left: 1, used_by: vec![], revoked: false }).unwrap();
+        let (a, b) = (HostId::generate(), HostId::generate());
+        store.enroll("t1", 50, &host(&a)).unwrap();
+        assert!(matches!(store.enroll("t1", 50, &host(&b)), Err(EnrollError::Refused(EnrollRefusal::AlreadyUsed(h))) if h == a.as_str()));
+        assert!(store.host(&b).unwrap().is_none(), "refused enrollment records nothing");
+        assert!(matches!(store.enroll("nope", 50, &host(&b)), Err(EnrollError::Refused(EnrollRefusal::UnknownToken))));
+        store.put_token("t2", &TokenRecord { created: 0, expires: 100, uses_left: 1, used_by: vec![], revoked: false }).unwrap();
+        assert!(matches!(store.enroll("t2", 100, &host(&b)), Err(EnrollError::Refused(EnrollRefusal::Expired(_)))));
+        assert!(store.host(&a).unwrap().is_some());
+    }
+
+    #[test]
+    fn records_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = HostId::generate();
+        {
+            let store = SledStore::open(&dir.path().join("db")).unwrap();
+            store.put_host(&host(&id)).unwrap();
+            let cert = CertRecord {
+                id: CertId::generate(), host_id: id.clone(), identifiers: vec!["8.8.8.8".parse().unwrap()],
+                issuer: "le".into(), profile: None, target: "t".into(), state: CertState::Pending, serial: None,
+                not_before: None, not_after: None, chain_pem: None, order_url: None, last_error: None,
+                attempts: 0, next_attempt: None, updated: 1,
+            };
+            store.put_cert(&cert).unwrap();
+        }
+        let store = SledStore::open(&dir.path().join("db")).unwrap();
+        assert_eq!(store.hosts().unwrap().len(), 1);
+        assert_eq!(store.cert_for_host(&id).unwrap().map(|c| c.state), Some(CertState::Pending));
+    }
+}
