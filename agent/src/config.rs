@@ -1,0 +1,236 @@
+//! The agent's local configuration — the only source of paths and commands on this host
+//! (design invariant 3). Strict (`deny_unknown_fields`), versioned, env overrides
+//! (`CERTFLEET_AGENT_SECTION__KEY`), validated with messages that name the fix.
+
+use certfleet_shared::identifier::parse_ip;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+pub const CONFIG_VERSION: u32 = 1;
+const ENV_PREFIX: &str = "CERTFLEET_AGENT_";
+const ENV_SKIP: &[&str] = &["CERTFLEET_AGENT_CONFIG", "CERTFLEET_AGENT_LOG_FORMAT"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path} is not valid: {detail}")]
+    Parse { path: PathBuf, detail: String },
+    #[error("config {path}: {detail}")]
+    Invalid { path: PathBuf, detail: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub version: u32,
+    pub state_dir: PathBuf,
+    /// Canonical IP addresses of this host.
+    pub ips: Vec<String>,
+    #[serde(default)]
+    pub http01: Http01Config,
+    #[serde(default)]
+    pub targets: BTreeMap<String, TargetConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Http01Mode {
+    /// The agent binds the port on the host's addresses while a challenge is live.
+    #[default]
+    Standalone,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http01Config {
+    #[serde(default)]
+    pub mode: Http01Mode,
+    #[serde(default = "default_port")]
+    pub port: u16,
+}
+
+impl Default for Http01Config {
+    fn default() -> Self {
+        Self { mode: Http01Mode::Standalone, port: default_port() }
+    }
+}
+
+fn default_port() -> u16 {
+    80
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// Leaf certificate only.
+    pub cert: Option<PathBuf>,
+    /// Intermediates only.
+    pub chain: Option<PathBuf>,
+    /// Leaf + intermediates.
+    pub fullchain: Option<PathBuf>,
+    /// Private key (always written 0600).
+    pub key: PathBuf,
+    /// argv run (without a shell) after the files are in place; empty for none.
+    #[serde(default)]
+    pub reload: Vec<String>,
+    #[serde(default = "default_reload_timeout")]
+    pub reload_timeout_secs: u64,
+}
+
+fn default_reload_timeout() -> u64 {
+    60
+}
+
+impl TargetConfig {
+    /// Every path this target writes, with its role.
+    pub fn files(&self) -> Vec<(&'static str, &Path)> {
+        let mut v = Vec::new();
+        if let Some(p) = &self.cert {
+            v.push(("cert", p.as_path()));
+        }
+        if let Some(p) = &self.chain {
+            v.push(("chain", p.as_path()));
+        }
+        if let Some(p) = &self.fullchain {
+            v.push(("fullchain", p.as_path()));
+        }
+        v.push(("key", self.key.as_path()));
+        v
+    }
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::from_toml(&text, path, std::env::vars())
+    }
+
+    pub fn from_toml(text: &str, path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let parse_err = |detail: String| ConfigError::Parse { path: path.into(), detail };
+        let mut doc: toml::Value = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+        certfleet_shared::configenv::apply_overrides(&mut doc, ENV_PREFIX, ENV_SKIP, env).map_err(parse_err)?;
+        let cfg: AgentConfig = doc.try_into().map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
+        cfg.validate().map_err(|detail| ConfigError::Invalid { path: path.into(), detail })?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.version != CONFIG_VERSION {
+            return Err(format!("version = {} is not supported; this agent reads version = {CONFIG_VERSION}", self.version));
+        }
+        if !self.state_dir.is_absolute() {
+            return Err(format!("state_dir {:?} must be an absolute path", self.state_dir));
+        }
+        if self.ips.is_empty() {
+            return Err("ips is empty; list this host's addresses, e.g. ips = [\"203.0.113.10\"]".into());
+        }
+        let mut seen = HashSet::new();
+        for ip in &self.ips {
+            let parsed = parse_ip(ip).map_err(|e| format!("ips: {e}"))?;
+            if !seen.insert(parsed) {
+                return Err(format!("ips: {ip} is listed twice"));
+            }
+        }
+        if self.http01.port == 0 {
+            return Err("[http01] port must not be 0".into());
+        }
+        let mut paths = HashSet::new();
+        for (name, t) in &self.targets {
+            let ctx = |m: String| format!("[targets.{name}]: {m}");
+            if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                return Err(format!("target name {name:?} must be 1-64 letters, digits, '-', '_' or '.'"));
+            }
+            if t.cert.is_none() && t.fullchain.is_none() {
+                return Err(ctx("needs cert or fullchain (or both)".into()));
+            }
+            for (role, p) in t.files() {
+                if !p.is_absolute() {
+                    return Err(ctx(format!("{role} = {p:?} must be an absolute path")));
+                }
+                if p.file_name().is_none() {
+                    return Err(ctx(format!("{role} = {p:?} must name a file")));
+                }
+                if !paths.insert(p.to_path_buf()) {
+                    return Err(ctx(format!("{role} = {p:?} is used twice")));
+                }
+            }
+            if let Some(cmd) = t.reload.first() {
+                if !Path::new(cmd).is_absolute() {
+                    return Err(ctx(format!("reload command {cmd:?} must be an absolute path (no shell, no PATH lookup)")));
+                }
+            }
+            if t.reload_timeout_secs == 0 || t.reload_timeout_secs > 3600 {
+                return Err(ctx("reload_timeout_secs must be between 1 and 3600".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The configured addresses, parsed (validated at load).
+    pub fn ip_addrs(&self) -> Vec<IpAddr> {
+        self.ips.iter().filter_map(|s| parse_ip(s).ok()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+version = 1
+state_dir = "/var/lib/cfa"
+ips = ["127.0.0.11", "::1"]
+[http01]
+port = 5002
+[targets.default]
+fullchain = "/tmp/x/fullchain.pem"
+key = "/tmp/x/key.pem"
+reload = ["/bin/true"]
+"#;
+
+    fn parse(t: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::from_toml(t, Path::new("t.toml"), Vec::new())
+    }
+
+    #[test]
+    fn example_config_in_deploy_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cfg = AgentConfig::from_toml(&text, &path, Vec::new()).unwrap();
+        assert_eq!(cfg.ip_addrs().len(), 2);
+        assert!(cfg.targets.contains_key("nginx"));
+    }
+
+    #[test]
+    fn minimal_parses() {
+        let cfg = parse(MINIMAL).unwrap();
+        assert_eq!(cfg.http01.port, 5002);
+        assert_eq!(cfg.targets["default"].reload_timeout_secs, 60);
+    }
+
+    #[test]
+    fn bad_configs_name_the_fix() {
+        let cases = [
+            (MINIMAL.replace("\"::1\"", "\"0:0:0:0:0:0:0:1\""), "write it as \"::1\""),
+            (MINIMAL.replace("\"::1\"", "\"127.0.0.11\""), "listed twice"),
+            (MINIMAL.replace("/bin/true", "true"), "must be an absolute path"),
+            (MINIMAL.replace("fullchain = ", "fullchian = "), "unknown field `fullchian`"),
+            (MINIMAL.replace("key = \"/tmp/x/key.pem\"", "key = \"/tmp/x/fullchain.pem\""), "used twice"),
+            (MINIMAL.replace("/tmp/x/key.pem", "key.pem"), "absolute path"),
+        ];
+        for (text, want) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} should contain {want:?}");
+        }
+    }
+
+    #[test]
+    fn env_overrides() {
+        let env = vec![("CERTFLEET_AGENT_HTTP01__PORT".to_owned(), "8080".to_owned())];
+        let cfg = AgentConfig::from_toml(MINIMAL, Path::new("t"), env).unwrap();
+        assert_eq!(cfg.http01.port, 8080);
+    }
+}

@@ -1,0 +1,150 @@
+//! The agent's identity: enrollment with a join token and a pinned CA fingerprint, and the
+//! files that result (`identity.key` 0600, `identity.pem`, `ca.pem`, `enrollment.json`).
+//! `enrollment.json` is written last: without it the agent is not enrolled, so a failure
+//! at any point leaves nothing half-enrolled.
+
+use anyhow::{bail, Context};
+use certfleet_proto::v1::{enrollment_client::EnrollmentClient, EnrollRequest};
+use certfleet_proto::MAX_MESSAGE_BYTES;
+use certfleet_shared::fsutil::{create_dir_with_mode, read_limited, write_atomic};
+use certfleet_shared::ids::HostId;
+use certfleet_shared::tls::{fleet_client_config, parse_fingerprint, pinned_client_config};
+use certfleet_shared::x509::{parse_pem_chain, sha256_hex, CertInfo};
+use certfleet_shared::HOST_URI_PREFIX;
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PublicKeyData};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Enrollment {
+    pub host_id: HostId,
+    pub coordinator: String,
+    pub ca_sha256: String,
+    pub enrolled: i64,
+}
+
+pub struct Files {
+    pub dir: PathBuf,
+}
+
+impl Files {
+    pub fn new(state_dir: &Path) -> Self {
+        Self { dir: state_dir.to_path_buf() }
+    }
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("identity.key")
+    }
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("identity.pem")
+    }
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+    pub fn enrollment(&self) -> PathBuf {
+        self.dir.join("enrollment.json")
+    }
+
+    fn read(&self, p: &Path) -> anyhow::Result<String> {
+        let bytes = read_limited(p, 256 * 1024).with_context(|| format!("reading {}", p.display()))?;
+        Ok(String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8", p.display()))?)
+    }
+
+    /// The enrollment record, or a message saying how to enroll.
+    pub fn load(&self) -> anyhow::Result<Enrollment> {
+        let path = self.enrollment();
+        if !path.exists() {
+            bail!("this agent is not enrolled ({} is missing); run `certfleet-agent enroll --coordinator URL --token T --ca-sha256 FP`", path.display());
+        }
+        serde_json::from_str(&self.read(&path)?).with_context(|| format!("{} is corrupt; enroll again", path.display()))
+    }
+
+    /// rustls config for the session: trust the fleet CA, present the identity.
+    pub fn session_tls(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+        Ok(fleet_client_config(&self.read(&self.ca())?, &self.read(&self.cert())?, &self.read(&self.key())?)?)
+    }
+}
+
+/// Enrolls with the coordinator at `url`. On any failure nothing is written.
+pub async fn enroll(
+    state_dir: &Path,
+    url: &str,
+    token: &str,
+    ca_sha256: &str,
+    hostname: &str,
+    labels: BTreeMap<String, String>,
+    now: i64,
+) -> anyhow::Result<Enrollment> {
+    let files = Files::new(state_dir);
+    if let Ok(existing) = files.load() {
+        bail!(
+            "already enrolled as host {} with {}; to enroll again, stop the agent and remove {}",
+            existing.host_id,
+            existing.coordinator,
+            files.enrollment().display()
+        );
+    }
+    let pin = parse_fingerprint(ca_sha256)?;
+    let token = token.trim();
+    if token.is_empty() {
+        bail!("--token is empty");
+    }
+
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, hostname);
+    let csr = params.serialize_request(&key)?;
+
+    let channel = certfleet_shared::transport::connect(url, pinned_client_config(pin)?).await.map_err(|e| {
+        let text = e.to_string();
+        if text.contains("fingerprint") {
+            anyhow::anyhow!("refusing to enroll: the coordinator at {url} presented a CA whose fingerprint does not match --ca-sha256 (check the value printed by `certfleet-coordinator ca-fingerprint`)")
+        } else {
+            anyhow::Error::new(e)
+        }
+    })?;
+    let mut client = EnrollmentClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let resp = client
+        .enroll(EnrollRequest { token: token.to_owned(), csr_der: csr.der().to_vec(), hostname: hostname.to_owned(), labels: labels.into_iter().collect() })
+        .await
+        .map_err(|s| anyhow::anyhow!("enrollment refused: {}", s.message()))?
+        .into_inner();
+
+    // Check what came back before keeping any of it.
+    let ca_chain = parse_pem_chain(&resp.ca_cert_pem).context("coordinator sent a bad CA certificate")?;
+    if sha256_hex(&ca_chain[0]) != hex_of(&pin) {
+        bail!("the CA certificate in the enrollment response does not match --ca-sha256");
+    }
+    let host_id = HostId::parse(&resp.host_id)?;
+    let leaf = parse_pem_chain(&resp.client_cert_pem).context("coordinator sent a bad client certificate")?;
+    let info = CertInfo::from_der(&leaf[0])?;
+    if info.spki_der != key.subject_public_key_info() {
+        bail!("the client certificate from the coordinator is not for our key");
+    }
+    if !info.uris.iter().any(|u| u.strip_prefix(HOST_URI_PREFIX) == Some(host_id.as_str())) {
+        bail!("the client certificate from the coordinator does not name host {host_id}");
+    }
+
+    let record = Enrollment { host_id, coordinator: url.to_owned(), ca_sha256: hex_of(&pin), enrolled: now };
+    let written = (|| -> anyhow::Result<()> {
+        create_dir_with_mode(state_dir, 0o700)?;
+        write_atomic(&files.key(), key.serialize_pem().as_bytes(), 0o600)?;
+        write_atomic(&files.cert(), resp.client_cert_pem.as_bytes(), 0o644)?;
+        write_atomic(&files.ca(), resp.ca_cert_pem.as_bytes(), 0o644)?;
+        write_atomic(&files.enrollment(), serde_json::to_string_pretty(&record)?.as_bytes(), 0o644)?;
+        Ok(())
+    })();
+    if let Err(e) = written {
+        for p in [files.enrollment(), files.key(), files.cert(), files.ca()] {
+            let _ = std::fs::remove_file(p);
+        }
+        return Err(e.context(format!("writing the identity into {}", state_dir.display())));
+    }
+    Ok(record)
+}
+
+fn hex_of(b: &[u8; 32]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -1,0 +1,165 @@
+//! `certfleet-agent`: thin binary. Parses arguments, loads config, starts tracing, then
+//! calls the library.
+
+use anyhow::Context;
+use certfleet_agent::{config::AgentConfig, identity, install, session::Agent};
+use certfleet_shared::clock::{Clock, SystemClock};
+use certfleet_shared::timefmt::{relative, rfc3339};
+use clap::{Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "certfleet-agent", version, about = "certfleet agent: HTTP-01, host keys, install and reload")]
+struct Args {
+    /// Config file (TOML).
+    #[arg(long, global = true, env = "CERTFLEET_AGENT_CONFIG", default_value = "/etc/certfleet/agent.toml")]
+    config: PathBuf,
+    /// Log format: text or json.
+    #[arg(long, global = true, env = "CERTFLEET_AGENT_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Enroll with a coordinator using a join token.
+    Enroll {
+        /// Coordinator URL, https://HOST:PORT.
+        #[arg(long)]
+        coordinator: String,
+        /// Join token from `certfleet-coordinator token create`.
+        #[arg(long, env = "CERTFLEET_JOIN_TOKEN")]
+        token: String,
+        /// SHA-256 of the coordinator's fleet CA (`certfleet-coordinator ca-fingerprint`).
+        #[arg(long)]
+        ca_sha256: String,
+        /// Host name shown to operators (default: this machine's hostname).
+        #[arg(long)]
+        name: Option<String>,
+        /// Labels, key=value (repeatable).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+    },
+    /// Run the agent.
+    Run,
+    /// Show enrollment and installed certificates.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{s:?}: use key=value"))
+}
+
+fn init_tracing(format: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,hyper=warn,tower=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        "text" => builder.init(),
+        "json" => builder.json().init(),
+        other => anyhow::bail!("--log-format {other:?}: use text or json"),
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    if let Err(e) = init_tracing(&args.log_format) {
+        eprintln!("error: {e:#}");
+        return std::process::ExitCode::from(2);
+    }
+    // Two worker threads are plenty for an agent; keeps idle memory small.
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = AgentConfig::load(&args.config)?;
+    match args.cmd {
+        Cmd::Enroll { coordinator, token, ca_sha256, name, labels } => {
+            let hostname = match name {
+                Some(n) => n,
+                None => std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "unnamed".into()),
+            };
+            let labels: BTreeMap<String, String> = labels.into_iter().collect();
+            let e = identity::enroll(&config.state_dir, &coordinator, &token, &ca_sha256, &hostname, labels, SystemClock.now_unix()).await?;
+            println!("enrolled as host {}", e.host_id);
+        }
+        Cmd::Run => {
+            let shutdown = CancellationToken::new();
+            let trigger = shutdown.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                trigger.cancel();
+            });
+            Agent::new(config).run(shutdown).await?;
+        }
+        Cmd::Status { json } => status(&config, json).context("status")?,
+    }
+    Ok(())
+}
+
+fn status(config: &AgentConfig, json: bool) -> anyhow::Result<()> {
+    let enrollment = identity::Files::new(&config.state_dir).load().ok();
+    let now = SystemClock.now_unix();
+    let targets: Vec<serde_json::Value> = config
+        .targets
+        .iter()
+        .map(|(name, t)| match install::inspect(t) {
+            Some(i) => serde_json::json!({"name": name, "serial": i.serial, "not_after": rfc3339(i.not_after),
+                "identifiers": i.ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>()}),
+            None => serde_json::json!({"name": name, "serial": null, "not_after": null, "identifiers": []}),
+        })
+        .collect();
+    if json {
+        let v = serde_json::json!({
+            "enrolled": enrollment.is_some(),
+            "host_id": enrollment.as_ref().map(|e| e.host_id.to_string()),
+            "coordinator": enrollment.as_ref().map(|e| e.coordinator.clone()),
+            "targets": targets,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    match &enrollment {
+        Some(e) => println!("enrolled as host {} with {}", e.host_id, e.coordinator),
+        None => println!("not enrolled"),
+    }
+    for (name, t) in &config.targets {
+        match install::inspect(t) {
+            Some(i) => println!("target {name}: serial {} expires {} ({})", i.serial, rfc3339(i.not_after), relative(i.not_after, now)),
+            None => println!("target {name}: nothing installed"),
+        }
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

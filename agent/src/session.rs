@@ -1,0 +1,224 @@
+//! The agent's session with the coordinator: one mutual-TLS bidirectional stream, Hello
+//! first, then commands answered by request id; reconnect with jittered backoff.
+
+use crate::config::AgentConfig;
+use crate::error::AgentFailure;
+use crate::http01::Responder;
+use crate::identity::Files;
+use crate::install;
+use crate::keys::PendingKeys;
+use certfleet_proto::v1::{
+    self as pb, agent_message::Msg, agent_session_client::AgentSessionClient, coordinator_message::Cmd, reply,
+    AgentMessage, CoordinatorMessage,
+};
+use certfleet_proto::MAX_MESSAGE_BYTES;
+use certfleet_shared::backoff::Backoff;
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+/// A session that lasted this long resets the backoff.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+const REPLAY_CACHE: usize = 64;
+
+pub struct Agent {
+    pub config: AgentConfig,
+    ips: Vec<IpAddr>,
+    responder: Responder,
+    pending: PendingKeys,
+    install_lock: tokio::sync::Mutex<()>,
+    /// Recent replies by request id: a replayed command gets the same answer.
+    replies: Mutex<VecDeque<(String, reply::Result)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Agent {
+    pub fn new(config: AgentConfig) -> Arc<Self> {
+        let ips = config.ip_addrs();
+        Arc::new(Self {
+            responder: Responder::new(ips.clone(), config.http01.port),
+            pending: PendingKeys::new(&config.state_dir),
+            ips,
+            config,
+            install_lock: tokio::sync::Mutex::new(()),
+            replies: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// Keeps a session open until `shutdown`.
+    pub async fn run(self: &Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let files = Files::new(&self.config.state_dir);
+        let enrollment = files.load()?;
+        let tls = files.session_tls()?;
+        tracing::info!(host = %enrollment.host_id, coordinator = %enrollment.coordinator, "agent starting");
+        let sweeper = {
+            let agent = self.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(30)) => agent.responder.expire(),
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            })
+        };
+        let mut attempt = 0u32;
+        while !shutdown.is_cancelled() {
+            let started = Instant::now();
+            let result = tokio::select! {
+                r = self.session(&enrollment.coordinator, tls.clone()) => r,
+                _ = shutdown.cancelled() => break,
+            };
+            if started.elapsed() >= HEALTHY_SESSION {
+                attempt = 0;
+            }
+            let delay = Backoff::RECONNECT.delay_random(attempt);
+            attempt = attempt.saturating_add(1);
+            match result {
+                Ok(()) => tracing::info!(retry_in_ms = delay.as_millis() as u64, "session closed by the coordinator; reconnecting"),
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "session failed; reconnecting"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        sweeper.abort();
+        self.responder.clear(&[]);
+        tracing::info!("agent stopped");
+        Ok(())
+    }
+
+    fn hello(&self) -> pb::Hello {
+        let inventory = self
+            .config
+            .targets
+            .iter()
+            .filter_map(|(name, t)| {
+                install::inspect(t).map(|i| pb::InstalledCert {
+                    target: name.clone(),
+                    serial: i.serial,
+                    not_after_unix: i.not_after,
+                    identifiers: i.ips.iter().map(|ip| ip.to_string()).collect(),
+                })
+            })
+            .collect();
+        pb::Hello {
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            ips: self.config.ips.clone(),
+            targets: self.config.targets.keys().cloned().collect(),
+            challenge_modes: vec!["http-01/standalone".into()],
+            inventory,
+        }
+    }
+
+    async fn session(self: &Arc<Self>, url: &str, tls: Arc<rustls::ClientConfig>) -> anyhow::Result<()> {
+        let channel = certfleet_shared::transport::connect(url, tls).await?;
+        let mut client = AgentSessionClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let (tx, rx) = mpsc::channel::<AgentMessage>(32);
+        tx.send(AgentMessage { msg: Some(Msg::Hello(self.hello())) }).await?;
+        let mut inbound = client
+            .session(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| anyhow::anyhow!("coordinator refused the session: {} ({:?})", s.message(), s.code()))?
+            .into_inner();
+        tracing::info!("session established");
+        while let Some(msg) = inbound.message().await.map_err(|s| anyhow::anyhow!("session: {}", s.message()))? {
+            let agent = self.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let request_id = msg.request_id.clone();
+                let result = agent.handle(msg).await;
+                let reply = pb::Reply { request_id, result: Some(result) };
+                let _ = tx.send(AgentMessage { msg: Some(Msg::Reply(reply)) }).await;
+            });
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, msg: CoordinatorMessage) -> reply::Result {
+        if msg.request_id.is_empty() || msg.request_id.len() > 128 {
+            return reply::Result::Failure(AgentFailure::bad_request("missing or oversized request id").into());
+        }
+        if let Some(previous) = lock(&self.replies).iter().find(|(id, _)| *id == msg.request_id).map(|(_, r)| r.clone()) {
+            return previous;
+        }
+        let result = match msg.cmd {
+            None => Err(AgentFailure::bad_request("command missing (newer coordinator?)")),
+            Some(Cmd::PresentChallenges(p)) => {
+                let list: Vec<_> = p.challenges.into_iter().map(|c| (c.identifier, c.token, c.key_authorization)).collect();
+                if list.is_empty() || list.len() > 64 {
+                    Err(AgentFailure::bad_request("between 1 and 64 challenges per request"))
+                } else {
+                    self.responder.present(&list).await.map(|()| reply::Result::Done(pb::Done {}))
+                }
+            }
+            Some(Cmd::ClearChallenges(c)) => {
+                self.responder.clear(&c.tokens);
+                Ok(reply::Result::Done(pb::Done {}))
+            }
+            Some(Cmd::CreateCsr(c)) => self.create_csr(c),
+            Some(Cmd::Install(i)) => self.install(i).await,
+        };
+        let result = match result {
+            Ok(r) => r,
+            Err(f) => {
+                tracing::warn!(code = f.code, error = %f.message, "command failed");
+                reply::Result::Failure(f.into())
+            }
+        };
+        let mut cache = lock(&self.replies);
+        cache.push_back((msg.request_id, result.clone()));
+        while cache.len() > REPLAY_CACHE {
+            cache.pop_front();
+        }
+        result
+    }
+
+    fn create_csr(&self, c: pb::CreateCsr) -> Result<reply::Result, AgentFailure> {
+        if !self.config.targets.contains_key(&c.target) {
+            return Err(AgentFailure::new("unknown_target", format!("this host has no target {:?}", c.target)));
+        }
+        if c.identifiers.is_empty() || c.identifiers.len() > 64 {
+            return Err(AgentFailure::bad_request("a CSR names between 1 and 64 identifiers"));
+        }
+        let mut ips = Vec::new();
+        for id in &c.identifiers {
+            let ip = certfleet_shared::identifier::parse_ip(id).map_err(|e| AgentFailure::bad_request(e.to_string()))?;
+            if !self.ips.contains(&ip) {
+                return Err(AgentFailure::new("not_my_ip", format!("{ip} is not one of this host's configured ips")));
+            }
+            ips.push(ip);
+        }
+        let key_type = pb::KeyType::try_from(c.key_type).unwrap_or(pb::KeyType::EcdsaP256);
+        let der = self.pending.create_csr(&ips, key_type)?;
+        tracing::info!(target = %c.target, ips = ?ips, "new key and CSR made");
+        Ok(reply::Result::Csr(pb::Csr { csr_der: der }))
+    }
+
+    async fn install(&self, i: pb::InstallCertificate) -> Result<reply::Result, AgentFailure> {
+        let target = self
+            .config
+            .targets
+            .get(&i.target)
+            .ok_or_else(|| AgentFailure::new("unknown_target", format!("this host has no target {:?}", i.target)))?;
+        let _serial = self.install_lock.lock().await;
+        let out = install::install(&i.target, target, &i.chain_pem, &self.ips, &self.pending).await?;
+        Ok(reply::Result::Installed(pb::InstallReport {
+            target: i.target,
+            serial: out.serial,
+            not_after_unix: out.not_after,
+            reload_output: out.reload_output,
+        }))
+    }
+}
