@@ -15,7 +15,10 @@ const ENV_SKIP: &[&str] = &["CERTFLEET_AGENT_CONFIG", "CERTFLEET_AGENT_LOG_FORMA
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config {path} is not valid: {detail}")]
     Parse { path: PathBuf, detail: String },
     #[error("config {path}: {detail}")]
@@ -54,7 +57,10 @@ pub struct Http01Config {
 
 impl Default for Http01Config {
     fn default() -> Self {
-        Self { mode: Http01Mode::Standalone, port: default_port() }
+        Self {
+            mode: Http01Mode::Standalone,
+            port: default_port(),
+        }
     }
 }
 
@@ -104,28 +110,52 @@ impl TargetConfig {
 
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         Self::from_toml(&text, path, std::env::vars())
     }
 
-    pub fn from_toml(text: &str, path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
-        let parse_err = |detail: String| ConfigError::Parse { path: path.into(), detail };
+    pub fn from_toml(
+        text: &str,
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let parse_err = |detail: String| ConfigError::Parse {
+            path: path.into(),
+            detail,
+        };
         let mut doc: toml::Value = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
-        certfleet_shared::configenv::apply_overrides(&mut doc, ENV_PREFIX, ENV_SKIP, env).map_err(parse_err)?;
-        let cfg: AgentConfig = doc.try_into().map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
-        cfg.validate().map_err(|detail| ConfigError::Invalid { path: path.into(), detail })?;
+        certfleet_shared::configenv::apply_overrides(&mut doc, ENV_PREFIX, ENV_SKIP, env)
+            .map_err(parse_err)?;
+        let cfg: AgentConfig = doc
+            .try_into()
+            .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
+        cfg.validate().map_err(|detail| ConfigError::Invalid {
+            path: path.into(),
+            detail,
+        })?;
         Ok(cfg)
     }
 
     pub fn validate(&self) -> Result<(), String> {
         if self.version != CONFIG_VERSION {
-            return Err(format!("version = {} is not supported; this agent reads version = {CONFIG_VERSION}", self.version));
+            return Err(format!(
+                "version = {} is not supported; this agent reads version = {CONFIG_VERSION}",
+                self.version
+            ));
         }
         if !self.state_dir.is_absolute() {
-            return Err(format!("state_dir {:?} must be an absolute path", self.state_dir));
+            return Err(format!(
+                "state_dir {:?} must be an absolute path",
+                self.state_dir
+            ));
         }
         if self.ips.is_empty() {
-            return Err("ips is empty; list this host's addresses, e.g. ips = [\"203.0.113.10\"]".into());
+            return Err(
+                "ips is empty; list this host's addresses, e.g. ips = [\"203.0.113.10\"]".into(),
+            );
         }
         let mut seen = HashSet::new();
         for ip in &self.ips {
@@ -140,8 +170,15 @@ impl AgentConfig {
         let mut paths = HashSet::new();
         for (name, t) in &self.targets {
             let ctx = |m: String| format!("[targets.{name}]: {m}");
-            if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-                return Err(format!("target name {name:?} must be 1-64 letters, digits, '-', '_' or '.'"));
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                return Err(format!(
+                    "target name {name:?} must be 1-64 letters, digits, '-', '_' or '.'"
+                ));
             }
             if t.cert.is_none() && t.fullchain.is_none() {
                 return Err(ctx("needs cert or fullchain (or both)".into()));
@@ -214,12 +251,27 @@ reload = ["/bin/true"]
     #[test]
     fn bad_configs_name_the_fix() {
         let cases = [
-            (MINIMAL.replace("\"::1\"", "\"0:0:0:0:0:0:0:1\""), "write it as \"::1\""),
+            (
+                MINIMAL.replace("\"::1\"", "\"0:0:0:0:0:0:0:1\""),
+                "write it as \"::1\"",
+            ),
             (MINIMAL.replace("\"::1\"", "\"127.0.0.11\""), "listed twice"),
-            (MINIMAL.replace("/bin/true", "true"), "must be an absolute path"),
-            (MINIMAL.replace("fullchain = ", "fullchian = "), "unknown field `fullchian`"),
-            (MINIMAL.replace("key = \"/tmp/x/key.pem\"", "key = \"/tmp/x/fullchain.pem\""), "used twice"),
-            (MINIMAL.replace("/tmp/x/key.pem", "key.pem"), "absolute path"),
+            (
+                MINIMAL.replace("/bin/true", "true"),
+                "must be an absolute path",
+            ),
+            (
+                MINIMAL.replace("fullchain = ", "fullchian = "),
+                "unknown field `fullchian`",
+            ),
+            (
+                MINIMAL.replace("key = \"/tmp/x/key.pem\"", "key = \"/tmp/x/fullchain.pem\""),
+                "used twice",
+            ),
+            (
+                MINIMAL.replace("/tmp/x/key.pem", "key.pem"),
+                "absolute path",
+            ),
         ];
         for (text, want) in cases {
             let err = parse(&text).unwrap_err().to_string();

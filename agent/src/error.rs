@@ -12,7 +12,10 @@ pub struct AgentFailure {
 
 impl AgentFailure {
     pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new("bad_request", message)
@@ -21,6 +24,9 @@ impl AgentFailure {
 
 impl From<AgentFailure> for Failure {
     fn from(f: AgentFailure) -> Self {
-        Failure { message: f.message, code: f.code.to_owned() }
+        Failure {
+            message: f.message,
+            code: f.code.to_owned(),
+        }
     }
 }

@@ -44,27 +44,44 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Tokens are base64url (RFC 8555 §8.1: at least 128 bits of entropy).
 pub fn valid_token(t: &str) -> bool {
-    (16..=256).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    (16..=256).contains(&t.len())
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl Responder {
     pub fn new(ips: Vec<IpAddr>, port: u16) -> Self {
-        Self { ips, port, table: Arc::default(), listening: Mutex::new(None) }
+        Self {
+            ips,
+            port,
+            table: Arc::default(),
+            listening: Mutex::new(None),
+        }
     }
 
     /// Adds challenges and makes sure the listeners are up.
-    pub async fn present(&self, challenges: &[(String, String, String)]) -> Result<(), AgentFailure> {
+    pub async fn present(
+        &self,
+        challenges: &[(String, String, String)],
+    ) -> Result<(), AgentFailure> {
         for (identifier, token, key_auth) in challenges {
-            let ip: IpAddr = identifier
-                .parse()
-                .map_err(|_| AgentFailure::bad_request(format!("challenge identifier {identifier:?} is not an IP address")))?;
+            let ip: IpAddr = identifier.parse().map_err(|_| {
+                AgentFailure::bad_request(format!(
+                    "challenge identifier {identifier:?} is not an IP address"
+                ))
+            })?;
             if !self.ips.contains(&ip) {
-                return Err(AgentFailure::new("not_my_ip", format!("{ip} is not one of this host's configured ips")));
+                return Err(AgentFailure::new(
+                    "not_my_ip",
+                    format!("{ip} is not one of this host's configured ips"),
+                ));
             }
             if !valid_token(token) {
                 return Err(AgentFailure::bad_request("malformed challenge token"));
             }
-            let thumb = key_auth.strip_prefix(token.as_str()).and_then(|r| r.strip_prefix('.'));
+            let thumb = key_auth
+                .strip_prefix(token.as_str())
+                .and_then(|r| r.strip_prefix('.'));
             if !thumb.is_some_and(valid_token_part) {
                 return Err(AgentFailure::bad_request("malformed key authorization"));
             }
@@ -73,7 +90,13 @@ impl Responder {
             let mut table = lock(&self.table);
             let expires = Instant::now() + CHALLENGE_TTL;
             for (_, token, key_auth) in challenges {
-                table.insert(token.clone(), Entry { key_authorization: key_auth.clone(), expires });
+                table.insert(
+                    token.clone(),
+                    Entry {
+                        key_authorization: key_auth.clone(),
+                        expires,
+                    },
+                );
             }
         }
         if let Err(e) = self.ensure_listening().await {
@@ -129,7 +152,10 @@ impl Responder {
             let l = TcpListener::bind(addr).await.map_err(|e| {
                 AgentFailure::new(
                     "bind_failed",
-                    format!("cannot listen on {addr} for HTTP-01: {e} (is another server on port {}?)", self.port),
+                    format!(
+                        "cannot listen on {addr} for HTTP-01: {e} (is another server on port {}?)",
+                        self.port
+                    ),
                 )
             })?;
             listeners.push(l);
@@ -148,7 +174,10 @@ impl Responder {
 }
 
 fn valid_token_part(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 async fn serve(listener: TcpListener, table: Table, cancel: CancellationToken) {
@@ -182,7 +211,10 @@ fn answer<B>(table: &Table, req: &Request<B>, peer: SocketAddr) -> Response<Full
     let reply = |status: StatusCode, body: String| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
         *r.status_mut() = status;
-        r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/plain"),
+        );
         r
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -191,7 +223,10 @@ fn answer<B>(table: &Table, req: &Request<B>, peer: SocketAddr) -> Response<Full
     let Some(token) = req.uri().path().strip_prefix(PREFIX) else {
         return reply(StatusCode::NOT_FOUND, String::new());
     };
-    let found = lock(table).get(token).filter(|e| e.expires > Instant::now()).cloned();
+    let found = lock(table)
+        .get(token)
+        .filter(|e| e.expires > Instant::now())
+        .cloned();
     match found {
         Some(e) => {
             tracing::debug!(peer = %peer, "HTTP-01 challenge served");
@@ -222,12 +257,24 @@ mod tests {
         let r = Responder::new(vec![ip], port);
         let token = "tok_0123456789abcdef".to_string();
         let ka = format!("{token}.thumbprint_value");
-        assert!(r.present(&[("10.0.0.1".into(), token.clone(), ka.clone())]).await.is_err(), "not our IP");
+        assert!(
+            r.present(&[("10.0.0.1".into(), token.clone(), ka.clone())])
+                .await
+                .is_err(),
+            "not our IP"
+        );
         assert!(!r.is_listening());
-        r.present(&[("127.0.0.1".into(), token.clone(), ka.clone())]).await.unwrap();
+        r.present(&[("127.0.0.1".into(), token.clone(), ka.clone())])
+            .await
+            .unwrap();
         let body = http_get(ip, port, &format!("{PREFIX}{token}")).await;
-        assert!(body.starts_with("HTTP/1.1 200") && body.ends_with(&ka), "{body}");
-        assert!(http_get(ip, port, &format!("{PREFIX}other_token_000000")).await.starts_with("HTTP/1.1 404"));
+        assert!(
+            body.starts_with("HTTP/1.1 200") && body.ends_with(&ka),
+            "{body}"
+        );
+        assert!(http_get(ip, port, &format!("{PREFIX}other_token_000000"))
+            .await
+            .starts_with("HTTP/1.1 404"));
         r.clear(&[token]);
         assert!(!r.is_listening());
     }
@@ -235,7 +282,12 @@ mod tests {
     async fn http_get(ip: IpAddr, port: u16, path: &str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect((ip, port)).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         out

@@ -31,7 +31,9 @@ pub struct Files {
 
 impl Files {
     pub fn new(state_dir: &Path) -> Self {
-        Self { dir: state_dir.to_path_buf() }
+        Self {
+            dir: state_dir.to_path_buf(),
+        }
     }
     pub fn key(&self) -> PathBuf {
         self.dir.join("identity.key")
@@ -47,8 +49,9 @@ impl Files {
     }
 
     fn read(&self, p: &Path) -> anyhow::Result<String> {
-        let bytes = read_limited(p, 256 * 1024).with_context(|| format!("reading {}", p.display()))?;
-        Ok(String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8", p.display()))?)
+        let bytes =
+            read_limited(p, 256 * 1024).with_context(|| format!("reading {}", p.display()))?;
+        String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8", p.display()))
     }
 
     /// The enrollment record, or a message saying how to enroll.
@@ -57,12 +60,17 @@ impl Files {
         if !path.exists() {
             bail!("this agent is not enrolled ({} is missing); run `certfleet-agent enroll --coordinator URL --token T --ca-sha256 FP`", path.display());
         }
-        serde_json::from_str(&self.read(&path)?).with_context(|| format!("{} is corrupt; enroll again", path.display()))
+        serde_json::from_str(&self.read(&path)?)
+            .with_context(|| format!("{} is corrupt; enroll again", path.display()))
     }
 
     /// rustls config for the session: trust the fleet CA, present the identity.
     pub fn session_tls(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-        Ok(fleet_client_config(&self.read(&self.ca())?, &self.read(&self.cert())?, &self.read(&self.key())?)?)
+        Ok(fleet_client_config(
+            &self.read(&self.ca())?,
+            &self.read(&self.cert())?,
+            &self.read(&self.key())?,
+        )?)
     }
 }
 
@@ -107,33 +115,53 @@ pub async fn enroll(
     })?;
     let mut client = EnrollmentClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let resp = client
-        .enroll(EnrollRequest { token: token.to_owned(), csr_der: csr.der().to_vec(), hostname: hostname.to_owned(), labels: labels.into_iter().collect() })
+        .enroll(EnrollRequest {
+            token: token.to_owned(),
+            csr_der: csr.der().to_vec(),
+            hostname: hostname.to_owned(),
+            labels: labels.into_iter().collect(),
+        })
         .await
         .map_err(|s| anyhow::anyhow!("enrollment refused: {}", s.message()))?
         .into_inner();
 
     // Check what came back before keeping any of it.
-    let ca_chain = parse_pem_chain(&resp.ca_cert_pem).context("coordinator sent a bad CA certificate")?;
+    let ca_chain =
+        parse_pem_chain(&resp.ca_cert_pem).context("coordinator sent a bad CA certificate")?;
     if sha256_hex(&ca_chain[0]) != hex_of(&pin) {
         bail!("the CA certificate in the enrollment response does not match --ca-sha256");
     }
     let host_id = HostId::parse(&resp.host_id)?;
-    let leaf = parse_pem_chain(&resp.client_cert_pem).context("coordinator sent a bad client certificate")?;
+    let leaf = parse_pem_chain(&resp.client_cert_pem)
+        .context("coordinator sent a bad client certificate")?;
     let info = CertInfo::from_der(&leaf[0])?;
     if info.spki_der != key.subject_public_key_info() {
         bail!("the client certificate from the coordinator is not for our key");
     }
-    if !info.uris.iter().any(|u| u.strip_prefix(HOST_URI_PREFIX) == Some(host_id.as_str())) {
+    if !info
+        .uris
+        .iter()
+        .any(|u| u.strip_prefix(HOST_URI_PREFIX) == Some(host_id.as_str()))
+    {
         bail!("the client certificate from the coordinator does not name host {host_id}");
     }
 
-    let record = Enrollment { host_id, coordinator: url.to_owned(), ca_sha256: hex_of(&pin), enrolled: now };
+    let record = Enrollment {
+        host_id,
+        coordinator: url.to_owned(),
+        ca_sha256: hex_of(&pin),
+        enrolled: now,
+    };
     let written = (|| -> anyhow::Result<()> {
         create_dir_with_mode(state_dir, 0o700)?;
         write_atomic(&files.key(), key.serialize_pem().as_bytes(), 0o600)?;
         write_atomic(&files.cert(), resp.client_cert_pem.as_bytes(), 0o644)?;
         write_atomic(&files.ca(), resp.ca_cert_pem.as_bytes(), 0o644)?;
-        write_atomic(&files.enrollment(), serde_json::to_string_pretty(&record)?.as_bytes(), 0o644)?;
+        write_atomic(
+            &files.enrollment(),
+            serde_json::to_string_pretty(&record)?.as_bytes(),
+            0o644,
+        )?;
         Ok(())
     })();
     if let Err(e) = written {

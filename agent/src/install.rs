@@ -32,7 +32,11 @@ pub fn inspect(target: &TargetConfig) -> Option<Installed> {
     let chain = parse_pem_chain(&pem).ok()?;
     let leaf = CertInfo::from_der(&chain[0]).ok()?;
     let key = String::from_utf8(read_limited(&target.key, 64 * 1024).ok()?).ok()?;
-    key_matches_spki(&key, &leaf.spki_der).then_some(Installed { serial: leaf.serial_hex, not_after: leaf.not_after, ips: leaf.ips })
+    key_matches_spki(&key, &leaf.spki_der).then_some(Installed {
+        serial: leaf.serial_hex,
+        not_after: leaf.not_after,
+        ips: leaf.ips,
+    })
 }
 
 pub struct InstallOutcome {
@@ -49,15 +53,24 @@ pub async fn install(
     own_ips: &[IpAddr],
     pending: &PendingKeys,
 ) -> Result<InstallOutcome, AgentFailure> {
-    let chain = parse_pem_chain(chain_pem).map_err(|e| AgentFailure::bad_request(format!("certificate chain: {e}")))?;
-    let leaf = CertInfo::from_der(&chain[0]).map_err(|e| AgentFailure::bad_request(format!("leaf certificate: {e}")))?;
+    let chain = parse_pem_chain(chain_pem)
+        .map_err(|e| AgentFailure::bad_request(format!("certificate chain: {e}")))?;
+    let leaf = CertInfo::from_der(&chain[0])
+        .map_err(|e| AgentFailure::bad_request(format!("leaf certificate: {e}")))?;
     if let Some(ip) = leaf.ips.iter().find(|ip| !own_ips.contains(ip)) {
-        return Err(AgentFailure::new("not_my_ip", format!("the certificate names {ip}, which is not one of this host's ips")));
+        return Err(AgentFailure::new(
+            "not_my_ip",
+            format!("the certificate names {ip}, which is not one of this host's ips"),
+        ));
     }
 
     if inspect(target).is_some_and(|i| i.serial == leaf.serial_hex) {
         tracing::info!(target = target_name, serial = %leaf.serial_hex, "certificate already installed");
-        return Ok(InstallOutcome { serial: leaf.serial_hex, not_after: leaf.not_after, reload_output: String::new() });
+        return Ok(InstallOutcome {
+            serial: leaf.serial_hex,
+            not_after: leaf.not_after,
+            reload_output: String::new(),
+        });
     }
 
     let key = pending.find(&leaf.spki_der).ok_or_else(|| {
@@ -70,7 +83,8 @@ pub async fn install(
     let leaf_pem = chain_to_pem(&chain[..1]);
     let issuers_pem = chain_to_pem(&chain[1..]);
     let full_pem = chain_to_pem(&chain);
-    let mut writes: Vec<(&Path, &str, u32)> = vec![(target.key.as_path(), key_text(&key), KEY_MODE)];
+    let mut writes: Vec<(&Path, &str, u32)> =
+        vec![(target.key.as_path(), key_text(&key), KEY_MODE)];
     if let Some(p) = &target.cert {
         writes.push((p, &leaf_pem, CERT_MODE));
     }
@@ -94,7 +108,11 @@ pub async fn install(
     tracing::info!(target = target_name, serial = %leaf.serial_hex, "certificate files written");
 
     let reload_output = reload(target_name, target).await?;
-    Ok(InstallOutcome { serial: leaf.serial_hex, not_after: leaf.not_after, reload_output })
+    Ok(InstallOutcome {
+        serial: leaf.serial_hex,
+        not_after: leaf.not_after,
+        reload_output,
+    })
 }
 
 fn key_text(k: &KeyPem) -> &str {
@@ -102,7 +120,10 @@ fn key_text(k: &KeyPem) -> &str {
 }
 
 fn write_failed(path: &Path, e: std::io::Error) -> AgentFailure {
-    AgentFailure::new("write_failed", format!("cannot write {}: {e}", path.display()))
+    AgentFailure::new(
+        "write_failed",
+        format!("cannot write {}: {e}", path.display()),
+    )
 }
 
 fn prev_path(path: &Path) -> PathBuf {
@@ -114,7 +135,8 @@ fn prev_path(path: &Path) -> PathBuf {
 /// Copies the current file (if any) to `<file>.prev`, atomically and with the same mode.
 fn keep_previous(path: &Path, mode: u32) -> Result<(), AgentFailure> {
     match std::fs::read(path) {
-        Ok(old) => write_atomic(&prev_path(path), &old, mode).map_err(|e| write_failed(&prev_path(path), e)),
+        Ok(old) => write_atomic(&prev_path(path), &old, mode)
+            .map_err(|e| write_failed(&prev_path(path), e)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(write_failed(path, e)),
     }
@@ -122,15 +144,30 @@ fn keep_previous(path: &Path, mode: u32) -> Result<(), AgentFailure> {
 
 /// Runs the target's reload command with its timeout.
 async fn reload(target_name: &str, target: &TargetConfig) -> Result<String, AgentFailure> {
-    let Some((program, args)) = target.reload.split_first() else { return Ok(String::new()) };
+    let Some((program, args)) = target.reload.split_first() else {
+        return Ok(String::new());
+    };
     let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args).stdin(std::process::Stdio::null()).kill_on_drop(true);
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
     let timeout = Duration::from_secs(target.reload_timeout_secs);
     let out = match tokio::time::timeout(timeout, cmd.output()).await {
         Err(_) => {
-            return Err(AgentFailure::new("reload_failed", format!("reload of target {target_name} did not finish within {} s", timeout.as_secs())))
+            return Err(AgentFailure::new(
+                "reload_failed",
+                format!(
+                    "reload of target {target_name} did not finish within {} s",
+                    timeout.as_secs()
+                ),
+            ))
         }
-        Ok(Err(e)) => return Err(AgentFailure::new("reload_failed", format!("cannot run reload command {program:?}: {e}"))),
+        Ok(Err(e)) => {
+            return Err(AgentFailure::new(
+                "reload_failed",
+                format!("cannot run reload command {program:?}: {e}"),
+            ))
+        }
         Ok(Ok(out)) => out,
     };
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -160,7 +197,10 @@ mod tests {
         ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca_cert = ca.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(ca, ca_key);
-        let csr = rcgen::CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der)).unwrap();
+        let csr = rcgen::CertificateSigningRequestParams::from_der(
+            &CertificateSigningRequestDer::from(csr_der),
+        )
+        .unwrap();
         let mut params = CertificateParams::default();
         params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
         let leaf = params.signed_by(&csr.public_key, &issuer).unwrap();
@@ -178,24 +218,43 @@ mod tests {
             chain: Some(dir.path().join("tls/chain.pem")),
             fullchain: Some(dir.path().join("tls/fullchain.pem")),
             key: dir.path().join("tls/key.pem"),
-            reload: vec!["/bin/sh".into(), "-c".into(), format!("echo reloaded >> {}", log.display())],
+            reload: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!("echo reloaded >> {}", log.display()),
+            ],
             reload_timeout_secs: 10,
         };
         let mut serials = Vec::new();
         for _ in 0..2 {
             let csr = pending.create_csr(&ips, KeyType::EcdsaP256).unwrap();
             let chain = sign(&csr);
-            let out = install("default", &target, &chain, &ips, &pending).await.unwrap();
+            let out = install("default", &target, &chain, &ips, &pending)
+                .await
+                .unwrap();
             assert_eq!(inspect(&target).map(|i| i.serial), Some(out.serial.clone()));
             serials.push(out.serial);
         }
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&target.key).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(std::fs::metadata(prev_path(&target.key)).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&target.key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::metadata(prev_path(&target.key))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
         assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 2);
         let prev = std::fs::read_to_string(prev_path(target.cert.as_ref().unwrap())).unwrap();
         let prev_leaf = CertInfo::from_der(&parse_pem_chain(&prev).unwrap()[0]).unwrap();
-        assert_eq!(prev_leaf.serial_hex, serials[0], "previous certificate kept");
+        assert_eq!(
+            prev_leaf.serial_hex, serials[0],
+            "previous certificate kept"
+        );
     }
 
     #[tokio::test]
@@ -204,23 +263,49 @@ mod tests {
         let pending = PendingKeys::new(&dir.path().join("state"));
         let ips: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap()];
         let target = TargetConfig {
-            cert: Some(dir.path().join("cert.pem")), chain: None, fullchain: None,
-            key: dir.path().join("key.pem"), reload: vec!["/bin/false".into()], reload_timeout_secs: 10,
+            cert: Some(dir.path().join("cert.pem")),
+            chain: None,
+            fullchain: None,
+            key: dir.path().join("key.pem"),
+            reload: vec!["/bin/false".into()],
+            reload_timeout_secs: 10,
         };
         // A certificate whose key this host never made.
         let other = PendingKeys::new(&dir.path().join("elsewhere"));
         let chain = sign(&other.create_csr(&ips, KeyType::EcdsaP256).unwrap());
-        let err = install("t", &target, &chain, &ips, &pending).await.err().unwrap();
+        let err = install("t", &target, &chain, &ips, &pending)
+            .await
+            .err()
+            .unwrap();
         assert_eq!(err.code, "no_matching_key");
         assert!(!target.key.exists(), "nothing written");
         // Not our IP.
-        let err = install("t", &target, &chain, &["10.0.0.1".parse().unwrap()], &pending).await.err().unwrap();
+        let err = install(
+            "t",
+            &target,
+            &chain,
+            &["10.0.0.1".parse().unwrap()],
+            &pending,
+        )
+        .await
+        .err()
+        .unwrap();
         assert_eq!(err.code, "not_my_ip");
         // Garbage.
-        assert_eq!(install("t", &target, "garbage", &ips, &pending).await.err().unwrap().code, "bad_request");
+        assert_eq!(
+            install("t", &target, "garbage", &ips, &pending)
+                .await
+                .err()
+                .unwrap()
+                .code,
+            "bad_request"
+        );
         // Failing reload is reported.
         let chain = sign(&pending.create_csr(&ips, KeyType::EcdsaP256).unwrap());
-        let err = install("t", &target, &chain, &ips, &pending).await.err().unwrap();
+        let err = install("t", &target, &chain, &ips, &pending)
+            .await
+            .err()
+            .unwrap();
         assert_eq!(err.code, "reload_failed");
     }
 }

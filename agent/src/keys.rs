@@ -29,7 +29,9 @@ impl std::fmt::Debug for KeyPem {
 
 impl PendingKeys {
     pub fn new(state_dir: &Path) -> Self {
-        Self { dir: state_dir.join("pending") }
+        Self {
+            dir: state_dir.join("pending"),
+        }
     }
 
     /// Makes a fresh key and a CSR naming exactly `ips` (IP SANs, empty subject: no CN).
@@ -38,15 +40,18 @@ impl PendingKeys {
             KeyType::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
             KeyType::EcdsaP256 | KeyType::Unspecified => &rcgen::PKCS_ECDSA_P256_SHA256,
         };
-        let internal = |e: rcgen::Error| AgentFailure::new("internal", format!("key/CSR generation failed: {e}"));
+        let internal = |e: rcgen::Error| {
+            AgentFailure::new("internal", format!("key/CSR generation failed: {e}"))
+        };
         let key = KeyPair::generate_for(alg).map_err(internal)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.subject_alt_names = ips.iter().map(|ip| SanType::IpAddress(*ip)).collect();
         let csr = params.serialize_request(&key).map_err(internal)?;
         self.prune();
-        create_dir_with_mode(&self.dir, 0o700)
-            .map_err(|e| AgentFailure::new("write_failed", format!("{}: {e}", self.dir.display())))?;
+        create_dir_with_mode(&self.dir, 0o700).map_err(|e| {
+            AgentFailure::new("write_failed", format!("{}: {e}", self.dir.display()))
+        })?;
         let path = self.path_for(&key.subject_public_key_info());
         write_atomic(&path, key.serialize_pem().as_bytes(), 0o600)
             .map_err(|e| AgentFailure::new("write_failed", format!("{}: {e}", path.display())))?;
@@ -70,7 +75,9 @@ impl PendingKeys {
 
     /// Drops stale pending keys and caps their number.
     fn prune(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
         let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
             .filter_map(|e| e.ok())
             .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
@@ -79,7 +86,10 @@ impl PendingKeys {
         let now = std::time::SystemTime::now();
         let excess = files.len().saturating_sub(MAX_PENDING - 1);
         for (i, (modified, path)) in files.iter().enumerate() {
-            let old = now.duration_since(*modified).map(|d| d.as_secs() > PENDING_MAX_AGE_SECS).unwrap_or(false);
+            let old = now
+                .duration_since(*modified)
+                .map(|d| d.as_secs() > PENDING_MAX_AGE_SECS)
+                .unwrap_or(false);
             if old || i < excess {
                 let _ = std::fs::remove_file(path);
             }
@@ -96,7 +106,10 @@ mod tests {
     fn csr_has_ip_sans_no_cn_and_key_stays_pending() {
         let dir = tempfile::tempdir().unwrap();
         let keys = PendingKeys::new(dir.path());
-        let ips: Vec<IpAddr> = vec!["8.8.8.8".parse().unwrap(), "2001:4860::8888".parse().unwrap()];
+        let ips: Vec<IpAddr> = vec![
+            "8.8.8.8".parse().unwrap(),
+            "2001:4860::8888".parse().unwrap(),
+        ];
         let der = keys.create_csr(&ips, KeyType::EcdsaP256).unwrap();
         let csr = CsrInfo::from_der(&der).unwrap();
         assert_eq!(csr.ips, ips);
@@ -105,7 +118,11 @@ mod tests {
         let key = keys.find(&csr.spki_der).expect("pending key");
         assert!(format!("{key:?}").contains("redacted"));
         use std::os::unix::fs::PermissionsExt;
-        let f = std::fs::read_dir(dir.path().join("pending")).unwrap().next().unwrap().unwrap();
+        let f = std::fs::read_dir(dir.path().join("pending"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
         assert_eq!(f.metadata().unwrap().permissions().mode() & 0o777, 0o600);
         keys.remove(&csr.spki_der);
         assert!(keys.find(&csr.spki_der).is_none());

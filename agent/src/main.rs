@@ -11,13 +11,27 @@ use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "certfleet-agent", version, about = "certfleet agent: HTTP-01, host keys, install and reload")]
+#[command(
+    name = "certfleet-agent",
+    version,
+    about = "certfleet agent: HTTP-01, host keys, install and reload"
+)]
 struct Args {
     /// Config file (TOML).
-    #[arg(long, global = true, env = "CERTFLEET_AGENT_CONFIG", default_value = "/etc/certfleet/agent.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "CERTFLEET_AGENT_CONFIG",
+        default_value = "/etc/certfleet/agent.toml"
+    )]
     config: PathBuf,
     /// Log format: text or json.
-    #[arg(long, global = true, env = "CERTFLEET_AGENT_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "CERTFLEET_AGENT_LOG_FORMAT",
+        default_value = "text"
+    )]
     log_format: String,
     #[command(subcommand)]
     cmd: Cmd,
@@ -53,13 +67,18 @@ enum Cmd {
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{s:?}: use key=value"))
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?}: use key=value"))
 }
 
 fn init_tracing(format: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,hyper=warn,tower=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,h2=warn,hyper=warn,tower=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         "text" => builder.init(),
         "json" => builder.json().init(),
@@ -75,7 +94,11 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(2);
     }
     // Two worker threads are plenty for an agent; keeps idle memory small.
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -94,13 +117,30 @@ fn main() -> std::process::ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     let config = AgentConfig::load(&args.config)?;
     match args.cmd {
-        Cmd::Enroll { coordinator, token, ca_sha256, name, labels } => {
+        Cmd::Enroll {
+            coordinator,
+            token,
+            ca_sha256,
+            name,
+            labels,
+        } => {
             let hostname = match name {
                 Some(n) => n,
-                None => std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "unnamed".into()),
+                None => std::fs::read_to_string("/etc/hostname")
+                    .map(|s| s.trim().to_owned())
+                    .unwrap_or_else(|_| "unnamed".into()),
             };
             let labels: BTreeMap<String, String> = labels.into_iter().collect();
-            let e = identity::enroll(&config.state_dir, &coordinator, &token, &ca_sha256, &hostname, labels, SystemClock.now_unix()).await?;
+            let e = identity::enroll(
+                &config.state_dir,
+                &coordinator,
+                &token,
+                &ca_sha256,
+                &hostname,
+                labels,
+                SystemClock.now_unix(),
+            )
+            .await?;
             println!("enrolled as host {}", e.host_id);
         }
         Cmd::Run => {
@@ -145,7 +185,12 @@ fn status(config: &AgentConfig, json: bool) -> anyhow::Result<()> {
     }
     for (name, t) in &config.targets {
         match install::inspect(t) {
-            Some(i) => println!("target {name}: serial {} expires {} ({})", i.serial, rfc3339(i.not_after), relative(i.not_after, now)),
+            Some(i) => println!(
+                "target {name}: serial {} expires {} ({})",
+                i.serial,
+                rfc3339(i.not_after),
+                relative(i.not_after, now)
+            ),
             None => println!("target {name}: nothing installed"),
         }
     }
@@ -154,7 +199,10 @@ fn status(config: &AgentConfig, json: bool) -> anyhow::Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         }

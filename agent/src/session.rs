@@ -8,8 +8,8 @@ use crate::identity::Files;
 use crate::install;
 use crate::keys::PendingKeys;
 use certfleet_proto::v1::{
-    self as pb, agent_message::Msg, agent_session_client::AgentSessionClient, coordinator_message::Cmd, reply,
-    AgentMessage, CoordinatorMessage,
+    self as pb, agent_message::Msg, agent_session_client::AgentSessionClient,
+    coordinator_message::Cmd, reply, AgentMessage, CoordinatorMessage,
 };
 use certfleet_proto::MAX_MESSAGE_BYTES;
 use certfleet_shared::backoff::Backoff;
@@ -83,8 +83,13 @@ impl Agent {
             let delay = Backoff::RECONNECT.delay_random(attempt);
             attempt = attempt.saturating_add(1);
             match result {
-                Ok(()) => tracing::info!(retry_in_ms = delay.as_millis() as u64, "session closed by the coordinator; reconnecting"),
-                Err(e) => tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "session failed; reconnecting"),
+                Ok(()) => tracing::info!(
+                    retry_in_ms = delay.as_millis() as u64,
+                    "session closed by the coordinator; reconnecting"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "session failed; reconnecting")
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -120,27 +125,51 @@ impl Agent {
         }
     }
 
-    async fn session(self: &Arc<Self>, url: &str, tls: Arc<rustls::ClientConfig>) -> anyhow::Result<()> {
+    async fn session(
+        self: &Arc<Self>,
+        url: &str,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> anyhow::Result<()> {
         let channel = certfleet_shared::transport::connect(url, tls).await?;
         let mut client = AgentSessionClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel::<AgentMessage>(32);
-        tx.send(AgentMessage { msg: Some(Msg::Hello(self.hello())) }).await?;
+        tx.send(AgentMessage {
+            msg: Some(Msg::Hello(self.hello())),
+        })
+        .await?;
         let mut inbound = client
             .session(ReceiverStream::new(rx))
             .await
-            .map_err(|s| anyhow::anyhow!("coordinator refused the session: {} ({:?})", s.message(), s.code()))?
+            .map_err(|s| {
+                anyhow::anyhow!(
+                    "coordinator refused the session: {} ({:?})",
+                    s.message(),
+                    s.code()
+                )
+            })?
             .into_inner();
         tracing::info!("session established");
-        while let Some(msg) = inbound.message().await.map_err(|s| anyhow::anyhow!("session: {}", s.message()))? {
+        while let Some(msg) = inbound
+            .message()
+            .await
+            .map_err(|s| anyhow::anyhow!("session: {}", s.message()))?
+        {
             let agent = self.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
                 let request_id = msg.request_id.clone();
                 let result = agent.handle(msg).await;
-                let reply = pb::Reply { request_id, result: Some(result) };
-                let _ = tx.send(AgentMessage { msg: Some(Msg::Reply(reply)) }).await;
+                let reply = pb::Reply {
+                    request_id,
+                    result: Some(result),
+                };
+                let _ = tx
+                    .send(AgentMessage {
+                        msg: Some(Msg::Reply(reply)),
+                    })
+                    .await;
             });
         }
         Ok(())
@@ -148,19 +177,36 @@ impl Agent {
 
     async fn handle(&self, msg: CoordinatorMessage) -> reply::Result {
         if msg.request_id.is_empty() || msg.request_id.len() > 128 {
-            return reply::Result::Failure(AgentFailure::bad_request("missing or oversized request id").into());
+            return reply::Result::Failure(
+                AgentFailure::bad_request("missing or oversized request id").into(),
+            );
         }
-        if let Some(previous) = lock(&self.replies).iter().find(|(id, _)| *id == msg.request_id).map(|(_, r)| r.clone()) {
+        if let Some(previous) = lock(&self.replies)
+            .iter()
+            .find(|(id, _)| *id == msg.request_id)
+            .map(|(_, r)| r.clone())
+        {
             return previous;
         }
         let result = match msg.cmd {
-            None => Err(AgentFailure::bad_request("command missing (newer coordinator?)")),
+            None => Err(AgentFailure::bad_request(
+                "command missing (newer coordinator?)",
+            )),
             Some(Cmd::PresentChallenges(p)) => {
-                let list: Vec<_> = p.challenges.into_iter().map(|c| (c.identifier, c.token, c.key_authorization)).collect();
+                let list: Vec<_> = p
+                    .challenges
+                    .into_iter()
+                    .map(|c| (c.identifier, c.token, c.key_authorization))
+                    .collect();
                 if list.is_empty() || list.len() > 64 {
-                    Err(AgentFailure::bad_request("between 1 and 64 challenges per request"))
+                    Err(AgentFailure::bad_request(
+                        "between 1 and 64 challenges per request",
+                    ))
                 } else {
-                    self.responder.present(&list).await.map(|()| reply::Result::Done(pb::Done {}))
+                    self.responder
+                        .present(&list)
+                        .await
+                        .map(|()| reply::Result::Done(pb::Done {}))
                 }
             }
             Some(Cmd::ClearChallenges(c)) => {
@@ -187,16 +233,25 @@ impl Agent {
 
     fn create_csr(&self, c: pb::CreateCsr) -> Result<reply::Result, AgentFailure> {
         if !self.config.targets.contains_key(&c.target) {
-            return Err(AgentFailure::new("unknown_target", format!("this host has no target {:?}", c.target)));
+            return Err(AgentFailure::new(
+                "unknown_target",
+                format!("this host has no target {:?}", c.target),
+            ));
         }
         if c.identifiers.is_empty() || c.identifiers.len() > 64 {
-            return Err(AgentFailure::bad_request("a CSR names between 1 and 64 identifiers"));
+            return Err(AgentFailure::bad_request(
+                "a CSR names between 1 and 64 identifiers",
+            ));
         }
         let mut ips = Vec::new();
         for id in &c.identifiers {
-            let ip = certfleet_shared::identifier::parse_ip(id).map_err(|e| AgentFailure::bad_request(e.to_string()))?;
+            let ip = certfleet_shared::identifier::parse_ip(id)
+                .map_err(|e| AgentFailure::bad_request(e.to_string()))?;
             if !self.ips.contains(&ip) {
-                return Err(AgentFailure::new("not_my_ip", format!("{ip} is not one of this host's configured ips")));
+                return Err(AgentFailure::new(
+                    "not_my_ip",
+                    format!("{ip} is not one of this host's configured ips"),
+                ));
             }
             ips.push(ip);
         }
@@ -207,13 +262,15 @@ impl Agent {
     }
 
     async fn install(&self, i: pb::InstallCertificate) -> Result<reply::Result, AgentFailure> {
-        let target = self
-            .config
-            .targets
-            .get(&i.target)
-            .ok_or_else(|| AgentFailure::new("unknown_target", format!("this host has no target {:?}", i.target)))?;
+        let target = self.config.targets.get(&i.target).ok_or_else(|| {
+            AgentFailure::new(
+                "unknown_target",
+                format!("this host has no target {:?}", i.target),
+            )
+        })?;
         let _serial = self.install_lock.lock().await;
-        let out = install::install(&i.target, target, &i.chain_pem, &self.ips, &self.pending).await?;
+        let out =
+            install::install(&i.target, target, &i.chain_pem, &self.ips, &self.pending).await?;
         Ok(reply::Result::Installed(pb::InstallReport {
             target: i.target,
             serial: out.serial,

@@ -9,8 +9,8 @@ use crate::config::IssuerConfig;
 use crate::store::{AccountRecord, Store, StoreError};
 use certfleet_shared::clock::SharedClock;
 use instant_acme::{
-    Account, AuthorizationStatus, ChallengeType, ExternalAccountKey, Identifier, NewAccount, NewOrder, Order,
-    OrderStatus, RetryPolicy,
+    Account, AuthorizationStatus, ChallengeType, ExternalAccountKey, Identifier, NewAccount,
+    NewOrder, Order, OrderStatus, RetryPolicy,
 };
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -25,9 +25,17 @@ pub enum AcmeError {
     #[error("CA {issuer}: {detail}")]
     Ca { issuer: String, detail: String },
     #[error("CA {issuer} did not answer within {secs} s ({what})")]
-    Timeout { issuer: String, secs: u64, what: &'static str },
+    Timeout {
+        issuer: String,
+        secs: u64,
+        what: &'static str,
+    },
     #[error("CA {issuer} does not offer profile {wanted:?} (it offers: {offered}); change ip_profile or the issuer")]
-    ProfileUnavailable { issuer: String, wanted: String, offered: String },
+    ProfileUnavailable {
+        issuer: String,
+        wanted: String,
+        offered: String,
+    },
     #[error("validation failed: {0}")]
     Validation(String),
     #[error("CA {issuer} offers no http-01 challenge for {identifier}")]
@@ -55,11 +63,19 @@ pub struct AcmeIssuer {
 
 impl AcmeIssuer {
     pub fn new(cfg: IssuerConfig, store: Arc<dyn Store>, clock: SharedClock) -> Self {
-        Self { cfg, store, clock, account: OnceCell::new() }
+        Self {
+            cfg,
+            store,
+            clock,
+            account: OnceCell::new(),
+        }
     }
 
     fn ca_err(&self, e: impl std::fmt::Display) -> AcmeError {
-        AcmeError::Ca { issuer: self.cfg.name.clone(), detail: e.to_string() }
+        AcmeError::Ca {
+            issuer: self.cfg.name.clone(),
+            detail: e.to_string(),
+        }
     }
 
     async fn timed<T>(
@@ -69,13 +85,18 @@ impl AcmeIssuer {
     ) -> Result<T, AcmeError> {
         match tokio::time::timeout(ACME_CALL_TIMEOUT, fut).await {
             Ok(r) => r.map_err(|e| self.ca_err(describe(&e))),
-            Err(_) => Err(AcmeError::Timeout { issuer: self.cfg.name.clone(), secs: ACME_CALL_TIMEOUT.as_secs(), what }),
+            Err(_) => Err(AcmeError::Timeout {
+                issuer: self.cfg.name.clone(),
+                secs: ACME_CALL_TIMEOUT.as_secs(),
+                what,
+            }),
         }
     }
 
     fn builder(&self) -> Result<instant_acme::AccountBuilder, AcmeError> {
         match &self.cfg.trust_root {
-            Some(root) => Account::builder_with_root(root).map_err(|e| self.ca_err(format!("trust_root {}: {e}", root.display()))),
+            Some(root) => Account::builder_with_root(root)
+                .map_err(|e| self.ca_err(format!("trust_root {}: {e}", root.display()))),
             None => Account::builder().map_err(|e| self.ca_err(e)),
         }
     }
@@ -89,9 +110,16 @@ impl AcmeIssuer {
         let name = &self.cfg.name;
         if let Some(rec) = self.store.account(name)? {
             if rec.directory == self.cfg.directory {
-                let creds: instant_acme::AccountCredentials = serde_json::from_value(rec.credentials.clone())
-                    .map_err(|e| AcmeError::BadStoredAccount { issuer: name.clone(), detail: e.to_string() })?;
-                let account = self.timed("load account", self.builder()?.from_credentials(creds)).await?;
+                let creds: instant_acme::AccountCredentials =
+                    serde_json::from_value(rec.credentials.clone()).map_err(|e| {
+                        AcmeError::BadStoredAccount {
+                            issuer: name.clone(),
+                            detail: e.to_string(),
+                        }
+                    })?;
+                let account = self
+                    .timed("load account", self.builder()?.from_credentials(creds))
+                    .await?;
                 tracing::info!(issuer = %name, account_url = %account.id(), "ACME account loaded");
                 return Ok(account);
             }
@@ -99,10 +127,22 @@ impl AcmeIssuer {
                 "issuer directory changed; creating a new ACME account");
         }
         let contact: Vec<&str> = self.cfg.contact.iter().map(String::as_str).collect();
-        let new = NewAccount { contact: &contact, terms_of_service_agreed: true, only_return_existing: false };
-        let eab = self.cfg.eab().map(|(kid, key)| ExternalAccountKey::new(kid, &key));
-        let (account, creds) =
-            self.timed("create account", self.builder()?.create(&new, self.cfg.directory.clone(), eab.as_ref())).await?;
+        let new = NewAccount {
+            contact: &contact,
+            terms_of_service_agreed: true,
+            only_return_existing: false,
+        };
+        let eab = self
+            .cfg
+            .eab()
+            .map(|(kid, key)| ExternalAccountKey::new(kid, &key));
+        let (account, creds) = self
+            .timed(
+                "create account",
+                self.builder()?
+                    .create(&new, self.cfg.directory.clone(), eab.as_ref()),
+            )
+            .await?;
         let rec = AccountRecord {
             directory: self.cfg.directory.clone(),
             account_id: account.id().to_owned(),
@@ -127,12 +167,20 @@ impl AcmeIssuer {
         if offered.iter().any(|p| p == wanted) {
             Ok(Some(wanted.clone()))
         } else {
-            Err(AcmeError::ProfileUnavailable { issuer: self.cfg.name.clone(), wanted: wanted.clone(), offered: offered.join(", ") })
+            Err(AcmeError::ProfileUnavailable {
+                issuer: self.cfg.name.clone(),
+                wanted: wanted.clone(),
+                offered: offered.join(", "),
+            })
         }
     }
 
     /// Creates an order and returns its pending HTTP-01 challenges.
-    pub async fn new_order(&self, ips: &[IpAddr], profile: Option<&str>) -> Result<OrderDriver<'_>, AcmeError> {
+    pub async fn new_order(
+        &self,
+        ips: &[IpAddr],
+        profile: Option<&str>,
+    ) -> Result<OrderDriver<'_>, AcmeError> {
         let account = self.account().await?;
         let ids: Vec<Identifier> = ips.iter().map(|ip| Identifier::Ip(*ip)).collect();
         let mut req = NewOrder::new(&ids);
@@ -142,11 +190,14 @@ impl AcmeIssuer {
         let mut order = self.timed("new order", account.new_order(&req)).await?;
         let mut challenges = Vec::new();
         let mut authzs = order.authorizations();
-        while let Some(next) = tokio::time::timeout(ACME_CALL_TIMEOUT, authzs.next()).await.map_err(|_| AcmeError::Timeout {
-            issuer: self.cfg.name.clone(),
-            secs: ACME_CALL_TIMEOUT.as_secs(),
-            what: "fetch authorization",
-        })? {
+        while let Some(next) = tokio::time::timeout(ACME_CALL_TIMEOUT, authzs.next())
+            .await
+            .map_err(|_| AcmeError::Timeout {
+                issuer: self.cfg.name.clone(),
+                secs: ACME_CALL_TIMEOUT.as_secs(),
+                what: "fetch authorization",
+            })?
+        {
             let mut authz = next.map_err(|e| self.ca_err(describe(&e)))?;
             let identifier = authz.identifier().identifier.clone();
             let ident = identifier_text(&identifier);
@@ -157,13 +208,24 @@ impl AcmeIssuer {
             }
             let ch = authz
                 .challenge(ChallengeType::Http01)
-                .ok_or_else(|| AcmeError::NoHttp01 { issuer: self.cfg.name.clone(), identifier: ident.clone() })?;
+                .ok_or_else(|| AcmeError::NoHttp01 {
+                    issuer: self.cfg.name.clone(),
+                    identifier: ident.clone(),
+                })?;
             challenges.push((
-                PendingChallenge { identifier: ident, token: ch.token.clone(), key_authorization: ch.key_authorization().as_str().to_owned() },
+                PendingChallenge {
+                    identifier: ident,
+                    token: ch.token.clone(),
+                    key_authorization: ch.key_authorization().as_str().to_owned(),
+                },
                 ch.url.clone(),
             ));
         }
-        Ok(OrderDriver { issuer: self, order, challenges })
+        Ok(OrderDriver {
+            issuer: self,
+            order,
+            challenges,
+        })
     }
 }
 
@@ -184,14 +246,21 @@ impl OrderDriver<'_> {
     }
 
     fn poll_policy(timeout: Duration) -> RetryPolicy {
-        RetryPolicy::new().initial_delay(Duration::from_millis(50)).backoff(1.5).timeout(timeout)
+        RetryPolicy::new()
+            .initial_delay(Duration::from_millis(50))
+            .backoff(1.5)
+            .timeout(timeout)
     }
 
     /// Tells the CA every challenge is ready, waits until the order is ready. On failure the
     /// error carries the CA's problem text per identifier.
     pub async fn validate(&mut self, timeout: Duration) -> Result<(), AcmeError> {
         let issuer = self.issuer;
-        let pending: Vec<String> = self.challenges.iter().map(|(c, _)| c.token.clone()).collect();
+        let pending: Vec<String> = self
+            .challenges
+            .iter()
+            .map(|(c, _)| c.token.clone())
+            .collect();
         let mut authzs = self.order.authorizations();
         while let Some(next) = authzs.next().await {
             let mut authz = next.map_err(|e| issuer.ca_err(describe(&e)))?;
@@ -204,7 +273,11 @@ impl OrderDriver<'_> {
                 }
             }
         }
-        let polled = tokio::time::timeout(timeout + Duration::from_secs(5), self.order.poll_ready(&Self::poll_policy(timeout))).await;
+        let polled = tokio::time::timeout(
+            timeout + Duration::from_secs(5),
+            self.order.poll_ready(&Self::poll_policy(timeout)),
+        )
+        .await;
         let status = match polled {
             Err(_) | Ok(Err(instant_acme::Error::Timeout(_))) => {
                 return Err(AcmeError::Validation(format!(
@@ -223,7 +296,11 @@ impl OrderDriver<'_> {
             OrderStatus::Ready => Ok(()),
             other => {
                 let per_id = self.identifier_problems().await;
-                Err(AcmeError::Validation(if per_id.is_empty() { format!("order is {other:?}") } else { per_id }))
+                Err(AcmeError::Validation(if per_id.is_empty() {
+                    format!("order is {other:?}")
+                } else {
+                    per_id
+                }))
             }
         }
     }
@@ -233,7 +310,10 @@ impl OrderDriver<'_> {
         let mut out = Vec::new();
         let mut authzs = self.order.authorizations();
         while let Some(Ok(mut authz)) = authzs.next().await {
-            if tokio::time::timeout(ACME_CALL_TIMEOUT, authz.refresh()).await.is_err() {
+            if tokio::time::timeout(ACME_CALL_TIMEOUT, authz.refresh())
+                .await
+                .is_err()
+            {
                 continue;
             }
             let ident = identifier_text(&authz.identifier().identifier.clone());
@@ -242,7 +322,9 @@ impl OrderDriver<'_> {
                     out.push(format!("{ident}: {}", problem_text(problem)));
                 }
             }
-            if authz.status == AuthorizationStatus::Invalid && !out.iter().any(|l| l.starts_with(&format!("{ident}:"))) {
+            if authz.status == AuthorizationStatus::Invalid
+                && !out.iter().any(|l| l.starts_with(&format!("{ident}:")))
+            {
                 out.push(format!("{ident}: authorization invalid"));
             }
         }
@@ -250,13 +332,28 @@ impl OrderDriver<'_> {
     }
 
     /// Finalizes with the host's CSR and downloads the chain (PEM, leaf first).
-    pub async fn finalize(&mut self, csr_der: &[u8], timeout: Duration) -> Result<String, AcmeError> {
+    pub async fn finalize(
+        &mut self,
+        csr_der: &[u8],
+        timeout: Duration,
+    ) -> Result<String, AcmeError> {
         let issuer = self.issuer;
-        issuer.timed("finalize", self.order.finalize_csr(csr_der)).await?;
-        match tokio::time::timeout(timeout + Duration::from_secs(5), self.order.poll_certificate(&Self::poll_policy(timeout))).await {
+        issuer
+            .timed("finalize", self.order.finalize_csr(csr_der))
+            .await?;
+        match tokio::time::timeout(
+            timeout + Duration::from_secs(5),
+            self.order.poll_certificate(&Self::poll_policy(timeout)),
+        )
+        .await
+        {
             Ok(Ok(chain)) => Ok(chain),
             Ok(Err(e)) => Err(issuer.ca_err(describe(&e))),
-            Err(_) => Err(AcmeError::Timeout { issuer: issuer.cfg.name.clone(), secs: timeout.as_secs(), what: "certificate" }),
+            Err(_) => Err(AcmeError::Timeout {
+                issuer: issuer.cfg.name.clone(),
+                secs: timeout.as_secs(),
+                what: "certificate",
+            }),
         }
     }
 }

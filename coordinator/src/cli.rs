@@ -28,7 +28,11 @@ fn status_err(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("coordinator refused: {} ({:?})", s.message(), s.code())
 }
 
-pub async fn token_create(client: &mut AdminClient<Channel>, ttl_seconds: u64, uses: u32) -> anyhow::Result<pb::CreateTokenResponse> {
+pub async fn token_create(
+    client: &mut AdminClient<Channel>,
+    ttl_seconds: u64,
+    uses: u32,
+) -> anyhow::Result<pb::CreateTokenResponse> {
     Ok(client
         .create_token(pb::CreateTokenRequest { ttl_seconds, uses })
         .await
@@ -37,15 +41,32 @@ pub async fn token_create(client: &mut AdminClient<Channel>, ttl_seconds: u64, u
 }
 
 fn opt_time(unix: i64) -> Value {
-    if unix == 0 { Value::Null } else { Value::String(rfc3339(unix)) }
+    if unix == 0 {
+        Value::Null
+    } else {
+        Value::String(rfc3339(unix))
+    }
 }
 
 fn opt_str(s: &str) -> Value {
-    if s.is_empty() { Value::Null } else { Value::String(s.to_owned()) }
+    if s.is_empty() {
+        Value::Null
+    } else {
+        Value::String(s.to_owned())
+    }
 }
 
-pub async fn hosts(client: &mut AdminClient<Channel>, as_json: bool, now: i64) -> anyhow::Result<String> {
-    let mut hosts = client.list_hosts(pb::ListHostsRequest {}).await.map_err(status_err)?.into_inner().hosts;
+pub async fn hosts(
+    client: &mut AdminClient<Channel>,
+    as_json: bool,
+    now: i64,
+) -> anyhow::Result<String> {
+    let mut hosts = client
+        .list_hosts(pb::ListHostsRequest {})
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .hosts;
     hosts.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.host_id.cmp(&b.host_id)));
     if as_json {
         let v: Vec<Value> = hosts
@@ -66,18 +87,38 @@ pub async fn hosts(client: &mut AdminClient<Channel>, as_json: bool, now: i64) -
             vec![
                 h.host_id.clone(),
                 h.hostname.clone(),
-                if h.connected { "connected".into() } else { "offline".into() },
+                if h.connected {
+                    "connected".into()
+                } else {
+                    "offline".into()
+                },
                 h.ips.join(","),
                 h.targets.join(","),
-                if h.last_seen_unix == 0 { "never".into() } else { relative(h.last_seen_unix, now) },
+                if h.last_seen_unix == 0 {
+                    "never".into()
+                } else {
+                    relative(h.last_seen_unix, now)
+                },
             ]
         })
         .collect();
-    Ok(table(&["HOST", "NAME", "STATUS", "IPS", "TARGETS", "LAST SEEN"], &rows))
+    Ok(table(
+        &["HOST", "NAME", "STATUS", "IPS", "TARGETS", "LAST SEEN"],
+        &rows,
+    ))
 }
 
-pub async fn certs(client: &mut AdminClient<Channel>, as_json: bool, now: i64) -> anyhow::Result<String> {
-    let mut certs = client.list_certs(pb::ListCertsRequest {}).await.map_err(status_err)?.into_inner().certs;
+pub async fn certs(
+    client: &mut AdminClient<Channel>,
+    as_json: bool,
+    now: i64,
+) -> anyhow::Result<String> {
+    let mut certs = client
+        .list_certs(pb::ListCertsRequest {})
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .certs;
     certs.sort_by(|a, b| a.host_id.cmp(&b.host_id).then(a.cert_id.cmp(&b.cert_id)));
     if as_json {
         let v: Vec<Value> = certs
@@ -102,17 +143,40 @@ pub async fn certs(client: &mut AdminClient<Channel>, as_json: bool, now: i64) -
                 c.host_id.clone(),
                 c.identifiers.join(","),
                 c.state.clone(),
-                if c.serial.is_empty() { "-".into() } else { c.serial.clone() },
+                if c.serial.is_empty() {
+                    "-".into()
+                } else {
+                    c.serial.clone()
+                },
                 if c.not_after_unix == 0 {
                     "-".into()
                 } else {
-                    format!("{} ({})", rfc3339(c.not_after_unix), relative(c.not_after_unix, now))
+                    format!(
+                        "{} ({})",
+                        rfc3339(c.not_after_unix),
+                        relative(c.not_after_unix, now)
+                    )
                 },
-                if c.last_error.is_empty() { "-".into() } else { c.last_error.clone() },
+                if c.last_error.is_empty() {
+                    "-".into()
+                } else {
+                    c.last_error.clone()
+                },
             ]
         })
         .collect();
-    Ok(table(&["CERT", "HOST", "IDENTIFIERS", "STATE", "SERIAL", "NOT AFTER", "LAST ERROR"], &rows))
+    Ok(table(
+        &[
+            "CERT",
+            "HOST",
+            "IDENTIFIERS",
+            "STATE",
+            "SERIAL",
+            "NOT AFTER",
+            "LAST ERROR",
+        ],
+        &rows,
+    ))
 }
 
 /// A plain left-aligned text table.

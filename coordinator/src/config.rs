@@ -11,12 +11,19 @@ use std::path::{Path, PathBuf};
 pub const CONFIG_VERSION: u32 = 1;
 const ENV_PREFIX: &str = "CERTFLEET_";
 /// Variables under the prefix that are not config overrides.
-const ENV_SKIP: &[&str] = &["CERTFLEET_CONFIG", "CERTFLEET_LOG_FORMAT", "CERTFLEET_COORDINATOR"];
+const ENV_SKIP: &[&str] = &[
+    "CERTFLEET_CONFIG",
+    "CERTFLEET_LOG_FORMAT",
+    "CERTFLEET_COORDINATOR",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config {path} is not valid: {detail}")]
     Parse { path: PathBuf, detail: String },
     #[error("config {path}: {detail}")]
@@ -49,7 +56,10 @@ fn default_names() -> Vec<String> {
     vec!["localhost".into()]
 }
 fn default_ips() -> Vec<IpAddr> {
-    vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])]
+    vec![
+        IpAddr::from([127, 0, 0, 1]),
+        IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+    ]
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -76,7 +86,12 @@ pub struct IssuanceConfig {
 
 impl Default for IssuanceConfig {
     fn default() -> Self {
-        Self { issuer: None, key_type: KeyTypeName::default(), target: None, validation_timeout_secs: default_validation_timeout() }
+        Self {
+            issuer: None,
+            key_type: KeyTypeName::default(),
+            target: None,
+            validation_timeout_secs: default_validation_timeout(),
+        }
     }
 }
 
@@ -116,7 +131,10 @@ impl std::fmt::Debug for IssuerConfig {
             .field("contact", &self.contact)
             .field("trust_root", &self.trust_root)
             .field("eab_kid", &self.eab_kid)
-            .field("eab_hmac_key", &self.eab_hmac_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "eab_hmac_key",
+                &self.eab_hmac_key.as_ref().map(|_| "<redacted>"),
+            )
             .field("ip_profile", &self.ip_profile)
             .field("allow_private_ips", &self.allow_private_ips)
             .finish()
@@ -135,13 +153,19 @@ impl IssuerConfig {
 
 fn decode_b64url(s: &str) -> Option<Vec<u8>> {
     let trimmed = s.trim_end_matches('=');
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(trimmed).ok().filter(|k| !k.is_empty())
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(trimmed)
+        .ok()
+        .filter(|k| !k.is_empty())
 }
 
 impl Config {
     /// Reads, applies environment overrides, parses and validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         Self::from_toml(&text, path, std::env::vars())
     }
 
@@ -150,25 +174,47 @@ impl Config {
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let parse_err = |detail: String| ConfigError::Parse { path: path.into(), detail };
+        let parse_err = |detail: String| ConfigError::Parse {
+            path: path.into(),
+            detail,
+        };
         let mut doc: toml::Value = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
-        certfleet_shared::configenv::apply_overrides(&mut doc, ENV_PREFIX, ENV_SKIP, env.into_iter().filter(|(k, _)| !k.starts_with("CERTFLEET_AGENT_")))
-            .map_err(parse_err)?;
-        let cfg: Config = doc.try_into().map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
-        cfg.validate().map_err(|detail| ConfigError::Invalid { path: path.into(), detail })?;
+        certfleet_shared::configenv::apply_overrides(
+            &mut doc,
+            ENV_PREFIX,
+            ENV_SKIP,
+            env.into_iter()
+                .filter(|(k, _)| !k.starts_with("CERTFLEET_AGENT_")),
+        )
+        .map_err(parse_err)?;
+        let cfg: Config = doc
+            .try_into()
+            .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
+        cfg.validate().map_err(|detail| ConfigError::Invalid {
+            path: path.into(),
+            detail,
+        })?;
         Ok(cfg)
     }
 
     /// Checks what serde cannot: references, formats, files.
     pub fn validate(&self) -> Result<(), String> {
         if self.version != CONFIG_VERSION {
-            return Err(format!("version = {} is not supported; this coordinator reads version = {CONFIG_VERSION}", self.version));
+            return Err(format!(
+                "version = {} is not supported; this coordinator reads version = {CONFIG_VERSION}",
+                self.version
+            ));
         }
         if !self.state_dir.is_absolute() {
-            return Err(format!("state_dir {:?} must be an absolute path", self.state_dir));
+            return Err(format!(
+                "state_dir {:?} must be an absolute path",
+                self.state_dir
+            ));
         }
         if self.server.names.is_empty() && self.server.ips.is_empty() {
-            return Err("[server] needs at least one of names or ips for the server certificate".into());
+            return Err(
+                "[server] needs at least one of names or ips for the server certificate".into(),
+            );
         }
         for n in &self.server.names {
             if rustls::pki_types::DnsName::try_from(n.as_str()).is_err() {
@@ -181,14 +227,25 @@ impl Config {
         let mut names = HashSet::new();
         for i in &self.issuers {
             let ctx = |m: String| format!("[[issuer]] {:?}: {m}", i.name);
-            if i.name.is_empty() || !i.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                return Err(format!("[[issuer]] name {:?} must be non-empty letters, digits, - or _", i.name));
+            if i.name.is_empty()
+                || !i
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(format!(
+                    "[[issuer]] name {:?} must be non-empty letters, digits, - or _",
+                    i.name
+                ));
             }
             if !names.insert(i.name.as_str()) {
                 return Err(ctx("name is used twice".into()));
             }
             if !i.directory.starts_with("https://") {
-                return Err(ctx(format!("directory {:?} must be an https:// URL", i.directory)));
+                return Err(ctx(format!(
+                    "directory {:?} must be an https:// URL",
+                    i.directory
+                )));
             }
             for c in &i.contact {
                 if !c.starts_with("mailto:") {
@@ -196,9 +253,13 @@ impl Config {
                 }
             }
             match (&i.eab_kid, &i.eab_hmac_key) {
-                (Some(_), None) | (None, Some(_)) => return Err(ctx("eab_kid and eab_hmac_key go together".into())),
+                (Some(_), None) | (None, Some(_)) => {
+                    return Err(ctx("eab_kid and eab_hmac_key go together".into()))
+                }
                 (Some(_), Some(k)) if decode_b64url(k).is_none() => {
-                    return Err(ctx("eab_hmac_key is not base64url (as the CA shows it)".into()))
+                    return Err(ctx(
+                        "eab_hmac_key is not base64url (as the CA shows it)".into()
+                    ))
                 }
                 _ => {}
             }
@@ -209,12 +270,17 @@ impl Config {
             }
         }
         let issuer = self.default_issuer_name().ok_or_else(|| {
-            "[issuance] issuer is not set and there is more than one [[issuer]]; name one".to_string()
+            "[issuance] issuer is not set and there is more than one [[issuer]]; name one"
+                .to_string()
         })?;
         if !self.issuers.iter().any(|i| i.name == issuer) {
-            return Err(format!("[issuance] issuer {issuer:?} is not one of the configured [[issuer]] names"));
+            return Err(format!(
+                "[issuance] issuer {issuer:?} is not one of the configured [[issuer]] names"
+            ));
         }
-        if self.issuance.validation_timeout_secs == 0 || self.issuance.validation_timeout_secs > 3600 {
+        if self.issuance.validation_timeout_secs == 0
+            || self.issuance.validation_timeout_secs > 3600
+        {
             return Err("[issuance] validation_timeout_secs must be between 1 and 3600".into());
         }
         Ok(())
@@ -269,7 +335,10 @@ allow_private_ips = true
         assert_eq!(cfg.issuers.len(), 2);
         assert_eq!(cfg.default_issuer_name(), Some("letsencrypt"));
         assert!(cfg.issuers[1].eab().is_some());
-        assert!(!format!("{:?}", cfg.issuers[1]).contains("REPLACE-WITH-BASE64URL"), "EAB key redacted in Debug");
+        assert!(
+            !format!("{:?}", cfg.issuers[1]).contains("REPLACE-WITH-BASE64URL"),
+            "EAB key redacted in Debug"
+        );
     }
 
     #[test]
@@ -283,13 +352,28 @@ allow_private_ips = true
     #[test]
     fn bad_configs_name_the_fix() {
         let cases = [
-            (MINIMAL.replace("version = 1", "version = 2"), "version = 2 is not supported"),
-            (MINIMAL.replace("[server]", "[server]\nlisten_addr = 1"), "unknown field `listen_addr`"),
-            (MINIMAL.replace("https://127", "http://127"), "must be an https:// URL"),
+            (
+                MINIMAL.replace("version = 1", "version = 2"),
+                "version = 2 is not supported",
+            ),
+            (
+                MINIMAL.replace("[server]", "[server]\nlisten_addr = 1"),
+                "unknown field `listen_addr`",
+            ),
+            (
+                MINIMAL.replace("https://127", "http://127"),
+                "must be an https:// URL",
+            ),
             (MINIMAL.replace("/var/lib/cf", "relative"), "absolute path"),
-            (MINIMAL.replace("127.0.0.1:7443", "nonsense"), "invalid socket address"),
+            (
+                MINIMAL.replace("127.0.0.1:7443", "nonsense"),
+                "invalid socket address",
+            ),
             (format!("{MINIMAL}eab_kid = \"k\"\n"), "go together"),
-            (format!("{MINIMAL}[[issuer]]\nname = \"pebble\"\ndirectory = \"https://x/dir\"\n"), "used twice"),
+            (
+                format!("{MINIMAL}[[issuer]]\nname = \"pebble\"\ndirectory = \"https://x/dir\"\n"),
+                "used twice",
+            ),
         ];
         for (text, want) in cases {
             let err = parse(&text).unwrap_err().to_string();
@@ -299,7 +383,10 @@ allow_private_ips = true
 
     #[test]
     fn environment_overrides_apply() {
-        let env = vec![("CERTFLEET_SERVER__LISTEN".to_owned(), "0.0.0.0:9000".to_owned())];
+        let env = vec![(
+            "CERTFLEET_SERVER__LISTEN".to_owned(),
+            "0.0.0.0:9000".to_owned(),
+        )];
         let cfg = Config::from_toml(MINIMAL, Path::new("t"), env).unwrap();
         assert_eq!(cfg.local_url(), "https://127.0.0.1:9000");
     }

@@ -10,8 +10,8 @@ use certfleet_shared::ids::HostId;
 use certfleet_shared::x509::{sha256_hex, CertInfo};
 use certfleet_shared::{ADMIN_URI_PREFIX, HOST_URI_PREFIX};
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls_pki_types::CertificateSigningRequestDer;
 use std::net::IpAddr;
@@ -28,7 +28,10 @@ pub const AGENT_IDENTITY_LIFETIME_DAYS: i64 = 365;
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("state directory {0} already holds a fleet CA; refusing to overwrite it")]
     AlreadyInitialised(PathBuf),
     #[error("state directory {0} is not initialised; run `certfleet-coordinator init` first")]
@@ -49,7 +52,9 @@ pub struct StateDir {
 
 impl StateDir {
     pub fn new(root: &Path) -> Self {
-        Self { root: root.to_path_buf() }
+        Self {
+            root: root.to_path_buf(),
+        }
     }
     pub fn store(&self) -> PathBuf {
         self.root.join("store")
@@ -78,20 +83,28 @@ impl StateDir {
             if source.kind() == std::io::ErrorKind::NotFound {
                 CaError::NotInitialised(self.root.clone())
             } else {
-                CaError::Io { path: path.into(), source }
+                CaError::Io {
+                    path: path.into(),
+                    source,
+                }
             }
         })?;
-        String::from_utf8(bytes).map_err(|_| CaError::Invalid(format!("{} is not UTF-8 PEM", path.display())))
+        String::from_utf8(bytes)
+            .map_err(|_| CaError::Invalid(format!("{} is not UTF-8 PEM", path.display())))
     }
 
     fn write(&self, path: &Path, content: &str, mode: u32) -> Result<(), CaError> {
-        write_atomic(path, content.as_bytes(), mode).map_err(|source| CaError::Io { path: path.into(), source })
+        write_atomic(path, content.as_bytes(), mode).map_err(|source| CaError::Io {
+            path: path.into(),
+            source,
+        })
     }
 
     /// SHA-256 of the fleet CA certificate (DER), the value agents pin with `--ca-sha256`.
     pub fn ca_fingerprint(&self) -> Result<String, CaError> {
         let pem = self.read(&self.ca_cert())?;
-        let der = certfleet_shared::x509::parse_pem_chain(&pem).map_err(|e| CaError::Invalid(e.to_string()))?;
+        let der = certfleet_shared::x509::parse_pem_chain(&pem)
+            .map_err(|e| CaError::Invalid(e.to_string()))?;
         Ok(sha256_hex(&der[0]))
     }
 }
@@ -114,15 +127,28 @@ pub fn init(dir: &StateDir, names: &[String], ips: &[IpAddr]) -> Result<String, 
     if dir.ca_key().exists() {
         return Err(CaError::AlreadyInitialised(dir.root.clone()));
     }
-    create_dir_with_mode(&dir.root, 0o700).map_err(|source| CaError::Io { path: dir.root.clone(), source })?;
+    create_dir_with_mode(&dir.root, 0o700).map_err(|source| CaError::Io {
+        path: dir.root.clone(),
+        source,
+    })?;
 
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, format!("certfleet fleet CA {}", hex::encode(rand::random::<[u8; 4]>())));
+    dn.push(
+        DnType::CommonName,
+        format!(
+            "certfleet fleet CA {}",
+            hex::encode(rand::random::<[u8; 4]>())
+        ),
+    );
     ca.distinguished_name = dn;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     validity(&mut ca, CA_LIFETIME_DAYS);
     random_serial(&mut ca);
     let ca_cert = ca.self_signed(&ca_key)?;
@@ -131,12 +157,16 @@ pub fn init(dir: &StateDir, names: &[String], ips: &[IpAddr]) -> Result<String, 
     let server_key = KeyPair::generate()?;
     let mut server = CertificateParams::default();
     server.distinguished_name = DistinguishedName::new();
-    server.distinguished_name.push(DnType::CommonName, "certfleet coordinator");
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "certfleet coordinator");
     server.subject_alt_names = names
         .iter()
         .map(|n| n.clone().try_into().map(SanType::DnsName))
         .collect::<Result<Vec<_>, _>>()?;
-    server.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    server
+        .subject_alt_names
+        .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
     server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     validity(&mut server, SERVER_LIFETIME_DAYS);
@@ -144,8 +174,12 @@ pub fn init(dir: &StateDir, names: &[String], ips: &[IpAddr]) -> Result<String, 
     let server_cert = server.signed_by(&server_key, &issuer)?;
 
     let admin_key = KeyPair::generate()?;
-    let admin_cert = client_params("operator", &format!("{ADMIN_URI_PREFIX}operator"), ADMIN_LIFETIME_DAYS)?
-        .signed_by(&admin_key, &issuer)?;
+    let admin_cert = client_params(
+        "operator",
+        &format!("{ADMIN_URI_PREFIX}operator"),
+        ADMIN_LIFETIME_DAYS,
+    )?
+    .signed_by(&admin_key, &issuer)?;
 
     // Keys first, CA key last: its presence marks a complete init.
     dir.write(&dir.server_key(), &server_key.serialize_pem(), 0o600)?;
@@ -190,9 +224,14 @@ impl FleetCa {
         if csr_der.len() > certfleet_shared::x509::MAX_CSR_BYTES {
             return Err(CaError::BadCsr("too large".into()));
         }
-        let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
-            .map_err(|e| CaError::BadCsr(e.to_string()))?;
-        let params = client_params(host.as_str(), &format!("{HOST_URI_PREFIX}{host}"), AGENT_IDENTITY_LIFETIME_DAYS)?;
+        let csr =
+            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+                .map_err(|e| CaError::BadCsr(e.to_string()))?;
+        let params = client_params(
+            host.as_str(),
+            &format!("{HOST_URI_PREFIX}{host}"),
+            AGENT_IDENTITY_LIFETIME_DAYS,
+        )?;
         let cert = params.signed_by(&csr.public_key, &self.issuer)?;
         let info = CertInfo::from_der(cert.der()).map_err(|e| CaError::Invalid(e.to_string()))?;
         Ok((cert.pem(), info))
@@ -209,10 +248,16 @@ mod tests {
         let dir = StateDir::new(&tmp.path().join("state"));
         let fp = init(&dir, &["localhost".into()], &["127.0.0.1".parse().unwrap()]).unwrap();
         assert_eq!(fp, dir.ca_fingerprint().unwrap());
-        assert!(matches!(init(&dir, &[], &[]), Err(CaError::AlreadyInitialised(_))));
+        assert!(matches!(
+            init(&dir, &[], &[]),
+            Err(CaError::AlreadyInitialised(_))
+        ));
         use std::os::unix::fs::PermissionsExt;
         for key in [dir.ca_key(), dir.server_key(), dir.admin_key()] {
-            assert_eq!(std::fs::metadata(key).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(key).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         let ca = FleetCa::load(&dir).unwrap();
         let agent_key = KeyPair::generate().unwrap();
@@ -222,7 +267,10 @@ mod tests {
         let host = HostId::generate();
         let (_, info) = ca.sign_agent(csr.der(), &host).unwrap();
         assert_eq!(info.uris, vec![format!("{HOST_URI_PREFIX}{host}")]);
-        assert!(info.dns_names.is_empty(), "names asked for in the CSR are ignored");
+        assert!(
+            info.dns_names.is_empty(),
+            "names asked for in the CSR are ignored"
+        );
         assert!(ca.sign_agent(b"garbage", &host).is_err());
     }
 }

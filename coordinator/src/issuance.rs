@@ -70,9 +70,23 @@ impl Engine {
         let issuers = config
             .issuers
             .iter()
-            .map(|c| (c.name.clone(), Arc::new(AcmeIssuer::new(c.clone(), store.clone(), clock.clone()))))
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    Arc::new(AcmeIssuer::new(c.clone(), store.clone(), clock.clone())),
+                )
+            })
             .collect();
-        Arc::new(Self { store, sessions, issuers, config, clock, running: Mutex::default(), shutdown, tracker })
+        Arc::new(Self {
+            store,
+            sessions,
+            issuers,
+            config,
+            clock,
+            running: Mutex::default(),
+            shutdown,
+            tracker,
+        })
     }
 
     /// Loads or creates every issuer's ACME account now, so the first issuance does not
@@ -126,8 +140,12 @@ impl Engine {
     }
 
     async fn reconcile_once(self: &Arc<Self>, host_id: &HostId) -> Result<Next, IssueError> {
-        let Some(host) = self.store.host(host_id)? else { return Ok(Next::Idle) };
-        let Some(agent) = self.sessions.get(host_id) else { return Ok(Next::Idle) };
+        let Some(host) = self.store.host(host_id)? else {
+            return Ok(Next::Idle);
+        };
+        let Some(agent) = self.sessions.get(host_id) else {
+            return Ok(Next::Idle);
+        };
         let existing = self.store.cert_for_host(host_id)?;
         let now = self.clock.now_unix();
         let wanted = canonical_set(host.ips.clone());
@@ -150,7 +168,9 @@ impl Engine {
                 match rec.state {
                     CertState::Installed if inventory_has(&host, rec) => return Ok(Next::Idle),
                     // Issued but not (or no longer) installed: install what we have.
-                    CertState::Installed | CertState::Issued => return self.install(&agent, rec.clone()).await,
+                    CertState::Installed | CertState::Issued => {
+                        return self.install(&agent, rec.clone()).await
+                    }
                     _ => {}
                 }
             }
@@ -193,7 +213,8 @@ impl Engine {
         retry: bool,
     ) -> Result<Option<i64>, StoreError> {
         let mut rec = existing.unwrap_or_else(|| self.new_record(host, wanted, target, now));
-        let next = retry.then(|| now + Backoff::ISSUANCE.delay_random(rec.attempts).as_secs() as i64);
+        let next =
+            retry.then(|| now + Backoff::ISSUANCE.delay_random(rec.attempts).as_secs() as i64);
         rec.attempts += 1;
         rec.state = CertState::Failed;
         tracing::warn!(host = %host.id, cert = %rec.id, error = %error, next_attempt = ?next, "issuance failed");
@@ -204,12 +225,22 @@ impl Engine {
         Ok(next)
     }
 
-    fn new_record(&self, host: &HostRecord, wanted: &[IpAddr], target: &str, now: i64) -> CertRecord {
+    fn new_record(
+        &self,
+        host: &HostRecord,
+        wanted: &[IpAddr],
+        target: &str,
+        now: i64,
+    ) -> CertRecord {
         CertRecord {
             id: CertId::generate(),
             host_id: host.id.clone(),
             identifiers: wanted.to_vec(),
-            issuer: self.config.default_issuer_name().unwrap_or_default().to_owned(),
+            issuer: self
+                .config
+                .default_issuer_name()
+                .unwrap_or_default()
+                .to_owned(),
             profile: None,
             target: target.to_owned(),
             state: CertState::Pending,
@@ -234,10 +265,16 @@ impl Engine {
         target: String,
     ) -> Result<Next, IssueError> {
         let now = self.clock.now_unix();
-        let mut rec = existing.clone().unwrap_or_else(|| self.new_record(host, &wanted, &target, now));
+        let mut rec = existing
+            .clone()
+            .unwrap_or_else(|| self.new_record(host, &wanted, &target, now));
         rec.identifiers = wanted.clone();
         rec.target = target.clone();
-        rec.issuer = self.config.default_issuer_name().unwrap_or_default().to_owned();
+        rec.issuer = self
+            .config
+            .default_issuer_name()
+            .unwrap_or_default()
+            .to_owned();
         match self.order_and_fetch(agent, &mut rec).await {
             Ok(()) => {
                 rec.attempts = 0;
@@ -246,33 +283,54 @@ impl Engine {
                 self.install(agent, rec).await
             }
             Err(IssueError::Store(e)) => Err(IssueError::Store(e)),
-            Err(IssueError::Agent(SessionError::NotConnected(_) | SessionError::Ended { .. })) if !self.sessions.is_connected(&host.id) => {
+            Err(IssueError::Agent(SessionError::NotConnected(_) | SessionError::Ended { .. }))
+                if !self.sessions.is_connected(&host.id) =>
+            {
                 // The agent went away mid-issuance; it will be reconciled when it returns.
                 let mut rec = rec;
-                rec.state = if rec.serial.is_some() { CertState::Issued } else { CertState::Pending };
-                rec.last_error = Some("agent disconnected during issuance; resumes when it reconnects".into());
+                rec.state = if rec.serial.is_some() {
+                    CertState::Issued
+                } else {
+                    CertState::Pending
+                };
+                rec.last_error =
+                    Some("agent disconnected during issuance; resumes when it reconnects".into());
                 rec.updated = self.clock.now_unix();
                 self.store.put_cert(&rec)?;
                 Ok(Next::Idle)
             }
             Err(e) => {
-                let retry = !matches!(&e, IssueError::Policy(_) | IssueError::Acme(AcmeError::ProfileUnavailable { .. }));
-                let next = self.record_failure(Some(rec), host, &wanted, &target, e.to_string(), self.clock.now_unix(), retry)?;
+                let retry = !matches!(
+                    &e,
+                    IssueError::Policy(_) | IssueError::Acme(AcmeError::ProfileUnavailable { .. })
+                );
+                let next = self.record_failure(
+                    Some(rec),
+                    host,
+                    &wanted,
+                    &target,
+                    e.to_string(),
+                    self.clock.now_unix(),
+                    retry,
+                )?;
                 Ok(next.map(Next::RetryAt).unwrap_or(Next::Idle))
             }
         }
     }
 
     /// Orders, validates, finalizes; leaves `rec` in state Issued (stored) on success.
-    async fn order_and_fetch(&self, agent: &AgentHandle, rec: &mut CertRecord) -> Result<(), IssueError> {
-        let issuer = self
-            .issuers
-            .get(&rec.issuer)
-            .cloned()
-            .ok_or_else(|| IssueError::Policy(format!("issuer {:?} is not configured", rec.issuer)))?;
+    async fn order_and_fetch(
+        &self,
+        agent: &AgentHandle,
+        rec: &mut CertRecord,
+    ) -> Result<(), IssueError> {
+        let issuer = self.issuers.get(&rec.issuer).cloned().ok_or_else(|| {
+            IssueError::Policy(format!("issuer {:?} is not configured", rec.issuer))
+        })?;
         for ip in &rec.identifiers {
-            check_issuable(*ip, issuer.cfg.allow_private_ips)
-                .map_err(|e| IssueError::Policy(format!("cannot ask {} for {ip}: {e}", issuer.cfg.name)))?;
+            check_issuable(*ip, issuer.cfg.allow_private_ips).map_err(|e| {
+                IssueError::Policy(format!("cannot ask {} for {ip}: {e}", issuer.cfg.name))
+            })?;
         }
         let profile = issuer.profile_for(true).await?;
         rec.profile = profile.clone();
@@ -281,7 +339,9 @@ impl Engine {
         rec.updated = self.clock.now_unix();
         self.store.put_cert(rec)?;
 
-        let mut order = issuer.new_order(&rec.identifiers, profile.as_deref()).await?;
+        let mut order = issuer
+            .new_order(&rec.identifiers, profile.as_deref())
+            .await?;
         rec.order_url = Some(order.url().to_owned());
         self.store.put_cert(rec)?;
         tracing::info!(host = %rec.host_id, cert = %rec.id, order = %order.url(), ids = ?rec.identifiers, profile = ?profile, "order created");
@@ -296,7 +356,10 @@ impl Engine {
             } as i32,
             target: rec.target.clone(),
         });
-        let csr_task = tokio::spawn(async move { csr_agent.request(csr_cmd, "create CSR", AGENT_QUICK).await });
+        let csr_task =
+            tokio::spawn(
+                async move { csr_agent.request(csr_cmd, "create CSR", AGENT_QUICK).await },
+            );
 
         let challenges = order.challenges();
         let timeout = Duration::from_secs(self.config.issuance.validation_timeout_secs);
@@ -322,9 +385,21 @@ impl Engine {
 
         let csr_der = match csr_task.await {
             Ok(Ok(reply::Result::Csr(c))) => c.csr_der,
-            Ok(Ok(_)) => return Err(SessionError::Unexpected { host: agent.host.clone(), what: "create CSR" }.into()),
+            Ok(Ok(_)) => {
+                return Err(SessionError::Unexpected {
+                    host: agent.host.clone(),
+                    what: "create CSR",
+                }
+                .into())
+            }
             Ok(Err(e)) => return Err(e.into()),
-            Err(_) => return Err(SessionError::Ended { host: agent.host.clone(), what: "create CSR" }.into()),
+            Err(_) => {
+                return Err(SessionError::Ended {
+                    host: agent.host.clone(),
+                    what: "create CSR",
+                }
+                .into())
+            }
         };
         let csr = check_csr(&csr_der, &rec.identifiers, self.config.issuance.key_type)?;
         let chain_pem = order.finalize(&csr_der, timeout).await?;
@@ -343,8 +418,13 @@ impl Engine {
 
     /// Sends the stored chain to the agent's target and records the result.
     async fn install(&self, agent: &AgentHandle, mut rec: CertRecord) -> Result<Next, IssueError> {
-        let Some(chain_pem) = rec.chain_pem.clone() else { return Ok(Next::Idle) };
-        let cmd = Cmd::Install(pb::InstallCertificate { target: rec.target.clone(), chain_pem });
+        let Some(chain_pem) = rec.chain_pem.clone() else {
+            return Ok(Next::Idle);
+        };
+        let cmd = Cmd::Install(pb::InstallCertificate {
+            target: rec.target.clone(),
+            chain_pem,
+        });
         let now = self.clock.now_unix();
         match agent.request(cmd, "install", AGENT_INSTALL).await {
             Ok(reply::Result::Installed(report)) if Some(&report.serial) == rec.serial.as_ref() => {
@@ -378,18 +458,25 @@ impl Engine {
                 tracing::warn!(host = %rec.host_id, cert = %rec.id, error = %message, "host lost the key; re-issuing");
                 rec.state = CertState::Pending;
                 rec.chain_pem = None;
-                rec.last_error = Some(format!("install failed: {message}; issuing a new certificate"));
+                rec.last_error = Some(format!(
+                    "install failed: {message}; issuing a new certificate"
+                ));
                 rec.updated = now;
                 self.store.put_cert(&rec)?;
                 Ok(Next::RetryAt(now))
             }
             Err(e) => {
                 tracing::warn!(host = %rec.host_id, cert = %rec.id, error = %e, "install failed");
-                let retry = !matches!(e, SessionError::NotConnected(_) | SessionError::Ended { .. });
+                let retry = !matches!(
+                    e,
+                    SessionError::NotConnected(_) | SessionError::Ended { .. }
+                );
                 rec.state = CertState::Issued;
                 rec.attempts += 1;
                 rec.last_error = Some(format!("install failed: {e}"));
-                rec.next_attempt = retry.then(|| now + Backoff::ISSUANCE.delay_random(rec.attempts - 1).as_secs() as i64);
+                rec.next_attempt = retry.then(|| {
+                    now + Backoff::ISSUANCE.delay_random(rec.attempts - 1).as_secs() as i64
+                });
                 rec.updated = now;
                 self.store.put_cert(&rec)?;
                 Ok(rec.next_attempt.map(Next::RetryAt).unwrap_or(Next::Idle))
@@ -404,7 +491,9 @@ enum Next {
 }
 
 fn inventory_has(host: &HostRecord, rec: &CertRecord) -> bool {
-    host.inventory.iter().any(|i| i.target == rec.target && Some(&i.serial) == rec.serial.as_ref())
+    host.inventory
+        .iter()
+        .any(|i| i.target == rec.target && Some(&i.serial) == rec.serial.as_ref())
 }
 
 async fn present(agent: &AgentHandle, challenges: &[PendingChallenge]) -> Result<(), SessionError> {
@@ -418,12 +507,17 @@ async fn present(agent: &AgentHandle, challenges: &[PendingChallenge]) -> Result
             })
             .collect(),
     });
-    agent.request(cmd, "present challenges", AGENT_QUICK).await.map(|_| ())
+    agent
+        .request(cmd, "present challenges", AGENT_QUICK)
+        .await
+        .map(|_| ())
 }
 
 /// Best effort: a failure here is logged; the agent also expires challenges on its own.
 async fn clear(agent: &AgentHandle, challenges: &[PendingChallenge]) {
-    let cmd = Cmd::ClearChallenges(pb::ClearChallenges { tokens: challenges.iter().map(|c| c.token.clone()).collect() });
+    let cmd = Cmd::ClearChallenges(pb::ClearChallenges {
+        tokens: challenges.iter().map(|c| c.token.clone()).collect(),
+    });
     if let Err(e) = agent.request(cmd, "clear challenges", AGENT_QUICK).await {
         tracing::warn!(host = %agent.host, error = %e, "could not clear challenges; the agent expires them itself");
     }
@@ -434,13 +528,21 @@ async fn clear(agent: &AgentHandle, challenges: &[PendingChallenge]) {
 fn check_csr(der: &[u8], ids: &[IpAddr], key_type: KeyTypeName) -> Result<CsrInfo, IssueError> {
     let csr = CsrInfo::from_der(der).map_err(|e| IssueError::BadCsr(e.to_string()))?;
     if canonical_set(csr.ips.clone()) != ids {
-        return Err(IssueError::BadCsr(format!("it names {:?}, expected {:?}", csr.ips, ids)));
+        return Err(IssueError::BadCsr(format!(
+            "it names {:?}, expected {:?}",
+            csr.ips, ids
+        )));
     }
     if !csr.dns_names.is_empty() || csr.subject_cn.is_some() {
-        return Err(IssueError::BadCsr("it carries DNS names or a CN; IP certificates have neither".into()));
+        return Err(IssueError::BadCsr(
+            "it carries DNS names or a CN; IP certificates have neither".into(),
+        ));
     }
     if csr.key_algorithm != OID_EC_PUBLIC_KEY {
-        return Err(IssueError::BadCsr(format!("key algorithm {} is not the {key_type:?} asked for", csr.key_algorithm)));
+        return Err(IssueError::BadCsr(format!(
+            "key algorithm {} is not the {key_type:?} asked for",
+            csr.key_algorithm
+        )));
     }
     Ok(csr)
 }
@@ -450,10 +552,15 @@ fn check_chain(chain_pem: &str, ids: &[IpAddr], spki: &[u8]) -> Result<CertInfo,
     let chain = parse_pem_chain(chain_pem).map_err(|e| IssueError::BadCert(e.to_string()))?;
     let leaf = CertInfo::from_der(&chain[0]).map_err(|e| IssueError::BadCert(e.to_string()))?;
     if canonical_set(leaf.ips.clone()) != ids {
-        return Err(IssueError::BadCert(format!("it names {:?}, expected {:?}", leaf.ips, ids)));
+        return Err(IssueError::BadCert(format!(
+            "it names {:?}, expected {:?}",
+            leaf.ips, ids
+        )));
     }
     if leaf.spki_der != spki {
-        return Err(IssueError::BadCert("its public key is not the one in our CSR".into()));
+        return Err(IssueError::BadCert(
+            "its public key is not the one in our CSR".into(),
+        ));
     }
     Ok(leaf)
 }

@@ -30,7 +30,8 @@ pub mod tokens;
 
 use anyhow::Context;
 use certfleet_proto::v1::{
-    admin_server::AdminServer, agent_session_server::AgentSessionServer, enrollment_server::EnrollmentServer,
+    admin_server::AdminServer, agent_session_server::AgentSessionServer,
+    enrollment_server::EnrollmentServer,
 };
 use certfleet_proto::MAX_MESSAGE_BYTES;
 use certfleet_shared::clock::{SharedClock, SystemClock};
@@ -51,14 +52,24 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> anyho
     let server_cert = dir.read(&dir.server_cert())?;
     let server_key = dir.read(&dir.server_key())?;
     let store_path = dir.store();
-    let store: Arc<dyn store::Store> = Arc::new(
-        store::SledStore::open(&store_path)
-            .with_context(|| format!("opening the store at {} (is another coordinator running?)", store_path.display()))?,
-    );
+    let store: Arc<dyn store::Store> =
+        Arc::new(store::SledStore::open(&store_path).with_context(|| {
+            format!(
+                "opening the store at {} (is another coordinator running?)",
+                store_path.display()
+            )
+        })?);
     let clock: SharedClock = Arc::new(SystemClock);
     let sessions = Arc::new(sessions::Sessions::default());
     let tracker = TaskTracker::new();
-    let engine = issuance::Engine::new(config.clone(), store.clone(), sessions.clone(), clock.clone(), shutdown.clone(), tracker.clone());
+    let engine = issuance::Engine::new(
+        config.clone(),
+        store.clone(),
+        sessions.clone(),
+        clock.clone(),
+        shutdown.clone(),
+        tracker.clone(),
+    );
     engine.warm_up();
 
     let services = Arc::new(server::Services {
@@ -72,7 +83,10 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> anyho
 
     // The chain includes the fleet CA so agents can pin it by fingerprint at enrollment.
     let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(format!("{server_cert}{}", ca.ca_pem), server_key))
+        .identity(Identity::from_pem(
+            format!("{server_cert}{}", ca.ca_pem),
+            server_key,
+        ))
         .client_ca_root(Certificate::from_pem(&ca.ca_pem))
         .client_auth_optional(true)
         .timeout(Duration::from_secs(10));
@@ -87,9 +101,18 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> anyho
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .concurrency_limit_per_connection(64)
-        .add_service(EnrollmentServer::new(server::Api(services.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES))
-        .add_service(AgentSessionServer::new(server::Api(services.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES))
-        .add_service(AdminServer::new(server::Api(services.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES));
+        .add_service(
+            EnrollmentServer::new(server::Api(services.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            AgentSessionServer::new(server::Api(services.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            AdminServer::new(server::Api(services.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        );
 
     let stop = shutdown.clone();
     let sessions_for_stop = sessions.clone();
@@ -106,7 +129,10 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> anyho
     }
     tracker.close();
     if tokio::time::timeout(DRAIN, tracker.wait()).await.is_err() {
-        tracing::warn!("background tasks did not finish within {} s", DRAIN.as_secs());
+        tracing::warn!(
+            "background tasks did not finish within {} s",
+            DRAIN.as_secs()
+        );
     }
     store.certs().ok(); // touch the store once more so a broken store shows up in the log
     tracing::info!("coordinator stopped");

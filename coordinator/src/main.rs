@@ -9,16 +9,30 @@ use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "certfleet-coordinator", version, about = "certfleet coordinator: ACME accounts, fleet CA, issuance, admin API")]
+#[command(
+    name = "certfleet-coordinator",
+    version,
+    about = "certfleet coordinator: ACME accounts, fleet CA, issuance, admin API"
+)]
 struct Args {
     /// Config file (TOML).
-    #[arg(long, global = true, env = "CERTFLEET_CONFIG", default_value = "/etc/certfleet/coordinator.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "CERTFLEET_CONFIG",
+        default_value = "/etc/certfleet/coordinator.toml"
+    )]
     config: PathBuf,
     /// Coordinator URL for operator commands (default: from [server] listen).
     #[arg(long, global = true, env = "CERTFLEET_COORDINATOR")]
     coordinator: Option<String>,
     /// Log format: text or json.
-    #[arg(long, global = true, env = "CERTFLEET_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "CERTFLEET_LOG_FORMAT",
+        default_value = "text"
+    )]
     log_format: String,
     #[command(subcommand)]
     cmd: Cmd,
@@ -63,9 +77,12 @@ enum TokenCmd {
 }
 
 fn init_tracing(format: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,hyper=warn,tower=warn,sled=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,h2=warn,hyper=warn,tower=warn,sled=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         "text" => builder.init(),
         "json" => builder.json().init(),
@@ -80,7 +97,10 @@ fn main() -> std::process::ExitCode {
         eprintln!("error: {e:#}");
         return std::process::ExitCode::from(2);
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -107,7 +127,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             println!("agents enroll with: certfleet-agent enroll --coordinator {} --token <token> --ca-sha256 {fp}", config.local_url());
             println!("ca-sha256: {fp}");
         }
-        Cmd::CaFingerprint => println!("{}", fleet_ca::StateDir::new(&config.state_dir).ca_fingerprint()?),
+        Cmd::CaFingerprint => println!(
+            "{}",
+            fleet_ca::StateDir::new(&config.state_dir).ca_fingerprint()?
+        ),
         Cmd::Serve => {
             let shutdown = CancellationToken::new();
             let trigger = shutdown.clone();
@@ -118,8 +141,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             });
             certfleet_coordinator::serve(config, shutdown).await?;
         }
-        Cmd::Token { cmd: TokenCmd::Create { ttl, uses } } => {
-            let ttl = certfleet_shared::timefmt::parse_duration_secs(&ttl).map_err(anyhow::Error::msg).context("--ttl")?;
+        Cmd::Token {
+            cmd: TokenCmd::Create { ttl, uses },
+        } => {
+            let ttl = certfleet_shared::timefmt::parse_duration_secs(&ttl)
+                .map_err(anyhow::Error::msg)
+                .context("--ttl")?;
             let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
             let t = cli::token_create(&mut client, ttl, uses).await?;
             println!("{}", t.token);
@@ -127,12 +154,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Hosts { json } => {
             let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
             print!("{}", cli::hosts(&mut client, json, now).await?);
-            if json { println!(); }
+            if json {
+                println!();
+            }
         }
         Cmd::Certs { json } => {
             let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
             print!("{}", cli::certs(&mut client, json, now).await?);
-            if json { println!(); }
+            if json {
+                println!();
+            }
         }
     }
     Ok(())
@@ -140,7 +171,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         }

@@ -7,8 +7,8 @@
 //! TLS verifies any presented client certificate against the fleet CA (a certificate from
 //! another CA fails the handshake); each RPC then checks *which* identity it carries.
 
-use crate::issuance::Engine;
 use crate::fleet_ca::FleetCa;
+use crate::issuance::Engine;
 use crate::sessions::Sessions;
 use crate::store::{EnrollError, HostRecord, InstalledRecord, Store, TokenRecord};
 use certfleet_proto::v1::{
@@ -63,11 +63,13 @@ fn internal(e: impl std::fmt::Display) -> Status {
 
 /// Names carried by the verified client certificate, if any.
 fn peer_uris<T>(req: &Request<T>) -> Result<Vec<String>, Status> {
-    let certs = req
-        .peer_certs()
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| Status::unauthenticated("this call needs a client certificate from the fleet CA (mutual TLS)"))?;
-    let leaf = CertInfo::from_der(&certs[0]).map_err(|_| Status::unauthenticated("unreadable client certificate"))?;
+    let certs = req.peer_certs().filter(|c| !c.is_empty()).ok_or_else(|| {
+        Status::unauthenticated(
+            "this call needs a client certificate from the fleet CA (mutual TLS)",
+        )
+    })?;
+    let leaf = CertInfo::from_der(&certs[0])
+        .map_err(|_| Status::unauthenticated("unreadable client certificate"))?;
     Ok(leaf.uris)
 }
 
@@ -76,42 +78,73 @@ fn host_identity<T>(req: &Request<T>, store: &dyn Store) -> Result<HostRecord, S
     let id = uris
         .iter()
         .find_map(|u| u.strip_prefix(HOST_URI_PREFIX))
-        .ok_or_else(|| Status::permission_denied("this call is for agents; the client certificate is not a host identity"))?;
+        .ok_or_else(|| {
+            Status::permission_denied(
+                "this call is for agents; the client certificate is not a host identity",
+            )
+        })?;
     let id = HostId::parse(id).map_err(|e| Status::permission_denied(e.to_string()))?;
-    store
-        .host(&id)
-        .map_err(internal)?
-        .ok_or_else(|| Status::permission_denied(format!("host {id} is not enrolled (was it removed?); enroll again")))
+    store.host(&id).map_err(internal)?.ok_or_else(|| {
+        Status::permission_denied(format!(
+            "host {id} is not enrolled (was it removed?); enroll again"
+        ))
+    })
 }
 
 fn admin_identity<T>(req: &Request<T>) -> Result<String, Status> {
     peer_uris(req)?
         .iter()
         .find_map(|u| u.strip_prefix(ADMIN_URI_PREFIX).map(str::to_owned))
-        .ok_or_else(|| Status::permission_denied("this call is for operators; the client certificate is not an operator credential"))
+        .ok_or_else(|| {
+            Status::permission_denied(
+                "this call is for operators; the client certificate is not an operator credential",
+            )
+        })
 }
 
 fn valid_name(s: &str, max: usize) -> bool {
-    !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 #[tonic::async_trait]
 impl Enrollment for Api {
-    async fn enroll(&self, req: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
+    async fn enroll(
+        &self,
+        req: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
         let from = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let r = req.into_inner();
         if r.token.is_empty() || r.token.len() > 256 {
             return Err(Status::invalid_argument("join token missing or malformed"));
         }
-        let hostname = if r.hostname.is_empty() { "unnamed".to_owned() } else { r.hostname.clone() };
+        let hostname = if r.hostname.is_empty() {
+            "unnamed".to_owned()
+        } else {
+            r.hostname.clone()
+        };
         if !valid_name(&hostname, 253) {
-            return Err(Status::invalid_argument(format!("hostname {:?} must be letters, digits, '-', '_' or '.'", hostname.chars().take(80).collect::<String>())));
+            return Err(Status::invalid_argument(format!(
+                "hostname {:?} must be letters, digits, '-', '_' or '.'",
+                hostname.chars().take(80).collect::<String>()
+            )));
         }
-        if r.labels.len() > MAX_LABELS || r.labels.iter().any(|(k, v)| !valid_name(k, 63) || v.len() > 253) {
-            return Err(Status::invalid_argument("labels: at most 32, keys letters/digits/-_. up to 63, values up to 253 bytes"));
+        if r.labels.len() > MAX_LABELS
+            || r.labels
+                .iter()
+                .any(|(k, v)| !valid_name(k, 63) || v.len() > 253)
+        {
+            return Err(Status::invalid_argument(
+                "labels: at most 32, keys letters/digits/-_. up to 63, values up to 253 bytes",
+            ));
         }
         let host_id = HostId::generate();
-        let (cert_pem, info) = self.ca.sign_agent(&r.csr_der, &host_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (cert_pem, info) = self
+            .ca
+            .sign_agent(&r.csr_der, &host_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let now = self.clock.now_unix();
         let host = HostRecord {
             id: host_id.clone(),
@@ -133,7 +166,11 @@ impl Enrollment for Api {
         match result {
             Ok(()) => {
                 tracing::info!(host = %host_id, from = %from, "agent enrolled");
-                Ok(Response::new(pb::EnrollResponse { host_id: host_id.to_string(), client_cert_pem: cert_pem, ca_cert_pem: self.ca.ca_pem.clone() }))
+                Ok(Response::new(pb::EnrollResponse {
+                    host_id: host_id.to_string(),
+                    client_cert_pem: cert_pem,
+                    ca_cert_pem: self.ca.ca_pem.clone(),
+                }))
             }
             Err(EnrollError::Refused(refusal)) => {
                 tracing::warn!(from = %from, reason = %refusal, "enrollment refused");
@@ -150,20 +187,28 @@ type SessionStream = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status
 impl AgentSession for Api {
     type SessionStream = SessionStream;
 
-    async fn session(&self, req: Request<Streaming<AgentMessage>>) -> Result<Response<SessionStream>, Status> {
+    async fn session(
+        &self,
+        req: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<SessionStream>, Status> {
         let host = host_identity(&req, self.store.as_ref())?;
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.next())
             .await
             .map_err(|_| Status::deadline_exceeded("no Hello within 15 s"))?;
         let hello = match first {
-            Some(Ok(AgentMessage { msg: Some(Msg::Hello(h)) })) => h,
+            Some(Ok(AgentMessage {
+                msg: Some(Msg::Hello(h)),
+            })) => h,
             Some(Err(e)) => return Err(e),
-            _ => return Err(Status::invalid_argument("the first message of a session must be Hello")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of a session must be Hello",
+                ))
+            }
         };
-        self.apply_hello(&host.id, hello).map_err(|e| {
+        self.apply_hello(&host.id, hello).inspect_err(|e| {
             tracing::warn!(host = %host.id, error = %e.message(), "bad Hello");
-            e
         })?;
 
         let (tx, rx) = mpsc::channel(32);
@@ -179,12 +224,20 @@ impl AgentSession for Api {
                     _ = svc.shutdown.cancelled() => break,
                 };
                 match next {
-                    Some(Ok(AgentMessage { msg: Some(Msg::Reply(reply)) })) => handle.deliver(reply),
-                    Some(Ok(AgentMessage { msg: Some(Msg::Hello(h)) })) => match svc.apply_hello(&handle.host, h) {
+                    Some(Ok(AgentMessage {
+                        msg: Some(Msg::Reply(reply)),
+                    })) => handle.deliver(reply),
+                    Some(Ok(AgentMessage {
+                        msg: Some(Msg::Hello(h)),
+                    })) => match svc.apply_hello(&handle.host, h) {
                         Ok(()) => svc.engine.reconcile(handle.host.clone()),
-                        Err(e) => tracing::warn!(host = %handle.host, error = %e.message(), "bad Hello ignored"),
+                        Err(e) => {
+                            tracing::warn!(host = %handle.host, error = %e.message(), "bad Hello ignored")
+                        }
                     },
-                    Some(Ok(AgentMessage { msg: None })) => tracing::warn!(host = %handle.host, "empty message ignored"),
+                    Some(Ok(AgentMessage { msg: None })) => {
+                        tracing::warn!(host = %handle.host, "empty message ignored")
+                    }
                     Some(Err(e)) => {
                         tracing::info!(host = %handle.host, error = %e.message(), "session stream error");
                         break;
@@ -206,8 +259,13 @@ impl AgentSession for Api {
 impl Services {
     /// Validates and records what the agent says about itself.
     fn apply_hello(&self, host: &HostId, hello: pb::Hello) -> Result<(), Status> {
-        if hello.ips.len() > MAX_IPS || hello.targets.len() > MAX_TARGETS || hello.inventory.len() > MAX_TARGETS {
-            return Err(Status::invalid_argument(format!("Hello: at most {MAX_IPS} IPs and {MAX_TARGETS} targets")));
+        if hello.ips.len() > MAX_IPS
+            || hello.targets.len() > MAX_TARGETS
+            || hello.inventory.len() > MAX_TARGETS
+        {
+            return Err(Status::invalid_argument(format!(
+                "Hello: at most {MAX_IPS} IPs and {MAX_TARGETS} targets"
+            )));
         }
         let ips = hello
             .ips
@@ -215,16 +273,28 @@ impl Services {
             .map(|s| parse_ip(s).map_err(|e| Status::invalid_argument(format!("Hello: {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(bad) = hello.targets.iter().find(|t| !valid_name(t, 64)) {
-            return Err(Status::invalid_argument(format!("Hello: target name {:?} is not valid", bad.chars().take(80).collect::<String>())));
+            return Err(Status::invalid_argument(format!(
+                "Hello: target name {:?} is not valid",
+                bad.chars().take(80).collect::<String>()
+            )));
         }
-        let mut rec = self.store.host(host).map_err(internal)?.ok_or_else(|| Status::permission_denied("host not enrolled"))?;
+        let mut rec = self
+            .store
+            .host(host)
+            .map_err(internal)?
+            .ok_or_else(|| Status::permission_denied("host not enrolled"))?;
         rec.ips = certfleet_shared::identifier::canonical_set(ips);
         rec.targets = hello.targets;
         rec.inventory = hello
             .inventory
             .into_iter()
             .filter(|i| valid_name(&i.target, 64) && i.serial.len() <= 64)
-            .map(|i| InstalledRecord { target: i.target, serial: i.serial, not_after: i.not_after_unix, identifiers: i.identifiers.into_iter().take(MAX_IPS).collect() })
+            .map(|i| InstalledRecord {
+                target: i.target,
+                serial: i.serial,
+                not_after: i.not_after_unix,
+                identifiers: i.identifiers.into_iter().take(MAX_IPS).collect(),
+            })
             .collect();
         rec.last_seen = Some(self.clock.now_unix());
         self.store.put_host(&rec).map_err(internal)
@@ -233,23 +303,44 @@ impl Services {
 
 #[tonic::async_trait]
 impl Admin for Api {
-    async fn create_token(&self, req: Request<pb::CreateTokenRequest>) -> Result<Response<pb::CreateTokenResponse>, Status> {
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         let operator = admin_identity(&req)?;
         let r = req.into_inner();
-        let ttl = if r.ttl_seconds == 0 { DEFAULT_TOKEN_TTL } else { r.ttl_seconds };
+        let ttl = if r.ttl_seconds == 0 {
+            DEFAULT_TOKEN_TTL
+        } else {
+            r.ttl_seconds
+        };
         if ttl > MAX_TOKEN_TTL {
             return Err(Status::invalid_argument("token ttl is at most 30 days"));
         }
         let uses = if r.uses == 0 { 1 } else { r.uses };
         let token = crate::tokens::generate();
         let now = self.clock.now_unix();
-        let rec = TokenRecord { created: now, expires: now + ttl as i64, uses_left: uses, used_by: vec![], revoked: false };
-        self.store.put_token(&sha256_hex(token.as_bytes()), &rec).map_err(internal)?;
+        let rec = TokenRecord {
+            created: now,
+            expires: now + ttl as i64,
+            uses_left: uses,
+            used_by: vec![],
+            revoked: false,
+        };
+        self.store
+            .put_token(&sha256_hex(token.as_bytes()), &rec)
+            .map_err(internal)?;
         tracing::info!(operator = %operator, ttl, uses, "join token created");
-        Ok(Response::new(pb::CreateTokenResponse { token, expires_unix: rec.expires }))
+        Ok(Response::new(pb::CreateTokenResponse {
+            token,
+            expires_unix: rec.expires,
+        }))
     }
 
-    async fn list_hosts(&self, req: Request<pb::ListHostsRequest>) -> Result<Response<pb::ListHostsResponse>, Status> {
+    async fn list_hosts(
+        &self,
+        req: Request<pb::ListHostsRequest>,
+    ) -> Result<Response<pb::ListHostsResponse>, Status> {
         admin_identity(&req)?;
         let hosts = self
             .store
@@ -270,7 +361,10 @@ impl Admin for Api {
         Ok(Response::new(pb::ListHostsResponse { hosts }))
     }
 
-    async fn list_certs(&self, req: Request<pb::ListCertsRequest>) -> Result<Response<pb::ListCertsResponse>, Status> {
+    async fn list_certs(
+        &self,
+        req: Request<pb::ListCertsRequest>,
+    ) -> Result<Response<pb::ListCertsResponse>, Status> {
         admin_identity(&req)?;
         let certs = self
             .store

@@ -20,9 +20,18 @@ pub enum SessionError {
     #[error("host {host}: the session ended before the agent answered {what}")]
     Ended { host: HostId, what: &'static str },
     #[error("host {host} did not answer {what} within {secs} s")]
-    Timeout { host: HostId, what: &'static str, secs: u64 },
+    Timeout {
+        host: HostId,
+        what: &'static str,
+        secs: u64,
+    },
     #[error("host {host} refused {what}: {message}")]
-    Failed { host: HostId, what: &'static str, code: String, message: String },
+    Failed {
+        host: HostId,
+        what: &'static str,
+        code: String,
+        message: String,
+    },
     #[error("host {host} answered {what} with an unexpected reply")]
     Unexpected { host: HostId, what: &'static str },
 }
@@ -46,12 +55,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl AgentHandle {
     /// Sends `cmd` and waits for its reply. `Failure` replies become [`SessionError::Failed`].
-    pub async fn request(&self, cmd: Cmd, what: &'static str, timeout: Duration) -> Result<reply::Result, SessionError> {
-        let request_id = format!("r{}-{}", self.session_id, NEXT_REQUEST.fetch_add(1, Ordering::Relaxed));
+    pub async fn request(
+        &self,
+        cmd: Cmd,
+        what: &'static str,
+        timeout: Duration,
+    ) -> Result<reply::Result, SessionError> {
+        let request_id = format!(
+            "r{}-{}",
+            self.session_id,
+            NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)
+        );
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(request_id.clone(), tx);
-        let msg = CoordinatorMessage { request_id: request_id.clone(), cmd: Some(cmd) };
-        let ended = || SessionError::Ended { host: self.host.clone(), what };
+        let msg = CoordinatorMessage {
+            request_id: request_id.clone(),
+            cmd: Some(cmd),
+        };
+        let ended = || SessionError::Ended {
+            host: self.host.clone(),
+            what,
+        };
         if self.tx.send(Ok(msg)).await.is_err() {
             lock(&self.pending).remove(&request_id);
             return Err(ended());
@@ -61,11 +85,20 @@ impl AgentHandle {
             Ok(Err(_)) => return Err(ended()),
             Err(_) => {
                 lock(&self.pending).remove(&request_id);
-                return Err(SessionError::Timeout { host: self.host.clone(), what, secs: timeout.as_secs() });
+                return Err(SessionError::Timeout {
+                    host: self.host.clone(),
+                    what,
+                    secs: timeout.as_secs(),
+                });
             }
         };
         match result {
-            reply::Result::Failure(f) => Err(SessionError::Failed { host: self.host.clone(), what, code: f.code, message: f.message }),
+            reply::Result::Failure(f) => Err(SessionError::Failed {
+                host: self.host.clone(),
+                what,
+                code: f.code,
+                message: f.message,
+            }),
             other => Ok(other),
         }
     }
@@ -81,7 +114,9 @@ impl AgentHandle {
             Some(waiter) => {
                 let _ = waiter.send(result);
             }
-            None => tracing::debug!(host = %self.host, request_id = %reply.request_id, "reply for no pending request"),
+            None => {
+                tracing::debug!(host = %self.host, request_id = %reply.request_id, "reply for no pending request")
+            }
         }
     }
 }
@@ -95,7 +130,11 @@ pub struct Sessions {
 
 impl Sessions {
     /// Registers a new session for `host`, replacing (and so ending) an older one.
-    pub fn open(&self, host: HostId, tx: mpsc::Sender<Result<CoordinatorMessage, Status>>) -> AgentHandle {
+    pub fn open(
+        &self,
+        host: HostId,
+        tx: mpsc::Sender<Result<CoordinatorMessage, Status>>,
+    ) -> AgentHandle {
         let handle = AgentHandle {
             host: host.clone(),
             session_id: self.next_session.fetch_add(1, Ordering::Relaxed) + 1,
@@ -111,7 +150,10 @@ impl Sessions {
     /// Removes the session if it is still the current one for its host.
     pub fn close(&self, handle: &AgentHandle) {
         let mut map = lock(&self.map);
-        if map.get(&handle.host).is_some_and(|h| h.session_id == handle.session_id) {
+        if map
+            .get(&handle.host)
+            .is_some_and(|h| h.session_id == handle.session_id)
+        {
             map.remove(&handle.host);
         }
         lock(&handle.pending).clear();

@@ -27,7 +27,9 @@ pub enum StoreError {
 pub enum EnrollRefusal {
     #[error("join token is unknown: check it was copied whole, or create a new one with `certfleet-coordinator token create`")]
     UnknownToken,
-    #[error("join token expired at {0}; create a new one with `certfleet-coordinator token create`")]
+    #[error(
+        "join token expired at {0}; create a new one with `certfleet-coordinator token create`"
+    )]
     Expired(String),
     #[error("join token was already used (by host {0}); tokens are single-use unless created with --uses")]
     AlreadyUsed(String),
@@ -180,7 +182,10 @@ const SCHEMA_VERSION: &[u8] = b"1";
 
 impl SledStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).open()?;
+        let db = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
         let meta = db.open_tree("meta")?;
         match meta.get(SCHEMA_KEY)? {
             None => {
@@ -191,7 +196,10 @@ impl SledStore {
             Some(v) => {
                 return Err(StoreError::Corrupt {
                     key: "meta/schema_version".into(),
-                    detail: format!("store schema {} is not supported by this coordinator", String::from_utf8_lossy(&v)),
+                    detail: format!(
+                        "store schema {} is not supported by this coordinator",
+                        String::from_utf8_lossy(&v)
+                    ),
                 })
             }
         }
@@ -211,7 +219,9 @@ impl SledStore {
     }
 
     fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &str) -> Result<Option<T>, StoreError> {
-        tree.get(key.as_bytes())?.map(|v| decode(key, &v)).transpose()
+        tree.get(key.as_bytes())?
+            .map(|v| decode(key, &v))
+            .transpose()
     }
 
     fn put<T: Serialize>(&self, tree: &sled::Tree, key: &str, rec: &T) -> Result<(), StoreError> {
@@ -230,7 +240,10 @@ impl SledStore {
 }
 
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { key: key.to_owned(), detail: e.to_string() })
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: key.to_owned(),
+        detail: e.to_string(),
+    })
 }
 
 impl Store for SledStore {
@@ -247,24 +260,36 @@ impl Store for SledStore {
     }
 
     fn enroll(&self, token_hash: &str, now: i64, host: &HostRecord) -> Result<(), EnrollError> {
-        use sled::transaction::{ConflictableTransactionError as Cte, TransactionError, Transactional};
+        use sled::transaction::{
+            ConflictableTransactionError as Cte, TransactionError, Transactional,
+        };
         let host_bytes = serde_json::to_vec(host).map_err(StoreError::from)?;
         let result = (&self.tokens, &self.hosts).transaction(|(tokens, hosts)| {
-            let raw = tokens.get(token_hash.as_bytes())?.ok_or(Cte::Abort(EnrollRefusal::UnknownToken))?;
-            let mut tok: TokenRecord = serde_json::from_slice(&raw).map_err(|_| Cte::Abort(EnrollRefusal::UnknownToken))?;
+            let raw = tokens
+                .get(token_hash.as_bytes())?
+                .ok_or(Cte::Abort(EnrollRefusal::UnknownToken))?;
+            let mut tok: TokenRecord = serde_json::from_slice(&raw)
+                .map_err(|_| Cte::Abort(EnrollRefusal::UnknownToken))?;
             if tok.revoked {
                 return Err(Cte::Abort(EnrollRefusal::Revoked));
             }
             if tok.uses_left == 0 {
-                let by = tok.used_by.last().map(|h| h.to_string()).unwrap_or_default();
+                let by = tok
+                    .used_by
+                    .last()
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
                 return Err(Cte::Abort(EnrollRefusal::AlreadyUsed(by)));
             }
             if now >= tok.expires {
-                return Err(Cte::Abort(EnrollRefusal::Expired(certfleet_shared::timefmt::rfc3339(tok.expires))));
+                return Err(Cte::Abort(EnrollRefusal::Expired(
+                    certfleet_shared::timefmt::rfc3339(tok.expires),
+                )));
             }
             tok.uses_left -= 1;
             tok.used_by.push(host.id.clone());
-            let tok_bytes = serde_json::to_vec(&tok).map_err(|_| Cte::Abort(EnrollRefusal::UnknownToken))?;
+            let tok_bytes =
+                serde_json::to_vec(&tok).map_err(|_| Cte::Abort(EnrollRefusal::UnknownToken))?;
             tokens.insert(token_hash.as_bytes(), tok_bytes)?;
             hosts.insert(host.id.as_str().as_bytes(), host_bytes.clone())?;
             Ok(())
@@ -296,8 +321,10 @@ impl Store for SledStore {
     }
 
     fn put_cert(&self, rec: &CertRecord) -> Result<(), StoreError> {
-        self.certs.insert(rec.id.as_str().as_bytes(), serde_json::to_vec(rec)?)?;
-        self.host_certs.insert(rec.host_id.as_str().as_bytes(), rec.id.as_str().as_bytes())?;
+        self.certs
+            .insert(rec.id.as_str().as_bytes(), serde_json::to_vec(rec)?)?;
+        self.host_certs
+            .insert(rec.host_id.as_str().as_bytes(), rec.id.as_str().as_bytes())?;
         self.flush()
     }
 
@@ -306,7 +333,9 @@ impl Store for SledStore {
     }
 
     fn cert_for_host(&self, host: &HostId) -> Result<Option<CertRecord>, StoreError> {
-        let Some(id) = self.host_certs.get(host.as_str().as_bytes())? else { return Ok(None) };
+        let Some(id) = self.host_certs.get(host.as_str().as_bytes())? else {
+            return Ok(None);
+        };
         let id = String::from_utf8_lossy(&id).into_owned();
         Self::get(&self.certs, &id)
     }
@@ -335,14 +364,47 @@ mod tests {
     fn tokens_are_single_use_and_expire() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(&dir.path().join("db")).unwrap();
-        store.put_token("t1", &TokenRecord { created: 0, expires: 100, uses_left: 1, used_by: vec![], revoked: false }).unwrap();
+        store
+            .put_token(
+                "t1",
+                &TokenRecord {
+                    created: 0,
+                    expires: 100,
+                    uses_left: 1,
+                    used_by: vec![],
+                    revoked: false,
+                },
+            )
+            .unwrap();
         let (a, b) = (HostId::generate(), HostId::generate());
         store.enroll("t1", 50, &host(&a)).unwrap();
-        assert!(matches!(store.enroll("t1", 50, &host(&b)), Err(EnrollError::Refused(EnrollRefusal::AlreadyUsed(h))) if h == a.as_str()));
-        assert!(store.host(&b).unwrap().is_none(), "refused enrollment records nothing");
-        assert!(matches!(store.enroll("nope", 50, &host(&b)), Err(EnrollError::Refused(EnrollRefusal::UnknownToken))));
-        store.put_token("t2", &TokenRecord { created: 0, expires: 100, uses_left: 1, used_by: vec![], revoked: false }).unwrap();
-        assert!(matches!(store.enroll("t2", 100, &host(&b)), Err(EnrollError::Refused(EnrollRefusal::Expired(_)))));
+        assert!(
+            matches!(store.enroll("t1", 50, &host(&b)), Err(EnrollError::Refused(EnrollRefusal::AlreadyUsed(h))) if h == a.as_str())
+        );
+        assert!(
+            store.host(&b).unwrap().is_none(),
+            "refused enrollment records nothing"
+        );
+        assert!(matches!(
+            store.enroll("nope", 50, &host(&b)),
+            Err(EnrollError::Refused(EnrollRefusal::UnknownToken))
+        ));
+        store
+            .put_token(
+                "t2",
+                &TokenRecord {
+                    created: 0,
+                    expires: 100,
+                    uses_left: 1,
+                    used_by: vec![],
+                    revoked: false,
+                },
+            )
+            .unwrap();
+        assert!(matches!(
+            store.enroll("t2", 100, &host(&b)),
+            Err(EnrollError::Refused(EnrollRefusal::Expired(_)))
+        ));
         assert!(store.host(&a).unwrap().is_some());
     }
 
@@ -354,15 +416,30 @@ mod tests {
             let store = SledStore::open(&dir.path().join("db")).unwrap();
             store.put_host(&host(&id)).unwrap();
             let cert = CertRecord {
-                id: CertId::generate(), host_id: id.clone(), identifiers: vec!["8.8.8.8".parse().unwrap()],
-                issuer: "le".into(), profile: None, target: "t".into(), state: CertState::Pending, serial: None,
-                not_before: None, not_after: None, chain_pem: None, order_url: None, last_error: None,
-                attempts: 0, next_attempt: None, updated: 1,
+                id: CertId::generate(),
+                host_id: id.clone(),
+                identifiers: vec!["8.8.8.8".parse().unwrap()],
+                issuer: "le".into(),
+                profile: None,
+                target: "t".into(),
+                state: CertState::Pending,
+                serial: None,
+                not_before: None,
+                not_after: None,
+                chain_pem: None,
+                order_url: None,
+                last_error: None,
+                attempts: 0,
+                next_attempt: None,
+                updated: 1,
             };
             store.put_cert(&cert).unwrap();
         }
         let store = SledStore::open(&dir.path().join("db")).unwrap();
         assert_eq!(store.hosts().unwrap().len(), 1);
-        assert_eq!(store.cert_for_host(&id).unwrap().map(|c| c.state), Some(CertState::Pending));
+        assert_eq!(
+            store.cert_for_host(&id).unwrap().map(|c| c.state),
+            Some(CertState::Pending)
+        );
     }
 }

@@ -8,7 +8,10 @@ pub const TOKEN_PREFIX: &str = "cfj_";
 /// A fresh join token.
 pub fn generate() -> String {
     let bytes: [u8; 32] = rand::random();
-    format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    format!(
+        "{TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
 }
 
 #[cfg(test)]

@@ -65,6 +65,10 @@ mod tests {
         let b = Backoff::RECONNECT;
         assert_eq!(b.delay(3, 0.0), Duration::from_secs(2));
         assert_eq!(b.delay(3, 1.0), Duration::from_secs(4));
-        assert_eq!(b.delay(3, 7.0), Duration::from_secs(4), "out-of-range draws are clamped");
+        assert_eq!(
+            b.delay(3, 7.0),
+            Duration::from_secs(4),
+            "out-of-range draws are clamped"
+        );
     }
 }

@@ -15,7 +15,9 @@ pub fn apply_overrides(
 ) -> Result<Vec<String>, String> {
     let mut applied = Vec::new();
     for (name, raw) in vars {
-        let Some(rest) = name.strip_prefix(prefix) else { continue };
+        let Some(rest) = name.strip_prefix(prefix) else {
+            continue;
+        };
         if skip.iter().any(|s| *s == name) || rest.is_empty() {
             continue;
         }
@@ -39,13 +41,21 @@ fn parse_value(raw: &str) -> Value {
 }
 
 fn set_path(doc: &mut Value, path: &[String], value: Value) -> Result<(), String> {
-    let Some((last, parents)) = path.split_last() else { return Ok(()) };
+    let Some((last, parents)) = path.split_last() else {
+        return Ok(());
+    };
     let mut cur = doc;
     for p in parents {
-        let table = cur.as_table_mut().ok_or_else(|| format!("{p:?} is not a table"))?;
-        cur = table.entry(p.clone()).or_insert_with(|| Value::Table(Default::default()));
+        let table = cur
+            .as_table_mut()
+            .ok_or_else(|| format!("{p:?} is not a table"))?;
+        cur = table
+            .entry(p.clone())
+            .or_insert_with(|| Value::Table(Default::default()));
     }
-    let table = cur.as_table_mut().ok_or_else(|| format!("{last:?} is inside a non-table"))?;
+    let table = cur
+        .as_table_mut()
+        .ok_or_else(|| format!("{last:?} is inside a non-table"))?;
     table.insert(last.clone(), value);
     Ok(())
 }

@@ -68,46 +68,50 @@ fn in_v4(ip: Ipv4Addr, net: [u8; 4], len: u32) -> bool {
 
 fn is_public_v4(ip: Ipv4Addr) -> bool {
     const RANGES: &[([u8; 4], u32)] = &[
-        ([0, 0, 0, 0], 8),        // "this network"
-        ([10, 0, 0, 0], 8),       // private
-        ([100, 64, 0, 0], 10),    // shared address space (CGNAT)
-        ([127, 0, 0, 0], 8),      // loopback
-        ([169, 254, 0, 0], 16),   // link local
-        ([172, 16, 0, 0], 12),    // private
-        ([192, 0, 0, 0], 24),     // IETF protocol assignments
-        ([192, 0, 2, 0], 24),     // TEST-NET-1
-        ([192, 88, 99, 0], 24),   // 6to4 relay anycast (deprecated)
-        ([192, 168, 0, 0], 16),   // private
-        ([198, 18, 0, 0], 15),    // benchmarking
-        ([198, 51, 100, 0], 24),  // TEST-NET-2
-        ([203, 0, 113, 0], 24),   // TEST-NET-3
-        ([224, 0, 0, 0], 4),      // multicast
-        ([240, 0, 0, 0], 4),      // reserved, and broadcast
+        ([0, 0, 0, 0], 8),       // "this network"
+        ([10, 0, 0, 0], 8),      // private
+        ([100, 64, 0, 0], 10),   // shared address space (CGNAT)
+        ([127, 0, 0, 0], 8),     // loopback
+        ([169, 254, 0, 0], 16),  // link local
+        ([172, 16, 0, 0], 12),   // private
+        ([192, 0, 0, 0], 24),    // IETF protocol assignments
+        ([192, 0, 2, 0], 24),    // TEST-NET-1
+        ([192, 88, 99, 0], 24),  // 6to4 relay anycast (deprecated)
+        ([192, 168, 0, 0], 16),  // private
+        ([198, 18, 0, 0], 15),   // benchmarking
+        ([198, 51, 100, 0], 24), // TEST-NET-2
+        ([203, 0, 113, 0], 24),  // TEST-NET-3
+        ([224, 0, 0, 0], 4),     // multicast
+        ([240, 0, 0, 0], 4),     // reserved, and broadcast
     ];
     !RANGES.iter().any(|&(net, len)| in_v4(ip, net, len))
 }
 
 fn in_v6(ip: Ipv6Addr, net: [u16; 8], len: u32) -> bool {
-    let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+    let mask = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len)
+    };
     (u128::from(ip) & mask) == (u128::from(Ipv6Addr::from(net)) & mask)
 }
 
 fn is_public_v6(ip: Ipv6Addr) -> bool {
     const RANGES: &[([u16; 8], u32)] = &[
-        ([0, 0, 0, 0, 0, 0, 0, 0], 128),                // unspecified
-        ([0, 0, 0, 0, 0, 0, 0, 1], 128),                // loopback
-        ([0, 0, 0, 0, 0, 0xffff, 0, 0], 96),            // IPv4-mapped
-        ([0x64, 0xff9b, 0, 0, 0, 0, 0, 0], 96),         // IPv4/IPv6 translation
-        ([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48),         // local-use translation
-        ([0x100, 0, 0, 0, 0, 0, 0, 0], 64),             // discard-only
-        ([0x2001, 0, 0, 0, 0, 0, 0, 0], 23),            // IETF protocol assignments
-        ([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32),        // documentation
-        ([0x2002, 0, 0, 0, 0, 0, 0, 0], 16),            // 6to4
-        ([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20),            // documentation (RFC 9637)
-        ([0x5f00, 0, 0, 0, 0, 0, 0, 0], 16),            // segment routing SIDs
-        ([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7),             // unique local
-        ([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10),            // link local
-        ([0xff00, 0, 0, 0, 0, 0, 0, 0], 8),             // multicast
+        ([0, 0, 0, 0, 0, 0, 0, 0], 128),         // unspecified
+        ([0, 0, 0, 0, 0, 0, 0, 1], 128),         // loopback
+        ([0, 0, 0, 0, 0, 0xffff, 0, 0], 96),     // IPv4-mapped
+        ([0x64, 0xff9b, 0, 0, 0, 0, 0, 0], 96),  // IPv4/IPv6 translation
+        ([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48),  // local-use translation
+        ([0x100, 0, 0, 0, 0, 0, 0, 0], 64),      // discard-only
+        ([0x2001, 0, 0, 0, 0, 0, 0, 0], 23),     // IETF protocol assignments
+        ([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32), // documentation
+        ([0x2002, 0, 0, 0, 0, 0, 0, 0], 16),     // 6to4
+        ([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20),     // documentation (RFC 9637)
+        ([0x5f00, 0, 0, 0, 0, 0, 0, 0], 16),     // segment routing SIDs
+        ([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7),      // unique local
+        ([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10),     // link local
+        ([0xff00, 0, 0, 0, 0, 0, 0, 0], 8),      // multicast
     ];
     !RANGES.iter().any(|&(net, len)| in_v6(ip, net, len))
 }
@@ -141,35 +145,84 @@ mod tests {
                 canonical: "2606:4700::1111".into()
             }
         );
-        assert!(parse_ip("2606:4700::ABCD").is_err(), "upper case is not canonical");
-        assert!(matches!(parse_ip("::ffff:8.8.8.8"), Err(IdentifierError::NotCanonical { canonical, .. }) if canonical == "8.8.8.8"));
-        assert!(matches!(parse_ip("010.1.1.1"), Err(IdentifierError::NotAnIp(_))));
-        assert!(matches!(parse_ip(" 8.8.8.8"), Err(IdentifierError::NotAnIp(_))));
-        assert!(matches!(parse_ip("example.com"), Err(IdentifierError::NotAnIp(_))));
+        assert!(
+            parse_ip("2606:4700::ABCD").is_err(),
+            "upper case is not canonical"
+        );
+        assert!(
+            matches!(parse_ip("::ffff:8.8.8.8"), Err(IdentifierError::NotCanonical { canonical, .. }) if canonical == "8.8.8.8")
+        );
+        assert!(matches!(
+            parse_ip("010.1.1.1"),
+            Err(IdentifierError::NotAnIp(_))
+        ));
+        assert!(matches!(
+            parse_ip(" 8.8.8.8"),
+            Err(IdentifierError::NotAnIp(_))
+        ));
+        assert!(matches!(
+            parse_ip("example.com"),
+            Err(IdentifierError::NotAnIp(_))
+        ));
     }
 
     #[test]
     fn special_purpose_ranges_are_not_public() {
         for s in [
-            "10.1.2.3", "127.0.0.1", "172.16.0.1", "172.31.255.255", "192.168.1.1",
-            "100.64.0.1", "169.254.1.1", "192.0.2.1", "198.51.100.1", "203.0.113.9",
-            "198.18.0.1", "198.19.255.255", "0.1.2.3", "224.0.0.1", "255.255.255.255",
-            "::1", "::", "fd00::1", "fe80::1", "2001:db8::1", "ff02::1", "::ffff:1.2.3.4",
-            "2001::1", "2002::1",
+            "10.1.2.3",
+            "127.0.0.1",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "100.64.0.1",
+            "169.254.1.1",
+            "192.0.2.1",
+            "198.51.100.1",
+            "203.0.113.9",
+            "198.18.0.1",
+            "198.19.255.255",
+            "0.1.2.3",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "2001:db8::1",
+            "ff02::1",
+            "::ffff:1.2.3.4",
+            "2001::1",
+            "2002::1",
         ] {
             let ip: IpAddr = s.parse().unwrap();
             assert!(!is_public(ip), "{s} treated as public");
             assert!(check_issuable(ip, false).is_err());
             assert!(check_issuable(ip, true).is_ok());
         }
-        for s in ["8.8.8.8", "172.32.0.1", "1.1.1.1", "2606:4700::1111", "2a00:1450::1"] {
+        for s in [
+            "8.8.8.8",
+            "172.32.0.1",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "2a00:1450::1",
+        ] {
             assert!(is_public(s.parse().unwrap()), "{s} treated as private");
         }
     }
 
     #[test]
     fn identifier_sets_have_one_order() {
-        let a: Vec<IpAddr> = vec!["2001:4860::1".parse().unwrap(), "8.8.8.8".parse().unwrap(), "8.8.8.8".parse().unwrap()];
-        assert_eq!(canonical_set(a), vec!["8.8.8.8".parse::<IpAddr>().unwrap(), "2001:4860::1".parse().unwrap()]);
+        let a: Vec<IpAddr> = vec![
+            "2001:4860::1".parse().unwrap(),
+            "8.8.8.8".parse().unwrap(),
+            "8.8.8.8".parse().unwrap(),
+        ];
+        assert_eq!(
+            canonical_set(a),
+            vec![
+                "8.8.8.8".parse::<IpAddr>().unwrap(),
+                "2001:4860::1".parse().unwrap()
+            ]
+        );
     }
 }

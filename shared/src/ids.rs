@@ -86,12 +86,22 @@ mod tests {
     fn generated_ids_parse_back() {
         let h = HostId::generate();
         assert_eq!(HostId::parse(h.as_str()).ok(), Some(h.clone()));
-        assert!(CertId::parse(h.as_str()).is_err(), "a host id is not a cert id");
+        assert!(
+            CertId::parse(h.as_str()).is_err(),
+            "a host id is not a cert id"
+        );
     }
 
     #[test]
     fn hostile_ids_are_refused() {
-        for bad in ["", "h-", "h-../x", "h-A", "x-abc", &format!("h-{}", "a".repeat(65))] {
+        for bad in [
+            "",
+            "h-",
+            "h-../x",
+            "h-A",
+            "x-abc",
+            &format!("h-{}", "a".repeat(65)),
+        ] {
             assert!(HostId::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

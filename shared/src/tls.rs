@@ -32,29 +32,48 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// Parses a fingerprint given as 64 hex digits (colons allowed, any case).
 pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], TlsError> {
-    let cleaned: String = s.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
+    let cleaned: String = s
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
     let bytes = hex::decode(&cleaned).map_err(|_| TlsError::BadFingerprint(s.to_owned()))?;
-    bytes.try_into().map_err(|_| TlsError::BadFingerprint(s.to_owned()))
+    bytes
+        .try_into()
+        .map_err(|_| TlsError::BadFingerprint(s.to_owned()))
 }
 
 /// Loads certificates from PEM text.
-pub fn certs_from_pem(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub fn certs_from_pem(
+    pem: &str,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem { what, detail: e.to_string() })?;
+        .map_err(|e| TlsError::Pem {
+            what,
+            detail: e.to_string(),
+        })?;
     if certs.is_empty() {
-        return Err(TlsError::Pem { what, detail: "no certificate".into() });
+        return Err(TlsError::Pem {
+            what,
+            detail: "no certificate".into(),
+        });
     }
     Ok(certs)
 }
 
 /// Loads a private key from PEM text.
 pub fn key_from_pem(pem: &str, what: &'static str) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Pem { what, detail: e.to_string() })
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Pem {
+        what,
+        detail: e.to_string(),
+    })
 }
 
 fn builder() -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>, TlsError> {
-    Ok(ClientConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])?)
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?)
 }
 
 fn finish(mut cfg: ClientConfig) -> Arc<ClientConfig> {
@@ -63,22 +82,34 @@ fn finish(mut cfg: ClientConfig) -> Arc<ClientConfig> {
 }
 
 /// Trust only `ca_pem`; authenticate with `cert_pem` + `key_pem`.
-pub fn fleet_client_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Arc<ClientConfig>, TlsError> {
+pub fn fleet_client_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
     for ca in certs_from_pem(ca_pem, "fleet CA")? {
         roots.add(ca)?;
     }
     let certs = certs_from_pem(cert_pem, "client certificate")?;
     let key = key_from_pem(key_pem, "client key")?;
-    let cfg = builder()?.with_root_certificates(roots).with_client_auth_cert(certs, key)?;
+    let cfg = builder()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)?;
     Ok(finish(cfg))
 }
 
 /// Trust a server whose chain contains the CA with this SHA-256 fingerprint; no client
 /// certificate.
 pub fn pinned_client_config(pin: [u8; 32]) -> Result<Arc<ClientConfig>, TlsError> {
-    let verifier = Arc::new(PinnedCaVerifier { pin, provider: provider() });
-    let cfg = builder()?.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth();
+    let verifier = Arc::new(PinnedCaVerifier {
+        pin,
+        provider: provider(),
+    });
+    let cfg = builder()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
     Ok(finish(cfg))
 }
 
@@ -109,9 +140,10 @@ impl ServerCertVerifier for PinnedCaVerifier {
             })?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
@@ -121,7 +153,12 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -130,11 +167,18 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

@@ -26,7 +26,10 @@ pub fn parse_coordinator_url(url: &str) -> Result<(String, u16), TransportError>
         return Err(bad());
     }
     let host = uri.host().ok_or_else(bad)?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     Ok((host, uri.port_u16().unwrap_or(443)))
 }
 
@@ -34,8 +37,13 @@ pub fn parse_coordinator_url(url: &str) -> Result<(String, u16), TransportError>
 /// be reached or the TLS handshake is refused.
 pub async fn connect(url: &str, tls: Arc<ClientConfig>) -> Result<Channel, TransportError> {
     let (host, port) = parse_coordinator_url(url)?;
-    let server_name = ServerName::try_from(host.clone()).map_err(|_| TransportError::BadUrl(url.to_owned()))?;
-    let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+    let server_name =
+        ServerName::try_from(host.clone()).map_err(|_| TransportError::BadUrl(url.to_owned()))?;
+    let authority = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
     // The endpoint is plain http for tonic: TLS is done by our connector below.
     let endpoint = Endpoint::from_shared(format!("http://{authority}"))
         .map_err(|_| TransportError::BadUrl(url.to_owned()))?
@@ -58,7 +66,10 @@ pub async fn connect(url: &str, tls: Arc<ClientConfig>) -> Result<Channel, Trans
             }
         }))
         .await
-        .map_err(|e| TransportError::Connect { url: url.to_owned(), detail: error_chain(&e) })
+        .map_err(|e| TransportError::Connect {
+            url: url.to_owned(),
+            detail: error_chain(&e),
+        })
 }
 
 /// Renders an error with its sources, for messages that must say what really failed.
@@ -82,9 +93,18 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(parse_coordinator_url("https://127.0.0.1:7443").unwrap(), ("127.0.0.1".into(), 7443));
-        assert_eq!(parse_coordinator_url("https://[::1]:7443").unwrap(), ("::1".into(), 7443));
-        assert_eq!(parse_coordinator_url("https://c.example").unwrap(), ("c.example".into(), 443));
+        assert_eq!(
+            parse_coordinator_url("https://127.0.0.1:7443").unwrap(),
+            ("127.0.0.1".into(), 7443)
+        );
+        assert_eq!(
+            parse_coordinator_url("https://[::1]:7443").unwrap(),
+            ("::1".into(), 7443)
+        );
+        assert_eq!(
+            parse_coordinator_url("https://c.example").unwrap(),
+            ("c.example".into(), 443)
+        );
         assert!(parse_coordinator_url("http://127.0.0.1:7443").is_err());
         assert!(parse_coordinator_url("not a url").is_err());
     }

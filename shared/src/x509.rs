@@ -16,7 +16,11 @@ pub const MAX_CSR_BYTES: usize = 16 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum X509Error {
     #[error("{what} is {len} bytes, more than the {limit} allowed")]
-    TooLarge { what: &'static str, len: usize, limit: usize },
+    TooLarge {
+        what: &'static str,
+        len: usize,
+        limit: usize,
+    },
     #[error("no certificate found in PEM input")]
     Empty,
     #[error("malformed PEM: {0}")]
@@ -37,7 +41,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Parses a PEM chain (leaf first) into DER certificates.
 pub fn parse_pem_chain(pem: &str) -> Result<Vec<CertificateDer<'static>>, X509Error> {
     if pem.len() > MAX_CHAIN_PEM_BYTES {
-        return Err(X509Error::TooLarge { what: "certificate chain", len: pem.len(), limit: MAX_CHAIN_PEM_BYTES });
+        return Err(X509Error::TooLarge {
+            what: "certificate chain",
+            len: pem.len(),
+            limit: MAX_CHAIN_PEM_BYTES,
+        });
     }
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
@@ -50,7 +58,10 @@ pub fn parse_pem_chain(pem: &str) -> Result<Vec<CertificateDer<'static>>, X509Er
 
 /// DER certificates back to PEM.
 pub fn chain_to_pem(chain: &[CertificateDer<'_>]) -> String {
-    chain.iter().map(|c| der_to_pem("CERTIFICATE", c.as_ref())).collect()
+    chain
+        .iter()
+        .map(|c| der_to_pem("CERTIFICATE", c.as_ref()))
+        .collect()
 }
 
 /// One PEM block.
@@ -84,7 +95,8 @@ pub struct CertInfo {
 
 impl CertInfo {
     pub fn from_der(der: &[u8]) -> Result<Self, X509Error> {
-        let (_, cert) = X509Certificate::from_der(der).map_err(|e| X509Error::Cert(e.to_string()))?;
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|e| X509Error::Cert(e.to_string()))?;
         let mut info = CertInfo {
             serial_hex: cert.tbs_certificate.serial.to_str_radix(16),
             not_before: cert.validity().not_before.timestamp(),
@@ -102,7 +114,12 @@ impl CertInfo {
             is_ca: cert.is_ca(),
         };
         if let Ok(Some(san)) = cert.subject_alternative_name() {
-            collect_names(&san.value.general_names, &mut info.ips, &mut info.dns_names, &mut info.uris);
+            collect_names(
+                &san.value.general_names,
+                &mut info.ips,
+                &mut info.dns_names,
+                &mut info.uris,
+            );
         }
         Ok(info)
     }
@@ -113,7 +130,12 @@ impl CertInfo {
     }
 }
 
-fn collect_names(names: &[GeneralName<'_>], ips: &mut Vec<IpAddr>, dns: &mut Vec<String>, uris: &mut Vec<String>) {
+fn collect_names(
+    names: &[GeneralName<'_>],
+    ips: &mut Vec<IpAddr>,
+    dns: &mut Vec<String>,
+    uris: &mut Vec<String>,
+) {
     for name in names {
         match name {
             GeneralName::IPAddress(bytes) => {
@@ -147,13 +169,19 @@ impl CsrInfo {
     pub fn from_der(der: &[u8]) -> Result<Self, X509Error> {
         use x509_parser::certification_request::X509CertificationRequest;
         if der.len() > MAX_CSR_BYTES {
-            return Err(X509Error::TooLarge { what: "CSR", len: der.len(), limit: MAX_CSR_BYTES });
+            return Err(X509Error::TooLarge {
+                what: "CSR",
+                len: der.len(),
+                limit: MAX_CSR_BYTES,
+            });
         }
-        let (rest, csr) = X509CertificationRequest::from_der(der).map_err(|e| X509Error::Csr(e.to_string()))?;
+        let (rest, csr) =
+            X509CertificationRequest::from_der(der).map_err(|e| X509Error::Csr(e.to_string()))?;
         if !rest.is_empty() {
             return Err(X509Error::Csr("trailing bytes after the CSR".into()));
         }
-        csr.verify_signature().map_err(|_| X509Error::CsrSignature)?;
+        csr.verify_signature()
+            .map_err(|_| X509Error::CsrSignature)?;
         let info = &csr.certification_request_info;
         let mut out = CsrInfo {
             ips: Vec::new(),
@@ -171,7 +199,12 @@ impl CsrInfo {
         if let Some(exts) = csr.requested_extensions() {
             for ext in exts {
                 if let ParsedExtension::SubjectAlternativeName(san) = ext {
-                    collect_names(&san.general_names, &mut out.ips, &mut out.dns_names, &mut uris);
+                    collect_names(
+                        &san.general_names,
+                        &mut out.ips,
+                        &mut out.dns_names,
+                        &mut uris,
+                    );
                 }
             }
         }
@@ -195,7 +228,10 @@ mod tests {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names = ips.iter().map(|s| SanType::IpAddress(s.parse().unwrap())).collect();
+        params.subject_alt_names = ips
+            .iter()
+            .map(|s| SanType::IpAddress(s.parse().unwrap()))
+            .collect();
         let csr = params.serialize_request(&key).unwrap();
         (csr.der().to_vec(), key)
     }
@@ -207,7 +243,10 @@ mod tests {
         assert_eq!(info.ips.len(), 2);
         assert_eq!(info.subject_cn, None);
         assert!(key_matches_spki(&key.serialize_pem(), &info.spki_der));
-        assert!(!key_matches_spki(&KeyPair::generate().unwrap().serialize_pem(), &info.spki_der));
+        assert!(!key_matches_spki(
+            &KeyPair::generate().unwrap().serialize_pem(),
+            &info.spki_der
+        ));
     }
 
     #[test]
@@ -229,9 +268,15 @@ mod tests {
         let chain = parse_pem_chain(&cert.pem()).unwrap();
         let info = CertInfo::from_der(&chain[0]).unwrap();
         assert_eq!(info.ips, vec!["1.2.3.4".parse::<IpAddr>().unwrap()]);
-        assert_eq!(info.spki_der, rcgen::PublicKeyData::subject_public_key_info(&key));
+        assert_eq!(
+            info.spki_der,
+            rcgen::PublicKeyData::subject_public_key_info(&key)
+        );
         assert!(!info.serial_hex.is_empty());
         assert!(parse_pem_chain("").is_err());
-        assert!(parse_pem_chain("-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n").is_err());
+        assert!(
+            parse_pem_chain("-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n")
+                .is_err()
+        );
     }
 }
