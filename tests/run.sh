@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace: unit tests of each crate, then the end-to-end tests
+# (real pebble, real coordinator and agent binaries) from tests/tests/e2e.
+#
+# As root on Debian: installs what is missing (pebble, nginx, iproute2), builds the
+# binaries the e2e tests drive, runs the tests. Exits non-zero on any failure.
+#
+#   tests/run.sh                 # everything
+#   E2E_THREADS=1 tests/run.sh   # e2e tests one at a time
+#   tests/run.sh happy_path      # extra args are passed to the test runner as a filter
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "tests/run.sh: must run as root (installs packages, adds IPv6 addresses to lo)" >&2
+    exit 1
+fi
+
+missing=()
+command -v pebble >/dev/null || missing+=(pebble)
+command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+command -v ip >/dev/null || missing+=(iproute2)
+if ((${#missing[@]})); then
+    echo "==> installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y "${missing[@]}"
+fi
+
+echo "==> cargo build --workspace --bins"
+cargo build --workspace --bins
+
+# The e2e tests start pebble, a coordinator and agents each; on 2 cores two at a time
+# keeps them fast without starving the processes under test.
+e2e_threads=${E2E_THREADS:-2}
+
+if cargo nextest --version >/dev/null 2>&1; then
+    echo "==> unit tests (cargo nextest)"
+    cargo nextest run --workspace --no-tests=pass -E 'not binary(e2e)' "$@"
+    echo "==> end-to-end tests (cargo nextest, ${e2e_threads} at a time)"
+    cargo nextest run -p certfleet-tests --test e2e --no-tests=pass --test-threads "${e2e_threads}" "$@"
+else
+    echo "==> unit tests (cargo test)"
+    cargo test --workspace --exclude certfleet-tests "$@"
+    cargo test -p certfleet-tests --lib --bins "$@"
+    echo "==> end-to-end tests (cargo test, ${e2e_threads} at a time)"
+    cargo test -p certfleet-tests --test e2e -- --test-threads "${e2e_threads}" "$@"
+fi
+echo "==> all tests passed"

@@ -1,0 +1,365 @@
+//! [`Agent`]: one simulated host running a real `certfleet-agent`.
+//!
+//! Each agent owns a "host directory" (temp dir) holding its config, its `state/` dir and
+//! its install target `tls/`, plus its own addresses ([`HostAddrs`]: a `127.X.Y.Z` and an
+//! IPv6 address on `lo`). The target's reload command appends a line to
+//! `<hostdir>/reload.log`, so tests can count reloads.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Output};
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::coordinator::{scrub_env, scrub_env_tokio, toml_path, toml_str, CertRow, Coordinator};
+use crate::net::HostAddrs;
+use crate::process::{describe_output, run_output, ChildGuard};
+use crate::workdir::WorkDir;
+
+/// Files an enrolled agent has in its state dir; a refused enrollment leaves none.
+pub const ENROLLMENT_FILES: &[&str] = &["enrollment.json", "identity.pem", "identity.key"];
+
+#[derive(Debug)]
+pub struct Agent {
+    child: Option<ChildGuard>,
+    past_runs: Vec<ChildGuard>,
+    runs: u32,
+    name: String,
+    host_id: Option<String>,
+    bin: PathBuf,
+    config_path: PathBuf,
+    state_dir: PathBuf,
+    tls_dir: PathBuf,
+    addrs: HostAddrs,
+    dir: WorkDir,
+}
+
+impl Agent {
+    /// A new host `name` with fresh addresses, serving HTTP-01 on `http01_port`
+    /// (pebble's `httpPort`). Nothing runs yet.
+    pub fn new(name: &str, http01_port: u16) -> anyhow::Result<Self> {
+        let bin = crate::bins::agent()?;
+        let dir = WorkDir::new(&format!("agent-{name}"))?;
+        let addrs = HostAddrs::allocate(http01_port)?;
+        let state_dir = dir.join("state");
+        let tls_dir = dir.join("tls");
+        std::fs::create_dir_all(&tls_dir)?;
+        let config_path = dir.join("agent.toml");
+        let agent = Self {
+            child: None,
+            past_runs: Vec::new(),
+            runs: 0,
+            name: name.to_owned(),
+            host_id: None,
+            bin,
+            config_path,
+            state_dir,
+            tls_dir,
+            addrs,
+            dir,
+        };
+        std::fs::write(&agent.config_path, agent.render_config(http01_port))?;
+        Ok(agent)
+    }
+
+    fn render_config(&self, port: u16) -> String {
+        let ips = self
+            .ips()
+            .iter()
+            .map(|ip| toml_str(ip.to_string()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let reload = format!("echo reloaded >> {}", self.reload_log_path().display());
+        format!(
+            "version = 1\n\
+             state_dir = {state}\n\
+             ips = [{ips}]\n\
+             \n\
+             [http01]\n\
+             mode = \"standalone\"\n\
+             port = {port}\n\
+             \n\
+             [targets.default]\n\
+             cert = {cert}\n\
+             chain = {chain}\n\
+             fullchain = {fullchain}\n\
+             key = {key}\n\
+             reload = [\"/bin/sh\", \"-c\", {reload}]\n",
+            state = toml_path(&self.state_dir),
+            cert = toml_path(&self.cert_path()),
+            chain = toml_path(&self.chain_path()),
+            fullchain = toml_path(&self.fullchain_path()),
+            key = toml_path(&self.key_path()),
+            reload = toml_str(reload),
+        )
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// IPv4 first, then IPv6.
+    pub fn ips(&self) -> Vec<IpAddr> {
+        self.addrs.ips()
+    }
+
+    pub fn host_id(&self) -> Option<&str> {
+        self.host_id.as_deref()
+    }
+
+    /// The host id, failing if this agent has not enrolled.
+    pub fn id(&self) -> anyhow::Result<&str> {
+        self.host_id
+            .as_deref()
+            .with_context(|| format!("agent {} is not enrolled", self.name))
+    }
+
+    pub fn host_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    pub fn cert_path(&self) -> PathBuf {
+        self.tls_dir.join("cert.pem")
+    }
+
+    pub fn chain_path(&self) -> PathBuf {
+        self.tls_dir.join("chain.pem")
+    }
+
+    pub fn fullchain_path(&self) -> PathBuf {
+        self.tls_dir.join("fullchain.pem")
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.tls_dir.join("key.pem")
+    }
+
+    pub fn reload_log_path(&self) -> PathBuf {
+        self.dir.join("reload.log")
+    }
+
+    pub fn identity_cert_path(&self) -> PathBuf {
+        self.state_dir.join("identity.pem")
+    }
+
+    pub fn identity_key_path(&self) -> PathBuf {
+        self.state_dir.join("identity.key")
+    }
+
+    /// Lines in reload.log (0 when absent).
+    pub fn reload_count(&self) -> usize {
+        std::fs::read_to_string(self.reload_log_path())
+            .map(|s| s.lines().filter(|l| !l.trim().is_empty()).count())
+            .unwrap_or(0)
+    }
+
+    /// Which of [`ENROLLMENT_FILES`] exist in the state dir.
+    pub fn enrollment_files_present(&self) -> Vec<&'static str> {
+        ENROLLMENT_FILES
+            .iter()
+            .copied()
+            .filter(|f| self.state_dir.join(f).exists())
+            .collect()
+    }
+
+    /// `certfleet-agent --config CFG ARGS...`.
+    pub async fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let mut cmd = tokio::process::Command::new(&self.bin);
+        cmd.arg("--config").arg(&self.config_path).args(args);
+        scrub_env_tokio(&mut cmd);
+        run_output(&mut cmd, Duration::from_secs(60)).await
+    }
+
+    /// `enroll --coordinator URL --token T --ca-sha256 FP --name NAME`. Returns the raw
+    /// output; on success also records the host id from `enrolled as host <id>`.
+    pub async fn enroll(&mut self, url: &str, token: &str, fp: &str) -> anyhow::Result<Output> {
+        let name = self.name.clone();
+        let out = self
+            .cli(&[
+                "enroll",
+                "--coordinator",
+                url,
+                "--token",
+                token,
+                "--ca-sha256",
+                fp,
+                "--name",
+                &name,
+            ])
+            .await?;
+        if out.status.success() {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let id = stdout
+                .lines()
+                .find_map(|l| l.split_once("enrolled as host ").map(|(_, id)| id.trim()))
+                .filter(|id| !id.is_empty())
+                .with_context(|| {
+                    format!(
+                        "enroll succeeded without `enrolled as host <id>`: {}",
+                        describe_output(&out)
+                    )
+                })?;
+            self.host_id = Some(id.to_owned());
+        }
+        Ok(out)
+    }
+
+    /// Creates a token on `coord` and enrolls with it; fails unless enrollment succeeds.
+    /// Returns the host id.
+    pub async fn enroll_with(&mut self, coord: &Coordinator) -> anyhow::Result<String> {
+        let token = coord.create_token(None).await?;
+        let out = self.enroll(&coord.url(), &token, coord.ca_sha256()).await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "agent {} enroll failed: {}",
+            self.name,
+            describe_output(&out)
+        );
+        Ok(self.id()?.to_owned())
+    }
+
+    /// Starts `certfleet-agent run`.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.child.is_none(), "agent {} already running", self.name);
+        self.runs += 1;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--config").arg(&self.config_path).arg("run");
+        scrub_env(&mut cmd);
+        let child = ChildGuard::spawn(
+            &format!("agent-{}-run-{}", self.name, self.runs),
+            &mut cmd,
+            self.dir.path(),
+        )?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGTERM and wait up to `grace` (SIGKILL after). Returns the status and whether it
+    /// exited by itself.
+    pub async fn stop(&mut self, grace: Duration) -> anyhow::Result<Option<(ExitStatus, bool)>> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(None);
+        };
+        let res = child.stop(grace).await?;
+        self.past_runs.push(child);
+        Ok(Some(res))
+    }
+
+    /// SIGKILL the running agent.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+            self.past_runs.push(child);
+        }
+        Ok(())
+    }
+
+    pub fn child(&mut self) -> Option<&mut ChildGuard> {
+        self.child.as_mut()
+    }
+
+    /// stdout+stderr of every `run`, in order.
+    pub fn logs(&self) -> String {
+        self.past_runs
+            .iter()
+            .chain(self.child.iter())
+            .map(ChildGuard::logs)
+            .collect()
+    }
+
+    pub fn dump_logs(&self) {
+        for c in self.past_runs.iter().chain(self.child.iter()) {
+            c.dump_logs();
+        }
+    }
+
+    /// Polls the coordinator until this host's certificate is `installed` and the
+    /// fullchain file exists. Fails early if the agent process died.
+    pub async fn wait_installed(
+        &mut self,
+        coord: &Coordinator,
+        timeout: Duration,
+    ) -> anyhow::Result<CertRow> {
+        let host_id = self.id()?.to_owned();
+        let fullchain = self.fullchain_path();
+        let start = std::time::Instant::now();
+        let mut last: Option<CertRow> = None;
+        let mut last_err: Option<anyhow::Error> = None;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(st) = child.try_wait()? {
+                    anyhow::bail!(
+                        "agent {} exited while waiting for its certificate: {st}",
+                        self.name
+                    );
+                }
+            }
+            // A failing CLI call (e.g. coordinator restarting) is retried until the deadline.
+            match coord.certs().await {
+                Ok(certs) => {
+                    let mine: Vec<CertRow> =
+                        certs.into_iter().filter(|c| c.host_id == host_id).collect();
+                    if let Some(row) = mine.iter().find(|c| c.state == "installed") {
+                        if fullchain.is_file() {
+                            return Ok(row.clone());
+                        }
+                    }
+                    last = mine.into_iter().last().or(last);
+                }
+                Err(e) => last_err = Some(e),
+            }
+            if start.elapsed() > timeout {
+                anyhow::bail!(
+                    "agent {} ({host_id}): no installed certificate after {timeout:?}; last cert row: {last:?}; \
+                     fullchain exists: {}; last CLI error: {last_err:?}",
+                    self.name,
+                    fullchain.is_file()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until the fullchain file holds a parseable certificate (no coordinator call:
+    /// cheap enough for timing loops).
+    pub async fn wait_fullchain(
+        &mut self,
+        timeout: Duration,
+        every: Duration,
+    ) -> anyhow::Result<()> {
+        let path = self.fullchain_path();
+        let start = std::time::Instant::now();
+        loop {
+            if let Ok(pem) = std::fs::read_to_string(&path) {
+                if crate::tlsutil::certs_from_pem(&pem).is_ok() {
+                    return Ok(());
+                }
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Some(st) = child.try_wait()? {
+                    anyhow::bail!(
+                        "agent {} exited while waiting for fullchain: {st}",
+                        self.name
+                    );
+                }
+            }
+            if start.elapsed() > timeout {
+                anyhow::bail!(
+                    "agent {}: no fullchain at {} after {timeout:?}",
+                    self.name,
+                    path.display()
+                );
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+}

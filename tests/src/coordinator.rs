@@ -1,0 +1,441 @@
+//! [`Coordinator`]: a real `certfleet-coordinator` for one test.
+//!
+//! Writes a config (pebble as the only issuer) into its own temp dir, runs `init`, starts
+//! `serve` as a [`ChildGuard`] and waits for its port. Operator subcommands run through
+//! [`Coordinator::cli`]. [`Coordinator::restart`] stops the server (SIGKILL or SIGTERM)
+//! and serves again on the same port and state dir; every run keeps its own log file.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+use crate::pebble::Pebble;
+use crate::process::{describe_output, run_output, ChildGuard};
+use crate::workdir::WorkDir;
+
+/// Default `RUST_LOG` for coordinator and agent processes (overridden by the test's own
+/// `RUST_LOG`). Debug for our crates: more output is also more surface for the key-leak scan.
+pub const DEFAULT_RUST_LOG: &str =
+    "info,certfleet_coordinator=debug,certfleet_agent=debug,certfleet_shared=debug";
+
+const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One row of `certfleet-coordinator hosts --json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HostRow {
+    pub host_id: String,
+    pub hostname: String,
+    pub ips: Vec<String>,
+    pub targets: Vec<String>,
+    pub connected: bool,
+    pub enrolled: String,
+    pub last_seen: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One row of `certfleet-coordinator certs --json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CertRow {
+    pub cert_id: String,
+    pub host_id: String,
+    pub identifiers: Vec<String>,
+    pub issuer: String,
+    pub profile: Option<String>,
+    pub target: String,
+    pub state: String,
+    pub serial: Option<String>,
+    pub not_before: Option<String>,
+    pub not_after: Option<String>,
+    pub last_error: Option<String>,
+    pub order_url: Option<String>,
+    pub updated: String,
+}
+
+/// How [`Coordinator::restart`] stops the running server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartMode {
+    /// SIGKILL: a crash, no chance to clean up.
+    Kill,
+    /// SIGTERM and wait for a clean exit.
+    Term,
+}
+
+/// Knobs for the generated config.
+#[derive(Debug, Clone, Default)]
+pub struct CoordinatorOptions {
+    pub validation_timeout_secs: Option<u64>,
+    pub ip_profile: Option<String>,
+    /// Extra environment for `serve`.
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug)]
+pub struct Coordinator {
+    child: Option<ChildGuard>,
+    past_runs: Vec<ChildGuard>,
+    runs: u32,
+    port: u16,
+    ca_sha256: String,
+    init_output: Output,
+    bin: PathBuf,
+    config_path: PathBuf,
+    state_dir: PathBuf,
+    opts: CoordinatorOptions,
+    dir: WorkDir,
+}
+
+/// A TOML basic string (JSON string escaping is valid TOML for these inputs).
+pub(crate) fn toml_str(s: impl AsRef<str>) -> String {
+    serde_json::Value::String(s.as_ref().to_owned()).to_string()
+}
+
+pub(crate) fn toml_path(p: &Path) -> String {
+    toml_str(p.to_string_lossy())
+}
+
+/// Removes every `CERTFLEET_*` variable so the test's own environment cannot override
+/// the generated config.
+pub(crate) fn scrub_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("CERTFLEET_") {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("RUST_LOG").unwrap_or_else(|_| DEFAULT_RUST_LOG.to_owned()),
+    );
+    cmd.env("NO_COLOR", "1");
+}
+
+impl Coordinator {
+    /// Config + `init` + `serve`, waiting until the port accepts.
+    pub async fn start(pebble: &Pebble) -> anyhow::Result<Self> {
+        Self::start_with(pebble, CoordinatorOptions::default()).await
+    }
+
+    pub async fn start_with(pebble: &Pebble, opts: CoordinatorOptions) -> anyhow::Result<Self> {
+        let bin = crate::bins::coordinator()?;
+        let dir = WorkDir::new("coordinator")?;
+        let state_dir = dir.join("state");
+        let port = crate::net::free_port()?;
+        let config_path = dir.join("coordinator.toml");
+        std::fs::write(&config_path, render_config(&state_dir, port, pebble, &opts))?;
+
+        let mut cmd = tokio::process::Command::new(&bin);
+        cmd.arg("--config").arg(&config_path).arg("init");
+        scrub_env_tokio(&mut cmd);
+        let init_output = run_output(&mut cmd, CLI_TIMEOUT).await?;
+        anyhow::ensure!(
+            init_output.status.success(),
+            "coordinator init failed: {}",
+            describe_output(&init_output)
+        );
+        let stdout = String::from_utf8_lossy(&init_output.stdout);
+        let ca_sha256 = stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("ca-sha256:"))
+            .map(|s| s.trim().to_owned())
+            .with_context(|| format!("no `ca-sha256: HEX` line in init output: {stdout:?}"))?;
+        anyhow::ensure!(
+            ca_sha256.len() == 64
+                && ca_sha256
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+            "init printed a malformed fingerprint {ca_sha256:?}"
+        );
+
+        let mut c = Self {
+            child: None,
+            past_runs: Vec::new(),
+            runs: 0,
+            port,
+            ca_sha256,
+            init_output,
+            bin,
+            config_path,
+            state_dir,
+            opts,
+            dir,
+        };
+        c.serve().await?;
+        Ok(c)
+    }
+
+    /// Starts `serve` (a new run) and waits until the port accepts.
+    async fn serve(&mut self) -> anyhow::Result<()> {
+        self.runs += 1;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--config").arg(&self.config_path).arg("serve");
+        scrub_env(&mut cmd);
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
+        }
+        let name = format!("coordinator-serve-{}", self.runs);
+        let mut child = ChildGuard::spawn(&name, &mut cmd, self.dir.path())?;
+        let addr = self.addr();
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(st) = child.try_wait()? {
+                child.dump_logs();
+                anyhow::bail!("coordinator serve exited during startup: {st}");
+            }
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                child.dump_logs();
+                anyhow::bail!("coordinator did not listen on {addr} within 30s");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Stops the server (SIGKILL or SIGTERM) and serves again on the same port and state.
+    pub async fn restart(&mut self, mode: RestartMode) -> anyhow::Result<()> {
+        self.stop_current(mode).await?;
+        self.serve().await
+    }
+
+    /// Stops the running server. With [`RestartMode::Term`] returns whether it exited by
+    /// itself within 15 s (and its status).
+    pub async fn stop_current(
+        &mut self,
+        mode: RestartMode,
+    ) -> anyhow::Result<Option<(std::process::ExitStatus, bool)>> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(None);
+        };
+        let res = match mode {
+            RestartMode::Kill => (child.kill().await?, false),
+            RestartMode::Term => child.stop(Duration::from_secs(15)).await?,
+        };
+        self.past_runs.push(child);
+        Ok(Some(res))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), self.port)
+    }
+
+    /// The URL agents and operators use: `https://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// The fleet CA fingerprint printed by `init`.
+    pub fn ca_sha256(&self) -> &str {
+        &self.ca_sha256
+    }
+
+    pub fn init_output(&self) -> &Output {
+        &self.init_output
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn fleet_ca_pem_path(&self) -> PathBuf {
+        self.state_dir.join("fleet-ca.pem")
+    }
+
+    pub fn admin_cert_path(&self) -> PathBuf {
+        self.state_dir.join("admin.pem")
+    }
+
+    pub fn admin_key_path(&self) -> PathBuf {
+        self.state_dir.join("admin.key")
+    }
+
+    /// The running `serve` process.
+    pub fn child(&mut self) -> Option<&mut ChildGuard> {
+        self.child.as_mut()
+    }
+
+    /// Number of `serve` runs so far (1 after start, 2 after one restart, ...).
+    pub fn runs(&self) -> u32 {
+        self.runs
+    }
+
+    /// stdout+stderr of run `n` (1-based).
+    pub fn run_log(&self, n: u32) -> String {
+        self.all_runs()
+            .find(|c| c.name() == format!("coordinator-serve-{n}"))
+            .map(ChildGuard::logs)
+            .unwrap_or_default()
+    }
+
+    /// stdout+stderr of every `serve` run, in order.
+    pub fn logs(&self) -> String {
+        (1..=self.runs).map(|n| self.run_log(n)).collect()
+    }
+
+    fn all_runs(&self) -> impl Iterator<Item = &ChildGuard> {
+        self.past_runs.iter().chain(self.child.iter())
+    }
+
+    /// Prints every run's logs.
+    pub fn dump_logs(&self) {
+        for c in self.all_runs() {
+            c.dump_logs();
+        }
+    }
+
+    /// Runs `certfleet-coordinator --config CFG ARGS...` and returns its output.
+    pub async fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let mut cmd = tokio::process::Command::new(&self.bin);
+        cmd.arg("--config").arg(&self.config_path).args(args);
+        scrub_env_tokio(&mut cmd);
+        run_output(&mut cmd, CLI_TIMEOUT).await
+    }
+
+    /// Like [`Self::cli`], failing unless the command succeeds; returns stdout.
+    pub async fn cli_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.cli(args).await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "certfleet-coordinator {} failed: {}",
+            args.join(" "),
+            describe_output(&out)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    pub async fn hosts_json(&self) -> anyhow::Result<serde_json::Value> {
+        let out = self.cli_ok(&["hosts", "--json"]).await?;
+        serde_json::from_str(&out).with_context(|| format!("hosts --json printed {out:?}"))
+    }
+
+    pub async fn certs_json(&self) -> anyhow::Result<serde_json::Value> {
+        let out = self.cli_ok(&["certs", "--json"]).await?;
+        serde_json::from_str(&out).with_context(|| format!("certs --json printed {out:?}"))
+    }
+
+    pub async fn hosts(&self) -> anyhow::Result<Vec<HostRow>> {
+        let v = self.hosts_json().await?;
+        serde_json::from_value(v.clone())
+            .with_context(|| format!("hosts --json does not match the contract: {v}"))
+    }
+
+    pub async fn certs(&self) -> anyhow::Result<Vec<CertRow>> {
+        let v = self.certs_json().await?;
+        serde_json::from_value(v.clone())
+            .with_context(|| format!("certs --json does not match the contract: {v}"))
+    }
+
+    /// `token create [--ttl TTL]`: the token alone.
+    pub async fn create_token(&self, ttl: Option<&str>) -> anyhow::Result<String> {
+        let mut args = vec!["token", "create"];
+        if let Some(ttl) = ttl {
+            args.extend(["--ttl", ttl]);
+        }
+        let out = self.cli_ok(&args).await?;
+        let token = out.trim();
+        anyhow::ensure!(
+            !token.is_empty() && !token.contains(char::is_whitespace),
+            "token create should print the token alone, printed {out:?}"
+        );
+        Ok(token.to_owned())
+    }
+
+    /// `ca-fingerprint` output (trimmed).
+    pub async fn ca_fingerprint_cli(&self) -> anyhow::Result<String> {
+        Ok(self.cli_ok(&["ca-fingerprint"]).await?.trim().to_owned())
+    }
+
+    /// Waits until `hosts --json` shows `host_id` with `connected == want`.
+    pub async fn wait_connected(
+        &self,
+        host_id: &str,
+        want: bool,
+        timeout: Duration,
+    ) -> anyhow::Result<HostRow> {
+        crate::wait_for(
+            &format!("host {host_id} connected={want}"),
+            timeout,
+            Duration::from_millis(200),
+            || async move {
+                let hosts = self.hosts().await?;
+                Ok(hosts
+                    .into_iter()
+                    .find(|h| h.host_id == host_id && h.connected == want))
+            },
+        )
+        .await
+    }
+}
+
+pub(crate) fn scrub_env_tokio(cmd: &mut tokio::process::Command) {
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("CERTFLEET_") {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("RUST_LOG").unwrap_or_else(|_| DEFAULT_RUST_LOG.to_owned()),
+    );
+    cmd.env("NO_COLOR", "1");
+}
+
+fn render_config(
+    state_dir: &Path,
+    port: u16,
+    pebble: &Pebble,
+    opts: &CoordinatorOptions,
+) -> String {
+    let mut s = String::new();
+    s.push_str("version = 1\n");
+    s.push_str(&format!("state_dir = {}\n\n", toml_path(state_dir)));
+    s.push_str("[server]\n");
+    s.push_str(&format!(
+        "listen = {}\n",
+        toml_str(format!("127.0.0.1:{port}"))
+    ));
+    s.push_str("names = [\"localhost\"]\n");
+    s.push_str("ips = [\"127.0.0.1\", \"::1\"]\n\n");
+    s.push_str("[issuance]\n");
+    s.push_str("issuer = \"pebble\"\n");
+    s.push_str("target = \"default\"\n");
+    s.push_str(&format!(
+        "validation_timeout_secs = {}\n\n",
+        opts.validation_timeout_secs.unwrap_or(30)
+    ));
+    s.push_str("[[issuer]]\n");
+    s.push_str("name = \"pebble\"\n");
+    s.push_str(&format!(
+        "directory = {}\n",
+        toml_str(pebble.directory_url())
+    ));
+    s.push_str("contact = []\n");
+    s.push_str(&format!(
+        "trust_root = {}\n",
+        toml_path(pebble.ca_pem_path())
+    ));
+    s.push_str("allow_private_ips = true\n");
+    if let Some(p) = &opts.ip_profile {
+        s.push_str(&format!("ip_profile = {}\n", toml_str(p)));
+    }
+    s
+}

@@ -1,0 +1,92 @@
+//! # certfleet-tests — the end-to-end harness
+//!
+//! Drives the *real* `certfleet-coordinator` and `certfleet-agent` binaries, a real
+//! pebble ACME server and real sockets. Everything that is started or created is owned by
+//! a guard that cleans up on drop — also when a test panics — so a failing test leaves
+//! nothing running and no address on `lo` behind.
+//!
+//! This crate links only `certfleet-proto` (the wire schema). It must never depend on the
+//! coordinator, agent or shared crates: the binaries are black boxes here.
+//!
+//! ## Layout
+//! - [`process`] — [`ChildGuard`]: a spawned process, killed by PID on drop, with its
+//!   stdout/stderr captured to files (dumped on panic).
+//! - [`net`] — free ports and per-host addresses: a random `127.X.Y.Z` and an IPv6 address
+//!   added to `lo` by [`net::Ipv6Guard`] and removed on drop.
+//! - [`pebble`] — [`Pebble`]: its own listener CA (rcgen), config, process, readiness.
+//! - [`tlsutil`] — rustls client configs, PEM helpers and a tiny HTTPS GET.
+//! - [`bins`] — where the binaries under test are (`CERTFLEET_BIN_DIR` overrides).
+//! - [`coordinator`] — [`Coordinator`]: config, `init`, `serve`, operator CLI, restart.
+//! - [`agent`] — [`Agent`]: a host directory, config, `enroll`, `run`, waiting for install.
+//! - [`pki`] — checks on issued certificates (SANs, chain, key match, key-leak scan).
+//! - [`direct`] — the baseline: a minimal direct instant-acme client.
+//! - [`http01`] — a minimal HTTP-01 responder for the direct-ACME baseline.
+//! - [`grpc`] — tonic channels over a hand-made tokio-rustls connector (mTLS tests).
+//! - [`workdir`] — temp dirs that can be kept for post-mortem (`CERTFLEET_KEEP_TMP=1`).
+
+pub mod agent;
+pub mod bins;
+pub mod coordinator;
+pub mod direct;
+pub mod grpc;
+pub mod http01;
+pub mod net;
+pub mod pebble;
+pub mod pki;
+pub mod process;
+pub mod tlsutil;
+pub mod workdir;
+
+pub use agent::Agent;
+pub use coordinator::{CertRow, Coordinator, HostRow, RestartMode};
+pub use pebble::{Pebble, PebbleOptions};
+pub use process::ChildGuard;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Polls `check` every `every` until it yields `Some`, or fails after `timeout` with the
+/// last error (or "timed out") and `what` in the message.
+pub async fn wait_for<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut check: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let start = Instant::now();
+    let mut last_err: Option<anyhow::Error> = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if start.elapsed() >= timeout {
+            return Err(match last_err {
+                Some(e) => e.context(format!("timed out after {timeout:?} waiting for {what}")),
+                None => anyhow::anyhow!("timed out after {timeout:?} waiting for {what}"),
+            });
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Fails early with a clear message when the harness cannot do its job (not root).
+pub fn require_root() -> anyhow::Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        anyhow::bail!(
+            "the end-to-end harness must run as root (it adds IPv6 addresses to `lo`); \
+             run tests/run.sh as root"
+        );
+    }
+    Ok(())
+}
+
+/// Installs the ring crypto provider as rustls' process default (idempotent).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,250 @@
+//! [`Pebble`]: a real pebble ACME server for one test.
+//!
+//! The Debian package ships no certificates, so each instance makes its own listener CA
+//! and certificate (rcgen; SANs localhost, 127.0.0.1, ::1), writes its config into its
+//! own temp dir with freshly picked ports, and starts `pebble -config FILE`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
+    SanType,
+};
+use rustls::pki_types::CertificateDer;
+
+use crate::process::ChildGuard;
+use crate::tlsutil;
+use crate::workdir::WorkDir;
+
+/// Knobs for one pebble instance.
+#[derive(Debug, Clone)]
+pub struct PebbleOptions {
+    /// Environment for the pebble process. Defaults: `PEBBLE_VA_NOSLEEP=1`,
+    /// `PEBBLE_WFE_NONCEREJECT=0`, `PEBBLE_AUTHZREUSE=0`. Entries here override/add.
+    pub env: BTreeMap<String, String>,
+    /// `certificateValidityPeriod` in seconds (pebble's default when `None`).
+    pub certificate_validity_secs: Option<u64>,
+    /// Path of the pebble binary (default: `pebble` on PATH, or env `PEBBLE_BIN`).
+    pub binary: Option<PathBuf>,
+}
+
+impl Default for PebbleOptions {
+    fn default() -> Self {
+        let env = [
+            ("PEBBLE_VA_NOSLEEP", "1"),
+            ("PEBBLE_WFE_NONCEREJECT", "0"),
+            ("PEBBLE_AUTHZREUSE", "0"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        Self {
+            env,
+            certificate_validity_secs: None,
+            binary: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Pebble {
+    // Field order matters for drop: the process dies before its directory goes.
+    child: ChildGuard,
+    listen_port: u16,
+    mgmt_port: u16,
+    http_port: u16,
+    tls_port: u16,
+    ca_pem_path: PathBuf,
+    ca_der: CertificateDer<'static>,
+    dir: WorkDir,
+}
+
+impl Pebble {
+    /// Starts pebble with the default options.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(PebbleOptions::default()).await
+    }
+
+    pub async fn start_with(opts: PebbleOptions) -> anyhow::Result<Self> {
+        crate::install_crypto_provider();
+        let dir = WorkDir::new("pebble")?;
+        let (ca_pem, cert_pem, key_pem, ca_der) = make_listener_pki()?;
+        let ca_pem_path = dir.join("listener-ca.pem");
+        std::fs::write(&ca_pem_path, ca_pem)?;
+        std::fs::write(dir.join("cert.pem"), cert_pem)?;
+        std::fs::write(dir.join("key.pem"), key_pem)?;
+
+        let ports = crate::net::free_ports(4)?;
+        let (listen_port, mgmt_port, http_port, tls_port) =
+            (ports[0], ports[1], ports[2], ports[3]);
+        let mut inner = serde_json::json!({
+            "listenAddress": format!("127.0.0.1:{listen_port}"),
+            "managementListenAddress": format!("127.0.0.1:{mgmt_port}"),
+            "certificate": dir.join("cert.pem"),
+            "privateKey": dir.join("key.pem"),
+            "httpPort": http_port,
+            "tlsPort": tls_port,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false,
+        });
+        if let Some(v) = opts.certificate_validity_secs {
+            inner["certificateValidityPeriod"] = v.into();
+        }
+        let config_path = dir.join("pebble-config.json");
+        std::fs::write(
+            &config_path,
+            serde_json::to_vec_pretty(&serde_json::json!({ "pebble": inner }))?,
+        )?;
+
+        let binary = opts
+            .binary
+            .clone()
+            .or_else(|| std::env::var_os("PEBBLE_BIN").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("pebble"));
+        let mut cmd = Command::new(&binary);
+        cmd.arg("-config").arg(&config_path).current_dir(dir.path());
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let child = ChildGuard::spawn("pebble", &mut cmd, dir.path()).with_context(|| {
+            format!(
+                "starting {} (install it with `apt-get install -y pebble`)",
+                binary.display()
+            )
+        })?;
+        let mut pebble = Self {
+            child,
+            listen_port,
+            mgmt_port,
+            http_port,
+            tls_port,
+            ca_pem_path,
+            ca_der,
+            dir,
+        };
+        pebble.wait_ready(Duration::from_secs(20)).await?;
+        Ok(pebble)
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), self.listen_port);
+        let roots = vec![self.ca_der.clone()];
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                self.child.dump_logs();
+                anyhow::bail!("pebble exited during startup: {st}");
+            }
+            if let Ok((200, _)) = tlsutil::https_get(addr, "/dir", &roots).await {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                self.child.dump_logs();
+                anyhow::bail!("pebble did not answer https://{addr}/dir within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `https://127.0.0.1:PORT/dir`.
+    pub fn directory_url(&self) -> String {
+        format!("https://127.0.0.1:{}/dir", self.listen_port)
+    }
+
+    /// The listener CA (PEM file): trust root for talking to pebble's ACME API.
+    pub fn ca_pem_path(&self) -> &Path {
+        &self.ca_pem_path
+    }
+
+    /// The listener CA, DER.
+    pub fn ca_der(&self) -> &CertificateDer<'static> {
+        &self.ca_der
+    }
+
+    /// The port pebble's validator connects to for HTTP-01, on every identifier.
+    pub fn http_port(&self) -> u16 {
+        self.http_port
+    }
+
+    pub fn tls_port(&self) -> u16 {
+        self.tls_port
+    }
+
+    pub fn listen_port(&self) -> u16 {
+        self.listen_port
+    }
+
+    pub fn management_port(&self) -> u16 {
+        self.mgmt_port
+    }
+
+    pub fn child(&self) -> &ChildGuard {
+        &self.child
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Pebble's issuing root (PEM) from the management interface — regenerated on every
+    /// start, so chains must be verified against this, fetched from the running instance.
+    pub async fn issuing_root_pem(&self) -> anyhow::Result<String> {
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), self.mgmt_port);
+        let (status, body) =
+            tlsutil::https_get(addr, "/roots/0", std::slice::from_ref(&self.ca_der)).await?;
+        anyhow::ensure!(status == 200, "GET /roots/0 -> {status}");
+        Ok(String::from_utf8(body.to_vec())?)
+    }
+
+    /// The issuing root, DER.
+    pub async fn issuing_root_der(&self) -> anyhow::Result<CertificateDer<'static>> {
+        let pem = self.issuing_root_pem().await?;
+        tlsutil::certs_from_pem(&pem)?
+            .into_iter()
+            .next()
+            .context("empty /roots/0")
+    }
+}
+
+/// Listener CA + leaf for pebble's HTTPS. Returns (ca_pem, cert_pem, key_pem, ca_der).
+fn make_listener_pki() -> anyhow::Result<(String, String, String, CertificateDer<'static>)> {
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::default();
+    ca_params.distinguished_name = DistinguishedName::new();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "certfleet-tests pebble listener CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)?;
+
+    let leaf_key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()])?;
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf = params.signed_by(&leaf_key, &ca)?;
+    Ok((
+        ca.pem(),
+        leaf.pem(),
+        leaf_key.serialize_pem(),
+        ca.der().clone(),
+    ))
+}

@@ -1,0 +1,17 @@
+//! End-to-end tests: the real `certfleet-coordinator` and `certfleet-agent` binaries
+//! against a real pebble, over real sockets, each test with its own pebble, coordinator,
+//! agents, ports, addresses and directories (see `certfleet_tests`).
+//!
+//! Needs root (IPv6 addresses on `lo`), `pebble` on PATH and the binaries built:
+//! `cargo build --workspace --bins` (tests/run.sh does all of it).
+//!
+//! Tests panic (`expect`) rather than return errors, so the harness guards see the panic
+//! and print every process's logs.
+
+mod cli;
+mod happy_path;
+mod harness;
+mod mtls;
+mod refusals;
+mod restart;
+mod support;

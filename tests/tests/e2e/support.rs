@@ -1,0 +1,134 @@
+//! Shared setup and checks for the e2e tests.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::process::Output;
+use std::time::Duration;
+
+use certfleet_tests::pki::{self, normalize_serial};
+use certfleet_tests::{require_root, Agent, CertRow, Coordinator, Pebble};
+use rustls_pki_types::CertificateDer;
+
+/// Upper bound for one host's issuance (pebble with NOSLEEP takes about a second).
+pub const ISSUE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Root check + pebble + an initialised, serving coordinator.
+pub async fn pebble_and_coordinator() -> (Pebble, Coordinator) {
+    require_root().expect("root");
+    certfleet_tests::install_crypto_provider();
+    let pebble = Pebble::start().await.expect("start pebble");
+    let coord = Coordinator::start(&pebble)
+        .await
+        .expect("start coordinator");
+    (pebble, coord)
+}
+
+pub fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn ip_set(ips: &[String]) -> BTreeSet<IpAddr> {
+    ips.iter()
+        .map(|s| {
+            s.parse::<IpAddr>()
+                .unwrap_or_else(|e| panic!("not an IP: {s:?}: {e}"))
+        })
+        .collect()
+}
+
+/// Everything that must hold for a host whose certificate is installed: leaf SANs are
+/// exactly the host's IPs, the chain verifies to pebble's issuing root for each IP, the
+/// key file matches the leaf and is 0600, the reload ran, and the coordinator's row
+/// (serial, not_after) describes the installed leaf.
+pub fn check_installed(agent: &Agent, row: &CertRow, root: &CertificateDer<'static>) {
+    let name = agent.name();
+    let want: BTreeSet<IpAddr> = agent.ips().into_iter().collect();
+
+    let chain =
+        certfleet_tests::tlsutil::certs_from_file(&agent.fullchain_path()).expect("read fullchain");
+    assert!(
+        chain.len() >= 2,
+        "{name}: fullchain should hold leaf + intermediate, has {}",
+        chain.len()
+    );
+    let leaf = pki::leaf_info(&chain[0]).expect("parse leaf");
+    assert_eq!(
+        leaf.ip_sans, want,
+        "{name}: leaf IP SANs must be exactly the host's IPs"
+    );
+    assert!(
+        leaf.dns_sans.is_empty(),
+        "{name}: unexpected DNS SANs {:?}",
+        leaf.dns_sans
+    );
+    assert!(
+        leaf.other_sans.is_empty(),
+        "{name}: unexpected SANs {:?}",
+        leaf.other_sans
+    );
+    for ip in &want {
+        pki::verify_chain_for_ip(&chain, root, *ip).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    }
+
+    // cert.pem is the leaf alone; chain.pem the rest.
+    let cert =
+        certfleet_tests::tlsutil::certs_from_file(&agent.cert_path()).expect("read cert.pem");
+    assert_eq!(cert.len(), 1, "{name}: cert.pem should hold only the leaf");
+    assert_eq!(
+        cert[0], chain[0],
+        "{name}: cert.pem differs from fullchain's leaf"
+    );
+    let intermediates =
+        certfleet_tests::tlsutil::certs_from_file(&agent.chain_path()).expect("read chain.pem");
+    assert_eq!(
+        intermediates.as_slice(),
+        &chain[1..],
+        "{name}: chain.pem != fullchain minus leaf"
+    );
+
+    let key_pem = std::fs::read_to_string(agent.key_path()).expect("read key.pem");
+    let key_spki = pki::key_spki_from_pem(&key_pem).expect("parse key.pem");
+    assert_eq!(
+        key_spki, leaf.spki_der,
+        "{name}: key.pem does not match the leaf's public key"
+    );
+    let mode = pki::file_mode(&agent.key_path()).expect("stat key.pem");
+    assert_eq!(mode, 0o600, "{name}: key.pem mode is {mode:o}, want 600");
+
+    assert!(
+        agent.reload_count() >= 1,
+        "{name}: reload command did not run (reload.log empty)"
+    );
+
+    assert_eq!(row.state, "installed", "{name}: {row:?}");
+    let serial = row
+        .serial
+        .as_deref()
+        .unwrap_or_else(|| panic!("{name}: no serial in {row:?}"));
+    assert!(
+        serial
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
+        "{name}: serial {serial:?} should be lowercase hex without colons"
+    );
+    assert_eq!(
+        normalize_serial(serial),
+        leaf.serial_hex,
+        "{name}: serial in certs --json != leaf serial"
+    );
+    let not_after = row
+        .not_after
+        .as_deref()
+        .unwrap_or_else(|| panic!("{name}: no not_after in {row:?}"));
+    assert_eq!(
+        pki::rfc3339_unix(not_after).expect("not_after"),
+        leaf.not_after_unix,
+        "{name}: not_after in certs --json != leaf notAfter"
+    );
+    assert_eq!(
+        ip_set(&row.identifiers),
+        want,
+        "{name}: cert row identifiers"
+    );
+    assert_eq!(row.target, "default", "{name}: cert row target");
+}
