@@ -173,7 +173,11 @@ impl Enrollment for Api {
                 }))
             }
             Err(EnrollError::Refused(refusal)) => {
-                tracing::warn!(from = %from, reason = %refusal, "enrollment refused");
+                let used_by = match &refusal {
+                    crate::store::EnrollRefusal::AlreadyUsed(h) => h.as_str(),
+                    _ => "",
+                };
+                tracing::warn!(from = %from, reason = %refusal, used_by, "enrollment refused");
                 Err(Status::permission_denied(refusal.to_string()))
             }
             Err(EnrollError::Store(e)) => Err(internal(e)),
@@ -342,19 +346,26 @@ impl Admin for Api {
         req: Request<pb::ListHostsRequest>,
     ) -> Result<Response<pb::ListHostsResponse>, Status> {
         admin_identity(&req)?;
+        let now = self.clock.now_unix();
         let hosts = self
             .store
             .hosts()
             .map_err(internal)?
             .into_iter()
-            .map(|h| pb::HostView {
-                connected: self.sessions.is_connected(&h.id),
+            .map(|h| (self.sessions.is_connected(&h.id), h))
+            .map(|(connected, h)| pb::HostView {
+                connected,
                 host_id: h.id.to_string(),
                 hostname: h.hostname,
                 ips: h.ips.iter().map(|i| i.to_string()).collect(),
                 targets: h.targets,
                 enrolled_unix: h.enrolled,
-                last_seen_unix: h.last_seen.unwrap_or(0),
+                // A connected host is being seen right now.
+                last_seen_unix: if connected {
+                    now
+                } else {
+                    h.last_seen.unwrap_or(0)
+                },
                 labels: h.labels.into_iter().collect(),
             })
             .collect();

@@ -31,7 +31,8 @@ pub enum EnrollRefusal {
         "join token expired at {0}; create a new one with `certfleet-coordinator token create`"
     )]
     Expired(String),
-    #[error("join token was already used (by host {0}); tokens are single-use unless created with --uses")]
+    /// Carries the host that used it, for the coordinator's log only.
+    #[error("join token was already used; tokens are single-use unless created with --uses")]
     AlreadyUsed(String),
     #[error("join token was revoked")]
     Revoked,

@@ -32,6 +32,9 @@ pub fn parse_duration_secs(s: &str) -> Result<u64, String> {
 pub fn relative(unix: i64, now: i64) -> String {
     let delta = unix - now;
     let abs = delta.unsigned_abs();
+    if abs == 0 {
+        return "now".into();
+    }
     let text = if abs < 60 {
         format!("{abs}s")
     } else if abs < 3600 {
@@ -68,5 +71,7 @@ mod tests {
         assert_eq!(relative(100 + 160 * 3600, 100), "in 6d16h");
         assert_eq!(relative(100 + 26 * 3600 + 60, 100), "in 26h01m");
         assert_eq!(relative(40, 100), "1m ago");
+        assert_eq!(relative(100, 100), "now");
+        assert_eq!(relative(99, 100), "1s ago");
     }
 }

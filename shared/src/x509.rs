@@ -77,10 +77,19 @@ pub fn der_to_pem(label: &str, der: &[u8]) -> String {
     out
 }
 
+fn serial_hex(raw: &[u8]) -> String {
+    let first = raw
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(raw.len().saturating_sub(1));
+    hex::encode(&raw[first..])
+}
+
 /// What we need to know about a certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
-    /// Serial as lowercase hex without leading zeros.
+    /// Serial as lowercase hex of its big-endian bytes without leading zero bytes (even
+    /// length, as `openssl x509 -serial` prints it).
     pub serial_hex: String,
     pub not_before: i64,
     pub not_after: i64,
@@ -98,7 +107,7 @@ impl CertInfo {
         let (_, cert) =
             X509Certificate::from_der(der).map_err(|e| X509Error::Cert(e.to_string()))?;
         let mut info = CertInfo {
-            serial_hex: cert.tbs_certificate.serial.to_str_radix(16),
+            serial_hex: serial_hex(cert.raw_serial()),
             not_before: cert.validity().not_before.timestamp(),
             not_after: cert.validity().not_after.timestamp(),
             ips: Vec::new(),
@@ -272,7 +281,9 @@ mod tests {
             info.spki_der,
             rcgen::PublicKeyData::subject_public_key_info(&key)
         );
-        assert!(!info.serial_hex.is_empty());
+        assert!(!info.serial_hex.is_empty() && info.serial_hex.len() % 2 == 0);
+        assert_eq!(serial_hex(&[0x00, 0x0a, 0xbc]), "0abc");
+        assert_eq!(serial_hex(&[0x00]), "00");
         assert!(parse_pem_chain("").is_err());
         assert!(
             parse_pem_chain("-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n")
