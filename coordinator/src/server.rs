@@ -243,7 +243,8 @@ impl AgentSession for Api {
                         tracing::warn!(host = %handle.host, "empty message ignored")
                     }
                     Some(Err(e)) => {
-                        tracing::info!(host = %handle.host, error = %e.message(), "session stream error");
+                        // Usually an agent that went away (restart, network); the disconnect is logged below.
+                        tracing::debug!(host = %handle.host, error = %e.message(), "session stream ended with an error");
                         break;
                     }
                     None => break,

@@ -10,6 +10,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 pub enum IdentifierError {
     #[error("{0:?} is not an IP address")]
     NotAnIp(String),
+    #[error(
+        "{given:?} has leading zeros, which some tools read as octal; write each part \
+         without them, e.g. {decimal:?} if decimal was meant"
+    )]
+    LeadingZeros { given: String, decimal: String },
     #[error("{given:?} is not in canonical form; write it as {canonical:?}")]
     NotCanonical { given: String, canonical: String },
     #[error(
@@ -23,9 +28,13 @@ pub enum IdentifierError {
 /// dotted quad without leading zeros for IPv4), so that one address has one spelling in
 /// the store, in certificates and in rate-limit counting.
 pub fn parse_ip(s: &str) -> Result<IpAddr, IdentifierError> {
-    let ip: IpAddr = s
-        .parse()
-        .map_err(|_| IdentifierError::NotAnIp(s.chars().take(64).collect()))?;
+    let ip: IpAddr = s.parse().map_err(|_| match zero_padded_v4(s) {
+        Some(decimal) => IdentifierError::LeadingZeros {
+            given: s.to_owned(),
+            decimal,
+        },
+        None => IdentifierError::NotAnIp(s.chars().take(64).collect()),
+    })?;
     // An IPv4-mapped IPv6 address names an IPv4 host; make people say so.
     let canonical = match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -41,6 +50,23 @@ pub fn parse_ip(s: &str) -> Result<IpAddr, IdentifierError> {
         });
     }
     Ok(ip)
+}
+
+/// "127.000.0.1" → Some("127.0.0.1"): a dotted quad whose only fault is leading zeros.
+fn zero_padded_v4(s: &str) -> Option<String> {
+    let parts: Vec<&str> = s.split('.').collect();
+    if parts.len() != 4
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return None;
+    }
+    let octets: Vec<u8> = parts
+        .iter()
+        .map(|p| p.parse::<u8>().ok())
+        .collect::<Option<_>>()?;
+    Some(std::net::Ipv4Addr::new(octets[0], octets[1], octets[2], octets[3]).to_string())
 }
 
 /// Checks an address against the issuer's policy.
@@ -152,8 +178,16 @@ mod tests {
         assert!(
             matches!(parse_ip("::ffff:8.8.8.8"), Err(IdentifierError::NotCanonical { canonical, .. }) if canonical == "8.8.8.8")
         );
+        assert!(
+            matches!(parse_ip("010.1.1.1"), Err(IdentifierError::LeadingZeros { decimal, .. }) if decimal == "10.1.1.1")
+        );
+        let msg = parse_ip("127.000.0.1").unwrap_err().to_string();
+        assert!(
+            msg.contains("leading zeros") && msg.contains("\"127.0.0.1\""),
+            "{msg}"
+        );
         assert!(matches!(
-            parse_ip("010.1.1.1"),
+            parse_ip("1.2.3.400"),
             Err(IdentifierError::NotAnIp(_))
         ));
         assert!(matches!(

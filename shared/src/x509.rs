@@ -281,7 +281,7 @@ mod tests {
             info.spki_der,
             rcgen::PublicKeyData::subject_public_key_info(&key)
         );
-        assert!(!info.serial_hex.is_empty() && info.serial_hex.len() % 2 == 0);
+        assert!(!info.serial_hex.is_empty() && info.serial_hex.len().is_multiple_of(2));
         assert_eq!(serial_hex(&[0x00, 0x0a, 0xbc]), "0abc");
         assert_eq!(serial_hex(&[0x00]), "00");
         assert!(parse_pem_chain("").is_err());

@@ -31,6 +31,7 @@ pub struct Agent {
     config_path: PathBuf,
     state_dir: PathBuf,
     tls_dir: PathBuf,
+    http01_port: u16,
     addrs: HostAddrs,
     dir: WorkDir,
 }
@@ -39,9 +40,21 @@ impl Agent {
     /// A new host `name` with fresh addresses, serving HTTP-01 on `http01_port`
     /// (pebble's `httpPort`). Nothing runs yet.
     pub fn new(name: &str, http01_port: u16) -> anyhow::Result<Self> {
+        Self::new_with_port(name, http01_port, http01_port)
+    }
+
+    /// A new host `name` whose addresses are allocated for `ca_port` (pebble's
+    /// `httpPort`: free on them, so nothing answers the CA there) but whose agent serves
+    /// HTTP-01 on `http01_port` (also free on them). With `http01_port != ca_port` the
+    /// CA's validation connections are refused: a misconfigured host.
+    pub fn new_with_port(name: &str, ca_port: u16, http01_port: u16) -> anyhow::Result<Self> {
         let bin = crate::bins::agent()?;
         let dir = WorkDir::new(&format!("agent-{name}"))?;
-        let addrs = HostAddrs::allocate(http01_port)?;
+        let mut ports = vec![ca_port];
+        if http01_port != ca_port {
+            ports.push(http01_port);
+        }
+        let addrs = HostAddrs::allocate_ports(&ports)?;
         let state_dir = dir.join("state");
         let tls_dir = dir.join("tls");
         std::fs::create_dir_all(&tls_dir)?;
@@ -56,11 +69,17 @@ impl Agent {
             config_path,
             state_dir,
             tls_dir,
+            http01_port,
             addrs,
             dir,
         };
         std::fs::write(&agent.config_path, agent.render_config(http01_port))?;
         Ok(agent)
+    }
+
+    /// The port this agent's config tells it to serve HTTP-01 on.
+    pub fn http01_port(&self) -> u16 {
+        self.http01_port
     }
 
     fn render_config(&self, port: u16) -> String {
@@ -323,6 +342,49 @@ impl Agent {
                      fullchain exists: {}; last CLI error: {last_err:?}",
                     self.name,
                     fullchain.is_file()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Polls the coordinator until this host's certificate row is in `state` (e.g.
+    /// `failed`) and returns it. Fails early if the agent process died.
+    pub async fn wait_cert_state(
+        &mut self,
+        coord: &Coordinator,
+        state: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<CertRow> {
+        let host_id = self.id()?.to_owned();
+        let start = std::time::Instant::now();
+        let mut last: Option<CertRow> = None;
+        let mut last_err: Option<anyhow::Error> = None;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(st) = child.try_wait()? {
+                    anyhow::bail!(
+                        "agent {} exited while waiting for cert state {state:?}: {st}",
+                        self.name
+                    );
+                }
+            }
+            match coord.certs().await {
+                Ok(certs) => {
+                    let mine: Vec<CertRow> =
+                        certs.into_iter().filter(|c| c.host_id == host_id).collect();
+                    if let Some(row) = mine.iter().find(|c| c.state == state) {
+                        return Ok(row.clone());
+                    }
+                    last = mine.into_iter().last().or(last);
+                }
+                Err(e) => last_err = Some(e),
+            }
+            if start.elapsed() > timeout {
+                anyhow::bail!(
+                    "agent {} ({host_id}): no certificate in state {state:?} after {timeout:?}; \
+                     last cert row: {last:?}; last CLI error: {last_err:?}",
+                    self.name
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -71,6 +71,12 @@ pub enum RestartMode {
 pub struct CoordinatorOptions {
     pub validation_timeout_secs: Option<u64>,
     pub ip_profile: Option<String>,
+    /// The issuer's `allow_private_ips` (`None`: true, as every loopback test needs).
+    pub allow_private_ips: Option<bool>,
+    /// The issuer's `eab_kid` (written only when set).
+    pub eab_kid: Option<String>,
+    /// The issuer's `eab_hmac_key`, base64url (written only when set).
+    pub eab_hmac_key: Option<String>,
     /// Extra environment for `serve`.
     pub env: BTreeMap<String, String>,
 }
@@ -433,7 +439,16 @@ fn render_config(
         "trust_root = {}\n",
         toml_path(pebble.ca_pem_path())
     ));
-    s.push_str("allow_private_ips = true\n");
+    s.push_str(&format!(
+        "allow_private_ips = {}\n",
+        opts.allow_private_ips.unwrap_or(true)
+    ));
+    if let Some(kid) = &opts.eab_kid {
+        s.push_str(&format!("eab_kid = {}\n", toml_str(kid)));
+    }
+    if let Some(key) = &opts.eab_hmac_key {
+        s.push_str(&format!("eab_hmac_key = {}\n", toml_str(key)));
+    }
     if let Some(p) = &opts.ip_profile {
         s.push_str(&format!("ip_profile = {}\n", toml_str(p)));
     }

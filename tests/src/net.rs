@@ -35,6 +35,11 @@ pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
 
 /// A random IPv4 loopback address whose `port` can be bound right now.
 pub fn random_loopback_v4(port: u16) -> anyhow::Result<Ipv4Addr> {
+    random_loopback_v4_ports(&[port])
+}
+
+/// A random IPv4 loopback address on which every one of `ports` can be bound right now.
+pub fn random_loopback_v4_ports(ports: &[u16]) -> anyhow::Result<Ipv4Addr> {
     let mut rng = rand::rng();
     for _ in 0..64 {
         let ip = Ipv4Addr::new(
@@ -43,11 +48,11 @@ pub fn random_loopback_v4(port: u16) -> anyhow::Result<Ipv4Addr> {
             rng.random_range(0..=255),
             rng.random_range(1..=254),
         );
-        if TcpListener::bind((ip, port)).is_ok() {
+        if ports.iter().all(|p| TcpListener::bind((ip, *p)).is_ok()) {
             return Ok(ip);
         }
     }
-    anyhow::bail!("no free 127.X.Y.Z address with port {port} after 64 tries")
+    anyhow::bail!("no free 127.X.Y.Z address with ports {ports:?} after 64 tries")
 }
 
 fn run_prefix() -> (u16, u16) {
@@ -70,6 +75,11 @@ impl Ipv6Guard {
     /// Adds a fresh `fdcf:PPPP:PPPP::N/128` to `lo` and waits until `port` on it can be
     /// bound (so the caller can hand it to a process straight away).
     pub fn add(port: u16) -> anyhow::Result<Self> {
+        Self::add_ports(&[port])
+    }
+
+    /// Like [`Self::add`], waiting until every one of `ports` can be bound.
+    pub fn add_ports(ports: &[u16]) -> anyhow::Result<Self> {
         let (a, b) = run_prefix();
         for _ in 0..32 {
             let n = NEXT_V6.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
@@ -89,7 +99,9 @@ impl Ipv6Guard {
                 anyhow::bail!("ip -6 addr add {cidr} dev lo nodad failed: {}", err.trim());
             }
             let guard = Self { addr };
-            guard.wait_bindable(port, Duration::from_secs(3))?;
+            for port in ports {
+                guard.wait_bindable(*port, Duration::from_secs(3))?;
+            }
             return Ok(guard);
         }
         anyhow::bail!("could not add a free IPv6 address to lo")
@@ -138,8 +150,13 @@ pub struct HostAddrs {
 impl HostAddrs {
     /// Fresh addresses on which `port` (pebble's httpPort) is free.
     pub fn allocate(port: u16) -> anyhow::Result<Self> {
-        let v4 = random_loopback_v4(port)?;
-        let v6 = Ipv6Guard::add(port)?;
+        Self::allocate_ports(&[port])
+    }
+
+    /// Fresh addresses on which every one of `ports` is free.
+    pub fn allocate_ports(ports: &[u16]) -> anyhow::Result<Self> {
+        let v4 = random_loopback_v4_ports(ports)?;
+        let v6 = Ipv6Guard::add_ports(ports)?;
         Ok(Self { v4, v6 })
     }
 

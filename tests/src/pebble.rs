@@ -31,6 +31,10 @@ pub struct PebbleOptions {
     pub certificate_validity_secs: Option<u64>,
     /// Path of the pebble binary (default: `pebble` on PATH, or env `PEBBLE_BIN`).
     pub binary: Option<PathBuf>,
+    /// `externalAccountBindingRequired` (default false).
+    pub eab_required: bool,
+    /// `externalAccountMACKeys`: kid → base64url HMAC key (default none).
+    pub eab_keys: BTreeMap<String, String>,
 }
 
 impl Default for PebbleOptions {
@@ -47,6 +51,8 @@ impl Default for PebbleOptions {
             env,
             certificate_validity_secs: None,
             binary: None,
+            eab_required: false,
+            eab_keys: BTreeMap::new(),
         }
     }
 }
@@ -90,8 +96,11 @@ impl Pebble {
             "httpPort": http_port,
             "tlsPort": tls_port,
             "ocspResponderURL": "",
-            "externalAccountBindingRequired": false,
+            "externalAccountBindingRequired": opts.eab_required,
         });
+        if !opts.eab_keys.is_empty() {
+            inner["externalAccountMACKeys"] = serde_json::to_value(&opts.eab_keys)?;
+        }
         if let Some(v) = opts.certificate_validity_secs {
             inner["certificateValidityPeriod"] = v.into();
         }

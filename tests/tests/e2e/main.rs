@@ -9,9 +9,13 @@
 //! and print every process's logs.
 
 mod cli;
+mod eab;
 mod happy_path;
 mod harness;
+mod hostile;
 mod mtls;
+mod policy;
 mod refusals;
 mod restart;
 mod support;
+mod validation;

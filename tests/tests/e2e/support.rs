@@ -5,8 +5,9 @@ use std::net::IpAddr;
 use std::process::Output;
 use std::time::Duration;
 
+use certfleet_tests::coordinator::CoordinatorOptions;
 use certfleet_tests::pki::{self, normalize_serial};
-use certfleet_tests::{require_root, Agent, CertRow, Coordinator, Pebble};
+use certfleet_tests::{require_root, Agent, CertRow, Coordinator, Pebble, PebbleOptions};
 use rustls_pki_types::CertificateDer;
 
 /// Upper bound for one host's issuance (pebble with NOSLEEP takes about a second).
@@ -21,6 +22,44 @@ pub async fn pebble_and_coordinator() -> (Pebble, Coordinator) {
         .await
         .expect("start coordinator");
     (pebble, coord)
+}
+
+/// Like [`pebble_and_coordinator`], with options for both.
+pub async fn pebble_and_coordinator_with(
+    pebble_opts: PebbleOptions,
+    coord_opts: CoordinatorOptions,
+) -> (Pebble, Coordinator) {
+    require_root().expect("root");
+    certfleet_tests::install_crypto_provider();
+    let pebble = Pebble::start_with(pebble_opts).await.expect("start pebble");
+    let coord = Coordinator::start_with(&pebble, coord_opts)
+        .await
+        .expect("start coordinator");
+    (pebble, coord)
+}
+
+/// The coordinator is still serving: its `serve` process runs and `hosts --json` answers.
+/// Returns the hosts.
+pub async fn assert_still_serving(coord: &mut Coordinator) -> Vec<certfleet_tests::HostRow> {
+    if let Some(child) = coord.child() {
+        if let Some(st) = child.try_wait().expect("try_wait coordinator") {
+            panic!("the coordinator exited: {st}");
+        }
+    } else {
+        panic!("the coordinator is not running");
+    }
+    coord.hosts().await.expect("hosts --json must still work")
+}
+
+/// The `; `-separated parts of a `last_error` that start with `ip:` (one per failed
+/// identifier in "validation failed: IP: detail (type); IP: ..." messages).
+pub fn error_parts_for<'a>(last_error: &'a str, ip: &IpAddr) -> Vec<&'a str> {
+    let prefix = format!("{ip}: ");
+    last_error
+        .split("; ")
+        .map(|p| p.trim_start_matches("validation failed: "))
+        .filter(|p| p.starts_with(&prefix))
+        .collect()
 }
 
 pub fn stderr_of(out: &Output) -> String {
