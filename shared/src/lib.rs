@@ -13,6 +13,8 @@
 //! - [`configenv`] — environment overrides for TOML config (`PREFIX_SECTION__KEY`).
 //! - [`clock`] — the `Clock` every time decision goes through.
 //! - [`backoff`] — jittered exponential backoff.
+//! - [`renewal`] — when to renew: ARI window or lifetime fraction, with jitter; expiry risk.
+//! - [`ratelimit`] — Let's Encrypt rate limits counted as a budget before ordering.
 //! - [`fsutil`] — crash-safe file writes (temp, fsync, rename, dir fsync) with modes.
 //! - [`timefmt`] — unix seconds ↔ RFC 3339 for humans and JSON.
 #![forbid(unsafe_code)]
@@ -23,6 +25,8 @@ pub mod configenv;
 pub mod fsutil;
 pub mod identifier;
 pub mod ids;
+pub mod ratelimit;
+pub mod renewal;
 pub mod timefmt;
 pub mod tls;
 pub mod transport;
