@@ -1,49 +1,96 @@
 //! ACME issuers: the only place that talks to a CA (design invariant 1).
 //!
 //! [`AcmeIssuer`] owns one configured issuer: it loads the account from the store or
-//! creates it and flushes its credentials before first use, knows which profiles the
-//! directory offers, and drives an order through [`OrderDriver`]. It knows nothing about
+//! creates it and flushes its credentials before first use (and creates a new one if the CA
+//! has forgotten it), knows which profiles the directory offers, fetches ARI renewal
+//! windows, and creates or resumes orders as [`OrderDriver`]s. It knows nothing about
 //! agents: the caller supplies the challenge responder and the CSR.
 
 use crate::config::IssuerConfig;
 use crate::store::{AccountRecord, Store, StoreError};
 use certfleet_shared::clock::SharedClock;
 use instant_acme::{
-    Account, AuthorizationStatus, ChallengeType, ExternalAccountKey, Identifier, NewAccount,
-    NewOrder, Order, OrderStatus, RetryPolicy,
+    Account, AuthorizationStatus, CertificateIdentifier, ChallengeType, ExternalAccountKey,
+    Identifier, NewAccount, NewOrder, Order, OrderStatus, RetryPolicy,
 };
+use rustls_pki_types::CertificateDer;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::OnceCell;
+use tokio::sync::Mutex;
 
 /// Bound on any single request to a CA: a CA that hangs must not hang us.
-const ACME_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+pub const ACME_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+const BAD_NONCE: &str = "urn:ietf:params:acme:error:badNonce";
+const RATE_LIMITED: &str = "urn:ietf:params:acme:error:rateLimited";
+const ACCOUNT_GONE: &str = "urn:ietf:params:acme:error:accountDoesNotExist";
+const UNAUTHORIZED: &str = "urn:ietf:params:acme:error:unauthorized";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcmeError {
     #[error("CA {issuer}: {detail}")]
-    Ca { issuer: String, detail: String },
+    Ca {
+        issuer: String,
+        detail: String,
+        problem_type: Option<String>,
+    },
     #[error("CA {issuer} did not answer within {secs} s ({what})")]
     Timeout {
         issuer: String,
         secs: u64,
         what: &'static str,
     },
-    #[error("CA {issuer} does not offer profile {wanted:?} (it offers: {offered}); change ip_profile or the issuer")]
+    #[error("CA {issuer} does not offer profile {wanted:?} (it offers: {offered}); change the policy's profile or its issuer")]
     ProfileUnavailable {
         issuer: String,
         wanted: String,
         offered: String,
     },
-    #[error("validation failed: {0}")]
-    Validation(String),
+    #[error("validation failed: {}", render_problems(.0))]
+    Validation(Vec<(String, String)>),
     #[error("CA {issuer} offers no http-01 challenge for {identifier}")]
     NoHttp01 { issuer: String, identifier: String },
     #[error("stored ACME account for {issuer} is unreadable: {detail}")]
     BadStoredAccount { issuer: String, detail: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+fn render_problems(p: &[(String, String)]) -> String {
+    p.iter()
+        .map(|(id, problem)| {
+            if id.is_empty() {
+                problem.clone()
+            } else {
+                format!("{id}: {problem}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl AcmeError {
+    /// The ACME problem type, when the CA sent one.
+    pub fn problem_type(&self) -> Option<&str> {
+        match self {
+            AcmeError::Ca { problem_type, .. } => problem_type.as_deref(),
+            _ => None,
+        }
+    }
+    pub fn is_bad_nonce(&self) -> bool {
+        self.problem_type() == Some(BAD_NONCE)
+    }
+    pub fn is_rate_limited(&self) -> bool {
+        self.problem_type() == Some(RATE_LIMITED)
+    }
+    /// True when retrying later cannot help without a config change.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            AcmeError::ProfileUnavailable { .. } | AcmeError::BadStoredAccount { .. }
+        )
+    }
 }
 
 /// One HTTP-01 challenge to present.
@@ -54,11 +101,29 @@ pub struct PendingChallenge {
     pub key_authorization: String,
 }
 
+/// An ARI renewal window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewalWindow {
+    pub start: i64,
+    pub end: i64,
+    pub retry_after_secs: i64,
+    pub explanation_url: Option<String>,
+}
+
 pub struct AcmeIssuer {
     pub cfg: IssuerConfig,
     store: Arc<dyn Store>,
     clock: SharedClock,
-    account: OnceCell<Account>,
+    account: Mutex<Option<Account>>,
+    /// Set once the directory turned out to have no renewalInfo.
+    no_ari: std::sync::atomic::AtomicBool,
+}
+
+fn problem_parts(e: &instant_acme::Error) -> (String, Option<String>) {
+    match e {
+        instant_acme::Error::Api(p) => (problem_text(p), p.r#type.clone()),
+        other => (certfleet_shared::transport::error_chain(other), None),
+    }
 }
 
 impl AcmeIssuer {
@@ -67,14 +132,25 @@ impl AcmeIssuer {
             cfg,
             store,
             clock,
-            account: OnceCell::new(),
+            account: Mutex::new(None),
+            no_ari: Default::default(),
         }
     }
 
-    fn ca_err(&self, e: impl std::fmt::Display) -> AcmeError {
+    fn ca_err(&self, e: &instant_acme::Error) -> AcmeError {
+        let (detail, problem_type) = problem_parts(e);
         AcmeError::Ca {
             issuer: self.cfg.name.clone(),
-            detail: e.to_string(),
+            detail,
+            problem_type,
+        }
+    }
+
+    fn ca_msg(&self, detail: impl Into<String>) -> AcmeError {
+        AcmeError::Ca {
+            issuer: self.cfg.name.clone(),
+            detail: detail.into(),
+            problem_type: None,
         }
     }
 
@@ -84,7 +160,20 @@ impl AcmeIssuer {
         fut: impl std::future::Future<Output = Result<T, instant_acme::Error>>,
     ) -> Result<T, AcmeError> {
         match tokio::time::timeout(ACME_CALL_TIMEOUT, fut).await {
-            Ok(r) => r.map_err(|e| self.ca_err(describe(&e))),
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                let err = self.ca_err(&e);
+                if matches!(err.problem_type(), Some(ACCOUNT_GONE) | Some(UNAUTHORIZED))
+                    && what != "create account"
+                {
+                    // The CA no longer knows our account (reset, wiped, deactivated):
+                    // forget it so the next attempt creates a new one.
+                    tracing::warn!(issuer = %self.cfg.name, error = %err, "ACME account rejected; a new one will be created");
+                    *self.account.lock().await = None;
+                    let _ = self.store.delete_account(&self.cfg.name);
+                }
+                Err(err)
+            }
             Err(_) => Err(AcmeError::Timeout {
                 issuer: self.cfg.name.clone(),
                 secs: ACME_CALL_TIMEOUT.as_secs(),
@@ -96,14 +185,20 @@ impl AcmeIssuer {
     fn builder(&self) -> Result<instant_acme::AccountBuilder, AcmeError> {
         match &self.cfg.trust_root {
             Some(root) => Account::builder_with_root(root)
-                .map_err(|e| self.ca_err(format!("trust_root {}: {e}", root.display()))),
-            None => Account::builder().map_err(|e| self.ca_err(e)),
+                .map_err(|e| self.ca_msg(format!("trust_root {}: {e}", root.display()))),
+            None => Account::builder().map_err(|e| self.ca_err(&e)),
         }
     }
 
     /// The account, loaded from the store or created (and stored) on first use.
-    pub async fn account(&self) -> Result<&Account, AcmeError> {
-        self.account.get_or_try_init(|| self.load_or_create()).await
+    pub async fn account(&self) -> Result<Account, AcmeError> {
+        let mut slot = self.account.lock().await;
+        if let Some(a) = slot.as_ref() {
+            return Ok(a.clone());
+        }
+        let account = self.load_or_create().await?;
+        *slot = Some(account.clone());
+        Ok(account)
     }
 
     async fn load_or_create(&self) -> Result<Account, AcmeError> {
@@ -155,56 +250,145 @@ impl AcmeIssuer {
         Ok(account)
     }
 
-    /// The profile to ask for, given the identifiers: `ip_profile` for IP identifiers when
-    /// the directory offers profiles at all; none when it offers none.
-    pub async fn profile_for(&self, has_ip: bool) -> Result<Option<String>, AcmeError> {
+    /// The profile to ask for. A required profile must be offered; otherwise the issuer's
+    /// `ip_profile` is used when the directory offers it, and no profile when it offers none.
+    pub async fn choose_profile(
+        &self,
+        required: Option<&str>,
+        has_ip: bool,
+    ) -> Result<Option<String>, AcmeError> {
         let account = self.account().await?;
         let offered: Vec<String> = account.profiles().map(|p| p.name.to_owned()).collect();
-        let wanted = &self.cfg.ip_profile;
-        if !has_ip || wanted.is_empty() || offered.is_empty() {
-            return Ok(None);
+        if let Some(wanted) = required {
+            return if offered.iter().any(|p| p == wanted) {
+                Ok(Some(wanted.to_owned()))
+            } else {
+                Err(AcmeError::ProfileUnavailable {
+                    issuer: self.cfg.name.clone(),
+                    wanted: wanted.to_owned(),
+                    offered: if offered.is_empty() {
+                        "no profiles".into()
+                    } else {
+                        offered.join(", ")
+                    },
+                })
+            };
         }
-        if offered.iter().any(|p| p == wanted) {
-            Ok(Some(wanted.clone()))
-        } else {
-            Err(AcmeError::ProfileUnavailable {
+        let default = &self.cfg.ip_profile;
+        Ok(
+            (has_ip && !default.is_empty() && offered.iter().any(|p| p == default))
+                .then(|| default.clone()),
+        )
+    }
+
+    /// Whether the CA offers ARI, as far as we know (assumed until it says otherwise).
+    pub fn has_ari(&self) -> bool {
+        !self.no_ari.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The RFC 9773 identifier of a certificate.
+    pub fn ari_id(leaf: &CertificateDer<'_>) -> Option<String> {
+        CertificateIdentifier::try_from(leaf)
+            .ok()
+            .map(|id| id.to_string())
+    }
+
+    /// The CA's suggested renewal window, or `None` when the CA has no ARI.
+    pub async fn renewal_window(&self, ari_id: &str) -> Result<Option<RenewalWindow>, AcmeError> {
+        let account = self.account().await?;
+        let id = parse_ari_id(ari_id)
+            .ok_or_else(|| self.ca_msg(format!("bad stored ARI id {ari_id:?}")))?;
+        match tokio::time::timeout(ACME_CALL_TIMEOUT, account.renewal_info(&id)).await {
+            Err(_) => Err(AcmeError::Timeout {
                 issuer: self.cfg.name.clone(),
-                wanted: wanted.clone(),
-                offered: offered.join(", "),
-            })
+                secs: ACME_CALL_TIMEOUT.as_secs(),
+                what: "renewal info",
+            }),
+            Ok(Err(instant_acme::Error::Unsupported(_))) => {
+                self.no_ari
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Ok(None)
+            }
+            Ok(Err(e)) => Err(self.ca_err(&e)),
+            Ok(Ok((info, retry))) => Ok(Some(RenewalWindow {
+                start: info.suggested_window.start.unix_timestamp(),
+                end: info.suggested_window.end.unix_timestamp(),
+                retry_after_secs: retry.as_secs() as i64,
+                explanation_url: info.explanation_url,
+            })),
         }
     }
 
-    /// Creates an order and returns its pending HTTP-01 challenges.
+    /// Creates an order. With `replaces`, a server that refuses or ignores it (some do) gets
+    /// the order again without it; the returned flag says whether `replaces` was kept.
     pub async fn new_order(
         &self,
         ips: &[IpAddr],
         profile: Option<&str>,
-    ) -> Result<OrderDriver<'_>, AcmeError> {
+        replaces: Option<&str>,
+    ) -> Result<(OrderDriver<'_>, bool), AcmeError> {
         let account = self.account().await?;
         let ids: Vec<Identifier> = ips.iter().map(|ip| Identifier::Ip(*ip)).collect();
-        let mut req = NewOrder::new(&ids);
-        if let Some(p) = profile {
-            req = req.profile(p);
-        }
-        let mut order = self.timed("new order", account.new_order(&req)).await?;
+        let base = || {
+            let mut req = NewOrder::new(&ids);
+            if let Some(p) = profile {
+                req = req.profile(p);
+            }
+            req
+        };
+        let mut kept = false;
+        let order = match replaces.and_then(parse_ari_id) {
+            Some(id) => match self
+                .timed("new order", account.new_order(&base().replaces(id)))
+                .await
+            {
+                Ok(o) => {
+                    kept = true;
+                    o
+                }
+                Err(e)
+                    if !e.is_bad_nonce()
+                        && !e.is_rate_limited()
+                        && !matches!(e, AcmeError::Timeout { .. }) =>
+                {
+                    tracing::warn!(issuer = %self.cfg.name, error = %e, "order with `replaces` failed; ordering again without it");
+                    self.timed("new order", account.new_order(&base())).await?
+                }
+                Err(e) => return Err(e),
+            },
+            None => self.timed("new order", account.new_order(&base())).await?,
+        };
+        Ok((self.driver(order).await?, kept))
+    }
+
+    /// Re-opens an order created before a restart.
+    pub async fn resume_order(&self, url: &str) -> Result<OrderDriver<'_>, AcmeError> {
+        let account = self.account().await?;
+        let order = self
+            .timed("load order", account.order(url.to_owned()))
+            .await?;
+        self.driver(order).await
+    }
+
+    async fn driver(&self, mut order: Order) -> Result<OrderDriver<'_>, AcmeError> {
         let mut challenges = Vec::new();
         let mut authzs = order.authorizations();
-        while let Some(next) = tokio::time::timeout(ACME_CALL_TIMEOUT, authzs.next())
-            .await
-            .map_err(|_| AcmeError::Timeout {
-                issuer: self.cfg.name.clone(),
-                secs: ACME_CALL_TIMEOUT.as_secs(),
-                what: "fetch authorization",
-            })?
-        {
-            let mut authz = next.map_err(|e| self.ca_err(describe(&e)))?;
-            let identifier = authz.identifier().identifier.clone();
-            let ident = identifier_text(&identifier);
+        loop {
+            let next = tokio::time::timeout(ACME_CALL_TIMEOUT, authzs.next())
+                .await
+                .map_err(|_| AcmeError::Timeout {
+                    issuer: self.cfg.name.clone(),
+                    secs: ACME_CALL_TIMEOUT.as_secs(),
+                    what: "fetch authorization",
+                })?;
+            let Some(next) = next else { break };
+            let mut authz = next.map_err(|e| self.ca_err(&e))?;
+            let ident = identifier_text(&authz.identifier().identifier.clone());
             match authz.status {
-                AuthorizationStatus::Valid => continue,
                 AuthorizationStatus::Pending => {}
-                other => return Err(self.ca_err(format!("authorization for {ident} is {other:?}"))),
+                AuthorizationStatus::Valid => continue,
+                // An invalid authorization means the order is dead; the caller sees it in status.
+                _ => continue,
             }
             let ch = authz
                 .challenge(ChallengeType::Http01)
@@ -212,14 +396,11 @@ impl AcmeIssuer {
                     issuer: self.cfg.name.clone(),
                     identifier: ident.clone(),
                 })?;
-            challenges.push((
-                PendingChallenge {
-                    identifier: ident,
-                    token: ch.token.clone(),
-                    key_authorization: ch.key_authorization().as_str().to_owned(),
-                },
-                ch.url.clone(),
-            ));
+            challenges.push(PendingChallenge {
+                identifier: ident,
+                token: ch.token.clone(),
+                key_authorization: ch.key_authorization().as_str().to_owned(),
+            });
         }
         Ok(OrderDriver {
             issuer: self,
@@ -229,11 +410,18 @@ impl AcmeIssuer {
     }
 }
 
+fn parse_ari_id(s: &str) -> Option<CertificateIdentifier<'static>> {
+    let quoted = serde_json::to_string(s).ok()?;
+    serde_json::from_str::<CertificateIdentifier<'_>>(&quoted)
+        .ok()
+        .map(|id| id.into_owned())
+}
+
 /// One order in flight.
 pub struct OrderDriver<'a> {
     issuer: &'a AcmeIssuer,
     order: Order,
-    challenges: Vec<(PendingChallenge, String)>,
+    challenges: Vec<PendingChallenge>,
 }
 
 impl OrderDriver<'_> {
@@ -241,8 +429,16 @@ impl OrderDriver<'_> {
         self.order.url()
     }
 
+    pub fn status(&mut self) -> OrderStatus {
+        self.order.state().status
+    }
+
+    pub fn profile(&mut self) -> Option<String> {
+        self.order.state().profile.clone()
+    }
+
     pub fn challenges(&self) -> Vec<PendingChallenge> {
-        self.challenges.iter().map(|(c, _)| c.clone()).collect()
+        self.challenges.clone()
     }
 
     fn poll_policy(timeout: Duration) -> RetryPolicy {
@@ -252,23 +448,19 @@ impl OrderDriver<'_> {
             .timeout(timeout)
     }
 
-    /// Tells the CA every challenge is ready, waits until the order is ready. On failure the
-    /// error carries the CA's problem text per identifier.
+    /// Tells the CA every pending challenge is ready and waits until the order is ready.
+    /// On failure the error carries the CA's problem per identifier.
     pub async fn validate(&mut self, timeout: Duration) -> Result<(), AcmeError> {
         let issuer = self.issuer;
-        let pending: Vec<String> = self
-            .challenges
-            .iter()
-            .map(|(c, _)| c.token.clone())
-            .collect();
+        let tokens: Vec<String> = self.challenges.iter().map(|c| c.token.clone()).collect();
         let mut authzs = self.order.authorizations();
         while let Some(next) = authzs.next().await {
-            let mut authz = next.map_err(|e| issuer.ca_err(describe(&e)))?;
+            let mut authz = next.map_err(|e| issuer.ca_err(&e))?;
             if authz.status != AuthorizationStatus::Pending {
                 continue;
             }
             if let Some(mut ch) = authz.challenge(ChallengeType::Http01) {
-                if pending.contains(&ch.token) {
+                if tokens.contains(&ch.token) {
                     issuer.timed("set challenge ready", ch.set_ready()).await?;
                 }
             }
@@ -280,16 +472,23 @@ impl OrderDriver<'_> {
         .await;
         let status = match polled {
             Err(_) | Ok(Err(instant_acme::Error::Timeout(_))) => {
-                return Err(AcmeError::Validation(format!(
-                    "the CA did not finish validating within {} s; is the agent's HTTP-01 responder reachable from the CA?",
-                    timeout.as_secs()
-                )))
+                return Err(AcmeError::Validation(vec![(
+                    String::new(),
+                    format!(
+                        "the CA did not finish validating within {} s; is the agent's HTTP-01 responder reachable from the CA?",
+                        timeout.as_secs()
+                    ),
+                )]))
             }
             Ok(Err(instant_acme::Error::Api(problem))) => {
                 let per_id = self.identifier_problems().await;
-                return Err(AcmeError::Validation(if per_id.is_empty() { problem_text(&problem) } else { per_id }));
+                return Err(AcmeError::Validation(if per_id.is_empty() {
+                    vec![(String::new(), problem_text(&problem))]
+                } else {
+                    per_id
+                }));
             }
-            Ok(Err(e)) => return Err(issuer.ca_err(describe(&e))),
+            Ok(Err(e)) => return Err(issuer.ca_err(&e)),
             Ok(Ok(s)) => s,
         };
         match status {
@@ -297,7 +496,7 @@ impl OrderDriver<'_> {
             other => {
                 let per_id = self.identifier_problems().await;
                 Err(AcmeError::Validation(if per_id.is_empty() {
-                    format!("order is {other:?}")
+                    vec![(String::new(), format!("order is {other:?}"))]
                 } else {
                     per_id
                 }))
@@ -305,9 +504,9 @@ impl OrderDriver<'_> {
         }
     }
 
-    /// "IP: problem (type)" for every identifier whose challenge failed.
-    async fn identifier_problems(&mut self) -> String {
-        let mut out = Vec::new();
+    /// (identifier, problem) for every identifier whose challenge failed.
+    async fn identifier_problems(&mut self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
         let mut authzs = self.order.authorizations();
         while let Some(Ok(mut authz)) = authzs.next().await {
             if tokio::time::timeout(ACME_CALL_TIMEOUT, authz.refresh())
@@ -319,28 +518,30 @@ impl OrderDriver<'_> {
             let ident = identifier_text(&authz.identifier().identifier.clone());
             for ch in &authz.challenges {
                 if let Some(problem) = &ch.error {
-                    out.push(format!("{ident}: {}", problem_text(problem)));
+                    out.push((ident.clone(), problem_text(problem)));
                 }
             }
-            if authz.status == AuthorizationStatus::Invalid
-                && !out.iter().any(|l| l.starts_with(&format!("{ident}:")))
+            if authz.status == AuthorizationStatus::Invalid && !out.iter().any(|(i, _)| *i == ident)
             {
-                out.push(format!("{ident}: authorization invalid"));
+                out.push((ident, "authorization invalid".into()));
             }
         }
-        out.join("; ")
+        out
     }
 
-    /// Finalizes with the host's CSR and downloads the chain (PEM, leaf first).
+    /// Finalizes with the host's CSR (when the order still needs one) and downloads the
+    /// chain (PEM, leaf first).
     pub async fn finalize(
         &mut self,
-        csr_der: &[u8],
+        csr_der: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<String, AcmeError> {
         let issuer = self.issuer;
-        issuer
-            .timed("finalize", self.order.finalize_csr(csr_der))
-            .await?;
+        if let Some(csr) = csr_der {
+            issuer
+                .timed("finalize", self.order.finalize_csr(csr))
+                .await?;
+        }
         match tokio::time::timeout(
             timeout + Duration::from_secs(5),
             self.order.poll_certificate(&Self::poll_policy(timeout)),
@@ -348,7 +549,7 @@ impl OrderDriver<'_> {
         .await
         {
             Ok(Ok(chain)) => Ok(chain),
-            Ok(Err(e)) => Err(issuer.ca_err(describe(&e))),
+            Ok(Err(e)) => Err(issuer.ca_err(&e)),
             Err(_) => Err(AcmeError::Timeout {
                 issuer: issuer.cfg.name.clone(),
                 secs: timeout.as_secs(),
@@ -375,11 +576,4 @@ fn problem_text(p: &instant_acme::Problem) -> String {
         s.push_str(&format!("; {sub}"));
     }
     s
-}
-
-fn describe(e: &instant_acme::Error) -> String {
-    match e {
-        instant_acme::Error::Api(p) => problem_text(p),
-        other => certfleet_shared::transport::error_chain(other),
-    }
 }

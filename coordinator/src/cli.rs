@@ -6,6 +6,7 @@ use crate::fleet_ca::StateDir;
 use anyhow::Context;
 use certfleet_proto::v1::{self as pb, admin_client::AdminClient};
 use certfleet_proto::MAX_MESSAGE_BYTES;
+use certfleet_shared::renewal::human_duration;
 use certfleet_shared::timefmt::{relative, rfc3339};
 use serde_json::{json, Value};
 use tonic::transport::Channel;
@@ -126,9 +127,20 @@ pub async fn certs(
             .map(|c| {
                 json!({
                     "cert_id": c.cert_id, "host_id": c.host_id, "identifiers": c.identifiers,
-                    "issuer": c.issuer, "profile": opt_str(&c.profile), "target": c.target, "state": c.state,
-                    "serial": opt_str(&c.serial), "not_before": opt_time(c.not_before_unix),
-                    "not_after": opt_time(c.not_after_unix), "last_error": opt_str(&c.last_error),
+                    "issuer": c.issuer, "profile": opt_str(&c.profile), "required_profile": opt_str(&c.required_profile),
+                    "policy": opt_str(&c.policy), "target": c.target, "state": c.state,
+                    "serial": opt_str(&c.serial), "installed_serial": opt_str(&c.installed_serial),
+                    "not_before": opt_time(c.not_before_unix), "not_after": opt_time(c.not_after_unix),
+                    "lifetime_secs": if c.not_after_unix > 0 { json!(c.not_after_unix - c.not_before_unix) } else { Value::Null },
+                    "renew_at": opt_time(c.renew_at_unix),
+                    "next_action": opt_time(c.next_action_unix), "next_action_unix": c.next_action_unix,
+                    "next_reason": opt_str(&c.next_reason), "at_risk": c.at_risk, "renewals": c.renewals,
+                    "last_renewal_reason": opt_str(&c.last_renewal_reason),
+                    "ari_window": if c.ari_start_unix > 0 {
+                        json!({"start": rfc3339(c.ari_start_unix), "end": rfc3339(c.ari_end_unix),
+                               "start_unix": c.ari_start_unix, "end_unix": c.ari_end_unix})
+                    } else { Value::Null },
+                    "last_error": opt_str(&c.last_error),
                     "order_url": opt_str(&c.order_url), "updated": rfc3339(c.updated_unix),
                 })
             })
@@ -138,11 +150,30 @@ pub async fn certs(
     let rows: Vec<Vec<String>> = certs
         .iter()
         .map(|c| {
+            let lifetime = c.not_after_unix - c.not_before_unix;
+            let when = |t: i64| -> String {
+                if t == 0 {
+                    "-".into()
+                } else if lifetime > 0 {
+                    let d = human_duration(t - now, lifetime);
+                    if t >= now {
+                        format!("in {d}")
+                    } else {
+                        format!("{} ago", d.trim_start_matches('-'))
+                    }
+                } else {
+                    relative(t, now)
+                }
+            };
             vec![
                 c.cert_id.clone(),
                 c.host_id.clone(),
                 c.identifiers.join(","),
-                c.state.clone(),
+                if c.at_risk {
+                    format!("{} AT RISK", c.state)
+                } else {
+                    c.state.clone()
+                },
                 if c.serial.is_empty() {
                     "-".into()
                 } else {
@@ -151,11 +182,12 @@ pub async fn certs(
                 if c.not_after_unix == 0 {
                     "-".into()
                 } else {
-                    format!(
-                        "{} ({})",
-                        rfc3339(c.not_after_unix),
-                        relative(c.not_after_unix, now)
-                    )
+                    format!("{} ({})", rfc3339(c.not_after_unix), when(c.not_after_unix))
+                },
+                if c.next_action_unix == 0 {
+                    "-".into()
+                } else {
+                    format!("{} ({})", when(c.next_action_unix), c.next_reason)
                 },
                 if c.last_error.is_empty() {
                     "-".into()
@@ -173,10 +205,27 @@ pub async fn certs(
             "STATE",
             "SERIAL",
             "NOT AFTER",
+            "NEXT ACTION",
             "LAST ERROR",
         ],
         &rows,
     ))
+}
+
+pub async fn renew(
+    client: &mut AdminClient<Channel>,
+    cert_ids: Vec<String>,
+    host: Option<String>,
+) -> anyhow::Result<Vec<String>> {
+    Ok(client
+        .renew_certs(pb::RenewCertsRequest {
+            cert_ids,
+            host_id: host.unwrap_or_default(),
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .cert_ids)
 }
 
 /// A plain left-aligned text table.

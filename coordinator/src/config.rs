@@ -40,6 +40,49 @@ pub struct Config {
     pub issuance: IssuanceConfig,
     #[serde(rename = "issuer", default)]
     pub issuers: Vec<IssuerConfig>,
+    /// Certificate specs by host labels; the first matching policy wins. A host no policy
+    /// matches gets the default spec from `[issuance]`.
+    #[serde(rename = "policy", default)]
+    pub policies: Vec<PolicyConfig>,
+}
+
+/// Which of a host's addresses a policy's certificate covers.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IpSelection {
+    #[default]
+    All,
+    /// Only addresses outside the special-purpose ranges.
+    Public,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub name: String,
+    /// Every label here must be on the host (from enrollment). Empty matches every host.
+    #[serde(default)]
+    pub match_labels: std::collections::BTreeMap<String, String>,
+    /// Issuer for this policy; default: `[issuance] issuer`.
+    pub issuer: Option<String>,
+    /// A profile the certificate must have. When set and the CA does not offer it, the
+    /// certificate goes to an error state instead of silently getting another lifetime.
+    pub profile: Option<String>,
+    /// Target on the agent; default: `[issuance] target`, else the agent's only target.
+    pub target: Option<String>,
+    pub key_type: Option<KeyTypeName>,
+    #[serde(default)]
+    pub ips: IpSelection,
+}
+
+/// Rate limits an issuer declares, which the coordinator then counts itself.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RateLimits {
+    /// Let's Encrypt's published limits.
+    Letsencrypt,
+    /// Not counted.
+    None,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -62,7 +105,7 @@ fn default_ips() -> Vec<IpAddr> {
     ]
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq, Default)]
 pub enum KeyTypeName {
     #[default]
     #[serde(rename = "ecdsa-p256")]
@@ -82,6 +125,23 @@ pub struct IssuanceConfig {
     pub target: Option<String>,
     #[serde(default = "default_validation_timeout")]
     pub validation_timeout_secs: u64,
+    /// First retry delay after a failure; later ones grow tenfold (1 min, 10 min, 100 min,
+    /// then every 4 h), with jitter.
+    #[serde(default = "default_retry_base")]
+    pub retry_base_secs: u64,
+}
+
+fn default_retry_base() -> u64 {
+    60
+}
+
+impl IssuanceConfig {
+    pub fn retry_backoff(&self) -> certfleet_shared::backoff::Backoff {
+        certfleet_shared::backoff::Backoff {
+            base: std::time::Duration::from_secs(self.retry_base_secs),
+            ..certfleet_shared::backoff::Backoff::ISSUANCE
+        }
+    }
 }
 
 impl Default for IssuanceConfig {
@@ -91,6 +151,7 @@ impl Default for IssuanceConfig {
             key_type: KeyTypeName::default(),
             target: None,
             validation_timeout_secs: default_validation_timeout(),
+            retry_base_secs: default_retry_base(),
         }
     }
 }
@@ -103,7 +164,14 @@ fn default_validation_timeout() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct IssuerConfig {
     pub name: String,
+    /// ACME directory URL; may be omitted when `preset` names a known CA.
+    #[serde(default)]
     pub directory: String,
+    /// "letsencrypt" or "letsencrypt-staging": fills `directory` and `rate_limits`.
+    pub preset: Option<String>,
+    /// Rate limits to count for this issuer; default: Let's Encrypt's for the LE presets and
+    /// directories, none otherwise.
+    pub rate_limits: Option<RateLimits>,
     #[serde(default)]
     pub contact: Vec<String>,
     /// Trust only this root (PEM) for the CA's HTTPS endpoint instead of the system roots.
@@ -128,6 +196,8 @@ impl std::fmt::Debug for IssuerConfig {
         f.debug_struct("IssuerConfig")
             .field("name", &self.name)
             .field("directory", &self.directory)
+            .field("preset", &self.preset)
+            .field("rate_limits", &self.rate_limits)
             .field("contact", &self.contact)
             .field("trust_root", &self.trust_root)
             .field("eab_kid", &self.eab_kid)
@@ -141,7 +211,44 @@ impl std::fmt::Debug for IssuerConfig {
     }
 }
 
+pub const LETSENCRYPT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+pub const LETSENCRYPT_STAGING_DIRECTORY: &str =
+    "https://acme-staging-v02.api.letsencrypt.org/directory";
+
 impl IssuerConfig {
+    /// Fills `directory` from `preset`.
+    fn apply_preset(&mut self) -> Result<(), String> {
+        let url = match self.preset.as_deref() {
+            None => return Ok(()),
+            Some("letsencrypt") => LETSENCRYPT_DIRECTORY,
+            Some("letsencrypt-staging") => LETSENCRYPT_STAGING_DIRECTORY,
+            Some(other) => {
+                return Err(format!(
+                "[[issuer]] {:?}: unknown preset {other:?}; use letsencrypt or letsencrypt-staging",
+                self.name
+            ))
+            }
+        };
+        if !self.directory.is_empty() && self.directory != url {
+            return Err(format!(
+                "[[issuer]] {:?}: preset and directory disagree; give one of them",
+                self.name
+            ));
+        }
+        self.directory = url.to_owned();
+        Ok(())
+    }
+
+    /// The limits this issuer is counted against.
+    pub fn rate_limits(&self) -> RateLimits {
+        self.rate_limits
+            .unwrap_or(if self.directory.contains(".api.letsencrypt.org/") {
+                RateLimits::Letsencrypt
+            } else {
+                RateLimits::None
+            })
+    }
+
     /// The decoded EAB HMAC key, if configured.
     pub fn eab(&self) -> Option<(String, Vec<u8>)> {
         match (&self.eab_kid, &self.eab_hmac_key) {
@@ -187,9 +294,15 @@ impl Config {
                 .filter(|(k, _)| !k.starts_with("CERTFLEET_AGENT_")),
         )
         .map_err(parse_err)?;
-        let cfg: Config = doc
+        let mut cfg: Config = doc
             .try_into()
             .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
+        for i in &mut cfg.issuers {
+            i.apply_preset().map_err(|detail| ConfigError::Invalid {
+                path: path.into(),
+                detail,
+            })?;
+        }
         cfg.validate().map_err(|detail| ConfigError::Invalid {
             path: path.into(),
             detail,
@@ -277,6 +390,23 @@ impl Config {
             return Err(format!(
                 "[issuance] issuer {issuer:?} is not one of the configured [[issuer]] names"
             ));
+        }
+        let mut policy_names = HashSet::new();
+        for p in &self.policies {
+            if p.name.is_empty() || !policy_names.insert(p.name.as_str()) {
+                return Err(format!(
+                    "[[policy]] name {:?} must be non-empty and unique",
+                    p.name
+                ));
+            }
+            if let Some(i) = &p.issuer {
+                if !self.issuers.iter().any(|x| &x.name == i) {
+                    return Err(format!("[[policy]] {:?}: issuer {i:?} is not one of the configured [[issuer]] names", p.name));
+                }
+            }
+        }
+        if self.issuance.retry_base_secs == 0 || self.issuance.retry_base_secs > 3600 {
+            return Err("[issuance] retry_base_secs must be between 1 and 3600".into());
         }
         if self.issuance.validation_timeout_secs == 0
             || self.issuance.validation_timeout_secs > 3600
@@ -379,6 +509,34 @@ allow_private_ips = true
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(want), "{err:?} should contain {want:?}");
         }
+    }
+
+    #[test]
+    fn presets_fill_directory_and_rate_limits() {
+        let text = MINIMAL.replace(
+            "directory = \"https://127.0.0.1:14000/dir\"",
+            "preset = \"letsencrypt-staging\"",
+        );
+        let cfg = parse(&text).unwrap();
+        assert_eq!(cfg.issuers[0].directory, LETSENCRYPT_STAGING_DIRECTORY);
+        assert_eq!(cfg.issuers[0].rate_limits(), RateLimits::Letsencrypt);
+        assert_eq!(
+            parse(MINIMAL).unwrap().issuers[0].rate_limits(),
+            RateLimits::None
+        );
+        let bad = MINIMAL.replace(
+            "directory = \"https://127.0.0.1:14000/dir\"",
+            "preset = \"zerossl\"",
+        );
+        assert!(parse(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown preset"));
+        let policy = format!("{MINIMAL}[[policy]]\nname = \"p\"\nissuer = \"nope\"\n");
+        assert!(parse(&policy)
+            .unwrap_err()
+            .to_string()
+            .contains("not one of the configured"));
     }
 
     #[test]

@@ -1,31 +1,49 @@
-//! The issuance engine: for each host, the certificate it should have (desired: one
-//! certificate for all its IPs, from the default issuer, into the configured target)
-//! against what it has (stored record, agent inventory). When they differ it runs one
-//! cancellable task per host that orders, validates through the agent, finalizes with the
-//! agent's CSR and installs through the agent.
+//! The reconciler. Each certificate record holds its desired spec (from [`crate::spec`])
+//! and what is observed (the certificate we have, what the agent has installed, the
+//! order in flight). A scheduler pops certificates whose next action is due from the
+//! store's index — a tick costs what is due, not the fleet — and runs one task per
+//! certificate that decides ([`decide`], pure) and acts: order, validate through the agent,
+//! finalize with the agent's CSR, install through the agent, or nothing. Every outcome
+//! writes the next action back, so no certificate is ever left unscheduled.
 //!
 //! Every state change is flushed to the store before the next step acts on it.
 
 use crate::acme::{AcmeError, AcmeIssuer, PendingChallenge};
-use crate::config::{Config, KeyTypeName};
+use crate::config::{Config, KeyTypeName, RateLimits};
 use crate::sessions::{AgentHandle, SessionError, Sessions};
-use crate::store::{CertRecord, CertState, HostRecord, Store, StoreError};
+use crate::spec::{self, CertSpec};
+use crate::store::{
+    AriState, CertRecord, CertState, HostRecord, IssuedCert, OrderInFlight, Store, StoreError,
+};
 use certfleet_proto::v1::{self as pb, coordinator_message::Cmd, reply};
-use certfleet_shared::backoff::Backoff;
 use certfleet_shared::clock::SharedClock;
 use certfleet_shared::identifier::{canonical_set, check_issuable};
 use certfleet_shared::ids::{CertId, HostId};
+use certfleet_shared::ratelimit::{Budget, Event, Refusal};
+use certfleet_shared::renewal::{self, RenewReason, Validity};
 use certfleet_shared::x509::{parse_pem_chain, CertInfo, CsrInfo};
+use instant_acme::OrderStatus;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 const AGENT_QUICK: Duration = Duration::from_secs(30);
 const AGENT_INSTALL: Duration = Duration::from_secs(180);
 const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+/// A certificate being worked on is re-looked at after this if the coordinator dies.
+const LEASE_SECS: i64 = 15 * 60;
+/// Safety net while waiting for a disconnected host (its Hello also wakes us).
+const WAIT_FOR_AGENT_SECS: i64 = 10 * 60;
+/// How often a certificate in a configuration error state is looked at again.
+const RECHECK_SECS: i64 = 6 * 3600;
+/// Quick retries for badNonce beyond the ACME library's own.
+const BAD_NONCE_RETRIES: u32 = 5;
+const MAX_PARALLEL: usize = 32;
+const TICK_BATCH: usize = 512;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
@@ -37,19 +55,84 @@ pub enum IssueError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Policy(String),
+    #[error("rate-limit budget: {0}")]
+    Budget(Refusal),
+    #[error("waiting for the host to connect")]
+    WaitingForAgent,
     #[error("the agent's CSR is unacceptable: {0}")]
     BadCsr(String),
     #[error("the CA returned an unacceptable certificate: {0}")]
     BadCert(String),
 }
 
+/// What to do for a certificate now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Idle,
+    Resume,
+    Issue(RenewReason),
+    Install,
+}
+
+/// When the current certificate should be renewed, and why.
+pub fn renew_time(rec: &CertRecord, now: i64) -> Option<(i64, RenewReason)> {
+    let cur = rec.current.as_ref()?;
+    let v = Validity {
+        not_before: cur.not_before,
+        not_after: cur.not_after,
+    };
+    Some(if now >= cur.not_after {
+        (cur.not_after, RenewReason::Expired)
+    } else if let Some(a) = &rec.ari {
+        (a.renew_at, RenewReason::AriWindow)
+    } else {
+        (
+            renewal::lifetime_renew_at(&v, cur.renew_unit),
+            RenewReason::LifetimeFraction,
+        )
+    })
+}
+
+/// Desired against observed. Pure.
+pub fn decide(rec: &CertRecord, now: i64) -> Decision {
+    if rec.order.is_some() {
+        return Decision::Resume;
+    }
+    let Some(cur) = &rec.current else {
+        return Decision::Issue(RenewReason::Missing);
+    };
+    if cur.identifiers != rec.spec.identifiers {
+        return Decision::Issue(RenewReason::IdentifiersChanged);
+    }
+    if cur.issuer != rec.spec.issuer
+        || (rec.spec.required_profile.is_some() && cur.profile != rec.spec.required_profile)
+    {
+        return Decision::Issue(RenewReason::SpecChanged);
+    }
+    if rec.forced_by.is_some() {
+        return Decision::Issue(RenewReason::Forced);
+    }
+    if let Some((at, reason)) = renew_time(rec, now) {
+        if now >= at {
+            return Decision::Issue(reason);
+        }
+    }
+    if rec.installed_serial.as_ref() != Some(&cur.serial) {
+        return Decision::Install;
+    }
+    Decision::Idle
+}
+
 pub struct Engine {
     pub store: Arc<dyn Store>,
     pub sessions: Arc<Sessions>,
     issuers: HashMap<String, Arc<AcmeIssuer>>,
+    budgets: Mutex<HashMap<String, Budget>>,
     config: Config,
     clock: SharedClock,
-    running: Mutex<HashSet<HostId>>,
+    running: Mutex<HashSet<CertId>>,
+    wake: Notify,
+    permits: Arc<Semaphore>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -81,18 +164,20 @@ impl Engine {
             store,
             sessions,
             issuers,
+            budgets: Mutex::default(),
             config,
             clock,
             running: Mutex::default(),
+            wake: Notify::new(),
+            permits: Arc::new(Semaphore::new(MAX_PARALLEL)),
             shutdown,
             tracker,
         })
     }
 
-    /// Loads or creates every issuer's ACME account now, so the first issuance does not
-    /// pay for it and a broken issuer shows up in the log at start. Failures are retried
-    /// lazily at first use.
-    pub fn warm_up(self: &Arc<Self>) {
+    /// Warms up the ACME accounts, reschedules what a crash interrupted, starts the
+    /// scheduler.
+    pub fn start(self: &Arc<Self>) -> Result<(), StoreError> {
         for issuer in self.issuers.values().cloned() {
             let shutdown = self.shutdown.clone();
             self.tracker.spawn(async move {
@@ -104,396 +189,728 @@ impl Engine {
                 }
             });
         }
-    }
-
-    /// Looks at one host and starts work if its certificate is missing, stale or not
-    /// installed. Cheap and idempotent: call it whenever something about the host changes.
-    pub fn reconcile(self: &Arc<Self>, host: HostId) {
-        if self.shutdown.is_cancelled() || !lock(&self.running).insert(host.clone()) {
-            return;
-        }
+        self.recover()?;
         let engine = self.clone();
-        self.tracker.spawn(async move {
-            let token = engine.shutdown.clone();
-            let outcome = tokio::select! {
-                r = engine.reconcile_once(&host) => r,
-                _ = token.cancelled() => Ok(Next::Idle),
-            };
-            lock(&engine.running).remove(&host);
-            match outcome {
-                Ok(Next::Idle) => {}
-                Ok(Next::RetryAt(at)) => engine.retry_at(host, at),
-                Err(e) => tracing::error!(host = %host, error = %e, "reconcile failed"),
-            }
-        });
+        self.tracker.spawn(async move { engine.scheduler().await });
+        Ok(())
     }
 
-    fn retry_at(self: &Arc<Self>, host: HostId, at: i64) {
-        let engine = self.clone();
-        let wait = Duration::from_secs((at - self.clock.now_unix()).max(0) as u64);
-        self.tracker.spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => engine.reconcile(host),
-                _ = engine.shutdown.cancelled() => {}
-            }
-        });
-    }
-
-    async fn reconcile_once(self: &Arc<Self>, host_id: &HostId) -> Result<Next, IssueError> {
-        let Some(host) = self.store.host(host_id)? else {
-            return Ok(Next::Idle);
-        };
-        let Some(agent) = self.sessions.get(host_id) else {
-            return Ok(Next::Idle);
-        };
-        let existing = self.store.cert_for_host(host_id)?;
+    /// After a restart: an order in flight is resumed now, and any certificate without a
+    /// next action gets one.
+    fn recover(&self) -> Result<(), StoreError> {
         let now = self.clock.now_unix();
-        let wanted = canonical_set(host.ips.clone());
-        if wanted.is_empty() {
-            tracing::warn!(host = %host_id, "agent reports no IP addresses; nothing to issue");
-            return Ok(Next::Idle);
+        for mut rec in self.store.certs()? {
+            let reason = if rec.order.is_some() {
+                "resume the order interrupted by a restart"
+            } else if rec.next_action.is_none() {
+                "restart: no next action was scheduled"
+            } else {
+                continue;
+            };
+            tracing::info!(cert = %rec.id, reason, "recovering");
+            rec.next_action = Some(now);
+            rec.next_reason = Some(reason.into());
+            self.store.put_cert(&rec)?;
         }
-        let target = match self.choose_target(&host) {
-            Ok(t) => t,
-            Err(msg) => {
-                self.record_failure(existing, &host, &wanted, "", msg, now, false)?;
-                return Ok(Next::Idle);
-            }
-        };
+        Ok(())
+    }
 
-        if let Some(rec) = &existing {
-            let same_spec = rec.identifiers == wanted && rec.target == target;
-            let still_valid = rec.chain_pem.is_some() && rec.not_after.is_some_and(|na| na > now);
-            if same_spec && still_valid {
-                match rec.state {
-                    CertState::Installed if inventory_has(&host, rec) => return Ok(Next::Idle),
-                    // Issued but not (or no longer) installed: install what we have.
-                    CertState::Installed | CertState::Issued => {
-                        return self.install(&agent, rec.clone()).await
+    async fn scheduler(self: Arc<Self>) {
+        loop {
+            let now = self.clock.now_unix();
+            let mut busy = false;
+            match self.store.due(now, TICK_BATCH) {
+                Ok(ids) => {
+                    for id in ids {
+                        busy |= !self.run_cert(id);
                     }
-                    _ => {}
                 }
+                Err(e) => tracing::error!(error = %e, "reading the schedule failed"),
             }
-            if same_spec && rec.state == CertState::Failed {
-                if let Some(at) = rec.next_attempt.filter(|at| *at > now) {
-                    return Ok(Next::RetryAt(at));
-                }
+            let wait = match self.store.next_due() {
+                Ok(Some(at)) if at > now => Duration::from_secs((at - now).min(60) as u64),
+                Ok(Some(_)) if busy => Duration::from_millis(200),
+                Ok(Some(_)) => Duration::from_millis(20),
+                Ok(None) => Duration::from_secs(60),
+                Err(_) => Duration::from_secs(5),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.wake.notified() => {}
+                _ = self.shutdown.cancelled() => return,
             }
-        }
-        self.issue(&agent, &host, existing, wanted, target).await
-    }
-
-    fn choose_target(&self, host: &HostRecord) -> Result<String, String> {
-        match &self.config.issuance.target {
-            Some(t) if host.targets.contains(t) => Ok(t.clone()),
-            Some(t) => Err(format!(
-                "host has no install target named {t:?} (it has: {}); add [targets.{t}] to the agent's config",
-                host.targets.join(", ")
-            )),
-            None => match host.targets.as_slice() {
-                [only] => Ok(only.clone()),
-                [] => Err("host has no install targets; add a [targets.NAME] section to the agent's config".into()),
-                many => Err(format!(
-                    "host has several targets ({}); set [issuance] target in the coordinator config",
-                    many.join(", ")
-                )),
-            },
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn record_failure(
+    /// Starts the task for one certificate unless one runs already. Returns false when it
+    /// was already running.
+    fn run_cert(self: &Arc<Self>, id: CertId) -> bool {
+        if self.shutdown.is_cancelled() || !lock(&self.running).insert(id.clone()) {
+            return false;
+        }
+        // Lease it so the scheduler does not pick it again while it runs; a crash leaves the
+        // lease, which expires and retries. Not flushed: recovery at start covers a lost lease.
+        if let Ok(Some(mut rec)) = self.store.cert(&id) {
+            rec.next_action = Some(self.clock.now_unix() + LEASE_SECS);
+            let _ = self.store.put_cert_unflushed(&rec);
+        }
+        let engine = self.clone();
+        self.tracker.spawn(async move {
+            let permit = engine.permits.clone().acquire_owned().await;
+            let token = engine.shutdown.clone();
+            let result = tokio::select! {
+                r = engine.reconcile(&id) => r,
+                _ = token.cancelled() => Ok(()),
+            };
+            drop(permit);
+            lock(&engine.running).remove(&id);
+            if let Err(e) = result {
+                tracing::error!(cert = %id, error = %e, "reconcile failed");
+            }
+            engine.wake.notify_one();
+        });
+        true
+    }
+
+    /// The host's facts changed (it said Hello): recompute its desired certificate and look
+    /// at it now.
+    pub fn host_changed(&self, host_id: &HostId) -> Result<(), StoreError> {
+        let Some(host) = self.store.host(host_id)? else {
+            return Ok(());
+        };
+        let now = self.clock.now_unix();
+        let existing = self.store.certs_for_host(host_id)?;
+        match spec::desired(&self.config, &host) {
+            Ok(spec) => {
+                let mut rec = existing
+                    .into_iter()
+                    .next()
+                    .unwrap_or_else(|| new_record(&host, spec.clone(), now));
+                rec.installed_serial = host
+                    .inventory
+                    .iter()
+                    .find(|i| i.target == spec.target)
+                    .map(|i| i.serial.clone());
+                rec.spec = spec;
+                rec.next_action = Some(now);
+                rec.next_reason = Some("host connected".into());
+                rec.updated = now;
+                self.store.put_cert(&rec)?;
+            }
+            Err(e) => {
+                tracing::warn!(host = %host_id, error = %e, "no certificate for this host");
+                for mut rec in existing {
+                    rec.last_error = Some(e.to_string());
+                    rec.next_action = Some(now + RECHECK_SECS);
+                    rec.next_reason = Some("configuration error".into());
+                    self.store.put_cert(&rec)?;
+                }
+            }
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Forces a renewal of these certificates now (operator command).
+    pub fn force_renew(&self, ids: &[CertId], by: &str) -> Result<Vec<CertId>, StoreError> {
+        let now = self.clock.now_unix();
+        let mut done = Vec::new();
+        for id in ids {
+            if let Some(mut rec) = self.store.cert(id)? {
+                rec.forced_by = Some(by.to_owned());
+                rec.next_action = Some(now);
+                rec.next_reason = Some(format!("renewal forced by {by}"));
+                self.store.put_cert(&rec)?;
+                done.push(id.clone());
+            }
+        }
+        self.wake.notify_one();
+        Ok(done)
+    }
+
+    async fn reconcile(&self, id: &CertId) -> Result<(), IssueError> {
+        let Some(mut rec) = self.store.cert(id)? else {
+            return Ok(());
+        };
+        let Some(host) = self.store.host(&rec.host_id)? else {
+            rec.next_action = None;
+            self.store.put_cert(&rec)?;
+            return Ok(());
+        };
+        let now = self.clock.now_unix();
+        self.refresh_ari(&mut rec, now).await;
+        let outcome = self.act(&mut rec, &host, now).await;
+        self.finish(rec, outcome)
+    }
+
+    async fn act(
         &self,
-        existing: Option<CertRecord>,
+        rec: &mut CertRecord,
         host: &HostRecord,
-        wanted: &[IpAddr],
-        target: &str,
-        error: String,
         now: i64,
-        retry: bool,
-    ) -> Result<Option<i64>, StoreError> {
-        let mut rec = existing.unwrap_or_else(|| self.new_record(host, wanted, target, now));
-        let next =
-            retry.then(|| now + Backoff::ISSUANCE.delay_random(rec.attempts).as_secs() as i64);
-        rec.attempts += 1;
-        rec.state = CertState::Failed;
-        tracing::warn!(host = %host.id, cert = %rec.id, error = %error, next_attempt = ?next, "issuance failed");
-        rec.last_error = Some(error);
-        rec.next_attempt = next;
+    ) -> Result<(), IssueError> {
+        let decision = decide(rec, now);
+        if decision == Decision::Idle {
+            return Ok(());
+        }
+        let agent = self
+            .sessions
+            .get(&host.id)
+            .ok_or(IssueError::WaitingForAgent)?;
+        match decision {
+            Decision::Idle => Ok(()),
+            Decision::Install => self.install(&agent, rec).await,
+            Decision::Resume => self.resume(&agent, rec).await,
+            Decision::Issue(reason) => self.issue(&agent, rec, reason).await,
+        }
+    }
+
+    /// Writes the outcome and the next action.
+    fn finish(
+        &self,
+        mut rec: CertRecord,
+        outcome: Result<(), IssueError>,
+    ) -> Result<(), IssueError> {
+        let now = self.clock.now_unix();
+        let mut next = self.planned(&rec, now);
+        match &outcome {
+            Ok(()) => {
+                rec.attempts = 0;
+                rec.last_error = None;
+            }
+            Err(IssueError::Store(_)) => {}
+            Err(IssueError::WaitingForAgent) => {
+                rec.last_error = Some("waiting for the host to connect".into());
+                next = next.min(now + WAIT_FOR_AGENT_SECS);
+            }
+            Err(IssueError::Budget(refusal)) => {
+                rec.last_error = Some(format!("{refusal} ({})", refusal.frees_in(now)));
+                next = refusal.frees_at;
+            }
+            Err(IssueError::Acme(e)) if e.is_bad_nonce() && rec.attempts < BAD_NONCE_RETRIES => {
+                rec.attempts += 1;
+                rec.last_error = Some(e.to_string());
+                next = now + 1;
+            }
+            Err(IssueError::Policy(_))
+            | Err(IssueError::Acme(AcmeError::ProfileUnavailable { .. })) => {
+                rec.last_error = outcome.as_ref().err().map(|e| e.to_string());
+                next = now + RECHECK_SECS;
+            }
+            Err(e) => {
+                let backoff = self
+                    .config
+                    .issuance
+                    .retry_backoff()
+                    .delay_random(rec.attempts)
+                    .as_secs() as i64;
+                rec.attempts += 1;
+                rec.last_error = Some(e.to_string());
+                let ca_says = match e {
+                    IssueError::Acme(a) if a.is_rate_limited() => {
+                        retry_after_in(&a.to_string(), now)
+                    }
+                    _ => None,
+                };
+                next = ca_says.unwrap_or(now + backoff).max(now + 1);
+            }
+        }
+        if let Err(e) = &outcome {
+            if !matches!(e, IssueError::WaitingForAgent) {
+                tracing::warn!(cert = %rec.id, host = %rec.host_id, error = %e, next_action = next, "certificate not reconciled");
+            }
+        }
+        rec.state = state_of(&rec, now);
+        let was = rec.at_risk;
+        rec.at_risk = rec.current.as_ref().is_some_and(|c| {
+            renewal::at_risk(
+                &Validity {
+                    not_before: c.not_before,
+                    not_after: c.not_after,
+                },
+                now,
+            )
+        });
+        if rec.at_risk && !was {
+            tracing::error!(cert = %rec.id, host = %rec.host_id, not_after = rec.current.as_ref().map(|c| c.not_after),
+                last_error = ?rec.last_error, "certificate AT RISK: its remaining lifetime is below the safety margin");
+        }
+        rec.next_reason = Some(next_reason(&rec, next, now, outcome.is_err()));
+        rec.next_action = Some(next.max(now));
         rec.updated = now;
         self.store.put_cert(&rec)?;
-        Ok(next)
+        match outcome {
+            Err(IssueError::Store(e)) => Err(IssueError::Store(e)),
+            _ => Ok(()),
+        }
     }
 
-    fn new_record(
-        &self,
-        host: &HostRecord,
-        wanted: &[IpAddr],
-        target: &str,
-        now: i64,
-    ) -> CertRecord {
-        CertRecord {
-            id: CertId::generate(),
-            host_id: host.id.clone(),
-            identifiers: wanted.to_vec(),
-            issuer: self
-                .config
-                .default_issuer_name()
-                .unwrap_or_default()
-                .to_owned(),
-            profile: None,
-            target: target.to_owned(),
-            state: CertState::Pending,
-            serial: None,
-            not_before: None,
-            not_after: None,
-            chain_pem: None,
-            order_url: None,
-            last_error: None,
-            attempts: 0,
-            next_attempt: None,
-            updated: now,
+    /// The next planned action when nothing failed: renewal, ARI re-check, the at-risk
+    /// moment, whichever is first.
+    fn planned(&self, rec: &CertRecord, now: i64) -> i64 {
+        if rec.order.is_some() || rec.current.is_none() || decide(rec, now) != Decision::Idle {
+            return now;
         }
+        let mut next = renew_time(rec, now).map(|(at, _)| at).unwrap_or(now);
+        if let Some(a) = &rec.ari {
+            next = next.min(a.next_check);
+        } else if rec.current.as_ref().is_some_and(|c| c.ari_id.is_some())
+            && self.issuer_has_ari(&rec.spec.issuer)
+        {
+            next = next.min(now + renewal::ARI_CHECK_DEFAULT_SECS);
+        }
+        if let Some(c) = &rec.current {
+            if !rec.at_risk {
+                let v = Validity {
+                    not_before: c.not_before,
+                    not_after: c.not_after,
+                };
+                let (num, den) = renewal::renewal_fraction(&v);
+                next = next.min(c.not_after - v.lifetime_secs() * num / den / 2);
+            }
+        }
+        next.max(now + 1)
+    }
+
+    fn issuer_has_ari(&self, name: &str) -> bool {
+        self.issuers.get(name).is_some_and(|i| i.has_ari())
+    }
+
+    /// Fetches the ARI window when it is time to (at least twice a day).
+    async fn refresh_ari(&self, rec: &mut CertRecord, now: i64) {
+        let Some(cur) = &rec.current else { return };
+        let Some(ari_id) = cur.ari_id.clone() else {
+            return;
+        };
+        if rec.ari.as_ref().is_some_and(|a| a.next_check > now) {
+            return;
+        }
+        let Some(issuer) = self.issuers.get(&cur.issuer) else {
+            return;
+        };
+        if !issuer.has_ari() {
+            return;
+        }
+        match issuer.renewal_window(&ari_id).await {
+            Ok(Some(w)) => {
+                let renew_at = match &rec.ari {
+                    Some(old) if old.start == w.start && old.end == w.end => old.renew_at,
+                    _ => renewal::ari_renew_at(
+                        &renewal::AriWindow {
+                            start: w.start,
+                            end: w.end,
+                        },
+                        now,
+                        rand::random(),
+                    ),
+                };
+                tracing::info!(cert = %rec.id, start = w.start, end = w.end, renew_at, "ARI window");
+                rec.ari = Some(AriState {
+                    start: w.start,
+                    end: w.end,
+                    renew_at,
+                    next_check: renewal::next_ari_check(now, Some(w.retry_after_secs)),
+                    explanation_url: w.explanation_url,
+                });
+            }
+            Ok(None) => rec.ari = None,
+            Err(e) => {
+                tracing::warn!(cert = %rec.id, error = %e, "ARI fetch failed; keeping the previous plan");
+                if let Some(a) = &mut rec.ari {
+                    a.next_check = now + 3600;
+                }
+            }
+        }
+    }
+
+    fn issuer(&self, name: &str) -> Result<Arc<AcmeIssuer>, IssueError> {
+        self.issuers
+            .get(name)
+            .cloned()
+            .ok_or_else(|| IssueError::Policy(format!("issuer {name:?} is not configured")))
+    }
+
+    fn budget_check(
+        &self,
+        issuer: &AcmeIssuer,
+        ids: &[IpAddr],
+        now: i64,
+        exempt: bool,
+    ) -> Result<(), IssueError> {
+        if issuer.cfg.rate_limits() != RateLimits::Letsencrypt {
+            return Ok(());
+        }
+        let budget = self.budget(&issuer.cfg.name)?;
+        budget
+            .check_order(ids, now, exempt)
+            .map_err(IssueError::Budget)
+    }
+
+    fn budget(&self, issuer: &str) -> Result<Budget, StoreError> {
+        if let Some(b) = lock(&self.budgets).get(issuer) {
+            return Ok(b.clone());
+        }
+        let b = self
+            .store
+            .budget(issuer)?
+            .and_then(|v| serde_json::from_value::<Budget>(v).ok())
+            .unwrap_or_default();
+        lock(&self.budgets).insert(issuer.to_owned(), b.clone());
+        Ok(b)
+    }
+
+    fn budget_record(&self, issuer: &AcmeIssuer, events: &[Event]) -> Result<(), StoreError> {
+        if issuer.cfg.rate_limits() != RateLimits::Letsencrypt || events.is_empty() {
+            return Ok(());
+        }
+        let now = self.clock.now_unix();
+        let mut b = self.budget(&issuer.cfg.name)?;
+        for e in events {
+            b.record(e, now);
+        }
+        b.prune(now);
+        self.store
+            .put_budget(&issuer.cfg.name, &serde_json::to_value(&b)?)?;
+        lock(&self.budgets).insert(issuer.cfg.name.clone(), b);
+        Ok(())
     }
 
     async fn issue(
-        self: &Arc<Self>,
-        agent: &AgentHandle,
-        host: &HostRecord,
-        existing: Option<CertRecord>,
-        wanted: Vec<IpAddr>,
-        target: String,
-    ) -> Result<Next, IssueError> {
-        let now = self.clock.now_unix();
-        let mut rec = existing
-            .clone()
-            .unwrap_or_else(|| self.new_record(host, &wanted, &target, now));
-        rec.identifiers = wanted.clone();
-        rec.target = target.clone();
-        rec.issuer = self
-            .config
-            .default_issuer_name()
-            .unwrap_or_default()
-            .to_owned();
-        match self.order_and_fetch(agent, &mut rec).await {
-            Ok(()) => {
-                rec.attempts = 0;
-                rec.next_attempt = None;
-                rec.last_error = None;
-                self.install(agent, rec).await
-            }
-            Err(IssueError::Store(e)) => Err(IssueError::Store(e)),
-            Err(IssueError::Agent(SessionError::NotConnected(_) | SessionError::Ended { .. }))
-                if !self.sessions.is_connected(&host.id) =>
-            {
-                // The agent went away mid-issuance; it will be reconciled when it returns.
-                let mut rec = rec;
-                rec.state = if rec.serial.is_some() {
-                    CertState::Issued
-                } else {
-                    CertState::Pending
-                };
-                rec.last_error =
-                    Some("agent disconnected during issuance; resumes when it reconnects".into());
-                rec.updated = self.clock.now_unix();
-                self.store.put_cert(&rec)?;
-                Ok(Next::Idle)
-            }
-            Err(e) => {
-                let retry = !matches!(
-                    &e,
-                    IssueError::Policy(_) | IssueError::Acme(AcmeError::ProfileUnavailable { .. })
-                );
-                let next = self.record_failure(
-                    Some(rec),
-                    host,
-                    &wanted,
-                    &target,
-                    e.to_string(),
-                    self.clock.now_unix(),
-                    retry,
-                )?;
-                Ok(next.map(Next::RetryAt).unwrap_or(Next::Idle))
-            }
-        }
-    }
-
-    /// Orders, validates, finalizes; leaves `rec` in state Issued (stored) on success.
-    async fn order_and_fetch(
         &self,
         agent: &AgentHandle,
         rec: &mut CertRecord,
+        reason: RenewReason,
     ) -> Result<(), IssueError> {
-        let issuer = self.issuers.get(&rec.issuer).cloned().ok_or_else(|| {
-            IssueError::Policy(format!("issuer {:?} is not configured", rec.issuer))
-        })?;
-        for ip in &rec.identifiers {
+        let now = self.clock.now_unix();
+        let spec = rec.spec.clone();
+        let issuer = self.issuer(&spec.issuer)?;
+        for ip in &spec.identifiers {
             check_issuable(*ip, issuer.cfg.allow_private_ips).map_err(|e| {
                 IssueError::Policy(format!("cannot ask {} for {ip}: {e}", issuer.cfg.name))
             })?;
         }
-        let profile = issuer.profile_for(true).await?;
-        rec.profile = profile.clone();
-        rec.state = CertState::Ordering;
-        rec.order_url = None;
-        rec.updated = self.clock.now_unix();
-        self.store.put_cert(rec)?;
-
-        let mut order = issuer
-            .new_order(&rec.identifiers, profile.as_deref())
+        let profile = issuer
+            .choose_profile(spec.required_profile.as_deref(), true)
             .await?;
-        rec.order_url = Some(order.url().to_owned());
-        self.store.put_cert(rec)?;
-        tracing::info!(host = %rec.host_id, cert = %rec.id, order = %order.url(), ids = ?rec.identifiers, profile = ?profile, "order created");
-
-        // The agent makes its key and CSR while the CA validates.
-        let csr_agent = agent.clone();
-        let csr_cmd = Cmd::CreateCsr(pb::CreateCsr {
-            identifiers: rec.identifiers.iter().map(|ip| ip.to_string()).collect(),
-            key_type: match self.config.issuance.key_type {
-                KeyTypeName::EcdsaP256 => pb::KeyType::EcdsaP256,
-                KeyTypeName::EcdsaP384 => pb::KeyType::EcdsaP384,
-            } as i32,
-            target: rec.target.clone(),
-        });
-        let csr_task =
-            tokio::spawn(
-                async move { csr_agent.request(csr_cmd, "create CSR", AGENT_QUICK).await },
-            );
-
-        let challenges = order.challenges();
-        let timeout = Duration::from_secs(self.config.issuance.validation_timeout_secs);
-        let validated = if challenges.is_empty() {
-            Ok(()) // every authorization was already valid
-        } else {
-            match present(agent, &challenges).await {
-                Ok(()) => {
-                    let r = order.validate(timeout).await;
-                    clear(agent, &challenges).await;
-                    r.map_err(IssueError::from)
-                }
-                Err(e) => {
-                    clear(agent, &challenges).await;
-                    Err(e.into())
-                }
+        // ARI: a renewal names the certificate it replaces; inside the CA's window it is exempt
+        // from the per-certificate limits.
+        let replaces = match reason {
+            RenewReason::AriWindow
+            | RenewReason::LifetimeFraction
+            | RenewReason::Forced
+            | RenewReason::Expired
+                if rec
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| c.identifiers == spec.identifiers)
+                    && issuer.has_ari() =>
+            {
+                rec.current.as_ref().and_then(|c| c.ari_id.clone())
             }
+            _ => None,
         };
-        if let Err(e) = validated {
-            csr_task.abort();
-            return Err(e);
+        let exempt = replaces.is_some()
+            && rec
+                .ari
+                .as_ref()
+                .is_some_and(|a| now >= a.start && now < a.end);
+        self.budget_check(&issuer, &spec.identifiers, now, exempt)?;
+
+        let (driver, kept) = issuer
+            .new_order(&spec.identifiers, profile.as_deref(), replaces.as_deref())
+            .await?;
+        self.budget_record(&issuer, &[Event::OrderCreated])?;
+        if replaces.is_some() && !kept {
+            tracing::warn!(cert = %rec.id, "the CA did not accept `replaces`; renewing without it");
         }
-
-        let csr_der = match csr_task.await {
-            Ok(Ok(reply::Result::Csr(c))) => c.csr_der,
-            Ok(Ok(_)) => {
-                return Err(SessionError::Unexpected {
-                    host: agent.host.clone(),
-                    what: "create CSR",
-                }
-                .into())
-            }
-            Ok(Err(e)) => return Err(e.into()),
-            Err(_) => {
-                return Err(SessionError::Ended {
-                    host: agent.host.clone(),
-                    what: "create CSR",
-                }
-                .into())
-            }
-        };
-        let csr = check_csr(&csr_der, &rec.identifiers, self.config.issuance.key_type)?;
-        let chain_pem = order.finalize(&csr_der, timeout).await?;
-        let leaf = check_chain(&chain_pem, &rec.identifiers, &csr.spki_der)?;
-
-        rec.state = CertState::Issued;
-        rec.serial = Some(leaf.serial_hex.clone());
-        rec.not_before = Some(leaf.not_before);
-        rec.not_after = Some(leaf.not_after);
-        rec.chain_pem = Some(chain_pem);
-        rec.updated = self.clock.now_unix();
+        rec.last_order_url = Some(driver.url().to_owned());
+        rec.order = Some(OrderInFlight {
+            url: driver.url().to_owned(),
+            issuer: issuer.cfg.name.clone(),
+            identifiers: spec.identifiers.clone(),
+            profile: profile.clone(),
+            replaces: if kept { replaces } else { None },
+            reason: reason.to_string(),
+            started: now,
+        });
+        rec.state = CertState::Ordering;
+        rec.updated = now;
         self.store.put_cert(rec)?;
-        tracing::info!(host = %rec.host_id, cert = %rec.id, serial = %leaf.serial_hex, not_after = leaf.not_after, "certificate issued");
-        Ok(())
+        tracing::info!(host = %rec.host_id, cert = %rec.id, order = %driver.url(), ids = ?spec.identifiers,
+            profile = ?profile, reason = %reason, "order created");
+        self.drive(agent, rec, &issuer, driver).await
     }
 
-    /// Sends the stored chain to the agent's target and records the result.
-    async fn install(&self, agent: &AgentHandle, mut rec: CertRecord) -> Result<Next, IssueError> {
-        let Some(chain_pem) = rec.chain_pem.clone() else {
-            return Ok(Next::Idle);
+    /// Continues the order in flight after a restart, or abandons it when the CA says it is
+    /// dead (the next attempt orders anew).
+    async fn resume(&self, agent: &AgentHandle, rec: &mut CertRecord) -> Result<(), IssueError> {
+        let Some(order) = rec.order.clone() else {
+            return Ok(());
         };
-        let cmd = Cmd::Install(pb::InstallCertificate {
-            target: rec.target.clone(),
-            chain_pem,
-        });
-        let now = self.clock.now_unix();
-        match agent.request(cmd, "install", AGENT_INSTALL).await {
-            Ok(reply::Result::Installed(report)) if Some(&report.serial) == rec.serial.as_ref() => {
-                rec.state = CertState::Installed;
-                rec.last_error = None;
-                rec.updated = now;
-                self.store.put_cert(&rec)?;
-                if let Some(mut host) = self.store.host(&rec.host_id)? {
-                    host.inventory.retain(|i| i.target != report.target);
-                    host.inventory.push(crate::store::InstalledRecord {
-                        target: report.target.clone(),
-                        serial: report.serial.clone(),
-                        not_after: report.not_after_unix,
-                        identifiers: rec.identifiers.iter().map(|i| i.to_string()).collect(),
-                    });
-                    self.store.put_host(&host)?;
-                }
-                tracing::info!(host = %rec.host_id, cert = %rec.id, serial = %report.serial, target = %report.target, "certificate installed");
-                Ok(Next::Idle)
+        let issuer = self.issuer(&order.issuer)?;
+        match issuer
+            .resume_order(&order.url)
+            .await
+            .map(|mut d| (d.status(), d))
+        {
+            Ok((status, driver)) if status != OrderStatus::Invalid => {
+                tracing::info!(cert = %rec.id, order = %order.url, status = ?status, "resuming order");
+                self.drive(agent, rec, &issuer, driver).await
             }
             Ok(_) => {
-                rec.state = CertState::Issued;
-                rec.last_error = Some("agent reported a different serial after install".into());
-                rec.updated = now;
-                self.store.put_cert(&rec)?;
-                Ok(Next::Idle)
-            }
-            Err(SessionError::Failed { code, message, .. }) if code == "no_matching_key" => {
-                // The key for this certificate is gone from the host (e.g. its disk was
-                // wiped): the certificate is useless there, so issue a new one.
-                tracing::warn!(host = %rec.host_id, cert = %rec.id, error = %message, "host lost the key; re-issuing");
-                rec.state = CertState::Pending;
-                rec.chain_pem = None;
-                rec.last_error = Some(format!(
-                    "install failed: {message}; issuing a new certificate"
-                ));
-                rec.updated = now;
-                self.store.put_cert(&rec)?;
-                Ok(Next::RetryAt(now))
+                tracing::info!(cert = %rec.id, order = %order.url, "order in flight is invalid; abandoning it");
+                rec.order = None;
+                Err(IssueError::Acme(AcmeError::Validation(vec![(
+                    String::new(),
+                    "the interrupted order became invalid".into(),
+                )])))
             }
             Err(e) => {
-                tracing::warn!(host = %rec.host_id, cert = %rec.id, error = %e, "install failed");
-                let retry = !matches!(
-                    e,
-                    SessionError::NotConnected(_) | SessionError::Ended { .. }
-                );
-                rec.state = CertState::Issued;
-                rec.attempts += 1;
-                rec.last_error = Some(format!("install failed: {e}"));
-                rec.next_attempt = retry.then(|| {
-                    now + Backoff::ISSUANCE.delay_random(rec.attempts - 1).as_secs() as i64
-                });
-                rec.updated = now;
-                self.store.put_cert(&rec)?;
-                Ok(rec.next_attempt.map(Next::RetryAt).unwrap_or(Next::Idle))
+                tracing::info!(cert = %rec.id, order = %order.url, error = %e, "cannot resume order; abandoning it");
+                rec.order = None;
+                Err(e.into())
             }
+        }
+    }
+
+    /// Validates, finalizes, downloads, stores, installs.
+    async fn drive(
+        &self,
+        agent: &AgentHandle,
+        rec: &mut CertRecord,
+        issuer: &AcmeIssuer,
+        mut driver: crate::acme::OrderDriver<'_>,
+    ) -> Result<(), IssueError> {
+        let Some(order) = rec.order.clone() else {
+            return Ok(());
+        };
+        let status = driver.status();
+        let needs_csr = matches!(status, OrderStatus::Pending | OrderStatus::Ready);
+        let timeout = Duration::from_secs(self.config.issuance.validation_timeout_secs);
+
+        // The agent makes its key and CSR while the CA validates.
+        let csr_task = needs_csr.then(|| {
+            let csr_agent = agent.clone();
+            let cmd = Cmd::CreateCsr(pb::CreateCsr {
+                identifiers: order.identifiers.iter().map(|ip| ip.to_string()).collect(),
+                key_type: key_type_pb(rec.spec.key_type) as i32,
+                target: rec.spec.target.clone(),
+            });
+            tokio::spawn(async move { csr_agent.request(cmd, "create CSR", AGENT_QUICK).await })
+        });
+        if status == OrderStatus::Pending {
+            let challenges = driver.challenges();
+            let validated = if challenges.is_empty() {
+                Ok(())
+            } else {
+                match present(agent, &challenges).await {
+                    Ok(()) => {
+                        let r = driver.validate(timeout).await;
+                        clear(agent, &challenges).await;
+                        r.map_err(IssueError::from)
+                    }
+                    Err(e) => {
+                        clear(agent, &challenges).await;
+                        Err(e.into())
+                    }
+                }
+            };
+            if let Err(e) = validated {
+                if let Some(t) = &csr_task {
+                    t.abort();
+                }
+                if let IssueError::Acme(AcmeError::Validation(problems)) = &e {
+                    let failed: Vec<Event> = problems
+                        .iter()
+                        .filter_map(|(id, _)| id.parse::<IpAddr>().ok())
+                        .map(|identifier| Event::ValidationFailed { identifier })
+                        .collect();
+                    self.budget_record(issuer, &failed)?;
+                    rec.order = None; // a failed order is dead
+                }
+                return Err(e);
+            }
+        }
+        let (csr_der, spki) = match csr_task {
+            Some(task) => {
+                let der = match task.await {
+                    Ok(Ok(reply::Result::Csr(c))) => c.csr_der,
+                    Ok(Ok(_)) => {
+                        return Err(SessionError::Unexpected {
+                            host: agent.host.clone(),
+                            what: "create CSR",
+                        }
+                        .into())
+                    }
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => {
+                        return Err(SessionError::Ended {
+                            host: agent.host.clone(),
+                            what: "create CSR",
+                        }
+                        .into())
+                    }
+                };
+                let csr = check_csr(&der, &order.identifiers, rec.spec.key_type)?;
+                (Some(der), Some(csr.spki_der))
+            }
+            None => (None, None),
+        };
+        let chain_pem = driver
+            .finalize(csr_der.as_deref(), timeout)
+            .await
+            .inspect_err(|_| {
+                // An order that fails at finalize is not resumable in any useful way.
+            })?;
+        let chain = parse_pem_chain(&chain_pem).map_err(|e| IssueError::BadCert(e.to_string()))?;
+        let leaf = check_leaf(&chain[0], &order.identifiers, spki.as_deref())?;
+        let now = self.clock.now_unix();
+        let renewed = rec.current.is_some();
+        rec.current = Some(IssuedCert {
+            identifiers: order.identifiers.clone(),
+            issuer: issuer.cfg.name.clone(),
+            profile: driver.profile().or(order.profile.clone()),
+            serial: leaf.serial_hex.clone(),
+            not_before: leaf.not_before,
+            not_after: leaf.not_after,
+            chain_pem,
+            ari_id: AcmeIssuer::ari_id(&chain[0]),
+            renew_unit: rand::random(),
+            issued_at: now,
+        });
+        rec.order = None;
+        rec.ari = None;
+        rec.forced_by = None;
+        if renewed {
+            rec.renewals += 1;
+        }
+        rec.last_renewal_reason = Some(order.reason.clone());
+        rec.state = CertState::Issued;
+        rec.updated = now;
+        // Durable before the install is asked for.
+        self.store.put_cert(rec)?;
+        self.budget_record(
+            issuer,
+            &[Event::CertIssued {
+                identifiers: order.identifiers.clone(),
+            }],
+        )?;
+        tracing::info!(host = %rec.host_id, cert = %rec.id, serial = %leaf.serial_hex, not_after = leaf.not_after,
+            lifetime_h = (leaf.not_after - leaf.not_before) / 3600, reason = %order.reason, "certificate issued");
+        self.install(agent, rec).await
+    }
+
+    async fn install(&self, agent: &AgentHandle, rec: &mut CertRecord) -> Result<(), IssueError> {
+        let Some(cur) = rec.current.clone() else {
+            return Ok(());
+        };
+        let cmd = Cmd::Install(pb::InstallCertificate {
+            target: rec.spec.target.clone(),
+            chain_pem: cur.chain_pem.clone(),
+        });
+        match agent.request(cmd, "install", AGENT_INSTALL).await {
+            Ok(reply::Result::Installed(report)) if report.serial == cur.serial => {
+                rec.installed_serial = Some(report.serial.clone());
+                tracing::info!(host = %rec.host_id, cert = %rec.id, serial = %report.serial, target = %report.target, "certificate installed");
+                Ok(())
+            }
+            Ok(_) => Err(SessionError::Unexpected {
+                host: agent.host.clone(),
+                what: "install",
+            }
+            .into()),
+            Err(SessionError::Failed { code, message, .. }) if code == "no_matching_key" => {
+                // The key for this certificate is gone from the host: the certificate is
+                // useless there, so the next attempt issues a new one.
+                tracing::warn!(host = %rec.host_id, cert = %rec.id, error = %message, "host lost the key; re-issuing");
+                rec.current = None;
+                rec.ari = None;
+                Err(SessionError::Failed {
+                    host: agent.host.clone(),
+                    what: "install",
+                    code,
+                    message,
+                }
+                .into())
+            }
+            Err(e) => Err(e.into()),
         }
     }
 }
 
-enum Next {
-    Idle,
-    RetryAt(i64),
+fn new_record(host: &HostRecord, spec: CertSpec, now: i64) -> CertRecord {
+    CertRecord {
+        id: CertId::generate(),
+        host_id: host.id.clone(),
+        spec,
+        state: CertState::Pending,
+        current: None,
+        order: None,
+        last_order_url: None,
+        installed_serial: None,
+        last_error: None,
+        attempts: 0,
+        next_action: Some(now),
+        next_reason: None,
+        ari: None,
+        at_risk: false,
+        forced_by: None,
+        renewals: 0,
+        last_renewal_reason: None,
+        updated: now,
+    }
 }
 
-fn inventory_has(host: &HostRecord, rec: &CertRecord) -> bool {
-    host.inventory
-        .iter()
-        .any(|i| i.target == rec.target && Some(&i.serial) == rec.serial.as_ref())
+fn state_of(rec: &CertRecord, now: i64) -> CertState {
+    if rec.order.is_some() {
+        return CertState::Ordering;
+    }
+    match &rec.current {
+        Some(c) if c.not_after > now && rec.installed_serial.as_ref() == Some(&c.serial) => {
+            CertState::Installed
+        }
+        Some(c) if c.not_after > now => CertState::Issued,
+        _ if rec.last_error.is_some() => CertState::Failed,
+        _ => CertState::Pending,
+    }
+}
+
+fn next_reason(rec: &CertRecord, next: i64, now: i64, failed: bool) -> String {
+    if failed {
+        return "retry".into();
+    }
+    if next <= now + 1 && decide(rec, now) != Decision::Idle {
+        return "act now".into();
+    }
+    match renew_time(rec, now) {
+        Some((at, reason)) if at <= next => format!("renew ({reason})"),
+        _ if rec.ari.as_ref().is_some_and(|a| a.next_check <= next) => "check ARI window".into(),
+        _ => "check at-risk margin".into(),
+    }
+}
+
+/// "retry after 2026-11-22T17:00:00Z" in a rateLimited problem's detail, as Let's Encrypt
+/// words it.
+fn retry_after_in(text: &str, now: i64) -> Option<i64> {
+    let lower = text.to_ascii_lowercase();
+    let idx = lower.find("retry after ")? + "retry after ".len();
+    let stamp: String = text[idx..]
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != ',' && *c != ';' && *c != ')')
+        .collect();
+    let t = time::OffsetDateTime::parse(
+        stamp.trim_end_matches(':'),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .ok()?;
+    Some(t.unix_timestamp().max(now + 1))
+}
+
+fn key_type_pb(k: KeyTypeName) -> pb::KeyType {
+    match k {
+        KeyTypeName::EcdsaP256 => pb::KeyType::EcdsaP256,
+        KeyTypeName::EcdsaP384 => pb::KeyType::EcdsaP384,
+    }
 }
 
 async fn present(agent: &AgentHandle, challenges: &[PendingChallenge]) -> Result<(), SessionError> {
@@ -524,7 +941,7 @@ async fn clear(agent: &AgentHandle, challenges: &[PendingChallenge]) {
 }
 
 /// The CSR must be signed by its key, name exactly `ids` as IP SANs, have no CN and no DNS
-/// names, and use the key type asked for.
+/// names, and use an EC key as asked.
 fn check_csr(der: &[u8], ids: &[IpAddr], key_type: KeyTypeName) -> Result<CsrInfo, IssueError> {
     let csr = CsrInfo::from_der(der).map_err(|e| IssueError::BadCsr(e.to_string()))?;
     if canonical_set(csr.ips.clone()) != ids {
@@ -547,20 +964,154 @@ fn check_csr(der: &[u8], ids: &[IpAddr], key_type: KeyTypeName) -> Result<CsrInf
     Ok(csr)
 }
 
-/// The leaf must cover exactly `ids` and carry the CSR's public key.
-fn check_chain(chain_pem: &str, ids: &[IpAddr], spki: &[u8]) -> Result<CertInfo, IssueError> {
-    let chain = parse_pem_chain(chain_pem).map_err(|e| IssueError::BadCert(e.to_string()))?;
-    let leaf = CertInfo::from_der(&chain[0]).map_err(|e| IssueError::BadCert(e.to_string()))?;
+/// The leaf must cover exactly `ids` and, when we made the CSR, carry its public key.
+fn check_leaf(der: &[u8], ids: &[IpAddr], spki: Option<&[u8]>) -> Result<CertInfo, IssueError> {
+    let leaf = CertInfo::from_der(der).map_err(|e| IssueError::BadCert(e.to_string()))?;
     if canonical_set(leaf.ips.clone()) != ids {
         return Err(IssueError::BadCert(format!(
             "it names {:?}, expected {:?}",
             leaf.ips, ids
         )));
     }
-    if leaf.spki_der != spki {
+    if spki.is_some_and(|s| s != leaf.spki_der) {
         return Err(IssueError::BadCert(
             "its public key is not the one in our CSR".into(),
         ));
     }
     Ok(leaf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(not_before: i64, not_after: i64) -> CertRecord {
+        let host = HostRecord {
+            id: HostId::generate(),
+            hostname: "h".into(),
+            labels: Default::default(),
+            enrolled: 0,
+            enrolled_from: String::new(),
+            identity_serial: String::new(),
+            ips: vec![],
+            targets: vec![],
+            last_seen: None,
+            inventory: vec![],
+        };
+        let spec = CertSpec {
+            policy: None,
+            identifiers: vec!["8.8.8.8".parse().unwrap()],
+            issuer: "le".into(),
+            required_profile: None,
+            key_type: KeyTypeName::EcdsaP256,
+            target: "t".into(),
+        };
+        let mut r = new_record(&host, spec.clone(), 0);
+        r.current = Some(IssuedCert {
+            identifiers: spec.identifiers.clone(),
+            issuer: "le".into(),
+            profile: None,
+            serial: "01".into(),
+            not_before,
+            not_after,
+            chain_pem: String::new(),
+            ari_id: None,
+            renew_unit: 0.0,
+            issued_at: not_before,
+        });
+        r.installed_serial = Some("01".into());
+        r
+    }
+
+    const H: i64 = 3600;
+
+    #[test]
+    fn shortlived_renews_at_half_life_not_every_day() {
+        let r = rec(0, 160 * H);
+        assert_eq!(
+            decide(&r, 0),
+            Decision::Idle,
+            "a fresh certificate is not due"
+        );
+        assert_eq!(
+            decide(&r, 24 * H),
+            Decision::Idle,
+            "a day later it is still not due"
+        );
+        assert_eq!(decide(&r, 80 * H - 1), Decision::Idle);
+        assert_eq!(
+            decide(&r, 80 * H),
+            Decision::Issue(RenewReason::LifetimeFraction)
+        );
+        assert_eq!(decide(&r, 160 * H), Decision::Issue(RenewReason::Expired));
+    }
+
+    #[test]
+    fn long_lived_renews_with_a_third_left() {
+        let r = rec(0, 90 * 24 * H);
+        assert_eq!(decide(&r, 60 * 24 * H - 1), Decision::Idle);
+        assert_eq!(
+            decide(&r, 60 * 24 * H),
+            Decision::Issue(RenewReason::LifetimeFraction)
+        );
+        let r = rec(0, 45 * 24 * H);
+        assert_eq!(
+            decide(&r, 30 * 24 * H),
+            Decision::Issue(RenewReason::LifetimeFraction)
+        );
+    }
+
+    #[test]
+    fn ari_window_overrides_the_fraction() {
+        let mut r = rec(0, 160 * H);
+        r.ari = Some(AriState {
+            start: 10 * H,
+            end: 20 * H,
+            renew_at: 15 * H,
+            next_check: 12 * H,
+            explanation_url: None,
+        });
+        assert_eq!(decide(&r, 14 * H), Decision::Idle);
+        assert_eq!(decide(&r, 15 * H), Decision::Issue(RenewReason::AriWindow));
+    }
+
+    #[test]
+    fn spec_changes_orders_and_installs() {
+        let mut r = rec(0, 160 * H);
+        r.spec.identifiers.push("1.1.1.1".parse().unwrap());
+        assert_eq!(
+            decide(&r, 1),
+            Decision::Issue(RenewReason::IdentifiersChanged)
+        );
+        let mut r = rec(0, 160 * H);
+        r.spec.required_profile = Some("shortlived".into());
+        assert_eq!(decide(&r, 1), Decision::Issue(RenewReason::SpecChanged));
+        let mut r = rec(0, 160 * H);
+        r.installed_serial = None;
+        assert_eq!(decide(&r, 1), Decision::Install);
+        let mut r = rec(0, 160 * H);
+        r.forced_by = Some("operator".into());
+        assert_eq!(decide(&r, 1), Decision::Issue(RenewReason::Forced));
+        let mut r = rec(0, 160 * H);
+        r.order = Some(OrderInFlight {
+            url: "u".into(),
+            issuer: "le".into(),
+            identifiers: vec![],
+            profile: None,
+            replaces: None,
+            reason: "x".into(),
+            started: 0,
+        });
+        assert_eq!(decide(&r, 1), Decision::Resume);
+        r.current = None;
+        r.order = None;
+        assert_eq!(decide(&r, 1), Decision::Issue(RenewReason::Missing));
+    }
+
+    #[test]
+    fn retry_after_is_read_from_rate_limit_detail() {
+        let t = "too many certificates (5) already issued for this exact set of identifiers in the last 168h0m0s, retry after 2026-11-23T10:00:00Z: see https://letsencrypt.org/docs/rate-limits/";
+        assert_eq!(retry_after_in(t, 0), Some(1_795_428_000));
+        assert_eq!(retry_after_in("no hint", 0), None);
+    }
 }

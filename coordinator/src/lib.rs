@@ -10,7 +10,8 @@
 //! - [`tokens`] — join token generation (stored only as hashes).
 //! - [`acme`] — ACME issuers (the only code that talks to a CA).
 //! - [`sessions`] — live agent streams and request/reply correlation.
-//! - [`issuance`] — the engine: per-host reconcile → order → validate → CSR → finalize → install.
+//! - [`spec`] — desired state: which certificate a host should have (policies by label).
+//! - [`issuance`] — the reconciler: next-action index → decide → order/validate/finalize/install.
 //! - [`server`] — gRPC services and the per-call identity checks.
 //! - [`cli`] — operator commands that talk to a running coordinator.
 //!
@@ -25,6 +26,7 @@ pub mod fleet_ca;
 pub mod issuance;
 pub mod server;
 pub mod sessions;
+pub mod spec;
 pub mod store;
 pub mod tokens;
 
@@ -70,7 +72,7 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> anyho
         shutdown.clone(),
         tracker.clone(),
     );
-    engine.warm_up();
+    engine.start()?;
 
     let services = Arc::new(server::Services {
         store: store.clone(),

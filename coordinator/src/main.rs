@@ -56,10 +56,24 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// List certificates.
+    /// List certificates, or act on them.
     Certs {
         #[arg(long)]
         json: bool,
+        #[command(subcommand)]
+        cmd: Option<CertsCmd>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Renew now, whether due or not.
+    Renew {
+        /// Certificate ids (from `certs`).
+        ids: Vec<String>,
+        /// Every certificate of this host.
+        #[arg(long)]
+        host: Option<String>,
     },
 }
 
@@ -158,7 +172,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 println!();
             }
         }
-        Cmd::Certs { json } => {
+        Cmd::Certs {
+            cmd: Some(CertsCmd::Renew { ids, host }),
+            ..
+        } => {
+            if ids.is_empty() && host.is_none() {
+                anyhow::bail!("name certificate ids, or --host HOST");
+            }
+            let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
+            for id in cli::renew(&mut client, ids, host).await? {
+                println!("renewal scheduled: {id}");
+            }
+        }
+        Cmd::Certs { json, cmd: None } => {
             let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
             print!("{}", cli::certs(&mut client, json, now).await?);
             if json {

@@ -17,7 +17,7 @@ use certfleet_proto::v1::{
 };
 use certfleet_shared::clock::SharedClock;
 use certfleet_shared::identifier::parse_ip;
-use certfleet_shared::ids::HostId;
+use certfleet_shared::ids::{CertId, HostId};
 use certfleet_shared::x509::{sha256_hex, CertInfo};
 use certfleet_shared::{ADMIN_URI_PREFIX, HOST_URI_PREFIX};
 use std::collections::BTreeMap;
@@ -218,7 +218,7 @@ impl AgentSession for Api {
         let (tx, rx) = mpsc::channel(32);
         let handle = self.sessions.open(host.id.clone(), tx);
         tracing::info!(host = %host.id, session = handle.session_id, "agent connected");
-        self.engine.reconcile(host.id.clone());
+        self.engine.host_changed(&host.id).map_err(internal)?;
 
         let svc = self.0.clone();
         tokio::spawn(async move {
@@ -234,7 +234,11 @@ impl AgentSession for Api {
                     Some(Ok(AgentMessage {
                         msg: Some(Msg::Hello(h)),
                     })) => match svc.apply_hello(&handle.host, h) {
-                        Ok(()) => svc.engine.reconcile(handle.host.clone()),
+                        Ok(()) => {
+                            if let Err(e) = svc.engine.host_changed(&handle.host) {
+                                tracing::error!(host = %handle.host, error = %e, "cannot record host change");
+                            }
+                        }
                         Err(e) => {
                             tracing::warn!(host = %handle.host, error = %e.message(), "bad Hello ignored")
                         }
@@ -378,27 +382,104 @@ impl Admin for Api {
         req: Request<pb::ListCertsRequest>,
     ) -> Result<Response<pb::ListCertsResponse>, Status> {
         admin_identity(&req)?;
+        let now = self.clock.now_unix();
         let certs = self
             .store
             .certs()
             .map_err(internal)?
             .into_iter()
-            .map(|c| pb::CertView {
-                cert_id: c.id.to_string(),
-                host_id: c.host_id.to_string(),
-                identifiers: c.identifiers.iter().map(|i| i.to_string()).collect(),
-                issuer: c.issuer,
-                profile: c.profile.unwrap_or_default(),
-                target: c.target,
-                state: c.state.as_str().to_owned(),
-                serial: c.serial.unwrap_or_default(),
-                not_before_unix: c.not_before.unwrap_or(0),
-                not_after_unix: c.not_after.unwrap_or(0),
-                last_error: c.last_error.unwrap_or_default(),
-                updated_unix: c.updated,
-                order_url: c.order_url.unwrap_or_default(),
-            })
+            .map(|c| cert_view(c, now))
             .collect();
         Ok(Response::new(pb::ListCertsResponse { certs }))
+    }
+
+    async fn renew_certs(
+        &self,
+        req: Request<pb::RenewCertsRequest>,
+    ) -> Result<Response<pb::RenewCertsResponse>, Status> {
+        let operator = admin_identity(&req)?;
+        let r = req.into_inner();
+        let mut ids = Vec::new();
+        for id in &r.cert_ids {
+            ids.push(CertId::parse(id).map_err(|e| Status::invalid_argument(e.to_string()))?);
+        }
+        if !r.host_id.is_empty() {
+            let host =
+                HostId::parse(&r.host_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            ids.extend(
+                self.store
+                    .certs_for_host(&host)
+                    .map_err(internal)?
+                    .into_iter()
+                    .map(|c| c.id),
+            );
+        }
+        if ids.is_empty() {
+            return Err(Status::invalid_argument("name certificate ids or --host"));
+        }
+        let done = self.engine.force_renew(&ids, &operator).map_err(internal)?;
+        if done.len() != ids.len() {
+            let missing: Vec<String> = ids
+                .iter()
+                .filter(|i| !done.contains(i))
+                .map(|i| i.to_string())
+                .collect();
+            return Err(Status::not_found(format!(
+                "no such certificate: {}",
+                missing.join(", ")
+            )));
+        }
+        tracing::info!(operator = %operator, certs = ?done, "renewal forced");
+        Ok(Response::new(pb::RenewCertsResponse {
+            cert_ids: done.into_iter().map(|i| i.to_string()).collect(),
+        }))
+    }
+}
+
+fn cert_view(c: crate::store::CertRecord, now: i64) -> pb::CertView {
+    let cur = c.current.as_ref();
+    let renew_at = crate::issuance::renew_time(&c, now)
+        .map(|(at, _)| at)
+        .unwrap_or(0);
+    pb::CertView {
+        cert_id: c.id.to_string(),
+        host_id: c.host_id.to_string(),
+        identifiers: cur
+            .map(|x| &x.identifiers)
+            .unwrap_or(&c.spec.identifiers)
+            .iter()
+            .map(|i| i.to_string())
+            .collect(),
+        issuer: cur
+            .map(|x| x.issuer.clone())
+            .unwrap_or_else(|| c.spec.issuer.clone()),
+        profile: cur
+            .and_then(|x| x.profile.clone())
+            .or_else(|| c.order.as_ref().and_then(|o| o.profile.clone()))
+            .unwrap_or_default(),
+        target: c.spec.target.clone(),
+        state: c.state.as_str().to_owned(),
+        serial: cur.map(|x| x.serial.clone()).unwrap_or_default(),
+        not_before_unix: cur.map(|x| x.not_before).unwrap_or(0),
+        not_after_unix: cur.map(|x| x.not_after).unwrap_or(0),
+        last_error: c.last_error.clone().unwrap_or_default(),
+        updated_unix: c.updated,
+        order_url: c
+            .order
+            .as_ref()
+            .map(|o| o.url.clone())
+            .or_else(|| c.last_order_url.clone())
+            .unwrap_or_default(),
+        next_action_unix: c.next_action.unwrap_or(0),
+        next_reason: c.next_reason.clone().unwrap_or_default(),
+        at_risk: c.at_risk,
+        installed_serial: c.installed_serial.clone().unwrap_or_default(),
+        renewals: c.renewals,
+        policy: c.spec.policy.clone().unwrap_or_default(),
+        ari_start_unix: c.ari.as_ref().map(|a| a.start).unwrap_or(0),
+        ari_end_unix: c.ari.as_ref().map(|a| a.end).unwrap_or(0),
+        renew_at_unix: renew_at,
+        last_renewal_reason: c.last_renewal_reason.clone().unwrap_or_default(),
+        required_profile: c.spec.required_profile.clone().unwrap_or_default(),
     }
 }

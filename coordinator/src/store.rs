@@ -125,25 +125,76 @@ impl CertState {
     }
 }
 
+/// A certificate the CA issued.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IssuedCert {
+    pub identifiers: Vec<IpAddr>,
+    pub issuer: String,
+    pub profile: Option<String>,
+    pub serial: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    /// Leaf first, PEM. Public material only.
+    pub chain_pem: String,
+    /// RFC 9773 certificate identifier (`base64url(AKI).base64url(serial)`).
+    pub ari_id: Option<String>,
+    /// Random draw fixed at issuance for the lifetime-based renewal jitter.
+    pub renew_unit: f64,
+    pub issued_at: i64,
+}
+
+/// An order that was created and not yet finished: resumed after a restart.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OrderInFlight {
+    pub url: String,
+    pub issuer: String,
+    pub identifiers: Vec<IpAddr>,
+    pub profile: Option<String>,
+    pub replaces: Option<String>,
+    pub reason: String,
+    pub started: i64,
+}
+
+/// The CA's suggested renewal window (RFC 9773) and our draw inside it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AriState {
+    pub start: i64,
+    pub end: i64,
+    /// When we renew: drawn uniformly inside the window once per window.
+    pub renew_at: i64,
+    pub next_check: i64,
+    pub explanation_url: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CertRecord {
     pub id: CertId,
     pub host_id: HostId,
-    pub identifiers: Vec<IpAddr>,
-    pub issuer: String,
-    pub profile: Option<String>,
-    pub target: String,
+    /// Desired: what the certificate should be.
+    pub spec: crate::spec::CertSpec,
     pub state: CertState,
-    pub serial: Option<String>,
-    pub not_before: Option<i64>,
-    pub not_after: Option<i64>,
-    /// Leaf first, PEM. Public material only.
-    pub chain_pem: Option<String>,
-    pub order_url: Option<String>,
+    /// Observed: the certificate we have.
+    pub current: Option<IssuedCert>,
+    pub order: Option<OrderInFlight>,
+    /// URL of the most recent order, finished or not (for the operator and the audit trail).
+    #[serde(default)]
+    pub last_order_url: Option<String>,
+    /// Observed on the host: the serial the agent reports installed in the target.
+    pub installed_serial: Option<String>,
     pub last_error: Option<String>,
     #[serde(default)]
     pub attempts: u32,
-    pub next_attempt: Option<i64>,
+    /// When the reconciler looks at this certificate next (the schedule index key).
+    pub next_action: Option<i64>,
+    pub next_reason: Option<String>,
+    pub ari: Option<AriState>,
+    #[serde(default)]
+    pub at_risk: bool,
+    /// Operator who forced a renewal that has not happened yet.
+    pub forced_by: Option<String>,
+    #[serde(default)]
+    pub renewals: u32,
+    pub last_renewal_reason: Option<String>,
     pub updated: i64,
 }
 
@@ -151,6 +202,7 @@ pub struct CertRecord {
 pub trait Store: Send + Sync + 'static {
     fn account(&self, issuer: &str) -> Result<Option<AccountRecord>, StoreError>;
     fn put_account(&self, issuer: &str, rec: &AccountRecord) -> Result<(), StoreError>;
+    fn delete_account(&self, issuer: &str) -> Result<(), StoreError>;
 
     fn put_token(&self, token_hash: &str, rec: &TokenRecord) -> Result<(), StoreError>;
     /// Atomically: check the token, consume one use, and record the host.
@@ -161,10 +213,20 @@ pub trait Store: Send + Sync + 'static {
     fn hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
 
     fn cert(&self, id: &CertId) -> Result<Option<CertRecord>, StoreError>;
+    /// Writes the record and moves its entry in the next-action index, atomically.
     fn put_cert(&self, rec: &CertRecord) -> Result<(), StoreError>;
+    /// [`Store::put_cert`] without the flush, for leases whose loss a restart repairs.
+    fn put_cert_unflushed(&self, rec: &CertRecord) -> Result<(), StoreError>;
     fn certs(&self) -> Result<Vec<CertRecord>, StoreError>;
-    /// The certificate managed for a host, if any.
-    fn cert_for_host(&self, host: &HostId) -> Result<Option<CertRecord>, StoreError>;
+    fn certs_for_host(&self, host: &HostId) -> Result<Vec<CertRecord>, StoreError>;
+    /// Certificates whose next action is at or before `now`, soonest first (at most `limit`).
+    fn due(&self, now: i64, limit: usize) -> Result<Vec<CertId>, StoreError>;
+    /// The soonest next action of all certificates.
+    fn next_due(&self) -> Result<Option<i64>, StoreError>;
+
+    /// Rate-limit bookkeeping of one issuer, as stored by the engine.
+    fn budget(&self, issuer: &str) -> Result<Option<serde_json::Value>, StoreError>;
+    fn put_budget(&self, issuer: &str, budget: &serde_json::Value) -> Result<(), StoreError>;
 }
 
 /// sled-backed [`Store`].
@@ -174,8 +236,27 @@ pub struct SledStore {
     tokens: sled::Tree,
     hosts: sled::Tree,
     certs: sled::Tree,
-    /// host id → cert id
+    /// `host id / cert id` → ()
     host_certs: sled::Tree,
+    /// `next_action (i64 BE, sign flipped) ++ cert id` → ()
+    schedule: sled::Tree,
+    budgets: sled::Tree,
+}
+
+/// Index key: big-endian with the sign bit flipped, so byte order is numeric order.
+fn schedule_key(at: i64, id: &CertId) -> Vec<u8> {
+    let mut k = ((at as u64) ^ (1 << 63)).to_be_bytes().to_vec();
+    k.extend_from_slice(id.as_str().as_bytes());
+    k
+}
+
+fn schedule_time(key: &[u8]) -> Option<i64> {
+    let b: [u8; 8] = key.get(..8)?.try_into().ok()?;
+    Some((u64::from_be_bytes(b) ^ (1 << 63)) as i64)
+}
+
+fn host_cert_key(host: &HostId, cert: &CertId) -> Vec<u8> {
+    format!("{}/{}", host.as_str(), cert.as_str()).into_bytes()
 }
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
@@ -210,6 +291,8 @@ impl SledStore {
             hosts: db.open_tree("hosts")?,
             certs: db.open_tree("certs")?,
             host_certs: db.open_tree("host_certs")?,
+            schedule: db.open_tree("schedule")?,
+            budgets: db.open_tree("budgets")?,
             db,
         })
     }
@@ -254,6 +337,11 @@ impl Store for SledStore {
 
     fn put_account(&self, issuer: &str, rec: &AccountRecord) -> Result<(), StoreError> {
         self.put(&self.accounts, issuer, rec)
+    }
+
+    fn delete_account(&self, issuer: &str) -> Result<(), StoreError> {
+        self.accounts.remove(issuer.as_bytes())?;
+        self.flush()
     }
 
     fn put_token(&self, token_hash: &str, rec: &TokenRecord) -> Result<(), StoreError> {
@@ -322,23 +410,84 @@ impl Store for SledStore {
     }
 
     fn put_cert(&self, rec: &CertRecord) -> Result<(), StoreError> {
-        self.certs
-            .insert(rec.id.as_str().as_bytes(), serde_json::to_vec(rec)?)?;
-        self.host_certs
-            .insert(rec.host_id.as_str().as_bytes(), rec.id.as_str().as_bytes())?;
+        self.put_cert_unflushed(rec)?;
         self.flush()
+    }
+
+    fn put_cert_unflushed(&self, rec: &CertRecord) -> Result<(), StoreError> {
+        use sled::transaction::{
+            ConflictableTransactionError as Cte, TransactionError, Transactional,
+        };
+        let bytes = serde_json::to_vec(rec)?;
+        let key = rec.id.as_str().as_bytes();
+        let result = (&self.certs, &self.schedule, &self.host_certs).transaction(
+            |(certs, schedule, host_certs)| {
+                if let Some(old) = certs.get(key)? {
+                    let old: CertRecord =
+                        serde_json::from_slice(&old).map_err(|e| Cte::Abort(e.to_string()))?;
+                    if let Some(at) = old.next_action {
+                        schedule.remove(schedule_key(at, &old.id))?;
+                    }
+                }
+                certs.insert(key, bytes.clone())?;
+                if let Some(at) = rec.next_action {
+                    schedule.insert(schedule_key(at, &rec.id), &[])?;
+                }
+                host_certs.insert(host_cert_key(&rec.host_id, &rec.id), &[])?;
+                Ok(())
+            },
+        );
+        match result {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Abort(detail)) => Err(StoreError::Corrupt {
+                key: rec.id.to_string(),
+                detail,
+            }),
+            Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
+        }
     }
 
     fn certs(&self) -> Result<Vec<CertRecord>, StoreError> {
         Self::all(&self.certs)
     }
 
-    fn cert_for_host(&self, host: &HostId) -> Result<Option<CertRecord>, StoreError> {
-        let Some(id) = self.host_certs.get(host.as_str().as_bytes())? else {
-            return Ok(None);
-        };
-        let id = String::from_utf8_lossy(&id).into_owned();
-        Self::get(&self.certs, &id)
+    fn certs_for_host(&self, host: &HostId) -> Result<Vec<CertRecord>, StoreError> {
+        let prefix = format!("{}/", host.as_str());
+        let mut out = Vec::new();
+        for kv in self.host_certs.scan_prefix(prefix.as_bytes()) {
+            let (k, _) = kv?;
+            let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            if let Some(rec) = Self::get::<CertRecord>(&self.certs, &id)? {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    fn due(&self, now: i64, limit: usize) -> Result<Vec<CertId>, StoreError> {
+        let end = ((now as u64) ^ (1 << 63)).wrapping_add(1).to_be_bytes();
+        let mut out = Vec::new();
+        for kv in self.schedule.range(..end.to_vec()).take(limit) {
+            let (k, _) = kv?;
+            let id = String::from_utf8_lossy(&k[8..]).into_owned();
+            out.push(CertId::parse(&id).map_err(|e| StoreError::Corrupt {
+                key: "schedule".into(),
+                detail: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+
+    fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self.schedule.first()?.and_then(|(k, _)| schedule_time(&k)))
+    }
+
+    fn budget(&self, issuer: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        Self::get(&self.budgets, issuer)
+    }
+
+    fn put_budget(&self, issuer: &str, budget: &serde_json::Value) -> Result<(), StoreError> {
+        self.put(&self.budgets, issuer, budget)
     }
 }
 
@@ -409,38 +558,67 @@ mod tests {
         assert!(store.host(&a).unwrap().is_some());
     }
 
+    fn cert(host: &HostId, next: Option<i64>) -> CertRecord {
+        CertRecord {
+            id: CertId::generate(),
+            host_id: host.clone(),
+            spec: crate::spec::CertSpec {
+                policy: None,
+                identifiers: vec!["8.8.8.8".parse().unwrap()],
+                issuer: "le".into(),
+                required_profile: None,
+                key_type: Default::default(),
+                target: "t".into(),
+            },
+            state: CertState::Pending,
+            current: None,
+            order: None,
+            last_order_url: None,
+            installed_serial: None,
+            last_error: None,
+            attempts: 0,
+            next_action: next,
+            next_reason: None,
+            ari: None,
+            at_risk: false,
+            forced_by: None,
+            renewals: 0,
+            last_renewal_reason: None,
+            updated: 1,
+        }
+    }
+
     #[test]
-    fn records_survive_reopen() {
+    fn records_and_schedule_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let id = HostId::generate();
+        let (early, late);
         {
             let store = SledStore::open(&dir.path().join("db")).unwrap();
             store.put_host(&host(&id)).unwrap();
-            let cert = CertRecord {
-                id: CertId::generate(),
-                host_id: id.clone(),
-                identifiers: vec!["8.8.8.8".parse().unwrap()],
-                issuer: "le".into(),
-                profile: None,
-                target: "t".into(),
-                state: CertState::Pending,
-                serial: None,
-                not_before: None,
-                not_after: None,
-                chain_pem: None,
-                order_url: None,
-                last_error: None,
-                attempts: 0,
-                next_attempt: None,
-                updated: 1,
-            };
-            store.put_cert(&cert).unwrap();
+            early = cert(&id, Some(-5));
+            late = cert(&id, Some(1_000));
+            store.put_cert(&early).unwrap();
+            store.put_cert(&late).unwrap();
+            store.put_cert(&cert(&HostId::generate(), None)).unwrap();
         }
         let store = SledStore::open(&dir.path().join("db")).unwrap();
         assert_eq!(store.hosts().unwrap().len(), 1);
+        assert_eq!(store.certs_for_host(&id).unwrap().len(), 2);
+        assert_eq!(store.next_due().unwrap(), Some(-5));
+        assert_eq!(store.due(0, 10).unwrap(), vec![early.id.clone()]);
         assert_eq!(
-            store.cert_for_host(&id).unwrap().map(|c| c.state),
-            Some(CertState::Pending)
+            store.due(1_000, 10).unwrap(),
+            vec![early.id.clone(), late.id.clone()]
         );
+        // Moving an entry removes the old index key.
+        let mut moved = early.clone();
+        moved.next_action = Some(2_000);
+        store.put_cert(&moved).unwrap();
+        assert_eq!(store.due(1_999, 10).unwrap(), vec![late.id.clone()]);
+        assert_eq!(store.next_due().unwrap(), Some(1_000));
+        moved.next_action = None;
+        store.put_cert(&moved).unwrap();
+        assert_eq!(store.due(i64::MAX - 1, 10).unwrap(), vec![late.id]);
     }
 }

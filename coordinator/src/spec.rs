@@ -1,0 +1,174 @@
+//! Desired state: which certificates a host should have. A certificate spec comes from the
+//! first `[[policy]]` whose labels the host carries, or from `[issuance]` when none match.
+//! Pure: no store, no network.
+
+use crate::config::{Config, IpSelection, KeyTypeName};
+use crate::store::HostRecord;
+use certfleet_shared::identifier::{canonical_set, is_public};
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+
+/// What the certificate should be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertSpec {
+    /// Policy that produced it (`None`: the default spec).
+    pub policy: Option<String>,
+    pub identifiers: Vec<IpAddr>,
+    pub issuer: String,
+    /// A profile the certificate must have; `None` means the issuer's default
+    /// (`ip_profile` when the CA offers it, else none).
+    pub required_profile: Option<String>,
+    pub key_type: KeyTypeName,
+    pub target: String,
+}
+
+/// Why a host gets no certificate, for the operator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("{0}")]
+    Target(String),
+    #[error("host has no addresses the policy selects ({0})")]
+    NoAddresses(String),
+}
+
+/// The spec for `host`, or why there is none.
+pub fn desired(config: &Config, host: &HostRecord) -> Result<CertSpec, SpecError> {
+    let policy = config.policies.iter().find(|p| {
+        p.match_labels
+            .iter()
+            .all(|(k, v)| host.labels.get(k) == Some(v))
+    });
+    let selection = policy.map(|p| p.ips).unwrap_or_default();
+    let ips: Vec<IpAddr> = host
+        .ips
+        .iter()
+        .copied()
+        .filter(|ip| selection == IpSelection::All || is_public(*ip))
+        .collect();
+    if ips.is_empty() {
+        return Err(SpecError::NoAddresses(format!(
+            "the agent reports {:?}; policy {:?}",
+            host.ips,
+            policy.map(|p| p.name.as_str()).unwrap_or("default")
+        )));
+    }
+    let wanted_target = policy
+        .and_then(|p| p.target.clone())
+        .or_else(|| config.issuance.target.clone());
+    let target =
+        choose_target(wanted_target.as_deref(), &host.targets).map_err(SpecError::Target)?;
+    Ok(CertSpec {
+        policy: policy.map(|p| p.name.clone()),
+        identifiers: canonical_set(ips),
+        issuer: policy
+            .and_then(|p| p.issuer.clone())
+            .or_else(|| config.default_issuer_name().map(str::to_owned))
+            .unwrap_or_default(),
+        required_profile: policy.and_then(|p| p.profile.clone()),
+        key_type: policy
+            .and_then(|p| p.key_type)
+            .unwrap_or(config.issuance.key_type),
+        target,
+    })
+}
+
+fn choose_target(wanted: Option<&str>, targets: &[String]) -> Result<String, String> {
+    match wanted {
+        Some(t) if targets.iter().any(|x| x == t) => Ok(t.to_owned()),
+        Some(t) => Err(format!(
+            "host has no install target named {t:?} (it has: {}); add [targets.{t}] to the agent's config",
+            targets.join(", ")
+        )),
+        None => match targets {
+            [only] => Ok(only.clone()),
+            [] => Err("host has no install targets; add a [targets.NAME] section to the agent's config".into()),
+            many => Err(format!(
+                "host has several targets ({}); set [issuance] target or a policy target",
+                many.join(", ")
+            )),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use certfleet_shared::ids::HostId;
+    use std::path::Path;
+
+    fn config(extra: &str) -> Config {
+        let text = format!(
+            "version = 1\nstate_dir = \"/x\"\n[server]\nlisten = \"127.0.0.1:1\"\n\
+             [[issuer]]\nname = \"a\"\ndirectory = \"https://a/dir\"\n\
+             [[issuer]]\nname = \"b\"\ndirectory = \"https://b/dir\"\n\
+             [issuance]\nissuer = \"a\"\n{extra}"
+        );
+        Config::from_toml(&text, Path::new("t"), Vec::new()).unwrap()
+    }
+
+    fn host(labels: &[(&str, &str)], ips: &[&str], targets: &[&str]) -> HostRecord {
+        HostRecord {
+            id: HostId::generate(),
+            hostname: "h".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            enrolled: 0,
+            enrolled_from: String::new(),
+            identity_serial: String::new(),
+            ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
+            targets: targets.iter().map(|s| s.to_string()).collect(),
+            last_seen: None,
+            inventory: vec![],
+        }
+    }
+
+    #[test]
+    fn default_spec_without_policies() {
+        let s = desired(
+            &config(""),
+            &host(&[], &["8.8.8.8", "10.0.0.1"], &["nginx"]),
+        )
+        .unwrap();
+        assert_eq!(s.policy, None);
+        assert_eq!(s.issuer, "a");
+        assert_eq!(s.target, "nginx");
+        assert_eq!(s.identifiers.len(), 2);
+        assert_eq!(s.required_profile, None);
+    }
+
+    #[test]
+    fn first_matching_policy_wins_and_selects_public_ips() {
+        let cfg = config(
+            "[[policy]]\nname = \"web\"\nmatch_labels = { role = \"web\" }\nissuer = \"b\"\nprofile = \"shortlived\"\n\
+             target = \"nginx\"\nips = \"public\"\n[[policy]]\nname = \"all\"\n",
+        );
+        let h = host(
+            &[("role", "web")],
+            &["8.8.8.8", "10.0.0.1"],
+            &["nginx", "other"],
+        );
+        let s = desired(&cfg, &h).unwrap();
+        assert_eq!(s.policy.as_deref(), Some("web"));
+        assert_eq!(s.identifiers, vec!["8.8.8.8".parse::<IpAddr>().unwrap()]);
+        assert_eq!(s.issuer, "b");
+        assert_eq!(s.required_profile.as_deref(), Some("shortlived"));
+        let other = host(&[("role", "db")], &["8.8.8.8"], &["x"]);
+        assert_eq!(
+            desired(&cfg, &other).unwrap().policy.as_deref(),
+            Some("all")
+        );
+    }
+
+    #[test]
+    fn refusals_name_the_fix() {
+        let cfg = config("[[policy]]\nname = \"pub\"\nips = \"public\"\n");
+        assert!(matches!(
+            desired(&cfg, &host(&[], &["10.0.0.1"], &["t"])),
+            Err(SpecError::NoAddresses(_))
+        ));
+        let e = desired(&config(""), &host(&[], &["8.8.8.8"], &["a", "b"])).unwrap_err();
+        assert!(e.to_string().contains("several targets"));
+    }
+}
