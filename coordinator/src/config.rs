@@ -465,6 +465,10 @@ allow_private_ips = true
         assert_eq!(cfg.issuers.len(), 2);
         assert_eq!(cfg.default_issuer_name(), Some("letsencrypt"));
         assert!(cfg.issuers[1].eab().is_some());
+        assert_eq!(cfg.issuers[0].directory, LETSENCRYPT_DIRECTORY);
+        assert_eq!(cfg.issuers[0].rate_limits(), RateLimits::Letsencrypt);
+        assert_eq!(cfg.policies.len(), 1);
+        assert_eq!(cfg.policies[0].ips, IpSelection::Public);
         assert!(
             !format!("{:?}", cfg.issuers[1]).contains("REPLACE-WITH-BASE64URL"),
             "EAB key redacted in Debug"

@@ -199,13 +199,21 @@ impl Engine {
     /// next action gets one.
     fn recover(&self) -> Result<(), StoreError> {
         let now = self.clock.now_unix();
-        for mut rec in self.store.certs()? {
+        let mut fix = Vec::new();
+        self.store.scan_certs(&mut |rec| {
+            if rec.order.is_some() || rec.next_action.is_none() {
+                fix.push(rec.id);
+            }
+            Ok(())
+        })?;
+        for id in fix {
+            let Some(mut rec) = self.store.cert(&id)? else {
+                continue;
+            };
             let reason = if rec.order.is_some() {
                 "resume the order interrupted by a restart"
-            } else if rec.next_action.is_none() {
-                "restart: no next action was scheduled"
             } else {
-                continue;
+                "restart: no next action was scheduled"
             };
             tracing::info!(cert = %rec.id, reason, "recovering");
             rec.next_action = Some(now);
@@ -372,7 +380,24 @@ impl Engine {
         outcome: Result<(), IssueError>,
     ) -> Result<(), IssueError> {
         let now = self.clock.now_unix();
-        let mut next = self.planned(&rec, now);
+        // A Hello or an operator may have changed the record while this task ran: their
+        // fields win, and the certificate is looked at again right away.
+        let mut changed_meanwhile = false;
+        if let Some(fresh) = self.store.cert(&rec.id)? {
+            if fresh.spec != rec.spec {
+                rec.spec = fresh.spec;
+                changed_meanwhile = true;
+            }
+            if fresh.forced_by.is_some() && rec.forced_by.is_none() {
+                rec.forced_by = fresh.forced_by;
+                changed_meanwhile = true;
+            }
+        }
+        let mut next = if changed_meanwhile {
+            now
+        } else {
+            self.planned(&rec, now)
+        };
         match &outcome {
             Ok(()) => {
                 rec.attempts = 0;

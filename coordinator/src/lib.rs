@@ -8,6 +8,7 @@
 //! - [`fleet_ca`] — state directory, fleet CA, server/operator certificates, agent identities.
 //! - [`store`] — the `Store` trait and its sled engine: accounts, tokens, hosts, certificates.
 //! - [`tokens`] — join token generation (stored only as hashes).
+//! - [`audit`] — the hash-chained, append-only audit trail and its indexed queries.
 //! - [`acme`] — ACME issuers (the only code that talks to a CA).
 //! - [`sessions`] — live agent streams and request/reply correlation.
 //! - [`spec`] — desired state: which certificate a host should have (policies by label).
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acme;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod fleet_ca;

@@ -218,6 +218,11 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::put_cert`] without the flush, for leases whose loss a restart repairs.
     fn put_cert_unflushed(&self, rec: &CertRecord) -> Result<(), StoreError>;
     fn certs(&self) -> Result<Vec<CertRecord>, StoreError>;
+    /// Visits every certificate without holding them all in memory.
+    fn scan_certs(
+        &self,
+        f: &mut dyn FnMut(CertRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
     fn certs_for_host(&self, host: &HostId) -> Result<Vec<CertRecord>, StoreError>;
     /// Certificates whose next action is at or before `now`, soonest first (at most `limit`).
     fn due(&self, now: i64, limit: usize) -> Result<Vec<CertId>, StoreError>;
@@ -263,8 +268,17 @@ const SCHEMA_KEY: &[u8] = b"schema_version";
 const SCHEMA_VERSION: &[u8] = b"1";
 
 impl SledStore {
+    /// Default page cache: enough for the working set of a large fleet, small enough for a
+    /// small VM (sled's own default is 1 GiB).
+    pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(path, Self::DEFAULT_CACHE_BYTES)
+    }
+
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         let db = sled::Config::new()
+            .cache_capacity(cache_bytes)
             .path(path)
             .mode(sled::Mode::HighThroughput)
             .open()?;
@@ -295,6 +309,11 @@ impl SledStore {
             budgets: db.open_tree("budgets")?,
             db,
         })
+    }
+
+    /// The underlying database, for components that keep their own trees (the audit log).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -449,6 +468,17 @@ impl Store for SledStore {
 
     fn certs(&self) -> Result<Vec<CertRecord>, StoreError> {
         Self::all(&self.certs)
+    }
+
+    fn scan_certs(
+        &self,
+        f: &mut dyn FnMut(CertRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for kv in self.certs.iter() {
+            let (k, v) = kv?;
+            f(decode(&String::from_utf8_lossy(&k), &v)?)?;
+        }
+        Ok(())
     }
 
     fn certs_for_host(&self, host: &HostId) -> Result<Vec<CertRecord>, StoreError> {
