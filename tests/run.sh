@@ -2,7 +2,7 @@
 # Runs every test of the workspace: unit tests of each crate, then the end-to-end tests
 # (real pebble, real coordinator and agent binaries) from tests/tests/e2e.
 #
-# As root on Debian: installs what is missing (pebble, nginx, iproute2), builds the
+# As root on Debian: installs what is missing (pebble, nginx, iproute2, python3-venv), builds the
 # binaries the e2e tests drive, runs the tests. Exits non-zero on any failure.
 #
 #   tests/run.sh                 # everything
@@ -21,6 +21,10 @@ missing=()
 command -v pebble >/dev/null || missing+=(pebble)
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
 command -v ip >/dev/null || missing+=(iproute2)
+# acme2certifier (the second ACME server, for ARI and profiles) runs from a venv the
+# harness creates on first use (from PyPI, cached in /var/cache/certfleet-tests).
+command -v python3 >/dev/null || missing+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if ((${#missing[@]})); then
     echo "==> installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -84,6 +84,22 @@ impl AcmeError {
     pub fn is_rate_limited(&self) -> bool {
         self.problem_type() == Some(RATE_LIMITED)
     }
+    /// The CA no longer knows our account; a new one is made on the next call.
+    pub fn is_account_gone(&self) -> bool {
+        matches!(self.problem_type(), Some(ACCOUNT_GONE) | Some(UNAUTHORIZED))
+    }
+    /// Worth retrying soon, with the same order: bad nonce, rate limit, a CA that is down or
+    /// slow (no problem document at all).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            AcmeError::Ca {
+                problem_type: None, ..
+            }
+            | AcmeError::Timeout { .. } => true,
+            AcmeError::Ca { .. } => self.is_bad_nonce() || self.is_rate_limited(),
+            _ => false,
+        }
+    }
     /// True when retrying later cannot help without a config change.
     pub fn is_permanent(&self) -> bool {
         matches!(
@@ -258,7 +274,8 @@ impl AcmeIssuer {
         has_ip: bool,
     ) -> Result<Option<String>, AcmeError> {
         let account = self.account().await?;
-        let offered: Vec<String> = account.profiles().map(|p| p.name.to_owned()).collect();
+        let mut offered: Vec<String> = account.profiles().map(|p| p.name.to_owned()).collect();
+        offered.sort();
         if let Some(wanted) = required {
             return if offered.iter().any(|p| p == wanted) {
                 Ok(Some(wanted.to_owned()))
@@ -279,6 +296,15 @@ impl AcmeIssuer {
             (has_ip && !default.is_empty() && offered.iter().any(|p| p == default))
                 .then(|| default.clone()),
         )
+    }
+
+    /// The account's URL at the CA, for the audit trail.
+    pub async fn account_url(&self) -> Option<String> {
+        self.account
+            .lock()
+            .await
+            .as_ref()
+            .map(|a| a.id().to_owned())
     }
 
     /// Whether the CA offers ARI, as far as we know (assumed until it says otherwise).
@@ -326,7 +352,7 @@ impl AcmeIssuer {
         ips: &[IpAddr],
         profile: Option<&str>,
         replaces: Option<&str>,
-    ) -> Result<(OrderDriver<'_>, bool), AcmeError> {
+    ) -> Result<(OrderDriver<'_>, bool, usize), AcmeError> {
         let account = self.account().await?;
         let ids: Vec<Identifier> = ips.iter().map(|ip| Identifier::Ip(*ip)).collect();
         let base = || {
@@ -337,6 +363,7 @@ impl AcmeIssuer {
             req
         };
         let mut kept = false;
+        let mut created = 1;
         let order = match replaces.and_then(parse_ari_id) {
             Some(id) => match self
                 .timed("new order", account.new_order(&base().replaces(id)))
@@ -352,13 +379,18 @@ impl AcmeIssuer {
                         && !matches!(e, AcmeError::Timeout { .. }) =>
                 {
                     tracing::warn!(issuer = %self.cfg.name, error = %e, "order with `replaces` failed; ordering again without it");
+                    // A CA that ignores `replaces` created the first order anyway (the check that
+                    // failed is ours); a CA that refused it sent a problem document.
+                    if e.problem_type().is_none() {
+                        created = 2;
+                    }
                     self.timed("new order", account.new_order(&base())).await?
                 }
                 Err(e) => return Err(e),
             },
             None => self.timed("new order", account.new_order(&base())).await?,
         };
-        Ok((self.driver(order).await?, kept))
+        Ok((self.driver(order).await?, kept, created))
     }
 
     /// Re-opens an order created before a restart.
@@ -460,7 +492,10 @@ impl OrderDriver<'_> {
                 continue;
             }
             if let Some(mut ch) = authz.challenge(ChallengeType::Http01) {
-                if tokens.contains(&ch.token) {
+                // Only a pending challenge is announced: one the CA is already processing
+                // (e.g. an order resumed after a restart) must not be validated twice.
+                if tokens.contains(&ch.token) && ch.status == instant_acme::ChallengeStatus::Pending
+                {
                     issuer.timed("set challenge ready", ch.set_ready()).await?;
                 }
             }
@@ -480,6 +515,9 @@ impl OrderDriver<'_> {
                     ),
                 )]))
             }
+            // A transient problem while polling (badNonce, rate limit) is not a failed
+            // validation: the order stays in flight and is resumed.
+            Ok(Err(e @ instant_acme::Error::Api(_))) if issuer.ca_err(&e).is_transient() => return Err(issuer.ca_err(&e)),
             Ok(Err(instant_acme::Error::Api(problem))) => {
                 let per_id = self.identifier_problems().await;
                 return Err(AcmeError::Validation(if per_id.is_empty() {

@@ -9,6 +9,7 @@
 //! Every state change is flushed to the store before the next step acts on it.
 
 use crate::acme::{AcmeError, AcmeIssuer, PendingChallenge};
+use crate::audit::{AuditLog, Entry, Kind};
 use crate::config::{Config, KeyTypeName, RateLimits};
 use crate::sessions::{AgentHandle, SessionError, Sessions};
 use crate::spec::{self, CertSpec};
@@ -40,9 +41,12 @@ const LEASE_SECS: i64 = 15 * 60;
 const WAIT_FOR_AGENT_SECS: i64 = 10 * 60;
 /// How often a certificate in a configuration error state is looked at again.
 const RECHECK_SECS: i64 = 6 * 3600;
-/// Quick retries for badNonce beyond the ACME library's own.
-const BAD_NONCE_RETRIES: u32 = 5;
+/// Immediate retries for badNonce (beyond the ACME library's own) and for a CA that forgot
+/// our account (the retry makes a new one).
+const QUICK_RETRIES: u32 = 5;
 const MAX_PARALLEL: usize = 32;
+/// An order older than this is abandoned rather than resumed (CAs expire them within days).
+const ORDER_MAX_AGE_SECS: i64 = 24 * 3600;
 const TICK_BATCH: usize = 512;
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +67,8 @@ pub enum IssueError {
     BadCsr(String),
     #[error("the CA returned an unacceptable certificate: {0}")]
     BadCert(String),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// What to do for a certificate now.
@@ -90,6 +96,23 @@ pub fn renew_time(rec: &CertRecord, now: i64) -> Option<(i64, RenewReason)> {
             renewal::lifetime_renew_at(&v, cur.renew_unit),
             RenewReason::LifetimeFraction,
         )
+    })
+}
+
+/// From when the current certificate counts as *at risk*: half of its renewal margin left
+/// (the lifetime fraction), or — when the CA's ARI window asks for a later renewal — half of
+/// the time between the window's start and expiry.
+pub fn at_risk_at(rec: &CertRecord) -> Option<i64> {
+    let c = rec.current.as_ref()?;
+    let v = Validity {
+        not_before: c.not_before,
+        not_after: c.not_after,
+    };
+    let (num, den) = renewal::renewal_fraction(&v);
+    let by_fraction = c.not_after - v.lifetime_secs() * num / den / 2;
+    Some(match &rec.ari {
+        Some(a) if a.start < c.not_after => by_fraction.max(a.start + (c.not_after - a.start) / 2),
+        _ => by_fraction,
     })
 }
 
@@ -125,6 +148,7 @@ pub fn decide(rec: &CertRecord, now: i64) -> Decision {
 
 pub struct Engine {
     pub store: Arc<dyn Store>,
+    audit: Arc<AuditLog>,
     pub sessions: Arc<Sessions>,
     issuers: HashMap<String, Arc<AcmeIssuer>>,
     budgets: Mutex<HashMap<String, Budget>>,
@@ -145,6 +169,7 @@ impl Engine {
     pub fn new(
         config: Config,
         store: Arc<dyn Store>,
+        audit: Arc<AuditLog>,
         sessions: Arc<Sessions>,
         clock: SharedClock,
         shutdown: CancellationToken,
@@ -162,6 +187,7 @@ impl Engine {
             .collect();
         Arc::new(Self {
             store,
+            audit,
             sessions,
             issuers,
             budgets: Mutex::default(),
@@ -319,12 +345,41 @@ impl Engine {
         Ok(())
     }
 
+    /// Appends to the audit trail (durable when it returns).
+    fn record(
+        &self,
+        kind: Kind,
+        rec: &CertRecord,
+        entry: Entry,
+    ) -> Result<(), crate::audit::AuditError> {
+        self.audit
+            .append(
+                kind,
+                self.clock.now_unix(),
+                entry.host(&rec.host_id).cert(&rec.id),
+            )
+            .map(|_| ())
+    }
+
     /// Forces a renewal of these certificates now (operator command).
     pub fn force_renew(&self, ids: &[CertId], by: &str) -> Result<Vec<CertId>, StoreError> {
         let now = self.clock.now_unix();
+        for id in ids {
+            if self.store.cert(id)?.is_none() {
+                return Ok(Vec::new());
+            }
+        }
         let mut done = Vec::new();
         for id in ids {
             if let Some(mut rec) = self.store.cert(id)? {
+                if let Err(e) = self.record(
+                    Kind::RenewalForced,
+                    &rec,
+                    Entry::by(format!("operator:{by}")),
+                ) {
+                    tracing::error!(error = %e, "audit append failed; renewal not forced");
+                    continue;
+                }
                 rec.forced_by = Some(by.to_owned());
                 rec.next_action = Some(now);
                 rec.next_reason = Some(format!("renewal forced by {by}"));
@@ -401,6 +456,7 @@ impl Engine {
         match &outcome {
             Ok(()) => {
                 rec.attempts = 0;
+                rec.quick_retries = 0;
                 rec.last_error = None;
             }
             Err(IssueError::Store(_)) => {}
@@ -409,11 +465,24 @@ impl Engine {
                 next = next.min(now + WAIT_FOR_AGENT_SECS);
             }
             Err(IssueError::Budget(refusal)) => {
+                let _ = self.record(
+                    Kind::RateLimitRefused,
+                    &rec,
+                    Entry::by("coordinator")
+                        .ips(&rec.spec.identifiers)
+                        .issuer(rec.spec.issuer.clone())
+                        .detail("limit", refusal.limit)
+                        .detail("key", &refusal.key)
+                        .detail("frees_at", refusal.frees_at),
+                );
                 rec.last_error = Some(format!("{refusal} ({})", refusal.frees_in(now)));
                 next = refusal.frees_at;
             }
-            Err(IssueError::Acme(e)) if e.is_bad_nonce() && rec.attempts < BAD_NONCE_RETRIES => {
-                rec.attempts += 1;
+            Err(IssueError::Acme(e))
+                if (e.is_bad_nonce() || e.is_account_gone())
+                    && rec.quick_retries < QUICK_RETRIES =>
+            {
+                rec.quick_retries += 1;
                 rec.last_error = Some(e.to_string());
                 next = now + 1;
             }
@@ -447,16 +516,21 @@ impl Engine {
         }
         rec.state = state_of(&rec, now);
         let was = rec.at_risk;
-        rec.at_risk = rec.current.as_ref().is_some_and(|c| {
-            renewal::at_risk(
-                &Validity {
-                    not_before: c.not_before,
-                    not_after: c.not_after,
-                },
-                now,
-            )
-        });
+        rec.at_risk = rec.current.is_some() && at_risk_at(&rec).is_some_and(|at| now >= at);
         if rec.at_risk && !was {
+            let _ = self.record(
+                Kind::AtRisk,
+                &rec,
+                Entry::by("coordinator")
+                    .ips(&rec.spec.identifiers)
+                    .serial(
+                        rec.current
+                            .as_ref()
+                            .map(|c| c.serial.clone())
+                            .unwrap_or_default(),
+                    )
+                    .detail("last_error", &rec.last_error),
+            );
             tracing::error!(cert = %rec.id, host = %rec.host_id, not_after = rec.current.as_ref().map(|c| c.not_after),
                 last_error = ?rec.last_error, "certificate AT RISK: its remaining lifetime is below the safety margin");
         }
@@ -479,22 +553,22 @@ impl Engine {
         let mut next = renew_time(rec, now).map(|(at, _)| at).unwrap_or(now);
         if let Some(a) = &rec.ari {
             next = next.min(a.next_check);
-        } else if rec.current.as_ref().is_some_and(|c| c.ari_id.is_some())
-            && self.issuer_has_ari(&rec.spec.issuer)
-        {
-            next = next.min(now + renewal::ARI_CHECK_DEFAULT_SECS);
+        } else if self.ari_pending(rec) {
+            next = next.min(rec.ari_retry_at.unwrap_or(now));
         }
-        if let Some(c) = &rec.current {
-            if !rec.at_risk {
-                let v = Validity {
-                    not_before: c.not_before,
-                    not_after: c.not_after,
-                };
-                let (num, den) = renewal::renewal_fraction(&v);
-                next = next.min(c.not_after - v.lifetime_secs() * num / den / 2);
-            }
+        if let Some(at) = at_risk_at(rec).filter(|_| !rec.at_risk) {
+            next = next.min(at);
         }
         next.max(now + 1)
+    }
+
+    /// The CA may have an ARI window for the current certificate that we have not fetched.
+    fn ari_pending(&self, rec: &CertRecord) -> bool {
+        rec.ari.is_none()
+            && rec
+                .current
+                .as_ref()
+                .is_some_and(|c| c.ari_id.is_some() && self.issuer_has_ari(&c.issuer))
     }
 
     fn issuer_has_ari(&self, name: &str) -> bool {
@@ -507,7 +581,9 @@ impl Engine {
         let Some(ari_id) = cur.ari_id.clone() else {
             return;
         };
-        if rec.ari.as_ref().is_some_and(|a| a.next_check > now) {
+        if rec.ari.as_ref().is_some_and(|a| a.next_check > now)
+            || rec.ari_retry_at.is_some_and(|t| t > now)
+        {
             return;
         }
         let Some(issuer) = self.issuers.get(&cur.issuer) else {
@@ -518,17 +594,22 @@ impl Engine {
         }
         match issuer.renewal_window(&ari_id).await {
             Ok(Some(w)) => {
+                // Keep the last tenth of the lifetime for retries, even when the CA's window
+                // runs up to expiry.
+                let (nb, na) = (cur.not_before, cur.not_after);
+                let end = w.end.min(na - (na - nb) / 10).max(w.start + 1);
                 let renew_at = match &rec.ari {
                     Some(old) if old.start == w.start && old.end == w.end => old.renew_at,
                     _ => renewal::ari_renew_at(
                         &renewal::AriWindow {
                             start: w.start,
-                            end: w.end,
+                            end,
                         },
                         now,
                         rand::random(),
                     ),
                 };
+                rec.ari_retry_at = None;
                 tracing::info!(cert = %rec.id, start = w.start, end = w.end, renew_at, "ARI window");
                 rec.ari = Some(AriState {
                     start: w.start,
@@ -538,11 +619,15 @@ impl Engine {
                     explanation_url: w.explanation_url,
                 });
             }
-            Ok(None) => rec.ari = None,
+            Ok(None) => {
+                rec.ari = None;
+                rec.ari_retry_at = None;
+            }
             Err(e) => {
                 tracing::warn!(cert = %rec.id, error = %e, "ARI fetch failed; keeping the previous plan");
-                if let Some(a) = &mut rec.ari {
-                    a.next_check = now + 3600;
+                match &mut rec.ari {
+                    Some(a) => a.next_check = now + 3600,
+                    None => rec.ari_retry_at = Some(now + 3600),
                 }
             }
         }
@@ -641,13 +726,27 @@ impl Engine {
                 .is_some_and(|a| now >= a.start && now < a.end);
         self.budget_check(&issuer, &spec.identifiers, now, exempt)?;
 
-        let (driver, kept) = issuer
+        let (driver, kept, orders_created) = issuer
             .new_order(&spec.identifiers, profile.as_deref(), replaces.as_deref())
             .await?;
-        self.budget_record(&issuer, &[Event::OrderCreated])?;
+        self.budget_record(&issuer, &vec![Event::OrderCreated; orders_created])?;
         if replaces.is_some() && !kept {
             tracing::warn!(cert = %rec.id, "the CA did not accept `replaces`; renewing without it");
         }
+        let account = issuer.account_url().await.unwrap_or_default();
+        self.record(
+            Kind::OrderCreated,
+            rec,
+            Entry::by("coordinator")
+                .ips(&spec.identifiers)
+                .issuer(issuer.cfg.name.clone())
+                .detail("account", account)
+                .detail("order_url", driver.url())
+                .detail("profile", &profile)
+                .detail("replaces", if kept { &replaces } else { &None })
+                .detail("replaces_ignored_by_ca", replaces.is_some() && !kept)
+                .detail("reason", reason.to_string()),
+        )?;
         rec.last_order_url = Some(driver.url().to_owned());
         rec.order = Some(OrderInFlight {
             url: driver.url().to_owned(),
@@ -690,6 +789,13 @@ impl Engine {
                     "the interrupted order became invalid".into(),
                 )])))
             }
+            Err(e)
+                if e.is_transient()
+                    && self.clock.now_unix() - order.started < ORDER_MAX_AGE_SECS =>
+            {
+                tracing::info!(cert = %rec.id, order = %order.url, error = %e, "cannot reach the order now; will resume it later");
+                Err(e.into())
+            }
             Err(e) => {
                 tracing::info!(cert = %rec.id, order = %order.url, error = %e, "cannot resume order; abandoning it");
                 rec.order = None;
@@ -730,8 +836,43 @@ impl Engine {
             } else {
                 match present(agent, &challenges).await {
                     Ok(()) => {
+                        let ids: Vec<IpAddr> = challenges
+                            .iter()
+                            .filter_map(|c| c.identifier.parse().ok())
+                            .collect();
+                        self.record(
+                            Kind::ChallengePresented,
+                            rec,
+                            Entry::by(format!("host:{}", rec.host_id))
+                                .ips(&ids)
+                                .detail("type", "http-01")
+                                .detail("order_url", &order.url),
+                        )?;
                         let r = driver.validate(timeout).await;
                         clear(agent, &challenges).await;
+                        match &r {
+                            Ok(()) => self.record(
+                                Kind::ChallengeValidated,
+                                rec,
+                                Entry::by("coordinator")
+                                    .ips(&ids)
+                                    .detail("order_url", &order.url),
+                            )?,
+                            Err(AcmeError::Validation(problems)) => {
+                                for (id, problem) in problems {
+                                    let ips: Vec<IpAddr> = id.parse().ok().into_iter().collect();
+                                    self.record(
+                                        Kind::ChallengeFailed,
+                                        rec,
+                                        Entry::by("coordinator")
+                                            .ips(&ips)
+                                            .detail("order_url", &order.url)
+                                            .detail("problem", problem),
+                                    )?;
+                                }
+                            }
+                            Err(_) => {}
+                        }
                         r.map_err(IssueError::from)
                     }
                     Err(e) => {
@@ -805,6 +946,7 @@ impl Engine {
         });
         rec.order = None;
         rec.ari = None;
+        rec.ari_retry_at = None;
         rec.forced_by = None;
         if renewed {
             rec.renewals += 1;
@@ -812,6 +954,31 @@ impl Engine {
         rec.last_renewal_reason = Some(order.reason.clone());
         rec.state = CertState::Issued;
         rec.updated = now;
+        let issuer_chain_sha256: Vec<String> = chain[1..]
+            .iter()
+            .map(|c| certfleet_shared::x509::sha256_hex(c))
+            .collect();
+        self.record(
+            Kind::CertificateIssued,
+            rec,
+            Entry::by("coordinator")
+                .ips(&order.identifiers)
+                .serial(leaf.serial_hex.clone())
+                .issuer(issuer.cfg.name.clone())
+                .detail("not_before", leaf.not_before)
+                .detail("not_after", leaf.not_after)
+                .detail(
+                    "sans",
+                    leaf.ips.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+                )
+                .detail("issuer_chain_sha256", issuer_chain_sha256)
+                .detail("order_url", &order.url)
+                .detail(
+                    "profile",
+                    &rec.current.as_ref().and_then(|c| c.profile.clone()),
+                )
+                .detail("reason", &order.reason),
+        )?;
         // Durable before the install is asked for.
         self.store.put_cert(rec)?;
         self.budget_record(
@@ -835,6 +1002,14 @@ impl Engine {
         });
         match agent.request(cmd, "install", AGENT_INSTALL).await {
             Ok(reply::Result::Installed(report)) if report.serial == cur.serial => {
+                self.record(
+                    Kind::CertificateInstalled,
+                    rec,
+                    Entry::by(format!("host:{}", rec.host_id))
+                        .ips(&cur.identifiers)
+                        .serial(report.serial.clone())
+                        .detail("target", &report.target),
+                )?;
                 rec.installed_serial = Some(report.serial.clone());
                 tracing::info!(host = %rec.host_id, cert = %rec.id, serial = %report.serial, target = %report.target, "certificate installed");
                 Ok(())
@@ -875,9 +1050,11 @@ fn new_record(host: &HostRecord, spec: CertSpec, now: i64) -> CertRecord {
         installed_serial: None,
         last_error: None,
         attempts: 0,
+        quick_retries: 0,
         next_action: Some(now),
         next_reason: None,
         ari: None,
+        ari_retry_at: None,
         at_risk: false,
         forced_by: None,
         renewals: 0,
@@ -902,7 +1079,11 @@ fn state_of(rec: &CertRecord, now: i64) -> CertState {
 
 fn next_reason(rec: &CertRecord, next: i64, now: i64, failed: bool) -> String {
     if failed {
-        return "retry".into();
+        return match &rec.last_error {
+            Some(e) if e.starts_with("rate limit") => "rate limit frees".into(),
+            Some(e) if e.starts_with("waiting for the host") => "host reconnects".into(),
+            _ => "retry".into(),
+        };
     }
     if next <= now + 1 && decide(rec, now) != Decision::Idle {
         return "act now".into();
@@ -910,6 +1091,12 @@ fn next_reason(rec: &CertRecord, next: i64, now: i64, failed: bool) -> String {
     match renew_time(rec, now) {
         Some((at, reason)) if at <= next => format!("renew ({reason})"),
         _ if rec.ari.as_ref().is_some_and(|a| a.next_check <= next) => "check ARI window".into(),
+        _ if rec.ari.is_none()
+            && rec.current.as_ref().is_some_and(|c| c.ari_id.is_some())
+            && rec.ari_retry_at.unwrap_or(now) <= next =>
+        {
+            "fetch ARI window".into()
+        }
         _ => "check at-risk margin".into(),
     }
 }
@@ -1131,6 +1318,37 @@ mod tests {
         r.current = None;
         r.order = None;
         assert_eq!(decide(&r, 1), Decision::Issue(RenewReason::Missing));
+    }
+
+    #[test]
+    fn at_risk_moment_follows_the_fraction_or_a_later_ari_window() {
+        let mut r = rec(0, 160 * H);
+        // Short-lived: renew with half left, at risk with a quarter left.
+        assert_eq!(at_risk_at(&r), Some(120 * H));
+        // A CA window opening at 85% of the lifetime moves the alarm to halfway from there.
+        r.ari = Some(AriState {
+            start: 136 * H,
+            end: 160 * H,
+            renew_at: 140 * H,
+            next_check: 0,
+            explanation_url: None,
+        });
+        assert_eq!(at_risk_at(&r), Some(148 * H));
+        // An early window never makes it earlier than the fraction.
+        r.ari = Some(AriState {
+            start: 10 * H,
+            end: 20 * H,
+            renew_at: 15 * H,
+            next_check: 0,
+            explanation_url: None,
+        });
+        assert_eq!(at_risk_at(&r), Some(120 * H));
+        let long = rec(0, 90 * 24 * H);
+        assert_eq!(
+            at_risk_at(&long),
+            Some(75 * 24 * H),
+            "a third left renews, a sixth left is at risk"
+        );
     }
 
     #[test]

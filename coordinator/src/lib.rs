@@ -56,19 +56,21 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> anyho
     let server_cert = dir.read(&dir.server_cert())?;
     let server_key = dir.read(&dir.server_key())?;
     let store_path = dir.store();
-    let store: Arc<dyn store::Store> =
-        Arc::new(store::SledStore::open(&store_path).with_context(|| {
-            format!(
-                "opening the store at {} (is another coordinator running?)",
-                store_path.display()
-            )
-        })?);
+    let sled_store = store::SledStore::open(&store_path).with_context(|| {
+        format!(
+            "opening the store at {} (is another coordinator running?)",
+            store_path.display()
+        )
+    })?;
+    let audit = Arc::new(audit::AuditLog::open(sled_store.db()).context("opening the audit log")?);
+    let store: Arc<dyn store::Store> = Arc::new(sled_store);
     let clock: SharedClock = Arc::new(SystemClock);
     let sessions = Arc::new(sessions::Sessions::default());
     let tracker = TaskTracker::new();
     let engine = issuance::Engine::new(
         config.clone(),
         store.clone(),
+        audit.clone(),
         sessions.clone(),
         clock.clone(),
         shutdown.clone(),
@@ -81,6 +83,7 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> anyho
         sessions: sessions.clone(),
         engine: engine.clone(),
         ca: ca.clone(),
+        audit: audit.clone(),
         clock,
         shutdown: shutdown.clone(),
     });

@@ -56,6 +56,31 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Query the audit trail (JSON Lines with --json, for export into a SIEM).
+    Audit {
+        #[command(subcommand)]
+        cmd: Option<AuditCmd>,
+        /// Only this host.
+        #[arg(long)]
+        host: Option<String>,
+        /// An identifier: an IP address or a CIDR block.
+        #[arg(long)]
+        ip: Option<String>,
+        #[arg(long)]
+        serial: Option<String>,
+        /// Event kind (repeatable), e.g. certificate_issued, host_enrolled.
+        #[arg(long = "kind")]
+        kinds: Vec<String>,
+        /// From this time (RFC 3339) or this long ago (24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// List certificates, or act on them.
     Certs {
         #[arg(long)]
@@ -63,6 +88,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: Option<CertsCmd>,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Walk the hash chain and report the first broken link (exit 3 when broken).
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -183,6 +214,46 @@ async fn run(args: Args) -> anyhow::Result<()> {
             for id in cli::renew(&mut client, ids, host).await? {
                 println!("renewal scheduled: {id}");
             }
+        }
+        Cmd::Audit {
+            cmd: Some(AuditCmd::Verify),
+            ..
+        } => {
+            let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
+            let (ok, text) = cli::audit_verify(&mut client).await?;
+            println!("{text}");
+            if !ok {
+                std::process::exit(3);
+            }
+        }
+        Cmd::Audit {
+            cmd: None,
+            host,
+            ip,
+            serial,
+            kinds,
+            since,
+            until,
+            limit,
+            json,
+        } => {
+            let filter = cli::AuditFilter {
+                host,
+                network: ip,
+                serial,
+                kinds,
+                since: since
+                    .map(|s| cli::parse_time(&s, now))
+                    .transpose()
+                    .context("--since")?,
+                until: until
+                    .map(|s| cli::parse_time(&s, now))
+                    .transpose()
+                    .context("--until")?,
+                limit,
+            };
+            let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
+            print!("{}", cli::audit(&mut client, filter, json).await?);
         }
         Cmd::Certs { json, cmd: None } => {
             let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;

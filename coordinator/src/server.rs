@@ -7,6 +7,7 @@
 //! TLS verifies any presented client certificate against the fleet CA (a certificate from
 //! another CA fails the handshake); each RPC then checks *which* identity it carries.
 
+use crate::audit::{Entry, Kind};
 use crate::fleet_ca::FleetCa;
 use crate::issuance::Engine;
 use crate::sessions::Sessions;
@@ -41,6 +42,7 @@ pub struct Services {
     pub sessions: Arc<Sessions>,
     pub engine: Arc<Engine>,
     pub ca: Arc<FleetCa>,
+    pub audit: Arc<crate::audit::AuditLog>,
     pub clock: SharedClock,
     pub shutdown: CancellationToken,
 }
@@ -159,12 +161,41 @@ impl Enrollment for Api {
             inventory: vec![],
         };
         let token_hash = sha256_hex(r.token.as_bytes());
+        let token_ref = token_hash[..16].to_owned();
+        let (hostname, labels, identity_serial) = (
+            host.hostname.clone(),
+            host.labels.clone(),
+            host.identity_serial.clone(),
+        );
         let store = self.store.clone();
         let result = tokio::task::spawn_blocking(move || store.enroll(&token_hash, now, &host))
             .await
             .map_err(internal)?;
         match result {
             Ok(()) => {
+                let by = format!("host:{host_id}");
+                self.audit
+                    .append(
+                        Kind::TokenUsed,
+                        now,
+                        Entry::by(&by)
+                            .host(&host_id)
+                            .detail("token_sha256_prefix", &token_ref),
+                    )
+                    .and_then(|_| {
+                        self.audit.append(
+                            Kind::HostEnrolled,
+                            now,
+                            Entry::by(&by)
+                                .host(&host_id)
+                                .detail("from", &from)
+                                .detail("hostname", &hostname)
+                                .detail("labels", &labels)
+                                .detail("identity_serial", &identity_serial)
+                                .detail("token_sha256_prefix", &token_ref),
+                        )
+                    })
+                    .map_err(internal)?;
                 tracing::info!(host = %host_id, from = %from, "agent enrolled");
                 Ok(Response::new(pb::EnrollResponse {
                     host_id: host_id.to_string(),
@@ -178,6 +209,15 @@ impl Enrollment for Api {
                     _ => "",
                 };
                 tracing::warn!(from = %from, reason = %refusal, used_by, "enrollment refused");
+                let _ = self.audit.append(
+                    Kind::EnrollmentRefused,
+                    now,
+                    Entry::by("unauthenticated")
+                        .detail("from", &from)
+                        .detail("reason", refusal.to_string())
+                        .detail("token_sha256_prefix", &token_ref)
+                        .detail("used_by", used_by),
+                );
                 Err(Status::permission_denied(refusal.to_string()))
             }
             Err(EnrollError::Store(e)) => Err(internal(e)),
@@ -336,9 +376,19 @@ impl Admin for Api {
             used_by: vec![],
             revoked: false,
         };
-        self.store
-            .put_token(&sha256_hex(token.as_bytes()), &rec)
+        let token_hash = sha256_hex(token.as_bytes());
+        // Recorded before the token is handed out; only a hash prefix ever appears.
+        self.audit
+            .append(
+                Kind::TokenCreated,
+                now,
+                Entry::by(format!("operator:{operator}"))
+                    .detail("token_sha256_prefix", &token_hash[..16])
+                    .detail("expires", rec.expires)
+                    .detail("uses", uses),
+            )
             .map_err(internal)?;
+        self.store.put_token(&token_hash, &rec).map_err(internal)?;
         tracing::info!(operator = %operator, ttl, uses, "join token created");
         Ok(Response::new(pb::CreateTokenResponse {
             token,
@@ -393,6 +443,38 @@ impl Admin for Api {
         Ok(Response::new(pb::ListCertsResponse { certs }))
     }
 
+    async fn query_audit(
+        &self,
+        req: Request<pb::QueryAuditRequest>,
+    ) -> Result<Response<pb::QueryAuditResponse>, Status> {
+        admin_identity(&req)?;
+        let api = self.clone();
+        let r = req.into_inner();
+        let resp = tokio::task::spawn_blocking(move || api.audit_query(r))
+            .await
+            .map_err(internal)??;
+        Ok(Response::new(resp))
+    }
+
+    async fn verify_audit(
+        &self,
+        req: Request<pb::VerifyAuditRequest>,
+    ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
+        let operator = admin_identity(&req)?;
+        let audit = self.audit.clone();
+        let broken = tokio::task::spawn_blocking(move || audit.verify())
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        tracing::info!(operator = %operator, intact = broken.is_none(), "audit chain verified");
+        Ok(Response::new(pb::VerifyAuditResponse {
+            intact: broken.is_none(),
+            records: self.audit.len(),
+            broken_seq: broken.as_ref().map(|b| b.seq).unwrap_or(0),
+            reason: broken.map(|b| b.reason).unwrap_or_default(),
+        }))
+    }
+
     async fn renew_certs(
         &self,
         req: Request<pb::RenewCertsRequest>,
@@ -406,33 +488,92 @@ impl Admin for Api {
         if !r.host_id.is_empty() {
             let host =
                 HostId::parse(&r.host_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
-            ids.extend(
-                self.store
-                    .certs_for_host(&host)
-                    .map_err(internal)?
-                    .into_iter()
-                    .map(|c| c.id),
-            );
+            if self.store.host(&host).map_err(internal)?.is_none() {
+                return Err(Status::not_found(format!("no such host: {host}")));
+            }
+            let of_host: Vec<CertId> = self
+                .store
+                .certs_for_host(&host)
+                .map_err(internal)?
+                .into_iter()
+                .map(|c| c.id)
+                .collect();
+            if of_host.is_empty() {
+                return Err(Status::failed_precondition(format!(
+                    "host {host} has no certificate yet"
+                )));
+            }
+            ids.extend(of_host);
         }
         if ids.is_empty() {
-            return Err(Status::invalid_argument("name certificate ids or --host"));
+            return Err(Status::invalid_argument(
+                "name certificate ids, or --host HOST",
+            ));
         }
-        let done = self.engine.force_renew(&ids, &operator).map_err(internal)?;
-        if done.len() != ids.len() {
-            let missing: Vec<String> = ids
-                .iter()
-                .filter(|i| !done.contains(i))
-                .map(|i| i.to_string())
-                .collect();
+        let mut missing = Vec::new();
+        for id in &ids {
+            if self.store.cert(id).map_err(internal)?.is_none() {
+                missing.push(id.to_string());
+            }
+        }
+        if !missing.is_empty() {
             return Err(Status::not_found(format!(
-                "no such certificate: {}",
+                "no such certificate: {} (nothing was renewed)",
                 missing.join(", ")
             )));
         }
+        let done = self.engine.force_renew(&ids, &operator).map_err(internal)?;
         tracing::info!(operator = %operator, certs = ?done, "renewal forced");
         Ok(Response::new(pb::RenewCertsResponse {
             cert_ids: done.into_iter().map(|i| i.to_string()).collect(),
         }))
+    }
+}
+
+const AUDIT_QUERY_CAP: usize = 10_000;
+
+impl Api {
+    fn audit_query(&self, r: pb::QueryAuditRequest) -> Result<pb::QueryAuditResponse, Status> {
+        let mut q = crate::audit::Query::default();
+        if !r.host_id.is_empty() {
+            q.host_id = Some(
+                HostId::parse(&r.host_id)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?
+                    .to_string(),
+            );
+        }
+        if !r.network.is_empty() {
+            q.network =
+                Some(crate::audit::parse_network(&r.network).map_err(Status::invalid_argument)?);
+        }
+        if !r.serial.is_empty() {
+            q.serial = Some(r.serial.to_ascii_lowercase());
+        }
+        for k in &r.kinds {
+            q.kinds
+                .push(Kind::parse(k).ok_or_else(|| {
+                    Status::invalid_argument(format!("unknown event kind {k:?}"))
+                })?);
+        }
+        q.since = (r.since_unix != 0).then_some(r.since_unix);
+        q.until = (r.until_unix != 0).then_some(r.until_unix);
+        let cap = if r.limit == 0 {
+            AUDIT_QUERY_CAP
+        } else {
+            (r.limit as usize).min(AUDIT_QUERY_CAP)
+        };
+        q.limit = Some(cap + 1);
+        let mut records = self.audit.query(&q).map_err(internal)?;
+        let truncated = records.len() > cap;
+        records.truncate(cap);
+        let records_json = records
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap_or_default())
+            .collect();
+        Ok(pb::QueryAuditResponse {
+            records_json,
+            truncated,
+        })
     }
 }
 

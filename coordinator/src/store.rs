@@ -184,10 +184,17 @@ pub struct CertRecord {
     pub last_error: Option<String>,
     #[serde(default)]
     pub attempts: u32,
+    /// Immediate retries spent on transient protocol hiccups (badNonce, a forgotten
+    /// account); kept apart from `attempts`, which drives the backoff.
+    #[serde(default)]
+    pub quick_retries: u32,
     /// When the reconciler looks at this certificate next (the schedule index key).
     pub next_action: Option<i64>,
     pub next_reason: Option<String>,
     pub ari: Option<AriState>,
+    /// When `ari` is unknown: the next time to ask the CA for it.
+    #[serde(default)]
+    pub ari_retry_at: Option<i64>,
     #[serde(default)]
     pub at_risk: bool,
     /// Operator who forced a renewal that has not happened yet.
@@ -607,9 +614,11 @@ mod tests {
             installed_serial: None,
             last_error: None,
             attempts: 0,
+            quick_retries: 0,
             next_action: next,
             next_reason: None,
             ari: None,
+            ari_retry_at: None,
             at_risk: false,
             forced_by: None,
             renewals: 0,

@@ -246,6 +246,58 @@ impl Agent {
         Ok(self.id()?.to_owned())
     }
 
+    /// Like [`Self::enroll_with`], passing `--label KEY=VALUE` for each of `labels` (what
+    /// `[[policy]] match_labels` select on). Returns the host id.
+    pub async fn enroll_with_labels(
+        &mut self,
+        coord: &Coordinator,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<String> {
+        let token = coord.create_token(None).await?;
+        let name = self.name.clone();
+        let url = coord.url();
+        let mut args: Vec<String> = [
+            "enroll",
+            "--coordinator",
+            &url,
+            "--token",
+            &token,
+            "--ca-sha256",
+            coord.ca_sha256(),
+            "--name",
+            &name,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        for (k, v) in labels {
+            args.push("--label".to_owned());
+            args.push(format!("{k}={v}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.cli(&args).await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "agent {} enroll with labels {labels:?} failed: {}",
+            self.name,
+            describe_output(&out)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let id = stdout
+            .lines()
+            .find_map(|l| l.split_once("enrolled as host ").map(|(_, id)| id.trim()))
+            .filter(|id| !id.is_empty())
+            .with_context(|| {
+                format!(
+                    "enroll succeeded without `enrolled as host <id>`: {}",
+                    describe_output(&out)
+                )
+            })?
+            .to_owned();
+        self.host_id = Some(id.clone());
+        Ok(id)
+    }
+
     /// Starts `certfleet-agent run`.
     pub fn start(&mut self) -> anyhow::Result<()> {
         anyhow::ensure!(self.child.is_none(), "agent {} already running", self.name);

@@ -55,6 +55,25 @@ pub struct CertRow {
     pub last_error: Option<String>,
     pub order_url: Option<String>,
     pub updated: String,
+    // The renewal engine's view (absent from older coordinators, hence the defaults).
+    #[serde(default)]
+    pub installed_serial: Option<String>,
+    #[serde(default)]
+    pub lifetime_secs: Option<i64>,
+    #[serde(default)]
+    pub renew_at: Option<String>,
+    #[serde(default)]
+    pub next_action: Option<String>,
+    #[serde(default)]
+    pub next_action_unix: Option<i64>,
+    #[serde(default)]
+    pub next_reason: Option<String>,
+    #[serde(default)]
+    pub at_risk: Option<bool>,
+    #[serde(default)]
+    pub renewals: Option<u64>,
+    #[serde(default)]
+    pub last_renewal_reason: Option<String>,
 }
 
 /// How [`Coordinator::restart`] stops the running server.
@@ -79,6 +98,34 @@ pub struct CoordinatorOptions {
     pub eab_hmac_key: Option<String>,
     /// Extra environment for `serve`.
     pub env: BTreeMap<String, String>,
+    /// `[issuance] retry_base_secs` (written only when set).
+    pub retry_base_secs: Option<u64>,
+    /// The issuer's `rate_limits`, e.g. `"letsencrypt"` or `"none"` (written only when set).
+    pub rate_limits: Option<String>,
+    /// TOML appended verbatim after the generated config (which ends inside the
+    /// `[[issuer]]` table), e.g. `[[policy]]` tables. Empty by default.
+    pub extra_config: String,
+}
+
+/// An ACME server a coordinator's only `[[issuer]]` points at: pebble, acme2certifier.
+pub trait AcmeServer {
+    /// The ACME directory URL.
+    fn directory_url(&self) -> String;
+    /// The trust root (PEM file) for the server's HTTPS listener.
+    fn ca_pem_path(&self) -> &Path;
+    /// The `[[issuer]]` name in the generated config.
+    fn issuer_name(&self) -> &str {
+        "pebble"
+    }
+}
+
+impl AcmeServer for Pebble {
+    fn directory_url(&self) -> String {
+        Pebble::directory_url(self)
+    }
+    fn ca_pem_path(&self) -> &Path {
+        Pebble::ca_pem_path(self)
+    }
 }
 
 #[derive(Debug)]
@@ -126,7 +173,10 @@ impl Coordinator {
         Self::start_with(pebble, CoordinatorOptions::default()).await
     }
 
-    pub async fn start_with(pebble: &Pebble, opts: CoordinatorOptions) -> anyhow::Result<Self> {
+    pub async fn start_with(
+        pebble: &impl AcmeServer,
+        opts: CoordinatorOptions,
+    ) -> anyhow::Result<Self> {
         let bin = crate::bins::coordinator()?;
         let dir = WorkDir::new("coordinator")?;
         let state_dir = dir.join("state");
@@ -208,6 +258,13 @@ impl Coordinator {
     /// Stops the server (SIGKILL or SIGTERM) and serves again on the same port and state.
     pub async fn restart(&mut self, mode: RestartMode) -> anyhow::Result<()> {
         self.stop_current(mode).await?;
+        self.serve().await
+    }
+
+    /// Starts `serve` again after [`Coordinator::stop_current`] (e.g. once a test has edited
+    /// the stopped coordinator's store).
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.child.is_none(), "the coordinator is still running");
         self.serve().await
     }
 
@@ -350,6 +407,22 @@ impl Coordinator {
             .with_context(|| format!("certs --json does not match the contract: {v}"))
     }
 
+    /// The row of certificate `cert_id` in `certs --json`.
+    pub async fn cert(&self, cert_id: &str) -> anyhow::Result<CertRow> {
+        self.certs()
+            .await?
+            .into_iter()
+            .find(|c| c.cert_id == cert_id)
+            .with_context(|| format!("certificate {cert_id} not in certs --json"))
+    }
+
+    /// `certs renew ARGS...` (cert ids and/or `--host ID`): the raw output.
+    pub async fn renew(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let mut all = vec!["certs", "renew"];
+        all.extend_from_slice(args);
+        self.cli(&all).await
+    }
+
     /// `token create [--ttl TTL]`: the token alone.
     pub async fn create_token(&self, ttl: Option<&str>) -> anyhow::Result<String> {
         let mut args = vec!["token", "create"];
@@ -408,7 +481,7 @@ pub(crate) fn scrub_env_tokio(cmd: &mut tokio::process::Command) {
 fn render_config(
     state_dir: &Path,
     port: u16,
-    pebble: &Pebble,
+    pebble: &impl AcmeServer,
     opts: &CoordinatorOptions,
 ) -> String {
     let mut s = String::new();
@@ -422,14 +495,18 @@ fn render_config(
     s.push_str("names = [\"localhost\"]\n");
     s.push_str("ips = [\"127.0.0.1\", \"::1\"]\n\n");
     s.push_str("[issuance]\n");
-    s.push_str("issuer = \"pebble\"\n");
+    s.push_str(&format!("issuer = {}\n", toml_str(pebble.issuer_name())));
     s.push_str("target = \"default\"\n");
     s.push_str(&format!(
-        "validation_timeout_secs = {}\n\n",
+        "validation_timeout_secs = {}\n",
         opts.validation_timeout_secs.unwrap_or(30)
     ));
+    if let Some(secs) = opts.retry_base_secs {
+        s.push_str(&format!("retry_base_secs = {secs}\n"));
+    }
+    s.push('\n');
     s.push_str("[[issuer]]\n");
-    s.push_str("name = \"pebble\"\n");
+    s.push_str(&format!("name = {}\n", toml_str(pebble.issuer_name())));
     s.push_str(&format!(
         "directory = {}\n",
         toml_str(pebble.directory_url())
@@ -449,8 +526,16 @@ fn render_config(
     if let Some(key) = &opts.eab_hmac_key {
         s.push_str(&format!("eab_hmac_key = {}\n", toml_str(key)));
     }
+    if let Some(limits) = &opts.rate_limits {
+        s.push_str(&format!("rate_limits = {}\n", toml_str(limits)));
+    }
     if let Some(p) = &opts.ip_profile {
         s.push_str(&format!("ip_profile = {}\n", toml_str(p)));
+    }
+    if !opts.extra_config.is_empty() {
+        s.push('\n');
+        s.push_str(&opts.extra_config);
+        s.push('\n');
     }
     s
 }

@@ -24,6 +24,7 @@
 //! - [`grpc`] — tonic channels over a hand-made tokio-rustls connector (mTLS tests).
 //! - [`workdir`] — temp dirs that can be kept for post-mortem (`CERTFLEET_KEEP_TMP=1`).
 
+pub mod acme2certifier;
 pub mod agent;
 pub mod bins;
 pub mod coordinator;

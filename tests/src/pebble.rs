@@ -59,8 +59,16 @@ impl Default for PebbleOptions {
 
 #[derive(Debug)]
 pub struct Pebble {
-    // Field order matters for drop: the process dies before its directory goes.
+    // Field order matters for drop: the processes die before their directory goes.
+    /// The current (or last, when stopped) pebble process.
     child: ChildGuard,
+    /// Earlier processes (before [`Pebble::restart`]), kept for their logs.
+    past_runs: Vec<ChildGuard>,
+    runs: u32,
+    stopped: bool,
+    binary: PathBuf,
+    config_path: PathBuf,
+    env: BTreeMap<String, String>,
     listen_port: u16,
     mgmt_port: u16,
     http_port: u16,
@@ -115,19 +123,15 @@ impl Pebble {
             .clone()
             .or_else(|| std::env::var_os("PEBBLE_BIN").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("pebble"));
-        let mut cmd = Command::new(&binary);
-        cmd.arg("-config").arg(&config_path).current_dir(dir.path());
-        for (k, v) in &opts.env {
-            cmd.env(k, v);
-        }
-        let child = ChildGuard::spawn("pebble", &mut cmd, dir.path()).with_context(|| {
-            format!(
-                "starting {} (install it with `apt-get install -y pebble`)",
-                binary.display()
-            )
-        })?;
+        let child = spawn_pebble("pebble", &binary, &config_path, &opts.env, dir.path())?;
         let mut pebble = Self {
             child,
+            past_runs: Vec::new(),
+            runs: 1,
+            stopped: false,
+            binary,
+            config_path,
+            env: opts.env.clone(),
             listen_port,
             mgmt_port,
             http_port,
@@ -138,6 +142,50 @@ impl Pebble {
         };
         pebble.wait_ready(Duration::from_secs(20)).await?;
         Ok(pebble)
+    }
+
+    /// Kills the pebble process (SIGKILL: a CA outage), keeping its directory, ports and
+    /// listener certificate for [`Pebble::restart`]. Idempotent.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if !self.stopped {
+            self.child.kill().await?;
+            self.stopped = true;
+        }
+        Ok(())
+    }
+
+    /// Starts a new pebble process (stopping the running one first) with the same config:
+    /// same ports, same listener certificate and environment. Pebble keeps nothing between
+    /// runs: accounts, orders and its issuing CA are new.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop().await?;
+        self.runs += 1;
+        let name = format!("pebble-run-{}", self.runs);
+        let child = spawn_pebble(
+            &name,
+            &self.binary,
+            &self.config_path,
+            &self.env,
+            self.dir.path(),
+        )?;
+        let old = std::mem::replace(&mut self.child, child);
+        self.past_runs.push(old);
+        self.stopped = false;
+        self.wait_ready(Duration::from_secs(20)).await
+    }
+
+    /// Whether [`Pebble::stop`] was called without a [`Pebble::restart`] since.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// stdout+stderr of every pebble process so far, in order.
+    pub fn logs(&self) -> String {
+        self.past_runs
+            .iter()
+            .chain(std::iter::once(&self.child))
+            .map(ChildGuard::logs)
+            .collect()
     }
 
     async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
@@ -218,6 +266,26 @@ impl Pebble {
             .next()
             .context("empty /roots/0")
     }
+}
+
+fn spawn_pebble(
+    name: &str,
+    binary: &Path,
+    config_path: &Path,
+    env: &BTreeMap<String, String>,
+    dir: &Path,
+) -> anyhow::Result<ChildGuard> {
+    let mut cmd = Command::new(binary);
+    cmd.arg("-config").arg(config_path).current_dir(dir);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    ChildGuard::spawn(name, &mut cmd, dir).with_context(|| {
+        format!(
+            "starting {} (install it with `apt-get install -y pebble`)",
+            binary.display()
+        )
+    })
 }
 
 /// Listener CA + leaf for pebble's HTTPS. Returns (ca_pem, cert_pem, key_pem, ca_der).

@@ -8,6 +8,8 @@
 //! Tests panic (`expect`) rather than return errors, so the harness guards see the panic
 //! and print every process's logs.
 
+mod ari;
+mod audit;
 mod cli;
 mod eab;
 mod happy_path;
@@ -16,6 +18,7 @@ mod hostile;
 mod mtls;
 mod policy;
 mod refusals;
+mod renewal;
 mod restart;
 mod support;
 mod validation;

@@ -1,0 +1,499 @@
+//! [`A2c`]: a real acme2certifier ACME server for one test — the second CA, with what
+//! pebble 2.4.0 lacks: ARI (`renewalInfo`) and profiles (`meta.profiles`).
+//!
+//! acme2certifier is a Python WSGI app (PyPI `acme2certifier`, pinned to [`A2C_VERSION`]).
+//! The harness installs it once per machine into a venv ([`ensure_venv`]; default
+//! [`DEFAULT_VENV`], override with env `A2C_VENV`), reused while it imports and reports
+//! the pinned version. Creating it needs PyPI and `python3-venv` (tests/run.sh installs
+//! the latter).
+//!
+//! Each instance owns a temp dir with:
+//! - a local issuing CA (rcgen: a CA:TRUE root with a subject key identifier, ECDSA P-256)
+//!   used by two openssl CA handlers, `classic` and `shortlived`, that differ only in
+//!   `cert_validity_days` — the profiles map onto them;
+//! - its HTTPS listener CA and certificate (SANs localhost, 127.0.0.1, ::1);
+//! - `acme_srv.cfg` (see [`A2c::config_text`]) and the SQLite database;
+//! - the process: `tests/acme2certifier/a2c_serve.py`, our launcher serving the WSGI
+//!   `application` over TLS on `127.0.0.1:<free port>`, killed on drop.
+//!
+//! Quirks the tests must live with (checked against 0.46.3): HTTP-01 is always validated
+//! on port 80 of the identifier (agents must serve HTTP-01 on 80 —
+//! `Agent::new(name, A2c::HTTP01_PORT)`); `replaces` in a new order is ignored and not
+//! echoed; an unreachable HTTP-01 responder leaves the order pending.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
+    SanType,
+};
+use rustls::pki_types::CertificateDer;
+
+use crate::process::ChildGuard;
+use crate::tlsutil;
+use crate::workdir::WorkDir;
+
+/// The acme2certifier release the harness installs and checks for.
+pub const A2C_VERSION: &str = "0.46.3";
+
+/// Where the venv lives unless env `A2C_VENV` says otherwise (shared by every test run on
+/// the machine; creation is serialised by a lock file next to it).
+pub const DEFAULT_VENV: &str = "/var/cache/certfleet-tests/a2c-venv";
+
+/// Written into the venv after a complete install; a venv without it is rebuilt.
+const VENV_MARKER: &str = ".certfleet-a2c-ok";
+
+/// Knobs for one acme2certifier instance.
+#[derive(Debug, Clone)]
+pub struct A2cOptions {
+    /// `cert_validity_days` of the `classic` CA handler (profile "classic"). Default 90.
+    pub classic_validity_days: u32,
+    /// `cert_validity_days` of the `shortlived` CA handler (profile "shortlived"). Default 6.
+    pub shortlived_validity_days: u32,
+    /// `[Renewalinfo] renewalthreshold_pctg`: the ARI window starts at this share of the
+    /// lifetime. Default 85.
+    pub renewal_threshold_pctg: u32,
+    /// `[Renewalinfo] retry_after_timeout` (the Retry-After of renewalInfo answers).
+    /// Default 3600.
+    pub retry_after_secs: u64,
+    /// `[DEFAULT] debug`: acme2certifier's verbose logging. Default false.
+    pub debug: bool,
+}
+
+impl Default for A2cOptions {
+    fn default() -> Self {
+        Self {
+            classic_validity_days: 90,
+            shortlived_validity_days: 6,
+            renewal_threshold_pctg: 85,
+            retry_after_secs: 3600,
+            debug: false,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct A2c {
+    // Field order matters for drop: the process dies before its directory goes.
+    child: ChildGuard,
+    port: u16,
+    listener_ca_path: PathBuf,
+    listener_ca_der: CertificateDer<'static>,
+    issuing_ca_path: PathBuf,
+    issuing_ca_der: CertificateDer<'static>,
+    config_path: PathBuf,
+    config_text: String,
+    python: PathBuf,
+    venv_created_in: Option<Duration>,
+    startup: Duration,
+    opts: A2cOptions,
+    dir: WorkDir,
+}
+
+impl A2c {
+    /// The port acme2certifier's HTTP-01 validator connects to, for every identifier.
+    pub const HTTP01_PORT: u16 = 80;
+
+    /// Starts acme2certifier with the default options.
+    pub async fn start_default() -> anyhow::Result<Self> {
+        Self::start(A2cOptions::default()).await
+    }
+
+    /// Makes sure the venv exists, writes CA, listener certificate and config into a new
+    /// temp dir, starts the launcher on a free port and waits until the directory answers.
+    pub async fn start(opts: A2cOptions) -> anyhow::Result<Self> {
+        crate::install_crypto_provider();
+        let (venv, venv_created_in) = tokio::task::spawn_blocking(ensure_venv)
+            .await
+            .context("venv task panicked")??;
+        let python = venv.join("bin/python");
+
+        let dir = WorkDir::new("a2c")?;
+        let pki = make_pki()?;
+        let listener_ca_path = dir.join("listener-ca.pem");
+        std::fs::write(&listener_ca_path, &pki.listener_ca_pem)?;
+        std::fs::write(dir.join("listener-cert.pem"), &pki.listener_cert_pem)?;
+        std::fs::write(dir.join("listener-key.pem"), &pki.listener_key_pem)?;
+        let issuing_ca_path = dir.join("issuing-ca.pem");
+        std::fs::write(&issuing_ca_path, &pki.issuing_ca_pem)?;
+        let issuing_key_path = dir.join("issuing-ca.key");
+        std::fs::write(&issuing_key_path, &pki.issuing_key_pem)?;
+        std::fs::create_dir_all(dir.join("issued"))?;
+
+        let config_text = render_config(dir.path(), &opts);
+        let config_path = dir.join("acme_srv.cfg");
+        std::fs::write(&config_path, &config_text)?;
+
+        let port = crate::net::free_port()?;
+        let launcher = launcher_path();
+        anyhow::ensure!(
+            launcher.is_file(),
+            "acme2certifier launcher missing at {}",
+            launcher.display()
+        );
+        let mut cmd = Command::new(&python);
+        cmd.arg(&launcher)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--cert")
+            .arg(dir.join("listener-cert.pem"))
+            .arg("--key")
+            .arg(dir.join("listener-key.pem"))
+            .env("ACME_SRV_CONFIGFILE", &config_path)
+            .env("PYTHONUNBUFFERED", "1")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .current_dir(dir.path());
+        let started = Instant::now();
+        let child = ChildGuard::spawn("acme2certifier", &mut cmd, dir.path())
+            .with_context(|| format!("starting acme2certifier with {}", python.display()))?;
+        let mut a2c = Self {
+            child,
+            port,
+            listener_ca_path,
+            listener_ca_der: pki.listener_ca_der,
+            issuing_ca_path,
+            issuing_ca_der: pki.issuing_ca_der,
+            config_path,
+            config_text,
+            python,
+            venv_created_in,
+            startup: Duration::ZERO,
+            opts,
+            dir,
+        };
+        a2c.wait_ready(Duration::from_secs(60)).await?;
+        a2c.startup = started.elapsed();
+        Ok(a2c)
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), self.port);
+        let roots = vec![self.listener_ca_der.clone()];
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                self.child.dump_logs();
+                anyhow::bail!("acme2certifier exited during startup: {st}");
+            }
+            if let Ok((200, body)) = tlsutil::https_get(addr, "/directory", &roots).await {
+                let dir: serde_json::Value = serde_json::from_slice(&body)
+                    .context("acme2certifier's directory is not JSON")?;
+                anyhow::ensure!(
+                    dir.get("renewalInfo").is_some() && dir["meta"].get("profiles").is_some(),
+                    "acme2certifier's directory lacks renewalInfo or meta.profiles: {dir}"
+                );
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                self.child.dump_logs();
+                anyhow::bail!(
+                    "acme2certifier did not answer https://{addr}/directory within {timeout:?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `https://127.0.0.1:PORT/directory`.
+    pub fn directory_url(&self) -> String {
+        format!("https://127.0.0.1:{}/directory", self.port)
+    }
+
+    /// The listener CA (PEM file): the trust root for acme2certifier's HTTPS API.
+    pub fn listener_ca_path(&self) -> &Path {
+        &self.listener_ca_path
+    }
+
+    /// The listener CA, DER.
+    pub fn listener_ca_der(&self) -> &CertificateDer<'static> {
+        &self.listener_ca_der
+    }
+
+    /// The local issuing CA (a root) every profile's certificates chain to, DER.
+    pub fn issuing_ca_der(&self) -> &CertificateDer<'static> {
+        &self.issuing_ca_der
+    }
+
+    /// The local issuing CA, PEM file.
+    pub fn issuing_ca_path(&self) -> &Path {
+        &self.issuing_ca_path
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn options(&self) -> &A2cOptions {
+        &self.opts
+    }
+
+    /// `acme_srv.cfg` as written.
+    pub fn config_text(&self) -> &str {
+        &self.config_text
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The venv's python.
+    pub fn python(&self) -> &Path {
+        &self.python
+    }
+
+    /// How long creating the venv took, when this start created it.
+    pub fn venv_created_in(&self) -> Option<Duration> {
+        self.venv_created_in
+    }
+
+    /// From spawning the launcher until the directory answered.
+    pub fn startup(&self) -> Duration {
+        self.startup
+    }
+
+    pub fn child(&mut self) -> &mut ChildGuard {
+        &mut self.child
+    }
+
+    /// stdout+stderr of the server (acme2certifier logs and one line per request).
+    pub fn logs(&self) -> String {
+        self.child.logs()
+    }
+
+    pub fn dump_logs(&self) {
+        self.child.dump_logs();
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl crate::coordinator::AcmeServer for A2c {
+    fn directory_url(&self) -> String {
+        A2c::directory_url(self)
+    }
+    fn ca_pem_path(&self) -> &Path {
+        &self.listener_ca_path
+    }
+    fn issuer_name(&self) -> &str {
+        "a2c"
+    }
+}
+
+/// `tests/acme2certifier/a2c_serve.py` in this crate.
+pub fn launcher_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("acme2certifier/a2c_serve.py")
+}
+
+/// The venv directory: env `A2C_VENV`, else [`DEFAULT_VENV`].
+pub fn venv_dir() -> PathBuf {
+    std::env::var_os("A2C_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_VENV))
+}
+
+/// Returns the venv with acme2certifier [`A2C_VERSION`], creating it first if it is
+/// missing or broken (then also how long that took). Blocking; serialised across test
+/// processes by an exclusive lock on `<venv>.lock`.
+pub fn ensure_venv() -> anyhow::Result<(PathBuf, Option<Duration>)> {
+    let venv = venv_dir();
+    let parent = venv
+        .parent()
+        .context("the venv path has no parent directory")?;
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let lock_path = venv.with_extension("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("locking {}", lock_path.display()))?;
+
+    if venv_works(&venv) {
+        return Ok((venv, None));
+    }
+    let started = Instant::now();
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv)
+            .with_context(|| format!("removing the broken venv {}", venv.display()))?;
+    }
+    let out = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .output()
+        .context(
+            "running `python3 -m venv` (install python3 and python3-venv; tests/run.sh does)",
+        )?;
+    anyhow::ensure!(
+        out.status.success(),
+        "`python3 -m venv {}` failed (is python3-venv installed? tests/run.sh installs it): {}",
+        venv.display(),
+        crate::process::describe_output(&out)
+    );
+    let out = Command::new(venv.join("bin/python"))
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-input",
+        ])
+        .arg(format!("acme2certifier=={A2C_VERSION}"))
+        .output()
+        .context("running pip in the new venv")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "pip install acme2certifier=={A2C_VERSION} into {} failed (needs PyPI): {}",
+        venv.display(),
+        crate::process::describe_output(&out)
+    );
+    anyhow::ensure!(
+        installed_version(&venv).as_deref() == Some(A2C_VERSION),
+        "the new venv {} does not report acme2certifier {A2C_VERSION}",
+        venv.display()
+    );
+    std::fs::write(venv.join(VENV_MARKER), A2C_VERSION)?;
+    Ok((venv, Some(started.elapsed())))
+}
+
+fn venv_works(venv: &Path) -> bool {
+    venv.join(VENV_MARKER).is_file() && installed_version(venv).as_deref() == Some(A2C_VERSION)
+}
+
+/// The acme2certifier version the venv's python imports, if it does.
+fn installed_version(venv: &Path) -> Option<String> {
+    let out = Command::new(venv.join("bin/python"))
+        .args([
+            "-c",
+            "import importlib.metadata as m, acme2certifier.cahandlers.openssl_ca_handler; \
+             print(m.version('acme2certifier'))",
+        ])
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// `acme_srv.cfg` for an instance whose files live in `dir`.
+fn render_config(dir: &Path, opts: &A2cOptions) -> String {
+    let p = |name: &str| dir.join(name).display().to_string();
+    let handler = |name: &str, days: u32| {
+        format!(
+            "[CAhandler:{name}]\n\
+             handler_module: acme2certifier.cahandlers.openssl_ca_handler\n\
+             issuing_ca_key: {key}\n\
+             issuing_ca_cert: {cert}\n\
+             issuing_ca_crl: {crl}\n\
+             cert_save_path: {issued}\n\
+             cert_validity_days: {days}\n\n",
+            key = p("issuing-ca.key"),
+            cert = p("issuing-ca.pem"),
+            crl = p("issuing-ca.crl"),
+            issued = p("issued"),
+        )
+    };
+    let profiles = serde_json::json!({
+        "classic": format!("{}-day certificates", opts.classic_validity_days),
+        "shortlived": format!("{}-day certificates", opts.shortlived_validity_days),
+    });
+    let mut s = String::new();
+    s.push_str(&format!(
+        "[DEFAULT]\ndebug: {}\n\n",
+        if opts.debug { "True" } else { "False" }
+    ));
+    s.push_str("[Nonce]\nnonce_check_disable: False\n\n");
+    s.push_str("[Account]\ncontact_check_disable: True\n\n");
+    s.push_str(&format!(
+        "[DBhandler]\nhandler: wsgi\ndbfile: {}\n\n",
+        p("a2c.db")
+    ));
+    s.push_str("[CAhandler]\nmulti_handler: True\ndefault_handler: classic\n\n");
+    s.push_str(&handler("classic", opts.classic_validity_days));
+    s.push_str(&handler("shortlived", opts.shortlived_validity_days));
+    s.push_str(&format!(
+        "[Order]\nprofiles: {profiles}\nprofiles_check_disable: False\n\
+         profile_cahandler: {{\"classic\": \"classic\", \"shortlived\": \"shortlived\"}}\n\n"
+    ));
+    s.push_str(&format!(
+        "[Renewalinfo]\nrenewalthreshold_pctg: {}\nretry_after_timeout: {}\n\n",
+        opts.renewal_threshold_pctg, opts.retry_after_secs
+    ));
+    s.push_str("[Challenge]\nchallenge_validation_disable: False\n");
+    s
+}
+
+struct A2cPki {
+    listener_ca_pem: String,
+    listener_ca_der: CertificateDer<'static>,
+    listener_cert_pem: String,
+    listener_key_pem: String,
+    issuing_ca_pem: String,
+    issuing_ca_der: CertificateDer<'static>,
+    issuing_key_pem: String,
+}
+
+fn ca_params(cn: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    // rcgen writes a subject key identifier for CA certificates; acme2certifier's
+    // openssl handler derives the leaves' authority key identifier (and so the ARI
+    // certificate id) from it.
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
+fn make_pki() -> anyhow::Result<A2cPki> {
+    // The issuing CA: a root, used directly by both CA handlers.
+    let issuing_key = KeyPair::generate()?;
+    let issuing_key_pem = issuing_key.serialize_pem();
+    let suffix: u32 = rand::random();
+    let issuing = rcgen::CertifiedIssuer::self_signed(
+        ca_params(&format!("certfleet-tests acme2certifier CA {suffix:08x}")),
+        issuing_key,
+    )?;
+
+    // The HTTPS listener.
+    let listener_ca = rcgen::CertifiedIssuer::self_signed(
+        ca_params("certfleet-tests acme2certifier listener CA"),
+        KeyPair::generate()?,
+    )?;
+    let leaf_key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()])?;
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf = params.signed_by(&leaf_key, &listener_ca)?;
+
+    Ok(A2cPki {
+        listener_ca_pem: listener_ca.pem(),
+        listener_ca_der: listener_ca.der().clone(),
+        listener_cert_pem: leaf.pem(),
+        listener_key_pem: leaf_key.serialize_pem(),
+        issuing_ca_pem: issuing.pem(),
+        issuing_ca_der: issuing.der().clone(),
+        issuing_key_pem,
+    })
+}
