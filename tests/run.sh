@@ -32,6 +32,9 @@ if ((${#missing[@]})); then
     apt-get install -y "${missing[@]}"
 fi
 
+echo "==> cargo clippy --workspace --all-targets (benches included; warnings fail)"
+cargo clippy --workspace --all-targets -- -D warnings
+
 echo "==> cargo build --workspace --bins"
 cargo build --workspace --bins
 

@@ -68,6 +68,7 @@ fn record(i: usize, now: i64, due: bool) -> CertRecord {
         installed_serial: Some(format!("{i:032x}")),
         last_error: None,
         attempts: 0,
+        quick_retries: 0,
         // Due ones now; the rest spread over the next 80 hours.
         next_action: Some(if due {
             now - 1
@@ -76,6 +77,7 @@ fn record(i: usize, now: i64, due: bool) -> CertRecord {
         }),
         next_reason: None,
         ari: None,
+        ari_retry_at: None,
         at_risk: false,
         forced_by: None,
         renewals: 0,

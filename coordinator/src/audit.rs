@@ -429,8 +429,7 @@ impl AuditLog {
     /// Walks the whole chain; `Ok(None)` when every link holds.
     pub fn verify(&self) -> Result<Option<BrokenLink>, AuditError> {
         let mut prev = String::new();
-        let mut expected = 0u64;
-        for kv in self.records.iter() {
+        for (expected, kv) in (0u64..).zip(self.records.iter()) {
             let (k, v) = kv?;
             let key_seq = k
                 .as_ref()
@@ -468,7 +467,6 @@ impl AuditLog {
                 }));
             }
             prev = r.hash;
-            expected += 1;
         }
         Ok(None)
     }

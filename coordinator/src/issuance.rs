@@ -975,7 +975,7 @@ impl Engine {
                 .detail("order_url", &order.url)
                 .detail(
                     "profile",
-                    &rec.current.as_ref().and_then(|c| c.profile.clone()),
+                    rec.current.as_ref().and_then(|c| c.profile.clone()),
                 )
                 .detail("reason", &order.reason),
         )?;
