@@ -43,8 +43,11 @@ const WAIT_FOR_AGENT_SECS: i64 = 10 * 60;
 const RECHECK_SECS: i64 = 6 * 3600;
 /// Immediate retries for badNonce (beyond the ACME library's own) and for a CA that forgot
 /// our account (the retry makes a new one).
-const QUICK_RETRIES: u32 = 5;
+const QUICK_RETRIES: u32 = 30;
 const MAX_PARALLEL: usize = 32;
+/// How long a resumed order's challenges stay served after validation (a validation
+/// announced before the crash may still be running at the CA).
+const RESUMED_CLEAR_GRACE: Duration = Duration::from_secs(30);
 /// An order older than this is abandoned rather than resumed (CAs expire them within days).
 const ORDER_MAX_AGE_SECS: i64 = 24 * 3600;
 const TICK_BATCH: usize = 512;
@@ -756,6 +759,7 @@ impl Engine {
             replaces: if kept { replaces } else { None },
             reason: reason.to_string(),
             started: now,
+            challenges_announced: false,
         });
         rec.state = CertState::Ordering;
         rec.updated = now;
@@ -848,8 +852,27 @@ impl Engine {
                                 .detail("type", "http-01")
                                 .detail("order_url", &order.url),
                         )?;
+                        // Announced before a crash? The CA may still be validating from then
+                        // (some keep such challenges "pending", so we cannot tell): announce what
+                        // is pending again, and keep serving for a grace period afterwards so a
+                        // second validation still finds the responder.
+                        let announced_before = order.challenges_announced;
+                        if !announced_before {
+                            if let Some(o) = rec.order.as_mut() {
+                                o.challenges_announced = true;
+                            }
+                            self.store.put_cert(rec)?;
+                        }
                         let r = driver.validate(timeout).await;
-                        clear(agent, &challenges).await;
+                        if announced_before {
+                            let (agent, challenges) = (agent.clone(), challenges.clone());
+                            self.tracker.spawn(async move {
+                                tokio::time::sleep(RESUMED_CLEAR_GRACE).await;
+                                clear(&agent, &challenges).await;
+                            });
+                        } else {
+                            clear(agent, &challenges).await;
+                        }
                         match &r {
                             Ok(()) => self.record(
                                 Kind::ChallengeValidated,
@@ -1313,6 +1336,7 @@ mod tests {
             replaces: None,
             reason: "x".into(),
             started: 0,
+            challenges_announced: false,
         });
         assert_eq!(decide(&r, 1), Decision::Resume);
         r.current = None;

@@ -153,6 +153,11 @@ pub struct OrderInFlight {
     pub replaces: Option<String>,
     pub reason: String,
     pub started: i64,
+    /// The challenges were announced to the CA (stored before announcing). A resumed order
+    /// that was announced before keeps its challenges served for a grace period after
+    /// validation, in case the CA runs a second validation.
+    #[serde(default)]
+    pub challenges_announced: bool,
 }
 
 /// The CA's suggested renewal window (RFC 9773) and our draw inside it.
