@@ -44,6 +44,7 @@ fn record(i: usize, now: i64, due: bool) -> CertRecord {
             policy: None,
             identifiers: vec![ip],
             issuer: "le".into(),
+            fallback_issuers: vec![],
             required_profile: None,
             key_type: KeyTypeName::EcdsaP256,
             target: "nginx".into(),
@@ -69,6 +70,7 @@ fn record(i: usize, now: i64, due: bool) -> CertRecord {
         last_error: None,
         attempts: 0,
         quick_retries: 0,
+        issuer_index: 0,
         // Due ones now; the rest spread over the next 80 hours.
         next_action: Some(if due {
             now - 1

@@ -65,6 +65,9 @@ pub struct PolicyConfig {
     pub match_labels: std::collections::BTreeMap<String, String>,
     /// Issuer for this policy; default: `[issuance] issuer`.
     pub issuer: Option<String>,
+    /// Instead of `issuer`: an ordered list; when one CA fails, the next is tried.
+    #[serde(default)]
+    pub issuers: Vec<String>,
     /// A profile the certificate must have. When set and the CA does not offer it, the
     /// certificate goes to an error state instead of silently getting another lifetime.
     pub profile: Option<String>,
@@ -399,7 +402,13 @@ impl Config {
                     p.name
                 ));
             }
-            if let Some(i) = &p.issuer {
+            if p.issuer.is_some() && !p.issuers.is_empty() {
+                return Err(format!(
+                    "[[policy]] {:?}: give issuer or issuers, not both",
+                    p.name
+                ));
+            }
+            for i in p.issuer.iter().chain(&p.issuers) {
                 if !self.issuers.iter().any(|x| &x.name == i) {
                     return Err(format!("[[policy]] {:?}: issuer {i:?} is not one of the configured [[issuer]] names", p.name));
                 }

@@ -130,7 +130,7 @@ pub fn decide(rec: &CertRecord, now: i64) -> Decision {
     if cur.identifiers != rec.spec.identifiers {
         return Decision::Issue(RenewReason::IdentifiersChanged);
     }
-    if cur.issuer != rec.spec.issuer
+    if !rec.spec.issuers().any(|i| i == cur.issuer)
         || (rec.spec.required_profile.is_some() && cur.profile != rec.spec.required_profile)
     {
         return Decision::Issue(RenewReason::SpecChanged);
@@ -460,6 +460,7 @@ impl Engine {
             Ok(()) => {
                 rec.attempts = 0;
                 rec.quick_retries = 0;
+                rec.issuer_index = 0;
                 rec.last_error = None;
             }
             Err(IssueError::Store(_)) => {}
@@ -494,7 +495,25 @@ impl Engine {
                 rec.last_error = outcome.as_ref().err().map(|e| e.to_string());
                 next = now + RECHECK_SECS;
             }
+            Err(IssueError::Acme(e))
+                if !e.is_permanent()
+                    && !matches!(e, AcmeError::Validation(_))
+                    && rec.order.is_none()
+                    && rec.issuer_index + 1 < rec.spec.issuers().count() =>
+            {
+                rec.issuer_index += 1;
+                let next_issuer = rec
+                    .spec
+                    .issuers()
+                    .nth(rec.issuer_index)
+                    .unwrap_or_default()
+                    .to_owned();
+                tracing::warn!(cert = %rec.id, error = %e, next_issuer = %next_issuer, "issuer failed; falling back to the next one");
+                rec.last_error = Some(format!("{e}; trying issuer {next_issuer} next"));
+                next = now + 1;
+            }
             Err(e) => {
+                rec.issuer_index = 0;
                 let backoff = self
                     .config
                     .issuance
@@ -696,7 +715,8 @@ impl Engine {
     ) -> Result<(), IssueError> {
         let now = self.clock.now_unix();
         let spec = rec.spec.clone();
-        let issuer = self.issuer(&spec.issuer)?;
+        let names: Vec<&str> = spec.issuers().collect();
+        let issuer = self.issuer(names[rec.issuer_index % names.len()])?;
         for ip in &spec.identifiers {
             check_issuable(*ip, issuer.cfg.allow_private_ips).map_err(|e| {
                 IssueError::Policy(format!("cannot ask {} for {ip}: {e}", issuer.cfg.name))
@@ -1074,6 +1094,7 @@ fn new_record(host: &HostRecord, spec: CertSpec, now: i64) -> CertRecord {
         last_error: None,
         attempts: 0,
         quick_retries: 0,
+        issuer_index: 0,
         next_action: Some(now),
         next_reason: None,
         ari: None,
@@ -1237,6 +1258,7 @@ mod tests {
             policy: None,
             identifiers: vec!["8.8.8.8".parse().unwrap()],
             issuer: "le".into(),
+            fallback_issuers: vec![],
             required_profile: None,
             key_type: KeyTypeName::EcdsaP256,
             target: "t".into(),

@@ -15,11 +15,22 @@ pub struct CertSpec {
     pub policy: Option<String>,
     pub identifiers: Vec<IpAddr>,
     pub issuer: String,
+    /// Issuers to fall back to, in order, when `issuer` fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback_issuers: Vec<String>,
     /// A profile the certificate must have; `None` means the issuer's default
     /// (`ip_profile` when the CA offers it, else none).
     pub required_profile: Option<String>,
     pub key_type: KeyTypeName,
     pub target: String,
+}
+
+impl CertSpec {
+    /// Every issuer this certificate may come from, preferred first.
+    pub fn issuers(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.issuer.as_str())
+            .chain(self.fallback_issuers.iter().map(String::as_str))
+    }
 }
 
 /// Why a host gets no certificate, for the operator.
@@ -61,8 +72,11 @@ pub fn desired(config: &Config, host: &HostRecord) -> Result<CertSpec, SpecError
         policy: policy.map(|p| p.name.clone()),
         identifiers: canonical_set(ips),
         issuer: policy
-            .and_then(|p| p.issuer.clone())
+            .and_then(|p| p.issuer.clone().or_else(|| p.issuers.first().cloned()))
             .or_else(|| config.default_issuer_name().map(str::to_owned))
+            .unwrap_or_default(),
+        fallback_issuers: policy
+            .map(|p| p.issuers.iter().skip(1).cloned().collect())
             .unwrap_or_default(),
         required_profile: policy.and_then(|p| p.profile.clone()),
         key_type: policy
@@ -154,6 +168,9 @@ mod tests {
         assert_eq!(s.identifiers, vec!["8.8.8.8".parse::<IpAddr>().unwrap()]);
         assert_eq!(s.issuer, "b");
         assert_eq!(s.required_profile.as_deref(), Some("shortlived"));
+        let cfg = config("[[policy]]\nname = \"fb\"\nissuers = [\"b\", \"a\"]\n");
+        let s = desired(&cfg, &host(&[], &["8.8.8.8"], &["t"])).unwrap();
+        assert_eq!(s.issuers().collect::<Vec<_>>(), vec!["b", "a"]);
         let other = host(&[("role", "db")], &["8.8.8.8"], &["x"]);
         assert_eq!(
             desired(&cfg, &other).unwrap().policy.as_deref(),

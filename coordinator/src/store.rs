@@ -193,6 +193,9 @@ pub struct CertRecord {
     /// account); kept apart from `attempts`, which drives the backoff.
     #[serde(default)]
     pub quick_retries: u32,
+    /// Which of the spec's issuers the next order goes to (0 = the preferred one).
+    #[serde(default)]
+    pub issuer_index: usize,
     /// When the reconciler looks at this certificate next (the schedule index key).
     pub next_action: Option<i64>,
     pub next_reason: Option<String>,
@@ -608,6 +611,7 @@ mod tests {
                 policy: None,
                 identifiers: vec!["8.8.8.8".parse().unwrap()],
                 issuer: "le".into(),
+                fallback_issuers: vec![],
                 required_profile: None,
                 key_type: Default::default(),
                 target: "t".into(),
@@ -620,6 +624,7 @@ mod tests {
             last_error: None,
             attempts: 0,
             quick_retries: 0,
+            issuer_index: 0,
             next_action: next,
             next_reason: None,
             ari: None,

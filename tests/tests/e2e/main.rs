@@ -12,6 +12,7 @@ mod ari;
 mod audit;
 mod cli;
 mod eab;
+mod fallback;
 mod happy_path;
 mod harness;
 mod hostile;
