@@ -168,9 +168,9 @@ mod tests {
         assert_eq!(s.identifiers, vec!["8.8.8.8".parse::<IpAddr>().unwrap()]);
         assert_eq!(s.issuer, "b");
         assert_eq!(s.required_profile.as_deref(), Some("shortlived"));
-        let cfg = config("[[policy]]\nname = \"fb\"\nissuers = [\"b\", \"a\"]\n");
-        let s = desired(&cfg, &host(&[], &["8.8.8.8"], &["t"])).unwrap();
-        assert_eq!(s.issuers().collect::<Vec<_>>(), vec!["b", "a"]);
+        let fb_cfg = config("[[policy]]\nname = \"fb\"\nissuers = [\"b\", \"a\"]\n");
+        let fb = desired(&fb_cfg, &host(&[], &["8.8.8.8"], &["t"])).unwrap();
+        assert_eq!(fb.issuers().collect::<Vec<_>>(), vec!["b", "a"]);
         let other = host(&[("role", "db")], &["8.8.8.8"], &["x"]);
         assert_eq!(
             desired(&cfg, &other).unwrap().policy.as_deref(),
