@@ -154,7 +154,8 @@ pub async fn certs(
             let when = |t: i64| -> String {
                 if t == 0 {
                     "-".into()
-                } else if lifetime > 0 {
+                } else if lifetime > 0 && (t - now).abs() >= 3600 {
+                    // Hours for short-lived certificates, days for long ones.
                     let d = human_duration(t - now, lifetime);
                     if t >= now {
                         format!("in {d}")
