@@ -229,6 +229,194 @@ pub async fn renew(
         .cert_ids)
 }
 
+pub async fn tokens(
+    client: &mut AdminClient<Channel>,
+    as_json: bool,
+    now: i64,
+) -> anyhow::Result<String> {
+    let tokens = client
+        .list_tokens(pb::ListTokensRequest {})
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .tokens;
+    let state = |t: &pb::TokenView| -> &'static str {
+        if t.revoked {
+            "revoked"
+        } else if t.uses_left == 0 {
+            "used"
+        } else if t.expires_unix <= now {
+            "expired"
+        } else {
+            "usable"
+        }
+    };
+    if as_json {
+        let v: Vec<Value> = tokens
+            .iter()
+            .map(|t| {
+                json!({"id": t.id, "state": state(t), "created": rfc3339(t.created_unix), "expires": rfc3339(t.expires_unix),
+                       "uses_left": t.uses_left, "used_by": t.used_by, "revoked": t.revoked})
+            })
+            .collect();
+        return Ok(serde_json::to_string_pretty(&v)? + "\n");
+    }
+    let rows: Vec<Vec<String>> = tokens
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.clone(),
+                state(t).into(),
+                relative(t.created_unix, now),
+                format!(
+                    "{} ({})",
+                    rfc3339(t.expires_unix),
+                    relative(t.expires_unix, now)
+                ),
+                t.uses_left.to_string(),
+                if t.used_by.is_empty() {
+                    "-".into()
+                } else {
+                    t.used_by.join(",")
+                },
+            ]
+        })
+        .collect();
+    Ok(table(
+        &[
+            "TOKEN ID",
+            "STATE",
+            "CREATED",
+            "EXPIRES",
+            "USES LEFT",
+            "USED BY",
+        ],
+        &rows,
+    ))
+}
+
+pub async fn token_revoke(client: &mut AdminClient<Channel>, id: String) -> anyhow::Result<String> {
+    Ok(client
+        .revoke_token(pb::RevokeTokenRequest { id })
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .id)
+}
+
+/// One screen: hosts, certificates by state, the soonest expiry and action, what is wrong.
+pub async fn status(
+    client: &mut AdminClient<Channel>,
+    as_json: bool,
+    now: i64,
+) -> anyhow::Result<String> {
+    let hosts = client
+        .list_hosts(pb::ListHostsRequest {})
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .hosts;
+    let certs = client
+        .list_certs(pb::ListCertsRequest {})
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .certs;
+    let connected = hosts.iter().filter(|h| h.connected).count();
+    let mut by_state: std::collections::BTreeMap<&str, usize> = Default::default();
+    for c in &certs {
+        *by_state.entry(c.state.as_str()).or_default() += 1;
+    }
+    let at_risk: Vec<&pb::CertView> = certs.iter().filter(|c| c.at_risk).collect();
+    let failing: Vec<&pb::CertView> = certs.iter().filter(|c| !c.last_error.is_empty()).collect();
+    let soonest_expiry = certs
+        .iter()
+        .filter(|c| c.not_after_unix > 0)
+        .min_by_key(|c| c.not_after_unix);
+    let soonest_action = certs
+        .iter()
+        .filter(|c| c.next_action_unix > 0)
+        .min_by_key(|c| c.next_action_unix);
+    if as_json {
+        let brief = |c: &pb::CertView| {
+            json!({"cert_id": c.cert_id, "host_id": c.host_id, "state": c.state,
+            "not_after": opt_time(c.not_after_unix), "next_action": opt_time(c.next_action_unix),
+            "next_reason": opt_str(&c.next_reason), "last_error": opt_str(&c.last_error)})
+        };
+        let v = json!({
+            "hosts": {"total": hosts.len(), "connected": connected},
+            "certificates": {"total": certs.len(), "by_state": by_state, "at_risk": at_risk.len()},
+            "soonest_expiry": soonest_expiry.map(brief),
+            "soonest_action": soonest_action.map(brief),
+            "at_risk": at_risk.iter().map(|c| brief(c)).collect::<Vec<_>>(),
+            "failing": failing.iter().map(|c| brief(c)).collect::<Vec<_>>(),
+        });
+        return Ok(serde_json::to_string_pretty(&v)? + "\n");
+    }
+    let mut out = String::new();
+    out.push_str(&format!(
+        "hosts         {} ({} connected, {} offline)\n",
+        hosts.len(),
+        connected,
+        hosts.len() - connected
+    ));
+    let states: Vec<String> = by_state.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    out.push_str(&format!(
+        "certificates  {} ({})\n",
+        certs.len(),
+        if states.is_empty() {
+            "none".into()
+        } else {
+            states.join(", ")
+        }
+    ));
+    match soonest_expiry {
+        Some(c) => out.push_str(&format!(
+            "soonest expiry {} on {} at {} ({})\n",
+            c.cert_id,
+            c.host_id,
+            rfc3339(c.not_after_unix),
+            relative(c.not_after_unix, now)
+        )),
+        None => out.push_str("soonest expiry -\n"),
+    }
+    if let Some(c) = soonest_action {
+        out.push_str(&format!(
+            "next action   {} {} ({})\n",
+            c.cert_id,
+            relative(c.next_action_unix, now),
+            c.next_reason
+        ));
+    }
+    out.push_str(&format!(
+        "at risk       {}\n",
+        if at_risk.is_empty() {
+            "none".into()
+        } else {
+            at_risk.len().to_string()
+        }
+    ));
+    for c in &at_risk {
+        out.push_str(&format!(
+            "  AT RISK {} on {} expires {}: {}\n",
+            c.cert_id,
+            c.host_id,
+            relative(c.not_after_unix, now),
+            c.last_error
+        ));
+    }
+    if !failing.is_empty() {
+        out.push_str(&format!("failing       {}\n", failing.len()));
+        for c in &failing {
+            out.push_str(&format!(
+                "  {} on {}: {}\n",
+                c.cert_id, c.host_id, c.last_error
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// Audit filters from the command line.
 #[derive(Debug, Default)]
 pub struct AuditFilter {

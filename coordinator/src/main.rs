@@ -51,6 +51,18 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TokenCmd,
     },
+    /// Join tokens: list (default) or revoke.
+    Tokens {
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        cmd: Option<TokensCmd>,
+    },
+    /// One screen: hosts, certificates by state, soonest expiry, anything at risk or failing.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// List hosts.
     Hosts {
         #[arg(long)]
@@ -88,6 +100,21 @@ enum Cmd {
         #[command(subcommand)]
         cmd: Option<CertsCmd>,
     },
+}
+
+#[derive(Subcommand)]
+enum TokensCmd {
+    /// List tokens (ids, state, expiry, who used them).
+    List,
+    /// Create a join token and print it (same as `token create`).
+    Create {
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+    /// Revoke a token by its id (at least 8 hex digits, from `tokens list`).
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -188,6 +215,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         Cmd::Token {
             cmd: TokenCmd::Create { ttl, uses },
+        }
+        | Cmd::Tokens {
+            cmd: Some(TokensCmd::Create { ttl, uses }),
+            ..
         } => {
             let ttl = certfleet_shared::timefmt::parse_duration_secs(&ttl)
                 .map_err(anyhow::Error::msg)
@@ -195,6 +226,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
             let t = cli::token_create(&mut client, ttl, uses).await?;
             println!("{}", t.token);
+        }
+        Cmd::Tokens {
+            json,
+            cmd: None | Some(TokensCmd::List),
+        } => {
+            let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
+            print!("{}", cli::tokens(&mut client, json, now).await?);
+        }
+        Cmd::Tokens {
+            cmd: Some(TokensCmd::Revoke { id }),
+            ..
+        } => {
+            let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
+            println!(
+                "revoked token {}",
+                cli::token_revoke(&mut client, id).await?
+            );
+        }
+        Cmd::Status { json } => {
+            let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
+            print!("{}", cli::status(&mut client, json, now).await?);
         }
         Cmd::Hosts { json } => {
             let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;

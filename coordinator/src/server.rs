@@ -443,6 +443,75 @@ impl Admin for Api {
         Ok(Response::new(pb::ListCertsResponse { certs }))
     }
 
+    async fn list_tokens(
+        &self,
+        req: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        admin_identity(&req)?;
+        let mut tokens: Vec<pb::TokenView> = self
+            .store
+            .tokens()
+            .map_err(internal)?
+            .into_iter()
+            .map(|(hash, t)| pb::TokenView {
+                id: hash.chars().take(16).collect(),
+                created_unix: t.created,
+                expires_unix: t.expires,
+                uses_left: t.uses_left,
+                used_by: t.used_by.iter().map(|h| h.to_string()).collect(),
+                revoked: t.revoked,
+            })
+            .collect();
+        tokens.sort_by_key(|t| t.created_unix);
+        Ok(Response::new(pb::ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let operator = admin_identity(&req)?;
+        let id = req.into_inner().id.to_ascii_lowercase();
+        if id.len() < 8 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Status::invalid_argument(
+                "give at least 8 hex digits of the token id (from `tokens list`)",
+            ));
+        }
+        let matches: Vec<(String, TokenRecord)> = self
+            .store
+            .tokens()
+            .map_err(internal)?
+            .into_iter()
+            .filter(|(h, _)| h.starts_with(&id))
+            .collect();
+        let (hash, mut rec) = match matches.len() {
+            0 => return Err(Status::not_found(format!("no token with id {id}"))),
+            1 => matches
+                .into_iter()
+                .next()
+                .ok_or_else(|| Status::internal("token vanished"))?,
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "{n} tokens start with {id}; give more digits"
+                )))
+            }
+        };
+        self.audit
+            .append(
+                Kind::TokenRevoked,
+                self.clock.now_unix(),
+                Entry::by(format!("operator:{operator}"))
+                    .detail("token_sha256_prefix", &hash[..16]),
+            )
+            .map_err(internal)?;
+        rec.revoked = true;
+        self.store.put_token(&hash, &rec).map_err(internal)?;
+        tracing::info!(operator = %operator, token = %&hash[..16], "join token revoked");
+        Ok(Response::new(pb::RevokeTokenResponse {
+            id: hash[..16].to_owned(),
+        }))
+    }
+
     async fn query_audit(
         &self,
         req: Request<pb::QueryAuditRequest>,

@@ -220,6 +220,8 @@ pub trait Store: Send + Sync + 'static {
     fn delete_account(&self, issuer: &str) -> Result<(), StoreError>;
 
     fn put_token(&self, token_hash: &str, rec: &TokenRecord) -> Result<(), StoreError>;
+    /// Every token record with its hash.
+    fn tokens(&self) -> Result<Vec<(String, TokenRecord)>, StoreError>;
     /// Atomically: check the token, consume one use, and record the host.
     fn enroll(&self, token_hash: &str, now: i64, host: &HostRecord) -> Result<(), EnrollError>;
 
@@ -380,6 +382,18 @@ impl Store for SledStore {
 
     fn put_token(&self, token_hash: &str, rec: &TokenRecord) -> Result<(), StoreError> {
         self.put(&self.tokens, token_hash, rec)
+    }
+
+    fn tokens(&self) -> Result<Vec<(String, TokenRecord)>, StoreError> {
+        self.tokens
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let key = String::from_utf8_lossy(&k).into_owned();
+                let rec = decode(&key, &v)?;
+                Ok((key, rec))
+            })
+            .collect()
     }
 
     fn enroll(&self, token_hash: &str, now: i64, host: &HostRecord) -> Result<(), EnrollError> {

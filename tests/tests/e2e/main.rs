@@ -17,6 +17,7 @@ mod happy_path;
 mod harness;
 mod hostile;
 mod mtls;
+mod operator;
 mod policy;
 mod refusals;
 mod renewal;
