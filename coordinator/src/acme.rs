@@ -312,6 +312,21 @@ impl AcmeIssuer {
         !self.no_ari.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Revokes a certificate this account obtained.
+    pub async fn revoke(
+        &self,
+        leaf_der: &[u8],
+        reason: instant_acme::RevocationReason,
+    ) -> Result<(), AcmeError> {
+        let account = self.account().await?;
+        let cert = CertificateDer::from(leaf_der.to_vec());
+        let req = instant_acme::RevocationRequest {
+            certificate: &cert,
+            reason: Some(reason),
+        };
+        self.timed("revoke", account.revoke(&req)).await
+    }
+
     /// The RFC 9773 identifier of a certificate.
     pub fn ari_id(leaf: &CertificateDer<'_>) -> Option<String> {
         CertificateIdentifier::try_from(leaf)

@@ -295,6 +295,35 @@ pub async fn tokens(
     ))
 }
 
+pub async fn cert_revoke(
+    client: &mut AdminClient<Channel>,
+    cert_id: String,
+    reason: String,
+) -> anyhow::Result<String> {
+    Ok(client
+        .revoke_cert(pb::RevokeCertRequest { cert_id, reason })
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .serial)
+}
+
+pub async fn host_remove(
+    client: &mut AdminClient<Channel>,
+    host_id: String,
+    keep: bool,
+) -> anyhow::Result<Vec<String>> {
+    Ok(client
+        .remove_host(pb::RemoveHostRequest {
+            host_id,
+            keep_certificates: keep,
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .revoked_serials)
+}
+
 pub async fn token_revoke(client: &mut AdminClient<Channel>, id: String) -> anyhow::Result<String> {
     Ok(client
         .revoke_token(pb::RevokeTokenRequest { id })

@@ -364,6 +364,94 @@ impl Engine {
             .map(|_| ())
     }
 
+    /// Revokes the current certificate at its CA and records it. With `reissue`, the
+    /// reconciler then issues a replacement at once.
+    pub async fn revoke(
+        &self,
+        id: &CertId,
+        reason: instant_acme::RevocationReason,
+        reason_name: &str,
+        by: &str,
+        reissue: bool,
+    ) -> Result<Option<String>, IssueError> {
+        let Some(mut rec) = self.store.cert(id)? else {
+            return Err(IssueError::Policy(format!("no such certificate: {id}")));
+        };
+        let Some(cur) = rec.current.clone() else {
+            return Ok(None);
+        };
+        let issuer = self.issuer(&cur.issuer)?;
+        let chain =
+            parse_pem_chain(&cur.chain_pem).map_err(|e| IssueError::BadCert(e.to_string()))?;
+        issuer.revoke(&chain[0], reason).await?;
+        self.record(
+            Kind::CertificateRevoked,
+            &rec,
+            Entry::by(by)
+                .ips(&cur.identifiers)
+                .serial(cur.serial.clone())
+                .issuer(cur.issuer.clone())
+                .detail("reason", reason_name),
+        )?;
+        tracing::warn!(cert = %id, serial = %cur.serial, reason = reason_name, by, "certificate revoked");
+        if reissue {
+            rec.current = None;
+            rec.ari = None;
+            rec.ari_retry_at = None;
+            rec.last_renewal_reason = Some(format!("revoked ({reason_name}) by {by}"));
+            rec.next_action = Some(self.clock.now_unix());
+            rec.next_reason = Some("replace the revoked certificate".into());
+            self.store.put_cert(&rec)?;
+            self.wake.notify_one();
+        }
+        Ok(Some(cur.serial))
+    }
+
+    /// Removes a host: revokes its certificates (cessationOfOperation) unless told not to,
+    /// forgets them and the host; its identity is refused from then on.
+    pub async fn remove_host(
+        &self,
+        host: &HostId,
+        by: &str,
+        revoke: bool,
+    ) -> Result<Vec<String>, IssueError> {
+        let mut revoked = Vec::new();
+        for rec in self.store.certs_for_host(host)? {
+            if revoke
+                && rec
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| c.not_after > self.clock.now_unix())
+            {
+                if let Some(serial) = self
+                    .revoke(
+                        &rec.id,
+                        instant_acme::RevocationReason::CessationOfOperation,
+                        "cessationOfOperation",
+                        by,
+                        false,
+                    )
+                    .await?
+                {
+                    revoked.push(serial);
+                }
+            }
+            self.store.delete_cert(&rec)?;
+        }
+        self.audit.append(
+            Kind::HostRemoved,
+            self.clock.now_unix(),
+            Entry::by(by)
+                .host(host)
+                .detail("revoked_serials", &revoked)
+                .detail("revoked", revoke),
+        )?;
+        self.store.delete_host(host)?;
+        self.sessions.disconnect(host);
+        tracing::warn!(host = %host, by, revoked = ?revoked, "host removed");
+        Ok(revoked)
+    }
+
     /// Forces a renewal of these certificates now (operator command).
     pub fn force_renew(&self, ids: &[CertId], by: &str) -> Result<Vec<CertId>, StoreError> {
         let now = self.clock.now_unix();
@@ -441,13 +529,30 @@ impl Engine {
         // A Hello or an operator may have changed the record while this task ran: their
         // fields win, and the certificate is looked at again right away.
         let mut changed_meanwhile = false;
-        if let Some(fresh) = self.store.cert(&rec.id)? {
+        let Some(fresh) = self.store.cert(&rec.id)? else {
+            // Removed (host removal) while this task ran: it stays removed.
+            return Ok(());
+        };
+        {
             if fresh.spec != rec.spec {
                 rec.spec = fresh.spec;
                 changed_meanwhile = true;
             }
             if fresh.forced_by.is_some() && rec.forced_by.is_none() {
                 rec.forced_by = fresh.forced_by;
+                changed_meanwhile = true;
+            }
+            // Revoked by an operator meanwhile: do not bring the revoked certificate back.
+            if fresh.current.is_none()
+                && rec.current.is_some()
+                && fresh
+                    .last_renewal_reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("revoked"))
+            {
+                rec.current = None;
+                rec.ari = None;
+                rec.last_renewal_reason = fresh.last_renewal_reason;
                 changed_meanwhile = true;
             }
         }

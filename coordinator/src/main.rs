@@ -63,10 +63,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// List hosts.
+    /// List hosts, or remove one.
     Hosts {
         #[arg(long)]
         json: bool,
+        #[command(subcommand)]
+        cmd: Option<HostsCmd>,
     },
     /// Query the audit trail (JSON Lines with --json, for export into a SIEM).
     Audit {
@@ -103,6 +105,18 @@ enum Cmd {
 }
 
 #[derive(Subcommand)]
+enum HostsCmd {
+    /// Remove a host: revoke its certificates (cessationOfOperation), forget it, refuse its
+    /// identity from now on.
+    Remove {
+        host: String,
+        /// Keep its certificates valid at the CA (only forget them here).
+        #[arg(long)]
+        no_revoke: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum TokensCmd {
     /// List tokens (ids, state, expiry, who used them).
     List,
@@ -125,6 +139,14 @@ enum AuditCmd {
 
 #[derive(Subcommand)]
 enum CertsCmd {
+    /// Revoke at the CA; a replacement is issued at once.
+    Revoke {
+        id: String,
+        /// unspecified, keyCompromise, affiliationChanged, superseded, cessationOfOperation,
+        /// privilegeWithdrawn.
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+    },
     /// Renew now, whether due or not.
     Renew {
         /// Certificate ids (from `certs`).
@@ -248,7 +270,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
             print!("{}", cli::status(&mut client, json, now).await?);
         }
-        Cmd::Hosts { json } => {
+        Cmd::Hosts {
+            cmd: Some(HostsCmd::Remove { host, no_revoke }),
+            ..
+        } => {
+            let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
+            let revoked = cli::host_remove(&mut client, host.clone(), no_revoke).await?;
+            println!(
+                "removed host {host}; revoked {}",
+                if revoked.is_empty() {
+                    "nothing".into()
+                } else {
+                    revoked.join(", ")
+                }
+            );
+        }
+        Cmd::Certs {
+            cmd: Some(CertsCmd::Revoke { id, reason }),
+            ..
+        } => {
+            let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
+            let serial = cli::cert_revoke(&mut client, id, reason.clone()).await?;
+            println!("revoked serial {serial} ({reason}); a replacement is on its way");
+        }
+        Cmd::Hosts { json, cmd: None } => {
             let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
             print!("{}", cli::hosts(&mut client, json, now).await?);
             if json {

@@ -443,6 +443,60 @@ impl Admin for Api {
         Ok(Response::new(pb::ListCertsResponse { certs }))
     }
 
+    async fn revoke_cert(
+        &self,
+        req: Request<pb::RevokeCertRequest>,
+    ) -> Result<Response<pb::RevokeCertResponse>, Status> {
+        let operator = admin_identity(&req)?;
+        let r = req.into_inner();
+        let id = CertId::parse(&r.cert_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let name = if r.reason.is_empty() {
+            "unspecified".to_owned()
+        } else {
+            r.reason.clone()
+        };
+        let reason = revocation_reason(&name).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "unknown reason {name:?}; use unspecified, keyCompromise, affiliationChanged, superseded, cessationOfOperation or privilegeWithdrawn"
+            ))
+        })?;
+        if self.store.cert(&id).map_err(internal)?.is_none() {
+            return Err(Status::not_found(format!("no such certificate: {id}")));
+        }
+        match self
+            .engine
+            .revoke(&id, reason, &name, &format!("operator:{operator}"), true)
+            .await
+        {
+            Ok(Some(serial)) => Ok(Response::new(pb::RevokeCertResponse { serial })),
+            Ok(None) => Err(Status::failed_precondition(format!(
+                "certificate {id} has nothing issued to revoke"
+            ))),
+            Err(e) => Err(Status::unavailable(format!("revocation failed: {e}"))),
+        }
+    }
+
+    async fn remove_host(
+        &self,
+        req: Request<pb::RemoveHostRequest>,
+    ) -> Result<Response<pb::RemoveHostResponse>, Status> {
+        let operator = admin_identity(&req)?;
+        let r = req.into_inner();
+        let host =
+            HostId::parse(&r.host_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if self.store.host(&host).map_err(internal)?.is_none() {
+            return Err(Status::not_found(format!("no such host: {host}")));
+        }
+        match self
+            .engine
+            .remove_host(&host, &format!("operator:{operator}"), !r.keep_certificates)
+            .await
+        {
+            Ok(revoked_serials) => Ok(Response::new(pb::RemoveHostResponse { revoked_serials })),
+            Err(e) => Err(Status::unavailable(format!("host not removed: {e}"))),
+        }
+    }
+
     async fn list_tokens(
         &self,
         req: Request<pb::ListTokensRequest>,
@@ -600,6 +654,19 @@ impl Admin for Api {
 }
 
 const AUDIT_QUERY_CAP: usize = 10_000;
+
+fn revocation_reason(name: &str) -> Option<instant_acme::RevocationReason> {
+    use instant_acme::RevocationReason as R;
+    Some(match name {
+        "unspecified" => R::Unspecified,
+        "keyCompromise" => R::KeyCompromise,
+        "affiliationChanged" => R::AffiliationChanged,
+        "superseded" => R::Superseded,
+        "cessationOfOperation" => R::CessationOfOperation,
+        "privilegeWithdrawn" => R::PrivilegeWithdrawn,
+        _ => return None,
+    })
+}
 
 impl Api {
     fn audit_query(&self, r: pb::QueryAuditRequest) -> Result<pb::QueryAuditResponse, Status> {

@@ -167,6 +167,13 @@ impl Sessions {
         lock(&self.map).contains_key(host)
     }
 
+    /// Forgets a host's session (it was removed): nothing more is sent to it.
+    pub fn disconnect(&self, host: &HostId) {
+        if let Some(h) = lock(&self.map).remove(host) {
+            lock(&h.pending).clear();
+        }
+    }
+
     /// Ends every session (shutdown): their outbound streams finish once the handles drop.
     pub fn close_all(&self) {
         for (_, h) in lock(&self.map).drain() {

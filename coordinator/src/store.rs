@@ -227,6 +227,9 @@ pub trait Store: Send + Sync + 'static {
 
     fn host(&self, id: &HostId) -> Result<Option<HostRecord>, StoreError>;
     fn put_host(&self, rec: &HostRecord) -> Result<(), StoreError>;
+    fn delete_host(&self, id: &HostId) -> Result<(), StoreError>;
+    /// Removes a certificate record with its index entries.
+    fn delete_cert(&self, rec: &CertRecord) -> Result<(), StoreError>;
     fn hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
 
     fn cert(&self, id: &CertId) -> Result<Option<CertRecord>, StoreError>;
@@ -447,6 +450,23 @@ impl Store for SledStore {
 
     fn put_host(&self, rec: &HostRecord) -> Result<(), StoreError> {
         self.put(&self.hosts, rec.id.as_str(), rec)
+    }
+
+    fn delete_host(&self, id: &HostId) -> Result<(), StoreError> {
+        self.hosts.remove(id.as_str().as_bytes())?;
+        self.flush()
+    }
+
+    fn delete_cert(&self, rec: &CertRecord) -> Result<(), StoreError> {
+        if let Some(stored) = self.cert(&rec.id)? {
+            if let Some(at) = stored.next_action {
+                self.schedule.remove(schedule_key(at, &stored.id))?;
+            }
+        }
+        self.certs.remove(rec.id.as_str().as_bytes())?;
+        self.host_certs
+            .remove(host_cert_key(&rec.host_id, &rec.id))?;
+        self.flush()
     }
 
     fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {

@@ -22,5 +22,6 @@ mod policy;
 mod refusals;
 mod renewal;
 mod restart;
+mod revocation;
 mod support;
 mod validation;
