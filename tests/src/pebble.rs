@@ -258,6 +258,21 @@ impl Pebble {
         Ok(String::from_utf8(body.to_vec())?)
     }
 
+    /// Pebble's view of a certificate (management API `/cert-status-by-serial/<hex>`): the
+    /// JSON it returns, which has `"Status": "Valid"` or `"Revoked"`.
+    pub async fn cert_status(&self, serial_hex: &str) -> anyhow::Result<serde_json::Value> {
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), self.mgmt_port);
+        let path = format!("/cert-status-by-serial/{serial_hex}");
+        let (status, body) =
+            tlsutil::https_get(addr, &path, std::slice::from_ref(&self.ca_der)).await?;
+        anyhow::ensure!(
+            status == 200,
+            "GET {path} -> {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        Ok(serde_json::from_slice(&body)?)
+    }
+
     /// The issuing root, DER.
     pub async fn issuing_root_der(&self) -> anyhow::Result<CertificateDer<'static>> {
         let pem = self.issuing_root_pem().await?;
