@@ -128,6 +128,7 @@ pub struct RenewalWindow {
 
 pub struct AcmeIssuer {
     pub cfg: IssuerConfig,
+    metrics: Arc<crate::metrics::Metrics>,
     store: Arc<dyn Store>,
     clock: SharedClock,
     account: Mutex<Option<Account>>,
@@ -143,9 +144,15 @@ fn problem_parts(e: &instant_acme::Error) -> (String, Option<String>) {
 }
 
 impl AcmeIssuer {
-    pub fn new(cfg: IssuerConfig, store: Arc<dyn Store>, clock: SharedClock) -> Self {
+    pub fn new(
+        cfg: IssuerConfig,
+        store: Arc<dyn Store>,
+        clock: SharedClock,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         Self {
             cfg,
+            metrics,
             store,
             clock,
             account: Mutex::new(None),
@@ -175,7 +182,11 @@ impl AcmeIssuer {
         what: &'static str,
         fut: impl std::future::Future<Output = Result<T, instant_acme::Error>>,
     ) -> Result<T, AcmeError> {
-        match tokio::time::timeout(ACME_CALL_TIMEOUT, fut).await {
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(ACME_CALL_TIMEOUT, fut).await;
+        self.metrics
+            .observe_acme(&self.cfg.name, what, started.elapsed().as_secs_f64());
+        match result {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 let err = self.ca_err(&e);

@@ -44,6 +44,16 @@ pub struct Config {
     /// matches gets the default spec from `[issuance]`.
     #[serde(rename = "policy", default)]
     pub policies: Vec<PolicyConfig>,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve Prometheus metrics on `http://<listen>/metrics`; off when unset. Bind it to a
+    /// private address: the metrics name hosts and certificates.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Which of a host's addresses a policy's certificate covers.
@@ -477,6 +487,7 @@ allow_private_ips = true
         assert_eq!(cfg.issuers[0].directory, LETSENCRYPT_DIRECTORY);
         assert_eq!(cfg.issuers[0].rate_limits(), RateLimits::Letsencrypt);
         assert_eq!(cfg.policies.len(), 1);
+        assert_eq!(cfg.metrics.listen.map(|a| a.port()), Some(9464));
         assert_eq!(cfg.policies[0].ips, IpSelection::Public);
         assert!(
             !format!("{:?}", cfg.issuers[1]).contains("REPLACE-WITH-BASE64URL"),

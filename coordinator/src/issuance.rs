@@ -151,6 +151,7 @@ pub fn decide(rec: &CertRecord, now: i64) -> Decision {
 
 pub struct Engine {
     pub store: Arc<dyn Store>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     audit: Arc<AuditLog>,
     pub sessions: Arc<Sessions>,
     issuers: HashMap<String, Arc<AcmeIssuer>>,
@@ -169,8 +170,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Engine {
+    // Every argument is a distinct shared service the engine is wired to at start-up.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Config,
+        metrics: Arc<crate::metrics::Metrics>,
         store: Arc<dyn Store>,
         audit: Arc<AuditLog>,
         sessions: Arc<Sessions>,
@@ -184,12 +188,18 @@ impl Engine {
             .map(|c| {
                 (
                     c.name.clone(),
-                    Arc::new(AcmeIssuer::new(c.clone(), store.clone(), clock.clone())),
+                    Arc::new(AcmeIssuer::new(
+                        c.clone(),
+                        store.clone(),
+                        clock.clone(),
+                        metrics.clone(),
+                    )),
                 )
             })
             .collect();
         Arc::new(Self {
             store,
+            metrics,
             audit,
             sessions,
             issuers,
@@ -637,6 +647,15 @@ impl Engine {
             }
         }
         if let Err(e) = &outcome {
+            if !matches!(e, IssueError::WaitingForAgent | IssueError::Store(_)) {
+                self.metrics
+                    .failures
+                    .get_or_create(&crate::metrics::IssuerReason {
+                        issuer: rec.spec.issuer.clone(),
+                        reason: failure_reason(e).into(),
+                    })
+                    .inc();
+            }
             if !matches!(e, IssueError::WaitingForAgent) {
                 tracing::warn!(cert = %rec.id, host = %rec.host_id, error = %e, next_action = next, "certificate not reconciled");
             }
@@ -765,6 +784,20 @@ impl Engine {
             .get(name)
             .cloned()
             .ok_or_else(|| IssueError::Policy(format!("issuer {name:?} is not configured")))
+    }
+
+    /// New orders left per issuer that counts Let's Encrypt's limits (for metrics).
+    pub fn budget_remaining(&self) -> Vec<(String, u32)> {
+        let now = self.clock.now_unix();
+        self.issuers
+            .values()
+            .filter(|i| i.cfg.rate_limits() == RateLimits::Letsencrypt)
+            .filter_map(|i| {
+                self.budget(&i.cfg.name)
+                    .ok()
+                    .map(|b| (i.cfg.name.clone(), b.remaining_new_orders(now)))
+            })
+            .collect()
     }
 
     fn budget_check(
@@ -1098,6 +1131,13 @@ impl Engine {
         rec.forced_by = None;
         if renewed {
             rec.renewals += 1;
+            self.metrics
+                .renewals
+                .get_or_create(&crate::metrics::IssuerReason {
+                    issuer: issuer.cfg.name.clone(),
+                    reason: order.reason.clone(),
+                })
+                .inc();
         }
         rec.last_renewal_reason = Some(order.reason.clone());
         rec.state = CertState::Issued;
@@ -1183,6 +1223,28 @@ impl Engine {
             }
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// A short, bounded label for a failure (metrics).
+fn failure_reason(e: &IssueError) -> &'static str {
+    match e {
+        IssueError::Acme(AcmeError::Validation(_)) => "validation",
+        IssueError::Acme(AcmeError::Timeout { .. }) => "ca_timeout",
+        IssueError::Acme(AcmeError::ProfileUnavailable { .. }) => "profile_unavailable",
+        IssueError::Acme(a) if a.is_bad_nonce() => "bad_nonce",
+        IssueError::Acme(a) if a.is_rate_limited() => "rate_limited",
+        IssueError::Acme(a) if a.is_account_gone() => "account_gone",
+        IssueError::Acme(a) if a.problem_type().is_none() => "ca_unreachable",
+        IssueError::Acme(_) => "ca_error",
+        IssueError::Agent(_) => "agent",
+        IssueError::Budget(_) => "rate_limit_budget",
+        IssueError::Policy(_) => "policy",
+        IssueError::BadCsr(_) => "bad_csr",
+        IssueError::BadCert(_) => "bad_certificate",
+        IssueError::WaitingForAgent => "waiting_for_agent",
+        IssueError::Store(_) => "store",
+        IssueError::Audit(_) => "audit",
     }
 }
 

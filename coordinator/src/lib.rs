@@ -10,6 +10,7 @@
 //! - [`tokens`] — join token generation (stored only as hashes).
 //! - [`audit`] — the hash-chained, append-only audit trail and its indexed queries.
 //! - [`acme`] — ACME issuers (the only code that talks to a CA).
+//! - [`metrics`] — Prometheus exposition, computed from the store at scrape time.
 //! - [`sessions`] — live agent streams and request/reply correlation.
 //! - [`spec`] — desired state: which certificate a host should have (policies by label).
 //! - [`issuance`] — the reconciler: next-action index → decide → order/validate/finalize/install.
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod fleet_ca;
 pub mod issuance;
+pub mod metrics;
 pub mod server;
 pub mod sessions;
 pub mod spec;
@@ -67,8 +69,10 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> anyho
     let clock: SharedClock = Arc::new(SystemClock);
     let sessions = Arc::new(sessions::Sessions::default());
     let tracker = TaskTracker::new();
+    let metrics = Arc::new(metrics::Metrics::default());
     let engine = issuance::Engine::new(
         config.clone(),
+        metrics.clone(),
         store.clone(),
         audit.clone(),
         sessions.clone(),
@@ -97,6 +101,27 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> anyho
         .client_ca_root(Certificate::from_pem(&ca.ca_pem))
         .client_auth_optional(true)
         .timeout(Duration::from_secs(10));
+
+    if let Some(addr) = config.metrics.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for metrics ([metrics] listen)"))?;
+        let (store, sessions, engine, metrics) = (
+            store.clone(),
+            sessions.clone(),
+            engine.clone(),
+            metrics.clone(),
+        );
+        let render = move || {
+            let now =
+                certfleet_shared::clock::Clock::now_unix(&certfleet_shared::clock::SystemClock);
+            metrics
+                .render(store.as_ref(), &sessions, &engine.budget_remaining(), now)
+                .map_err(|e| e.to_string())
+        };
+        tracker.spawn(metrics::serve(listener, render, shutdown.clone()));
+        tracing::info!(listen = %addr, "metrics on /metrics");
+    }
 
     let incoming = TcpIncoming::bind(config.server.listen)
         .with_context(|| format!("cannot listen on {}", config.server.listen))?

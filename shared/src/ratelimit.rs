@@ -158,6 +158,18 @@ impl Budget {
         &self.limits
     }
 
+    /// How many more orders the account may create now (for the operator's metrics).
+    pub fn remaining_new_orders(&self, now: i64) -> u32 {
+        let l = self.limits.new_orders_per_account;
+        let used = self
+            .counts
+            .get(l.name)
+            .and_then(|keys| keys.get(ACCOUNT_KEY))
+            .map(|ts| ts.iter().filter(|t| in_window(&l, **t, now)).count() as u32)
+            .unwrap_or(0);
+        l.max.saturating_sub(used)
+    }
+
     /// Counts an event that happened at `now`.
     pub fn record(&mut self, event: &Event, now: i64) {
         let l = self.limits;
@@ -519,6 +531,20 @@ mod tests {
         b.prune(T0 + 999 + WEEK);
         assert!(b.is_empty());
         assert_eq!(b, Budget::new());
+    }
+
+    #[test]
+    fn remaining_new_orders_counts_the_window() {
+        let mut b = Budget::new();
+        assert_eq!(b.remaining_new_orders(0), 300);
+        b.record(&Event::OrderCreated, 0);
+        b.record(&Event::OrderCreated, 10);
+        assert_eq!(b.remaining_new_orders(10), 298);
+        assert_eq!(
+            b.remaining_new_orders(3 * 3600),
+            299,
+            "the first one left the window"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod fallback;
 mod happy_path;
 mod harness;
 mod hostile;
+mod metrics;
 mod mtls;
 mod operator;
 mod policy;

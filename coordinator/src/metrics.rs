@@ -1,0 +1,289 @@
+//! Prometheus metrics (OpenMetrics text on `GET /metrics`, off unless `[metrics] listen` is
+//! set). Gauges about the fleet are computed from the store at scrape time, so they always
+//! match what `certs` and `hosts` show; counters and the ACME latency histogram are kept
+//! in memory from the moment the coordinator starts.
+//!
+//! The remaining-lifetime ratio lets one alert rule cover 6-day and 90-day certificates
+//! alike (see `deploy/prometheus/alerts.yml`).
+
+use crate::sessions::Sessions;
+use crate::store::Store;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssuerReason {
+    pub issuer: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AcmeOp {
+    pub issuer: String,
+    pub op: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertLabels {
+    cert_id: String,
+    host_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HostLabel {
+    host_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    issuer: String,
+    limit: String,
+}
+
+fn acme_histogram() -> Histogram {
+    // 5 ms … ~40 s
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Counters and histograms that live as long as the coordinator.
+pub struct Metrics {
+    pub renewals: Family<IssuerReason, Counter>,
+    pub failures: Family<IssuerReason, Counter>,
+    pub acme_latency: Family<AcmeOp, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            renewals: Family::default(),
+            failures: Family::default(),
+            acme_latency: Family::new_with_constructor(acme_histogram),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn observe_acme(&self, issuer: &str, op: &str, seconds: f64) {
+        self.acme_latency
+            .get_or_create(&AcmeOp {
+                issuer: issuer.to_owned(),
+                op: op.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// The whole exposition, computed now.
+    pub fn render(
+        &self,
+        store: &dyn Store,
+        sessions: &Sessions,
+        budgets: &[(String, u32)],
+        now: i64,
+    ) -> Result<String, crate::store::StoreError> {
+        let mut reg = Registry::default();
+        let not_after = Family::<CertLabels, Gauge>::default();
+        let remaining = Family::<CertLabels, FloatGauge>::default();
+        let next_renewal = Family::<CertLabels, Gauge>::default();
+        let by_state = Family::<StateLabel, Gauge>::default();
+        let at_risk = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        for s in ["pending", "ordering", "issued", "installed", "failed"] {
+            by_state
+                .get_or_create(&StateLabel { state: s.into() })
+                .set(0);
+        }
+        store.scan_certs(&mut |c| {
+            by_state
+                .get_or_create(&StateLabel {
+                    state: c.state.as_str().into(),
+                })
+                .inc();
+            if c.at_risk {
+                at_risk.inc();
+            }
+            if let Some(cur) = &c.current {
+                let l = CertLabels {
+                    cert_id: c.id.to_string(),
+                    host_id: c.host_id.to_string(),
+                };
+                not_after.get_or_create(&l).set(cur.not_after);
+                let v = certfleet_shared::renewal::Validity {
+                    not_before: cur.not_before,
+                    not_after: cur.not_after,
+                };
+                remaining
+                    .get_or_create(&l)
+                    .set(certfleet_shared::renewal::remaining_fraction(&v, now));
+                if let Some((at, _)) = crate::issuance::renew_time(&c, now) {
+                    next_renewal.get_or_create(&l).set(at);
+                }
+            }
+            Ok(())
+        })?;
+        let agents = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        let connected = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        let last_seen = Family::<HostLabel, Gauge>::default();
+        for h in store.hosts()? {
+            agents.inc();
+            let is_connected = sessions.is_connected(&h.id);
+            if is_connected {
+                connected.inc();
+            }
+            let seen = if is_connected { Some(now) } else { h.last_seen };
+            if let Some(t) = seen {
+                last_seen
+                    .get_or_create(&HostLabel {
+                        host_id: h.id.to_string(),
+                    })
+                    .set(t);
+            }
+        }
+        let remaining_orders = Family::<LimitLabels, Gauge>::default();
+        for (issuer, left) in budgets {
+            remaining_orders
+                .get_or_create(&LimitLabels {
+                    issuer: issuer.clone(),
+                    limit: "new_orders_per_account".into(),
+                })
+                .set(i64::from(*left));
+        }
+
+        reg.register(
+            "certfleet_certificate_not_after_timestamp_seconds",
+            "notAfter of the current certificate",
+            not_after,
+        );
+        reg.register(
+            "certfleet_certificate_remaining_lifetime_ratio",
+            "Share of the certificate's lifetime still ahead (1 = fresh, 0 = expired)",
+            remaining,
+        );
+        reg.register(
+            "certfleet_certificate_next_renewal_timestamp_seconds",
+            "When the certificate is planned to be renewed",
+            next_renewal,
+        );
+        reg.register(
+            "certfleet_certificates",
+            "Managed certificates by state",
+            by_state,
+        );
+        reg.register(
+            "certfleet_certificates_at_risk",
+            "Certificates whose remaining lifetime is below the safety margin",
+            at_risk,
+        );
+        reg.register("certfleet_agents", "Enrolled agents", agents);
+        reg.register(
+            "certfleet_agents_connected",
+            "Agents with a live session",
+            connected,
+        );
+        reg.register(
+            "certfleet_agent_last_seen_timestamp_seconds",
+            "Last time each agent was seen",
+            last_seen,
+        );
+        reg.register(
+            "certfleet_rate_limit_remaining",
+            "What is left of a rate limit the coordinator counts for an issuer",
+            remaining_orders,
+        );
+        reg.register(
+            "certfleet_renewals",
+            "Certificates issued to replace another, by issuer and reason",
+            self.renewals.clone(),
+        );
+        reg.register(
+            "certfleet_issuance_failures",
+            "Failed reconcile attempts, by issuer and reason",
+            self.failures.clone(),
+        );
+        reg.register(
+            "certfleet_acme_request_duration_seconds",
+            "Duration of requests to the CA",
+            self.acme_latency.clone(),
+        );
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).map_err(|e| {
+            crate::store::StoreError::Corrupt {
+                key: "metrics".into(),
+                detail: e.to_string(),
+            }
+        })?;
+        Ok(out)
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown`.
+pub async fn serve<F>(listener: tokio::net::TcpListener, render: F, shutdown: CancellationToken)
+where
+    F: Fn() -> Result<String, String> + Send + Sync + 'static,
+{
+    let render = Arc::new(render);
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let render = render.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(
+                move |req: hyper::Request<hyper::body::Incoming>| {
+                    let render = render.clone();
+                    async move {
+                        let mut resp = hyper::Response::new(Full::new(Bytes::new()));
+                        if req.uri().path() != "/metrics" {
+                            *resp.status_mut() = hyper::StatusCode::NOT_FOUND;
+                            return Ok::<_, std::convert::Infallible>(resp);
+                        }
+                        let body = tokio::task::spawn_blocking(move || render())
+                            .await
+                            .unwrap_or_else(|e| Err(e.to_string()));
+                        match body {
+                            Ok(text) => {
+                                *resp.body_mut() = Full::new(Bytes::from(text));
+                                resp.headers_mut().insert(
+                                hyper::header::CONTENT_TYPE,
+                                hyper::header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                            );
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "metrics rendering failed");
+                                *resp.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+                            }
+                        }
+                        Ok(resp)
+                    }
+                },
+            );
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc);
+            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+        });
+    }
+}
