@@ -158,19 +158,24 @@ impl Agent {
         {
             let agent = self.clone();
             let tx = tx.clone();
-            tokio::spawn(async move {
-                let request_id = msg.request_id.clone();
-                let result = agent.handle(msg).await;
-                let reply = pb::Reply {
-                    request_id,
-                    result: Some(result),
-                };
-                let _ = tx
-                    .send(AgentMessage {
-                        msg: Some(Msg::Reply(reply)),
-                    })
-                    .await;
-            });
+            // Every log line about this command carries the coordinator's request id.
+            let span = tracing::info_span!("command", request_id = %msg.request_id);
+            tokio::spawn(tracing::Instrument::instrument(
+                async move {
+                    let request_id = msg.request_id.clone();
+                    let result = agent.handle(msg).await;
+                    let reply = pb::Reply {
+                        request_id,
+                        result: Some(result),
+                    };
+                    let _ = tx
+                        .send(AgentMessage {
+                            msg: Some(Msg::Reply(reply)),
+                        })
+                        .await;
+                },
+                span,
+            ));
         }
         Ok(())
     }

@@ -80,6 +80,7 @@ impl AgentHandle {
             lock(&self.pending).remove(&request_id);
             return Err(ended());
         }
+        let started = std::time::Instant::now();
         let result = match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => return Err(ended()),
@@ -92,6 +93,9 @@ impl AgentHandle {
                 });
             }
         };
+        let failed = matches!(result, reply::Result::Failure(_));
+        tracing::info!(host = %self.host, request_id = %request_id, what, failed,
+            elapsed_ms = started.elapsed().as_millis() as u64, "agent answered");
         match result {
             reply::Result::Failure(f) => Err(SessionError::Failed {
                 host: self.host.clone(),

@@ -92,6 +92,25 @@ async fn tokens_are_listed_and_revoked_and_status_sums_up_the_fleet() {
     assert_eq!(audit.lines().count(), 1, "{audit}");
     assert!(audit.contains("operator:operator"));
 
+    // Request ids tie the coordinator's log line to the agent's.
+    let coord_logs = coord.logs();
+    let line = coord_logs
+        .lines()
+        .find(|l| l.contains("agent answered") && l.contains("create CSR"))
+        .unwrap_or_else(|| panic!("no 'agent answered' line for the CSR:\n{coord_logs}"));
+    let id = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("request_id="))
+        .expect("request_id field")
+        .to_owned();
+    let agent_logs = agent.logs();
+    assert!(
+        agent_logs
+            .lines()
+            .any(|l| l.contains(&format!("request_id={id}")) && l.contains("new key and CSR made")),
+        "agent log lacks request_id={id}:\n{agent_logs}"
+    );
+
     // Status.
     let status: Value = serde_json::from_str(
         &coord
