@@ -36,6 +36,15 @@ pub struct AgentConfig {
     pub http01: Http01Config,
     #[serde(default)]
     pub targets: BTreeMap<String, TargetConfig>,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve Prometheus metrics on `http://<listen>/metrics`; off when unset.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]

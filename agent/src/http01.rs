@@ -31,6 +31,7 @@ struct Entry {
 type Table = Arc<Mutex<HashMap<String, Entry>>>;
 
 pub struct Responder {
+    served: prometheus_client::metrics::counter::Counter,
     ips: Vec<IpAddr>,
     port: u16,
     table: Table,
@@ -51,7 +52,17 @@ pub fn valid_token(t: &str) -> bool {
 
 impl Responder {
     pub fn new(ips: Vec<IpAddr>, port: u16) -> Self {
+        Self::with_counter(ips, port, Default::default())
+    }
+
+    /// A responder that counts what it serves into `served`.
+    pub fn with_counter(
+        ips: Vec<IpAddr>,
+        port: u16,
+        served: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
         Self {
+            served,
             ips,
             port,
             table: Arc::default(),
@@ -162,7 +173,12 @@ impl Responder {
         }
         let cancel = CancellationToken::new();
         for l in listeners {
-            tokio::spawn(serve(l, self.table.clone(), cancel.clone()));
+            tokio::spawn(serve(
+                l,
+                self.table.clone(),
+                cancel.clone(),
+                self.served.clone(),
+            ));
         }
         let mut slot = lock(&self.listening);
         if let Some(old) = slot.replace(cancel) {
@@ -180,7 +196,12 @@ fn valid_token_part(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-async fn serve(listener: TcpListener, table: Table, cancel: CancellationToken) {
+async fn serve(
+    listener: TcpListener,
+    table: Table,
+    cancel: CancellationToken,
+    served: prometheus_client::metrics::counter::Counter,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -194,10 +215,12 @@ async fn serve(listener: TcpListener, table: Table, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
         };
         let table = table.clone();
+        let served = served.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let table = table.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(&table, &req, peer)) }
+                let served = served.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(&table, &req, peer, &served)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .max_buf_size(16 * 1024)
@@ -207,7 +230,12 @@ async fn serve(listener: TcpListener, table: Table, cancel: CancellationToken) {
     }
 }
 
-fn answer<B>(table: &Table, req: &Request<B>, peer: SocketAddr) -> Response<Full<Bytes>> {
+fn answer<B>(
+    table: &Table,
+    req: &Request<B>,
+    peer: SocketAddr,
+    served: &prometheus_client::metrics::counter::Counter,
+) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, body: String| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
         *r.status_mut() = status;
@@ -229,6 +257,7 @@ fn answer<B>(table: &Table, req: &Request<B>, peer: SocketAddr) -> Response<Full
         .cloned();
     match found {
         Some(e) => {
+            served.inc();
             tracing::debug!(peer = %peer, "HTTP-01 challenge served");
             reply(StatusCode::OK, e.key_authorization)
         }

@@ -12,6 +12,7 @@
 //! - [`http01`] — the standalone HTTP-01 responder.
 //! - [`keys`] — certificate keys and CSRs; pending keys wait in `state_dir/pending`.
 //! - [`install`] — atomic install into a target, previous files kept, reload.
+//! - [`metrics`] — the agent's small, optional `/metrics`.
 //! - [`error`] — failures reported to the coordinator (code + message).
 #![forbid(unsafe_code)]
 
@@ -21,4 +22,5 @@ pub mod http01;
 pub mod identity;
 pub mod install;
 pub mod keys;
+pub mod metrics;
 pub mod session;

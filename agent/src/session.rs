@@ -27,6 +27,7 @@ const REPLAY_CACHE: usize = 64;
 
 pub struct Agent {
     pub config: AgentConfig,
+    pub metrics: Arc<crate::metrics::AgentMetrics>,
     ips: Vec<IpAddr>,
     responder: Responder,
     pending: PendingKeys,
@@ -39,11 +40,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Marks the session down when the session function returns, however it returns.
+struct Connected(Arc<crate::metrics::AgentMetrics>);
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.0.session_connected.set(0);
+    }
+}
+
 impl Agent {
     pub fn new(config: AgentConfig) -> Arc<Self> {
         let ips = config.ip_addrs();
+        let metrics = Arc::new(crate::metrics::AgentMetrics::default());
         Arc::new(Self {
-            responder: Responder::new(ips.clone(), config.http01.port),
+            responder: Responder::with_counter(
+                ips.clone(),
+                config.http01.port,
+                metrics.challenges_served.clone(),
+            ),
+            metrics,
             pending: PendingKeys::new(&config.state_dir),
             ips,
             config,
@@ -70,6 +86,18 @@ impl Agent {
                 }
             })
         };
+        if let Some(addr) = self.config.metrics.listen {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen on {addr} for metrics ([metrics] listen): {e}")
+            })?;
+            let agent = self.clone();
+            tokio::spawn(certfleet_shared::metrics_http::serve(
+                listener,
+                move || agent.metrics.render(&agent.config),
+                shutdown.clone(),
+            ));
+            tracing::info!(listen = %addr, "metrics on /metrics");
+        }
         let mut attempt = 0u32;
         while !shutdown.is_cancelled() {
             let started = Instant::now();
@@ -151,6 +179,8 @@ impl Agent {
             })?
             .into_inner();
         tracing::info!("session established");
+        self.metrics.session_connected.set(1);
+        let _connected = Connected(self.metrics.clone());
         while let Some(msg) = inbound
             .message()
             .await
@@ -274,8 +304,17 @@ impl Agent {
             )
         })?;
         let _serial = self.install_lock.lock().await;
-        let out =
-            install::install(&i.target, target, &i.chain_pem, &self.ips, &self.pending).await?;
+        let result =
+            install::install(&i.target, target, &i.chain_pem, &self.ips, &self.pending).await;
+        let label = crate::metrics::InstallLabels {
+            target: i.target.clone(),
+            result: match &result {
+                Ok(_) => "ok".into(),
+                Err(f) => f.code.into(),
+            },
+        };
+        self.metrics.installs.get_or_create(&label).inc();
+        let out = result?;
         Ok(reply::Result::Installed(pb::InstallReport {
             target: i.target,
             serial: out.serial,

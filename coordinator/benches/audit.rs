@@ -387,7 +387,7 @@ impl Row {
         let mut t = self.times.clone();
         let m = median(&mut t);
         println!(
-            "{:<46} {:>7} {:>11.2} ms {:>9.2} ms {:>9.2} ms",
+            "{:<48} {:>7} {:>11.2} ms {:>9.2} ms {:>9.2} ms",
             self.name,
             self.matched,
             m,
@@ -579,7 +579,7 @@ fn main() {
             }),
         ),
         (
-            "11.0.0.0/8, limit 10001 (the server's cap)".into(),
+            "11.0.0.0/8 limit 10001 (server cap)".into(),
             Box::new(|_| Query {
                 network: parse_network("11.0.0.0/8").ok(),
                 limit: Some(10_001),
@@ -593,7 +593,7 @@ fn main() {
         log.len()
     );
     println!(
-        "{:<46} {:>7} {:>14} {:>12} {:>12}",
+        "{:<48} {:>7} {:>14} {:>12} {:>12}",
         "", "matched", "median", "min", "max"
     );
     let mut indexed_medians = Vec::new();

@@ -15,6 +15,7 @@
 //! - [`backoff`] — jittered exponential backoff.
 //! - [`renewal`] — when to renew: ARI window or lifetime fraction, with jitter; expiry risk.
 //! - [`ratelimit`] — Let's Encrypt rate limits counted as a budget before ordering.
+//! - [`metrics_http`] — the tiny `GET /metrics` server both daemons use.
 //! - [`fsutil`] — crash-safe file writes (temp, fsync, rename, dir fsync) with modes.
 //! - [`timefmt`] — unix seconds ↔ RFC 3339 for humans and JSON.
 #![forbid(unsafe_code)]
@@ -25,6 +26,7 @@ pub mod configenv;
 pub mod fsutil;
 pub mod identifier;
 pub mod ids;
+pub mod metrics_http;
 pub mod ratelimit;
 pub mod renewal;
 pub mod timefmt;

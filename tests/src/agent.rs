@@ -114,6 +114,16 @@ impl Agent {
         )
     }
 
+    /// Appends TOML to the agent's config (before `start`), e.g. a `[metrics]` section.
+    pub fn append_config(&self, toml: &str) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.config_path)?;
+        f.write_all(toml.as_bytes())?;
+        Ok(())
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -14,9 +14,9 @@ async fn scrape(port: u16) -> String {
         .expect("connect metrics");
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
-        .unwrap();
+        .expect("send request");
     let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
+    s.read_to_string(&mut out).await.expect("read response");
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.contains("application/openmetrics-text"), "{out}");
     out
@@ -40,6 +40,12 @@ async fn metrics_match_the_fleet() {
     };
     let (pebble, coord) = pebble_and_coordinator_with(Default::default(), copts).await;
     let mut agent = Agent::new("metered", pebble.http_port()).expect("agent");
+    let agent_port = certfleet_tests::net::free_port().expect("port");
+    agent
+        .append_config(&format!(
+            "\n[metrics]\nlisten = \"127.0.0.1:{agent_port}\"\n"
+        ))
+        .expect("config");
     agent.enroll_with(&coord).await.expect("enroll");
     agent.start().expect("start");
     let row = agent
@@ -86,6 +92,28 @@ async fn metrics_match_the_fleet() {
         "{m}"
     );
 
+    // The agent's own endpoint.
+    let a = scrape(agent_port).await;
+    assert_eq!(value(&a, "certfleet_agent_session_connected "), 1.0);
+    assert_eq!(
+        value(
+            &a,
+            "certfleet_agent_installs_total{target=\"default\",result=\"ok\"}"
+        ),
+        1.0
+    );
+    assert!(
+        value(&a, "certfleet_agent_challenges_served_total ") >= 2.0,
+        "pebble fetched both challenges"
+    );
+    assert_eq!(
+        value(
+            &a,
+            "certfleet_agent_certificate_not_after_timestamp_seconds{target=\"default\"}"
+        ),
+        want
+    );
+
     // A forced renewal shows up in the renewal counter.
     coord
         .cli_ok(&["certs", "renew", &row.cert_id])
@@ -108,12 +136,12 @@ async fn metrics_match_the_fleet() {
     let notfound = {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
-            .unwrap();
+            .expect("io");
         s.write_all(b"GET /other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await
-            .unwrap();
+            .expect("io");
         let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
+        s.read_to_string(&mut out).await.expect("read response");
         out
     };
     assert!(notfound.starts_with("HTTP/1.1 404"));
