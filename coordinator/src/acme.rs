@@ -533,17 +533,26 @@ impl OrderDriver<'_> {
         .await;
         let status = match polled {
             Err(_) | Ok(Err(instant_acme::Error::Timeout(_))) => {
+                // Give the stuck authorizations back so the CA does not keep them pending.
+                let mut authzs = self.order.authorizations();
+                while let Some(Ok(mut authz)) = authzs.next().await {
+                    if authz.status == AuthorizationStatus::Pending {
+                        let _ = tokio::time::timeout(ACME_CALL_TIMEOUT, authz.deactivate()).await;
+                    }
+                }
                 return Err(AcmeError::Validation(vec![(
                     String::new(),
                     format!(
-                        "the CA did not finish validating within {} s; is the agent's HTTP-01 responder reachable from the CA?",
+                        "the CA did not finish validating in time (about {} s); is the agent's HTTP-01 responder reachable from the CA?",
                         timeout.as_secs()
                     ),
-                )]))
+                )]));
             }
             // A transient problem while polling (badNonce, rate limit) is not a failed
             // validation: the order stays in flight and is resumed.
-            Ok(Err(e @ instant_acme::Error::Api(_))) if issuer.ca_err(&e).is_transient() => return Err(issuer.ca_err(&e)),
+            Ok(Err(e @ instant_acme::Error::Api(_))) if issuer.ca_err(&e).is_transient() => {
+                return Err(issuer.ca_err(&e))
+            }
             Ok(Err(instant_acme::Error::Api(problem))) => {
                 let per_id = self.identifier_problems().await;
                 return Err(AcmeError::Validation(if per_id.is_empty() {

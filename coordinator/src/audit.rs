@@ -284,28 +284,52 @@ impl AuditLog {
             seq,
             detail: e.to_string(),
         })?;
-        let mut batch_host = None;
-        if let Some(h) = &rec.entry.host_id {
+        let host_key = rec.entry.host_id.as_ref().map(|h| {
             let mut k = h.as_bytes().to_vec();
             k.push(0);
             k.extend_from_slice(&key);
-            batch_host = Some(k);
-        }
-        self.records.insert(key, bytes)?;
-        if let Some(k) = batch_host {
-            self.by_host.insert(k, &[])?;
-        }
-        for ip in &rec.entry.identifiers {
-            let mut k = ip_key(*ip).to_vec();
-            k.extend_from_slice(&key);
-            self.by_ip.insert(k, &[])?;
-        }
-        if let Some(s) = &rec.entry.serial {
+            k
+        });
+        let ip_keys: Vec<Vec<u8>> = rec
+            .entry
+            .identifiers
+            .iter()
+            .map(|ip| {
+                let mut k = ip_key(*ip).to_vec();
+                k.extend_from_slice(&key);
+                k
+            })
+            .collect();
+        let serial_key = rec.entry.serial.as_ref().map(|s| {
             let mut k = s.as_bytes().to_vec();
             k.push(0);
             k.extend_from_slice(&key);
-            self.by_serial.insert(k, &[])?;
-        }
+            k
+        });
+        // The record and its index entries land together or not at all, so an indexed query
+        // never misses a record.
+        use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+        (&self.records, &self.by_host, &self.by_ip, &self.by_serial)
+            .transaction(|(records, by_host, by_ip, by_serial)| {
+                records.insert(&key, bytes.as_slice())?;
+                if let Some(k) = &host_key {
+                    by_host.insert(k.as_slice(), &[])?;
+                }
+                for k in &ip_keys {
+                    by_ip.insert(k.as_slice(), &[])?;
+                }
+                if let Some(k) = &serial_key {
+                    by_serial.insert(k.as_slice(), &[])?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => AuditError::Sled(e),
+                TransactionError::Abort(()) => AuditError::Corrupt {
+                    seq,
+                    detail: "append aborted".into(),
+                },
+            })?;
         *head = (seq + 1, hash);
         Ok(rec)
     }

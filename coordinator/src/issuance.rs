@@ -482,6 +482,8 @@ impl Engine {
                     continue;
                 }
                 rec.forced_by = Some(by.to_owned());
+                // The operator takes charge: the next attempt is not held back by earlier failures.
+                rec.attempts = 0;
                 rec.next_action = Some(now);
                 rec.next_reason = Some(format!("renewal forced by {by}"));
                 self.store.put_cert(&rec)?;
@@ -1041,7 +1043,11 @@ impl Engine {
                             )?,
                             Err(AcmeError::Validation(problems)) => {
                                 for (id, problem) in problems {
-                                    let ips: Vec<IpAddr> = id.parse().ok().into_iter().collect();
+                                    // A problem not tied to one identifier (a timeout) concerns them all.
+                                    let ips: Vec<IpAddr> = match id.parse() {
+                                        Ok(ip) => vec![ip],
+                                        Err(_) => ids.clone(),
+                                    };
                                     self.record(
                                         Kind::ChallengeFailed,
                                         rec,

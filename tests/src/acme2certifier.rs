@@ -78,8 +78,13 @@ impl Default for A2cOptions {
 
 #[derive(Debug)]
 pub struct A2c {
-    // Field order matters for drop: the process dies before its directory goes.
+    // Field order matters for drop: the processes die before their directory goes.
+    /// The current (or last, when stopped) acme2certifier process.
     child: ChildGuard,
+    /// Earlier processes (before [`A2c::restart`]), kept for their logs.
+    past_runs: Vec<ChildGuard>,
+    runs: u32,
+    stopped: bool,
     port: u16,
     listener_ca_path: PathBuf,
     listener_ca_der: CertificateDer<'static>,
@@ -129,28 +134,13 @@ impl A2c {
         std::fs::write(&config_path, &config_text)?;
 
         let port = crate::net::free_port()?;
-        let launcher = launcher_path();
-        anyhow::ensure!(
-            launcher.is_file(),
-            "acme2certifier launcher missing at {}",
-            launcher.display()
-        );
-        let mut cmd = Command::new(&python);
-        cmd.arg(&launcher)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .arg("--cert")
-            .arg(dir.join("listener-cert.pem"))
-            .arg("--key")
-            .arg(dir.join("listener-key.pem"))
-            .env("ACME_SRV_CONFIGFILE", &config_path)
-            .env("PYTHONUNBUFFERED", "1")
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .current_dir(dir.path());
         let started = Instant::now();
-        let child = ChildGuard::spawn("acme2certifier", &mut cmd, dir.path())
-            .with_context(|| format!("starting acme2certifier with {}", python.display()))?;
+        let child = spawn_launcher("acme2certifier", &python, port, &config_path, dir.path())?;
         let mut a2c = Self {
             child,
+            past_runs: Vec::new(),
+            runs: 1,
+            stopped: false,
             port,
             listener_ca_path,
             listener_ca_der: pki.listener_ca_der,
@@ -195,6 +185,42 @@ impl A2c {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Kills the acme2certifier process (SIGKILL: a CA outage), keeping its directory —
+    /// config, issuing CA, listener certificate, SQLite database (accounts, orders,
+    /// certificates) — and its port for [`A2c::restart`]. Idempotent.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if !self.stopped {
+            self.child.kill().await?;
+            self.stopped = true;
+        }
+        Ok(())
+    }
+
+    /// Starts a new acme2certifier process (stopping the running one first) on the same
+    /// port with the same directory: unlike pebble it remembers everything (accounts,
+    /// orders, its issuing CA) across the restart.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop().await?;
+        self.runs += 1;
+        let name = format!("acme2certifier-run-{}", self.runs);
+        let child = spawn_launcher(
+            &name,
+            &self.python,
+            self.port,
+            &self.config_path,
+            self.dir.path(),
+        )?;
+        let old = std::mem::replace(&mut self.child, child);
+        self.past_runs.push(old);
+        self.stopped = false;
+        self.wait_ready(Duration::from_secs(60)).await
+    }
+
+    /// Whether [`A2c::stop`] was called without an [`A2c::restart`] since.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
     }
 
     /// `https://127.0.0.1:PORT/directory`.
@@ -258,13 +284,20 @@ impl A2c {
         &mut self.child
     }
 
-    /// stdout+stderr of the server (acme2certifier logs and one line per request).
+    /// stdout+stderr of every acme2certifier process so far, in order (acme2certifier
+    /// logs and one line per request).
     pub fn logs(&self) -> String {
-        self.child.logs()
+        self.past_runs
+            .iter()
+            .chain(std::iter::once(&self.child))
+            .map(ChildGuard::logs)
+            .collect()
     }
 
     pub fn dump_logs(&self) {
-        self.child.dump_logs();
+        for c in self.past_runs.iter().chain(std::iter::once(&self.child)) {
+            c.dump_logs();
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -282,6 +315,36 @@ impl crate::coordinator::AcmeServer for A2c {
     fn issuer_name(&self) -> &str {
         "a2c"
     }
+}
+
+/// Spawns our launcher (`python a2c_serve.py`) serving acme2certifier on
+/// `127.0.0.1:port` with the listener certificate in `dir` and the config at `config_path`.
+fn spawn_launcher(
+    name: &str,
+    python: &Path,
+    port: u16,
+    config_path: &Path,
+    dir: &Path,
+) -> anyhow::Result<ChildGuard> {
+    let launcher = launcher_path();
+    anyhow::ensure!(
+        launcher.is_file(),
+        "acme2certifier launcher missing at {}",
+        launcher.display()
+    );
+    let mut cmd = Command::new(python);
+    cmd.arg(&launcher)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .arg("--cert")
+        .arg(dir.join("listener-cert.pem"))
+        .arg("--key")
+        .arg(dir.join("listener-key.pem"))
+        .env("ACME_SRV_CONFIGFILE", config_path)
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .current_dir(dir);
+    ChildGuard::spawn(name, &mut cmd, dir)
+        .with_context(|| format!("starting acme2certifier with {}", python.display()))
 }
 
 /// `tests/acme2certifier/a2c_serve.py` in this crate.

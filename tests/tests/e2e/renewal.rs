@@ -1,21 +1,81 @@
-//! The renewal engine against a real pebble: certificates renew on their own at the right
-//! moment (and only then), an operator can force a renewal, an order interrupted by a crash
-//! is resumed rather than replaced, a CA outage is retried with growing delays and survived
-//! (pebble forgets every account when it restarts), badNonce storms are survived, and a host
+//! The renewal engine against real ACME servers — pebble and acme2certifier: certificates
+//! renew on their own at the right moment (and only then), an operator can force a renewal,
+//! an order interrupted by a crash is resumed rather than replaced, a CA outage is retried
+//! with growing delays and survived (pebble forgets every account when it restarts,
+//! acme2certifier keeps them in its database), badNonce storms are survived, and a host
 //! whose HTTP-01 responder is unreachable stops being ordered for once the
-//! failed-validations budget is spent.
+//! failed-validations budget is spent (pebble) or has its stuck order given up on and
+//! retried (acme2certifier, which leaves such orders pending).
+//!
+//! The bodies are generic over [`RenewalCa`]; `mod pebble` and `mod a2c` at the bottom
+//! instantiate them, each with the server knobs that make the scenario happen. What runs on
+//! one server only says why there.
 
 use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use certfleet_tests::coordinator::CoordinatorOptions;
+use certfleet_tests::acme2certifier::A2c;
+use certfleet_tests::coordinator::{AcmeServer, CoordinatorOptions};
 use certfleet_tests::pki::{self, normalize_serial, LeafInfo};
 use certfleet_tests::{net, Agent, CertRow, Coordinator, Pebble, PebbleOptions, RestartMode};
+use rustls_pki_types::CertificateDer;
 
 use crate::support::{
-    check_installed, error_parts_for, pebble_and_coordinator, pebble_and_coordinator_with,
-    stderr_of, ISSUE_TIMEOUT,
+    check_installed, error_parts_for, pebble_and_coordinator_with, stderr_of, ISSUE_TIMEOUT,
 };
+
+/// What the renewal suite needs from an ACME server on top of [`AcmeServer`].
+trait RenewalCa: AcmeServer {
+    /// The port the server's HTTP-01 validator connects to on every identifier.
+    fn http01_port(&self) -> u16;
+    /// The root issued chains must verify to (for pebble: of the current run).
+    async fn issuing_root(&self) -> CertificateDer<'static>;
+    /// Kills the server (a CA outage), keeping its port and directory.
+    async fn stop(&mut self);
+    /// Serves again on the same port and directory.
+    async fn restart(&mut self);
+    /// Whether ACME accounts survive [`RenewalCa::restart`].
+    const KEEPS_ACCOUNTS: bool;
+}
+
+impl RenewalCa for Pebble {
+    fn http01_port(&self) -> u16 {
+        Pebble::http_port(self)
+    }
+    async fn issuing_root(&self) -> CertificateDer<'static> {
+        self.issuing_root_der()
+            .await
+            .expect("pebble's issuing root")
+    }
+    async fn stop(&mut self) {
+        Pebble::stop(self).await.expect("stop pebble");
+    }
+    async fn restart(&mut self) {
+        Pebble::restart(self).await.expect("restart pebble");
+    }
+    /// Pebble keeps nothing between runs.
+    const KEEPS_ACCOUNTS: bool = false;
+}
+
+impl RenewalCa for A2c {
+    fn http01_port(&self) -> u16 {
+        A2c::HTTP01_PORT
+    }
+    async fn issuing_root(&self) -> CertificateDer<'static> {
+        self.issuing_ca_der().clone()
+    }
+    async fn stop(&mut self) {
+        A2c::stop(self).await.expect("stop acme2certifier");
+    }
+    async fn restart(&mut self) {
+        A2c::restart(self).await.expect("restart acme2certifier");
+    }
+    /// Its SQLite database outlives the process.
+    const KEEPS_ACCOUNTS: bool = true;
+}
 
 const CONNECTION_PROBLEM: &str = "urn:ietf:params:acme:error:connection";
 
@@ -45,15 +105,15 @@ fn key_matches(agent: &Agent, leaf: &LeafInfo) -> bool {
 }
 
 /// Enrolls and starts a host and waits for its first certificate.
-async fn installed_host(pebble: &Pebble, coord: &Coordinator, name: &str) -> (Agent, CertRow) {
-    let mut agent = Agent::new(name, pebble.http_port()).expect("agent");
+async fn installed_host(ca: &impl RenewalCa, coord: &Coordinator, name: &str) -> (Agent, CertRow) {
+    let mut agent = Agent::new(name, ca.http01_port()).expect("agent");
     agent.enroll_with(coord).await.expect("enroll");
     agent.start().expect("start agent");
     let row = agent
         .wait_installed(coord, ISSUE_TIMEOUT)
         .await
         .expect("first certificate installed");
-    let root = pebble.issuing_root_der().await.expect("issuing root");
+    let root = ca.issuing_root().await;
     check_installed(&agent, &row, &root);
     (agent, row)
 }
@@ -116,8 +176,13 @@ fn now_f64() -> f64 {
         .as_secs_f64()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn renews_on_its_own() {
+/// Pebble only: the scenario needs certificates that live for seconds, and
+/// acme2certifier's openssl CA handler only knows whole days (`cert_validity_days` is
+/// parsed with `int()`, notAfter = now + N days). Its one other knob,
+/// `cert_validity_adjust`, caps notAfter at the issuing CA's notAfter: with a CA expiring
+/// in seconds every leaf would end at that same instant (no renewal could ever extend the
+/// lifetime) and the chain would stop verifying once it passed.
+async fn renews_on_its_own_body() {
     const VALIDITY: u64 = 40;
     const OBSERVE: Duration = Duration::from_secs(70);
     const SLACK: f64 = 2.0;
@@ -320,10 +385,8 @@ async fn renews_on_its_own() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forced_renewal() {
-    let (pebble, coord) = pebble_and_coordinator().await;
-    let (agent, row0) = installed_host(&pebble, &coord, "forced").await;
+async fn forced_renewal(ca: impl RenewalCa, coord: Coordinator) {
+    let (agent, row0) = installed_host(&ca, &coord, "forced").await;
     let id = row0.cert_id.clone();
     let host_id = agent.id().expect("host id").to_owned();
     let s0 = row0.serial.clone().expect("serial");
@@ -372,7 +435,7 @@ async fn forced_renewal() {
     let s2 = row2.serial.clone().expect("serial");
     assert_ne!(s2, s0);
     assert_eq!(row2.renewals, Some(2), "{row2:?}");
-    let root = pebble.issuing_root_der().await.expect("root");
+    let root = ca.issuing_root().await;
     check_installed(&agent, &row2, &root);
 
     // Unknown (well-formed) id: a clear error, non-zero exit.
@@ -417,17 +480,9 @@ async fn forced_renewal() {
     assert_eq!(agent.reload_count(), 3, "one reload per certificate");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_during_order_resumes() {
-    let mut popts = PebbleOptions::default();
-    // Pebble then sleeps up to 15 s before each validation: a kill lands mid-order.
-    popts.env.remove("PEBBLE_VA_NOSLEEP");
-    let copts = CoordinatorOptions {
-        validation_timeout_secs: Some(60),
-        ..CoordinatorOptions::default()
-    };
-    let (pebble, mut coord) = pebble_and_coordinator_with(popts, copts).await;
-    let mut agent = Agent::new("resumer", pebble.http_port()).expect("agent");
+/// Kills the coordinator while `agent`'s first order is in flight (the server must make
+/// validation slow enough for that) and checks the restarted coordinator resumes the order.
+async fn kill_during_order_resumes(ca: &impl RenewalCa, mut coord: Coordinator, mut agent: Agent) {
     agent.enroll_with(&coord).await.expect("enroll");
     agent.start().expect("start agent");
     let host_id = agent.id().expect("id").to_owned();
@@ -464,7 +519,7 @@ async fn kill_during_order_resumes() {
         Some(order_url.as_str()),
         "the interrupted order should have been resumed, not replaced"
     );
-    let root = pebble.issuing_root_der().await.expect("root");
+    let root = ca.issuing_root().await;
     check_installed(&agent, &row, &root);
     assert_eq!(row.renewals, Some(0), "{row:?}");
     let log2 = coord.run_log(2);
@@ -489,18 +544,20 @@ fn failure_of(row: &CertRow) -> Option<(i64, i64, String)> {
         .then_some((updated, next, err))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ca_outage_backoff_then_recovery() {
-    let copts = CoordinatorOptions {
+/// Coordinator options for [`ca_outage_backoff_then_recovery`].
+fn outage_coordinator_options() -> CoordinatorOptions {
+    CoordinatorOptions {
         retry_base_secs: Some(2),
         ..CoordinatorOptions::default()
-    };
-    let (mut pebble, coord) = pebble_and_coordinator_with(PebbleOptions::default(), copts).await;
-    let (agent, row0) = installed_host(&pebble, &coord, "outage").await;
+    }
+}
+
+async fn ca_outage_backoff_then_recovery<S: RenewalCa>(mut ca: S, coord: Coordinator) {
+    let (agent, row0) = installed_host(&ca, &coord, "outage").await;
     let id = row0.cert_id.clone();
     let s0 = row0.serial.clone().expect("serial");
 
-    pebble.stop().await.expect("stop pebble");
+    ca.stop().await;
     let log_mark = coord.run_log(1).len();
     let out = coord.renew(&[&id]).await.expect("certs renew");
     assert!(out.status.success(), "certs renew: {}", stderr_of(&out));
@@ -533,9 +590,10 @@ async fn ca_outage_backoff_then_recovery() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let ca_name = format!("CA {}", ca.issuer_name());
     for (_, _, err) in &failures {
         assert!(
-            err.contains("CA pebble") && (err.contains("onnect") || err.contains("refused")),
+            err.contains(&ca_name) && (err.contains("onnect") || err.contains("refused")),
             "last_error should say the CA is unreachable: {err:?}"
         );
     }
@@ -548,28 +606,41 @@ async fn ca_outage_backoff_then_recovery() {
     );
 
     let t = Instant::now();
-    pebble.restart().await.expect("restart pebble");
+    ca.restart().await;
     let row = wait_new_installed(&coord, &agent, &id, &s0, Duration::from_secs(60))
         .await
         .expect("a new certificate after the CA came back");
     eprintln!(
-        "recovered {:?} after pebble restarted (retry was due {}s after the second failure)",
+        "recovered {:?} after {} restarted (retry was due {}s after the second failure)",
         t.elapsed(),
+        ca.issuer_name(),
         gap2
     );
-    let root = pebble.issuing_root_der().await.expect("new root");
+    let root = ca.issuing_root().await;
     check_installed(&agent, &row, &root);
     assert_eq!(row.last_error, None, "a success clears last_error: {row:?}");
     let log = coord.run_log(1);
     let after = &log[log_mark.min(log.len())..];
-    assert!(
-        after.contains("ACME account created"),
-        "a new ACME account should have been created after pebble forgot the old one; log since the outage:\n{after}"
-    );
+    if S::KEEPS_ACCOUNTS {
+        assert!(
+            !after.contains("ACME account created"),
+            "{} kept the account across its restart: no new one should have been created; log since the outage:\n{after}",
+            ca.issuer_name()
+        );
+    } else {
+        assert!(
+            after.contains("ACME account created"),
+            "a new ACME account should have been created after {} forgot the old one; log since the outage:\n{after}",
+            ca.issuer_name()
+        );
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_nonce_is_survived() {
+/// Pebble only: the storm comes from pebble's `PEBBLE_WFE_NONCEREJECT` (reject that
+/// percentage of valid nonces). acme2certifier has no equivalent — its `[Nonce]` section
+/// only has `nonce_check_disable`, and it rejects a nonce only when it is unknown or
+/// already used, which a correct client never sends.
+async fn bad_nonce_is_survived_body() {
     let mut popts = PebbleOptions::default();
     popts
         .env
@@ -604,8 +675,11 @@ async fn bad_nonce_is_survived() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unreachable_responder_respects_budget() {
+/// Pebble only as written: pebble marks the challenge invalid with a
+/// `connection` problem per identifier, and each such order spends the failed-validations
+/// budget. acme2certifier never fails these orders (they stay pending); see
+/// [`unreachable_responder_is_given_up_on_and_retried`].
+async fn unreachable_responder_respects_budget_body() {
     const LIMIT: &str = "failed_validations_per_identifier";
     let copts = CoordinatorOptions {
         retry_base_secs: Some(1),
@@ -747,4 +821,315 @@ async fn unreachable_responder_respects_budget() {
     assert!(!agent.fullchain_path().exists(), "nothing installed");
     let distinct: BTreeSet<&String> = orders.iter().collect();
     assert_eq!(distinct.len(), orders.len());
+}
+
+/// `validation_timeout_secs` for [`unreachable_responder_is_given_up_on_and_retried`].
+const STUCK_VALIDATION_TIMEOUT_SECS: u64 = 5;
+
+/// For a CA that leaves an order *pending* when the HTTP-01 responder is unreachable
+/// (acme2certifier: its validator gets "connection refused", the challenge never turns
+/// invalid): the coordinator gives the order up after `validation_timeout_secs`, records
+/// the failure (state `failed`, `last_error`, a `retry` with a growing delay) and the next
+/// attempt is a new order — the stuck one is never resumed.
+///
+/// The failed-validations budget does not apply here, and the test pins that down: the
+/// CA reported no failed validation (a pending order is none, as at Let's Encrypt, whose
+/// limit counts invalid authorizations) and the timeout names no identifier, so nothing is
+/// counted against `failed_validations_per_identifier`. Forced attempts go past the
+/// budget pebble's variant spends after 5 failed orders; what bounds the retries is the
+/// backoff.
+async fn unreachable_responder_is_given_up_on_and_retried(ca: &impl RenewalCa, coord: Coordinator) {
+    const LIMIT: &str = "failed_validations_per_identifier";
+    /// One more failed order than pebble's variant sees before the refusal.
+    const ORDERS: usize = 6;
+    let timeout = STUCK_VALIDATION_TIMEOUT_SECS as i64;
+    let wrong_port = other_free_port(ca.http01_port());
+    let mut agent =
+        Agent::new_with_port("unreachable", ca.http01_port(), wrong_port).expect("agent");
+    agent.enroll_with(&coord).await.expect("enroll");
+    agent.start().expect("start");
+    let host_id = agent.id().expect("id").to_owned();
+
+    let mut orders: Vec<String> = Vec::new();
+    // Per failure: (order_url, updated, next_action_unix, whether the retry was forced).
+    let mut failures: Vec<(String, i64, i64, bool)> = Vec::new();
+    // Order created (first seen ordering) per order, unix seconds.
+    let mut ordering_since: Vec<i64> = Vec::new();
+    let mut last_state = String::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while failures.len() < ORDERS {
+        assert!(
+            Instant::now() < deadline,
+            "expected {ORDERS} given-up orders; orders {orders:?}, failures {failures:?}"
+        );
+        let row = coord
+            .certs()
+            .await
+            .expect("certs")
+            .into_iter()
+            .find(|c| c.host_id == host_id);
+        let Some(row) = row else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let err = row.last_error.clone().unwrap_or_default();
+        assert!(
+            !err.contains(LIMIT),
+            "a validation that timed out spent no failed-validations budget, yet after {} \
+             orders the coordinator refuses: {row:?}",
+            orders.len()
+        );
+        assert!(
+            row.serial.is_none() && row.state != "installed",
+            "nothing can be issued: {row:?}"
+        );
+        if row.state == "ordering" {
+            if let Some(url) = &row.order_url {
+                if orders.last() != Some(url) {
+                    assert!(
+                        !orders.contains(url),
+                        "given-up order {url} was resumed: {orders:?}"
+                    );
+                    orders.push(url.clone());
+                    ordering_since.push(pki::rfc3339_unix(&row.updated).expect("updated"));
+                }
+            }
+        }
+        if row.state == "failed" && last_state != "failed" {
+            let url = row.order_url.clone().expect("the given-up order's url");
+            assert_eq!(
+                orders.last(),
+                Some(&url),
+                "the failure is that of the order in flight: {row:?}"
+            );
+            assert!(
+                failures.last().map(|f| &f.0) != Some(&url),
+                "one failure per order: {failures:?} {row:?}"
+            );
+            assert_eq!(row.next_reason.as_deref(), Some("retry"), "{row:?}");
+            assert!(
+                err.starts_with("validation failed")
+                    && err.contains(&format!(
+                        "did not finish validating in time (about {timeout} s)"
+                    )),
+                "last_error should say the CA did not finish validating in time: {row:?}"
+            );
+            let updated = pki::rfc3339_unix(&row.updated).expect("updated");
+            let next = row.next_action_unix.expect("next_action_unix");
+            let created = *ordering_since.last().expect("ordering seen");
+            // instant-acme's poll stops when its next (growing) delay would end past the
+            // timeout, so the order is given up a little before it; whole seconds too.
+            assert!(
+                updated - created >= timeout - 2,
+                "given up after {}s, well before the {timeout} s validation timeout: {row:?}",
+                updated - created
+            );
+            assert!(next > updated, "a failure is not retried at once: {row:?}");
+            eprintln!(
+                "order #{} {url} given up {}s after it was created; retry +{}s: {err}",
+                orders.len(),
+                updated - created,
+                next - updated
+            );
+            // Retry delays grow tenfold from 1 s; past a few seconds the operator forces
+            // the next attempt (which the budget, had it been spent, would refuse).
+            // (Not after the last one: its retry would be one order too many.)
+            let forced = next - now_unix() > 3 && failures.len() + 1 < ORDERS;
+            if forced {
+                let out = coord.renew(&[&row.cert_id]).await.expect("certs renew");
+                assert!(out.status.success(), "certs renew: {}", stderr_of(&out));
+            }
+            failures.push((url, updated, next, forced));
+        }
+        last_state = row.state.clone();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("{} orders given up: {failures:?}", failures.len());
+    assert_eq!(orders.len(), ORDERS, "one order per attempt: {orders:?}");
+    let distinct: BTreeSet<&String> = orders.iter().collect();
+    assert_eq!(distinct.len(), orders.len());
+    // Unforced retries wait longer after each failure.
+    let unforced: Vec<i64> = failures
+        .iter()
+        .take_while(|f| !f.3)
+        .map(|f| f.2 - f.1)
+        .collect();
+    let first_forced = failures.iter().find(|f| f.3).map(|f| f.2 - f.1);
+    eprintln!("retry delays before forcing: {unforced:?}, then {first_forced:?}");
+    let mut delays = unforced.clone();
+    delays.extend(first_forced);
+    assert!(
+        delays.windows(2).all(|w| w[1] > w[0]) && delays.len() >= 2,
+        "the retry delay should grow from one failure to the next: {delays:?}"
+    );
+    assert!(!agent.fullchain_path().exists(), "nothing installed");
+    let log = coord.logs();
+    assert_eq!(
+        log.matches("order created").count(),
+        ORDERS,
+        "one order created per attempt, none resumed"
+    );
+    assert!(
+        !log.contains("resuming order"),
+        "a given-up order is not resumed"
+    );
+}
+
+/// A TCP forwarder on port 80 of a host's addresses that holds every connection for
+/// `delay` before passing it to the agent's real HTTP-01 port: a responder that is slow to
+/// answer, so a validation stays in flight for that long. Stops when dropped.
+struct SlowResponder {
+    connections: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl SlowResponder {
+    async fn start(ips: &[IpAddr], port: u16, agent_port: u16, delay: Duration) -> Self {
+        let connections = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for ip in ips {
+            let listener = tokio::net::TcpListener::bind(SocketAddr::new(*ip, port))
+                .await
+                .unwrap_or_else(|e| panic!("binding {ip} port {port}: {e}"));
+            let (ip, connections) = (*ip, connections.clone());
+            tasks.push(tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    connections.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let Ok(mut outbound) =
+                            tokio::net::TcpStream::connect(SocketAddr::new(ip, agent_port)).await
+                        else {
+                            return;
+                        };
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    });
+                }
+            }));
+        }
+        Self { connections, tasks }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for SlowResponder {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// A port other than `avoid` that is free now.
+fn other_free_port(avoid: u16) -> u16 {
+    loop {
+        let p = net::free_port().expect("free port");
+        if p != avoid {
+            break p;
+        }
+    }
+}
+
+mod pebble {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn renews_on_its_own() {
+        renews_on_its_own_body().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forced_renewal() {
+        let (pebble, coord) =
+            pebble_and_coordinator_with(PebbleOptions::default(), CoordinatorOptions::default())
+                .await;
+        super::forced_renewal(pebble, coord).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kill_during_order_resumes() {
+        let mut popts = PebbleOptions::default();
+        // Pebble then sleeps up to 15 s before each validation: a kill lands mid-order.
+        popts.env.remove("PEBBLE_VA_NOSLEEP");
+        let copts = CoordinatorOptions {
+            validation_timeout_secs: Some(60),
+            ..CoordinatorOptions::default()
+        };
+        let (pebble, coord) = pebble_and_coordinator_with(popts, copts).await;
+        let agent = Agent::new("resumer", pebble.http_port()).expect("agent");
+        super::kill_during_order_resumes(&pebble, coord, agent).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ca_outage_backoff_then_recovery() {
+        let (pebble, coord) =
+            pebble_and_coordinator_with(PebbleOptions::default(), outage_coordinator_options())
+                .await;
+        super::ca_outage_backoff_then_recovery(pebble, coord).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_nonce_is_survived() {
+        bad_nonce_is_survived_body().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unreachable_responder_respects_budget() {
+        unreachable_responder_respects_budget_body().await;
+    }
+}
+
+mod a2c {
+    use super::*;
+    use crate::support::a2c_and_coordinator_with;
+    use certfleet_tests::acme2certifier::A2cOptions;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forced_renewal() {
+        let (a2c, coord) =
+            a2c_and_coordinator_with(A2cOptions::default(), CoordinatorOptions::default()).await;
+        super::forced_renewal(a2c, coord).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ca_outage_backoff_then_recovery() {
+        let (a2c, coord) =
+            a2c_and_coordinator_with(A2cOptions::default(), outage_coordinator_options()).await;
+        super::ca_outage_backoff_then_recovery(a2c, coord).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kill_during_order_resumes() {
+        let copts = CoordinatorOptions {
+            validation_timeout_secs: Some(60),
+            ..CoordinatorOptions::default()
+        };
+        let (a2c, coord) = a2c_and_coordinator_with(A2cOptions::default(), copts).await;
+        let agent_port = other_free_port(A2c::HTTP01_PORT);
+        let agent = Agent::new_with_port("resumer", A2c::HTTP01_PORT, agent_port).expect("agent");
+        let slow = SlowResponder::start(
+            &agent.ips(),
+            A2c::HTTP01_PORT,
+            agent_port,
+            Duration::from_secs(5),
+        )
+        .await;
+        super::kill_during_order_resumes(&a2c, coord, agent).await;
+        eprintln!("the slow responder saw {} connections", slow.connections());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unreachable_responder_is_given_up_on_and_retried() {
+        let copts = CoordinatorOptions {
+            validation_timeout_secs: Some(STUCK_VALIDATION_TIMEOUT_SECS),
+            retry_base_secs: Some(1),
+            rate_limits: Some("letsencrypt".into()),
+            ..CoordinatorOptions::default()
+        };
+        let (a2c, coord) = a2c_and_coordinator_with(A2cOptions::default(), copts).await;
+        super::unreachable_responder_is_given_up_on_and_retried(&a2c, coord).await;
+    }
 }

@@ -171,3 +171,28 @@ pub fn check_installed(agent: &Agent, row: &CertRow, root: &CertificateDer<'stat
     );
     assert_eq!(row.target, "default", "{name}: cert row target");
 }
+
+/// Root check + acme2certifier + an initialised, serving coordinator whose only issuer it
+/// is. Prints how long acme2certifier took to come up.
+pub async fn a2c_and_coordinator_with(
+    a2c_opts: certfleet_tests::acme2certifier::A2cOptions,
+    coord_opts: CoordinatorOptions,
+) -> (certfleet_tests::acme2certifier::A2c, Coordinator) {
+    require_root().expect("root");
+    certfleet_tests::install_crypto_provider();
+    let a2c = certfleet_tests::acme2certifier::A2c::start(a2c_opts)
+        .await
+        .expect("start acme2certifier");
+    eprintln!(
+        "acme2certifier {} up in {:?}{}",
+        a2c.directory_url(),
+        a2c.startup(),
+        a2c.venv_created_in()
+            .map(|d| format!(" (venv created in {d:?})"))
+            .unwrap_or_default()
+    );
+    let coord = Coordinator::start_with(&a2c, coord_opts)
+        .await
+        .expect("start coordinator");
+    (a2c, coord)
+}
