@@ -135,12 +135,9 @@ impl AgentConfig {
             path: path.into(),
             detail,
         };
-        let mut doc: toml::Value = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
-        certfleet_shared::configenv::apply_overrides(&mut doc, ENV_PREFIX, ENV_SKIP, env)
-            .map_err(parse_err)?;
-        let cfg: AgentConfig = doc
-            .try_into()
-            .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
+        let cfg: AgentConfig =
+            certfleet_shared::configenv::parse_with_env(text, ENV_PREFIX, ENV_SKIP, env)
+                .map_err(parse_err)?;
         cfg.validate().map_err(|detail| ConfigError::Invalid {
             path: path.into(),
             detail,

@@ -298,18 +298,12 @@ impl Config {
             path: path.into(),
             detail,
         };
-        let mut doc: toml::Value = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
-        certfleet_shared::configenv::apply_overrides(
-            &mut doc,
-            ENV_PREFIX,
-            ENV_SKIP,
-            env.into_iter()
-                .filter(|(k, _)| !k.starts_with("CERTFLEET_AGENT_")),
-        )
-        .map_err(parse_err)?;
-        let mut cfg: Config = doc
-            .try_into()
-            .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
+        let vars = env
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("CERTFLEET_AGENT_"));
+        let mut cfg: Config =
+            certfleet_shared::configenv::parse_with_env(text, ENV_PREFIX, ENV_SKIP, vars)
+                .map_err(parse_err)?;
         for i in &mut cfg.issuers {
             i.apply_preset().map_err(|detail| ConfigError::Invalid {
                 path: path.into(),

@@ -170,24 +170,12 @@ enum TokenCmd {
     },
 }
 
-fn init_tracing(format: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,h2=warn,hyper=warn,tower=warn,sled=warn")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        "text" => builder.init(),
-        "json" => builder.json().init(),
-        other => anyhow::bail!("--log-format {other:?}: use text or json"),
-    }
-    Ok(())
-}
-
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    if let Err(e) = init_tracing(&args.log_format) {
+    if let Err(e) = certfleet_shared::daemon::init_tracing(
+        &args.log_format,
+        "info,h2=warn,hyper=warn,tower=warn,sled=warn",
+    ) {
         eprintln!("error: {e:#}");
         return std::process::ExitCode::from(2);
     }
@@ -229,7 +217,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             let trigger = shutdown.clone();
             tokio::spawn(async move {
-                wait_for_signal().await;
+                certfleet_shared::daemon::wait_for_signal().await;
                 tracing::info!("stopping");
                 trigger.cancel();
             });
@@ -361,19 +349,4 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

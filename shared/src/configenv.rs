@@ -32,6 +32,18 @@ pub fn apply_overrides(
     Ok(applied)
 }
 
+/// Parses TOML text, applies the environment overrides and deserializes into `T`.
+pub fn parse_with_env<T: serde::de::DeserializeOwned>(
+    text: &str,
+    prefix: &str,
+    skip: &[&str],
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<T, String> {
+    let mut doc: Value = toml::from_str(text).map_err(|e| e.to_string())?;
+    apply_overrides(&mut doc, prefix, skip, vars)?;
+    doc.try_into().map_err(|e: toml::de::Error| e.to_string())
+}
+
 fn parse_value(raw: &str) -> Value {
     format!("v = {raw}")
         .parse::<toml::Table>()

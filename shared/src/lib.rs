@@ -11,6 +11,7 @@
 //! - [`tls`] — rustls client configs (fleet CA trust, CA pinning by fingerprint).
 //! - [`transport`] — a tonic `Channel` over our own rustls config.
 //! - [`configenv`] — environment overrides for TOML config (`PREFIX_SECTION__KEY`).
+//! - [`daemon`] — logging set-up and stop signals for the binaries.
 //! - [`clock`] — the `Clock` every time decision goes through.
 //! - [`backoff`] — jittered exponential backoff.
 //! - [`renewal`] — when to renew: ARI window or lifetime fraction, with jitter; expiry risk.
@@ -23,6 +24,7 @@
 pub mod backoff;
 pub mod clock;
 pub mod configenv;
+pub mod daemon;
 pub mod fsutil;
 pub mod identifier;
 pub mod ids;
