@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::sync::Mutex;
 
+/// How far the wall clock may have stepped backwards between two appends without a time
+/// query missing a record.
+const CLOCK_SLACK_SECS: i64 = 3600;
+
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "snake_case")]
@@ -354,72 +358,84 @@ impl AuditLog {
             .transpose()
     }
 
-    /// Sequence numbers a query can be narrowed to by an index, if any applies.
-    fn candidates(&self, q: &Query) -> Result<Option<Vec<u64>>, AuditError> {
-        let seq_of = |k: &[u8]| {
+    /// Sequence numbers a query can be narrowed to by an index, if any applies, in
+    /// ascending order. Host and serial scans are lazy, so a limit stops them early.
+    fn candidates(&self, q: &Query) -> Option<Box<dyn Iterator<Item = u64> + '_>> {
+        fn seq_of(k: &[u8]) -> Option<u64> {
             k.get(k.len().saturating_sub(8)..)
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_be_bytes)
+        }
+        let prefixed = |tree: &sled::Tree, value: &str| -> Box<dyn Iterator<Item = u64> + '_> {
+            let mut p = value.as_bytes().to_vec();
+            p.push(0);
+            Box::new(
+                tree.scan_prefix(p)
+                    .keys()
+                    .filter_map(|k| k.ok().and_then(|k| seq_of(&k))),
+            )
         };
         if let Some(h) = &q.host_id {
-            let mut p = h.as_bytes().to_vec();
-            p.push(0);
-            return Ok(Some(
-                self.by_host
-                    .scan_prefix(p)
-                    .keys()
-                    .filter_map(|k| k.ok().and_then(|k| seq_of(&k)))
-                    .collect(),
-            ));
+            return Some(prefixed(&self.by_host, h));
         }
         if let Some(s) = &q.serial {
-            let mut p = s.as_bytes().to_vec();
-            p.push(0);
-            return Ok(Some(
-                self.by_serial
-                    .scan_prefix(p)
-                    .keys()
-                    .filter_map(|k| k.ok().and_then(|k| seq_of(&k)))
-                    .collect(),
-            ));
+            return Some(prefixed(&self.by_serial, s));
         }
-        if let Some((net, len)) = q.network {
-            let bits = if net.is_ipv4() {
-                len as u32 + 96
-            } else {
-                len as u32
-            };
-            let mask = if bits == 0 {
-                0
-            } else {
-                u128::MAX << (128 - bits)
-            };
-            let lo = u128::from_be_bytes(ip_key(net)) & mask;
-            let hi = lo | !mask;
-            let mut start = lo.to_be_bytes().to_vec();
-            start.extend_from_slice(&[0; 8]);
-            let mut end = hi.to_be_bytes().to_vec();
-            end.extend_from_slice(&[0xff; 8]);
-            let mut seqs: Vec<u64> = self
-                .by_ip
-                .range(start..=end)
-                .keys()
-                .filter_map(|k| k.ok().and_then(|k| seq_of(&k)))
-                .collect();
-            seqs.sort_unstable();
-            seqs.dedup();
-            return Ok(Some(seqs));
+        let (net, len) = q.network?;
+        let bits = if net.is_ipv4() {
+            len as u32 + 96
+        } else {
+            len as u32
+        };
+        let mask = if bits == 0 {
+            0
+        } else {
+            u128::MAX << (128 - bits)
+        };
+        let lo = u128::from_be_bytes(ip_key(net)) & mask;
+        let hi = lo | !mask;
+        let mut start = lo.to_be_bytes().to_vec();
+        start.extend_from_slice(&[0; 8]);
+        let mut end = hi.to_be_bytes().to_vec();
+        end.extend_from_slice(&[0xff; 8]);
+        // Keys are ordered by address, then sequence: a block needs sorting.
+        let mut seqs: Vec<u64> = self
+            .by_ip
+            .range(start..=end)
+            .keys()
+            .filter_map(|k| k.ok().and_then(|k| seq_of(&k)))
+            .collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        Some(Box::new(seqs.into_iter()))
+    }
+
+    /// The first sequence number whose record is at or after `time`, by bisection (records
+    /// are appended in time order), moved back by a margin so that a clock that stepped
+    /// backwards cannot hide a record; `matches()` then applies the exact bound.
+    fn first_seq_from(&self, time: i64) -> Result<u64, AuditError> {
+        let (mut lo, mut hi) = (0u64, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.get(mid)? {
+                Some(r) if r.time < time - CLOCK_SLACK_SECS => lo = mid + 1,
+                _ => hi = mid,
+            }
         }
-        Ok(None)
+        Ok(lo)
     }
 
     /// Records matching `q`, oldest first.
     pub fn query(&self, q: &Query) -> Result<Vec<Record>, AuditError> {
         let limit = q.limit.unwrap_or(usize::MAX);
+        let start = match q.since {
+            Some(t) => self.first_seq_from(t)?,
+            None => 0,
+        };
         let mut out = Vec::new();
-        match self.candidates(q)? {
+        match self.candidates(q) {
             Some(seqs) => {
-                for seq in seqs {
+                for seq in seqs.filter(|s| *s >= start) {
                     if let Some(r) = self.get(seq)? {
                         if q.matches(&r) {
                             out.push(r);
@@ -431,13 +447,21 @@ impl AuditLog {
                 }
             }
             None => {
-                for kv in self.records.iter() {
-                    let (_, v) = kv?;
+                for kv in self.records.range(start.to_be_bytes()..) {
+                    let (k, v) = kv?;
+                    let seq = k
+                        .as_ref()
+                        .try_into()
+                        .map(u64::from_be_bytes)
+                        .unwrap_or(u64::MAX);
                     let r: Record =
                         serde_json::from_slice(&v).map_err(|e| AuditError::Corrupt {
-                            seq: u64::MAX,
+                            seq,
                             detail: e.to_string(),
                         })?;
+                    if q.until.is_some_and(|u| r.time >= u + CLOCK_SLACK_SECS) {
+                        break;
+                    }
                     if q.matches(&r) {
                         out.push(r);
                         if out.len() >= limit {
@@ -566,6 +590,42 @@ mod tests {
         }
         log2.records.remove(1u64.to_be_bytes()).unwrap();
         assert_eq!(log2.verify().unwrap().map(|b| b.seq), Some(1));
+    }
+
+    #[test]
+    fn time_range_queries_bisect_and_keep_exact_bounds() {
+        let (_d, _db, log) = log();
+        for t in 0..500i64 {
+            log.append_unflushed(Kind::OrderCreated, t * 100, Entry::by("c"))
+                .unwrap();
+        }
+        let q = |since, until| {
+            log.query(&Query {
+                since,
+                until,
+                ..Default::default()
+            })
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(q(Some(10_000), Some(10_300)), vec![100, 101, 102]);
+        assert_eq!(q(Some(0), Some(250)), vec![0, 1, 2]);
+        assert_eq!(q(None, None).len(), 500);
+        assert!(q(Some(1_000_000), None).is_empty());
+        // A query stops at its limit.
+        let limited = log
+            .query(&Query {
+                kinds: vec![Kind::OrderCreated],
+                limit: Some(3),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            limited.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
     }
 
     #[test]
