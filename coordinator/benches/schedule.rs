@@ -15,23 +15,8 @@ use certfleet_coordinator::store::{CertRecord, CertState, IssuedCert, SledStore,
 use certfleet_shared::ids::{CertId, HostId};
 use std::time::Instant;
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
+mod common;
+use common::{env, rss_kib, walk};
 
 fn record(i: usize, now: i64, due: bool) -> CertRecord {
     let ip: std::net::IpAddr = std::net::Ipv4Addr::from(0x0b00_0000u32 + i as u32).into();
@@ -206,18 +191,4 @@ fn main() {
         rss_kib("VmHWM:") / 1024,
         disk / (1024 * 1024)
     );
-}
-
-fn walk(p: &std::path::Path) -> u64 {
-    std::fs::read_dir(p)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => walk(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }
