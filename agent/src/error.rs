@@ -8,6 +8,10 @@ use certfleet_proto::v1::Failure;
 pub struct AgentFailure {
     pub code: &'static str,
     pub message: String,
+    /// The previous certificate was put back.
+    pub rolled_back: bool,
+    /// Serial in the target after the failure, when known.
+    pub current_serial: Option<String>,
 }
 
 impl AgentFailure {
@@ -15,7 +19,16 @@ impl AgentFailure {
         Self {
             code,
             message: message.into(),
+            rolled_back: false,
+            current_serial: None,
         }
+    }
+
+    /// Marks the failure as rolled back to `serial` (if any).
+    pub fn rolled_back(mut self, serial: Option<String>) -> Self {
+        self.rolled_back = true;
+        self.current_serial = serial;
+        self
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new("bad_request", message)
@@ -27,6 +40,8 @@ impl From<AgentFailure> for Failure {
         Failure {
             message: f.message,
             code: f.code.to_owned(),
+            rolled_back: f.rolled_back,
+            current_serial: f.current_serial.unwrap_or_default(),
         }
     }
 }

@@ -241,12 +241,12 @@ impl Agent {
                     self.responder
                         .present(&list)
                         .await
-                        .map(|()| reply::Result::Done(pb::Done {}))
+                        .map(|()| reply::Result::Done(pb::Done::default()))
                 }
             }
             Some(Cmd::ClearChallenges(c)) => {
                 self.responder.clear(&c.tokens);
-                Ok(reply::Result::Done(pb::Done {}))
+                Ok(reply::Result::Done(pb::Done::default()))
             }
             Some(Cmd::CreateCsr(c)) => self.create_csr(c),
             Some(Cmd::Install(i)) => self.install(i).await,
@@ -320,6 +320,7 @@ impl Agent {
             serial: out.serial,
             not_after_unix: out.not_after,
             reload_output: out.reload_output,
+            ..Default::default()
         }))
     }
 }
