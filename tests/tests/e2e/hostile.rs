@@ -164,7 +164,7 @@ async fn hostile_messages_are_refused_and_the_coordinator_keeps_serving() {
     let reply_first = AgentMessage {
         msg: Some(Msg::Reply(Reply {
             request_id: "nobody-asked".into(),
-            result: Some(reply::Result::Done(Done {})),
+            result: Some(reply::Result::Done(Done::default())),
         })),
     };
     let st = session_status(coord.addr(), &ca, ident, reply_first).await;
