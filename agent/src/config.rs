@@ -8,6 +8,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+pub use crate::target::TargetConfig;
+use crate::target::Target;
+
 pub const CONFIG_VERSION: u32 = 1;
 const ENV_PREFIX: &str = "CERTFLEET_AGENT_";
 const ENV_SKIP: &[&str] = &["CERTFLEET_AGENT_CONFIG", "CERTFLEET_AGENT_LOG_FORMAT"];
@@ -77,45 +80,6 @@ fn default_port() -> u16 {
     80
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TargetConfig {
-    /// Leaf certificate only.
-    pub cert: Option<PathBuf>,
-    /// Intermediates only.
-    pub chain: Option<PathBuf>,
-    /// Leaf + intermediates.
-    pub fullchain: Option<PathBuf>,
-    /// Private key (always written 0600).
-    pub key: PathBuf,
-    /// argv run (without a shell) after the files are in place; empty for none.
-    #[serde(default)]
-    pub reload: Vec<String>,
-    #[serde(default = "default_reload_timeout")]
-    pub reload_timeout_secs: u64,
-}
-
-fn default_reload_timeout() -> u64 {
-    60
-}
-
-impl TargetConfig {
-    /// Every path this target writes, with its role.
-    pub fn files(&self) -> Vec<(&'static str, &Path)> {
-        let mut v = Vec::new();
-        if let Some(p) = &self.cert {
-            v.push(("cert", p.as_path()));
-        }
-        if let Some(p) = &self.chain {
-            v.push(("chain", p.as_path()));
-        }
-        if let Some(p) = &self.fullchain {
-            v.push(("fullchain", p.as_path()));
-        }
-        v.push(("key", self.key.as_path()));
-        v
-    }
-}
 
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -173,43 +137,37 @@ impl AgentConfig {
         if self.http01.port == 0 {
             return Err("[http01] port must not be 0".into());
         }
+        self.resolve_targets()?;
+        Ok(())
+    }
+
+    /// Every `[targets.*]` table resolved for this host (preset layouts, commands, verify
+    /// addresses). No path may belong to two targets.
+    pub fn resolve_targets(&self) -> Result<BTreeMap<String, Target>, String> {
+        let ips = self.ip_addrs();
+        let mut out = BTreeMap::new();
         let mut paths = HashSet::new();
         for (name, t) in &self.targets {
-            let ctx = |m: String| format!("[targets.{name}]: {m}");
-            if name.is_empty()
-                || name.len() > 64
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-            {
+            if !crate::target::valid_name(name) {
                 return Err(format!(
                     "target name {name:?} must be 1-64 letters, digits, '-', '_' or '.'"
                 ));
             }
-            if t.cert.is_none() && t.fullchain.is_none() {
-                return Err(ctx("needs cert or fullchain (or both)".into()));
-            }
-            for (role, p) in t.files() {
-                if !p.is_absolute() {
-                    return Err(ctx(format!("{role} = {p:?} must be an absolute path")));
-                }
-                if p.file_name().is_none() {
-                    return Err(ctx(format!("{role} = {p:?} must name a file")));
-                }
-                if !paths.insert(p.to_path_buf()) {
-                    return Err(ctx(format!("{role} = {p:?} is used twice")));
+            let resolved = t
+                .resolve(name, &ips)
+                .map_err(|m| format!("[targets.{name}]: {m}"))?;
+            for f in &resolved.files {
+                if !paths.insert(f.path.clone()) {
+                    return Err(format!(
+                        "[targets.{name}]: {} = {:?} is used twice",
+                        f.role.as_str(),
+                        f.path
+                    ));
                 }
             }
-            if let Some(cmd) = t.reload.first() {
-                if !Path::new(cmd).is_absolute() {
-                    return Err(ctx(format!("reload command {cmd:?} must be an absolute path (no shell, no PATH lookup)")));
-                }
-            }
-            if t.reload_timeout_secs == 0 || t.reload_timeout_secs > 3600 {
-                return Err(ctx("reload_timeout_secs must be between 1 and 3600".into()));
-            }
+            out.insert(name.clone(), resolved);
         }
-        Ok(())
+        Ok(out)
     }
 
     /// The configured addresses, parsed (validated at load).
@@ -252,6 +210,9 @@ reload = ["/bin/true"]
         let cfg = parse(MINIMAL).unwrap();
         assert_eq!(cfg.http01.port, 5002);
         assert_eq!(cfg.targets["default"].reload_timeout_secs, 60);
+        let t = &cfg.resolve_targets().unwrap()["default"];
+        assert_eq!(t.files.len(), 2);
+        assert_eq!(t.verify.len(), 2, "each ip on 443 by default");
     }
 
     #[test]

@@ -23,4 +23,6 @@ pub mod identity;
 pub mod install;
 pub mod keys;
 pub mod metrics;
+pub mod served;
 pub mod session;
+pub mod target;

@@ -138,7 +138,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 certfleet_shared::daemon::wait_for_signal().await;
                 trigger.cancel();
             });
-            Agent::new(config).run(shutdown).await?;
+            Agent::new(config)?.run(shutdown).await?;
         }
         Cmd::Status { json } => status(&config, json).context("status")?,
     }
@@ -148,8 +148,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
 fn status(config: &AgentConfig, json: bool) -> anyhow::Result<()> {
     let enrollment = identity::Files::new(&config.state_dir).load().ok();
     let now = SystemClock.now_unix();
-    let targets: Vec<serde_json::Value> = config
-        .targets
+    let resolved = config
+        .resolve_targets()
+        .map_err(|e| anyhow::anyhow!("config: {e}"))?;
+    let targets: Vec<serde_json::Value> = resolved
         .iter()
         .map(|(name, t)| match install::inspect(t) {
             Some(i) => serde_json::json!({"name": name, "serial": i.serial, "not_after": rfc3339(i.not_after),
@@ -171,7 +173,7 @@ fn status(config: &AgentConfig, json: bool) -> anyhow::Result<()> {
         Some(e) => println!("enrolled as host {} with {}", e.host_id, e.coordinator),
         None => println!("not enrolled"),
     }
-    for (name, t) in &config.targets {
+    for (name, t) in &resolved {
         match install::inspect(t) {
             Some(i) => println!(
                 "target {name}: serial {} expires {} ({})",

@@ -2,7 +2,6 @@
 //! by result, challenges served, and what each target holds. Small on purpose; the fleet
 //! view lives on the coordinator.
 
-use crate::config::AgentConfig;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -28,10 +27,13 @@ pub struct AgentMetrics {
 }
 
 impl AgentMetrics {
-    pub fn render(&self, config: &AgentConfig) -> Result<String, String> {
+    pub fn render(
+        &self,
+        targets: &std::collections::BTreeMap<String, crate::target::Target>,
+    ) -> Result<String, String> {
         let mut reg = Registry::default();
         let not_after = Family::<TargetLabel, Gauge>::default();
-        for (name, t) in &config.targets {
+        for (name, t) in targets {
             if let Some(i) = crate::install::inspect(t) {
                 not_after
                     .get_or_create(&TargetLabel {

@@ -5,7 +5,9 @@ use crate::config::AgentConfig;
 use crate::error::AgentFailure;
 use crate::http01::Responder;
 use crate::identity::Files;
-use crate::install;
+use crate::install::{self, Installer};
+use crate::target::Target;
+use std::collections::BTreeMap;
 use crate::keys::PendingKeys;
 use certfleet_proto::v1::{
     self as pb, agent_message::Msg, agent_session_client::AgentSessionClient,
@@ -27,6 +29,9 @@ const REPLAY_CACHE: usize = 64;
 
 pub struct Agent {
     pub config: AgentConfig,
+    /// The config's targets, resolved (layouts, commands, verify addresses).
+    pub targets: BTreeMap<String, Target>,
+    installer: Installer,
     pub metrics: Arc<crate::metrics::AgentMetrics>,
     ips: Vec<IpAddr>,
     responder: Responder,
@@ -50,10 +55,15 @@ impl Drop for Connected {
 }
 
 impl Agent {
-    pub fn new(config: AgentConfig) -> Arc<Self> {
+    pub fn new(config: AgentConfig) -> anyhow::Result<Arc<Self>> {
         let ips = config.ip_addrs();
+        let targets = config
+            .resolve_targets()
+            .map_err(|e| anyhow::anyhow!("config: {e}"))?;
         let metrics = Arc::new(crate::metrics::AgentMetrics::default());
-        Arc::new(Self {
+        Ok(Arc::new(Self {
+            targets,
+            installer: Installer::new(&config.state_dir),
             responder: Responder::with_counter(
                 ips.clone(),
                 config.http01.port,
@@ -65,7 +75,7 @@ impl Agent {
             config,
             install_lock: tokio::sync::Mutex::new(()),
             replies: Mutex::new(VecDeque::new()),
-        })
+        }))
     }
 
     /// Keeps a session open until `shutdown`.
@@ -74,6 +84,8 @@ impl Agent {
         let enrollment = files.load()?;
         let tls = files.session_tls()?;
         tracing::info!(host = %enrollment.host_id, coordinator = %enrollment.coordinator, "agent starting");
+        // Interrupted installs are finished or rolled back before anything else happens.
+        self.installer.recover(&self.targets).await;
         let sweeper = {
             let agent = self.clone();
             let stop = shutdown.clone();
@@ -93,7 +105,7 @@ impl Agent {
             let agent = self.clone();
             tokio::spawn(certfleet_shared::metrics_http::serve(
                 listener,
-                move || agent.metrics.render(&agent.config),
+                move || agent.metrics.render(&agent.targets),
                 shutdown.clone(),
             ));
             tracing::info!(listen = %addr, "metrics on /metrics");
@@ -132,7 +144,6 @@ impl Agent {
 
     fn hello(&self) -> pb::Hello {
         let inventory = self
-            .config
             .targets
             .iter()
             .filter_map(|(name, t)| {
@@ -267,7 +278,7 @@ impl Agent {
     }
 
     fn create_csr(&self, c: pb::CreateCsr) -> Result<reply::Result, AgentFailure> {
-        if !self.config.targets.contains_key(&c.target) {
+        if !self.targets.contains_key(&c.target) {
             return Err(AgentFailure::new(
                 "unknown_target",
                 format!("this host has no target {:?}", c.target),
@@ -297,15 +308,17 @@ impl Agent {
     }
 
     async fn install(&self, i: pb::InstallCertificate) -> Result<reply::Result, AgentFailure> {
-        let target = self.config.targets.get(&i.target).ok_or_else(|| {
+        let target = self.targets.get(&i.target).ok_or_else(|| {
             AgentFailure::new(
                 "unknown_target",
                 format!("this host has no target {:?}", i.target),
             )
         })?;
         let _serial = self.install_lock.lock().await;
-        let result =
-            install::install(&i.target, target, &i.chain_pem, &self.ips, &self.pending).await;
+        let result = self
+            .installer
+            .install(target, &i.chain_pem, &self.ips, &self.pending)
+            .await;
         let label = crate::metrics::InstallLabels {
             target: i.target.clone(),
             result: match &result {
@@ -320,7 +333,9 @@ impl Agent {
             serial: out.serial,
             not_after_unix: out.not_after,
             reload_output: out.reload_output,
-            ..Default::default()
+            served_on: out.served_on.iter().map(|a| a.to_string()).collect(),
+            verify_disabled: out.verify_disabled,
+            warnings: Vec::new(),
         }))
     }
 }

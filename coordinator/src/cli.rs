@@ -130,6 +130,8 @@ pub async fn certs(
                     "issuer": c.issuer, "profile": opt_str(&c.profile), "required_profile": opt_str(&c.required_profile),
                     "policy": opt_str(&c.policy), "target": c.target, "state": c.state,
                     "serial": opt_str(&c.serial), "installed_serial": opt_str(&c.installed_serial),
+                    "served_serial": opt_str(&c.served_serial), "served_on": c.served_on,
+                    "served_at": opt_time(c.served_unix), "verify_disabled": c.verify_disabled,
                     "not_before": opt_time(c.not_before_unix), "not_after": opt_time(c.not_after_unix),
                     "lifetime_secs": if c.not_after_unix > 0 { json!(c.not_after_unix - c.not_before_unix) } else { Value::Null },
                     "renew_at": opt_time(c.renew_at_unix),
@@ -180,6 +182,8 @@ pub async fn certs(
                 } else {
                     c.serial.clone()
                 },
+                on_host(&c.installed_serial, &c.serial, false),
+                on_host(&c.served_serial, &c.serial, c.verify_disabled),
                 if c.not_after_unix == 0 {
                     "-".into()
                 } else {
@@ -204,13 +208,29 @@ pub async fn certs(
             "HOST",
             "IDENTIFIERS",
             "STATE",
-            "SERIAL",
+            "SERIAL (ISSUED)",
+            "INSTALLED",
+            "SERVED",
             "NOT AFTER",
             "NEXT ACTION",
             "LAST ERROR",
         ],
         &rows,
     ))
+}
+
+/// A host-side serial against the issued one: "yes" when they match, the other serial
+/// (e.g. the previous certificate after a rollback) when not, "-" when none.
+fn on_host(seen: &str, issued: &str, unchecked: bool) -> String {
+    if unchecked {
+        "not checked".into()
+    } else if seen.is_empty() {
+        "-".into()
+    } else if seen == issued {
+        "yes".into()
+    } else {
+        format!("no ({seen})")
+    }
 }
 
 pub async fn renew(

@@ -143,7 +143,9 @@ pub fn decide(rec: &CertRecord, now: i64) -> Decision {
             return Decision::Issue(reason);
         }
     }
-    if rec.installed_serial.as_ref() != Some(&cur.serial) {
+    if rec.installed_serial.as_ref() != Some(&cur.serial)
+        || (!rec.verify_disabled && rec.served_serial.as_ref() != Some(&cur.serial))
+    {
         return Decision::Install;
     }
     Decision::Idle
@@ -338,6 +340,10 @@ impl Engine {
                     .iter()
                     .find(|i| i.target == spec.target)
                     .map(|i| i.serial.clone());
+                if rec.served_serial != rec.installed_serial {
+                    // What the host serves is only known again after its next served check.
+                    rec.served_serial = None;
+                }
                 rec.spec = spec;
                 rec.next_action = Some(now);
                 rec.next_reason = Some("host connected".into());
@@ -1205,7 +1211,26 @@ impl Engine {
                         .detail("target", &report.target),
                 )?;
                 rec.installed_serial = Some(report.serial.clone());
+                rec.verify_disabled = report.verify_disabled;
                 tracing::info!(host = %rec.host_id, cert = %rec.id, serial = %report.serial, target = %report.target, "certificate installed");
+                if !report.verify_disabled && !report.served_on.is_empty() {
+                    self.record(
+                        Kind::CertificateServed,
+                        rec,
+                        Entry::by(format!("host:{}", rec.host_id))
+                            .ips(&cur.identifiers)
+                            .serial(report.serial.clone())
+                            .detail("target", &report.target)
+                            .detail("served_on", &report.served_on),
+                    )?;
+                    rec.served_serial = Some(report.serial.clone());
+                    rec.served_on = report.served_on.clone();
+                    rec.served_at = Some(self.clock.now_unix());
+                    tracing::info!(host = %rec.host_id, cert = %rec.id, serial = %report.serial, served_on = ?report.served_on, "new certificate is served");
+                }
+                if !report.warnings.is_empty() {
+                    tracing::warn!(host = %rec.host_id, cert = %rec.id, warnings = ?report.warnings, "agent warnings");
+                }
                 Ok(())
             }
             Ok(_) => Err(SessionError::Unexpected {
@@ -1213,19 +1238,45 @@ impl Engine {
                 what: "install",
             }
             .into()),
-            Err(SessionError::Failed { code, message, .. }) if code == "no_matching_key" => {
-                // The key for this certificate is gone from the host: the certificate is
-                // useless there, so the next attempt issues a new one.
-                tracing::warn!(host = %rec.host_id, cert = %rec.id, error = %message, "host lost the key; re-issuing");
-                rec.current = None;
-                rec.ari = None;
-                Err(SessionError::Failed {
-                    host: agent.host.clone(),
-                    what: "install",
+            Err(e @ SessionError::Failed { .. }) => {
+                let SessionError::Failed {
                     code,
                     message,
+                    rolled_back,
+                    current_serial,
+                    ..
+                } = &e
+                else {
+                    return Err(e.into());
+                };
+                if code == "no_matching_key" {
+                    // The key for this certificate is gone from the host: the certificate
+                    // is useless there, so the next attempt issues a new one.
+                    tracing::warn!(host = %rec.host_id, cert = %rec.id, error = %message, "host lost the key; re-issuing");
+                    rec.current = None;
+                    rec.ari = None;
+                } else if *rolled_back {
+                    // The config test, reload or served check failed and the host put the
+                    // previous certificate back: record what is there now.
+                    let now_serial = (!current_serial.is_empty()).then(|| current_serial.clone());
+                    self.record(
+                        Kind::CertificateRolledBack,
+                        rec,
+                        Entry::by(format!("host:{}", rec.host_id))
+                            .ips(&cur.identifiers)
+                            .serial(cur.serial.clone())
+                            .detail("target", &rec.spec.target)
+                            .detail("code", code)
+                            .detail("error", message)
+                            .detail("restored_serial", &now_serial),
+                    )?;
+                    tracing::error!(host = %rec.host_id, cert = %rec.id, serial = %cur.serial, code = %code, error = %message, "install rolled back on the host");
+                    if rec.served_serial != now_serial {
+                        rec.served_serial = None;
+                    }
+                    rec.installed_serial = now_serial;
                 }
-                .into())
+                Err(e.into())
             }
             Err(e) => Err(e.into()),
         }
@@ -1264,6 +1315,10 @@ fn new_record(host: &HostRecord, spec: CertSpec, now: i64) -> CertRecord {
         order: None,
         last_order_url: None,
         installed_serial: None,
+        served_serial: None,
+        served_on: Vec::new(),
+        served_at: None,
+        verify_disabled: false,
         last_error: None,
         attempts: 0,
         quick_retries: 0,
@@ -1285,6 +1340,9 @@ fn state_of(rec: &CertRecord, now: i64) -> CertState {
         return CertState::Ordering;
     }
     match &rec.current {
+        Some(c) if c.not_after > now && rec.served_serial.as_ref() == Some(&c.serial) => {
+            CertState::Served
+        }
         Some(c) if c.not_after > now && rec.installed_serial.as_ref() == Some(&c.serial) => {
             CertState::Installed
         }

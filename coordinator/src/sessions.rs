@@ -31,6 +31,10 @@ pub enum SessionError {
         what: &'static str,
         code: String,
         message: String,
+        /// The agent put the previous certificate back.
+        rolled_back: bool,
+        /// Serial in the target after the failure ("" when unknown).
+        current_serial: String,
     },
     #[error("host {host} answered {what} with an unexpected reply")]
     Unexpected { host: HostId, what: &'static str },
@@ -102,6 +106,8 @@ impl AgentHandle {
                 what,
                 code: f.code,
                 message: f.message,
+                rolled_back: f.rolled_back,
+                current_serial: f.current_serial,
             }),
             other => Ok(other),
         }

@@ -107,8 +107,11 @@ pub enum CertState {
     Ordering,
     /// The CA issued it; not yet confirmed installed.
     Issued,
-    /// The agent installed it and ran the reload.
+    /// The agent installed it and ran the reload (not seen served: no check configured,
+    /// or not checked yet).
     Installed,
+    /// The agent saw the new certificate presented on every verify address.
+    Served,
     /// The last attempt failed; see `last_error` and `next_attempt`.
     Failed,
 }
@@ -120,6 +123,7 @@ impl CertState {
             CertState::Ordering => "ordering",
             CertState::Issued => "issued",
             CertState::Installed => "installed",
+            CertState::Served => "served",
             CertState::Failed => "failed",
         }
     }
@@ -186,6 +190,16 @@ pub struct CertRecord {
     pub last_order_url: Option<String>,
     /// Observed on the host: the serial the agent reports installed in the target.
     pub installed_serial: Option<String>,
+    /// Observed on the host: the serial its served check saw on every verify address.
+    #[serde(default)]
+    pub served_serial: Option<String>,
+    #[serde(default)]
+    pub served_on: Vec<String>,
+    #[serde(default)]
+    pub served_at: Option<i64>,
+    /// The host's target has no verify addresses: installed is as far as anyone checks.
+    #[serde(default)]
+    pub verify_disabled: bool,
     pub last_error: Option<String>,
     #[serde(default)]
     pub attempts: u32,
@@ -655,6 +669,10 @@ mod tests {
             order: None,
             last_order_url: None,
             installed_serial: None,
+            served_serial: None,
+            served_on: Vec::new(),
+            served_at: None,
+            verify_disabled: false,
             last_error: None,
             attempts: 0,
             quick_retries: 0,
