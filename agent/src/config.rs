@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-pub use crate::target::TargetConfig;
 use crate::target::Target;
+pub use crate::target::TargetConfig;
 
 pub const CONFIG_VERSION: u32 = 1;
 const ENV_PREFIX: &str = "CERTFLEET_AGENT_";
@@ -79,7 +79,6 @@ impl Default for Http01Config {
 fn default_port() -> u16 {
     80
 }
-
 
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {

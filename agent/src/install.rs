@@ -230,7 +230,10 @@ impl Installer {
         let previous = inspect(target);
         let name = target.name.as_str();
         let mut reload_output = String::new();
-        if previous.as_ref().is_some_and(|i| i.serial == leaf.serial_hex) {
+        if previous
+            .as_ref()
+            .is_some_and(|i| i.serial == leaf.serial_hex)
+        {
             tracing::info!(target = name, serial = %leaf.serial_hex, "certificate already installed; checking it is served");
         } else {
             let key = pending.find(&leaf.spki_der).ok_or_else(|| {
@@ -393,7 +396,10 @@ impl Installer {
         if let Err(e) = self.restore(files) {
             return AgentFailure::new(
                 "rollback_failed",
-                format!("{}; restoring the previous files failed too: {}", cause.message, e.message),
+                format!(
+                    "{}; restoring the previous files failed too: {}",
+                    cause.message, e.message
+                ),
             );
         }
         self.remove_journal(name);
@@ -456,7 +462,9 @@ impl Installer {
                     .map(|a| {
                         format!(
                             "{a} {}",
-                            last.get(a).map(describe).unwrap_or_else(|| "was not checked".into())
+                            last.get(a)
+                                .map(describe)
+                                .unwrap_or_else(|| "was not checked".into())
                         )
                     })
                     .collect();
@@ -488,7 +496,11 @@ fn describe(seen: &Seen) -> String {
 /// What goes where: plain content, or (certbot layout) an archive file plus a symlink.
 enum Staged {
     Content(Vec<u8>),
-    Link { archive: PathBuf, link: PathBuf, content: Vec<u8> },
+    Link {
+        archive: PathBuf,
+        link: PathBuf,
+        content: Vec<u8>,
+    },
 }
 
 fn link_bytes(s: &Staged) -> &[u8] {
@@ -520,10 +532,7 @@ fn contents(
     let leaf_pem = chain_to_pem(&chain[..1]);
     let issuers_pem = chain_to_pem(&chain[1..]);
     let full_pem = chain_to_pem(chain);
-    let version = match &target.archive_dir {
-        Some(dir) => Some(next_archive_version(dir)),
-        None => None,
-    };
+    let version = target.archive_dir.as_deref().map(next_archive_version);
     let mut out = Vec::new();
     for f in &target.files {
         let content = match f.role {
@@ -574,7 +583,11 @@ fn next_archive_version(dir: &Path) -> u32 {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some(stem) = name.strip_suffix(".pem") {
-                let digits: String = stem.chars().rev().take_while(|c| c.is_ascii_digit()).collect();
+                let digits: String = stem
+                    .chars()
+                    .rev()
+                    .take_while(|c| c.is_ascii_digit())
+                    .collect();
                 let digits: String = digits.chars().rev().collect();
                 if let Ok(n) = digits.parse::<u32>() {
                     max = max.max(n);
@@ -587,7 +600,10 @@ fn next_archive_version(dir: &Path) -> u32 {
 
 /// `live/<name>/cert.pem` → `../../archive/<name>/cert3.pem`, as certbot writes it.
 fn relative_link(link: &Path, archive: &Path) -> PathBuf {
-    let from: Vec<_> = link.parent().map(|p| p.components().collect()).unwrap_or_default();
+    let from: Vec<_> = link
+        .parent()
+        .map(|p| p.components().collect())
+        .unwrap_or_default();
     let to: Vec<_> = archive.components().collect();
     let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
     let mut rel = PathBuf::new();
@@ -698,7 +714,12 @@ async fn run(argv: &[String], timeout: Duration) -> Result<Result<String, String
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     let out = match tokio::time::timeout(timeout, cmd.output()).await {
-        Err(_) => return Err(format!("{program} did not finish within {} s", timeout.as_secs())),
+        Err(_) => {
+            return Err(format!(
+                "{program} did not finish within {} s",
+                timeout.as_secs()
+            ))
+        }
         Ok(Err(e)) => return Err(format!("cannot run {program:?}: {e}")),
         Ok(Ok(out)) => out,
     };
@@ -721,7 +742,10 @@ async fn run_check(target: &Target) -> Result<(), AgentFailure> {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) | Err(e) => Err(AgentFailure::new(
             "config_test_failed",
-            format!("config test of target {} failed, not reloading: {e}", target.name),
+            format!(
+                "config test of target {} failed, not reloading: {e}",
+                target.name
+            ),
         )),
     }
 }
@@ -729,7 +753,12 @@ async fn run_check(target: &Target) -> Result<(), AgentFailure> {
 /// Reloads the target's web server: its command, or its signal to the pid file.
 async fn reload(target: &Target) -> Result<String, AgentFailure> {
     let name = &target.name;
-    let failed = |m: String| AgentFailure::new("reload_failed", format!("reload of target {name} failed: {m}"));
+    let failed = |m: String| {
+        AgentFailure::new(
+            "reload_failed",
+            format!("reload of target {name} failed: {m}"),
+        )
+    };
     match &target.reload {
         Reload::None => Ok(String::new()),
         Reload::Command(argv) => match run(argv, target.reload_timeout).await {
@@ -747,7 +776,9 @@ async fn reload(target: &Target) -> Result<String, AgentFailure> {
                 .parse()
                 .ok()
                 .filter(|p| *p > 1)
-                .ok_or_else(|| failed(format!("{} does not hold a process id", pid_file.display())))?;
+                .ok_or_else(|| {
+                    failed(format!("{} does not hold a process id", pid_file.display()))
+                })?;
             let sig: nix::sys::signal::Signal = format!("SIG{signal}")
                 .parse()
                 .map_err(|_| failed(format!("unknown signal {signal}")))?;
@@ -830,7 +861,10 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 2);
         let prev = std::fs::read_to_string(prev_path(&t.leaf_source().unwrap().path)).unwrap();
         let prev_leaf = CertInfo::from_der(&parse_pem_chain(&prev).unwrap()[0]).unwrap();
-        assert_eq!(prev_leaf.serial_hex, serials[0], "previous certificate kept");
+        assert_eq!(
+            prev_leaf.serial_hex, serials[0],
+            "previous certificate kept"
+        );
         assert!(!inst.journal_path("web").exists(), "journal removed");
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("tls"))
             .unwrap()
@@ -861,7 +895,11 @@ mod tests {
         assert!(err.rolled_back);
         assert_eq!(err.current_serial.as_deref(), Some(first.serial.as_str()));
         assert_eq!(inspect(&t).unwrap().serial, first.serial, "old pair back");
-        assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 1, "no reload");
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap().lines().count(),
+            1,
+            "no reload"
+        );
     }
 
     #[tokio::test]
@@ -872,7 +910,9 @@ mod tests {
         let pending = PendingKeys::new(&state);
         let inst = Installer::new(&state);
         // haproxy: one combined file, 0600, that inspect() reads back.
-        let t = target(&format!("preset = \"haproxy\"\ndir = \"{d}/haproxy\"\ncheck = []\nreload = []\nverify = []"));
+        let t = target(&format!(
+            "preset = \"haproxy\"\ndir = \"{d}/haproxy\"\ncheck = []\nreload = []\nverify = []"
+        ));
         let out = issue_and_install(&inst, &t, &pending).await.unwrap();
         let combined = dir.path().join("haproxy/web.pem");
         let text = std::fs::read_to_string(&combined).unwrap();
@@ -881,7 +921,9 @@ mod tests {
         assert_eq!(mode(&combined), 0o600);
         assert_eq!(inspect(&t).unwrap().serial, out.serial);
         // lego: .crt (bundle), .issuer.crt, .key, .json.
-        let t = target(&format!("preset = \"lego\"\ndir = \"{d}/lego\"\nverify = []"));
+        let t = target(&format!(
+            "preset = \"lego\"\ndir = \"{d}/lego\"\nverify = []"
+        ));
         let out = issue_and_install(&inst, &t, &pending).await.unwrap();
         let base = dir.path().join("lego/certificates");
         for f in ["web.crt", "web.issuer.crt", "web.key", "web.json"] {
@@ -892,7 +934,9 @@ mod tests {
         assert_eq!(meta["domain"], "127.0.0.1");
         assert_eq!(meta["serial"], out.serial.as_str());
         // certbot: live/ symlinks into a versioned archive/.
-        let t = target(&format!("preset = \"certbot\"\ndir = \"{d}/le\"\nverify = []"));
+        let t = target(&format!(
+            "preset = \"certbot\"\ndir = \"{d}/le\"\nverify = []"
+        ));
         let a = issue_and_install(&inst, &t, &pending).await.unwrap();
         let b = issue_and_install(&inst, &t, &pending).await.unwrap();
         let live = dir.path().join("le/live/web");
@@ -911,7 +955,9 @@ mod tests {
         let state = dir.path().join("state");
         let pending = PendingKeys::new(&state);
         let inst = Installer::new(&state);
-        let t = target(&format!("fullchain = \"{d}/f.pem\"\nkey = \"{d}/k.pem\"\nverify = []"));
+        let t = target(&format!(
+            "fullchain = \"{d}/f.pem\"\nkey = \"{d}/k.pem\"\nverify = []"
+        ));
         let old = issue_and_install(&inst, &t, &pending).await.unwrap();
         let targets: BTreeMap<String, Target> = [("web".to_owned(), t.clone())].into();
 
@@ -961,7 +1007,9 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let off = target(&format!("fullchain = \"{d}/f.pem\"\nkey = \"{d}/k.pem\"\nverify = []"));
+        let off = target(&format!(
+            "fullchain = \"{d}/f.pem\"\nkey = \"{d}/k.pem\"\nverify = []"
+        ));
         let first = issue_and_install(&inst, &off, &pending).await.unwrap();
         let on = target(&format!(
             "fullchain = \"{d}/f.pem\"\nkey = \"{d}/k.pem\"\nverify = [\"127.0.0.1:{port}\"]\nverify_grace_secs = 1"
@@ -980,11 +1028,16 @@ mod tests {
         let state = dir.path().join("state");
         let pending = PendingKeys::new(&state);
         let inst = Installer::new(&state);
-        let t = target(&format!("cert = \"{d}/c.pem\"\nkey = \"{d}/k.pem\"\nverify = []\nreload = [\"/bin/false\"]"));
+        let t = target(&format!(
+            "cert = \"{d}/c.pem\"\nkey = \"{d}/k.pem\"\nverify = []\nreload = [\"/bin/false\"]"
+        ));
         // A certificate whose key this host never made.
         let other = PendingKeys::new(&dir.path().join("elsewhere"));
         let chain = sign(&other.create_csr(&ips(), KeyType::EcdsaP256).unwrap());
-        let err = inst.install(&t, &chain, &ips(), &pending).await.unwrap_err();
+        let err = inst
+            .install(&t, &chain, &ips(), &pending)
+            .await
+            .unwrap_err();
         assert_eq!(err.code, "no_matching_key");
         assert!(!t.key_source().unwrap().path.exists(), "nothing written");
         let err = inst
@@ -993,12 +1046,19 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code, "not_my_ip");
         assert_eq!(
-            inst.install(&t, "garbage", &ips(), &pending).await.unwrap_err().code,
+            inst.install(&t, "garbage", &ips(), &pending)
+                .await
+                .unwrap_err()
+                .code,
             "bad_request"
         );
         // A failing reload with nothing to roll back to is reported.
         let err = issue_and_install(&inst, &t, &pending).await.unwrap_err();
         assert_eq!(err.code, "reload_failed");
-        assert!(err.message.contains("no previous certificate"), "{}", err.message);
+        assert!(
+            err.message.contains("no previous certificate"),
+            "{}",
+            err.message
+        );
     }
 }

@@ -98,7 +98,11 @@ pub fn observer_config() -> Arc<rustls::ClientConfig> {
 }
 
 /// One handshake with `addr`, bounded by `timeout`.
-pub async fn observe(config: Arc<rustls::ClientConfig>, addr: SocketAddr, timeout: Duration) -> Seen {
+pub async fn observe(
+    config: Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Seen {
     let attempt = async {
         let tcp = TcpStream::connect(addr)
             .await

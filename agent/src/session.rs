@@ -6,15 +6,15 @@ use crate::error::AgentFailure;
 use crate::http01::Responder;
 use crate::identity::Files;
 use crate::install::{self, Installer};
-use crate::target::Target;
-use std::collections::BTreeMap;
 use crate::keys::PendingKeys;
+use crate::target::Target;
 use certfleet_proto::v1::{
     self as pb, agent_message::Msg, agent_session_client::AgentSessionClient,
     coordinator_message::Cmd, reply, AgentMessage, CoordinatorMessage,
 };
 use certfleet_proto::MAX_MESSAGE_BYTES;
 use certfleet_shared::backoff::Backoff;
+use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};

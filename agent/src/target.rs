@@ -219,7 +219,10 @@ impl TargetConfig {
                     Preset::Nginx => {
                         paths.insert(FileRole::Fullchain, dir.join("fullchain.pem"));
                         paths.insert(FileRole::Key, dir.join("privkey.pem"));
-                        (&["/usr/sbin/nginx", "-t", "-q"], &["/usr/sbin/nginx", "-s", "reload"])
+                        (
+                            &["/usr/sbin/nginx", "-t", "-q"],
+                            &["/usr/sbin/nginx", "-s", "reload"],
+                        )
                     }
                     Preset::Apache => {
                         paths.insert(FileRole::Cert, dir.join("cert.pem"));
@@ -233,7 +236,13 @@ impl TargetConfig {
                     Preset::Haproxy => {
                         paths.insert(FileRole::Combined, dir.join(format!("{stem}.pem")));
                         (
-                            &["/usr/sbin/haproxy", "-c", "-q", "-f", "/etc/haproxy/haproxy.cfg"],
+                            &[
+                                "/usr/sbin/haproxy",
+                                "-c",
+                                "-q",
+                                "-f",
+                                "/etc/haproxy/haproxy.cfg",
+                            ],
                             &["/bin/systemctl", "reload", "haproxy"],
                         )
                     }
@@ -323,11 +332,17 @@ impl TargetConfig {
             }
             let uid = match &perms.owner {
                 None => None,
-                Some(u) => Some(ids.uid(u).map_err(|e| format!("files.{role_name}.owner: {e}"))?),
+                Some(u) => Some(
+                    ids.uid(u)
+                        .map_err(|e| format!("files.{role_name}.owner: {e}"))?,
+                ),
             };
             let gid = match &perms.group {
                 None => None,
-                Some(g) => Some(ids.gid(g).map_err(|e| format!("files.{role_name}.group: {e}"))?),
+                Some(g) => Some(
+                    ids.gid(g)
+                        .map_err(|e| format!("files.{role_name}.group: {e}"))?,
+                ),
             };
             files.push(TargetFile {
                 role,
@@ -345,7 +360,9 @@ impl TargetConfig {
         check_argv("check", &check)?;
         let reload = match (&self.reload, &self.reload_signal, &self.pid_file) {
             (Some(_), Some(_), _) => {
-                return Err("set either reload (a command) or reload_signal + pid_file, not both".into())
+                return Err(
+                    "set either reload (a command) or reload_signal + pid_file, not both".into(),
+                )
             }
             (_, Some(sig), Some(pid)) => {
                 let sig = sig.trim_start_matches("SIG").to_ascii_uppercase();
@@ -363,7 +380,9 @@ impl TargetConfig {
                     pid_file: pid.clone(),
                 }
             }
-            (_, Some(_), None) => return Err("reload_signal needs pid_file = \"/run/….pid\"".into()),
+            (_, Some(_), None) => {
+                return Err("reload_signal needs pid_file = \"/run/….pid\"".into())
+            }
             (_, None, Some(_)) => return Err("pid_file is only used with reload_signal".into()),
             (Some(argv), None, None) => {
                 check_argv("reload", argv)?;
@@ -444,7 +463,9 @@ fn parse_mode(s: &str) -> Result<u32, String> {
     let m = u32::from_str_radix(digits, 8)
         .map_err(|_| format!("{s:?} is not an octal mode like \"0640\""))?;
     if m > 0o777 {
-        return Err(format!("{s:?}: only permission bits (0000-0777) may be set"));
+        return Err(format!(
+            "{s:?}: only permission bits (0000-0777) may be set"
+        ));
     }
     Ok(m)
 }
@@ -557,10 +578,19 @@ mod tests {
         assert_eq!(
             paths(&t),
             vec![
-                (FileRole::Chain, "/var/lib/lego/certificates/edge.issuer.crt".into()),
-                (FileRole::Fullchain, "/var/lib/lego/certificates/edge.crt".into()),
+                (
+                    FileRole::Chain,
+                    "/var/lib/lego/certificates/edge.issuer.crt".into()
+                ),
+                (
+                    FileRole::Fullchain,
+                    "/var/lib/lego/certificates/edge.crt".into()
+                ),
                 (FileRole::Key, "/var/lib/lego/certificates/edge.key".into()),
-                (FileRole::Meta, "/var/lib/lego/certificates/edge.json".into()),
+                (
+                    FileRole::Meta,
+                    "/var/lib/lego/certificates/edge.json".into()
+                ),
             ]
         );
         assert_eq!(t.reload, Reload::None);
@@ -571,7 +601,10 @@ mod tests {
             t.archive_dir.as_deref(),
             Some(Path::new("/etc/letsencrypt/archive/web"))
         );
-        assert!(t.files.iter().all(|f| f.path.starts_with("/etc/letsencrypt/live/web")));
+        assert!(t
+            .files
+            .iter()
+            .all(|f| f.path.starts_with("/etc/letsencrypt/live/web")));
     }
 
     #[test]
@@ -617,21 +650,57 @@ files.fullchain = { mode = "0444" }
             ("fullchain = \"/x/f\"", "needs key"),
             ("fullchain = \"x/f\"\nkey = \"/x/k\"", "absolute path"),
             ("fullchain = \"/x/f\"\nkey = \"/x/f\"", "used twice"),
-            ("fullchain = \"/x/f\"\nkey = \"/x/k\"\nfiles.key = { mode = \"0644\" }", "every user"),
-            ("fullchain = \"/x/f\"\nkey = \"/x/k\"\nfiles.fullchain = { mode = \"0666\" }", "write is not allowed"),
-            ("fullchain = \"/x/f\"\nkey = \"/x/k\"\nfiles.key = { mode = \"rw\" }", "octal mode"),
-            ("fullchain = \"/x/f\"\nkey = \"/x/k\"\nfiles.key = { owner = \"nobody-here\" }", "no user"),
-            ("fullchain = \"/x/f\"\nkey = \"/x/k\"\nfiles.chain = { mode = \"0644\" }", "does not write"),
-            ("fullchain = \"/x/f\"\nkey = \"/x/k\"\nreload = [\"nginx\"]", "absolute path"),
-            ("fullchain = \"/x/f\"\nkey = \"/x/k\"\nreload_signal = \"HUP\"", "needs pid_file"),
-            ("fullchain = \"/x/f\"\nkey = \"/x/k\"\nreload_signal = \"KILL\"\npid_file = \"/p\"", "not one of"),
-            ("fullchain = \"/x/f\"\nkey = \"/x/k\"\nverify = [\"192.0.2.7\"]", "with a port"),
-            ("preset = \"certbot\"\ndir = \"/e\"\nkey = \"/x/k\"", "fixes its paths"),
-            ("preset = \"lego\"\ndir = \"/e\"\nname = \"../x\"", "letters, digits"),
+            (
+                "fullchain = \"/x/f\"\nkey = \"/x/k\"\nfiles.key = { mode = \"0644\" }",
+                "every user",
+            ),
+            (
+                "fullchain = \"/x/f\"\nkey = \"/x/k\"\nfiles.fullchain = { mode = \"0666\" }",
+                "write is not allowed",
+            ),
+            (
+                "fullchain = \"/x/f\"\nkey = \"/x/k\"\nfiles.key = { mode = \"rw\" }",
+                "octal mode",
+            ),
+            (
+                "fullchain = \"/x/f\"\nkey = \"/x/k\"\nfiles.key = { owner = \"nobody-here\" }",
+                "no user",
+            ),
+            (
+                "fullchain = \"/x/f\"\nkey = \"/x/k\"\nfiles.chain = { mode = \"0644\" }",
+                "does not write",
+            ),
+            (
+                "fullchain = \"/x/f\"\nkey = \"/x/k\"\nreload = [\"nginx\"]",
+                "absolute path",
+            ),
+            (
+                "fullchain = \"/x/f\"\nkey = \"/x/k\"\nreload_signal = \"HUP\"",
+                "needs pid_file",
+            ),
+            (
+                "fullchain = \"/x/f\"\nkey = \"/x/k\"\nreload_signal = \"KILL\"\npid_file = \"/p\"",
+                "not one of",
+            ),
+            (
+                "fullchain = \"/x/f\"\nkey = \"/x/k\"\nverify = [\"192.0.2.7\"]",
+                "with a port",
+            ),
+            (
+                "preset = \"certbot\"\ndir = \"/e\"\nkey = \"/x/k\"",
+                "fixes its paths",
+            ),
+            (
+                "preset = \"lego\"\ndir = \"/e\"\nname = \"../x\"",
+                "letters, digits",
+            ),
         ];
         for (text, want) in cases {
             let err = resolve(text).unwrap_err();
-            assert!(err.contains(want), "{text:?}: {err:?} should contain {want:?}");
+            assert!(
+                err.contains(want),
+                "{text:?}: {err:?} should contain {want:?}"
+            );
         }
     }
 }

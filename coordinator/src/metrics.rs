@@ -98,7 +98,14 @@ impl Metrics {
         let next_renewal = Family::<CertLabels, Gauge>::default();
         let by_state = Family::<StateLabel, Gauge>::default();
         let at_risk = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
-        for s in ["pending", "ordering", "issued", "installed", "served", "failed"] {
+        for s in [
+            "pending",
+            "ordering",
+            "issued",
+            "installed",
+            "served",
+            "failed",
+        ] {
             by_state
                 .get_or_create(&StateLabel { state: s.into() })
                 .set(0);
