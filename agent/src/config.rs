@@ -13,7 +13,11 @@ pub use crate::target::TargetConfig;
 
 pub const CONFIG_VERSION: u32 = 1;
 const ENV_PREFIX: &str = "CERTFLEET_AGENT_";
-const ENV_SKIP: &[&str] = &["CERTFLEET_AGENT_CONFIG", "CERTFLEET_AGENT_LOG_FORMAT"];
+const ENV_SKIP: &[&str] = &[
+    "CERTFLEET_AGENT_CONFIG",
+    "CERTFLEET_AGENT_LOG_FORMAT",
+    crate::install::PAUSE_ENV,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

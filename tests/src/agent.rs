@@ -312,11 +312,17 @@ impl Agent {
 
     /// Starts `certfleet-agent run`.
     pub fn start(&mut self) -> anyhow::Result<()> {
+        self.start_with_env(&[])
+    }
+
+    /// Starts `certfleet-agent run` with extra environment (e.g. the install pause hook).
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) -> anyhow::Result<()> {
         anyhow::ensure!(self.child.is_none(), "agent {} already running", self.name);
         self.runs += 1;
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--config").arg(&self.config_path).arg("run");
         scrub_env(&mut cmd);
+        cmd.envs(env.iter().copied());
         let child = ChildGuard::spawn(
             &format!("agent-{}-run-{}", self.name, self.runs),
             &mut cmd,

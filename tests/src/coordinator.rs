@@ -59,6 +59,12 @@ pub struct CertRow {
     #[serde(default)]
     pub installed_serial: Option<String>,
     #[serde(default)]
+    pub served_serial: Option<String>,
+    #[serde(default)]
+    pub served_on: Vec<String>,
+    #[serde(default)]
+    pub verify_disabled: bool,
+    #[serde(default)]
     pub lifetime_secs: Option<i64>,
     #[serde(default)]
     pub renew_at: Option<String>,

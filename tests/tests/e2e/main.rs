@@ -11,6 +11,7 @@
 mod ari;
 mod audit;
 mod cli;
+mod crash;
 mod eab;
 mod fallback;
 mod happy_path;
