@@ -9,7 +9,7 @@
 //! agent stops at the named point and the test kills it there, so every point is hit
 //! exactly rather than by timing luck.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use certfleet_tests::{pki, tlsutil, Agent};
@@ -19,7 +19,7 @@ use crate::support::{pebble_and_coordinator, ISSUE_TIMEOUT};
 const PAUSE_ENV: &str = "CERTFLEET_AGENT_TEST_PAUSE_AT";
 
 /// Serial of the leaf in a whole PEM certificate file, or why it is not whole.
-fn leaf_serial(path: &PathBuf) -> Result<String, String> {
+fn leaf_serial(path: &Path) -> Result<String, String> {
     let pem = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let certs = tlsutil::certs_from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?;
     let first = certs
@@ -51,7 +51,7 @@ fn snapshot(a: &Agent) -> Result<Snapshot, String> {
     })
 }
 
-fn spki_of(path: &PathBuf) -> Vec<u8> {
+fn spki_of(path: &Path) -> Vec<u8> {
     pki::leaf_info_from_file(path).expect("leaf").spki_der
 }
 
