@@ -57,18 +57,42 @@ pub struct MetricsConfig {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Http01Mode {
-    /// The agent binds the port on the host's addresses while a challenge is live.
+    /// The agent binds `port` on the host's addresses while a challenge is live.
     #[default]
     Standalone,
+    /// The web server owns `port`; the agent writes token files under `webroot`.
+    Webroot,
+    /// The web server owns `port` and forwards the challenge path to `listen`.
+    Proxy,
 }
 
+impl Http01Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Standalone => "standalone",
+            Self::Webroot => "webroot",
+            Self::Proxy => "proxy",
+        }
+    }
+}
+
+/// `[http01]`: how this host answers HTTP-01 (see `deploy/agent.example.toml`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Http01Config {
     #[serde(default)]
     pub mode: Http01Mode,
+    /// The port the CA connects to: bound by standalone; webroot and proxy fetch
+    /// `http://<ip>:<port>/…` from it in their self-check.
     #[serde(default = "default_port")]
     pub port: u16,
+    /// webroot: the web server's document root for the challenge path.
+    pub webroot: Option<PathBuf>,
+    /// proxy: the loopback address the web server forwards the challenge path to.
+    pub listen: Option<std::net::SocketAddr>,
+    /// webroot and proxy: fetch each challenge through the web server after presenting it
+    /// and report what would stop the CA (default true).
+    pub self_check: Option<bool>,
 }
 
 impl Default for Http01Config {
@@ -76,12 +100,68 @@ impl Default for Http01Config {
         Self {
             mode: Http01Mode::Standalone,
             port: default_port(),
+            webroot: None,
+            listen: None,
+            self_check: None,
         }
     }
 }
 
 fn default_port() -> u16 {
     80
+}
+
+impl Http01Config {
+    pub fn self_check(&self) -> bool {
+        self.mode != Http01Mode::Standalone && self.self_check.unwrap_or(true)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let mode = self.mode.as_str();
+        let stray = |field: &str, modes: &str| {
+            format!("[http01] {field} is only used with mode = {modes}; remove it or change the mode (now {mode:?})")
+        };
+        if self.port == 0 {
+            return Err(
+                "[http01] port must not be 0; it is the port the CA connects to (80)".into(),
+            );
+        }
+        if self.mode != Http01Mode::Webroot && self.webroot.is_some() {
+            return Err(stray("webroot", "\"webroot\""));
+        }
+        if self.mode != Http01Mode::Proxy && self.listen.is_some() {
+            return Err(stray("listen", "\"proxy\""));
+        }
+        if self.mode == Http01Mode::Standalone && self.self_check.is_some() {
+            return Err(stray("self_check", "\"webroot\" or \"proxy\""));
+        }
+        match self.mode {
+            Http01Mode::Standalone => {}
+            Http01Mode::Webroot => {
+                let Some(root) = &self.webroot else {
+                    return Err(format!("[http01] mode = \"webroot\" needs webroot = \"/path/to/docroot\": the directory the web server on port {} serves /.well-known/acme-challenge/ from", self.port));
+                };
+                if !root.is_absolute()
+                    || root
+                        .components()
+                        .any(|c| c == std::path::Component::ParentDir)
+                {
+                    return Err(format!(
+                        "[http01] webroot = {root:?} must be an absolute path without \"..\""
+                    ));
+                }
+            }
+            Http01Mode::Proxy => {
+                let Some(listen) = self.listen else {
+                    return Err("[http01] mode = \"proxy\" needs listen = \"127.0.0.1:8402\": the local address the web server forwards /.well-known/acme-challenge/ to".into());
+                };
+                if !listen.ip().is_loopback() || listen.port() == 0 {
+                    return Err(format!("[http01] listen = \"{listen}\" must be a loopback address with a port, e.g. \"127.0.0.1:8402\": only the local web server forwards to it; the CA reaches the host on port {}", self.port));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl AgentConfig {
@@ -137,9 +217,7 @@ impl AgentConfig {
                 return Err(format!("ips: {ip} is listed twice"));
             }
         }
-        if self.http01.port == 0 {
-            return Err("[http01] port must not be 0".into());
-        }
+        self.http01.validate()?;
         self.resolve_targets()?;
         Ok(())
     }
@@ -246,6 +324,75 @@ reload = ["/bin/true"]
         for (text, want) in cases {
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(want), "{err:?} should contain {want:?}");
+        }
+    }
+
+    #[test]
+    fn http01_modes() {
+        let with = |h: &str| MINIMAL.replace("[http01]\nport = 5002", &format!("[http01]\n{h}"));
+        let cfg = parse(&with(
+            "mode = \"webroot\"\nwebroot = \"/var/www/certfleet\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            (cfg.http01.mode, cfg.http01.port, cfg.http01.self_check()),
+            (Http01Mode::Webroot, 80, true)
+        );
+        let cfg = parse(&with(
+            "mode = \"proxy\"\nlisten = \"[::1]:8402\"\nself_check = false",
+        ))
+        .unwrap();
+        assert_eq!(
+            (cfg.http01.mode, cfg.http01.self_check()),
+            (Http01Mode::Proxy, false)
+        );
+        assert!(
+            !parse(&with("")).unwrap().http01.self_check(),
+            "standalone has no self-check"
+        );
+        let cases = [
+            ("mode = \"webroot\"", "needs webroot = \"/path/to/docroot\""),
+            ("mode = \"webroot\"\nwebroot = \"www\"", "absolute path"),
+            (
+                "mode = \"webroot\"\nwebroot = \"/var/www/../etc\"",
+                "without \"..\"",
+            ),
+            (
+                "mode = \"webroot\"\nwebroot = \"/w\"\nlisten = \"127.0.0.1:8402\"",
+                "listen is only used with mode = \"proxy\"",
+            ),
+            ("mode = \"proxy\"", "needs listen = \"127.0.0.1:8402\""),
+            (
+                "mode = \"proxy\"\nlisten = \"0.0.0.0:8402\"",
+                "must be a loopback address",
+            ),
+            (
+                "mode = \"proxy\"\nlisten = \"127.0.0.1:8402\"\nwebroot = \"/w\"",
+                "webroot is only used with mode = \"webroot\"",
+            ),
+            ("self_check = true", "self_check is only used with"),
+            ("mode = \"nginx\"", "unknown variant `nginx`"),
+            ("port = 0", "port must not be 0"),
+            ("webroots = \"/w\"", "unknown field `webroots`"),
+        ];
+        for (h, want) in cases {
+            let err = parse(&with(h)).unwrap_err().to_string();
+            assert!(err.contains(want), "{h:?}: {err:?} should contain {want:?}");
+        }
+        // The commented-out modes in deploy/agent.example.toml parse when switched on.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.example.toml");
+        let example = std::fs::read_to_string(&path).unwrap();
+        for (mode, key) in [("webroot", "webroot ="), ("proxy", "listen =")] {
+            let on = example
+                .replace("mode = \"standalone\"\n", "")
+                .replace(
+                    &format!("#   mode = \"{mode}\""),
+                    &format!("mode = \"{mode}\""),
+                )
+                .replace(&format!("#   {key}"), key)
+                .replace("#   self_check", "self_check");
+            let cfg = AgentConfig::from_toml(&on, &path, Vec::new()).unwrap();
+            assert_eq!(cfg.http01.mode.as_str(), mode);
         }
     }
 

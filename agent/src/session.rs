@@ -3,7 +3,7 @@
 
 use crate::config::AgentConfig;
 use crate::error::AgentFailure;
-use crate::http01::Responder;
+use crate::http01::{Challenge, Responder};
 use crate::identity::Files;
 use crate::install::{self, Installer};
 use crate::keys::PendingKeys;
@@ -64,9 +64,9 @@ impl Agent {
         Ok(Arc::new(Self {
             targets,
             installer: Installer::new(&config.state_dir),
-            responder: Responder::with_counter(
+            responder: Responder::new(
                 ips.clone(),
-                config.http01.port,
+                &config.http01,
                 metrics.challenges_served.clone(),
             ),
             metrics,
@@ -137,7 +137,7 @@ impl Agent {
             }
         }
         sweeper.abort();
-        self.responder.clear(&[]);
+        self.responder.clear_all();
         tracing::info!("agent stopped");
         Ok(())
     }
@@ -159,7 +159,7 @@ impl Agent {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             ips: self.config.ips.clone(),
             targets: self.config.targets.keys().cloned().collect(),
-            challenge_modes: vec!["http-01/standalone".into()],
+            challenge_modes: vec![format!("http-01/{}", self.responder.mode().as_str())],
             inventory,
         }
     }
@@ -242,7 +242,11 @@ impl Agent {
                 let list: Vec<_> = p
                     .challenges
                     .into_iter()
-                    .map(|c| (c.identifier, c.token, c.key_authorization))
+                    .map(|c| Challenge {
+                        identifier: c.identifier,
+                        token: c.token,
+                        key_authorization: c.key_authorization,
+                    })
                     .collect();
                 if list.is_empty() || list.len() > 64 {
                     Err(AgentFailure::bad_request(
@@ -252,7 +256,7 @@ impl Agent {
                     self.responder
                         .present(&list)
                         .await
-                        .map(|()| reply::Result::Done(pb::Done::default()))
+                        .map(|warnings| reply::Result::Done(pb::Done { warnings }))
                 }
             }
             Some(Cmd::ClearChallenges(c)) => {

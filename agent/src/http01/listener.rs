@@ -1,0 +1,179 @@
+//! The agent's own HTTP-01 server, for standalone mode (on `port` of each of the host's
+//! addresses) and proxy mode (on the loopback `listen` address the web server forwards
+//! to). It listens only while a challenge is live and answers nothing but
+//! `GET|HEAD /.well-known/acme-challenge/<token>` from the live table.
+
+use super::{lock, Table, PREFIX};
+use crate::error::AgentFailure;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const CONN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Why we listen, for the message when binding fails.
+#[derive(Clone, Copy)]
+pub(super) enum Purpose {
+    Standalone,
+    Proxy,
+}
+
+pub(super) struct Listeners {
+    addrs: Vec<SocketAddr>,
+    purpose: Purpose,
+    table: Table,
+    served: Counter,
+    /// One bind at a time: two concurrent `present`s must not both bind the port.
+    bind: tokio::sync::Mutex<()>,
+    /// Cancels the listeners; `Some` while listening.
+    cancel: Mutex<Option<CancellationToken>>,
+}
+
+impl Listeners {
+    pub(super) fn new(
+        addrs: Vec<SocketAddr>,
+        purpose: Purpose,
+        table: Table,
+        served: Counter,
+    ) -> Self {
+        Self {
+            addrs,
+            purpose,
+            table,
+            served,
+            bind: tokio::sync::Mutex::new(()),
+            cancel: Mutex::new(None),
+        }
+    }
+
+    pub(super) fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    pub(super) fn is_listening(&self) -> bool {
+        lock(&self.cancel).is_some()
+    }
+
+    /// Starts listening on every address unless already listening.
+    pub(super) async fn ensure(&self) -> Result<(), AgentFailure> {
+        let _one_bind = self.bind.lock().await;
+        if self.is_listening() {
+            return Ok(());
+        }
+        let mut listeners = Vec::with_capacity(self.addrs.len());
+        for addr in &self.addrs {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| AgentFailure::new("bind_failed", self.bind_error(*addr, &e)))?;
+            listeners.push(l);
+        }
+        let cancel = CancellationToken::new();
+        for l in listeners {
+            tokio::spawn(serve(
+                l,
+                self.table.clone(),
+                cancel.clone(),
+                self.served.clone(),
+            ));
+        }
+        if let Some(old) = lock(&self.cancel).replace(cancel) {
+            old.cancel();
+        }
+        tracing::debug!(addrs = ?self.addrs, "HTTP-01 responder listening");
+        Ok(())
+    }
+
+    pub(super) fn stop(&self) {
+        if let Some(cancel) = lock(&self.cancel).take() {
+            cancel.cancel();
+            tracing::debug!("HTTP-01 responder stopped");
+        }
+    }
+
+    fn bind_error(&self, addr: SocketAddr, e: &std::io::Error) -> String {
+        match self.purpose {
+            Purpose::Standalone => format!(
+                "cannot listen on {addr} for HTTP-01: {e} (is another server on port {}? \
+                 If nginx or apache own it, set [http01] mode = \"webroot\" or \"proxy\" \
+                 in the agent config)",
+                addr.port()
+            ),
+            Purpose::Proxy => format!(
+                "cannot listen on {addr} ([http01] listen) for HTTP-01: {e} (is another \
+                 process using it? Pick a free port in both [http01] listen and the web \
+                 server's proxy to the agent)"
+            ),
+        }
+    }
+}
+
+async fn serve(listener: TcpListener, table: Table, cancel: CancellationToken, served: Counter) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "HTTP-01 accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = cancel.cancelled() => return,
+        };
+        let table = table.clone();
+        let served = served.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let table = table.clone();
+                let served = served.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(&table, &req, peer, &served)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .max_buf_size(16 * 1024)
+                .serve_connection(TokioIo::new(stream), svc);
+            let _ = tokio::time::timeout(CONN_TIMEOUT, conn).await;
+        });
+    }
+}
+
+fn answer<B>(
+    table: &Table,
+    req: &Request<B>,
+    peer: SocketAddr,
+    served: &Counter,
+) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/plain"),
+        );
+        r
+    };
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, String::new());
+    }
+    let Some(token) = req.uri().path().strip_prefix(PREFIX) else {
+        return reply(StatusCode::NOT_FOUND, String::new());
+    };
+    let found = lock(table)
+        .get(token)
+        .filter(|e| e.expires > Instant::now())
+        .cloned();
+    match found {
+        Some(e) => {
+            served.inc();
+            tracing::debug!(peer = %peer, "HTTP-01 challenge served");
+            reply(StatusCode::OK, e.key_authorization)
+        }
+        None => reply(StatusCode::NOT_FOUND, String::new()),
+    }
+}

@@ -1,0 +1,166 @@
+//! Webroot mode: the web server owns the port and serves
+//! `<webroot>/.well-known/acme-challenge/` as static files; the agent writes one file per
+//! token there (content: the key authorization, mode 0644, written atomically) and removes
+//! it when the challenge is cleared or expires.
+//!
+//! Owns only that directory. File names are tokens that passed [`valid_token`] (base64url,
+//! so no `/` or `..`), and the two directories the agent manages must be real directories,
+//! not symlinks, so nothing is ever written outside it. Token files a previous run left
+//! behind are removed once they are older than the challenge TTL; the directory should be
+//! dedicated to the agent (not shared with another ACME client).
+
+use super::valid_token;
+use crate::error::AgentFailure;
+use certfleet_shared::fsutil::write_atomic;
+use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+const DIR_MODE: u32 = 0o755;
+const FILE_MODE: u32 = 0o644;
+
+#[derive(Clone, Debug)]
+pub(super) struct Webroot {
+    root: PathBuf,
+    /// `<root>/.well-known/acme-challenge`
+    dir: PathBuf,
+}
+
+impl Webroot {
+    pub(super) fn new(root: PathBuf) -> Self {
+        let dir = root.join(".well-known").join("acme-challenge");
+        Self { root, dir }
+    }
+
+    pub(super) fn challenge_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes `(token, key authorization)` files. Blocking (fsync); run off the runtime.
+    pub(super) fn write(&self, files: &[(String, String)]) -> Result<(), AgentFailure> {
+        self.ensure_dirs()?;
+        for (token, key_authorization) in files {
+            let path = self.token_path(token)?;
+            write_atomic(&path, key_authorization.as_bytes(), FILE_MODE)
+                .map_err(|e| self.write_failed(&path, &e))?;
+            tracing::debug!(path = %path.display(), "HTTP-01 token file written");
+        }
+        Ok(())
+    }
+
+    /// Removes the token files of `tokens` (missing files are fine).
+    pub(super) fn remove<'a>(&self, tokens: impl IntoIterator<Item = &'a str>) {
+        for token in tokens {
+            let Ok(path) = self.token_path(token) else {
+                continue;
+            };
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::debug!(path = %path.display(), "HTTP-01 token file removed"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(path = %path.display(), error = %e,
+                    "cannot remove HTTP-01 token file; it is retried after the challenge TTL"),
+            }
+        }
+    }
+
+    /// Removes token files (and temp files of interrupted writes) older than `ttl` whose
+    /// token is not in `live`. Returns how many were removed.
+    pub(super) fn sweep_stale(&self, live: &HashSet<String>, ttl: Duration) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(token) = token_of(name) else {
+                continue;
+            };
+            if live.contains(token) {
+                continue;
+            }
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            let old = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .is_some_and(|age| age > ttl);
+            if meta.is_file() && old && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(dir = %self.dir.display(), removed, "removed stale HTTP-01 token files");
+        }
+        removed
+    }
+
+    fn token_path(&self, token: &str) -> Result<PathBuf, AgentFailure> {
+        if !valid_token(token) {
+            return Err(AgentFailure::bad_request("malformed challenge token"));
+        }
+        Ok(self.dir.join(token))
+    }
+
+    /// Creates `<root>/.well-known/acme-challenge` (0755) where missing, and refuses
+    /// symlinks for the two directories the agent manages.
+    fn ensure_dirs(&self) -> Result<(), AgentFailure> {
+        let well_known = self.root.join(".well-known");
+        for dir in [&self.root, &well_known, &self.dir] {
+            match dir.symlink_metadata() {
+                Ok(meta) if dir != &self.root && !meta.is_dir() => {
+                    return Err(AgentFailure::new(
+                        "write_failed",
+                        format!(
+                            "{} must be a directory, not a symlink or a file: the agent writes \
+                             HTTP-01 token files only inside [http01] webroot {}; replace it \
+                             with a plain directory",
+                            dir.display(),
+                            self.root.display()
+                        ),
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // Explicit mode: the agent's umask (0077 under systemd) must not hide
+                    // the files from the web server's user.
+                    std::fs::create_dir(dir)
+                        .and_then(|()| {
+                            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
+                        })
+                        .map_err(|e| self.write_failed(dir, &e))?;
+                }
+                Err(e) => return Err(self.write_failed(dir, &e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn write_failed(&self, path: &Path, e: &std::io::Error) -> AgentFailure {
+        AgentFailure::new(
+            "write_failed",
+            format!(
+                "cannot write {} for HTTP-01: {e} ([http01] webroot {} must exist, or its \
+                 parent must, and be writable by the agent; under systemd add \
+                 ReadWritePaths={}, see deploy/systemd/certfleet-agent.service.d/webroot.conf)",
+                path.display(),
+                self.root.display(),
+                self.root.display()
+            ),
+        )
+    }
+}
+
+/// The token a file in the challenge directory belongs to: its name, or for a temp file
+/// of an interrupted atomic write (`.<token>.tmp-…`), the name inside.
+fn token_of(name: &str) -> Option<&str> {
+    let token = match name.strip_prefix('.') {
+        Some(rest) => rest.split_once(".tmp-")?.0,
+        None => name,
+    };
+    valid_token(token).then_some(token)
+}
