@@ -1411,10 +1411,17 @@ async fn present(agent: &AgentHandle, challenges: &[PendingChallenge]) -> Result
             })
             .collect(),
     });
-    agent
+    let reply = agent
         .request(cmd, "present challenges", AGENT_QUICK)
-        .await
-        .map(|_| ())
+        .await?;
+    if let reply::Result::Done(done) = reply {
+        if !done.warnings.is_empty() {
+            // The agent's self-check (webroot/proxy) saw something the CA may trip over,
+            // e.g. a redirect in front of the challenge path.
+            tracing::warn!(host = %agent.host, warnings = ?done.warnings, "agent self-check warnings");
+        }
+    }
+    Ok(())
 }
 
 /// Best effort: a failure here is logged; the agent also expires challenges on its own.
