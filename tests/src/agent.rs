@@ -32,7 +32,12 @@ pub struct Agent {
     state_dir: PathBuf,
     tls_dir: PathBuf,
     http01_port: u16,
-    addrs: HostAddrs,
+    /// Loopback addresses allocated for this host, removed on drop (none for a namespace
+    /// host).
+    _addrs: Option<HostAddrs>,
+    ips: Vec<IpAddr>,
+    /// Network namespace the agent runs in (`ip netns exec NS …`), if any.
+    netns: Option<String>,
     dir: WorkDir,
 }
 
@@ -70,7 +75,9 @@ impl Agent {
             state_dir,
             tls_dir,
             http01_port,
-            addrs,
+            ips: addrs.ips(),
+            _addrs: Some(addrs),
+            netns: None,
             dir,
         };
         std::fs::write(&agent.config_path, agent.render_config(http01_port))?;
@@ -132,7 +139,7 @@ impl Agent {
 
     /// IPv4 first, then IPv6.
     pub fn ips(&self) -> Vec<IpAddr> {
-        self.addrs.ips()
+        self.ips.clone()
     }
 
     pub fn host_id(&self) -> Option<&str> {
@@ -202,9 +209,89 @@ impl Agent {
             .collect()
     }
 
-    /// `certfleet-agent --config CFG ARGS...`.
+    /// A host that is the network namespace `netns` with addresses `ips`; its config is
+    /// `config_body` (everything after `version`, `state_dir` and `ips`: `[http01]`,
+    /// `[targets.*]` …). `Agent::tls_dir()` is a scratch directory for its files.
+    pub fn in_netns(
+        name: &str,
+        netns: &str,
+        ips: Vec<IpAddr>,
+        config_body: impl FnOnce(&Path) -> String,
+    ) -> anyhow::Result<Self> {
+        let bin = crate::bins::agent()?;
+        let dir = WorkDir::new(&format!("agent-{name}"))?;
+        let state_dir = dir.join("state");
+        let tls_dir = dir.join("tls");
+        std::fs::create_dir_all(&tls_dir)?;
+        let config_path = dir.join("agent.toml");
+        let agent = Self {
+            child: None,
+            past_runs: Vec::new(),
+            runs: 0,
+            name: name.to_owned(),
+            host_id: None,
+            bin,
+            config_path,
+            state_dir,
+            tls_dir,
+            http01_port: 80,
+            _addrs: None,
+            ips,
+            netns: Some(netns.to_owned()),
+            dir,
+        };
+        agent.write_netns_config(&config_body(&agent.tls_dir))?;
+        Ok(agent)
+    }
+
+    /// Rewrites a namespace host's config with new addresses (the host's IPs changed).
+    pub fn set_netns_ips(&mut self, ips: Vec<IpAddr>, config_body: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(self.netns.is_some(), "only for namespace hosts");
+        self.ips = ips;
+        self.write_netns_config(config_body)
+    }
+
+    fn write_netns_config(&self, body: &str) -> anyhow::Result<()> {
+        let ips = self
+            .ips
+            .iter()
+            .map(|ip| toml_str(ip.to_string()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        std::fs::write(
+            &self.config_path,
+            format!(
+                "version = 1
+state_dir = {}
+ips = [{ips}]
+
+{body}",
+                toml_path(&self.state_dir)
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// Scratch directory of this host (certificate files of its targets live here).
+    pub fn tls_dir(&self) -> &Path {
+        &self.tls_dir
+    }
+
+    fn program(&self) -> (PathBuf, Vec<std::ffi::OsString>) {
+        match &self.netns {
+            None => (self.bin.clone(), Vec::new()),
+            Some(ns) => (
+                PathBuf::from("ip"),
+                vec!["netns".into(), "exec".into(), ns.into(), self.bin.clone().into()],
+            ),
+        }
+    }
+
+    /// `certfleet-agent --config CFG ARGS...` (inside the host's namespace, if any).
     pub async fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
-        let mut cmd = tokio::process::Command::new(&self.bin);
+        let (program, prefix) = self.program();
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(prefix);
         cmd.arg("--config").arg(&self.config_path).args(args);
         scrub_env_tokio(&mut cmd);
         run_output(&mut cmd, Duration::from_secs(60)).await
@@ -319,7 +406,9 @@ impl Agent {
     pub fn start_with_env(&mut self, env: &[(&str, &str)]) -> anyhow::Result<()> {
         anyhow::ensure!(self.child.is_none(), "agent {} already running", self.name);
         self.runs += 1;
-        let mut cmd = Command::new(&self.bin);
+        let (program, prefix) = self.program();
+        let mut cmd = Command::new(program);
+        cmd.args(prefix);
         cmd.arg("--config").arg(&self.config_path).arg("run");
         scrub_env(&mut cmd);
         cmd.envs(env.iter().copied());

@@ -111,6 +111,9 @@ pub struct CoordinatorOptions {
     /// TOML appended verbatim after the generated config (which ends inside the
     /// `[[issuer]]` table), e.g. `[[policy]]` tables. Empty by default.
     pub extra_config: String,
+    /// More addresses for the server certificate; when set the coordinator listens on all
+    /// addresses (e.g. a namespace bridge's gateway, for agents in namespaces).
+    pub server_ips: Vec<IpAddr>,
 }
 
 /// An ACME server a coordinator's only `[[issuer]]` points at: pebble, acme2certifier.
@@ -293,6 +296,11 @@ impl Coordinator {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The coordinator's URL at `ip` (one of `server_ips`).
+    pub fn url_at(&self, ip: IpAddr) -> String {
+        format!("https://{}", SocketAddr::new(ip, self.port))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -494,12 +502,16 @@ fn render_config(
     s.push_str("version = 1\n");
     s.push_str(&format!("state_dir = {}\n\n", toml_path(state_dir)));
     s.push_str("[server]\n");
-    s.push_str(&format!(
-        "listen = {}\n",
-        toml_str(format!("127.0.0.1:{port}"))
-    ));
+    let listen = if opts.server_ips.is_empty() {
+        format!("127.0.0.1:{port}")
+    } else {
+        format!("0.0.0.0:{port}")
+    };
+    s.push_str(&format!("listen = {}\n", toml_str(listen)));
     s.push_str("names = [\"localhost\"]\n");
-    s.push_str("ips = [\"127.0.0.1\", \"::1\"]\n\n");
+    let mut ips = vec!["\"127.0.0.1\"".to_owned(), "\"::1\"".to_owned()];
+    ips.extend(opts.server_ips.iter().map(|ip| toml_str(ip.to_string())));
+    s.push_str(&format!("ips = [{}]\n\n", ips.join(", ")));
     s.push_str("[issuance]\n");
     s.push_str(&format!("issuer = {}\n", toml_str(pebble.issuer_name())));
     s.push_str("target = \"default\"\n");
