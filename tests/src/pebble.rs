@@ -35,6 +35,9 @@ pub struct PebbleOptions {
     pub eab_required: bool,
     /// `externalAccountMACKeys`: kid → base64url HMAC key (default none).
     pub eab_keys: BTreeMap<String, String>,
+    /// `httpPort`/`tlsPort` the validator connects to (default: free high ports, for
+    /// loopback hosts). Namespace hosts use the real 80/443.
+    pub validation_ports: Option<(u16, u16)>,
 }
 
 impl Default for PebbleOptions {
@@ -53,6 +56,7 @@ impl Default for PebbleOptions {
             binary: None,
             eab_required: false,
             eab_keys: BTreeMap::new(),
+            validation_ports: None,
         }
     }
 }
@@ -94,8 +98,11 @@ impl Pebble {
         std::fs::write(dir.join("key.pem"), key_pem)?;
 
         let ports = crate::net::free_ports(4)?;
-        let (listen_port, mgmt_port, http_port, tls_port) =
+        let (listen_port, mgmt_port, mut http_port, mut tls_port) =
             (ports[0], ports[1], ports[2], ports[3]);
+        if let Some((http, tls)) = opts.validation_ports {
+            (http_port, tls_port) = (http, tls);
+        }
         let mut inner = serde_json::json!({
             "listenAddress": format!("127.0.0.1:{listen_port}"),
             "managementListenAddress": format!("127.0.0.1:{mgmt_port}"),
