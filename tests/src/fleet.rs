@@ -1,0 +1,269 @@
+//! A fleet of namespace hosts: each [`FleetHost`] is a network namespace on a [`Lan`]
+//! with its own IPv4 and IPv6 address, a real web server (nginx or apache) on port 443, and
+//! a certfleet agent configured for one of the three HTTP-01 modes, its target pointing at
+//! the web server's certificate files with the server's real config test and reload.
+//!
+//! Used by the fleet e2e tests and the fleet benchmark. Everything is behind guards: the
+//! agent and web server die with their `FleetHost`, the namespace after them.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rustls_pki_types::CertificateDer;
+
+use crate::coordinator::{toml_path, toml_str, CertRow, Coordinator};
+use crate::netns::{Lan, NsHost};
+use crate::webserver::{CertPaths, Port80, ServerKind, WebServer, WebServerOptions};
+use crate::workdir::WorkDir;
+use crate::{pki, tlsutil, Agent};
+
+/// Where the agent's proxy-mode listener is, inside each namespace.
+pub const PROXY_LISTEN: &str = "127.0.0.1:8402";
+
+/// How the agent answers HTTP-01.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// The agent binds port 80 itself (the web server does not use port 80).
+    Standalone,
+    /// The web server serves port 80 from a document root the agent writes into.
+    Webroot,
+    /// The web server forwards the challenge path to the agent on [`PROXY_LISTEN`].
+    Proxy,
+}
+
+/// One host of a fleet.
+#[derive(Debug, Clone)]
+pub struct HostSpec {
+    pub name: String,
+    pub server: ServerKind,
+    pub challenge: Challenge,
+    /// The agent's reload does nothing (a web server that ignores the reload).
+    pub reload_ignored: bool,
+    /// `verify_grace_secs` of the target.
+    pub verify_grace_secs: u64,
+}
+
+impl HostSpec {
+    pub fn new(name: &str, server: ServerKind, challenge: Challenge) -> Self {
+        Self {
+            name: name.to_owned(),
+            server,
+            challenge,
+            reload_ignored: false,
+            verify_grace_secs: 10,
+        }
+    }
+}
+
+/// A namespace host with its web server (running) and agent (not yet enrolled).
+/// Field order is drop order: agent, then web server, then the namespace.
+pub struct FleetHost {
+    pub agent: Agent,
+    pub web: WebServer,
+    pub ns: NsHost,
+    pub spec: HostSpec,
+    webroot: Option<WorkDir>,
+}
+
+impl FleetHost {
+    /// Creates the namespace, starts the web server with a bootstrap certificate, and
+    /// writes the agent's config.
+    pub async fn new(lan: &Lan, spec: HostSpec) -> anyhow::Result<Self> {
+        let ns = lan.add_host(&spec.name)?;
+        let ips = ns.ips();
+        let webroot = match spec.challenge {
+            Challenge::Webroot => {
+                // The web server's workers must read it: not a 0700 temp dir.
+                let dir = WorkDir::new(&format!("webroot-{}", spec.name))?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+                Some(dir)
+            }
+            _ => None,
+        };
+        let port80 = match (&spec.challenge, &webroot) {
+            (Challenge::Webroot, Some(dir)) => Port80::Webroot(dir.path().to_path_buf()),
+            (Challenge::Proxy, _) => Port80::Proxy(PROXY_LISTEN.parse()?),
+            _ => Port80::None,
+        };
+        let mut agent = Agent::in_netns(&spec.name, ns.ns_name(), ips.clone(), |_| String::new())?;
+        let certs = CertPaths::in_dir(agent.tls_dir());
+        let mut web = WebServer::new(
+            &ns,
+            WebServerOptions::new(spec.server, ips.clone(), certs).port80(port80),
+        )?;
+        web.start()
+            .await
+            .with_context(|| format!("starting {:?} on {}", spec.server, spec.name))?;
+        let body = agent_config_body(&spec, &web, webroot.as_ref().map(|w| w.path().to_path_buf()), agent.tls_dir());
+        agent.set_netns_ips(ips, &body)?;
+        Ok(Self {
+            agent,
+            web,
+            ns,
+            spec,
+            webroot,
+        })
+    }
+
+    /// The agent's `[http01]` and `[targets.default]` for the host as it is now.
+    pub fn config_body(&self) -> String {
+        agent_config_body(
+            &self.spec,
+            &self.web,
+            self.webroot.as_ref().map(|w| w.path().to_path_buf()),
+            self.agent.tls_dir(),
+        )
+    }
+
+    /// Enrolls the agent (inside its namespace) with a fresh token, over the LAN.
+    pub async fn enroll(&mut self, coord: &Coordinator, lan: &Lan) -> anyhow::Result<String> {
+        let token = coord.create_token(None).await?;
+        let url = coord.url_at(IpAddr::V4(lan.gateway_v4()));
+        let out = self.agent.enroll(&url, &token, coord.ca_sha256()).await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "enroll {}: {}",
+            self.spec.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(self.agent.id()?.to_owned())
+    }
+
+    pub fn https_addrs(&self) -> Vec<SocketAddr> {
+        self.ns.ips().into_iter().map(|ip| SocketAddr::new(ip, 443)).collect()
+    }
+
+    /// The leaf served on every address of the host right now (they must agree).
+    pub async fn served_serial(&self) -> anyhow::Result<String> {
+        let mut serials = Vec::new();
+        for addr in self.https_addrs() {
+            let leaf = tlsutil::served_leaf(addr)
+                .await
+                .with_context(|| format!("{}: TLS to {addr}", self.spec.name))?;
+            serials.push(pki::leaf_info(&leaf)?.serial_hex);
+        }
+        serials.dedup();
+        anyhow::ensure!(
+            serials.len() == 1,
+            "{}: addresses serve different certificates: {serials:?}",
+            self.spec.name
+        );
+        Ok(serials.remove(0))
+    }
+
+    /// Every address of the host serves `row`'s certificate, whose chain verifies against
+    /// `root` for that address, and whose SANs are exactly the host's IPs.
+    pub async fn check_serves(
+        &self,
+        row: &CertRow,
+        root: &CertificateDer<'static>,
+    ) -> anyhow::Result<()> {
+        let want = pki::normalize_serial(row.serial.as_deref().context("no serial")?);
+        for addr in self.https_addrs() {
+            let chain = tlsutil::served_chain(addr)
+                .await
+                .with_context(|| format!("{}: TLS to {addr}", self.spec.name))?;
+            let leaf = pki::leaf_info(chain.first().context("empty chain")?)?;
+            anyhow::ensure!(
+                leaf.serial_hex == want,
+                "{}: {addr} serves {} instead of {want}",
+                self.spec.name,
+                leaf.serial_hex
+            );
+            let ips: std::collections::BTreeSet<IpAddr> = self.ns.ips().into_iter().collect();
+            anyhow::ensure!(
+                leaf.ip_sans == ips && leaf.dns_sans.is_empty(),
+                "{}: SANs {:?} are not exactly {ips:?}",
+                self.spec.name,
+                leaf.ip_sans
+            );
+            pki::verify_chain_for_ip(&chain, root, addr.ip())
+                .with_context(|| format!("{}: chain served on {addr}", self.spec.name))?;
+        }
+        Ok(())
+    }
+}
+
+fn argv_toml(argv: &[String]) -> String {
+    format!(
+        "[{}]",
+        argv.iter().map(|a| toml_str(a)).collect::<Vec<_>>().join(", ")
+    )
+}
+
+fn agent_config_body(
+    spec: &HostSpec,
+    web: &WebServer,
+    webroot: Option<PathBuf>,
+    tls_dir: &std::path::Path,
+) -> String {
+    let http01 = match (spec.challenge, webroot) {
+        (Challenge::Standalone, _) => "mode = \"standalone\"\nport = 80\n".to_owned(),
+        (Challenge::Webroot, Some(dir)) => {
+            format!("mode = \"webroot\"\nport = 80\nwebroot = {}\n", toml_path(&dir))
+        }
+        (Challenge::Webroot, None) => "mode = \"webroot\"\n".to_owned(),
+        (Challenge::Proxy, _) => format!("mode = \"proxy\"\nport = 80\nlisten = \"{PROXY_LISTEN}\"\n"),
+    };
+    // Presets with the harness's file names and the per-namespace server's commands.
+    let preset = match spec.server {
+        ServerKind::Nginx => "nginx",
+        ServerKind::Apache => "apache",
+    };
+    let reload = if spec.reload_ignored {
+        vec!["/bin/true".to_owned()]
+    } else {
+        web.reload_argv()
+    };
+    format!(
+        "[http01]\n{http01}\n[targets.default]\npreset = \"{preset}\"\ndir = {dir}\nkey = {key}\n\
+         check = {check}\nreload = {reload}\nverify_grace_secs = {grace}\n",
+        dir = toml_path(tls_dir),
+        key = toml_path(&tls_dir.join("key.pem")),
+        check = argv_toml(&web.check_argv()),
+        reload = argv_toml(&reload),
+        grace = spec.verify_grace_secs,
+    )
+}
+
+/// Polls until every host's certificate is `served` (and, with `distinct_from`, not one
+/// of those serials). Fails early if an agent died; the error shows the last rows.
+pub async fn wait_all_served(
+    coord: &Coordinator,
+    hosts: &mut [&mut FleetHost],
+    timeout: Duration,
+) -> anyhow::Result<Vec<CertRow>> {
+    let start = std::time::Instant::now();
+    loop {
+        for h in hosts.iter_mut() {
+            if let Some(child) = h.agent.child() {
+                if let Some(st) = child.try_wait()? {
+                    anyhow::bail!("agent {} exited: {st}\n{}", h.spec.name, h.agent.logs());
+                }
+            }
+        }
+        let rows = coord.certs().await.unwrap_or_default();
+        let mut out = Vec::new();
+        for h in hosts.iter() {
+            let id = h.agent.host_id().unwrap_or_default();
+            if let Some(r) = rows.iter().find(|r| r.host_id == id && r.state == "served") {
+                out.push(r.clone());
+            }
+        }
+        if out.len() == hosts.len() {
+            return Ok(out);
+        }
+        if start.elapsed() > timeout {
+            let mine: Vec<&CertRow> = rows.iter().filter(|r| r.state != "served").collect();
+            anyhow::bail!(
+                "{} of {} hosts served after {timeout:?}; the others: {mine:#?}",
+                out.len(),
+                hosts.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
