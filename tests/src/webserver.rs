@@ -23,6 +23,24 @@
 //! [`WebServer::check_argv`] and [`WebServer::reload_argv`] are the commands to put in the
 //! agent's target config: absolute paths, full flags, not wrapped in `ip netns exec`
 //! (the agent runs inside the namespace already).
+//!
+//! ## Quirks (checked on Debian bookworm: nginx 1.22, apache 2.4)
+//! - `apache2 -t` does not load certificates: a certificate/key mismatch passes it
+//!   ("Syntax OK", exit 0), `apache2 -k graceful` exits 0 too, and then the running apache
+//!   **exits** ("AH02565 ... do not match", "Configuration Failed"): nothing serves 443.
+//!   `nginx -t` catches the mismatch (exit 1), and `nginx -s reload` refuses (exit 1), old
+//!   config still served — as does `nginx -s stop`, so the guard stops nginx by signal.
+//! - `apache2 -k graceful` when apache is not running *starts* a daemonized apache (its own
+//!   session, not this guard's process group); the namespace's guard still kills it.
+//! - An IP-based apache `<VirtualHost>` without `ServerName` costs a reverse DNS lookup of
+//!   its address at every start and reload (10 s each without DNS); a bracketed IPv6
+//!   literal is rejected as `ServerName`. mod_alias `Redirect`/`RedirectMatch` percent-encode
+//!   the brackets of an IPv6 target (`https://%5b..%5d/`), so redirects use mod_rewrite `NE`.
+//! - A reload is asynchronous in both: until the old workers have exited, a new
+//!   connection may still get the old certificate ([`WebServer::reload`] waits for them;
+//!   [`WebServer::wait_serving`] wants three rounds in a row).
+//! - Debian's mod_ssl logs `AH01882 ... compiled against a newer library` on this machine;
+//!   harmless.
 
 use std::fmt::Write as _;
 use std::fs::OpenOptions;
