@@ -2,8 +2,10 @@
 # Runs every test of the workspace: unit tests of each crate, then the end-to-end tests
 # (real pebble, real coordinator and agent binaries) from tests/tests/e2e.
 #
-# As root on Debian: installs what is missing (pebble, nginx, iproute2, python3-venv), builds the
-# binaries the e2e tests drive, runs the tests. Exits non-zero on any failure.
+# As root on Debian: installs what is missing (pebble, nginx, apache2, iproute2,
+# python3-venv), builds the binaries the e2e tests drive, runs the tests. Exits non-zero on
+# any failure. Multi-host tests (network namespaces) must not skip here:
+# CERTFLEET_REQUIRE_NETNS=1 turns "namespaces unavailable" into a failure.
 #
 #   tests/run.sh                 # everything
 #   E2E_THREADS=1 tests/run.sh   # e2e tests one at a time
@@ -20,6 +22,7 @@ fi
 missing=()
 command -v pebble >/dev/null || missing+=(pebble)
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+command -v apache2 >/dev/null || [[ -x /usr/sbin/apache2 ]] || missing+=(apache2)
 command -v ip >/dev/null || missing+=(iproute2)
 # acme2certifier (the second ACME server, for ARI and profiles) runs from a venv the
 # harness creates on first use (from PyPI, cached in /var/cache/certfleet-tests).
@@ -31,6 +34,26 @@ if ((${#missing[@]})); then
     apt-get update
     apt-get install -y "${missing[@]}"
 fi
+
+# The Debian packages of nginx and apache2 may start a system-wide server on *:80/*:443 in
+# the root namespace. The tests run their own instances inside network namespaces, and
+# pebble validates namespace hosts at their own IPs, so a root-namespace server would not
+# answer for them — but it would hold ports 80/443 of the root namespace, log and reload
+# on its own, and make failures confusing. Stop it (it is not ours to keep running here).
+# The stop commands only address the system instance (its unit, /run/nginx.pid,
+# /var/run/apache2/apache2.pid); the tests' own servers keep their pid files in temp dirs.
+for svc in apache2 nginx; do
+    if [[ -f /etc/init.d/$svc || -f /lib/systemd/system/$svc.service ]]; then
+        systemctl stop "$svc" >/dev/null 2>&1 || service "$svc" stop >/dev/null 2>&1 || true
+        systemctl disable "$svc" >/dev/null 2>&1 || true
+    fi
+done
+if [[ -f /var/run/apache2/apache2.pid ]] && command -v apache2ctl >/dev/null; then
+    apache2ctl stop >/dev/null 2>&1 || true
+fi
+
+# Running as root: the multi-host tests must run, never skip silently.
+export CERTFLEET_REQUIRE_NETNS=1
 
 echo "==> cargo clippy --workspace --all-targets (benches included; warnings fail)"
 cargo clippy --workspace --all-targets -- -D warnings

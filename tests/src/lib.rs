@@ -11,10 +11,19 @@
 //! ## Layout
 //! - [`process`] — [`ChildGuard`]: a spawned process, killed by PID on drop, with its
 //!   stdout/stderr captured to files (dumped on panic).
+//! - [`netns`] — [`netns::Lan`] (a bridge with its own subnet) and [`netns::NsHost`]
+//!   (a network namespace on it): many real hosts with their own IPv4/IPv6 addresses and
+//!   ports 80/443 on one machine. [`netns::require_namespaces`] skips a test with a clear
+//!   `SKIPPED:` line where namespaces are unavailable (a failure with
+//!   `CERTFLEET_REQUIRE_NETNS=1`).
+//! - [`webserver`] — [`webserver::WebServer`]: a real nginx or apache on one namespace host
+//!   (own config, pid, logs; bootstrap certificate; webroot / proxy / standalone port 80),
+//!   with the check and reload commands to give the agent.
 //! - [`net`] — free ports and per-host addresses: a random `127.X.Y.Z` and an IPv6 address
 //!   added to `lo` by [`net::Ipv6Guard`] and removed on drop.
 //! - [`pebble`] — [`Pebble`]: its own listener CA (rcgen), config, process, readiness.
-//! - [`tlsutil`] — rustls client configs, PEM helpers and a tiny HTTPS GET.
+//! - [`tlsutil`] — rustls client configs, PEM helpers, a tiny HTTPS GET, and what a TLS
+//!   server serves ([`tlsutil::served_leaf`], [`tlsutil::served_chain_verifies`]).
 //! - [`bins`] — where the binaries under test are (`CERTFLEET_BIN_DIR` overrides).
 //! - [`coordinator`] — [`Coordinator`]: config, `init`, `serve`, operator CLI, restart.
 //! - [`agent`] — [`Agent`]: a host directory, config, `enroll`, `run`, waiting for install.
@@ -32,16 +41,20 @@ pub mod direct;
 pub mod grpc;
 pub mod http01;
 pub mod net;
+pub mod netns;
 pub mod pebble;
 pub mod pki;
 pub mod process;
 pub mod tlsutil;
+pub mod webserver;
 pub mod workdir;
 
 pub use agent::Agent;
 pub use coordinator::{CertRow, Coordinator, HostRow, RestartMode};
+pub use netns::{Lan, NsHost};
 pub use pebble::{Pebble, PebbleOptions};
 pub use process::ChildGuard;
+pub use webserver::WebServer;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

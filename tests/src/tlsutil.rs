@@ -1,5 +1,6 @@
-//! rustls client configurations, PEM helpers and a tiny HTTPS GET (enough for pebble's
-//! `/dir` and `/roots/0`). Everything uses the ring provider explicitly.
+//! rustls client configurations, PEM helpers, a tiny HTTPS GET (enough for pebble's
+//! `/dir` and `/roots/0`) and probes of what a TLS server serves ([`served_leaf`],
+//! [`served_chain_verifies`]). Everything uses the ring provider explicitly.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,8 +11,9 @@ use anyhow::Context as _;
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -93,4 +95,122 @@ pub async fn https_get(
         .await
         .with_context(|| format!("GET https://{addr}{path} timed out"))?
         .with_context(|| format!("GET https://{addr}{path}"))
+}
+
+/// How long a [`served_chain`] / [`served_chain_verifies`] probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts any server certificate (the handshake signature is still checked, so the
+/// server holds the key): for capturing what a server serves, never for trusting it.
+#[derive(Debug)]
+struct CaptureAnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for CaptureAnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// TLS handshake with `addr` (server name = its IP, so no SNI is sent); returns the
+/// certificates the server presented, leaf first.
+async fn handshake(
+    addr: SocketAddr,
+    cfg: Arc<ClientConfig>,
+) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let fut = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .context("TCP connect")?;
+        let tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .await
+            .context("TLS handshake")?;
+        let (_, conn) = tls.get_ref();
+        let certs = conn
+            .peer_certificates()
+            .context("server presented no certificate")?
+            .iter()
+            .map(|c| c.clone().into_owned())
+            .collect::<Vec<_>>();
+        anyhow::Ok(certs)
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, fut)
+        .await
+        .with_context(|| format!("TLS to {addr} timed out after {PROBE_TIMEOUT:?}"))?
+        .with_context(|| format!("TLS to {addr}"))
+}
+
+/// The certificate chain `addr` serves right now (leaf first), captured without
+/// verifying it. Connects from the calling process's namespace (the root namespace reaches
+/// every [`crate::netns::NsHost`] over the bridge).
+pub async fn served_chain(addr: SocketAddr) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let provider = provider();
+    let mut cfg = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(CaptureAnyCert(provider)))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    handshake(addr, Arc::new(cfg)).await
+}
+
+/// The leaf certificate `addr` serves right now (not verified).
+pub async fn served_leaf(addr: SocketAddr) -> anyhow::Result<CertificateDer<'static>> {
+    served_chain(addr)
+        .await?
+        .into_iter()
+        .next()
+        .with_context(|| format!("{addr} served an empty chain"))
+}
+
+/// Whether the chain `addr` serves verifies against `root` for the IP of `addr` (what a
+/// browser would check): `Ok(())`, or the handshake error.
+pub async fn served_chain_verifies(
+    addr: SocketAddr,
+    root: &CertificateDer<'static>,
+) -> anyhow::Result<()> {
+    let cfg = client_config(std::slice::from_ref(root), None, &[b"http/1.1"])?;
+    handshake(addr, cfg)
+        .await
+        .with_context(|| format!("verifying the chain served by {addr} for {}", addr.ip()))
+        .map(|_| ())
 }

@@ -2,7 +2,8 @@
 //! against a real pebble, over real sockets, each test with its own pebble, coordinator,
 //! agents, ports, addresses and directories (see `certfleet_tests`).
 //!
-//! Needs root (IPv6 addresses on `lo`), `pebble` on PATH and the binaries built:
+//! Needs root (IPv6 addresses on `lo`, network namespaces for the multi-host tests),
+//! `pebble`, `nginx` and `apache2` installed and the binaries built:
 //! `cargo build --workspace --bins` (tests/run.sh does all of it).
 //!
 //! Tests panic (`expect`) rather than return errors, so the harness guards see the panic
@@ -19,6 +20,7 @@ mod harness;
 mod hostile;
 mod metrics;
 mod mtls;
+mod netns_smoke;
 mod operator;
 mod policy;
 mod refusals;
