@@ -38,6 +38,10 @@ use std::time::{Duration, Instant};
 const OUTPUT_LIMIT: usize = 2048;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 const VERIFY_EVERY: Duration = Duration::from_millis(200);
+/// Rounds in a row in which every address must present the new leaf: right after a
+/// reload an old worker may still accept a connection or two (nginx and apache reload
+/// asynchronously), so one good handshake proves little.
+const STABLE_ROUNDS: u32 = 3;
 /// Test hook: the agent stops (sleeps forever) when it reaches this named point of an
 /// install, so a test can kill -9 it exactly there. Unset in production.
 pub const PAUSE_ENV: &str = "CERTFLEET_AGENT_TEST_PAUSE_AT";
@@ -438,25 +442,36 @@ impl Installer {
             return Ok(());
         }
         let deadline = Instant::now() + target.verify_grace;
-        let mut pending: Vec<SocketAddr> = target.verify.clone();
+        let mut good_rounds = 0;
+        let mut pending: Vec<SocketAddr>;
         let mut last: BTreeMap<SocketAddr, Seen> = BTreeMap::new();
         loop {
-            let checks = pending.iter().map(|addr| {
+            let checks = target.verify.iter().map(|addr| {
                 let cfg = self.observer.clone();
                 let addr = *addr;
                 async move { (addr, served::observe(cfg, addr, HANDSHAKE_TIMEOUT).await) }
             });
+            pending = Vec::new();
             for (addr, seen) in futures::future::join_all(checks).await {
-                if seen == Seen::Leaf(leaf_der.to_vec()) {
-                    pending.retain(|a| *a != addr);
+                if seen != Seen::Leaf(leaf_der.to_vec()) {
+                    pending.push(addr);
                 }
                 last.insert(addr, seen);
             }
             if pending.is_empty() {
-                tracing::info!(target = %target.name, addresses = ?target.verify, "new certificate is served");
-                return Ok(());
+                good_rounds += 1;
+                if good_rounds >= STABLE_ROUNDS {
+                    tracing::info!(target = %target.name, addresses = ?target.verify, "new certificate is served");
+                    return Ok(());
+                }
+            } else {
+                good_rounds = 0;
             }
             if Instant::now() + VERIFY_EVERY > deadline {
+                if pending.is_empty() {
+                    // Served in the last round, just not for long yet: good enough.
+                    return Ok(());
+                }
                 let detail: Vec<String> = pending
                     .iter()
                     .map(|a| {

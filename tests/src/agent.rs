@@ -282,7 +282,12 @@ ips = [{ips}]
             None => (self.bin.clone(), Vec::new()),
             Some(ns) => (
                 PathBuf::from("ip"),
-                vec!["netns".into(), "exec".into(), ns.into(), self.bin.clone().into()],
+                vec![
+                    "netns".into(),
+                    "exec".into(),
+                    ns.into(),
+                    self.bin.clone().into(),
+                ],
             ),
         }
     }

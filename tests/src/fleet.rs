@@ -97,7 +97,12 @@ impl FleetHost {
         web.start()
             .await
             .with_context(|| format!("starting {:?} on {}", spec.server, spec.name))?;
-        let body = agent_config_body(&spec, &web, webroot.as_ref().map(|w| w.path().to_path_buf()), agent.tls_dir());
+        let body = agent_config_body(
+            &spec,
+            &web,
+            webroot.as_ref().map(|w| w.path().to_path_buf()),
+            agent.tls_dir(),
+        );
         agent.set_netns_ips(ips, &body)?;
         Ok(Self {
             agent,
@@ -133,7 +138,11 @@ impl FleetHost {
     }
 
     pub fn https_addrs(&self) -> Vec<SocketAddr> {
-        self.ns.ips().into_iter().map(|ip| SocketAddr::new(ip, 443)).collect()
+        self.ns
+            .ips()
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, 443))
+            .collect()
     }
 
     /// The leaf served on every address of the host right now (they must agree).
@@ -190,7 +199,10 @@ impl FleetHost {
 fn argv_toml(argv: &[String]) -> String {
     format!(
         "[{}]",
-        argv.iter().map(|a| toml_str(a)).collect::<Vec<_>>().join(", ")
+        argv.iter()
+            .map(toml_str)
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
@@ -203,10 +215,15 @@ fn agent_config_body(
     let http01 = match (spec.challenge, webroot) {
         (Challenge::Standalone, _) => "mode = \"standalone\"\nport = 80\n".to_owned(),
         (Challenge::Webroot, Some(dir)) => {
-            format!("mode = \"webroot\"\nport = 80\nwebroot = {}\n", toml_path(&dir))
+            format!(
+                "mode = \"webroot\"\nport = 80\nwebroot = {}\n",
+                toml_path(&dir)
+            )
         }
         (Challenge::Webroot, None) => "mode = \"webroot\"\n".to_owned(),
-        (Challenge::Proxy, _) => format!("mode = \"proxy\"\nport = 80\nlisten = \"{PROXY_LISTEN}\"\n"),
+        (Challenge::Proxy, _) => {
+            format!("mode = \"proxy\"\nport = 80\nlisten = \"{PROXY_LISTEN}\"\n")
+        }
     };
     // Presets with the harness's file names and the per-namespace server's commands.
     let preset = match spec.server {

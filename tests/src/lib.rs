@@ -38,6 +38,7 @@ pub mod agent;
 pub mod bins;
 pub mod coordinator;
 pub mod direct;
+pub mod fleet;
 pub mod grpc;
 pub mod http01;
 pub mod net;

@@ -56,9 +56,21 @@ fn row_of<'a>(rows: &'a [CertRow], h: &FleetHost) -> &'a CertRow {
     rows.iter().find(|r| r.host_id == id).expect("row")
 }
 
+/// The host's certificate row, waiting for the coordinator to have one.
 async fn cert_row(coord: &Coordinator, h: &FleetHost) -> CertRow {
-    let rows = coord.certs().await.expect("certs");
-    row_of(&rows, h).clone()
+    let id = h.agent.host_id().expect("enrolled");
+    let deadline = std::time::Instant::now() + SERVE_TIMEOUT;
+    loop {
+        let rows = coord.certs().await.unwrap_or_default();
+        if let Some(r) = rows.into_iter().find(|r| r.host_id == id) {
+            return r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no certificate row for {id}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn dump(hosts: &[FleetHost], coord: &Coordinator) {
@@ -106,7 +118,11 @@ async fn five_hosts_nginx_and_apache_serve_verified_certificates() {
             let left: Vec<_> = std::fs::read_dir(&dir)
                 .map(|d| d.flatten().map(|e| e.file_name()).collect())
                 .unwrap_or_default();
-            assert!(left.is_empty(), "{}: tokens left in the webroot: {left:?}", h.spec.name);
+            assert!(
+                left.is_empty(),
+                "{}: tokens left in the webroot: {left:?}",
+                h.spec.name
+            );
         }
     }
     // The audit trail says where each certificate is served.
@@ -117,7 +133,10 @@ async fn five_hosts_nginx_and_apache_serve_verified_certificates() {
     assert_eq!(audit.lines().count(), hosts.len(), "{audit}");
     // The table shows issued, installed and served apart.
     let table = coord.cli_ok(&["certs"]).await.expect("certs table");
-    assert!(table.contains("SERVED") && table.contains("INSTALLED"), "{table}");
+    assert!(
+        table.contains("SERVED") && table.contains("INSTALLED"),
+        "{table}"
+    );
     assert_eq!(table.matches(" served ").count(), hosts.len(), "{table}");
 }
 
@@ -130,7 +149,11 @@ async fn broken_nginx_config_is_rolled_back_and_reported() {
     let mut hosts = start_hosts(
         &lan,
         &coord,
-        vec![HostSpec::new("broken", ServerKind::Nginx, Challenge::Webroot)],
+        vec![HostSpec::new(
+            "broken",
+            ServerKind::Nginx,
+            Challenge::Webroot,
+        )],
     )
     .await;
     {
@@ -160,7 +183,10 @@ async fn broken_nginx_config_is_rolled_back_and_reported() {
         {
             break row;
         }
-        assert!(std::time::Instant::now() < deadline, "no config-test error: {row:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no config-test error: {row:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let new_serial = pki::normalize_serial(row.serial.as_deref().expect("serial"));
@@ -179,7 +205,10 @@ async fn broken_nginx_config_is_rolled_back_and_reported() {
         .expect("audit");
     assert!(audit.contains("config_test_failed"), "{audit}");
     let table = coord.cli_ok(&["certs"]).await.expect("certs");
-    assert!(table.contains("config test"), "error visible in certs:\n{table}");
+    assert!(
+        table.contains("config test"),
+        "error visible in certs:\n{table}"
+    );
 
     // Fixed: the retry installs and serves the new certificate without anyone asking.
     h.web.restore_config().expect("restore");
@@ -187,10 +216,16 @@ async fn broken_nginx_config_is_rolled_back_and_reported() {
     loop {
         let row = cert_row(&coord, h).await;
         if row.state == "served" {
-            assert_eq!(row.serial.as_deref().map(pki::normalize_serial), Some(new_serial.clone()));
+            assert_eq!(
+                row.serial.as_deref().map(pki::normalize_serial),
+                Some(new_serial.clone())
+            );
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "not served after the fix: {row:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not served after the fix: {row:?}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(h.served_serial().await.expect("served"), new_serial);
@@ -213,10 +248,18 @@ async fn web_server_ignoring_the_reload_is_caught_and_rolled_back() {
     let deadline = std::time::Instant::now() + SERVE_TIMEOUT;
     let row = loop {
         let row = cert_row(&coord, h).await;
-        if row.last_error.as_deref().is_some_and(|e| e.contains("not served")) {
+        if row
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("not served"))
+        {
             break row;
         }
-        assert!(std::time::Instant::now() < deadline, "no served-check failure: {row:?}\n{}", h.agent.logs());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no served-check failure: {row:?}\n{}",
+            h.agent.logs()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let err = row.last_error.clone().unwrap_or_default();
@@ -262,12 +305,18 @@ async fn ip_change_partition_and_coordinator_outage() {
         .expect("stop");
     tokio::time::sleep(Duration::from_secs(3)).await;
     for h in &hosts {
-        h.served_serial().await.expect("still serving during the outage");
+        h.served_serial()
+            .await
+            .expect("still serving during the outage");
     }
     coord.start_again().await.expect("start again");
     for h in &hosts {
         coord
-            .wait_connected(h.agent.host_id().expect("id"), true, Duration::from_secs(45))
+            .wait_connected(
+                h.agent.host_id().expect("id"),
+                true,
+                Duration::from_secs(45),
+            )
             .await
             .expect("reconnects after the outage");
     }
@@ -284,7 +333,10 @@ async fn ip_change_partition_and_coordinator_outage() {
         .wait_connected(&stayer_id, true, Duration::from_secs(60))
         .await
         .expect("reconnects on its own");
-    assert_eq!(hosts[1].served_serial().await.expect("served"), stayer_serial);
+    assert_eq!(
+        hosts[1].served_serial().await.expect("served"),
+        stayer_serial
+    );
 
     // IP change: the host's IPv4 address moves; its agent reports the new set and gets a
     // certificate for exactly that set, served on the new address.
@@ -298,7 +350,9 @@ async fn ip_change_partition_and_coordinator_outage() {
     h.web.reload().await.expect("web reload");
     h.agent.kill().await.expect("stop agent");
     let body = h.config_body();
-    h.agent.set_netns_ips(ips.clone(), &body).expect("agent ips");
+    h.agent
+        .set_netns_ips(ips.clone(), &body)
+        .expect("agent ips");
     h.agent.start().expect("agent start");
     let deadline = std::time::Instant::now() + SERVE_TIMEOUT;
     let row = loop {
@@ -308,10 +362,19 @@ async fn ip_change_partition_and_coordinator_outage() {
         if row.state == "served" && now == want {
             break row;
         }
-        assert!(std::time::Instant::now() < deadline, "no certificate for the new IPs: {row:?}\n{}", h.agent.logs());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no certificate for the new IPs: {row:?}\n{}",
+            h.agent.logs()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    h.check_serves(&row, &root).await.unwrap_or_else(|e| panic!("{e:#}"));
+    h.check_serves(&row, &root)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
     // The stayer was not touched by any of this.
-    assert_eq!(hosts[1].served_serial().await.expect("served"), stayer_serial);
+    assert_eq!(
+        hosts[1].served_serial().await.expect("served"),
+        stayer_serial
+    );
 }

@@ -15,6 +15,7 @@ mod cli;
 mod crash;
 mod eab;
 mod fallback;
+mod fleet;
 mod happy_path;
 mod harness;
 mod hostile;
