@@ -1515,6 +1515,7 @@ mod tests {
             issued_at: not_before,
         });
         r.installed_serial = Some("01".into());
+        r.served_serial = Some("01".into());
         r
     }
 
@@ -1584,6 +1585,13 @@ mod tests {
         let mut r = rec(0, 160 * H);
         r.installed_serial = None;
         assert_eq!(decide(&r, 1), Decision::Install);
+        // Installed but not seen served: install again (the agent only re-checks).
+        let mut r = rec(0, 160 * H);
+        r.served_serial = Some("00".into());
+        assert_eq!(decide(&r, 1), Decision::Install);
+        // …unless the host checks nothing after install.
+        r.verify_disabled = true;
+        assert_eq!(decide(&r, 1), Decision::Idle);
         let mut r = rec(0, 160 * H);
         r.forced_by = Some("operator".into());
         assert_eq!(decide(&r, 1), Decision::Issue(RenewReason::Forced));

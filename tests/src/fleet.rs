@@ -126,8 +126,18 @@ impl FleetHost {
     /// Enrolls the agent (inside its namespace) with a fresh token, over the LAN.
     pub async fn enroll(&mut self, coord: &Coordinator, lan: &Lan) -> anyhow::Result<String> {
         let token = coord.create_token(None).await?;
+        self.enroll_with_token(coord, lan, &token).await
+    }
+
+    /// Enrolls with a given (e.g. multi-use) token.
+    pub async fn enroll_with_token(
+        &mut self,
+        coord: &Coordinator,
+        lan: &Lan,
+        token: &str,
+    ) -> anyhow::Result<String> {
         let url = coord.url_at(IpAddr::V4(lan.gateway_v4()));
-        let out = self.agent.enroll(&url, &token, coord.ca_sha256()).await?;
+        let out = self.agent.enroll(&url, token, coord.ca_sha256()).await?;
         anyhow::ensure!(
             out.status.success(),
             "enroll {}: {}",
@@ -199,10 +209,7 @@ impl FleetHost {
 fn argv_toml(argv: &[String]) -> String {
     format!(
         "[{}]",
-        argv.iter()
-            .map(toml_str)
-            .collect::<Vec<_>>()
-            .join(", ")
+        argv.iter().map(toml_str).collect::<Vec<_>>().join(", ")
     )
 }
 

@@ -1,0 +1,225 @@
+//! Fleet benchmark: N namespace hosts, each with its own nginx, from enrollment to
+//! "served" on every host (the agent saw the new certificate presented on each of the
+//! host's IPv4 and IPv6 addresses), for N = 1 (the baseline, in the same run), 10, 50, 100.
+//!
+//! Printed per N: wall time from the first enrollment and from the *last* enrollment to
+//! the last host served, coordinator CPU time (user + system) and peak RSS over the run,
+//! and agent peak and idle RSS (idle: after everything is served and quiet). Targets from
+//! the issue: 100 hosts served within 5 s of the last enrollment (pebble with
+//! `PEBBLE_VA_NOSLEEP=1`); agent idle RSS under 10 MB. Nothing is asserted on time.
+//!
+//! Hosts mix the three HTTP-01 modes (webroot, proxy, standalone). Agents start right
+//! after their own enrollment, as on freshly booted VMs; enrollments run 8 at a time with
+//! one multi-use join token.
+//!
+//! Needs root, network namespaces and the release binaries (tests/bench.sh builds them):
+//!   cargo bench -p certfleet-tests --bench fleet
+//! Env: FLEET_SIZES (default "10,50,100").
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use certfleet_tests::coordinator::CoordinatorOptions;
+use certfleet_tests::fleet::{wait_all_served, Challenge, FleetHost, HostSpec};
+use certfleet_tests::netns::Lan;
+use certfleet_tests::webserver::ServerKind;
+use certfleet_tests::{require_root, Coordinator, Pebble, PebbleOptions};
+
+const TARGET_AFTER_LAST_ENROLL: Duration = Duration::from_secs(5);
+const TARGET_AGENT_IDLE_KIB: u64 = 10 * 1024;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("fleet: skipped (run with `cargo bench -p certfleet-tests --bench fleet`)");
+        return ExitCode::SUCCESS;
+    }
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleet benchmark failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Figures {
+    n: usize,
+    from_first: Duration,
+    from_last: Duration,
+    enroll_span: Duration,
+    coord_cpu: Duration,
+    coord_peak_kib: u64,
+    agent_peak_kib: u64,
+    agent_idle_max_kib: u64,
+    agent_idle_median_kib: u64,
+}
+
+async fn run() -> anyhow::Result<()> {
+    require_root()?;
+    certfleet_tests::install_crypto_provider();
+    let sizes: Vec<usize> = std::env::var("FLEET_SIZES")
+        .unwrap_or_else(|_| "10,50,100".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    println!("fleet benchmark: namespace hosts with nginx, pebble NOSLEEP, release binaries");
+    let baseline = one_run(1).await.context("baseline (N = 1)")?;
+    print(&baseline, None);
+    for n in sizes {
+        let f = one_run(n).await.with_context(|| format!("N = {n}"))?;
+        print(&f, Some(&baseline));
+    }
+    Ok(())
+}
+
+fn print(f: &Figures, baseline: Option<&Figures>) {
+    let ratio = baseline
+        .map(|b| {
+            format!(
+                " ({:.1}x the single-host time for {}x the hosts)",
+                f.from_last.as_secs_f64() / b.from_last.as_secs_f64().max(1e-6),
+                f.n
+            )
+        })
+        .unwrap_or_else(|| " (baseline)".into());
+    println!("N = {}", f.n);
+    println!(
+        "  served on every host: {:.2} s after the last enrollment{ratio}; {:.2} s after the first (enrollments took {:.2} s)",
+        f.from_last.as_secs_f64(),
+        f.from_first.as_secs_f64(),
+        f.enroll_span.as_secs_f64()
+    );
+    if f.n >= 100 {
+        let ok = f.from_last <= TARGET_AFTER_LAST_ENROLL;
+        println!(
+            "  target: 100 hosts within {} s of the last enrollment: {}",
+            TARGET_AFTER_LAST_ENROLL.as_secs(),
+            if ok { "met" } else { "NOT met" }
+        );
+    }
+    println!(
+        "  coordinator: CPU {:.2} s (user+system), peak RSS {:.1} MiB",
+        f.coord_cpu.as_secs_f64(),
+        f.coord_peak_kib as f64 / 1024.0
+    );
+    println!(
+        "  agents: peak RSS {:.1} MiB (max over hosts); idle RSS max {:.1} MiB, median {:.1} MiB (target < {} MiB: {})",
+        f.agent_peak_kib as f64 / 1024.0,
+        f.agent_idle_max_kib as f64 / 1024.0,
+        f.agent_idle_median_kib as f64 / 1024.0,
+        TARGET_AGENT_IDLE_KIB / 1024,
+        if f.agent_idle_max_kib < TARGET_AGENT_IDLE_KIB { "met" } else { "NOT met" }
+    );
+}
+
+async fn one_run(n: usize) -> anyhow::Result<Figures> {
+    let lan = Lan::new()?;
+    let pebble = Pebble::start_with(PebbleOptions {
+        validation_ports: Some((80, 443)),
+        ..Default::default()
+    })
+    .await?;
+    let mut coord = Coordinator::start_with(
+        &pebble,
+        CoordinatorOptions {
+            server_ips: vec![std::net::IpAddr::V4(lan.gateway_v4())],
+            ..Default::default()
+        },
+    )
+    .await?;
+    let coord_pid = coord.child().context("coordinator running")?.pid();
+
+    // Set-up, not timed: namespaces, web servers, agent configs.
+    let mut hosts = Vec::with_capacity(n);
+    for i in 0..n {
+        let challenge = match i % 3 {
+            0 => Challenge::Webroot,
+            1 => Challenge::Proxy,
+            _ => Challenge::Standalone,
+        };
+        let spec = HostSpec::new(&format!("b{i}"), ServerKind::Nginx, challenge);
+        hosts.push(FleetHost::new(&lan, spec).await?);
+    }
+    let token = coord
+        .cli_ok(&["token", "create", "--uses", &n.to_string(), "--ttl", "1h"])
+        .await?
+        .trim()
+        .to_owned();
+    let cpu_before = cpu_time(coord_pid)?;
+
+    let first = Instant::now();
+    let mut last_enrolled = first;
+    for chunk in hosts.chunks_mut(8) {
+        let results = futures::future::join_all(chunk.iter_mut().map(|h| {
+            let (coord, lan, token) = (&coord, &lan, token.as_str());
+            async move {
+                h.enroll_with_token(coord, lan, token).await?;
+                h.agent.start()?;
+                anyhow::Ok(Instant::now())
+            }
+        }))
+        .await;
+        for r in results {
+            last_enrolled = last_enrolled.max(r?);
+        }
+    }
+    let enroll_span = last_enrolled - first;
+    {
+        let mut refs: Vec<&mut FleetHost> = hosts.iter_mut().collect();
+        wait_all_served(&coord, &mut refs, Duration::from_secs(600)).await?;
+    }
+    let done = Instant::now();
+    let coord_cpu = cpu_time(coord_pid)? - cpu_before;
+
+    // Idle: everything served, sessions open, nothing to do.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut idle = Vec::new();
+    let mut agent_peak = 0;
+    for h in hosts.iter_mut() {
+        let pid = h.agent.child().context("agent running")?.pid();
+        idle.push(status_kib(pid, "VmRSS:")?);
+        agent_peak = agent_peak.max(status_kib(pid, "VmHWM:")?);
+    }
+    idle.sort_unstable();
+    let coord_peak = status_kib(coord_pid, "VmHWM:")?;
+    drop(hosts);
+    coord
+        .stop_current(certfleet_tests::RestartMode::Term)
+        .await?;
+    Ok(Figures {
+        n,
+        from_first: done - first,
+        from_last: done - last_enrolled,
+        enroll_span,
+        coord_cpu,
+        coord_peak_kib: coord_peak,
+        agent_peak_kib: agent_peak,
+        agent_idle_max_kib: idle.last().copied().unwrap_or(0),
+        agent_idle_median_kib: idle.get(idle.len() / 2).copied().unwrap_or(0),
+    })
+}
+
+/// user + system CPU time of a process (`/proc/PID/stat` fields 14 and 15, in ticks).
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces; fields are counted after its closing ')'.
+    let rest = stat.rsplit_once(')').context("stat format")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).context("utime")?.parse::<u64>()?
+        + fields.get(12).context("stime")?.parse::<u64>()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as u64;
+    Ok(Duration::from_secs_f64(ticks as f64 / hz as f64))
+}
+
+/// A `kB` line of `/proc/PID/status` (VmRSS, VmHWM).
+fn status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("{key} of pid {pid}"))
+}
