@@ -2,16 +2,19 @@
 //!
 //! Runs on every host. Answers HTTP-01 for the host's own addresses, makes the host's keys
 //! and CSRs (keys never leave the host), installs certificates into targets named in its
-//! own config, and reloads them. No ACME, no database.
+//! own config, tests the web server's config, reloads it and checks the new certificate is
+//! served, rolling back if not. No ACME, no database.
 //!
 //! ## Layout
 //! - [`config`] — the local config: addresses, HTTP-01 port, targets (the only source of
 //!   paths and commands).
 //! - [`identity`] — enrollment (token + pinned CA) and the identity files.
 //! - [`session`] — the mTLS stream to the coordinator and command handling.
-//! - [`http01`] — the standalone HTTP-01 responder.
+//! - [`http01`] — the HTTP-01 responder: standalone, webroot or proxy, with a self-check.
 //! - [`keys`] — certificate keys and CSRs; pending keys wait in `state_dir/pending`.
-//! - [`install`] — atomic install into a target, previous files kept, reload.
+//! - [`target`] — `[targets.*]` resolved: preset layouts, perms, commands, verify addresses.
+//! - [`install`] — journaled install, config test, reload, served check, rollback, recovery.
+//! - [`served`] — the TLS handshake that observes which certificate an address serves.
 //! - [`metrics`] — the agent's small, optional `/metrics`.
 //! - [`error`] — failures reported to the coordinator (code + message).
 #![forbid(unsafe_code)]
