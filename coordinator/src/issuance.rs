@@ -417,6 +417,7 @@ impl Engine {
             rec.last_renewal_reason = Some(format!("revoked ({reason_name}) by {by}"));
             rec.next_action = Some(self.clock.now_unix());
             rec.next_reason = Some("replace the revoked certificate".into());
+            rec.state = state_of(&rec, self.clock.now_unix());
             self.store.put_cert(&rec)?;
             self.wake.notify_one();
         }

@@ -141,11 +141,11 @@ async fn five_hosts_nginx_and_apache_serve_verified_certificates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broken_nginx_config_is_rolled_back_and_reported() {
+async fn broken_nginx_config_is_rolled_back_reported_and_audited() {
     let Some(lan) = require_namespaces("fleet::broken_nginx_config") else {
         return;
     };
-    let (_pebble, coord) = pebble_and_coordinator(&lan, Some(2)).await;
+    let (pebble, coord) = pebble_and_coordinator(&lan, Some(2)).await;
     let mut hosts = start_hosts(
         &lan,
         &coord,
@@ -229,6 +229,94 @@ async fn broken_nginx_config_is_rolled_back_and_reported() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(h.served_serial().await.expect("served"), new_serial);
+
+    // Revoke it: the CA confirms, a replacement is issued and served.
+    let row = cert_row(&coord, h).await;
+    coord
+        .cli_ok(&["certs", "revoke", &row.cert_id, "--reason", "keyCompromise"])
+        .await
+        .expect("revoke");
+    let status = pebble
+        .cert_status(&new_serial)
+        .await
+        .expect("pebble status");
+    assert_eq!(status["Status"].as_str(), Some("Revoked"), "{status}");
+    let deadline = std::time::Instant::now() + SERVE_TIMEOUT;
+    let replacement = loop {
+        let row = cert_row(&coord, h).await;
+        let serial = row.serial.as_deref().map(pki::normalize_serial);
+        if let Some(serial) = serial.filter(|s| row.state == "served" && *s != new_serial) {
+            break serial;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no replacement served: {row:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+
+    // The host's audit trail tells the whole story, in order, and the chain verifies.
+    let host = h.agent.host_id().expect("id").to_owned();
+    let trail: Vec<serde_json::Value> = coord
+        .cli_ok(&["audit", "--host", &host, "--json"])
+        .await
+        .expect("audit")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let story: Vec<(&str, Option<String>)> = vec![
+        ("host_enrolled", None),
+        ("order_created", None),
+        ("challenge_validated", None),
+        ("certificate_issued", Some(first_serial.clone())),
+        ("certificate_installed", Some(first_serial.clone())),
+        ("certificate_served", Some(first_serial.clone())),
+        ("renewal_forced", None),
+        ("certificate_issued", Some(new_serial.clone())),
+        ("certificate_rolled_back", Some(new_serial.clone())),
+        ("certificate_installed", Some(new_serial.clone())),
+        ("certificate_served", Some(new_serial.clone())),
+        ("certificate_revoked", Some(new_serial.clone())),
+        ("certificate_issued", Some(replacement.clone())),
+        ("certificate_served", Some(replacement.clone())),
+    ];
+    let mut at = 0;
+    for (kind, serial) in &story {
+        let found = trail[at..].iter().position(|r| {
+            r["kind"] == *kind
+                && serial.as_ref().is_none_or(|s| {
+                    r["serial"].as_str().map(pki::normalize_serial).as_deref() == Some(s.as_str())
+                })
+        });
+        let Some(i) = found else {
+            let kinds: Vec<_> = trail
+                .iter()
+                .map(|r| format!("{} {}", r["kind"], r["serial"]))
+                .collect();
+            panic!("audit trail lacks {kind} {serial:?} after position {at}: {kinds:#?}");
+        };
+        at += i + 1;
+    }
+    let rolled = trail
+        .iter()
+        .find(|r| r["kind"] == "certificate_rolled_back")
+        .expect("rolled back");
+    let text = rolled.to_string();
+    assert!(
+        text.contains("config_test_failed") && text.contains(&first_serial),
+        "{text}"
+    );
+    let served = trail
+        .iter()
+        .find(|r| r["kind"] == "certificate_served")
+        .expect("served");
+    assert_eq!(
+        served.to_string().matches("443").count(),
+        2,
+        "served on both addresses: {served}"
+    );
+    let verify = coord.cli_ok(&["audit", "verify"]).await.expect("verify");
+    assert!(verify.contains("intact"), "{verify}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
