@@ -15,7 +15,7 @@ use rustls_pki_types::CertificateDer;
 
 use crate::coordinator::{toml_path, toml_str, CertRow, Coordinator};
 use crate::netns::{Lan, NsHost};
-use crate::webserver::{CertPaths, Port80, ServerKind, WebServer, WebServerOptions};
+use crate::webserver::{CertPaths, Port80, Redirect, ServerKind, WebServer, WebServerOptions};
 use crate::workdir::WorkDir;
 use crate::{pki, tlsutil, Agent};
 
@@ -43,6 +43,8 @@ pub struct HostSpec {
     pub reload_ignored: bool,
     /// `verify_grace_secs` of the target.
     pub verify_grace_secs: u64,
+    /// A redirect on the web server's port 80.
+    pub redirect: Redirect,
 }
 
 impl HostSpec {
@@ -53,6 +55,7 @@ impl HostSpec {
             challenge,
             reload_ignored: false,
             verify_grace_secs: 10,
+            redirect: Redirect::Off,
         }
     }
 }
@@ -92,7 +95,9 @@ impl FleetHost {
         let certs = CertPaths::in_dir(agent.tls_dir());
         let mut web = WebServer::new(
             &ns,
-            WebServerOptions::new(spec.server, ips.clone(), certs).port80(port80),
+            WebServerOptions::new(spec.server, ips.clone(), certs)
+                .port80(port80)
+                .redirect(spec.redirect),
         )?;
         web.start()
             .await

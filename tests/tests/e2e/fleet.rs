@@ -14,7 +14,7 @@ use std::time::Duration;
 use certfleet_tests::coordinator::CoordinatorOptions;
 use certfleet_tests::fleet::{wait_all_served, Challenge, FleetHost, HostSpec};
 use certfleet_tests::netns::{require_namespaces, Lan};
-use certfleet_tests::webserver::ServerKind;
+use certfleet_tests::webserver::{Redirect, ServerKind};
 use certfleet_tests::{pki, CertRow, Coordinator, Pebble, PebbleOptions};
 
 const SERVE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -465,4 +465,32 @@ async fn ip_change_partition_and_coordinator_outage() {
         hosts[1].served_serial().await.expect("served"),
         stayer_serial
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_in_front_of_the_challenge_path_is_warned() {
+    let Some(lan) = require_namespaces("fleet::redirect_warning") else {
+        return;
+    };
+    let (_pebble, coord) = pebble_and_coordinator(&lan, None).await;
+    let mut spec = HostSpec::new("redir", ServerKind::Nginx, Challenge::Webroot);
+    spec.redirect = Redirect::All;
+    let hosts = start_hosts(&lan, &coord, vec![spec]).await;
+    let h = &hosts[0];
+    // The agent's self-check sees the 301 on its own challenge URL and says so, naming the
+    // fix; the coordinator logs what the agent reported.
+    let deadline = std::time::Instant::now() + SERVE_TIMEOUT;
+    loop {
+        let agent_log = h.agent.logs();
+        let coord_log = coord.logs();
+        if agent_log.contains("redirect") && coord_log.contains("agent self-check warnings") {
+            assert!(agent_log.contains("301"), "{agent_log}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no redirect warning; agent:\n{agent_log}\ncoordinator:\n{coord_log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
