@@ -176,3 +176,153 @@ pub async fn enroll(
 fn hex_of(b: &[u8; 32]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+impl Files {
+    /// Staged files of an identity rotation.
+    fn next_key(&self) -> PathBuf {
+        self.dir.join("identity.key.new")
+    }
+    fn next_cert(&self) -> PathBuf {
+        self.dir.join("identity.pem.new")
+    }
+
+    /// The current identity certificate.
+    pub fn identity_info(&self) -> anyhow::Result<CertInfo> {
+        let pem = self.read(&self.cert())?;
+        let chain = parse_pem_chain(&pem).context("identity.pem")?;
+        Ok(CertInfo::from_der(&chain[0])?)
+    }
+
+    fn pair_matches(&self, cert: &Path) -> bool {
+        let (Ok(key), Ok(pem)) = (self.read(&self.key()), self.read(cert)) else {
+            return false;
+        };
+        parse_pem_chain(&pem)
+            .ok()
+            .and_then(|c| CertInfo::from_der(&c[0]).ok())
+            .is_some_and(|info| certfleet_shared::x509::key_matches_spki(&key, &info.spki_der))
+    }
+
+    /// Finishes an identity rotation a crash interrupted. The key is renamed into place
+    /// before the certificate, so a mismatched pair with a staged certificate that fits
+    /// the key is rolled forward; otherwise leftovers are dropped.
+    pub fn recover_rotation(&self) -> anyhow::Result<()> {
+        if !self.pair_matches(&self.cert()) && self.pair_matches(&self.next_cert()) {
+            std::fs::rename(self.next_cert(), self.cert())?;
+            certfleet_shared::fsutil::sync_dir(&self.dir)?;
+            tracing::warn!("finished an interrupted identity rotation");
+        }
+        for p in [self.next_key(), self.next_cert()] {
+            let _ = std::fs::remove_file(p);
+        }
+        Ok(())
+    }
+
+    /// Puts a new identity in place: both files staged, then the key, then the
+    /// certificate renamed over the old ones (see [`Files::recover_rotation`]).
+    fn replace_identity(&self, key_pem: &str, cert_pem: &str) -> anyhow::Result<()> {
+        write_atomic(&self.next_key(), key_pem.as_bytes(), 0o600)?;
+        write_atomic(&self.next_cert(), cert_pem.as_bytes(), 0o644)?;
+        std::fs::rename(self.next_key(), self.key())?;
+        certfleet_shared::fsutil::sync_dir(&self.dir)?;
+        std::fs::rename(self.next_cert(), self.cert())?;
+        certfleet_shared::fsutil::sync_dir(&self.dir)?;
+        Ok(())
+    }
+}
+
+/// When the identity should be rotated: when a third of its lifetime is left.
+pub fn rotation_due(info: &CertInfo) -> i64 {
+    info.not_after - (info.not_after - info.not_before) / 3
+}
+
+/// Asks the coordinator, over mutual TLS with the current identity, for a certificate for
+/// a new key made here, checks it, and puts it in place. The old key is replaced only
+/// once the new certificate is in hand.
+pub async fn rotate(files: &Files) -> anyhow::Result<CertInfo> {
+    let enrollment = files.load()?;
+    let tls = files.session_tls()?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, enrollment.host_id.as_str());
+    let csr = params.serialize_request(&key)?;
+    let channel = certfleet_shared::transport::connect(&enrollment.coordinator, tls).await?;
+    let mut client = certfleet_proto::v1::agent_session_client::AgentSessionClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let resp = client
+        .rotate_identity(certfleet_proto::v1::RotateIdentityRequest {
+            csr_der: csr.der().to_vec(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("identity rotation refused: {}", s.message()))?
+        .into_inner();
+    let leaf = parse_pem_chain(&resp.client_cert_pem)
+        .context("coordinator sent a bad identity certificate")?;
+    let info = CertInfo::from_der(&leaf[0])?;
+    if info.spki_der != key.subject_public_key_info() {
+        bail!("the new identity certificate is not for our new key");
+    }
+    if !info
+        .uris
+        .iter()
+        .any(|u| u.strip_prefix(HOST_URI_PREFIX) == Some(enrollment.host_id.as_str()))
+    {
+        bail!(
+            "the new identity certificate does not name host {}",
+            enrollment.host_id
+        );
+    }
+    files.replace_identity(&key.serialize_pem(), &resp.client_cert_pem)?;
+    Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::default().self_signed(&key).unwrap();
+        (key.serialize_pem(), cert.pem())
+    }
+
+    #[test]
+    fn an_interrupted_rotation_is_finished_or_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Files::new(dir.path());
+        let (old_key, old_cert) = pair();
+        write_atomic(&files.key(), old_key.as_bytes(), 0o600).unwrap();
+        write_atomic(&files.cert(), old_cert.as_bytes(), 0o644).unwrap();
+
+        // Crash after staging, before any rename: the old pair stays, leftovers go.
+        let (new_key, new_cert) = pair();
+        write_atomic(&files.next_key(), new_key.as_bytes(), 0o600).unwrap();
+        write_atomic(&files.next_cert(), new_cert.as_bytes(), 0o644).unwrap();
+        files.recover_rotation().unwrap();
+        assert_eq!(std::fs::read_to_string(files.cert()).unwrap(), old_cert);
+        assert!(files.pair_matches(&files.cert()));
+        assert!(!files.next_key().exists() && !files.next_cert().exists());
+
+        // Crash between the key's rename and the certificate's: rolled forward.
+        write_atomic(&files.next_cert(), new_cert.as_bytes(), 0o644).unwrap();
+        write_atomic(&files.key(), new_key.as_bytes(), 0o600).unwrap();
+        assert!(!files.pair_matches(&files.cert()));
+        files.recover_rotation().unwrap();
+        assert_eq!(std::fs::read_to_string(files.cert()).unwrap(), new_cert);
+        assert!(files.pair_matches(&files.cert()));
+
+        // A completed replace leaves a matching pair and nothing staged.
+        let (k3, c3) = pair();
+        files.replace_identity(&k3, &c3).unwrap();
+        assert!(files.pair_matches(&files.cert()));
+        assert!(!files.next_key().exists() && !files.next_cert().exists());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(files.key()).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+}

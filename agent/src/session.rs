@@ -82,7 +82,16 @@ impl Agent {
     pub async fn run(self: &Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
         let files = Files::new(&self.config.state_dir);
         let enrollment = files.load()?;
-        let tls = files.session_tls()?;
+        files.recover_rotation()?;
+        // Fail early on unreadable identity files; each connection reloads them, so a
+        // rotated identity is used from the next connection on.
+        files.session_tls()?;
+        let rotated = Arc::new(tokio::sync::Notify::new());
+        let rotation = tokio::spawn(rotation_loop(
+            Files::new(&self.config.state_dir),
+            shutdown.clone(),
+            rotated.clone(),
+        ));
         tracing::info!(host = %enrollment.host_id, coordinator = %enrollment.coordinator, "agent starting");
         // Interrupted installs are finished or rolled back before anything else happens.
         self.installer.recover(&self.targets).await;
@@ -113,8 +122,14 @@ impl Agent {
         let mut attempt = 0u32;
         while !shutdown.is_cancelled() {
             let started = Instant::now();
+            let tls = files.session_tls()?;
             let result = tokio::select! {
-                r = self.session(&enrollment.coordinator, tls.clone()) => r,
+                r = self.session(&enrollment.coordinator, tls) => r,
+                _ = rotated.notified() => {
+                    tracing::info!("identity rotated; reconnecting with the new one");
+                    attempt = 0;
+                    continue;
+                }
                 _ = shutdown.cancelled() => break,
             };
             if started.elapsed() >= HEALTHY_SESSION {
@@ -137,6 +152,7 @@ impl Agent {
             }
         }
         sweeper.abort();
+        rotation.abort();
         self.responder.clear_all();
         tracing::info!("agent stopped");
         Ok(())
@@ -341,5 +357,56 @@ impl Agent {
             verify_disabled: out.verify_disabled,
             warnings: Vec::new(),
         }))
+    }
+}
+
+/// Rotates the agent's identity certificate when a third of its lifetime is left, and
+/// tells the session to reconnect with the new one. Failures are retried with backoff
+/// (1 s doubling to 5 min); the old identity stays in use until a new one is in place.
+async fn rotation_loop(
+    files: Files,
+    shutdown: CancellationToken,
+    rotated: Arc<tokio::sync::Notify>,
+) {
+    use certfleet_shared::clock::{Clock, SystemClock};
+    let mut failures = 0u32;
+    loop {
+        let wait = match files.identity_info() {
+            Ok(info) => {
+                let due = crate::identity::rotation_due(&info);
+                let now = SystemClock.now_unix();
+                (now < due)
+                    .then(|| Duration::from_secs((due - now) as u64).min(Duration::from_secs(3600)))
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot read the identity certificate");
+                Some(Duration::from_secs(60))
+            }
+        };
+        if let Some(wait) = wait {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => continue,
+                _ = shutdown.cancelled() => return,
+            }
+        }
+        let delay = match crate::identity::rotate(&files).await {
+            Ok(info) => {
+                tracing::info!(serial = %info.serial_hex, not_after = info.not_after, "identity certificate rotated");
+                failures = 0;
+                rotated.notify_one();
+                continue;
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let delay =
+                    Duration::from_secs(1u64 << failures.min(9)).min(Duration::from_secs(300));
+                tracing::warn!(error = %format!("{e:#}"), retry_in_s = delay.as_secs(), "identity rotation failed; the current identity stays in use");
+                delay
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return,
+        }
     }
 }

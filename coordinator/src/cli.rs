@@ -77,6 +77,9 @@ pub async fn hosts(
                     "host_id": h.host_id, "hostname": h.hostname, "ips": h.ips, "targets": h.targets,
                     "connected": h.connected, "enrolled": rfc3339(h.enrolled_unix),
                     "last_seen": opt_time(h.last_seen_unix), "labels": h.labels,
+                    "identity_serial": opt_str(&h.identity_serial),
+                    "identity_not_after": opt_time(h.identity_not_after_unix),
+                    "identity_rotated": opt_time(h.identity_rotated_unix),
                 })
             })
             .collect();

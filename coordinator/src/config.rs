@@ -106,6 +106,14 @@ pub struct ServerConfig {
     pub names: Vec<String>,
     #[serde(default = "default_ips")]
     pub ips: Vec<IpAddr>,
+    /// Lifetime of agent identity certificates; agents rotate them over their session
+    /// when a third is left. Default 7 days; 30 s to 1 year.
+    #[serde(default = "default_identity_lifetime")]
+    pub identity_lifetime_secs: u64,
+}
+
+fn default_identity_lifetime() -> u64 {
+    7 * 24 * 3600
 }
 
 fn default_names() -> Vec<String> {
@@ -323,6 +331,12 @@ impl Config {
             return Err(format!(
                 "version = {} is not supported; this coordinator reads version = {CONFIG_VERSION}",
                 self.version
+            ));
+        }
+        if !(30..=365 * 24 * 3600).contains(&self.server.identity_lifetime_secs) {
+            return Err(format!(
+                "[server] identity_lifetime_secs = {} must be between 30 and 31536000 (1 year)",
+                self.server.identity_lifetime_secs
             ));
         }
         if !self.state_dir.is_absolute() {

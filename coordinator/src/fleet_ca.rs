@@ -23,7 +23,8 @@ const SERVER_LIFETIME_DAYS: i64 = 825;
 const ADMIN_LIFETIME_DAYS: i64 = 365;
 /// Agent identity certificates. Rotation over the session is a later step; until then a
 /// year, re-enrolling before it ends.
-pub const AGENT_IDENTITY_LIFETIME_DAYS: i64 = 365;
+/// Default agent identity lifetime (the config's `[server] identity_lifetime_secs`).
+pub const AGENT_IDENTITY_LIFETIME_SECS: i64 = 7 * 24 * 3600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
@@ -110,9 +111,15 @@ impl StateDir {
 }
 
 fn validity(params: &mut CertificateParams, days: i64) {
+    validity_secs(params, days * 24 * 3600);
+}
+
+/// Valid from a little before now (clock skew: 5 minutes, or a tenth of a short lifetime)
+/// for `secs`.
+fn validity_secs(params: &mut CertificateParams, secs: i64) {
     let now = OffsetDateTime::now_utc();
-    params.not_before = now - Duration::minutes(5);
-    params.not_after = now + Duration::days(days);
+    params.not_before = now - Duration::seconds((secs / 10).min(300));
+    params.not_after = now + Duration::seconds(secs);
 }
 
 fn random_serial(params: &mut CertificateParams) {
@@ -177,7 +184,7 @@ pub fn init(dir: &StateDir, names: &[String], ips: &[IpAddr]) -> Result<String, 
     let admin_cert = client_params(
         "operator",
         &format!("{ADMIN_URI_PREFIX}operator"),
-        ADMIN_LIFETIME_DAYS,
+        ADMIN_LIFETIME_DAYS * 24 * 3600,
     )?
     .signed_by(&admin_key, &issuer)?;
 
@@ -191,14 +198,14 @@ pub fn init(dir: &StateDir, names: &[String], ips: &[IpAddr]) -> Result<String, 
     Ok(sha256_hex(ca_cert.der()))
 }
 
-fn client_params(cn: &str, uri: &str, days: i64) -> Result<CertificateParams, CaError> {
+fn client_params(cn: &str, uri: &str, secs: i64) -> Result<CertificateParams, CaError> {
     let mut p = CertificateParams::default();
     p.distinguished_name = DistinguishedName::new();
     p.distinguished_name.push(DnType::CommonName, cn);
     p.subject_alt_names = vec![SanType::URI(uri.to_string().try_into()?)];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    validity(&mut p, days);
+    validity_secs(&mut p, secs);
     random_serial(&mut p);
     Ok(p)
 }
@@ -207,6 +214,8 @@ fn client_params(cn: &str, uri: &str, days: i64) -> Result<CertificateParams, Ca
 pub struct FleetCa {
     issuer: Issuer<'static, KeyPair>,
     pub ca_pem: String,
+    /// Lifetime of the agent identities it signs.
+    pub identity_lifetime_secs: i64,
 }
 
 impl FleetCa {
@@ -215,7 +224,11 @@ impl FleetCa {
         let key_pem = dir.read(&dir.ca_key())?;
         let key = KeyPair::from_pem(&key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&ca_pem, key)?;
-        Ok(Self { issuer, ca_pem })
+        Ok(Self {
+            issuer,
+            ca_pem,
+            identity_lifetime_secs: AGENT_IDENTITY_LIFETIME_SECS,
+        })
     }
 
     /// Signs an agent identity for `host` from the agent's CSR. Only the CSR's public key
@@ -230,7 +243,7 @@ impl FleetCa {
         let params = client_params(
             host.as_str(),
             &format!("{HOST_URI_PREFIX}{host}"),
-            AGENT_IDENTITY_LIFETIME_DAYS,
+            self.identity_lifetime_secs,
         )?;
         let cert = params.signed_by(&csr.public_key, &self.issuer)?;
         let info = CertInfo::from_der(cert.der()).map_err(|e| CaError::Invalid(e.to_string()))?;

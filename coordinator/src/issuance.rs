@@ -1488,6 +1488,8 @@ mod tests {
             enrolled: 0,
             enrolled_from: String::new(),
             identity_serial: String::new(),
+            identity_not_after: None,
+            identity_rotated: None,
             ips: vec![],
             targets: vec![],
             last_seen: None,

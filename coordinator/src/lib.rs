@@ -54,7 +54,9 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// Runs the coordinator until `shutdown` is cancelled.
 pub async fn serve(config: config::Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let dir = fleet_ca::StateDir::new(&config.state_dir);
-    let ca = Arc::new(fleet_ca::FleetCa::load(&dir)?);
+    let mut ca = fleet_ca::FleetCa::load(&dir)?;
+    ca.identity_lifetime_secs = config.server.identity_lifetime_secs as i64;
+    let ca = Arc::new(ca);
     let server_cert = dir.read(&dir.server_cert())?;
     let server_key = dir.read(&dir.server_key())?;
     let store_path = dir.store();

@@ -154,6 +154,8 @@ impl Enrollment for Api {
             labels: r.labels.into_iter().collect::<BTreeMap<_, _>>(),
             enrolled: now,
             enrolled_from: from.clone(),
+            identity_not_after: Some(info.not_after),
+            identity_rotated: None,
             identity_serial: info.serial_hex,
             ips: vec![],
             targets: vec![],
@@ -303,6 +305,51 @@ impl AgentSession for Api {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+
+    async fn rotate_identity(
+        &self,
+        req: Request<pb::RotateIdentityRequest>,
+    ) -> Result<Response<pb::RotateIdentityResponse>, Status> {
+        // Only a host with a valid identity from our CA may ask, and only for itself: the
+        // new certificate names the host the presented one names.
+        let host = host_identity(&req, self.store.as_ref())?;
+        let from = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let presented = req
+            .peer_certs()
+            .and_then(|c| c.first().cloned())
+            .and_then(|c| CertInfo::from_der(&c).ok())
+            .map(|i| i.serial_hex)
+            .unwrap_or_default();
+        let r = req.into_inner();
+        let (cert_pem, info) = self
+            .ca
+            .sign_agent(&r.csr_der, &host.id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let now = self.clock.now_unix();
+        self.audit
+            .append(
+                Kind::IdentityRotated,
+                now,
+                Entry::by(format!("host:{}", host.id))
+                    .host(&host.id)
+                    .detail("from", &from)
+                    .detail("previous_identity_serial", &presented)
+                    .detail("identity_serial", &info.serial_hex)
+                    .detail("not_after", info.not_after),
+            )
+            .map_err(internal)?;
+        // Re-read: the session may have written the host since we looked.
+        let mut rec = self.store.host(&host.id).map_err(internal)?.unwrap_or(host);
+        rec.identity_serial = info.serial_hex.clone();
+        rec.identity_not_after = Some(info.not_after);
+        rec.identity_rotated = Some(now);
+        self.store.put_host(&rec).map_err(internal)?;
+        tracing::info!(host = %rec.id, from = %from, serial = %info.serial_hex, previous = %presented, "agent identity rotated");
+        Ok(Response::new(pb::RotateIdentityResponse {
+            client_cert_pem: cert_pem,
+            not_after_unix: info.not_after,
+        }))
+    }
 }
 
 impl Services {
@@ -422,6 +469,9 @@ impl Admin for Api {
                     h.last_seen.unwrap_or(0)
                 },
                 labels: h.labels.into_iter().collect(),
+                identity_serial: h.identity_serial,
+                identity_not_after_unix: h.identity_not_after.unwrap_or(0),
+                identity_rotated_unix: h.identity_rotated.unwrap_or(0),
             })
             .collect();
         Ok(Response::new(pb::ListHostsResponse { hosts }))

@@ -131,6 +131,8 @@ mod tests {
             enrolled: 0,
             enrolled_from: String::new(),
             identity_serial: String::new(),
+            identity_not_after: None,
+            identity_rotated: None,
             ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
             targets: targets.iter().map(|s| s.to_string()).collect(),
             last_seen: None,

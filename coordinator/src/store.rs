@@ -85,8 +85,12 @@ pub struct HostRecord {
     pub enrolled: i64,
     #[serde(default)]
     pub enrolled_from: String,
-    /// Serial of the identity certificate issued at enrollment.
+    /// Serial of the host's current identity certificate (enrollment, then rotations).
     pub identity_serial: String,
+    #[serde(default)]
+    pub identity_not_after: Option<i64>,
+    #[serde(default)]
+    pub identity_rotated: Option<i64>,
     /// Addresses from the agent's last Hello.
     #[serde(default)]
     pub ips: Vec<IpAddr>,
@@ -596,6 +600,8 @@ mod tests {
             enrolled: 10,
             enrolled_from: "127.0.0.1:5000".into(),
             identity_serial: "01".into(),
+            identity_not_after: None,
+            identity_rotated: None,
             ips: vec![],
             targets: vec![],
             last_seen: None,

@@ -114,6 +114,8 @@ pub struct CoordinatorOptions {
     /// More addresses for the server certificate; when set the coordinator listens on all
     /// addresses (e.g. a namespace bridge's gateway, for agents in namespaces).
     pub server_ips: Vec<IpAddr>,
+    /// `[server] identity_lifetime_secs` (written only when set).
+    pub identity_lifetime_secs: Option<u64>,
 }
 
 /// An ACME server a coordinator's only `[[issuer]]` points at: pebble, acme2certifier.
@@ -511,7 +513,11 @@ fn render_config(
     s.push_str("names = [\"localhost\"]\n");
     let mut ips = vec!["\"127.0.0.1\"".to_owned(), "\"::1\"".to_owned()];
     ips.extend(opts.server_ips.iter().map(|ip| toml_str(ip.to_string())));
-    s.push_str(&format!("ips = [{}]\n\n", ips.join(", ")));
+    s.push_str(&format!("ips = [{}]\n", ips.join(", ")));
+    if let Some(secs) = opts.identity_lifetime_secs {
+        s.push_str(&format!("identity_lifetime_secs = {secs}\n"));
+    }
+    s.push('\n');
     s.push_str("[issuance]\n");
     s.push_str(&format!("issuer = {}\n", toml_str(pebble.issuer_name())));
     s.push_str("target = \"default\"\n");

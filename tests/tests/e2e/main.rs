@@ -19,6 +19,7 @@ mod fleet;
 mod happy_path;
 mod harness;
 mod hostile;
+mod identity;
 mod metrics;
 mod mtls;
 mod netns_smoke;
