@@ -236,3 +236,41 @@ async fn hello_with_zero_padded_ipv4_names_the_fix() {
     assert_noncanonical_hello_refused(&coord, (&cert, &key), "127.000.0.1", "127.0.0.1").await;
     assert_still_serving(&mut coord).await;
 }
+
+/// RotateIdentity is for enrolled hosts only, and checks what it signs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_rotation_refuses_strangers_and_garbage() {
+    use certfleet_proto::v1::RotateIdentityRequest;
+    let (pebble, mut coord) = pebble_and_coordinator().await;
+    let mut a = Agent::new("rotator", pebble.http_port()).expect("agent");
+    a.enroll_with(&coord).await.expect("enroll");
+    let ca = coord.fleet_ca_pem_path();
+    let call = |ident: Option<(std::path::PathBuf, std::path::PathBuf)>, csr: Vec<u8>| {
+        let ca = ca.clone();
+        let addr = coord.addr();
+        async move {
+            let cfg =
+                grpc::client_config(&ca, ident.as_ref().map(|(c, k)| (c.as_path(), k.as_path())))
+                    .expect("client config");
+            let channel = grpc::channel(addr, cfg).await.expect("connect");
+            AgentSessionClient::new(channel)
+                .rotate_identity(RotateIdentityRequest { csr_der: csr })
+                .await
+                .expect_err("must be refused")
+        }
+    };
+    let host_ident = Some((a.identity_cert_path(), a.identity_key_path()));
+    let st = call(host_ident, b"not a CSR".to_vec()).await;
+    assert_eq!(st.code(), Code::InvalidArgument, "{}", describe(&st));
+    let admin = Some((coord.admin_cert_path(), coord.admin_key_path()));
+    let st = call(admin, b"not a CSR".to_vec()).await;
+    assert_eq!(st.code(), Code::PermissionDenied, "{}", describe(&st));
+    let st = call(None, b"not a CSR".to_vec()).await;
+    assert_eq!(st.code(), Code::Unauthenticated, "{}", describe(&st));
+    let rotated = coord
+        .cli_ok(&["audit", "--kind", "identity_rotated", "--json"])
+        .await
+        .expect("audit");
+    assert!(rotated.trim().is_empty(), "nothing was rotated: {rotated}");
+    assert_still_serving(&mut coord).await;
+}
