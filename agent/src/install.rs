@@ -1,23 +1,31 @@
 //! Installing a certificate into a named target from the agent's own config, crash-safe
 //! and verified.
 //!
-//! One install, step by step (each step durable before the next):
-//! 1. **stage** — a journal (`state_dir/installs/<target>.json`, phase `staging`) names
-//!    the files; each new file is written beside its destination as `.<file>.cf-new`
-//!    (fsync, mode, owner) and the current one is copied to `<file>.prev`;
-//! 2. **commit** — the journal moves to `committed`: from here a restart rolls forward;
-//! 3. **swap** — each staged file is renamed over its destination (directory fsync), then
-//!    the journal moves to `swapped`;
-//! 4. **config test** (`nginx -t` …): on failure the previous files come back, no reload;
-//! 5. **reload** (command, or signal to a pid file): on failure, previous files + reload;
+//! The target's configured paths are symlinks into a versioned store
+//! (`<store_dir>/current/<file>`, `current` → `<serial>/`). One install, step by step,
+//! each step durable before the next, under a journal (`state_dir/installs/<target>.json`):
+//! 1. **stage** — the new files are written (fsync, mode, owner) into
+//!    `<store>/.staging-<serial>/`, which is then renamed to `<store>/<serial>/`;
+//! 2. **link** — any configured path that is not yet a link becomes one, without changing
+//!    what it holds: the first time, the files in place are copied to `<store>/initial/`
+//!    and `current` points there before any path is replaced by a link;
+//! 3. **switch** — `current` is pointed at the new version with one rename: every file
+//!    changes at the same instant, so no moment shows a new certificate with an old key;
+//! 4. **config test** (`nginx -t` …): on failure `current` goes back, no reload;
+//! 5. **reload** (command, or signal to a pid file): on failure, back + reload;
 //! 6. **served check**: TLS handshakes with each verify address until every one presents
-//!    the new leaf, within a grace window; otherwise the previous files come back, the web
-//!    server is reloaded again, and the failure is reported as rolled back.
+//!    the new leaf, three rounds in a row, within a grace window; otherwise `current` goes
+//!    back, the web server is reloaded again, and the failure is reported as rolled back.
+//! The current and previous versions are kept; older ones are pruned.
 //!
-//! A kill at any instant leaves every file whole (old or new: atomic renames) and the
-//! journal says which way to go: [`Installer::recover`] runs at start, before the session,
-//! and finishes the swap (committed) or drops the staged files (staging). The web server is
-//! never reloaded on a half-swapped target.
+//! A kill at any instant leaves the old or the new pair in place, every file whole.
+//! [`Installer::recover`] runs at start, before the session: a switched install is
+//! finished (config test, reload), an unswitched one dropped.
+//!
+//! The certbot preset keeps certbot's own layout (`live/` links into numbered `archive/`
+//! files) and is updated file by file under the same journal (staged `.cf-new` files,
+//! `.prev` copies, renames), as certbot itself does: a kill between two renames leaves
+//! whole files that are finished on restart before any reload.
 //!
 //! Only paths and commands from the local config are ever used (design invariant 3).
 
@@ -102,8 +110,40 @@ struct Journal {
     target: String,
     serial: String,
     phase: Phase,
-    /// Destinations, and whether each had a previous version (kept as `.prev`).
+    /// Destinations, and whether each had a previous version (kept as `.prev`): the
+    /// certbot layout's per-file swap.
+    #[serde(default)]
     files: Vec<(PathBuf, bool)>,
+    /// The versioned store, the version being installed and the one `current` pointed at
+    /// before (every other layout).
+    #[serde(default)]
+    store: Option<PathBuf>,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    prev: Option<String>,
+}
+
+/// What an install switched, so it can be undone.
+#[derive(Debug, Clone)]
+enum Undo {
+    /// certbot layout: files renamed one by one, previous ones kept as `.prev`.
+    Files(Vec<(PathBuf, bool)>),
+    /// Versioned store: `current` now points at `version`, before at `prev`.
+    Version {
+        store: PathBuf,
+        version: String,
+        prev: Option<String>,
+    },
+}
+
+impl Undo {
+    fn has_previous(&self) -> bool {
+        match self {
+            Undo::Files(files) => files.iter().any(|(_, had)| *had),
+            Undo::Version { prev, .. } => prev.is_some(),
+        }
+    }
 }
 
 /// Installs certificates and repairs interrupted installs.
@@ -174,6 +214,9 @@ impl Installer {
     }
 
     async fn recover_one(&self, target: &Target, mut j: Journal) -> Result<String, AgentFailure> {
+        if let (Some(store), Some(version)) = (j.store.clone(), j.version.clone()) {
+            return self.recover_version(target, &j, store, version).await;
+        }
         match j.phase {
             Phase::Staging => {
                 for (path, _) in &j.files {
@@ -194,7 +237,7 @@ impl Installer {
         }
         // The files are the new ones; the web server may not have loaded them.
         if let Err(e) = run_check(target).await {
-            self.restore(&j.files)?;
+            self.restore(&Undo::Files(j.files.clone()))?;
             self.remove_journal(&target.name);
             return Err(e.rolled_back(inspect(target).map(|i| i.serial)));
         }
@@ -247,27 +290,12 @@ impl Installer {
                 )
             })?;
             let contents = contents(target, &chain, &key.0, &leaf)?;
-            let files = match self.stage(target, &leaf.serial_hex, &contents).await {
-                Ok(f) => f,
-                Err(e) => {
-                    for (f, _) in &contents {
-                        let _ = std::fs::remove_file(staged_path(&f.path));
-                    }
-                    self.remove_journal(name);
-                    return Err(e);
-                }
+            let files = if target.archive_dir.is_some() {
+                self.swap_files(target, &leaf.serial_hex, &contents).await?
+            } else {
+                self.swap_version(target, &leaf.serial_hex, &contents)
+                    .await?
             };
-            self.pause("committed").await;
-            for (i, (path, _)) in files.iter().enumerate() {
-                promote(path)?;
-                self.pause(&format!("renamed:{i}")).await;
-            }
-            self.write_journal(&Journal {
-                target: name.to_owned(),
-                serial: leaf.serial_hex.clone(),
-                phase: Phase::Swapped,
-                files: files.clone(),
-            })?;
             tracing::info!(target = name, serial = %leaf.serial_hex, "certificate files in place");
             self.pause("swapped").await;
 
@@ -283,6 +311,14 @@ impl Installer {
                 return Err(self.roll_back(target, &files, e, true).await);
             }
             self.remove_journal(name);
+            if let Undo::Version {
+                store,
+                version,
+                prev,
+            } = &files
+            {
+                prune_versions(store, version, prev.as_deref());
+            }
             pending.remove(&leaf.spki_der);
             return Ok(InstallOutcome {
                 serial: leaf.serial_hex,
@@ -309,6 +345,157 @@ impl Installer {
         })
     }
 
+    /// certbot layout: stage every file (journal), commit, rename them one by one.
+    async fn swap_files(
+        &self,
+        target: &Target,
+        serial: &str,
+        contents: &[(TargetFile, Staged)],
+    ) -> Result<Undo, AgentFailure> {
+        let files = match self.stage(target, serial, contents).await {
+            Ok(f) => f,
+            Err(e) => {
+                for (f, _) in contents {
+                    let _ = std::fs::remove_file(staged_path(&f.path));
+                }
+                self.remove_journal(&target.name);
+                return Err(e);
+            }
+        };
+        self.pause("committed").await;
+        for (i, (path, _)) in files.iter().enumerate() {
+            promote(path)?;
+            self.pause(&format!("renamed:{i}")).await;
+        }
+        self.write_journal(&Journal {
+            target: target.name.clone(),
+            serial: serial.to_owned(),
+            phase: Phase::Swapped,
+            files: files.clone(),
+            store: None,
+            version: None,
+            prev: None,
+        })?;
+        Ok(Undo::Files(files))
+    }
+
+    /// Every other layout: the new files go into a new version directory of the store;
+    /// the configured paths are symlinks into `<store>/current/`; one rename of `current`
+    /// switches all of them at once, so no instant shows a mix of old and new files.
+    async fn swap_version(
+        &self,
+        target: &Target,
+        serial: &str,
+        contents: &[(TargetFile, Staged)],
+    ) -> Result<Undo, AgentFailure> {
+        let store = target
+            .store_dir
+            .clone()
+            .ok_or_else(|| AgentFailure::new("internal", "target without a store"))?;
+        certfleet_shared::fsutil::create_dir_with_mode(&store, 0o755)
+            .map_err(|e| write_failed(&store, e))?;
+        let prev = current_version(&store);
+        let version = if prev.as_deref() == Some(serial) {
+            format!("{serial}-{:08x}", rand::random::<u32>())
+        } else {
+            serial.to_owned()
+        };
+        let mut journal = Journal {
+            target: target.name.clone(),
+            serial: serial.to_owned(),
+            phase: Phase::Staging,
+            files: Vec::new(),
+            store: Some(store.clone()),
+            version: Some(version.clone()),
+            prev: prev.clone(),
+        };
+        self.write_journal(&journal)?;
+        let result = self.stage_version(&store, &version, contents).await;
+        if let Err(e) = result {
+            let _ = std::fs::remove_dir_all(store.join(format!(".staging-{version}")));
+            self.remove_journal(&target.name);
+            return Err(e);
+        }
+        self.pause("staged").await;
+        let prev = ensure_links(target, &store, prev)?;
+        journal.phase = Phase::Committed;
+        journal.prev = prev.clone();
+        self.write_journal(&journal)?;
+        self.pause("linked").await;
+        point_current(&store, &version)?;
+        journal.phase = Phase::Swapped;
+        self.write_journal(&journal)?;
+        Ok(Undo::Version {
+            store,
+            version,
+            prev,
+        })
+    }
+
+    /// Writes the files into `<store>/.staging-<version>/`, then renames it to
+    /// `<store>/<version>/`.
+    async fn stage_version(
+        &self,
+        store: &Path,
+        version: &str,
+        contents: &[(TargetFile, Staged)],
+    ) -> Result<(), AgentFailure> {
+        let staging = store.join(format!(".staging-{version}"));
+        let _ = std::fs::remove_dir_all(&staging);
+        certfleet_shared::fsutil::create_dir_with_mode(&staging, 0o755)
+            .map_err(|e| write_failed(&staging, e))?;
+        for (i, (file, staged)) in contents.iter().enumerate() {
+            let path = staging.join(version_file_name(file.role));
+            write_file(&path, link_bytes(staged), file)?;
+            self.pause(&format!("staging:{i}")).await;
+        }
+        sync_dir(&staging).map_err(|e| write_failed(&staging, e))?;
+        let dest = store.join(version);
+        let _ = std::fs::remove_dir_all(&dest);
+        std::fs::rename(&staging, &dest).map_err(|e| write_failed(&dest, e))?;
+        sync_dir(store).map_err(|e| write_failed(store, e))
+    }
+
+    /// After a crash of a versioned install: if `current` already points at the new
+    /// version, finish (config test, reload); if not, drop the new version.
+    async fn recover_version(
+        &self,
+        target: &Target,
+        j: &Journal,
+        store: PathBuf,
+        version: String,
+    ) -> Result<String, AgentFailure> {
+        if current_version(&store).as_deref() != Some(version.as_str()) {
+            let _ = std::fs::remove_dir_all(store.join(format!(".staging-{version}")));
+            if j.prev.as_deref() != Some(version.as_str()) {
+                let _ = std::fs::remove_dir_all(store.join(&version));
+            }
+            self.remove_journal(&target.name);
+            return Ok(format!(
+                "serial {} was not switched in; the previous certificate stays",
+                j.serial
+            ));
+        }
+        let undo = Undo::Version {
+            store,
+            version,
+            prev: j.prev.clone(),
+        };
+        if let Err(e) = run_check(target).await {
+            self.restore(&undo)?;
+            self.remove_journal(&target.name);
+            return Err(e.rolled_back(inspect(target).map(|i| i.serial)));
+        }
+        let reloaded = reload(target).await;
+        self.remove_journal(&target.name);
+        reloaded.map(|_| {
+            format!(
+                "serial {} was switched in; the web server was reloaded, the served check follows when the coordinator asks",
+                j.serial
+            )
+        })
+    }
+
     /// Writes the journal, the staged files and the `.prev` copies; returns the
     /// destinations with whether each had a previous version.
     async fn stage(
@@ -326,6 +513,9 @@ impl Installer {
             serial: serial.to_owned(),
             phase: Phase::Staging,
             files: files.clone(),
+            store: None,
+            version: None,
+            prev: None,
         };
         self.write_journal(&journal)?;
         for (i, (file, staged)) in contents.iter().enumerate() {
@@ -365,12 +555,22 @@ impl Installer {
         Ok(())
     }
 
-    /// Puts the `.prev` versions back (files that had none keep the new content).
-    fn restore(&self, files: &[(PathBuf, bool)]) -> Result<(), AgentFailure> {
-        for (path, had_prev) in files {
-            if *had_prev {
-                copy_entry(&prev_path(path), &staged_path(path))?;
-                promote(path)?;
+    /// Puts the previous version back: `current` to the previous version in one rename,
+    /// or (certbot layout) the `.prev` copies (files that had none keep the new content).
+    fn restore(&self, undo: &Undo) -> Result<(), AgentFailure> {
+        match undo {
+            Undo::Version { store, prev, .. } => {
+                if let Some(prev) = prev {
+                    point_current(store, prev)?;
+                }
+            }
+            Undo::Files(files) => {
+                for (path, had_prev) in files {
+                    if *had_prev {
+                        copy_entry(&prev_path(path), &staged_path(path))?;
+                        promote(path)?;
+                    }
+                }
             }
         }
         Ok(())
@@ -381,12 +581,12 @@ impl Installer {
     async fn roll_back(
         &self,
         target: &Target,
-        files: &[(PathBuf, bool)],
+        files: &Undo,
         cause: AgentFailure,
         reload_again: bool,
     ) -> AgentFailure {
         let name = target.name.as_str();
-        if !files.iter().any(|(_, had)| *had) {
+        if !files.has_previous() {
             self.remove_journal(name);
             return AgentFailure::new(
                 cause.code,
@@ -631,6 +831,118 @@ fn relative_link(link: &Path, archive: &Path) -> PathBuf {
     rel
 }
 
+/// File name of a role inside a version directory of the store.
+fn version_file_name(role: FileRole) -> &'static str {
+    match role {
+        FileRole::Cert => "cert.pem",
+        FileRole::Chain => "chain.pem",
+        FileRole::Fullchain => "fullchain.pem",
+        FileRole::Key => "key.pem",
+        FileRole::Combined => "combined.pem",
+        FileRole::Meta => "meta.json",
+    }
+}
+
+/// The version `<store>/current` points at.
+fn current_version(store: &Path) -> Option<String> {
+    std::fs::read_link(store.join("current"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+}
+
+/// Points `<store>/current` at `version` in one rename.
+fn point_current(store: &Path, version: &str) -> Result<(), AgentFailure> {
+    let tmp = store.join(".current.tmp");
+    make_symlink(Path::new(version), &tmp)?;
+    let current = store.join("current");
+    std::fs::rename(&tmp, &current).map_err(|e| write_failed(&current, e))?;
+    sync_dir(store).map_err(|e| write_failed(store, e))
+}
+
+/// Makes every configured path a symlink to `<store>/current/<file>`, without changing
+/// what any of them holds at any instant: the first time, the files in place become the
+/// `initial` version and `current` points at it before any path is turned into a link.
+/// Returns the version `current` points at (the one to roll back to).
+fn ensure_links(
+    target: &Target,
+    store: &Path,
+    mut prev: Option<String>,
+) -> Result<Option<String>, AgentFailure> {
+    let link_to = |f: &TargetFile| store.join("current").join(version_file_name(f.role));
+    let unlinked: Vec<&TargetFile> = target
+        .files
+        .iter()
+        .filter(|f| std::fs::read_link(&f.path).ok() != Some(link_to(f)))
+        .collect();
+    if unlinked.is_empty() {
+        return Ok(prev);
+    }
+    let anything_there = unlinked.iter().any(|f| std::fs::metadata(&f.path).is_ok());
+    let keep_in = match &prev {
+        Some(v) => store.join(v),
+        // Nothing installed before: nothing to keep, nothing to roll back to.
+        None if !anything_there => store.to_path_buf(),
+        None => {
+            let initial = store.join("initial");
+            let _ = std::fs::remove_dir_all(&initial);
+            certfleet_shared::fsutil::create_dir_with_mode(&initial, 0o755)
+                .map_err(|e| write_failed(&initial, e))?;
+            initial
+        }
+    };
+    // What each unlinked path holds now is kept in the version `current` will show.
+    for f in &unlinked {
+        if std::fs::metadata(&f.path).is_ok() {
+            copy_entry_following(&f.path, &keep_in.join(version_file_name(f.role)))?;
+        }
+    }
+    sync_dir(&keep_in).map_err(|e| write_failed(&keep_in, e))?;
+    if prev.is_none() && anything_there {
+        point_current(store, "initial")?;
+        prev = Some("initial".into());
+    }
+    for f in &unlinked {
+        let tmp = staged_path(&f.path);
+        if let Some(dir) = f.path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| write_failed(dir, e))?;
+        }
+        make_symlink(&link_to(f), &tmp)?;
+        promote(&f.path)?;
+    }
+    Ok(prev)
+}
+
+/// Keeps the store small: the current and previous versions stay, older ones go.
+fn prune_versions(store: &Path, current: &str, prev: Option<&str>) {
+    let Ok(entries) = std::fs::read_dir(store) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == "current" || name == current || Some(name.as_str()) == prev {
+            continue;
+        }
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Copies the file `src` points at (following symlinks) to `dst`, keeping mode and owner.
+fn copy_entry_following(src: &Path, dst: &Path) -> Result<(), AgentFailure> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(src).map_err(|e| write_failed(src, e))?;
+    let bytes = read_limited(src, 1024 * 1024).map_err(|e| write_failed(src, e))?;
+    let f = TargetFile {
+        role: FileRole::Key,
+        path: dst.to_path_buf(),
+        mode: meta.mode() & 0o777,
+        uid: Some(meta.uid()),
+        gid: Some(meta.gid()),
+    };
+    write_file(dst, &bytes, &f)
+}
+
 fn exists(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok()
 }
@@ -872,15 +1184,32 @@ mod tests {
         }
         let key = t.key_source().unwrap().path.clone();
         assert_eq!(mode(&key), 0o600);
-        assert_eq!(mode(&prev_path(&key)), 0o600);
         assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 2);
-        let prev = std::fs::read_to_string(prev_path(&t.leaf_source().unwrap().path)).unwrap();
+        // The paths are links into the store's current version; the previous one is kept.
+        let store = t.store_dir.clone().unwrap();
+        assert_eq!(store, dir.path().join("tls/.certfleet-web"));
+        for f in &t.files {
+            assert_eq!(
+                std::fs::read_link(&f.path).unwrap(),
+                store.join("current").join(version_file_name(f.role))
+            );
+        }
+        assert_eq!(
+            current_version(&store).as_deref(),
+            Some(serials[1].as_str())
+        );
+        let prev = std::fs::read_to_string(store.join(&serials[0]).join("cert.pem")).unwrap();
         let prev_leaf = CertInfo::from_der(&parse_pem_chain(&prev).unwrap()[0]).unwrap();
         assert_eq!(
             prev_leaf.serial_hex, serials[0],
             "previous certificate kept"
         );
+        assert_eq!(mode(&store.join(&serials[0]).join("key.pem")), 0o600);
         assert!(!inst.journal_path("web").exists(), "journal removed");
+        // A third install prunes the oldest version.
+        let third = issue_and_install(&inst, &t, &pending).await.unwrap();
+        assert!(!store.join(&serials[0]).exists());
+        assert!(store.join(&serials[1]).exists() && store.join(&third.serial).exists());
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("tls"))
             .unwrap()
             .flatten()
@@ -964,14 +1293,67 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn recovery_rolls_forward_a_committed_install_and_drops_a_staged_one() {
+    async fn versioned_recovery_finishes_a_switch_and_drops_an_unswitched_version() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
         let state = dir.path().join("state");
         let pending = PendingKeys::new(&state);
         let inst = Installer::new(&state);
         let t = target(&format!(
-            "fullchain = \"{d}/f.pem\"\nkey = \"{d}/k.pem\"\nverify = []"
+            "fullchain = \"{d}/tls/f.pem\"\nkey = \"{d}/tls/k.pem\"\nverify = []"
+        ));
+        let old = issue_and_install(&inst, &t, &pending).await.unwrap();
+        let targets: BTreeMap<String, Target> = [("web".to_owned(), t.clone())].into();
+        let store = t.store_dir.clone().unwrap();
+        for switched in [false, true] {
+            let csr = pending.create_csr(&ips(), KeyType::EcdsaP256).unwrap();
+            let chain = parse_pem_chain(&sign(&csr)).unwrap();
+            let leaf = CertInfo::from_der(&chain[0]).unwrap();
+            let key = pending.find(&leaf.spki_der).unwrap();
+            let contents = contents(&t, &chain, &key.0, &leaf).unwrap();
+            if switched {
+                // Crash right after `current` moved (journal says swapped).
+                inst.swap_version(&t, &leaf.serial_hex, &contents)
+                    .await
+                    .unwrap();
+            } else {
+                // Crash after staging, before the switch.
+                inst.write_journal(&Journal {
+                    target: "web".into(),
+                    serial: leaf.serial_hex.clone(),
+                    phase: Phase::Committed,
+                    files: Vec::new(),
+                    store: Some(store.clone()),
+                    version: Some(leaf.serial_hex.clone()),
+                    prev: current_version(&store),
+                })
+                .unwrap();
+                inst.stage_version(&store, &leaf.serial_hex, &contents)
+                    .await
+                    .unwrap();
+            }
+            inst.recover(&targets).await;
+            let now = inspect(&t).expect("a matching pair after recovery");
+            let want = if switched {
+                &leaf.serial_hex
+            } else {
+                &old.serial
+            };
+            assert_eq!(&now.serial, want, "switched = {switched}");
+            assert!(!inst.journal_path("web").exists());
+            assert_eq!(store.join(&leaf.serial_hex).exists(), switched);
+        }
+    }
+
+    #[tokio::test]
+    async fn certbot_recovery_rolls_forward_a_committed_install_and_drops_a_staged_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let state = dir.path().join("state");
+        let pending = PendingKeys::new(&state);
+        let inst = Installer::new(&state);
+        let t = target(&format!(
+            "preset = \"certbot\"\ndir = \"{d}/le\"\nverify = []"
         ));
         let old = issue_and_install(&inst, &t, &pending).await.unwrap();
         let targets: BTreeMap<String, Target> = [("web".to_owned(), t.clone())].into();
@@ -993,6 +1375,9 @@ mod tests {
                     serial: leaf.serial_hex.clone(),
                     phase: Phase::Staging,
                     files: files.clone(),
+                    store: None,
+                    version: None,
+                    prev: None,
                 })
                 .unwrap();
             }

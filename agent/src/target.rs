@@ -121,6 +121,11 @@ pub struct TargetConfig {
     /// How long the served check keeps retrying after the reload.
     #[serde(default = "default_verify_grace")]
     pub verify_grace_secs: u64,
+    /// Where the versions of this target's files live; the configured paths become
+    /// symlinks into `<store_dir>/current/`, and an install switches `current` in one
+    /// rename. Default: `.certfleet-<target>` beside the certificate file. (Not used by
+    /// the certbot preset, which keeps certbot's own `live/` → `archive/` links.)
+    pub store_dir: Option<PathBuf>,
 }
 
 fn default_reload_timeout() -> u64 {
@@ -156,6 +161,8 @@ pub struct Target {
     pub files: Vec<TargetFile>,
     /// certbot layout: `files` are symlinks into this versioned archive directory.
     pub archive_dir: Option<PathBuf>,
+    /// Every other layout: the versioned store the files link into (see `install.rs`).
+    pub store_dir: Option<PathBuf>,
     pub check: Vec<String>,
     pub reload: Reload,
     pub reload_timeout: Duration,
@@ -412,10 +419,43 @@ impl TargetConfig {
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         };
+        let store_dir = if archive_dir.is_some() {
+            if self.store_dir.is_some() {
+                return Err(
+                    "the certbot preset keeps certbot's archive/ layout; drop store_dir".into(),
+                );
+            }
+            None
+        } else {
+            let dir = match &self.store_dir {
+                Some(d) => d.clone(),
+                None => files
+                    .iter()
+                    .find(|f| {
+                        matches!(
+                            f.role,
+                            FileRole::Cert | FileRole::Fullchain | FileRole::Combined
+                        )
+                    })
+                    .and_then(|f| f.path.parent())
+                    .map(|p| p.join(format!(".certfleet-{name}")))
+                    .ok_or("cannot place the store: set store_dir")?,
+            };
+            if !dir.is_absolute() {
+                return Err(format!("store_dir = {dir:?} must be an absolute path"));
+            }
+            if files.iter().any(|f| f.path.starts_with(&dir)) {
+                return Err(format!(
+                    "store_dir = {dir:?} must not contain the target's files"
+                ));
+            }
+            Some(dir)
+        };
         Ok(Target {
             name: name.to_owned(),
             files,
             archive_dir,
+            store_dir,
             check,
             reload,
             reload_timeout: Duration::from_secs(self.reload_timeout_secs),

@@ -1,9 +1,10 @@
 //! Crash safety of install: the agent is killed with SIGKILL at every step of an install
-//! (after each staged file, at commit, after each rename, after the swap, after the
-//! reload). At the instant of the kill every target file must be whole and be either the
-//! old or the new version; once the agent is back, it repairs the target before anything
-//! else (finishing a committed install, dropping an uncommitted one), and the fleet ends
-//! with the new certificate installed and a key that matches it.
+//! (after each staged file, once the new version is complete, once the paths are links,
+//! right after the switch, after the reload). At the instant of the kill the target holds
+//! the old pair or the new pair — every file whole, never a mix; once the agent is back it
+//! repairs the target before anything else (finishing a switched install, dropping an
+//! unswitched one), and the fleet ends with the new certificate installed and a key that
+//! matches it.
 //!
 //! The kill points come from the agent's test hook `CERTFLEET_AGENT_TEST_PAUSE_AT`: the
 //! agent stops at the named point and the test kills it there, so every point is hit
@@ -74,11 +75,8 @@ async fn kill_at_every_install_step_leaves_a_whole_matching_pair() {
         "staging:1",
         "staging:2",
         "staging:3",
-        "committed",
-        "renamed:0",
-        "renamed:1",
-        "renamed:2",
-        "renamed:3",
+        "staged",
+        "linked",
         "swapped",
         "reloaded",
     ];
@@ -113,24 +111,20 @@ async fn kill_at_every_install_step_leaves_a_whole_matching_pair() {
 
         // At the instant of the kill: every file whole, each the old or the new version.
         let snap = snapshot(&a).unwrap_or_else(|e| panic!("at {point}: a file is not whole: {e}"));
-        let renamed: Option<usize> = point
-            .strip_prefix("renamed:")
-            .map(|n| n.parse().expect("index"));
-        let expect_new = |index: usize| match point {
-            "swapped" | "reloaded" => true,
-            _ => renamed.is_some_and(|k| index <= k),
-        };
+        let expect_new = matches!(point, "swapped" | "reloaded");
         let cert_new = snap.cert != old_serial;
         let full_new = snap.fullchain != old_serial;
         let key_new = snap.key_spki != old_spki;
         assert_eq!(
             (cert_new, full_new, key_new),
-            (expect_new(0), expect_new(2), expect_new(3)),
-            "at {point}: cert/fullchain/key new = {cert_new}/{full_new}/{key_new}"
+            (expect_new, expect_new, expect_new),
+            "at {point}: cert/fullchain/key new = {cert_new}/{full_new}/{key_new} (a mix)"
         );
-        if renamed.is_some_and(|k| k < 3) {
-            eprintln!("at {point}: files on disk mix old and new until the agent restarts (journal: committed)");
-        }
+        assert_eq!(
+            snap.key_spki,
+            spki_of(&a.cert_path()),
+            "at {point}: key matches cert"
+        );
 
         // Back up without the hook: it repairs, reconnects, and the new certificate ends
         // up installed with a matching key.
@@ -172,17 +166,34 @@ async fn kill_at_every_install_step_leaves_a_whole_matching_pair() {
         );
         let journal = a.state_dir().join("installs/default.json");
         assert!(!journal.exists(), "after {point}: journal left behind");
-        let leftovers: Vec<_> = std::fs::read_dir(a.cert_path().parent().expect("dir"))
+        let store = a
+            .cert_path()
+            .parent()
             .expect("dir")
+            .join(".certfleet-default");
+        let leftovers: Vec<_> = std::fs::read_dir(&store)
+            .expect("store")
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".cf-new"))
-            .map(|e| e.file_name())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".staging-") || n.starts_with(".current"))
             .collect();
         assert!(
             leftovers.is_empty(),
-            "after {point}: staged files left: {leftovers:?}"
+            "after {point}: staging left: {leftovers:?}"
         );
-        // A committed install was finished by the agent itself (with a reload) or by the
+        for path in [
+            a.cert_path(),
+            a.chain_path(),
+            a.fullchain_path(),
+            a.key_path(),
+        ] {
+            assert!(
+                std::fs::read_link(&path).is_ok_and(|l| l.starts_with(store.join("current"))),
+                "after {point}: {} is not a link into the store",
+                path.display()
+            );
+        }
+        // A switched install was finished by the agent itself (with a reload) or by the
         // coordinator's re-sent install; either way the web server was reloaded.
         assert!(
             a.reload_count() > reloads_before,
