@@ -16,6 +16,7 @@
 //! 6. **served check**: TLS handshakes with each verify address until every one presents
 //!    the new leaf, three rounds in a row, within a grace window; otherwise `current` goes
 //!    back, the web server is reloaded again, and the failure is reported as rolled back.
+//!
 //! The current and previous versions are kept; older ones are pruned.
 //!
 //! A kill at any instant leaves the old or the new pair in place, every file whole.
