@@ -274,6 +274,17 @@ impl Lan {
         // IPv6 must be on for the bridge even where the machine's default disables it.
         let sysctl = format!("/proc/sys/net/ipv6/conf/{br}/disable_ipv6");
         std::fs::write(&sysctl, "0").with_context(|| format!("writing {sysctl}"))?;
+        // A fixed (locally administered) MAC: otherwise the bridge takes the lowest MAC of
+        // its ports and changes it as hosts are added, leaving hosts that already resolved
+        // the gateway with a stale neighbour entry — their next connection to the gateway
+        // went unanswered for many seconds (seen as enrollment timeouts in the benchmark).
+        ip(&[
+            "link",
+            "set",
+            br,
+            "address",
+            &format!("02:cf:99:00:{:02x}:01", self.shared.k),
+        ])?;
         ip(&[
             "addr",
             "add",
