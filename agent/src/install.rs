@@ -155,12 +155,12 @@ pub struct Installer {
 }
 
 impl Installer {
-    pub fn new(state_dir: &Path) -> Self {
-        Self {
+    pub fn new(state_dir: &Path) -> anyhow::Result<Self> {
+        Ok(Self {
             journal_dir: state_dir.join("installs"),
             pause_at: std::env::var(PAUSE_ENV).ok().filter(|s| !s.is_empty()),
-            observer: served::observer_config(),
-        }
+            observer: certfleet_shared::tls::observer_client_config()?,
+        })
     }
 
     fn journal_path(&self, target: &str) -> PathBuf {
@@ -534,7 +534,7 @@ impl Installer {
                 }
             }
             if files[i].1 {
-                copy_entry(&file.path, &prev_path(&file.path))?;
+                copy_entry(&file.path, &prev_path(&file.path), false)?;
             }
             self.pause(&format!("staging:{i}")).await;
         }
@@ -568,7 +568,7 @@ impl Installer {
             Undo::Files(files) => {
                 for (path, had_prev) in files {
                     if *had_prev {
-                        copy_entry(&prev_path(path), &staged_path(path))?;
+                        copy_entry(&prev_path(path), &staged_path(path), false)?;
                         promote(path)?;
                     }
                 }
@@ -894,7 +894,7 @@ fn ensure_links(
     // What each unlinked path holds now is kept in the version `current` will show.
     for f in &unlinked {
         if std::fs::metadata(&f.path).is_ok() {
-            copy_entry_following(&f.path, &keep_in.join(version_file_name(f.role)))?;
+            copy_entry(&f.path, &keep_in.join(version_file_name(f.role)), true)?;
         }
     }
     sync_dir(&keep_in).map_err(|e| write_failed(&keep_in, e))?;
@@ -927,21 +927,6 @@ fn prune_versions(store: &Path, current: &str, prev: Option<&str>) {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
-}
-
-/// Copies the file `src` points at (following symlinks) to `dst`, keeping mode and owner.
-fn copy_entry_following(src: &Path, dst: &Path) -> Result<(), AgentFailure> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(src).map_err(|e| write_failed(src, e))?;
-    let bytes = read_limited(src, 1024 * 1024).map_err(|e| write_failed(src, e))?;
-    let f = TargetFile {
-        role: FileRole::Key,
-        path: dst.to_path_buf(),
-        mode: meta.mode() & 0o777,
-        uid: Some(meta.uid()),
-        gid: Some(meta.gid()),
-    };
-    write_file(dst, &bytes, &f)
 }
 
 fn exists(p: &Path) -> bool {
@@ -1006,14 +991,20 @@ fn make_symlink(to: &Path, at: &Path) -> Result<(), AgentFailure> {
     std::os::unix::fs::symlink(to, at).map_err(|e| write_failed(at, e))
 }
 
-/// Makes `dst` a copy of `src`: a symlink stays a symlink, a file keeps mode and owner.
-fn copy_entry(src: &Path, dst: &Path) -> Result<(), AgentFailure> {
-    let meta = std::fs::symlink_metadata(src).map_err(|e| write_failed(src, e))?;
+/// Makes `dst` a copy of `src`, keeping mode and owner. A symlink stays a symlink, or
+/// with `follow` is copied as the file it points at.
+fn copy_entry(src: &Path, dst: &Path, follow: bool) -> Result<(), AgentFailure> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = if follow {
+        std::fs::metadata(src)
+    } else {
+        std::fs::symlink_metadata(src)
+    }
+    .map_err(|e| write_failed(src, e))?;
     if meta.file_type().is_symlink() {
         let to = std::fs::read_link(src).map_err(|e| write_failed(src, e))?;
         return make_symlink(&to, dst);
     }
-    use std::os::unix::fs::MetadataExt;
     let bytes = read_limited(src, 1024 * 1024).map_err(|e| write_failed(src, e))?;
     let f = TargetFile {
         role: FileRole::Key,
@@ -1152,6 +1143,15 @@ mod tests {
         vec!["127.0.0.1".parse().unwrap()]
     }
 
+    /// A temp dir with the agent's state (pending keys, journal) under `state/`.
+    fn fixture() -> (tempfile::TempDir, PendingKeys, Installer) {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let pending = PendingKeys::new(&state);
+        let inst = Installer::new(&state).unwrap();
+        (dir, pending, inst)
+    }
+
     async fn issue_and_install(
         inst: &Installer,
         t: &Target,
@@ -1167,10 +1167,8 @@ mod tests {
 
     #[tokio::test]
     async fn install_writes_files_keeps_previous_and_reloads() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, pending, inst) = fixture();
         let d = dir.path().display();
-        let pending = PendingKeys::new(&dir.path().join("state"));
-        let inst = Installer::new(&dir.path().join("state"));
         let log = dir.path().join("reload.log");
         let t = target(&format!(
             "cert = \"{d}/tls/cert.pem\"\nchain = \"{d}/tls/chain.pem\"\nfullchain = \"{d}/tls/fullchain.pem\"\nkey = \"{d}/tls/key.pem\"\nverify = []\nreload = [\"/bin/sh\", \"-c\", \"echo reloaded >> {}\"]\n",
@@ -1221,11 +1219,8 @@ mod tests {
 
     #[tokio::test]
     async fn failed_config_test_restores_previous_without_reload() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, pending, inst) = fixture();
         let d = dir.path().display();
-        let state = dir.path().join("state");
-        let pending = PendingKeys::new(&state);
-        let inst = Installer::new(&state);
         let flag = dir.path().join("broken");
         let log = dir.path().join("reload.log");
         let t = target(&format!(
@@ -1249,11 +1244,8 @@ mod tests {
 
     #[tokio::test]
     async fn presets_write_their_layouts() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, pending, inst) = fixture();
         let d = dir.path().display();
-        let state = dir.path().join("state");
-        let pending = PendingKeys::new(&state);
-        let inst = Installer::new(&state);
         // haproxy: one combined file, 0600, that inspect() reads back.
         let t = target(&format!(
             "preset = \"haproxy\"\ndir = \"{d}/haproxy\"\ncheck = []\nreload = []\nverify = []"
@@ -1295,11 +1287,8 @@ mod tests {
 
     #[tokio::test]
     async fn versioned_recovery_finishes_a_switch_and_drops_an_unswitched_version() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, pending, inst) = fixture();
         let d = dir.path().display();
-        let state = dir.path().join("state");
-        let pending = PendingKeys::new(&state);
-        let inst = Installer::new(&state);
         let t = target(&format!(
             "fullchain = \"{d}/tls/f.pem\"\nkey = \"{d}/tls/k.pem\"\nverify = []"
         ));
@@ -1348,11 +1337,8 @@ mod tests {
 
     #[tokio::test]
     async fn certbot_recovery_rolls_forward_a_committed_install_and_drops_a_staged_one() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, pending, inst) = fixture();
         let d = dir.path().display();
-        let state = dir.path().join("state");
-        let pending = PendingKeys::new(&state);
-        let inst = Installer::new(&state);
         let t = target(&format!(
             "preset = \"certbot\"\ndir = \"{d}/le\"\nverify = []"
         ));
@@ -1398,11 +1384,8 @@ mod tests {
     async fn not_served_rolls_back() {
         // Nothing listens on the verify address: the served check fails within its grace
         // window and the previous certificate comes back.
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, pending, inst) = fixture();
         let d = dir.path().display();
-        let state = dir.path().join("state");
-        let pending = PendingKeys::new(&state);
-        let inst = Installer::new(&state);
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -1424,11 +1407,8 @@ mod tests {
 
     #[tokio::test]
     async fn refusals() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, pending, inst) = fixture();
         let d = dir.path().display();
-        let state = dir.path().join("state");
-        let pending = PendingKeys::new(&state);
-        let inst = Installer::new(&state);
         let t = target(&format!(
             "cert = \"{d}/c.pem\"\nkey = \"{d}/k.pem\"\nverify = []\nreload = [\"/bin/false\"]"
         ));

@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 /// A session that lasted this long resets the backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 const REPLAY_CACHE: usize = 64;
+/// How often challenges the coordinator never cleared are looked at for expiry.
+const CHALLENGE_SWEEP: Duration = Duration::from_secs(30);
 
 pub struct Agent {
     pub config: AgentConfig,
@@ -63,7 +65,7 @@ impl Agent {
         let metrics = Arc::new(crate::metrics::AgentMetrics::default());
         Ok(Arc::new(Self {
             targets,
-            installer: Installer::new(&config.state_dir),
+            installer: Installer::new(&config.state_dir)?,
             responder: Responder::new(
                 ips.clone(),
                 &config.http01,
@@ -101,7 +103,7 @@ impl Agent {
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(30)) => agent.responder.expire(),
+                        _ = tokio::time::sleep(CHALLENGE_SWEEP) => agent.responder.expire(),
                         _ = stop.cancelled() => return,
                     }
                 }

@@ -17,18 +17,7 @@ const ENV_SKIP: &[&str] = &[
     "CERTFLEET_COORDINATOR",
 ];
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config {path} is not valid: {detail}")]
-    Parse { path: PathBuf, detail: String },
-    #[error("config {path}: {detail}")]
-    Invalid { path: PathBuf, detail: String },
-}
+pub use certfleet_shared::configenv::ConfigError;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

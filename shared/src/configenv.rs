@@ -3,7 +3,22 @@
 //! read as a TOML value when it parses as one (numbers, booleans, arrays), else as a string.
 //! Overrides apply to tables only, never into arrays of tables.
 
+use std::path::PathBuf;
 use toml::Value;
+
+/// Why a daemon's config could not be used; the same for the coordinator and the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path} is not valid: {detail}")]
+    Parse { path: PathBuf, detail: String },
+    #[error("config {path}: {detail}")]
+    Invalid { path: PathBuf, detail: String },
+}
 
 /// Applies every `prefix*` variable of `vars` (except the names in `skip`) to `doc`.
 /// Returns the names applied, for logging.

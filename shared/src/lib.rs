@@ -8,7 +8,8 @@
 //! - [`ids`] — typed identifiers (`HostId`, `CertId`) as transparent newtypes.
 //! - [`identifier`] — IP identifier parsing: canonical form, special-purpose ranges.
 //! - [`x509`] — PEM/DER parsing and inspection of certificates and CSRs.
-//! - [`tls`] — rustls client configs (fleet CA trust, CA pinning by fingerprint).
+//! - [`tls`] — rustls client configs (fleet CA trust, CA pinning by fingerprint, an
+//!   observe-only config for checking which certificate a server presents).
 //! - [`transport`] — a tonic `Channel` over our own rustls config.
 //! - [`configenv`] — environment overrides for TOML config (`PREFIX_SECTION__KEY`).
 //! - [`daemon`] — logging set-up and stop signals for the binaries.

@@ -5,6 +5,9 @@
 //! - [`pinned_client_config`]: used once, at enrollment, before the agent has the fleet CA:
 //!   the server's chain must contain a CA certificate whose SHA-256 equals the pin (like
 //!   `kubeadm join --discovery-token-ca-cert-hash`), and the leaf must chain to it.
+//! - [`observer_client_config`]: for the agent's served-certificate check: completes a
+//!   handshake with whatever certificate a web server presents, so the caller can compare
+//!   it byte for byte with the one it installed. It trusts nothing and sends nothing.
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -102,8 +105,8 @@ pub fn fleet_client_config(
 /// Trust a server whose chain contains the CA with this SHA-256 fingerprint; no client
 /// certificate.
 pub fn pinned_client_config(pin: [u8; 32]) -> Result<Arc<ClientConfig>, TlsError> {
-    let verifier = Arc::new(PinnedCaVerifier {
-        pin,
+    let verifier = Arc::new(Verifier {
+        trust: Trust::PinnedCa(pin),
         provider: provider(),
     });
     let cfg = builder()?
@@ -113,15 +116,38 @@ pub fn pinned_client_config(pin: [u8; 32]) -> Result<Arc<ClientConfig>, TlsError
     Ok(finish(cfg))
 }
 
-/// Accepts a server only if it sends a CA certificate matching the pin and its leaf
-/// verifies (signature, validity, name) against that CA alone.
+/// Accept any certificate (TLS 1.2 or 1.3, no ALPN, no client certificate): the handshake
+/// signature is still checked, but nothing is trusted. Only for observing which
+/// certificate a server presents.
+pub fn observer_client_config() -> Result<Arc<ClientConfig>, TlsError> {
+    let verifier = Arc::new(Verifier {
+        trust: Trust::Nothing,
+        provider: provider(),
+    });
+    let cfg = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
 #[derive(Debug)]
-struct PinnedCaVerifier {
-    pin: [u8; 32],
+enum Trust {
+    /// Accept a server only if it sends a CA certificate matching the pin and its leaf
+    /// verifies (signature, validity, name) against that CA alone.
+    PinnedCa([u8; 32]),
+    /// Accept any certificate: the caller only observes it.
+    Nothing,
+}
+
+#[derive(Debug)]
+struct Verifier {
+    trust: Trust,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for PinnedCaVerifier {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -130,9 +156,13 @@ impl ServerCertVerifier for PinnedCaVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let pin = match &self.trust {
+            Trust::Nothing => return Ok(ServerCertVerified::assertion()),
+            Trust::PinnedCa(pin) => pin,
+        };
         let ca = intermediates
             .iter()
-            .find(|c| Sha256::digest(c.as_ref()).as_slice() == self.pin)
+            .find(|c| Sha256::digest(c.as_ref()).as_slice() == pin)
             .ok_or_else(|| {
                 rustls::Error::General(
                     "the coordinator's CA does not match the --ca-sha256 fingerprint".into(),

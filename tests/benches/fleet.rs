@@ -28,6 +28,7 @@ use certfleet_tests::{require_root, Coordinator, Pebble, PebbleOptions};
 
 const TARGET_AFTER_LAST_ENROLL: Duration = Duration::from_secs(5);
 const TARGET_AGENT_IDLE_KIB: u64 = 10 * 1024;
+const IDLE_SETTLE: Duration = Duration::from_secs(3);
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
@@ -199,8 +200,9 @@ async fn one_run(n: usize) -> anyhow::Result<Figures> {
     let done = Instant::now();
     let coord_cpu = cpu_time(coord_pid)? - cpu_before;
 
-    // Idle: everything served, sessions open, nothing to do.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Idle: everything served, sessions open, nothing to do (let the last installs'
+    // buffers and tasks go before reading RSS).
+    tokio::time::sleep(IDLE_SETTLE).await;
     let mut idle = Vec::new();
     let mut agent_peak = 0;
     for h in hosts.iter_mut() {

@@ -472,44 +472,14 @@ ips = [{ips}]
         coord: &Coordinator,
         timeout: Duration,
     ) -> anyhow::Result<CertRow> {
-        let host_id = self.id()?.to_owned();
         let fullchain = self.fullchain_path();
-        let start = std::time::Instant::now();
-        let mut last: Option<CertRow> = None;
-        let mut last_err: Option<anyhow::Error> = None;
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(st) = child.try_wait()? {
-                    anyhow::bail!(
-                        "agent {} exited while waiting for its certificate: {st}",
-                        self.name
-                    );
-                }
-            }
-            // A failing CLI call (e.g. coordinator restarting) is retried until the deadline.
-            match coord.certs().await {
-                Ok(certs) => {
-                    let mine: Vec<CertRow> =
-                        certs.into_iter().filter(|c| c.host_id == host_id).collect();
-                    if let Some(row) = mine.iter().find(|c| c.state == "installed") {
-                        if fullchain.is_file() {
-                            return Ok(row.clone());
-                        }
-                    }
-                    last = mine.into_iter().last().or(last);
-                }
-                Err(e) => last_err = Some(e),
-            }
-            if start.elapsed() > timeout {
-                anyhow::bail!(
-                    "agent {} ({host_id}): no installed certificate after {timeout:?}; last cert row: {last:?}; \
-                     fullchain exists: {}; last CLI error: {last_err:?}",
-                    self.name,
-                    fullchain.is_file()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        self.wait_row(
+            coord,
+            "an installed certificate (and its fullchain file)",
+            timeout,
+            |row| row.state == "installed" && fullchain.is_file(),
+        )
+        .await
     }
 
     /// Polls the coordinator until this host's certificate row is in `state` (e.g.
@@ -520,6 +490,25 @@ ips = [{ips}]
         state: &str,
         timeout: Duration,
     ) -> anyhow::Result<CertRow> {
+        self.wait_row(
+            coord,
+            &format!("a certificate in state {state:?}"),
+            timeout,
+            |row| row.state == state,
+        )
+        .await
+    }
+
+    /// Polls `certs --json` until one of this host's rows satisfies `done`. A failing CLI
+    /// call (e.g. the coordinator restarting) is retried until the deadline; the error
+    /// shows the last row and the last CLI error.
+    async fn wait_row(
+        &mut self,
+        coord: &Coordinator,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&CertRow) -> bool,
+    ) -> anyhow::Result<CertRow> {
         let host_id = self.id()?.to_owned();
         let start = std::time::Instant::now();
         let mut last: Option<CertRow> = None;
@@ -527,17 +516,14 @@ ips = [{ips}]
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Some(st) = child.try_wait()? {
-                    anyhow::bail!(
-                        "agent {} exited while waiting for cert state {state:?}: {st}",
-                        self.name
-                    );
+                    anyhow::bail!("agent {} exited while waiting for {what}: {st}", self.name);
                 }
             }
             match coord.certs().await {
                 Ok(certs) => {
                     let mine: Vec<CertRow> =
                         certs.into_iter().filter(|c| c.host_id == host_id).collect();
-                    if let Some(row) = mine.iter().find(|c| c.state == state) {
+                    if let Some(row) = mine.iter().find(|c| done(c)) {
                         return Ok(row.clone());
                     }
                     last = mine.into_iter().last().or(last);
@@ -546,8 +532,8 @@ ips = [{ips}]
             }
             if start.elapsed() > timeout {
                 anyhow::bail!(
-                    "agent {} ({host_id}): no certificate in state {state:?} after {timeout:?}; \
-                     last cert row: {last:?}; last CLI error: {last_err:?}",
+                    "agent {} ({host_id}): no {what} after {timeout:?}; last cert row: {last:?}; \
+                     last CLI error: {last_err:?}",
                     self.name
                 );
             }

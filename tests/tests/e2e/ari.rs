@@ -14,7 +14,7 @@ use certfleet_tests::pki::{self, normalize_serial};
 use certfleet_tests::{require_root, Agent, CertRow, Coordinator, RestartMode};
 use serde_json::Value;
 
-use crate::support::{check_installed, ISSUE_TIMEOUT};
+use crate::support::{check_installed, ISSUE_TIMEOUT, QUIET_PERIOD};
 
 const DAY: i64 = 86_400;
 
@@ -241,7 +241,7 @@ profile = "nope"
     // Nothing gets installed, and the coordinator does not keep asking the CA.
     let neworders = |logs: &str| logs.matches("/acme/neworders").count();
     let before = neworders(&a2c.logs());
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(QUIET_PERIOD).await;
     assert!(
         !agent.fullchain_path().exists(),
         "no certificate may be installed ({})",

@@ -18,6 +18,8 @@ use certfleet_tests::webserver::{Redirect, ServerKind};
 use certfleet_tests::{pki, CertRow, Coordinator, Pebble, PebbleOptions};
 
 const SERVE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the coordinator stays down in the outage test (hosts are watched throughout).
+const OUTAGE: Duration = Duration::from_secs(3);
 
 async fn pebble_and_coordinator(lan: &Lan, retry_base_secs: Option<u64>) -> (Pebble, Coordinator) {
     certfleet_tests::install_crypto_provider();
@@ -385,17 +387,28 @@ async fn ip_change_partition_and_coordinator_outage() {
             .unwrap_or_else(|e| panic!("{e:#}"));
     }
     let stayer_serial = hosts[1].served_serial().await.expect("served");
+    let mover_serial = hosts[0].served_serial().await.expect("served");
 
-    // Coordinator outage: nothing the hosts serve changes; agents come back by themselves.
+    // Coordinator outage: nothing the hosts serve changes while it lasts; agents come back
+    // by themselves.
     coord
         .stop_current(certfleet_tests::RestartMode::Kill)
         .await
         .expect("stop");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    for h in &hosts {
-        h.served_serial()
-            .await
-            .expect("still serving during the outage");
+    let outage = std::time::Instant::now();
+    while outage.elapsed() < OUTAGE {
+        for (h, before) in hosts.iter().zip([&mover_serial, &stayer_serial]) {
+            let now = h
+                .served_serial()
+                .await
+                .expect("still serving during the outage");
+            assert_eq!(
+                &now, before,
+                "{}: served certificate changed during the outage",
+                h.spec.name
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     coord.start_again().await.expect("start again");
     for h in &hosts {

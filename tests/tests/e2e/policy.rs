@@ -2,12 +2,12 @@
 //! loopback / ULA addresses. The coordinator refuses before spending an order at the CA,
 //! says why (naming the setting and the address) and keeps serving.
 
-use std::time::Duration;
-
 use certfleet_tests::coordinator::CoordinatorOptions;
 use certfleet_tests::{Agent, PebbleOptions};
 
-use crate::support::{assert_still_serving, pebble_and_coordinator_with, ISSUE_TIMEOUT};
+use crate::support::{
+    assert_still_serving, pebble_and_coordinator_with, ISSUE_TIMEOUT, QUIET_PERIOD,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_ips_are_refused_before_ordering() {
@@ -48,7 +48,7 @@ async fn private_ips_are_refused_before_ordering() {
     assert_eq!(row.serial, None, "nothing was issued: {row:?}");
 
     // Nothing gets installed, however long we wait.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(QUIET_PERIOD).await;
     assert!(
         !agent.fullchain_path().exists(),
         "a refused certificate must never be installed ({})",

@@ -25,6 +25,7 @@ use rustls_pki_types::CertificateDer;
 
 use crate::support::{
     check_installed, error_parts_for, pebble_and_coordinator_with, stderr_of, ISSUE_TIMEOUT,
+    QUIET_PERIOD,
 };
 
 /// What the renewal suite needs from an ACME server on top of [`AcmeServer`].
@@ -473,7 +474,7 @@ async fn forced_renewal(ca: impl RenewalCa, coord: Coordinator) {
     );
 
     // None of the failed commands renewed anything.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(QUIET_PERIOD).await;
     let row = coord.cert(&id).await.expect("row");
     assert_eq!(row.serial.as_deref(), Some(s2.as_str()), "{row:?}");
     assert_eq!(row.renewals, Some(2), "{row:?}");

@@ -13,6 +13,10 @@ use rustls_pki_types::CertificateDer;
 /// Upper bound for one host's issuance (pebble with NOSLEEP takes about a second).
 pub const ISSUE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// How long a test watches for something that must *not* happen (an install, an order, a
+/// renewal): absence can only be shown by waiting. Several issuance round trips long.
+pub const QUIET_PERIOD: Duration = Duration::from_secs(3);
+
 /// Root check + pebble + an initialised, serving coordinator.
 pub async fn pebble_and_coordinator() -> (Pebble, Coordinator) {
     require_root().expect("root");
