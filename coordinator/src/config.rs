@@ -75,6 +75,39 @@ pub struct PolicyConfig {
     pub key_type: Option<KeyTypeName>,
     #[serde(default)]
     pub ips: IpSelection,
+    /// Addresses (CIDR blocks, or single addresses) the policy's hosts may claim. Empty:
+    /// any. A host claiming an address outside gets no certificate with it: the
+    /// certificate is `refused`, naming the address and this list.
+    #[serde(default)]
+    pub allowed_ips: Vec<String>,
+}
+
+impl PolicyConfig {
+    /// `allowed_ips` parsed (validated at load, so nothing is dropped here).
+    pub fn allowed_nets(&self) -> Vec<ipnet::IpNet> {
+        self.allowed_ips
+            .iter()
+            .filter_map(|s| parse_net(s).ok())
+            .collect()
+    }
+}
+
+/// A CIDR block or a single address (as a /32 or /128). A block with host bits set is
+/// refused: it is almost always a typo for its network.
+pub fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(ipnet::IpNet::from(ip));
+    }
+    let net: ipnet::IpNet = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an address or CIDR block (like 203.0.113.0/24)"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "{s:?} has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
 }
 
 /// Rate limits an issuer declares, which the coordinator then counts itself.
@@ -419,6 +452,9 @@ impl Config {
                 if !self.issuers.iter().any(|x| &x.name == i) {
                     return Err(format!("[[policy]] {:?}: issuer {i:?} is not one of the configured [[issuer]] names", p.name));
                 }
+            }
+            for n in &p.allowed_ips {
+                parse_net(n).map_err(|e| format!("[[policy]] {:?}: allowed_ips: {e}", p.name))?;
             }
         }
         if self.issuance.retry_base_secs == 0 || self.issuance.retry_base_secs > 3600 {

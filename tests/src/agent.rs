@@ -142,6 +142,14 @@ impl Agent {
         self.ips.clone()
     }
 
+    /// Adds addresses to this host's config (before `start`): e.g. an address another
+    /// host holds, as when a cloud hands a released IP to a new VM.
+    pub fn claim_ips(&mut self, extra: &[IpAddr]) -> anyhow::Result<()> {
+        self.ips.extend_from_slice(extra);
+        std::fs::write(&self.config_path, self.render_config(self.http01_port))?;
+        Ok(())
+    }
+
     pub fn host_id(&self) -> Option<&str> {
         self.host_id.as_deref()
     }
