@@ -195,7 +195,10 @@ fn main() -> std::process::ExitCode {
     match rt.block_on(run(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!(
+                "error: {}",
+                certfleet_shared::daemon::error_message(e.chain())
+            );
             std::process::ExitCode::FAILURE
         }
     }
@@ -217,6 +220,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             fleet_ca::StateDir::new(&config.state_dir).ca_fingerprint()?
         ),
         Cmd::Serve => {
+            config.check_files(&args.config)?;
             let shutdown = CancellationToken::new();
             let trigger = shutdown.clone();
             tokio::spawn(async move {

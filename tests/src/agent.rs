@@ -20,6 +20,20 @@ use crate::workdir::WorkDir;
 /// Files an enrolled agent has in its state dir; a refused enrollment leaves none.
 pub const ENROLLMENT_FILES: &[&str] = &["enrollment.json", "identity.pem", "identity.key"];
 
+/// Runs `certfleet-agent --config CONFIG ARGS…` with a scrubbed environment until it
+/// exits, for a config a test wrote itself (e.g. one the agent must refuse). Fails when it
+/// is still running after `timeout`.
+pub async fn run_with_config(
+    config: &Path,
+    args: &[&str],
+    timeout: Duration,
+) -> anyhow::Result<Output> {
+    let mut cmd = tokio::process::Command::new(crate::bins::agent()?);
+    cmd.arg("--config").arg(config).args(args);
+    scrub_env_tokio(&mut cmd);
+    run_output(&mut cmd, timeout).await
+}
+
 #[derive(Debug)]
 pub struct Agent {
     child: Option<ChildGuard>,

@@ -481,6 +481,20 @@ impl Coordinator {
     }
 }
 
+/// Runs `certfleet-coordinator --config CONFIG ARGS…` with a scrubbed environment until it
+/// exits, for a config a test wrote itself (e.g. one `serve` must refuse). Fails when it
+/// is still running after `timeout`.
+pub async fn run_with_config(
+    config: &Path,
+    args: &[&str],
+    timeout: Duration,
+) -> anyhow::Result<Output> {
+    let mut cmd = tokio::process::Command::new(crate::bins::coordinator()?);
+    cmd.arg("--config").arg(config).args(args);
+    scrub_env_tokio(&mut cmd);
+    run_output(&mut cmd, timeout).await
+}
+
 pub(crate) fn scrub_env_tokio(cmd: &mut tokio::process::Command) {
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("CERTFLEET_") {
