@@ -29,5 +29,6 @@ mod refusals;
 mod renewal;
 mod restart;
 mod revocation;
+mod stale_replies;
 mod support;
 mod validation;
