@@ -11,6 +11,7 @@
 
 mod ari;
 mod audit;
+mod chaos;
 mod cli;
 mod crash;
 mod eab;
