@@ -57,12 +57,10 @@ const RECONNECT_TIMEOUT: Duration = Duration::from_secs(90);
 /// The coordinator stays up this long (after every agent reconnected) between bursts: an
 /// agent session of 30 s resets the agent's reconnect backoff.
 const HEALTHY_PERIOD: Duration = Duration::from_secs(31);
-/// Coordinator kills land this long (uniform, ms) after the renewals of every host were
-/// forced: 10 concurrent renewals take about a second on 2 cores (pebble with NOSLEEP).
-const COORD_KILL_DELAY_MS: u64 = 1200;
-/// Agent kills land this long (uniform, ms) after its renewal was forced: one renewal
-/// takes a few hundred ms with pebble's NOSLEEP, longer on a loaded machine.
-const AGENT_KILL_DELAY_MS: u64 = 700;
+/// Kills land at a uniform random moment between the forced renewal and this many times
+/// the duration of a renewal measured on this machine before the chaos
+/// ([`Fleet::calibrate`]): spread over the whole command sequence, loaded machine or not.
+const KILL_WINDOW: f64 = 1.2;
 /// After the settling round, a challenge may still be served for the coordinator's grace
 /// period after a resumed validation (30 s); beyond this a listener is left behind.
 const LISTENER_CLOSE_TIMEOUT: Duration = Duration::from_secs(45);
@@ -292,6 +290,33 @@ impl Fleet {
                 ));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// How long a forced renewal of these hosts takes here, from `certs renew` until every
+    /// one of them has the new certificate in its files (polled on the files alone).
+    async fn calibrate(&self, idx: &[usize]) -> Duration {
+        let before: Vec<Option<String>> = idx
+            .iter()
+            .map(|&i| self.agents[i].installed_pair().ok().map(|p| p.serial))
+            .collect();
+        let start = Instant::now();
+        self.force(idx).await;
+        loop {
+            let done = idx.iter().zip(&before).all(|(&i, old)| {
+                self.agents[i]
+                    .installed_pair()
+                    .is_ok_and(|p| Some(&p.serial) != old.as_ref())
+            });
+            if done {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < FLEET_TIMEOUT,
+                "calibration: the forced renewal of {} host(s) did not complete within {FLEET_TIMEOUT:?}",
+                idx.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -573,6 +598,12 @@ async fn coordinator_kill9_during_renewals() {
     let mut fleet = Fleet::start(knobs.hosts).await;
     let mut rng = StdRng::seed_from_u64(knobs.seed);
     let all: Vec<usize> = (0..fleet.agents.len()).collect();
+    let renewal = fleet.calibrate(&all).await;
+    let window_ms = (renewal.as_millis() as f64 * KILL_WINDOW) as u64;
+    eprintln!(
+        "a forced renewal of all {} hosts takes {renewal:?} here: kills land 0..{window_ms} ms after forcing",
+        all.len()
+    );
     let mut busy_at_kill = Vec::new();
     let mut healthy_rounds: Vec<String> = Vec::new();
     let chaos = Instant::now();
@@ -582,7 +613,7 @@ async fn coordinator_kill9_during_renewals() {
             .await
             .unwrap_or_else(|e| panic!("before coordinator kill {k}: {e}"));
         fleet.force(&all).await;
-        let delay = Duration::from_millis(rng.random_range(0..=COORD_KILL_DELAY_MS));
+        let delay = Duration::from_millis(rng.random_range(0..=window_ms));
         tokio::time::sleep(delay).await;
         let busy = in_flight(&fleet).await;
         busy_at_kill.push(busy);
@@ -665,6 +696,9 @@ async fn agent_kill9_during_renewals() {
     let mut fleet = Fleet::start(knobs.hosts).await;
     let mut rng = StdRng::seed_from_u64(knobs.seed);
     let n = fleet.agents.len();
+    let renewal = fleet.calibrate(&[0]).await;
+    let window_ms = (renewal.as_millis() as f64 * KILL_WINDOW) as u64;
+    eprintln!("a forced renewal of one host takes {renewal:?} here: kills land 0..{window_ms} ms after forcing");
     // (host id, unix time of the kill)
     let mut kills: Vec<(String, f64)> = Vec::new();
     let mut phases: BTreeMap<&'static str, usize> = BTreeMap::new();
@@ -688,7 +722,7 @@ async fn agent_kill9_during_renewals() {
         let run = fleet.agents[victim].runs();
         let mark = fleet.agents[victim].run_log(run).len();
         fleet.force(&batch).await;
-        let delay = Duration::from_millis(rng.random_range(0..=AGENT_KILL_DELAY_MS));
+        let delay = Duration::from_millis(rng.random_range(0..=window_ms));
         tokio::time::sleep(delay).await;
         let agent = &mut fleet.agents[victim];
         agent.kill().await.expect("kill -9 the agent");
