@@ -11,6 +11,7 @@
 
 mod ari;
 mod audit;
+mod chaos;
 mod cli;
 mod crash;
 mod eab;
@@ -31,5 +32,6 @@ mod refusals;
 mod renewal;
 mod restart;
 mod revocation;
+mod stale_replies;
 mod support;
 mod validation;
