@@ -1082,6 +1082,7 @@ impl Engine {
             reason: reason.to_string(),
             started: now,
             challenges_announced: false,
+            presented: Vec::new(),
         });
         rec.state = CertState::Ordering;
         rec.updated = now;
@@ -1109,6 +1110,7 @@ impl Engine {
             }
             Ok(_) => {
                 tracing::info!(cert = %rec.id, order = %order.url, "order in flight is invalid; abandoning it");
+                clear_tokens(agent, order.presented.clone()).await;
                 rec.order = None;
                 Err(IssueError::Acme(AcmeError::Validation(vec![(
                     String::new(),
@@ -1124,6 +1126,7 @@ impl Engine {
             }
             Err(e) => {
                 tracing::info!(cert = %rec.id, order = %order.url, error = %e, "cannot resume order; abandoning it");
+                clear_tokens(agent, order.presented.clone()).await;
                 rec.order = None;
                 Err(e.into())
             }
@@ -1150,6 +1153,27 @@ impl Engine {
         } else {
             Vec::new()
         };
+        // Served before a crash, and the CA is done with them: stop serving them now.
+        let leftover: Vec<String> = order
+            .presented
+            .iter()
+            .filter(|t| !challenges.iter().any(|c| &c.token == *t))
+            .cloned()
+            .collect();
+        if !leftover.is_empty() {
+            clear_tokens(agent, leftover).await;
+        }
+        if !challenges.is_empty() {
+            // Durable before the agent serves them, so a crash cannot leave them behind.
+            if let Some(o) = rec.order.as_mut() {
+                for c in &challenges {
+                    if !o.presented.contains(&c.token) {
+                        o.presented.push(c.token.clone());
+                    }
+                }
+            }
+            self.store.put_cert(rec)?;
+        }
         let csr = if challenges.is_empty() {
             match want {
                 Some(w) => Some(w.fetch(agent).await?),
@@ -1303,7 +1327,11 @@ impl Engine {
             Ok(()) => driver.validate(timeout).await.map_err(IssueError::from),
             Err(e) => Err(e),
         };
-        if announced_before {
+        // Once every authorization is valid the CA validates nothing more: stop serving at
+        // once (a delayed clear would be lost to another crash). Only a failed resumed
+        // validation keeps serving a while, for a validation of the earlier announcement
+        // the CA may still run.
+        if announced_before && r.is_err() {
             let (agent, challenges) = (agent.clone(), challenges.to_vec());
             self.tracker.spawn(async move {
                 tokio::time::sleep(RESUMED_CLEAR_GRACE).await;
@@ -1659,9 +1687,14 @@ async fn present(agent: &AgentHandle, challenges: &[PendingChallenge]) -> Result
 
 /// Best effort: a failure here is logged; the agent also expires challenges on its own.
 async fn clear(agent: &AgentHandle, challenges: &[PendingChallenge]) {
-    let cmd = Cmd::ClearChallenges(pb::ClearChallenges {
-        tokens: challenges.iter().map(|c| c.token.clone()).collect(),
-    });
+    clear_tokens(agent, challenges.iter().map(|c| c.token.clone()).collect()).await
+}
+
+async fn clear_tokens(agent: &AgentHandle, tokens: Vec<String>) {
+    if tokens.is_empty() {
+        return;
+    }
+    let cmd = Cmd::ClearChallenges(pb::ClearChallenges { tokens });
     if let Err(e) = agent.request(cmd, "clear challenges", AGENT_QUICK).await {
         tracing::warn!(host = %agent.host, error = %e, "could not clear challenges; the agent expires them itself");
     }
@@ -1932,6 +1965,7 @@ mod tests {
             reason: "x".into(),
             started: 0,
             challenges_announced: false,
+            presented: Vec::new(),
         });
         assert_eq!(decide(&r, 1), Decision::Resume);
         r.current = None;
@@ -2003,6 +2037,7 @@ mod tests {
             reason: "forced".into(),
             started: 0,
             challenges_announced: false,
+            presented: Vec::new(),
         };
         let want = CsrWant::new(&r, &order);
         assert_eq!(

@@ -17,7 +17,7 @@ use certfleet_proto::v1::{
     enrollment_server::Enrollment, AgentMessage, CoordinatorMessage,
 };
 use certfleet_shared::clock::SharedClock;
-use certfleet_shared::identifier::parse_ip;
+use certfleet_shared::identifier::{parse_host_ip, parse_ip};
 use certfleet_shared::ids::{CertId, HostId};
 use certfleet_shared::x509::{sha256_hex, CertInfo};
 use certfleet_shared::{ADMIN_URI_PREFIX, HOST_URI_PREFIX};
@@ -366,7 +366,7 @@ impl Services {
         let ips = hello
             .ips
             .iter()
-            .map(|s| parse_ip(s).map_err(|e| Status::invalid_argument(format!("Hello: {e}"))))
+            .map(|s| parse_host_ip(s).map_err(|e| Status::invalid_argument(format!("Hello: {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(bad) = hello.targets.iter().find(|t| !valid_name(t, 64)) {
             return Err(Status::invalid_argument(format!(

@@ -173,6 +173,11 @@ pub struct OrderInFlight {
     /// validation, in case the CA runs a second validation.
     #[serde(default)]
     pub challenges_announced: bool,
+    /// Tokens of every challenge handed to the agent for this order (stored before it is
+    /// asked to serve them): whatever a crash interrupted is cleared when the order goes
+    /// on or ends, so no listener is left bound.
+    #[serde(default)]
+    pub presented: Vec<String>,
 }
 
 /// Why nothing may be ordered for a certificate until something changes on the

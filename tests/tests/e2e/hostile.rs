@@ -234,6 +234,10 @@ async fn hello_with_zero_padded_ipv4_names_the_fix() {
     let cert = a.identity_cert_path();
     let key = a.identity_key_path();
     assert_noncanonical_hello_refused(&coord, (&cert, &key), "127.000.0.1", "127.0.0.1").await;
+    // A link-local address is not the host's own to claim: refused, saying why.
+    for link_local in ["fe80::1", "169.254.7.7"] {
+        assert_noncanonical_hello_refused(&coord, (&cert, &key), link_local, "link-local").await;
+    }
     assert_still_serving(&mut coord).await;
 }
 
