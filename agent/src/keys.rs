@@ -7,6 +7,7 @@
 
 use crate::error::AgentFailure;
 use certfleet_proto::v1::KeyType;
+use certfleet_shared::clock::{SharedClock, SystemClock};
 use certfleet_shared::fsutil::{create_dir_with_mode, read_limited, write_atomic};
 use certfleet_shared::ids::CertId;
 use certfleet_shared::x509::sha256_hex;
@@ -20,6 +21,8 @@ const MAX_PENDING: usize = 32;
 
 pub struct PendingKeys {
     dir: PathBuf,
+    /// Wall-clock time for the age limit.
+    clock: SharedClock,
 }
 
 /// A private key in PEM; `Debug` never shows it.
@@ -33,8 +36,14 @@ impl std::fmt::Debug for KeyPem {
 
 impl PendingKeys {
     pub fn new(state_dir: &Path) -> Self {
+        Self::with_clock(state_dir, std::sync::Arc::new(SystemClock))
+    }
+
+    /// Pending keys whose age limit is measured on `clock`.
+    pub fn with_clock(state_dir: &Path, clock: SharedClock) -> Self {
         Self {
             dir: state_dir.join("pending"),
+            clock,
         }
     }
 
@@ -147,13 +156,11 @@ impl PendingKeys {
             .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
             .collect();
         files.sort();
-        let now = std::time::SystemTime::now();
+        let now = self.clock.now_unix();
         let excess = files.len().saturating_sub(MAX_PENDING - 1);
         for (i, (modified, path)) in files.iter().enumerate() {
-            let old = now
-                .duration_since(*modified)
-                .map(|d| d.as_secs() > PENDING_MAX_AGE_SECS)
-                .unwrap_or(false);
+            let old = certfleet_shared::clock::unix_secs(*modified)
+                .is_some_and(|m| now.saturating_sub(m) > PENDING_MAX_AGE_SECS as i64);
             if old || i < excess {
                 let _ = std::fs::remove_file(path);
             }
