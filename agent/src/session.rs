@@ -92,7 +92,14 @@ impl Agent {
                 metrics.challenges_served.clone(),
             ),
             metrics,
-            pending: PendingKeys::new(&config.state_dir),
+            pending: {
+                let pending = PendingKeys::new(&config.state_dir);
+                let swept = pending.sweep_interrupted();
+                if swept > 0 {
+                    tracing::info!(swept, "removed half-written pending keys a crash left");
+                }
+                pending
+            },
             ips,
             config,
             install_lock: tokio::sync::Mutex::new(()),
