@@ -47,6 +47,22 @@ impl PendingKeys {
         }
     }
 
+    /// Removes what a crash left half-written (temp files of interrupted key writes).
+    /// Called at start, before anything writes here.
+    pub fn sweep_interrupted(&self) -> usize {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        dir.filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with('.') && n.contains(".tmp-"))
+            })
+            .filter(|e| std::fs::remove_file(e.path()).is_ok())
+            .count()
+    }
+
     /// Makes a fresh key and a CSR naming exactly `ips` (IP SANs, empty subject: no CN); the
     /// key waits filed under `cert` (when the coordinator named one).
     pub fn create_csr(
@@ -89,7 +105,12 @@ impl PendingKeys {
         dir.filter_map(|e| e.ok())
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
-                let stem = name.strip_suffix(".key")?;
+                // A temp file of an interrupted write (`.<name>.key.tmp-…`) counts as
+                // the key it was becoming: it is removed with it.
+                let stem = match name.strip_prefix('.') {
+                    Some(hidden) => hidden.split_once(".key.tmp-")?.0,
+                    None => name.strip_suffix(".key")?,
+                };
                 let (hash, cert) = match stem.split_once('.') {
                     Some((h, c)) => (h.to_owned(), Some(c.to_owned())),
                     None => (stem.to_owned(), None),
@@ -103,7 +124,7 @@ impl PendingKeys {
         let hash = &sha256_hex(spki)[..32];
         self.entries()
             .into_iter()
-            .filter(|(_, h, _)| h == hash)
+            .filter(|(p, h, _)| h == hash && !is_temp(p))
             .map(|(p, _, _)| p)
             .collect()
     }
@@ -128,9 +149,10 @@ impl PendingKeys {
     pub fn discard(&self, cert: &CertId, keep: &[String]) -> u32 {
         let mut removed = 0;
         for (path, hash, filed_under) in self.entries() {
-            let kept = keep
-                .iter()
-                .any(|k| k.len() >= 32 && k[..32].eq_ignore_ascii_case(&hash));
+            let kept = !is_temp(&path)
+                && keep
+                    .iter()
+                    .any(|k| k.len() >= 32 && k[..32].eq_ignore_ascii_case(&hash));
             if filed_under.as_deref() == Some(cert.as_str())
                 && !kept
                 && std::fs::remove_file(&path).is_ok()
@@ -166,6 +188,12 @@ impl PendingKeys {
             }
         }
     }
+}
+
+fn is_temp(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
 }
 
 #[cfg(test)]
@@ -220,8 +248,19 @@ mod tests {
             keys.find(&legacy).is_some(),
             "an unfiled key is left to the age limit"
         );
-        assert_eq!(keys.discard(&a, &[]), 1);
+        // A write of a key for `a` interrupted by a crash leaves a temp file: it goes with
+        // the certificate's keys, and at start.
+        let half = dir
+            .path()
+            .join("pending")
+            .join(format!(".{}.{a}.key.tmp-1-00000000", "0".repeat(32)));
+        std::fs::write(&half, "-----BEGIN PRIVATE KEY-----").unwrap();
+        assert_eq!(keys.discard(&a, &[]), 2);
+        assert!(!half.exists());
         assert_eq!(keys.discard(&a, &[]), 0, "idempotent");
+        std::fs::write(&half, "x").unwrap();
+        assert_eq!(keys.sweep_interrupted(), 1);
+        assert!(!half.exists());
         keys.remove(&b1);
         assert!(keys.find(&b1).is_none());
     }

@@ -110,7 +110,14 @@ impl Agent {
                 clock.clone(),
             ),
             metrics,
-            pending: PendingKeys::with_clock(&config.state_dir, clock.clone()),
+            pending: {
+                let pending = PendingKeys::with_clock(&config.state_dir, clock.clone());
+                let swept = pending.sweep_interrupted();
+                if swept > 0 {
+                    tracing::info!(swept, "removed half-written pending keys a crash left");
+                }
+                pending
+            },
             ips,
             config,
             install_lock: tokio::sync::Mutex::new(()),
