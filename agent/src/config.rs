@@ -2,7 +2,7 @@
 //! (design invariant 3). Strict (`deny_unknown_fields`), versioned, env overrides
 //! (`CERTFLEET_AGENT_SECTION__KEY`), validated with messages that name the fix.
 
-use certfleet_shared::identifier::parse_ip;
+use certfleet_shared::identifier::{parse_host_ip, parse_ip};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -139,6 +139,7 @@ impl Http01Config {
                         "[http01] webroot = {root:?} must be an absolute path without \"..\""
                     ));
                 }
+                crate::http01::check_webroot(root)?;
             }
             Http01Mode::Proxy => {
                 let Some(listen) = self.listen else {
@@ -200,10 +201,10 @@ impl AgentConfig {
             );
         }
         let mut seen = HashSet::new();
-        for ip in &self.ips {
-            let parsed = parse_ip(ip).map_err(|e| format!("ips: {e}"))?;
+        for (i, ip) in self.ips.iter().enumerate() {
+            let parsed = parse_host_ip(ip).map_err(|e| format!("ips[{i}]: {e}"))?;
             if !seen.insert(parsed) {
-                return Err(format!("ips: {ip} is listed twice"));
+                return Err(format!("ips[{i}]: {ip:?} is listed twice"));
             }
         }
         self.http01.validate()?;
@@ -383,6 +384,79 @@ reload = ["/bin/true"]
             let cfg = AgentConfig::from_toml(&on, &path, Vec::new()).unwrap();
             assert_eq!(cfg.http01.mode.as_str(), mode);
         }
+    }
+
+    #[test]
+    fn ips_errors_name_the_entry_and_value() {
+        let with_ips = |ips: &str| MINIMAL.replace(r#"ips = ["127.0.0.11", "::1"]"#, ips);
+        let cases = [
+            (
+                r#"ips = ["127.0.0.11", "::1", "10.0.0.300"]"#,
+                r#"ips[2]: "10.0.0.300" is not an IP address"#,
+            ),
+            (
+                r#"ips = ["127.0.0.11", "169.254.10.20"]"#,
+                "ips[1]: 169.254.10.20 is a link-local address (169.254.0.0/16): no CA can reach it",
+            ),
+            (
+                r#"ips = ["fe80::1", "::1"]"#,
+                "ips[0]: fe80::1 is a link-local address (fe80::/10)",
+            ),
+            (
+                r#"ips = ["127.0.0.11", "febf::2"]"#,
+                "not unique to this host",
+            ),
+            (
+                r#"ips = ["127.0.0.11", "::1", "127.0.0.11"]"#,
+                r#"ips[2]: "127.0.0.11" is listed twice"#,
+            ),
+        ];
+        for (ips, want) in cases {
+            let err = parse(&with_ips(ips)).unwrap_err().to_string();
+            assert!(err.contains(want), "{ips}: {err:?} should contain {want:?}");
+        }
+        // Neighbours of the link-local ranges are host addresses.
+        assert!(parse(&with_ips(r#"ips = ["169.255.0.1", "fec0::1"]"#)).is_ok());
+    }
+
+    #[test]
+    fn symlinked_webroot_is_refused_at_load() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = tmp.path().join("www");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let with_root = |root: &Path| {
+            MINIMAL.replace(
+                "[http01]\nport = 5002",
+                &format!(
+                    "[http01]\nmode = \"webroot\"\nwebroot = {:?}",
+                    root.display().to_string()
+                ),
+            )
+        };
+        let err = parse(&with_root(&link)).unwrap_err().to_string();
+        for want in [
+            format!("[http01] webroot {} is a symlink", link.display()),
+            format!(
+                "its real path is {}",
+                real.canonicalize().unwrap().display()
+            ),
+            "could point its writes anywhere".into(),
+            "set webroot to the real directory".into(),
+        ] {
+            assert!(err.contains(&want), "{err:?} should contain {want:?}");
+        }
+        // The real path is fine, existing or not (created on the first challenge) ...
+        assert!(parse(&with_root(&real)).is_ok());
+        assert!(parse(&with_root(&tmp.path().join("later"))).is_ok());
+        // ... but not with a symlinked challenge directory below it.
+        std::os::unix::fs::symlink(tmp.path(), real.join(".well-known")).unwrap();
+        let err = parse(&with_root(&real)).unwrap_err().to_string();
+        assert!(
+            err.contains(".well-known is a symlink") && err.contains("not a symlink or a file"),
+            "{err}"
+        );
     }
 
     #[test]

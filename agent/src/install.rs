@@ -1157,7 +1157,9 @@ mod tests {
         t: &Target,
         pending: &PendingKeys,
     ) -> Result<InstallOutcome, AgentFailure> {
-        let csr = pending.create_csr(&ips(), KeyType::EcdsaP256).unwrap();
+        let csr = pending
+            .create_csr(&ips(), KeyType::EcdsaP256, None)
+            .unwrap();
         inst.install(t, &sign(&csr), &ips(), pending).await
     }
 
@@ -1296,7 +1298,9 @@ mod tests {
         let targets: BTreeMap<String, Target> = [("web".to_owned(), t.clone())].into();
         let store = t.store_dir.clone().unwrap();
         for switched in [false, true] {
-            let csr = pending.create_csr(&ips(), KeyType::EcdsaP256).unwrap();
+            let csr = pending
+                .create_csr(&ips(), KeyType::EcdsaP256, None)
+                .unwrap();
             let chain = parse_pem_chain(&sign(&csr)).unwrap();
             let leaf = CertInfo::from_der(&chain[0]).unwrap();
             let key = pending.find(&leaf.spki_der).unwrap();
@@ -1346,7 +1350,9 @@ mod tests {
         let targets: BTreeMap<String, Target> = [("web".to_owned(), t.clone())].into();
 
         for (phase, expect_new) in [(Phase::Staging, false), (Phase::Committed, true)] {
-            let csr = pending.create_csr(&ips(), KeyType::EcdsaP256).unwrap();
+            let csr = pending
+                .create_csr(&ips(), KeyType::EcdsaP256, None)
+                .unwrap();
             let chain_pem = sign(&csr);
             let chain = parse_pem_chain(&chain_pem).unwrap();
             let leaf = CertInfo::from_der(&chain[0]).unwrap();
@@ -1414,7 +1420,7 @@ mod tests {
         ));
         // A certificate whose key this host never made.
         let other = PendingKeys::new(&dir.path().join("elsewhere"));
-        let chain = sign(&other.create_csr(&ips(), KeyType::EcdsaP256).unwrap());
+        let chain = sign(&other.create_csr(&ips(), KeyType::EcdsaP256, None).unwrap());
         let err = inst
             .install(&t, &chain, &ips(), &pending)
             .await

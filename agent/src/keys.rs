@@ -1,10 +1,14 @@
 //! Certificate keys: made on this host, never sent anywhere (design invariant 2). A key
 //! waits in `state_dir/pending/` (0600) from CSR to install, named by the SHA-256 of its
-//! public key so the install finds it by the certificate's public key alone.
+//! public key (so the install finds it by the certificate's public key alone) and the
+//! certificate id the coordinator made it for (`<sha256[..32]>.<cert id>.key`), so the
+//! coordinator can have the keys of an ended order removed ([`PendingKeys::discard`]).
+//! Age and count limits remain as a safety net for orders nobody ends.
 
 use crate::error::AgentFailure;
 use certfleet_proto::v1::KeyType;
 use certfleet_shared::fsutil::{create_dir_with_mode, read_limited, write_atomic};
+use certfleet_shared::ids::CertId;
 use certfleet_shared::x509::sha256_hex;
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, PublicKeyData, SanType};
 use std::net::IpAddr;
@@ -34,8 +38,14 @@ impl PendingKeys {
         }
     }
 
-    /// Makes a fresh key and a CSR naming exactly `ips` (IP SANs, empty subject: no CN).
-    pub fn create_csr(&self, ips: &[IpAddr], key_type: KeyType) -> Result<Vec<u8>, AgentFailure> {
+    /// Makes a fresh key and a CSR naming exactly `ips` (IP SANs, empty subject: no CN); the
+    /// key waits filed under `cert` (when the coordinator named one).
+    pub fn create_csr(
+        &self,
+        ips: &[IpAddr],
+        key_type: KeyType,
+        cert: Option<&CertId>,
+    ) -> Result<Vec<u8>, AgentFailure> {
         let alg = match key_type {
             KeyType::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
             KeyType::EcdsaP256 | KeyType::Unspecified => &rcgen::PKCS_ECDSA_P256_SHA256,
@@ -52,25 +62,79 @@ impl PendingKeys {
         create_dir_with_mode(&self.dir, 0o700).map_err(|e| {
             AgentFailure::new("write_failed", format!("{}: {e}", self.dir.display()))
         })?;
-        let path = self.path_for(&key.subject_public_key_info());
+        let hash = &sha256_hex(&key.subject_public_key_info())[..32];
+        let path = match cert {
+            Some(c) => self.dir.join(format!("{hash}.{c}.key")),
+            None => self.dir.join(format!("{hash}.key")),
+        };
         write_atomic(&path, key.serialize_pem().as_bytes(), 0o600)
             .map_err(|e| AgentFailure::new("write_failed", format!("{}: {e}", path.display())))?;
         Ok(csr.der().to_vec())
     }
 
-    fn path_for(&self, spki: &[u8]) -> PathBuf {
-        self.dir.join(format!("{}.key", &sha256_hex(spki)[..32]))
+    /// Pending key files as (path, public-key hash prefix, certificate id if filed under one).
+    fn entries(&self) -> Vec<(PathBuf, String, Option<String>)> {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let stem = name.strip_suffix(".key")?;
+                let (hash, cert) = match stem.split_once('.') {
+                    Some((h, c)) => (h.to_owned(), Some(c.to_owned())),
+                    None => (stem.to_owned(), None),
+                };
+                Some((e.path(), hash, cert))
+            })
+            .collect()
+    }
+
+    fn paths_for(&self, spki: &[u8]) -> Vec<PathBuf> {
+        let hash = &sha256_hex(spki)[..32];
+        self.entries()
+            .into_iter()
+            .filter(|(_, h, _)| h == hash)
+            .map(|(p, _, _)| p)
+            .collect()
     }
 
     /// The pending key for this public key, if it is here.
     pub fn find(&self, spki: &[u8]) -> Option<KeyPem> {
-        let bytes = read_limited(&self.path_for(spki), 64 * 1024).ok()?;
-        let pem = String::from_utf8(bytes).ok()?;
-        certfleet_shared::x509::key_matches_spki(&pem, spki).then_some(KeyPem(pem))
+        self.paths_for(spki).into_iter().find_map(|path| {
+            let bytes = read_limited(&path, 64 * 1024).ok()?;
+            let pem = String::from_utf8(bytes).ok()?;
+            certfleet_shared::x509::key_matches_spki(&pem, spki).then_some(KeyPem(pem))
+        })
     }
 
     pub fn remove(&self, spki: &[u8]) {
-        let _ = std::fs::remove_file(self.path_for(spki));
+        for path in self.paths_for(spki) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Removes the pending keys filed under `cert` except those whose public key's SHA-256
+    /// (hex) is in `keep`. Returns how many were removed.
+    pub fn discard(&self, cert: &CertId, keep: &[String]) -> u32 {
+        let mut removed = 0;
+        for (path, hash, filed_under) in self.entries() {
+            let kept = keep
+                .iter()
+                .any(|k| k.len() >= 32 && k[..32].eq_ignore_ascii_case(&hash));
+            if filed_under.as_deref() == Some(cert.as_str())
+                && !kept
+                && std::fs::remove_file(&path).is_ok()
+            {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// How many keys are pending (for tests and the agent's status).
+    pub fn count(&self) -> usize {
+        self.entries().len()
     }
 
     /// Drops stale pending keys and caps their number.
@@ -110,7 +174,7 @@ mod tests {
             "8.8.8.8".parse().unwrap(),
             "2001:4860::8888".parse().unwrap(),
         ];
-        let der = keys.create_csr(&ips, KeyType::EcdsaP256).unwrap();
+        let der = keys.create_csr(&ips, KeyType::EcdsaP256, None).unwrap();
         let csr = CsrInfo::from_der(&der).unwrap();
         assert_eq!(csr.ips, ips);
         assert_eq!(csr.subject_cn, None);
@@ -126,5 +190,32 @@ mod tests {
         assert_eq!(f.metadata().unwrap().permissions().mode() & 0o777, 0o600);
         keys.remove(&csr.spki_der);
         assert!(keys.find(&csr.spki_der).is_none());
+    }
+
+    #[test]
+    fn discard_removes_only_the_keys_of_that_certificate_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = PendingKeys::new(dir.path());
+        let ips: Vec<IpAddr> = vec!["8.8.8.8".parse().unwrap()];
+        let (a, b) = (CertId::generate(), CertId::generate());
+        let spki = |der: Vec<u8>| CsrInfo::from_der(&der).unwrap().spki_der;
+        let a1 = spki(keys.create_csr(&ips, KeyType::EcdsaP256, Some(&a)).unwrap());
+        let a2 = spki(keys.create_csr(&ips, KeyType::EcdsaP256, Some(&a)).unwrap());
+        let b1 = spki(keys.create_csr(&ips, KeyType::EcdsaP256, Some(&b)).unwrap());
+        let legacy = spki(keys.create_csr(&ips, KeyType::EcdsaP256, None).unwrap());
+        assert_eq!(keys.count(), 4);
+        // Keep a2 (issued, not yet installed): only a1 goes.
+        assert_eq!(keys.discard(&a, &[sha256_hex(&a2)]), 1);
+        assert!(keys.find(&a1).is_none());
+        assert!(keys.find(&a2).is_some(), "the kept key stays");
+        assert!(keys.find(&b1).is_some(), "another certificate's key stays");
+        assert!(
+            keys.find(&legacy).is_some(),
+            "an unfiled key is left to the age limit"
+        );
+        assert_eq!(keys.discard(&a, &[]), 1);
+        assert_eq!(keys.discard(&a, &[]), 0, "idempotent");
+        keys.remove(&b1);
+        assert!(keys.find(&b1).is_none());
     }
 }

@@ -96,7 +96,10 @@ fn main() -> std::process::ExitCode {
     match rt.block_on(run(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!(
+                "error: {}",
+                certfleet_shared::daemon::error_message(e.chain())
+            );
             std::process::ExitCode::FAILURE
         }
     }

@@ -39,8 +39,28 @@ pub struct Agent {
     responder: Responder,
     pending: PendingKeys,
     install_lock: tokio::sync::Mutex<()>,
-    /// Recent replies by request id: a replayed command gets the same answer.
-    replies: Mutex<VecDeque<(String, reply::Result)>>,
+    /// Recent replies by request id and the digest of the command's content: a replayed
+    /// command (same id, same content) gets the same answer; nothing else does.
+    replies: Mutex<VecDeque<CachedReply>>,
+}
+
+struct CachedReply {
+    request_id: String,
+    digest: [u8; 32],
+    result: reply::Result,
+}
+
+/// SHA-256 of the command's encoding (prost encodes a message without maps the same way
+/// every time): two commands are the same command only when id *and* digest agree.
+fn command_digest(cmd: &Option<Cmd>) -> [u8; 32] {
+    use prost::Message;
+    use sha2::Digest;
+    let bytes = CoordinatorMessage {
+        request_id: String::new(),
+        cmd: cmd.clone(),
+    }
+    .encode_to_vec();
+    sha2::Sha256::digest(bytes).into()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -248,12 +268,26 @@ impl Agent {
                 AgentFailure::bad_request("missing or oversized request id").into(),
             );
         }
-        if let Some(previous) = lock(&self.replies)
+        let digest = command_digest(&msg.cmd);
+        if let Some(cached) = lock(&self.replies)
             .iter()
-            .find(|(id, _)| *id == msg.request_id)
-            .map(|(_, r)| r.clone())
+            .find(|c| c.request_id == msg.request_id)
         {
-            return previous;
+            if cached.digest == digest {
+                tracing::info!("replayed command; answering with the cached reply");
+                return cached.result.clone();
+            }
+            // Never answer a command with the reply to another one.
+            tracing::warn!(
+                "request id already used for a different command; refused without running it"
+            );
+            return reply::Result::Failure(
+                AgentFailure::new(
+                    "request_id_reused",
+                    "this request id was already used for a different command; the command was not run (send it again under a new id)",
+                )
+                .into(),
+            );
         }
         let result = match msg.cmd {
             None => Err(AgentFailure::bad_request(
@@ -274,10 +308,12 @@ impl Agent {
                         "between 1 and 64 challenges per request",
                     ))
                 } else {
-                    self.responder
-                        .present(&list)
-                        .await
-                        .map(|warnings| reply::Result::Done(pb::Done { warnings }))
+                    self.responder.present(&list).await.map(|warnings| {
+                        reply::Result::Done(pb::Done {
+                            warnings,
+                            discarded: 0,
+                        })
+                    })
                 }
             }
             Some(Cmd::ClearChallenges(c)) => {
@@ -285,6 +321,7 @@ impl Agent {
                 Ok(reply::Result::Done(pb::Done::default()))
             }
             Some(Cmd::CreateCsr(c)) => self.create_csr(c),
+            Some(Cmd::DiscardPendingKeys(d)) => self.discard_pending_keys(d),
             Some(Cmd::Install(i)) => self.install(i).await,
         };
         let result = match result {
@@ -295,7 +332,11 @@ impl Agent {
             }
         };
         let mut cache = lock(&self.replies);
-        cache.push_back((msg.request_id, result.clone()));
+        cache.push_back(CachedReply {
+            request_id: msg.request_id,
+            digest,
+            result: result.clone(),
+        });
         while cache.len() > REPLAY_CACHE {
             cache.pop_front();
         }
@@ -326,10 +367,39 @@ impl Agent {
             }
             ips.push(ip);
         }
+        let cert = parse_cert_id(&c.cert_id)?;
         let key_type = pb::KeyType::try_from(c.key_type).unwrap_or(pb::KeyType::EcdsaP256);
-        let der = self.pending.create_csr(&ips, key_type)?;
-        tracing::info!(target = %c.target, ips = ?ips, "new key and CSR made");
+        let der = self.pending.create_csr(&ips, key_type, cert.as_ref())?;
+        tracing::info!(target = %c.target, ips = ?ips, cert = c.cert_id, "new key and CSR made");
         Ok(reply::Result::Csr(pb::Csr { csr_der: der }))
+    }
+
+    fn discard_pending_keys(
+        &self,
+        d: pb::DiscardPendingKeys,
+    ) -> Result<reply::Result, AgentFailure> {
+        let Some(cert) = parse_cert_id(&d.cert_id)? else {
+            return Err(AgentFailure::bad_request(
+                "DiscardPendingKeys needs a certificate id",
+            ));
+        };
+        if d.keep_spki_sha256.len() > 16
+            || d.keep_spki_sha256
+                .iter()
+                .any(|h| h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(AgentFailure::bad_request(
+                "keep_spki_sha256: at most 16 SHA-256 digests in hex",
+            ));
+        }
+        let discarded = self.pending.discard(&cert, &d.keep_spki_sha256);
+        if discarded > 0 {
+            tracing::info!(cert = %cert, discarded, "pending keys of an ended order removed");
+        }
+        Ok(reply::Result::Done(pb::Done {
+            discarded,
+            warnings: Vec::new(),
+        }))
     }
 
     async fn install(&self, i: pb::InstallCertificate) -> Result<reply::Result, AgentFailure> {
@@ -363,6 +433,16 @@ impl Agent {
             warnings: Vec::new(),
         }))
     }
+}
+
+/// The certificate id of a command ("" = none, from an older coordinator).
+fn parse_cert_id(s: &str) -> Result<Option<certfleet_shared::ids::CertId>, AgentFailure> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    certfleet_shared::ids::CertId::parse(s)
+        .map(Some)
+        .map_err(|e| AgentFailure::bad_request(e.to_string()))
 }
 
 /// Rotates the agent's identity certificate when a third of its lifetime is left, and
@@ -413,5 +493,111 @@ async fn rotation_loop(
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An agent on a temp dir whose commands touch nothing outside it (webroot mode, no
+    /// self-check, a custom target).
+    fn agent(dir: &std::path::Path) -> Arc<Agent> {
+        let root = dir.join("www");
+        std::fs::create_dir_all(&root).unwrap();
+        let text = format!(
+            "version = 1\nstate_dir = \"{d}/state\"\nips = [\"192.0.2.10\"]\n\
+             [http01]\nmode = \"webroot\"\nwebroot = \"{d}/www\"\nself_check = false\n\
+             [targets.t]\ncert = \"{d}/cert.pem\"\nkey = \"{d}/key.pem\"\nverify = []\n",
+            d = dir.display()
+        );
+        let config =
+            AgentConfig::from_toml(&text, std::path::Path::new("agent.toml"), Vec::new()).unwrap();
+        Agent::new(config).unwrap()
+    }
+
+    fn msg(id: &str, cmd: Cmd) -> CoordinatorMessage {
+        CoordinatorMessage {
+            request_id: id.into(),
+            cmd: Some(cmd),
+        }
+    }
+
+    fn csr_cmd() -> Cmd {
+        Cmd::CreateCsr(pb::CreateCsr {
+            identifiers: vec!["192.0.2.10".into()],
+            key_type: pb::KeyType::EcdsaP256 as i32,
+            target: "t".into(),
+            cert_id: "c-abc".into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_reused_id_with_other_content_is_refused_not_answered_from_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent(dir.path());
+        let first = a
+            .handle(msg(
+                "r-1",
+                Cmd::ClearChallenges(pb::ClearChallenges { tokens: vec![] }),
+            ))
+            .await;
+        assert!(matches!(first, reply::Result::Done(_)), "{first:?}");
+        // A new coordinator run reusing the id for another command: never the old reply.
+        let second = a.handle(msg("r-1", csr_cmd())).await;
+        match second {
+            reply::Result::Failure(f) => assert_eq!(f.code, "request_id_reused"),
+            other => panic!("answered from the cache of another command: {other:?}"),
+        }
+        assert_eq!(a.pending.count(), 0, "the refused command did not run");
+    }
+
+    #[tokio::test]
+    async fn the_same_command_replayed_gets_the_same_reply_and_runs_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent(dir.path());
+        let one = a.handle(msg("r-2", csr_cmd())).await;
+        let two = a.handle(msg("r-2", csr_cmd())).await;
+        let (reply::Result::Csr(x), reply::Result::Csr(y)) = (&one, &two) else {
+            panic!("{one:?} {two:?}");
+        };
+        assert_eq!(x.csr_der, y.csr_der, "the replay gets the cached CSR");
+        assert_eq!(a.pending.count(), 1, "one key made");
+        // A new id is a new command: a new key.
+        let three = a.handle(msg("r-3", csr_cmd())).await;
+        let reply::Result::Csr(z) = three else {
+            panic!("{three:?}")
+        };
+        assert_ne!(z.csr_der, x.csr_der);
+        assert_eq!(a.pending.count(), 2);
+        // The coordinator ends the order: both go.
+        let done = a
+            .handle(msg(
+                "r-4",
+                Cmd::DiscardPendingKeys(pb::DiscardPendingKeys {
+                    cert_id: "c-abc".into(),
+                    keep_spki_sha256: vec![],
+                }),
+            ))
+            .await;
+        assert!(
+            matches!(done, reply::Result::Done(pb::Done { discarded: 2, .. })),
+            "{done:?}"
+        );
+        assert_eq!(a.pending.count(), 0);
+    }
+
+    #[test]
+    fn digests_tell_commands_apart() {
+        assert_eq!(
+            command_digest(&Some(csr_cmd())),
+            command_digest(&Some(csr_cmd()))
+        );
+        assert_ne!(
+            command_digest(&Some(csr_cmd())),
+            command_digest(&Some(Cmd::ClearChallenges(pb::ClearChallenges {
+                tokens: vec![]
+            })))
+        );
     }
 }

@@ -74,6 +74,8 @@ fn record(i: usize, now: i64, due: bool) -> CertRecord {
         renewals: 0,
         last_renewal_reason: None,
         updated: now,
+        key_history: Vec::new(),
+        blocked: None,
     }
 }
 

@@ -45,6 +45,12 @@ pub enum Kind {
     RateLimitRefused,
     AtRisk,
     OperatorAction,
+    /// A host claims an address another enrolled host holds: its certificate waits.
+    IpConflict,
+    /// A host claims an address its policy's `allowed_ips` does not cover.
+    IpRefused,
+    /// An address was freed (host removed, or `hosts release-ip`).
+    IpReleased,
 }
 
 impl Kind {

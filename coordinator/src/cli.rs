@@ -347,6 +347,19 @@ pub async fn host_remove(
         .revoked_serials)
 }
 
+pub async fn host_release_ip(
+    client: &mut AdminClient<Channel>,
+    host_id: String,
+    ip: String,
+) -> anyhow::Result<Vec<String>> {
+    Ok(client
+        .release_ip(pb::ReleaseIpRequest { host_id, ip })
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .rechecked_hosts)
+}
+
 pub async fn token_revoke(client: &mut AdminClient<Channel>, id: String) -> anyhow::Result<String> {
     Ok(client
         .revoke_token(pb::RevokeTokenRequest { id })

@@ -75,6 +75,39 @@ pub struct PolicyConfig {
     pub key_type: Option<KeyTypeName>,
     #[serde(default)]
     pub ips: IpSelection,
+    /// Addresses (CIDR blocks, or single addresses) the policy's hosts may claim. Empty:
+    /// any. A host claiming an address outside gets no certificate with it: the
+    /// certificate is `refused`, naming the address and this list.
+    #[serde(default)]
+    pub allowed_ips: Vec<String>,
+}
+
+impl PolicyConfig {
+    /// `allowed_ips` parsed (validated at load, so nothing is dropped here).
+    pub fn allowed_nets(&self) -> Vec<ipnet::IpNet> {
+        self.allowed_ips
+            .iter()
+            .filter_map(|s| parse_net(s).ok())
+            .collect()
+    }
+}
+
+/// A CIDR block or a single address (as a /32 or /128). A block with host bits set is
+/// refused: it is almost always a typo for its network.
+pub fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(ipnet::IpNet::from(ip));
+    }
+    let net: ipnet::IpNet = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an address or CIDR block (like 203.0.113.0/24)"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "{s:?} has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
 }
 
 /// Rate limits an issuer declares, which the coordinator then counts itself.
@@ -93,12 +126,29 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     #[serde(default = "default_names")]
     pub names: Vec<String>,
-    #[serde(default = "default_ips")]
+    #[serde(default = "default_ips", deserialize_with = "ip_list")]
     pub ips: Vec<IpAddr>,
     /// Lifetime of agent identity certificates; agents rotate them over their session
     /// when a third is left. Default 7 days; 30 s to 1 year.
     #[serde(default = "default_identity_lifetime")]
     pub identity_lifetime_secs: u64,
+}
+
+/// `[server] ips`, with an error that names the entry and the value (serde's own says
+/// only "invalid IP address syntax").
+fn ip_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D::Error> {
+    let raw = Vec::<String>::deserialize(d)?;
+    raw.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.parse().map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "[server] ips[{i}] = {:?} is not an IP address",
+                    s.chars().take(64).collect::<String>()
+                ))
+            })
+        })
+        .collect()
 }
 
 fn default_identity_lifetime() -> u64 {
@@ -259,6 +309,28 @@ impl IssuerConfig {
             })
     }
 
+    /// Whether this issuer is Let's Encrypt (production or staging): a preset, or a
+    /// directory on `*.api.letsencrypt.org`.
+    pub fn is_letsencrypt(&self) -> bool {
+        if matches!(
+            self.preset.as_deref(),
+            Some("letsencrypt" | "letsencrypt-staging")
+        ) {
+            return true;
+        }
+        let Some(rest) = self.directory.strip_prefix("https://") else {
+            return false;
+        };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let host = authority.rsplit('@').next().unwrap_or_default();
+        let host = host
+            .strip_suffix(":443")
+            .unwrap_or(host)
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        host == "api.letsencrypt.org" || host.ends_with(".api.letsencrypt.org")
+    }
+
     /// The decoded EAB HMAC key, if configured.
     pub fn eab(&self) -> Option<(String, Vec<u8>)> {
         match (&self.eab_kid, &self.eab_hmac_key) {
@@ -266,6 +338,45 @@ impl IssuerConfig {
             _ => None,
         }
     }
+}
+
+/// Largest PEM file the config may name (a CA bundle of a few hundred roots fits).
+const MAX_PEM_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Checks that the file at `path` holds at least one PEM certificate and that every
+/// `CERTIFICATE` block in it is a well-formed X.509 certificate.
+fn check_pem_certificates(path: &Path) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read it: {e}"))?;
+    if meta.len() > MAX_PEM_FILE_BYTES {
+        return Err(format!(
+            "{} bytes is too large for a PEM file of CA certificates",
+            meta.len()
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let hint = "it must hold the CA's root certificate in PEM \
+                (-----BEGIN CERTIFICATE----- …); a key or a DER file does not do";
+    let mut count = 0;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&bytes) {
+        count += 1;
+        let cert =
+            cert.map_err(|e| format!("certificate {count} is not valid PEM ({e}); {hint}"))?;
+        X509Certificate::from_der(&cert)
+            .map_err(|e| format!("certificate {count} is malformed ({e}); {hint}"))?;
+    }
+    if count == 0 {
+        return Err(format!(
+            "holds no certificate{}; {hint}",
+            if bytes.is_empty() {
+                " (the file is empty)"
+            } else {
+                ""
+            }
+        ));
+    }
+    Ok(())
 }
 
 fn decode_b64url(s: &str) -> Option<Vec<u8>> {
@@ -391,6 +502,18 @@ impl Config {
                     return Err(ctx(format!("trust_root {} does not exist", root.display())));
                 }
             }
+            if i.allow_private_ips && i.is_letsencrypt() {
+                return Err(ctx(format!(
+                    "allow_private_ips = true cannot work with Let's Encrypt ({}): it refuses \
+                     private and special-purpose addresses (10/8, 192.168/16, loopback, \
+                     link-local, fc00::/7, documentation ranges …), so every order for one \
+                     would fail at the CA; remove allow_private_ips (a private address is then \
+                     refused before any order; a [[policy]] with ips = \"public\" leaves them \
+                     out), or point this issuer at a private CA (directory, and trust_root for \
+                     its HTTPS)",
+                    i.directory
+                )));
+            }
         }
         let issuer = self.default_issuer_name().ok_or_else(|| {
             "[issuance] issuer is not set and there is more than one [[issuer]]; name one"
@@ -420,6 +543,9 @@ impl Config {
                     return Err(format!("[[policy]] {:?}: issuer {i:?} is not one of the configured [[issuer]] names", p.name));
                 }
             }
+            for n in &p.allowed_ips {
+                parse_net(n).map_err(|e| format!("[[policy]] {:?}: allowed_ips: {e}", p.name))?;
+            }
         }
         if self.issuance.retry_base_secs == 0 || self.issuance.retry_base_secs > 3600 {
             return Err("[issuance] retry_base_secs must be between 1 and 3600".into());
@@ -428,6 +554,27 @@ impl Config {
             || self.issuance.validation_timeout_secs > 3600
         {
             return Err("[issuance] validation_timeout_secs must be between 1 and 3600".into());
+        }
+        Ok(())
+    }
+
+    /// Reads every PEM file the config names (each `[[issuer]] trust_root`) and refuses
+    /// one that holds no certificate, naming the file and its key. `serve` calls this at
+    /// start, so a wrong file stops the daemon instead of failing the first ACME call.
+    /// Not part of [`Config::load`]: operator commands do not read these files (and may
+    /// not be allowed to).
+    pub fn check_files(&self, path: &Path) -> Result<(), ConfigError> {
+        for i in &self.issuers {
+            if let Some(root) = &i.trust_root {
+                check_pem_certificates(root).map_err(|why| ConfigError::Invalid {
+                    path: path.into(),
+                    detail: format!(
+                        "[[issuer]] {:?}: trust_root {}: {why}",
+                        i.name,
+                        root.display()
+                    ),
+                })?;
+            }
         }
         Ok(())
     }
@@ -522,6 +669,10 @@ allow_private_ips = true
             ),
             (format!("{MINIMAL}eab_kid = \"k\"\n"), "go together"),
             (
+                MINIMAL.replace("[server]", "[server]\nips = [\"::1\", \"10.0.0.300\"]"),
+                "[server] ips[1] = \"10.0.0.300\" is not an IP address",
+            ),
+            (
                 format!("{MINIMAL}[[issuer]]\nname = \"pebble\"\ndirectory = \"https://x/dir\"\n"),
                 "used twice",
             ),
@@ -534,10 +685,12 @@ allow_private_ips = true
 
     #[test]
     fn presets_fill_directory_and_rate_limits() {
-        let text = MINIMAL.replace(
-            "directory = \"https://127.0.0.1:14000/dir\"",
-            "preset = \"letsencrypt-staging\"",
-        );
+        let text = MINIMAL
+            .replace(
+                "directory = \"https://127.0.0.1:14000/dir\"",
+                "preset = \"letsencrypt-staging\"",
+            )
+            .replace("allow_private_ips = true\n", "");
         let cfg = parse(&text).unwrap();
         assert_eq!(cfg.issuers[0].directory, LETSENCRYPT_STAGING_DIRECTORY);
         assert_eq!(cfg.issuers[0].rate_limits(), RateLimits::Letsencrypt);
@@ -558,6 +711,110 @@ allow_private_ips = true
             .unwrap_err()
             .to_string()
             .contains("not one of the configured"));
+    }
+
+    #[test]
+    fn private_ips_with_lets_encrypt_are_refused() {
+        let issuers = [
+            "preset = \"letsencrypt\"",
+            "preset = \"letsencrypt-staging\"",
+            "directory = \"https://acme-v02.api.letsencrypt.org/directory\"",
+            "directory = \"https://acme-staging-v02.api.letsencrypt.org/directory\"",
+            "directory = \"https://ACME-v02.api.letsencrypt.org:443/directory\"",
+        ];
+        for issuer in issuers {
+            let text = MINIMAL.replace("directory = \"https://127.0.0.1:14000/dir\"", issuer);
+            let err = parse(&text).unwrap_err().to_string();
+            for want in [
+                "[[issuer]] \"pebble\": allow_private_ips = true cannot work with Let's Encrypt",
+                "refuses private and special-purpose addresses",
+                "remove allow_private_ips",
+                "point this issuer at a private CA",
+            ] {
+                assert!(
+                    err.contains(want),
+                    "{issuer}: {err:?} should contain {want:?}"
+                );
+            }
+            // Without the flag the same issuer is fine; and so is false said explicitly.
+            assert!(parse(&text.replace("allow_private_ips = true\n", "")).is_ok());
+            assert!(
+                parse(&text.replace("allow_private_ips = true", "allow_private_ips = false"))
+                    .is_ok()
+            );
+        }
+        // A private CA (and look-alike hosts) may allow them.
+        for dir in [
+            "https://127.0.0.1:14000/dir",
+            "https://acme.example.net/letsencrypt.org/directory",
+            "https://api.letsencrypt.org.example.net/directory",
+        ] {
+            let text = MINIMAL.replace("https://127.0.0.1:14000/dir", dir);
+            assert!(parse(&text).is_ok(), "{dir}");
+        }
+    }
+
+    #[test]
+    fn trust_root_without_a_certificate_is_refused_naming_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["ca.test".into()]).unwrap();
+        let key_only = cert.signing_key.serialize_pem();
+        let cases: [(&str, String, &str); 5] = [
+            (
+                "empty.pem",
+                String::new(),
+                "holds no certificate (the file is empty)",
+            ),
+            (
+                "garbage.pem",
+                "not a certificate\n".into(),
+                "holds no certificate",
+            ),
+            ("key.pem", key_only.clone(), "holds no certificate"),
+            (
+                "broken.pem",
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into(),
+                "certificate 1 is malformed",
+            ),
+            (
+                "der.pem",
+                String::from_utf8_lossy(cert.cert.der()).into_owned(),
+                "holds no certificate",
+            ),
+        ];
+        for (name, content, want) in cases {
+            let file = tmp.path().join(name);
+            std::fs::write(&file, content).unwrap();
+            let text = format!("{MINIMAL}trust_root = {:?}\n", file.display().to_string());
+            let cfg = parse(&text).expect("the file exists: load accepts it");
+            let err = cfg
+                .check_files(Path::new("/etc/cf.toml"))
+                .unwrap_err()
+                .to_string();
+            let head = format!(
+                "config /etc/cf.toml: [[issuer]] \"pebble\": trust_root {}: ",
+                file.display()
+            );
+            assert!(err.starts_with(&head), "{err:?} should start with {head:?}");
+            assert!(
+                err.contains(want),
+                "{name}: {err:?} should contain {want:?}"
+            );
+            assert!(err.contains("-----BEGIN CERTIFICATE-----"), "{err}");
+        }
+        // A certificate (with its key beside it, or after other text) is accepted.
+        let good = tmp.path().join("root.pem");
+        std::fs::write(&good, format!("{key_only}# comment\n{}", cert.cert.pem())).unwrap();
+        let text = format!("{MINIMAL}trust_root = {:?}\n", good.display().to_string());
+        parse(&text).unwrap().check_files(Path::new("t")).unwrap();
+        // A missing file keeps its load-time error, which names the file.
+        let gone = tmp.path().join("gone.pem");
+        let text = format!("{MINIMAL}trust_root = {:?}\n", gone.display().to_string());
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("trust_root {} does not exist", gone.display())),
+            "{err}"
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@ use crate::config::{Config, KeyTypeName, RateLimits};
 use crate::sessions::{AgentHandle, SessionError, Sessions};
 use crate::spec::{self, CertSpec};
 use crate::store::{
-    AriState, CertRecord, CertState, HostRecord, IssuedCert, OrderInFlight, Store, StoreError,
+    AriState, Blocked, BlockedState, CertRecord, CertState, HostRecord, IssuedCert, OrderInFlight,
+    Store, StoreError,
 };
 use certfleet_proto::v1::{self as pb, coordinator_message::Cmd, reply};
 use certfleet_shared::clock::SharedClock;
@@ -119,30 +120,43 @@ pub fn at_risk_at(rec: &CertRecord) -> Option<i64> {
     })
 }
 
+/// Why a new certificate is needed now, if it is.
+fn issue_reason(rec: &CertRecord, now: i64) -> Option<RenewReason> {
+    let Some(cur) = &rec.current else {
+        return Some(RenewReason::Missing);
+    };
+    if cur.identifiers != rec.spec.identifiers {
+        return Some(RenewReason::IdentifiersChanged);
+    }
+    if !rec.spec.issuers().any(|i| i == cur.issuer)
+        || (rec.spec.required_profile.is_some() && cur.profile != rec.spec.required_profile)
+    {
+        return Some(RenewReason::SpecChanged);
+    }
+    if rec.forced_by.is_some() {
+        return Some(RenewReason::Forced);
+    }
+    match renew_time(rec, now) {
+        Some((at, reason)) if now >= at => Some(reason),
+        _ => None,
+    }
+}
+
 /// Desired against observed. Pure.
 pub fn decide(rec: &CertRecord, now: i64) -> Decision {
     if rec.order.is_some() {
         return Decision::Resume;
     }
-    let Some(cur) = &rec.current else {
-        return Decision::Issue(RenewReason::Missing);
-    };
-    if cur.identifiers != rec.spec.identifiers {
-        return Decision::Issue(RenewReason::IdentifiersChanged);
-    }
-    if !rec.spec.issuers().any(|i| i == cur.issuer)
-        || (rec.spec.required_profile.is_some() && cur.profile != rec.spec.required_profile)
-    {
-        return Decision::Issue(RenewReason::SpecChanged);
-    }
-    if rec.forced_by.is_some() {
-        return Decision::Issue(RenewReason::Forced);
-    }
-    if let Some((at, reason)) = renew_time(rec, now) {
-        if now >= at {
+    if let Some(reason) = issue_reason(rec, now) {
+        // An address conflict or refusal holds any new order back; what is issued may
+        // still be installed.
+        if rec.blocked.is_none() {
             return Decision::Issue(reason);
         }
     }
+    let Some(cur) = &rec.current else {
+        return Decision::Idle;
+    };
     if rec.installed_serial.as_ref() != Some(&cur.serial)
         || (!rec.verify_disabled && rec.served_serial.as_ref() != Some(&cur.serial))
     {
@@ -321,13 +335,15 @@ impl Engine {
         true
     }
 
-    /// The host's facts changed (it said Hello): recompute its desired certificate and look
-    /// at it now.
+    /// The host's facts changed (it said Hello): claim its addresses, recompute its desired
+    /// certificate and look at it now.
     pub fn host_changed(&self, host_id: &HostId) -> Result<(), StoreError> {
         let Some(host) = self.store.host(host_id)? else {
             return Ok(());
         };
         let now = self.clock.now_unix();
+        let disallowed = spec::disallowed(&self.config, &host);
+        let conflicts = self.claim_addresses(&host, disallowed.as_ref())?;
         let existing = self.store.certs_for_host(host_id)?;
         match spec::desired(&self.config, &host) {
             Ok(spec) => {
@@ -344,7 +360,10 @@ impl Engine {
                     // What the host serves is only known again after its next served check.
                     rec.served_serial = None;
                 }
+                let blocked = blocked_by(&spec, disallowed.as_ref(), &conflicts, &host, now);
                 rec.spec = spec;
+                self.set_blocked(&mut rec, blocked)?;
+                rec.state = state_of(&rec, now);
                 rec.next_action = Some(now);
                 rec.next_reason = Some("host connected".into());
                 rec.updated = now;
@@ -362,6 +381,121 @@ impl Engine {
         }
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Claims the host's allowed addresses for it (first come; a holder that is no longer
+    /// enrolled is taken over) and frees those it no longer reports. Returns the addresses
+    /// another enrolled host holds, with that host.
+    fn claim_addresses(
+        &self,
+        host: &HostRecord,
+        disallowed: Option<&spec::Disallowed>,
+    ) -> Result<Vec<(IpAddr, HostId)>, StoreError> {
+        let mut conflicts = Vec::new();
+        for ip in &host.ips {
+            if disallowed.is_some_and(|d| d.ips.contains(ip)) {
+                continue;
+            }
+            let mut holder = self.store.claim_ip(*ip, &host.id, None)?;
+            if holder != host.id && self.store.host(&holder)?.is_none() {
+                holder = self.store.claim_ip(*ip, &host.id, Some(&holder))?;
+            }
+            if holder != host.id {
+                conflicts.push((*ip, holder));
+            }
+        }
+        for ip in self.store.ips_held_by(&host.id)? {
+            if !host.ips.contains(&ip) || disallowed.is_some_and(|d| d.ips.contains(&ip)) {
+                self.release_address(ip, &host.id, "host:no longer reports it", false)?;
+            }
+        }
+        Ok(conflicts)
+    }
+
+    /// Records a change of `blocked` (audit, metric, WARN once per new reason).
+    fn set_blocked(
+        &self,
+        rec: &mut CertRecord,
+        blocked: Option<Blocked>,
+    ) -> Result<(), StoreError> {
+        let same = match (&rec.blocked, &blocked) {
+            (Some(a), Some(b)) => a.state == b.state && a.ips == b.ips && a.held_by == b.held_by,
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return Ok(());
+        }
+        match &blocked {
+            Some(b) => {
+                let kind = match b.state {
+                    BlockedState::Conflict => Kind::IpConflict,
+                    BlockedState::Refused => Kind::IpRefused,
+                };
+                let mut entry = Entry::by("coordinator")
+                    .ips(&b.ips)
+                    .detail("reason", &b.reason);
+                if let Some(h) = &b.held_by {
+                    entry = entry.detail("held_by", h.as_str());
+                }
+                if let Err(e) = self.record(kind, rec, entry) {
+                    tracing::error!(error = %e, "audit append failed");
+                }
+                self.metrics
+                    .ip_blocked
+                    .get_or_create(&crate::metrics::BlockLabel {
+                        kind: kind.as_str(),
+                    })
+                    .inc();
+                tracing::warn!(host = %rec.host_id, cert = %rec.id, ips = ?b.ips, held_by = ?b.held_by,
+                    state = ?b.state, "{}", b.reason);
+                rec.last_error = Some(b.reason.clone());
+            }
+            None => {
+                tracing::info!(host = %rec.host_id, cert = %rec.id, "address conflict resolved; the certificate can be ordered");
+                rec.last_error = None;
+            }
+        }
+        rec.blocked = blocked;
+        Ok(())
+    }
+
+    /// Frees `ip` if `host` holds it, audits it, and lets any host waiting for it claim it
+    /// now (its certificate then proceeds without a restart). Returns the hosts looked at.
+    pub fn release_address(
+        &self,
+        ip: IpAddr,
+        host: &HostId,
+        by: &str,
+        audit: bool,
+    ) -> Result<Vec<HostId>, StoreError> {
+        if !self.store.release_ip(ip, host)? {
+            return Ok(Vec::new());
+        }
+        if audit {
+            if let Err(e) = self.audit.append(
+                Kind::IpReleased,
+                self.clock.now_unix(),
+                Entry::by(by).host(host).ips(&[ip]),
+            ) {
+                tracing::error!(error = %e, "audit append failed");
+            }
+        }
+        tracing::info!(ip = %ip, host = %host, by, "address released");
+        let mut waiting = Vec::new();
+        for other in self.store.hosts()? {
+            if other.id != *host && other.ips.contains(&ip) {
+                waiting.push(other.id);
+            }
+        }
+        for h in &waiting {
+            self.host_changed(h)?;
+        }
+        // The host that had it now sees the conflict itself (when someone took the address).
+        if !waiting.is_empty() && self.store.host(host)?.is_some() {
+            self.host_changed(host)?;
+        }
+        Ok(waiting)
     }
 
     /// Appends to the audit trail (durable when it returns).
@@ -466,6 +600,10 @@ impl Engine {
         self.store.delete_host(host)?;
         self.sessions.disconnect(host);
         tracing::warn!(host = %host, by, revoked = ?revoked, "host removed");
+        // Its addresses are free now: a host waiting for one gets its certificate.
+        for ip in self.store.ips_held_by(host)? {
+            self.release_address(ip, host, by, true)?;
+        }
         Ok(revoked)
     }
 
@@ -530,12 +668,16 @@ impl Engine {
             .sessions
             .get(&host.id)
             .ok_or(IssueError::WaitingForAgent)?;
-        match decision {
+        let outcome = match decision {
             Decision::Idle => Ok(()),
             Decision::Install => self.install(&agent, rec).await,
             Decision::Resume => self.resume(&agent, rec).await,
             Decision::Issue(reason) => self.issue(&agent, rec, reason).await,
+        };
+        if rec.order.is_none() && !matches!(outcome, Err(IssueError::Agent(_))) {
+            self.discard_pending_keys(&agent, rec).await;
         }
+        outcome
     }
 
     /// Writes the outcome and the next action.
@@ -555,6 +697,10 @@ impl Engine {
         {
             if fresh.spec != rec.spec {
                 rec.spec = fresh.spec;
+                changed_meanwhile = true;
+            }
+            if fresh.blocked != rec.blocked {
+                rec.blocked = fresh.blocked;
                 changed_meanwhile = true;
             }
             if fresh.forced_by.is_some() && rec.forced_by.is_none() {
@@ -669,6 +815,11 @@ impl Engine {
                 tracing::warn!(cert = %rec.id, host = %rec.host_id, error = %e, next_action = next, "certificate not reconciled");
             }
         }
+        if let Some(b) = &rec.blocked {
+            if outcome.is_ok() {
+                rec.last_error = Some(b.reason.clone());
+            }
+        }
         rec.state = state_of(&rec, now);
         let was = rec.at_risk;
         rec.at_risk = rec.current.is_some() && at_risk_at(&rec).is_some_and(|at| now >= at);
@@ -702,6 +853,10 @@ impl Engine {
     /// The next planned action when nothing failed: renewal, ARI re-check, the at-risk
     /// moment, whichever is first.
     fn planned(&self, rec: &CertRecord, now: i64) -> i64 {
+        if rec.blocked.is_some() && rec.order.is_none() && decide(rec, now) == Decision::Idle {
+            // Released addresses and policy changes wake it; this is the safety net.
+            return now + RECHECK_SECS;
+        }
         if rec.order.is_some() || rec.current.is_none() || decide(rec, now) != Decision::Idle {
             return now;
         }
@@ -989,131 +1144,41 @@ impl Engine {
         let status = driver.status();
         let needs_csr = matches!(status, OrderStatus::Pending | OrderStatus::Ready);
         let timeout = Duration::from_secs(self.config.issuance.validation_timeout_secs);
-
-        // The agent makes its key and CSR while the CA validates.
-        let csr_task = needs_csr.then(|| {
-            let csr_agent = agent.clone();
-            let cmd = Cmd::CreateCsr(pb::CreateCsr {
-                identifiers: order.identifiers.iter().map(|ip| ip.to_string()).collect(),
-                key_type: key_type_pb(rec.spec.key_type) as i32,
-                target: rec.spec.target.clone(),
-            });
-            tokio::spawn(async move { csr_agent.request(cmd, "create CSR", AGENT_QUICK).await })
-        });
-        if status == OrderStatus::Pending {
-            let challenges = driver.challenges();
-            let validated = if challenges.is_empty() {
-                Ok(())
-            } else {
-                match present(agent, &challenges).await {
-                    Ok(()) => {
-                        let ids: Vec<IpAddr> = challenges
-                            .iter()
-                            .filter_map(|c| c.identifier.parse().ok())
-                            .collect();
-                        self.record(
-                            Kind::ChallengePresented,
-                            rec,
-                            Entry::by(format!("host:{}", rec.host_id))
-                                .ips(&ids)
-                                .detail("type", "http-01")
-                                .detail("order_url", &order.url),
-                        )?;
-                        // Announced before a crash? The CA may still be validating from then
-                        // (some keep such challenges "pending", so we cannot tell): announce what
-                        // is pending again, and keep serving for a grace period afterwards so a
-                        // second validation still finds the responder.
-                        let announced_before = order.challenges_announced;
-                        if !announced_before {
-                            if let Some(o) = rec.order.as_mut() {
-                                o.challenges_announced = true;
-                            }
-                            self.store.put_cert(rec)?;
-                        }
-                        let r = driver.validate(timeout).await;
-                        if announced_before {
-                            let (agent, challenges) = (agent.clone(), challenges.clone());
-                            self.tracker.spawn(async move {
-                                tokio::time::sleep(RESUMED_CLEAR_GRACE).await;
-                                clear(&agent, &challenges).await;
-                            });
-                        } else {
-                            clear(agent, &challenges).await;
-                        }
-                        match &r {
-                            Ok(()) => self.record(
-                                Kind::ChallengeValidated,
-                                rec,
-                                Entry::by("coordinator")
-                                    .ips(&ids)
-                                    .detail("order_url", &order.url),
-                            )?,
-                            Err(AcmeError::Validation(problems)) => {
-                                for (id, problem) in problems {
-                                    // A problem not tied to one identifier (a timeout) concerns them all.
-                                    let ips: Vec<IpAddr> = match id.parse() {
-                                        Ok(ip) => vec![ip],
-                                        Err(_) => ids.clone(),
-                                    };
-                                    self.record(
-                                        Kind::ChallengeFailed,
-                                        rec,
-                                        Entry::by("coordinator")
-                                            .ips(&ips)
-                                            .detail("order_url", &order.url)
-                                            .detail("problem", problem),
-                                    )?;
-                                }
-                            }
-                            Err(_) => {}
-                        }
-                        r.map_err(IssueError::from)
-                    }
-                    Err(e) => {
-                        clear(agent, &challenges).await;
-                        Err(e.into())
-                    }
+        let want = needs_csr.then(|| CsrWant::new(rec, &order));
+        let challenges = if status == OrderStatus::Pending {
+            driver.challenges()
+        } else {
+            Vec::new()
+        };
+        let csr = if challenges.is_empty() {
+            match want {
+                Some(w) => Some(w.fetch(agent).await?),
+                None => None,
+            }
+        } else {
+            if let Err(e) = present(agent, &challenges).await {
+                clear(agent, &challenges).await;
+                return Err(e.into());
+            }
+            // The key is made only once the challenges are served, while the CA validates.
+            let csr = async {
+                match want {
+                    Some(w) => w.fetch(agent).await.map(Some),
+                    None => Ok(None),
                 }
             };
-            if let Err(e) = validated {
-                if let Some(t) = &csr_task {
-                    t.abort();
-                }
-                if let IssueError::Acme(AcmeError::Validation(problems)) = &e {
-                    let failed: Vec<Event> = problems
-                        .iter()
-                        .filter_map(|(id, _)| id.parse::<IpAddr>().ok())
-                        .map(|identifier| Event::ValidationFailed { identifier })
-                        .collect();
-                    self.budget_record(issuer, &failed)?;
-                    rec.order = None; // a failed order is dead
-                }
-                return Err(e);
-            }
+            let (validated, csr) = tokio::join!(
+                self.validate(agent, rec, issuer, &mut driver, &challenges, timeout),
+                csr
+            );
+            validated?;
+            csr?
+        };
+        if let Some(c) = &csr {
+            rec.remember_key(&c.spki_sha256);
         }
-        let (csr_der, spki) = match csr_task {
-            Some(task) => {
-                let der = match task.await {
-                    Ok(Ok(reply::Result::Csr(c))) => c.csr_der,
-                    Ok(Ok(_)) => {
-                        return Err(SessionError::Unexpected {
-                            host: agent.host.clone(),
-                            what: "create CSR",
-                        }
-                        .into())
-                    }
-                    Ok(Err(e)) => return Err(e.into()),
-                    Err(_) => {
-                        return Err(SessionError::Ended {
-                            host: agent.host.clone(),
-                            what: "create CSR",
-                        }
-                        .into())
-                    }
-                };
-                let csr = check_csr(&der, &order.identifiers, rec.spec.key_type)?;
-                (Some(der), Some(csr.spki_der))
-            }
+        let (csr_der, spki) = match csr {
+            Some(c) => (Some(c.der), Some(c.spki_der)),
             None => (None, None),
         };
         let chain_pem = driver
@@ -1191,6 +1256,127 @@ impl Engine {
         tracing::info!(host = %rec.host_id, cert = %rec.id, serial = %leaf.serial_hex, not_after = leaf.not_after,
             lifetime_h = (leaf.not_after - leaf.not_before) / 3600, reason = %order.reason, "certificate issued");
         self.install(agent, rec).await
+    }
+
+    /// The challenges are served: announce them to the CA, wait for its verdict, clear them
+    /// (every path), record what happened. A failed validation ends the order.
+    async fn validate(
+        &self,
+        agent: &AgentHandle,
+        rec: &mut CertRecord,
+        issuer: &AcmeIssuer,
+        driver: &mut crate::acme::OrderDriver<'_>,
+        challenges: &[PendingChallenge],
+        timeout: Duration,
+    ) -> Result<(), IssueError> {
+        let Some(order) = rec.order.clone() else {
+            return Ok(());
+        };
+        let ids: Vec<IpAddr> = challenges
+            .iter()
+            .filter_map(|c| c.identifier.parse().ok())
+            .collect();
+        let presented = self.record(
+            Kind::ChallengePresented,
+            rec,
+            Entry::by(format!("host:{}", rec.host_id))
+                .ips(&ids)
+                .detail("type", "http-01")
+                .detail("order_url", &order.url),
+        );
+        // Announced before a crash? The CA may still be validating from then (some keep
+        // such challenges "pending", so we cannot tell): announce what is pending again, and
+        // keep serving for a grace period afterwards so a second validation still finds the
+        // responder.
+        let announced_before = order.challenges_announced;
+        let stored = match presented {
+            Ok(()) if !announced_before => {
+                if let Some(o) = rec.order.as_mut() {
+                    o.challenges_announced = true;
+                }
+                self.store.put_cert(rec).map_err(IssueError::from)
+            }
+            Ok(()) => Ok(()),
+            Err(e) => Err(e.into()),
+        };
+        let r = match stored {
+            Ok(()) => driver.validate(timeout).await.map_err(IssueError::from),
+            Err(e) => Err(e),
+        };
+        if announced_before {
+            let (agent, challenges) = (agent.clone(), challenges.to_vec());
+            self.tracker.spawn(async move {
+                tokio::time::sleep(RESUMED_CLEAR_GRACE).await;
+                clear(&agent, &challenges).await;
+            });
+        } else {
+            clear(agent, challenges).await;
+        }
+        match &r {
+            Ok(()) => self.record(
+                Kind::ChallengeValidated,
+                rec,
+                Entry::by("coordinator")
+                    .ips(&ids)
+                    .detail("order_url", &order.url),
+            )?,
+            Err(IssueError::Acme(AcmeError::Validation(problems))) => {
+                for (id, problem) in problems {
+                    // A problem not tied to one identifier (a timeout) concerns them all.
+                    let ips: Vec<IpAddr> = match id.parse() {
+                        Ok(ip) => vec![ip],
+                        Err(_) => ids.clone(),
+                    };
+                    self.record(
+                        Kind::ChallengeFailed,
+                        rec,
+                        Entry::by("coordinator")
+                            .ips(&ips)
+                            .detail("order_url", &order.url)
+                            .detail("problem", problem),
+                    )?;
+                }
+                let failed: Vec<Event> = problems
+                    .iter()
+                    .filter_map(|(id, _)| id.parse::<IpAddr>().ok())
+                    .map(|identifier| Event::ValidationFailed { identifier })
+                    .collect();
+                self.budget_record(issuer, &failed)?;
+                rec.order = None; // a failed order is dead
+            }
+            Err(_) => {}
+        }
+        r
+    }
+
+    /// The order ended (or none is in flight): the agent removes the pending keys it made
+    /// for this certificate, except the key of a certificate issued but not yet installed.
+    /// Best effort: the agent's age limit is the safety net.
+    async fn discard_pending_keys(&self, agent: &AgentHandle, rec: &CertRecord) {
+        let keep = rec
+            .current
+            .as_ref()
+            .filter(|c| rec.installed_serial.as_ref() != Some(&c.serial))
+            .and_then(|c| parse_pem_chain(&c.chain_pem).ok())
+            .and_then(|chain| CertInfo::from_der(&chain[0]).ok())
+            .map(|leaf| vec![certfleet_shared::x509::sha256_hex(&leaf.spki_der)])
+            .unwrap_or_default();
+        let cmd = Cmd::DiscardPendingKeys(pb::DiscardPendingKeys {
+            cert_id: rec.id.to_string(),
+            keep_spki_sha256: keep,
+        });
+        match agent
+            .request(cmd, "discard pending keys", AGENT_QUICK)
+            .await
+        {
+            Ok(reply::Result::Done(d)) if d.discarded > 0 => {
+                tracing::info!(host = %rec.host_id, cert = %rec.id, discarded = d.discarded, "pending keys of the ended order removed on the host")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(host = %rec.host_id, cert = %rec.id, error = %e, "could not have the host remove pending keys; its age limit will")
+            }
+        }
     }
 
     async fn install(&self, agent: &AgentHandle, rec: &mut CertRecord) -> Result<(), IssueError> {
@@ -1306,6 +1492,45 @@ fn failure_reason(e: &IssueError) -> &'static str {
     }
 }
 
+/// What keeps `spec` from being ordered: addresses outside the policy (refused first), or
+/// addresses of the spec that another host holds.
+fn blocked_by(
+    spec: &CertSpec,
+    disallowed: Option<&spec::Disallowed>,
+    conflicts: &[(IpAddr, HostId)],
+    host: &HostRecord,
+    now: i64,
+) -> Option<Blocked> {
+    if let Some(d) = disallowed {
+        return Some(Blocked {
+            state: BlockedState::Refused,
+            ips: d.ips.clone(),
+            held_by: None,
+            reason: d.reason(),
+            since: now,
+        });
+    }
+    let mine: Vec<&(IpAddr, HostId)> = conflicts
+        .iter()
+        .filter(|(ip, _)| spec.identifiers.contains(ip))
+        .collect();
+    let (_, holder) = mine.first()?;
+    let ips: Vec<IpAddr> = mine.iter().map(|(ip, _)| *ip).collect();
+    let list: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
+    Some(Blocked {
+        state: BlockedState::Conflict,
+        held_by: Some(holder.clone()),
+        reason: format!(
+            "{} held by host {holder}; host {} gets no certificate with it until that host is removed (`hosts remove {holder}`) or the address is released (`hosts release-ip {holder} {}`)",
+            list.join(", "),
+            host.id,
+            list[0]
+        ),
+        ips,
+        since: now,
+    })
+}
+
 fn new_record(host: &HostRecord, spec: CertSpec, now: i64) -> CertRecord {
     CertRecord {
         id: CertId::generate(),
@@ -1333,12 +1558,19 @@ fn new_record(host: &HostRecord, spec: CertSpec, now: i64) -> CertRecord {
         renewals: 0,
         last_renewal_reason: None,
         updated: now,
+        key_history: Vec::new(),
+        blocked: None,
     }
 }
 
 fn state_of(rec: &CertRecord, now: i64) -> CertState {
     if rec.order.is_some() {
         return CertState::Ordering;
+    }
+    match rec.blocked.as_ref().map(|b| b.state) {
+        Some(BlockedState::Conflict) => return CertState::Conflict,
+        Some(BlockedState::Refused) => return CertState::Refused,
+        None => {}
     }
     match &rec.current {
         Some(c) if c.not_after > now && rec.served_serial.as_ref() == Some(&c.serial) => {
@@ -1433,6 +1665,98 @@ async fn clear(agent: &AgentHandle, challenges: &[PendingChallenge]) {
     if let Err(e) = agent.request(cmd, "clear challenges", AGENT_QUICK).await {
         tracing::warn!(host = %agent.host, error = %e, "could not clear challenges; the agent expires them itself");
     }
+}
+
+/// What the agent's CSR for an order must be, gathered before asking (owned, so the request
+/// runs alongside validation).
+struct CsrWant {
+    cmd: pb::CreateCsr,
+    identifiers: Vec<IpAddr>,
+    key_type: KeyTypeName,
+    /// SHA-256 (hex) of every public key seen before for this certificate.
+    seen: HashSet<String>,
+    cert: CertId,
+}
+
+/// A CSR that passed every check.
+struct AcceptedCsr {
+    der: Vec<u8>,
+    spki_der: Vec<u8>,
+    spki_sha256: String,
+}
+
+/// How often a CSR that fails a check is asked for again before the attempt fails.
+const CSR_ATTEMPTS: u32 = 3;
+
+impl CsrWant {
+    fn new(rec: &CertRecord, order: &OrderInFlight) -> Self {
+        let mut seen: HashSet<String> = rec.key_history.iter().cloned().collect();
+        if let Some(leaf) = rec
+            .current
+            .as_ref()
+            .and_then(|c| parse_pem_chain(&c.chain_pem).ok())
+            .and_then(|chain| CertInfo::from_der(&chain[0]).ok())
+        {
+            seen.insert(key_digest(&leaf.spki_der));
+        }
+        Self {
+            cmd: pb::CreateCsr {
+                identifiers: order.identifiers.iter().map(|ip| ip.to_string()).collect(),
+                key_type: key_type_pb(rec.spec.key_type) as i32,
+                target: rec.spec.target.clone(),
+                cert_id: rec.id.to_string(),
+            },
+            identifiers: order.identifiers.clone(),
+            key_type: rec.spec.key_type,
+            seen,
+            cert: rec.id.clone(),
+        }
+    }
+
+    /// Asks the agent for a CSR until one is acceptable: exactly the order's identifiers, the
+    /// key type asked for, and a public key never seen before for this certificate. A CSR
+    /// that fails is discarded and asked for again (no ACME call is spent on it).
+    async fn fetch(self, agent: &AgentHandle) -> Result<AcceptedCsr, IssueError> {
+        let mut last = String::new();
+        for attempt in 1..=CSR_ATTEMPTS {
+            let reply = agent
+                .request(Cmd::CreateCsr(self.cmd.clone()), "create CSR", AGENT_QUICK)
+                .await?;
+            let reply::Result::Csr(c) = reply else {
+                return Err(SessionError::Unexpected {
+                    host: agent.host.clone(),
+                    what: "create CSR",
+                }
+                .into());
+            };
+            let problem = match check_csr(&c.csr_der, &self.identifiers, self.key_type) {
+                Ok(info) => {
+                    let digest = key_digest(&info.spki_der);
+                    if !self.seen.contains(&digest) {
+                        return Ok(AcceptedCsr {
+                            der: c.csr_der,
+                            spki_der: info.spki_der,
+                            spki_sha256: digest,
+                        });
+                    }
+                    "its public key was seen before for this certificate (a stale or replayed CSR)"
+                        .to_owned()
+                }
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!(host = %agent.host, cert = %self.cert, attempt, problem = %problem,
+                "CSR from the agent discarded; asking for a new one");
+            last = problem;
+        }
+        Err(IssueError::BadCsr(format!(
+            "{CSR_ATTEMPTS} CSRs in a row were unacceptable; the last: {last}"
+        )))
+    }
+}
+
+/// How a public key is remembered: the SHA-256 of its SubjectPublicKeyInfo, hex.
+fn key_digest(spki_der: &[u8]) -> String {
+    certfleet_shared::x509::sha256_hex(spki_der)
 }
 
 /// The CSR must be signed by its key, name exactly `ids` as IP SANs, have no CN and no DNS
@@ -1652,5 +1976,136 @@ mod tests {
         let t = "too many certificates (5) already issued for this exact set of identifiers in the last 168h0m0s, retry after 2026-11-23T10:00:00Z: see https://letsencrypt.org/docs/rate-limits/";
         assert_eq!(retry_after_in(t, 0), Some(1_795_428_000));
         assert_eq!(retry_after_in("no hint", 0), None);
+    }
+
+    /// A CSR for `ips` from `key` (as an agent makes it).
+    fn csr_for(key: &rcgen::KeyPair, ips: &[&str]) -> Vec<u8> {
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.subject_alt_names = ips
+            .iter()
+            .map(|ip| rcgen::SanType::IpAddress(ip.parse().unwrap()))
+            .collect();
+        p.serialize_request(key).unwrap().der().to_vec()
+    }
+
+    #[tokio::test]
+    async fn stale_or_foreign_csrs_are_discarded_and_asked_again() {
+        use rcgen::PublicKeyData;
+        let old_key = rcgen::KeyPair::generate().unwrap();
+        let mut r = rec(0, 100);
+        r.remember_key(&key_digest(&old_key.subject_public_key_info()));
+        let order = OrderInFlight {
+            url: "https://ca/order/1".into(),
+            issuer: "le".into(),
+            identifiers: r.spec.identifiers.clone(),
+            profile: None,
+            replaces: None,
+            reason: "forced".into(),
+            started: 0,
+            challenges_announced: false,
+        };
+        let want = CsrWant::new(&r, &order);
+        assert_eq!(
+            want.cmd.cert_id,
+            r.id.to_string(),
+            "the key is filed under the cert"
+        );
+
+        // The agent answers: an old CSR (a key seen before), then one for other
+        // identifiers, then a good one.
+        let new_key = rcgen::KeyPair::generate().unwrap();
+        let answers = [
+            csr_for(&old_key, &["8.8.8.8"]),
+            csr_for(&new_key, &["8.8.4.4"]),
+            csr_for(&new_key, &["8.8.8.8"]),
+        ];
+        let sessions = Sessions::default();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let agent = sessions.open(HostId::generate(), tx);
+        let deliver = agent.clone();
+        let asked = Arc::new(Mutex::new(0usize));
+        let counter = asked.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = rx.recv().await {
+                let n = {
+                    let mut c = lock(&counter);
+                    *c += 1;
+                    *c - 1
+                };
+                deliver.deliver(pb::Reply {
+                    request_id: msg.request_id,
+                    result: Some(reply::Result::Csr(pb::Csr {
+                        csr_der: answers[n.min(2)].clone(),
+                    })),
+                });
+            }
+        });
+        let got = want.fetch(&agent).await.expect("the third CSR is accepted");
+        assert_eq!(*lock(&asked), 3);
+        assert_eq!(got.spki_der, new_key.subject_public_key_info());
+
+        // Three bad ones in a row: the attempt fails (before any ACME call).
+        let want = CsrWant::new(&r, &order);
+        let sessions = Sessions::default();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let agent = sessions.open(HostId::generate(), tx);
+        let deliver = agent.clone();
+        let stale = csr_for(&old_key, &["8.8.8.8"]);
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = rx.recv().await {
+                deliver.deliver(pb::Reply {
+                    request_id: msg.request_id,
+                    result: Some(reply::Result::Csr(pb::Csr {
+                        csr_der: stale.clone(),
+                    })),
+                });
+            }
+        });
+        match want.fetch(&agent).await {
+            Err(IssueError::BadCsr(m)) => assert!(m.contains("seen before"), "{m}"),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a stale CSR was accepted"),
+        }
+    }
+
+    #[test]
+    fn key_history_is_bounded_and_deduplicated() {
+        let mut r = rec(0, 100);
+        for i in 0..(crate::store::KEY_HISTORY + 10) {
+            r.remember_key(&format!("{i:064x}"));
+            r.remember_key(&format!("{i:064x}"));
+        }
+        assert_eq!(r.key_history.len(), crate::store::KEY_HISTORY);
+        assert_eq!(
+            r.key_history.last(),
+            Some(&format!("{:064x}", crate::store::KEY_HISTORY + 9))
+        );
+    }
+
+    #[test]
+    fn a_blocked_certificate_orders_nothing_but_may_install_what_it_has() {
+        let mut r = rec(0, 1_000_000);
+        r.blocked = Some(Blocked {
+            state: BlockedState::Conflict,
+            ips: r.spec.identifiers.clone(),
+            held_by: Some(HostId::generate()),
+            reason: "held".into(),
+            since: 0,
+        });
+        r.forced_by = Some("ops".into());
+        r.installed_serial = None;
+        r.served_serial = None;
+        assert_eq!(state_of(&r, 10), CertState::Conflict);
+        // Issued but not installed: installing is still fine.
+        assert_eq!(decide(&r, 10), Decision::Install);
+        let serial = r.current.as_ref().unwrap().serial.clone();
+        r.installed_serial = Some(serial.clone());
+        r.served_serial = Some(serial);
+        assert_eq!(decide(&r, 10), Decision::Idle, "forced renewal held back");
+        r.current = None;
+        assert_eq!(decide(&r, 10), Decision::Idle, "no first order either");
+        r.blocked = None;
+        assert_eq!(decide(&r, 10), Decision::Issue(RenewReason::Missing));
     }
 }

@@ -114,6 +114,9 @@ enum HostsCmd {
         #[arg(long)]
         no_revoke: bool,
     },
+    /// Free an address the host holds (it moved to another machine): a host waiting for it
+    /// in `conflict` gets its certificate at once.
+    ReleaseIp { host: String, ip: String },
 }
 
 #[derive(Subcommand)]
@@ -192,7 +195,10 @@ fn main() -> std::process::ExitCode {
     match rt.block_on(run(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!(
+                "error: {}",
+                certfleet_shared::daemon::error_message(e.chain())
+            );
             std::process::ExitCode::FAILURE
         }
     }
@@ -214,6 +220,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             fleet_ca::StateDir::new(&config.state_dir).ca_fingerprint()?
         ),
         Cmd::Serve => {
+            config.check_files(&args.config)?;
             let shutdown = CancellationToken::new();
             let trigger = shutdown.clone();
             tokio::spawn(async move {
@@ -270,6 +277,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     "nothing".into()
                 } else {
                     revoked.join(", ")
+                }
+            );
+        }
+        Cmd::Hosts {
+            cmd: Some(HostsCmd::ReleaseIp { host, ip }),
+            ..
+        } => {
+            let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
+            let rechecked = cli::host_release_ip(&mut client, host.clone(), ip.clone()).await?;
+            println!(
+                "released {ip} from host {host}; {}",
+                if rechecked.is_empty() {
+                    "no other host claims it".into()
+                } else {
+                    format!("looked again at {}", rechecked.join(", "))
                 }
             );
         }

@@ -39,6 +39,12 @@ struct StateLabel {
     state: String,
 }
 
+/// `ip_conflict` or `ip_refused`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BlockLabel {
+    pub kind: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HostLabel {
     host_id: String,
@@ -62,6 +68,8 @@ pub struct Metrics {
     pub renewals: Family<IssuerReason, Counter>,
     pub failures: Family<IssuerReason, Counter>,
     pub acme_latency: Family<AcmeOp, Histogram, fn() -> Histogram>,
+    /// Certificates newly held back by an address conflict or a policy refusal.
+    pub ip_blocked: Family<BlockLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -70,6 +78,7 @@ impl Default for Metrics {
             renewals: Family::default(),
             failures: Family::default(),
             acme_latency: Family::new_with_constructor(acme_histogram),
+            ip_blocked: Family::default(),
         }
     }
 }
@@ -105,6 +114,8 @@ impl Metrics {
             "installed",
             "served",
             "failed",
+            "conflict",
+            "refused",
         ] {
             by_state
                 .get_or_create(&StateLabel { state: s.into() })
@@ -216,6 +227,11 @@ impl Metrics {
             "certfleet_issuance_failures",
             "Failed reconcile attempts, by issuer and reason",
             self.failures.clone(),
+        );
+        reg.register(
+            "certfleet_ip_blocked",
+            "Certificates held back because a host claimed an address another host holds (ip_conflict) or its policy does not allow (ip_refused)",
+            self.ip_blocked.clone(),
         );
         reg.register(
             "certfleet_acme_request_duration_seconds",

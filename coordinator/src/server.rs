@@ -497,6 +497,37 @@ impl Admin for Api {
         }
     }
 
+    async fn release_ip(
+        &self,
+        req: Request<pb::ReleaseIpRequest>,
+    ) -> Result<Response<pb::ReleaseIpResponse>, Status> {
+        let operator = admin_identity(&req)?;
+        let r = req.into_inner();
+        let host =
+            HostId::parse(&r.host_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let ip = parse_ip(&r.ip).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        match self.store.ip_holder(ip).map_err(internal)? {
+            Some(h) if h == host => {}
+            Some(other) => {
+                return Err(Status::failed_precondition(format!(
+                    "{ip} is held by host {other}, not {host}"
+                )))
+            }
+            None => {
+                return Err(Status::failed_precondition(format!(
+                    "{ip} is not held by any host"
+                )))
+            }
+        }
+        let rechecked = self
+            .engine
+            .release_address(ip, &host, &format!("operator:{operator}"), true)
+            .map_err(internal)?;
+        Ok(Response::new(pb::ReleaseIpResponse {
+            rechecked_hosts: rechecked.iter().map(|h| h.to_string()).collect(),
+        }))
+    }
+
     async fn list_tokens(
         &self,
         req: Request<pb::ListTokensRequest>,

@@ -2,7 +2,7 @@
 //! first `[[policy]]` whose labels the host carries, or from `[issuance]` when none match.
 //! Pure: no store, no network.
 
-use crate::config::{Config, IpSelection, KeyTypeName};
+use crate::config::{Config, IpSelection, KeyTypeName, PolicyConfig};
 use crate::store::HostRecord;
 use certfleet_shared::identifier::{canonical_set, is_public};
 use serde::{Deserialize, Serialize};
@@ -42,13 +42,60 @@ pub enum SpecError {
     NoAddresses(String),
 }
 
-/// The spec for `host`, or why there is none.
-pub fn desired(config: &Config, host: &HostRecord) -> Result<CertSpec, SpecError> {
-    let policy = config.policies.iter().find(|p| {
+/// The first `[[policy]]` whose labels the host carries.
+fn policy_for<'c>(config: &'c Config, host: &HostRecord) -> Option<&'c PolicyConfig> {
+    config.policies.iter().find(|p| {
         p.match_labels
             .iter()
             .all(|(k, v)| host.labels.get(k) == Some(v))
-    });
+    })
+}
+
+/// Addresses the host claims that its policy's `allowed_ips` does not cover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disallowed {
+    pub policy: String,
+    pub ips: Vec<IpAddr>,
+    pub allowed: Vec<String>,
+}
+
+impl Disallowed {
+    /// For the operator: what is refused and how to fix it.
+    pub fn reason(&self) -> String {
+        let ips: Vec<String> = self.ips.iter().map(|i| i.to_string()).collect();
+        format!(
+            "{} not allowed by policy {:?} (allowed_ips = [{}]); remove the address from the agent's `ips`, or widen the policy's allowed_ips",
+            ips.join(", "),
+            self.policy,
+            self.allowed.join(", ")
+        )
+    }
+}
+
+/// The host's addresses outside its policy's `allowed_ips` (none when the policy has no
+/// such list).
+pub fn disallowed(config: &Config, host: &HostRecord) -> Option<Disallowed> {
+    let policy = policy_for(config, host)?;
+    if policy.allowed_ips.is_empty() {
+        return None;
+    }
+    let nets = policy.allowed_nets();
+    let ips: Vec<IpAddr> = host
+        .ips
+        .iter()
+        .copied()
+        .filter(|ip| !nets.iter().any(|n| n.contains(ip)))
+        .collect();
+    (!ips.is_empty()).then(|| Disallowed {
+        policy: policy.name.clone(),
+        ips,
+        allowed: policy.allowed_ips.clone(),
+    })
+}
+
+/// The spec for `host`, or why there is none.
+pub fn desired(config: &Config, host: &HostRecord) -> Result<CertSpec, SpecError> {
+    let policy = policy_for(config, host);
     let selection = policy.map(|p| p.ips).unwrap_or_default();
     let ips: Vec<IpAddr> = host
         .ips
@@ -109,6 +156,34 @@ mod tests {
     use super::*;
     use certfleet_shared::ids::HostId;
     use std::path::Path;
+
+    #[test]
+    fn allowed_ips_names_what_is_outside() {
+        let cfg = config(
+            "[[policy]]\nname = \"web\"\nallowed_ips = [\"203.0.113.0/24\", \"2001:db8::1\"]\nips = \"all\"\n",
+        );
+        let h = host(
+            &[],
+            &["203.0.113.7", "198.51.100.9", "2001:db8::1", "2001:db8::2"],
+            &["t"],
+        );
+        let d = disallowed(&cfg, &h).expect("outside addresses");
+        assert_eq!(d.policy, "web");
+        assert_eq!(
+            d.ips,
+            vec![
+                "198.51.100.9".parse::<IpAddr>().unwrap(),
+                "2001:db8::2".parse().unwrap()
+            ]
+        );
+        assert!(d
+            .reason()
+            .contains("198.51.100.9, 2001:db8::2 not allowed by policy \"web\""));
+        let inside = host(&[], &["203.0.113.7", "2001:db8::1"], &["t"]);
+        assert_eq!(disallowed(&cfg, &inside), None);
+        // No list: anything goes.
+        assert_eq!(disallowed(&config(""), &h), None);
+    }
 
     fn config(extra: &str) -> Config {
         let text = format!(

@@ -118,6 +118,11 @@ pub enum CertState {
     Served,
     /// The last attempt failed; see `last_error` and `next_attempt`.
     Failed,
+    /// An address of the host is held by another enrolled host: nothing is ordered until
+    /// it is released (see `blocked`).
+    Conflict,
+    /// The host claims an address its policy does not allow (`allowed_ips`).
+    Refused,
 }
 
 impl CertState {
@@ -129,6 +134,8 @@ impl CertState {
             CertState::Installed => "installed",
             CertState::Served => "served",
             CertState::Failed => "failed",
+            CertState::Conflict => "conflict",
+            CertState::Refused => "refused",
         }
     }
 }
@@ -166,6 +173,27 @@ pub struct OrderInFlight {
     /// validation, in case the CA runs a second validation.
     #[serde(default)]
     pub challenges_announced: bool,
+}
+
+/// Why nothing may be ordered for a certificate until something changes on the
+/// coordinator's side (an address is released, the policy changes).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Blocked {
+    pub state: BlockedState,
+    /// The addresses concerned.
+    pub ips: Vec<IpAddr>,
+    /// The host holding them (conflict).
+    pub held_by: Option<HostId>,
+    /// For the operator: what is wrong and how to fix it.
+    pub reason: String,
+    pub since: i64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockedState {
+    Conflict,
+    Refused,
 }
 
 /// The CA's suggested renewal window (RFC 9773) and our draw inside it.
@@ -229,6 +257,28 @@ pub struct CertRecord {
     pub renewals: u32,
     pub last_renewal_reason: Option<String>,
     pub updated: i64,
+    /// SHA-256 (hex) of the public keys of the CSRs accepted for this certificate, newest
+    /// last (at most [`KEY_HISTORY`]): a CSR whose key is here is stale and refused.
+    #[serde(default)]
+    pub key_history: Vec<String>,
+    /// Set while an address conflict or a policy refusal keeps this certificate from being
+    /// ordered.
+    #[serde(default)]
+    pub blocked: Option<Blocked>,
+}
+
+/// How many accepted CSR keys a certificate remembers (32 hex bytes each: a few KiB).
+pub const KEY_HISTORY: usize = 128;
+
+impl CertRecord {
+    /// Remembers the public key of an accepted CSR.
+    pub fn remember_key(&mut self, spki_sha256: &str) {
+        if !self.key_history.iter().any(|k| k == spki_sha256) {
+            self.key_history.push(spki_sha256.to_owned());
+        }
+        let excess = self.key_history.len().saturating_sub(KEY_HISTORY);
+        self.key_history.drain(..excess);
+    }
 }
 
 /// The coordinator's durable state.
@@ -268,6 +318,21 @@ pub trait Store: Send + Sync + 'static {
     fn next_due(&self) -> Result<Option<i64>, StoreError>;
 
     /// Rate-limit bookkeeping of one issuer, as stored by the engine.
+    /// The enrolled host holding `ip`, if any.
+    fn ip_holder(&self, ip: IpAddr) -> Result<Option<HostId>, StoreError>;
+    /// Takes `ip` for `host` when nobody holds it, or when `expected` (a holder that is
+    /// gone) still does; atomic. Returns the holder after the call.
+    fn claim_ip(
+        &self,
+        ip: IpAddr,
+        host: &HostId,
+        expected: Option<&HostId>,
+    ) -> Result<HostId, StoreError>;
+    /// Frees `ip` if `host` holds it; returns whether it did.
+    fn release_ip(&self, ip: IpAddr, host: &HostId) -> Result<bool, StoreError>;
+    /// Every address `host` holds.
+    fn ips_held_by(&self, host: &HostId) -> Result<Vec<IpAddr>, StoreError>;
+
     fn budget(&self, issuer: &str) -> Result<Option<serde_json::Value>, StoreError>;
     fn put_budget(&self, issuer: &str, budget: &serde_json::Value) -> Result<(), StoreError>;
 }
@@ -284,6 +349,8 @@ pub struct SledStore {
     /// `next_action (i64 BE, sign flipped) ++ cert id` → ()
     schedule: sled::Tree,
     budgets: sled::Tree,
+    /// canonical IP → id of the enrolled host holding it (one IP, one live host).
+    ip_holders: sled::Tree,
 }
 
 /// Index key: big-endian with the sign bit flipped, so byte order is numeric order.
@@ -345,6 +412,7 @@ impl SledStore {
             host_certs: db.open_tree("host_certs")?,
             schedule: db.open_tree("schedule")?,
             budgets: db.open_tree("budgets")?,
+            ip_holders: db.open_tree("ip_holders")?,
             db,
         })
     }
@@ -378,6 +446,13 @@ impl SledStore {
             })
             .collect()
     }
+}
+
+fn holder_of(key: &str, bytes: &[u8]) -> Result<HostId, StoreError> {
+    HostId::parse(&String::from_utf8_lossy(bytes)).map_err(|e| StoreError::Corrupt {
+        key: format!("ip_holders/{key}"),
+        detail: e.to_string(),
+    })
 }
 
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -579,6 +654,68 @@ impl Store for SledStore {
         Ok(self.schedule.first()?.and_then(|(k, _)| schedule_time(&k)))
     }
 
+    fn ip_holder(&self, ip: IpAddr) -> Result<Option<HostId>, StoreError> {
+        let key = ip.to_string();
+        self.ip_holders
+            .get(key.as_bytes())?
+            .map(|v| holder_of(&key, &v))
+            .transpose()
+    }
+
+    fn claim_ip(
+        &self,
+        ip: IpAddr,
+        host: &HostId,
+        expected: Option<&HostId>,
+    ) -> Result<HostId, StoreError> {
+        let key = ip.to_string();
+        let old = expected.map(|h| h.as_str().as_bytes().to_vec());
+        match self.ip_holders.compare_and_swap(
+            key.as_bytes(),
+            old,
+            Some(host.as_str().as_bytes()),
+        )? {
+            Ok(()) => {
+                self.flush()?;
+                Ok(host.clone())
+            }
+            Err(e) => match e.current {
+                Some(v) => holder_of(&key, &v),
+                // Freed meanwhile: try once more from nobody.
+                None => self.claim_ip(ip, host, None),
+            },
+        }
+    }
+
+    fn release_ip(&self, ip: IpAddr, host: &HostId) -> Result<bool, StoreError> {
+        let key = ip.to_string();
+        let released = self
+            .ip_holders
+            .compare_and_swap(
+                key.as_bytes(),
+                Some(host.as_str().as_bytes()),
+                None as Option<&[u8]>,
+            )?
+            .is_ok();
+        if released {
+            self.flush()?;
+        }
+        Ok(released)
+    }
+
+    fn ips_held_by(&self, host: &HostId) -> Result<Vec<IpAddr>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.ip_holders.iter() {
+            let (k, v) = kv?;
+            if v.as_ref() == host.as_str().as_bytes() {
+                if let Ok(ip) = String::from_utf8_lossy(&k).parse() {
+                    out.push(ip);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn budget(&self, issuer: &str) -> Result<Option<serde_json::Value>, StoreError> {
         Self::get(&self.budgets, issuer)
     }
@@ -692,7 +829,36 @@ mod tests {
             renewals: 0,
             last_renewal_reason: None,
             updated: 1,
+            key_history: Vec::new(),
+            blocked: None,
         }
+    }
+
+    #[test]
+    fn an_ip_has_one_holder_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let (a, b) = (HostId::generate(), HostId::generate());
+        let ip: IpAddr = "203.0.113.7".parse().unwrap();
+        assert_eq!(store.ip_holder(ip).unwrap(), None);
+        assert_eq!(store.claim_ip(ip, &a, None).unwrap(), a);
+        assert_eq!(store.claim_ip(ip, &a, None).unwrap(), a, "idempotent");
+        assert_eq!(store.claim_ip(ip, &b, None).unwrap(), a, "held by a");
+        assert!(
+            !store.release_ip(ip, &b).unwrap(),
+            "b cannot free a's address"
+        );
+        assert_eq!(store.ips_held_by(&a).unwrap(), vec![ip]);
+        // a is gone: b takes it over by naming the old holder.
+        assert_eq!(store.claim_ip(ip, &b, Some(&a)).unwrap(), b);
+        assert!(store.release_ip(ip, &b).unwrap());
+        assert_eq!(store.ip_holder(ip).unwrap(), None);
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.claim_ip(ip, &a, None).unwrap(), a);
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.ip_holder(ip).unwrap(), Some(a), "durable");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! What both daemons' thin `main`s share: logging set-up and waiting for a stop signal.
+//! What both daemons' thin `main`s share: logging set-up, waiting for a stop signal, and
+//! the one line a failed command prints.
 
 use std::io::IsTerminal;
 
@@ -32,5 +33,53 @@ pub async fn wait_for_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+/// The message a failed command prints: the error and its causes joined with `": "`, each
+/// said once. Error types that show their cause in their own message (`"{path}:
+/// {source}"`) would otherwise repeat it when the chain is printed in full.
+pub fn error_message<'a>(
+    chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> String {
+    let mut out = String::new();
+    for err in chain {
+        let text = err.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::configenv::ConfigError;
+
+    fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+        error_message(std::iter::successors(Some(err), |e| e.source()))
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let err = ConfigError::Read {
+            path: "/etc/certfleet/x.toml".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        };
+        assert_eq!(
+            chain(&err),
+            "cannot read config /etc/certfleet/x.toml: no such file"
+        );
+
+        #[derive(Debug, thiserror::Error)]
+        #[error("starting the agent")]
+        struct Outer(#[source] std::io::Error);
+        let err = Outer(std::io::Error::other("disk full"));
+        assert_eq!(chain(&err), "starting the agent: disk full");
     }
 }

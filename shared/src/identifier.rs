@@ -22,6 +22,13 @@ pub enum IdentifierError {
          set allow_private_ips = true on the issuer only for a private CA"
     )]
     NotPublic(IpAddr),
+    #[error(
+        "{0} is a link-local address ({range}): no CA can reach it, since it is valid only \
+         on one network link, and it is not unique to this host, since every link reuses \
+         the same range; list the host's routable addresses instead",
+        range = if .0.is_ipv4() { "169.254.0.0/16" } else { "fe80::/10" }
+    )]
+    LinkLocal(IpAddr),
 }
 
 /// Parses an IP identifier, insisting on the canonical text form (RFC 5952 for IPv6,
@@ -48,6 +55,16 @@ pub fn parse_ip(s: &str) -> Result<IpAddr, IdentifierError> {
             given: s.to_owned(),
             canonical: canonical.to_string(),
         });
+    }
+    Ok(ip)
+}
+
+/// Parses an address a host claims as its own ([`parse_ip`]) and refuses the link-local
+/// ranges, which name no single host and which no CA can reach.
+pub fn parse_host_ip(s: &str) -> Result<IpAddr, IdentifierError> {
+    let ip = parse_ip(s)?;
+    if is_link_local(ip) {
+        return Err(IdentifierError::LinkLocal(ip));
     }
     Ok(ip)
 }
@@ -87,6 +104,20 @@ pub fn is_public(ip: IpAddr) -> bool {
     }
 }
 
+/// IPv4 link-local (RFC 3927).
+const LINK_LOCAL_V4: ([u8; 4], u32) = ([169, 254, 0, 0], 16);
+/// IPv6 link-local unicast (RFC 4291).
+const LINK_LOCAL_V6: ([u16; 8], u32) = ([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10);
+
+/// True for `169.254.0.0/16` and `fe80::/10`: addresses that are only meaningful on one
+/// link (one of the special-purpose ranges of [`is_public`]).
+pub fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => in_v4(v4, LINK_LOCAL_V4.0, LINK_LOCAL_V4.1),
+        IpAddr::V6(v6) => in_v6(v6, LINK_LOCAL_V6.0, LINK_LOCAL_V6.1),
+    }
+}
+
 fn in_v4(ip: Ipv4Addr, net: [u8; 4], len: u32) -> bool {
     let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
     (u32::from(ip) & mask) == (u32::from(Ipv4Addr::from(net)) & mask)
@@ -98,7 +129,7 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         ([10, 0, 0, 0], 8),      // private
         ([100, 64, 0, 0], 10),   // shared address space (CGNAT)
         ([127, 0, 0, 0], 8),     // loopback
-        ([169, 254, 0, 0], 16),  // link local
+        LINK_LOCAL_V4,           // link local
         ([172, 16, 0, 0], 12),   // private
         ([192, 0, 0, 0], 24),    // IETF protocol assignments
         ([192, 0, 2, 0], 24),    // TEST-NET-1
@@ -136,7 +167,7 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         ([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20),     // documentation (RFC 9637)
         ([0x5f00, 0, 0, 0, 0, 0, 0, 0], 16),     // segment routing SIDs
         ([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7),      // unique local
-        ([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10),     // link local
+        LINK_LOCAL_V6,                           // link local
         ([0xff00, 0, 0, 0, 0, 0, 0, 0], 8),      // multicast
     ];
     !RANGES.iter().any(|&(net, len)| in_v6(ip, net, len))
@@ -242,6 +273,56 @@ mod tests {
         ] {
             assert!(is_public(s.parse().unwrap()), "{s} treated as private");
         }
+    }
+
+    #[test]
+    fn link_local_addresses_are_not_host_addresses() {
+        for s in [
+            "169.254.0.1",
+            "169.254.169.254",
+            "169.254.255.255",
+            "fe80::1",
+            "fe80::1:2:3:4",
+            "febf:ffff::1",
+        ] {
+            let ip: IpAddr = s.parse().unwrap();
+            assert!(is_link_local(ip), "{s} is link-local");
+            assert!(!is_public(ip), "{s} is not public either");
+            let err = parse_host_ip(s).unwrap_err();
+            assert_eq!(err, IdentifierError::LinkLocal(ip));
+            let msg = err.to_string();
+            assert!(
+                msg.contains(s) && msg.contains("link-local") && msg.contains("no CA can reach"),
+                "{msg}"
+            );
+        }
+        assert!(parse_host_ip("169.254.1.1")
+            .unwrap_err()
+            .to_string()
+            .contains("169.254.0.0/16"));
+        assert!(parse_host_ip("fe80::1")
+            .unwrap_err()
+            .to_string()
+            .contains("fe80::/10"));
+        for s in [
+            "169.253.255.255",
+            "169.255.0.1",
+            "fec0::1",
+            "fe7f::1",
+            "127.0.0.1",
+            "::1",
+            "10.0.0.1",
+            "8.8.8.8",
+            "2606:4700::1111",
+        ] {
+            let ip: IpAddr = s.parse().unwrap();
+            assert!(!is_link_local(ip), "{s} is not link-local");
+            assert_eq!(parse_host_ip(s), Ok(ip));
+        }
+        assert!(matches!(
+            parse_host_ip("10.0.0.300"),
+            Err(IdentifierError::NotAnIp(_))
+        ));
     }
 
     #[test]

@@ -70,6 +70,13 @@ typed_id!(
     "c-"
 );
 
+/// A fresh request id for a command to an agent: `r-` and 26 random characters (130 bits),
+/// so ids never repeat across coordinator runs or across coordinators sharing one store —
+/// an agent's reply cache can never answer a new command with an old reply by id alone.
+pub fn request_id() -> String {
+    format!("r-{}", random_suffix(26))
+}
+
 /// An id that does not have the expected shape.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid {kind} {value:?}")]
@@ -90,6 +97,13 @@ mod tests {
             CertId::parse(h.as_str()).is_err(),
             "a host id is not a cert id"
         );
+    }
+
+    #[test]
+    fn request_ids_do_not_repeat() {
+        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| request_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(ids.iter().all(|i| i.len() == 28 && i.starts_with("r-")));
     }
 
     #[test]

@@ -20,6 +20,29 @@ use crate::workdir::WorkDir;
 /// Files an enrolled agent has in its state dir; a refused enrollment leaves none.
 pub const ENROLLMENT_FILES: &[&str] = &["enrollment.json", "identity.pem", "identity.key"];
 
+/// Runs `certfleet-agent --config CONFIG ARGS…` with a scrubbed environment until it
+/// exits, for a config a test wrote itself (e.g. one the agent must refuse). Fails when it
+/// is still running after `timeout`.
+pub async fn run_with_config(
+    config: &Path,
+    args: &[&str],
+    timeout: Duration,
+) -> anyhow::Result<Output> {
+    let mut cmd = tokio::process::Command::new(crate::bins::agent()?);
+    cmd.arg("--config").arg(config).args(args);
+    scrub_env_tokio(&mut cmd);
+    run_output(&mut cmd, timeout).await
+}
+
+/// A whole, matching certificate/key pair in an agent's target ([`Agent::installed_pair`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstalledPair {
+    /// The leaf's serial, normalized lowercase hex.
+    pub serial: String,
+    /// The key's SubjectPublicKeyInfo (DER), equal to the leaf's.
+    pub key_spki: Vec<u8>,
+}
+
 #[derive(Debug)]
 pub struct Agent {
     child: Option<ChildGuard>,
@@ -140,6 +163,14 @@ impl Agent {
     /// IPv4 first, then IPv6.
     pub fn ips(&self) -> Vec<IpAddr> {
         self.ips.clone()
+    }
+
+    /// Adds addresses to this host's config (before `start`): e.g. an address another
+    /// host holds, as when a cloud hands a released IP to a new VM.
+    pub fn claim_ips(&mut self, extra: &[IpAddr]) -> anyhow::Result<()> {
+        self.ips.extend_from_slice(extra);
+        std::fs::write(&self.config_path, self.render_config(self.http01_port))?;
+        Ok(())
     }
 
     pub fn host_id(&self) -> Option<&str> {
@@ -457,6 +488,63 @@ ips = [{ips}]
             .chain(self.child.iter())
             .map(ChildGuard::logs)
             .collect()
+    }
+
+    /// Number of `run`s started so far (1 after the first start).
+    pub fn runs(&self) -> u32 {
+        self.runs
+    }
+
+    /// stdout+stderr of run `n` (1-based), empty when there is no such run.
+    pub fn run_log(&self, n: u32) -> String {
+        let name = format!("agent-{}-run-{n}", self.name);
+        self.past_runs
+            .iter()
+            .chain(self.child.iter())
+            .find(|c| c.name() == name)
+            .map(ChildGuard::logs)
+            .unwrap_or_default()
+    }
+
+    /// What the default target holds now, read from the files alone: every file must be
+    /// whole (cert, chain and fullchain parse, the key parses) and the key must be the
+    /// leaf's. `Err` says which part is not.
+    pub fn installed_pair(&self) -> Result<InstalledPair, String> {
+        use crate::{pki, tlsutil};
+        let leaf = |path: &Path| -> Result<pki::LeafInfo, String> {
+            let pem =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let certs =
+                tlsutil::certs_from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?;
+            let first = certs
+                .first()
+                .ok_or_else(|| format!("{}: no certificate", path.display()))?;
+            pki::leaf_info(first).map_err(|e| format!("{}: {e}", path.display()))
+        };
+        let cert = leaf(&self.cert_path())?;
+        let fullchain = leaf(&self.fullchain_path())?;
+        if fullchain.serial_hex != cert.serial_hex {
+            return Err(format!(
+                "cert.pem holds serial {} but fullchain.pem {}",
+                cert.serial_hex, fullchain.serial_hex
+            ));
+        }
+        leaf(&self.chain_path())?;
+        let key_path = self.key_path();
+        let key = std::fs::read_to_string(&key_path)
+            .map_err(|e| format!("{}: {e}", key_path.display()))?;
+        let key_spki =
+            pki::key_spki_from_pem(&key).map_err(|e| format!("{}: {e}", key_path.display()))?;
+        if key_spki != cert.spki_der {
+            return Err(format!(
+                "key.pem does not match the certificate (serial {})",
+                cert.serial_hex
+            ));
+        }
+        Ok(InstalledPair {
+            serial: cert.serial_hex,
+            key_spki,
+        })
     }
 
     pub fn dump_logs(&self) {

@@ -439,6 +439,29 @@ impl Coordinator {
         self.cli(&all).await
     }
 
+    /// Every audit record (`audit --json`), oldest first.
+    pub async fn audit_records(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let out = self.cli_ok(&["audit", "--json"]).await?;
+        out.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).with_context(|| format!("audit --json line {l:?}")))
+            .collect()
+    }
+
+    /// `audit verify`: its output (fails when the command fails).
+    pub async fn audit_verify(&self) -> anyhow::Result<String> {
+        self.cli_ok(&["audit", "verify"]).await
+    }
+
+    /// Lines containing `needle` in the logs of every `serve` run.
+    pub fn log_lines_containing(&self, needle: &str) -> Vec<String> {
+        self.logs()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// `token create [--ttl TTL]`: the token alone.
     pub async fn create_token(&self, ttl: Option<&str>) -> anyhow::Result<String> {
         let mut args = vec!["token", "create"];
@@ -479,6 +502,20 @@ impl Coordinator {
         )
         .await
     }
+}
+
+/// Runs `certfleet-coordinator --config CONFIG ARGS…` with a scrubbed environment until it
+/// exits, for a config a test wrote itself (e.g. one `serve` must refuse). Fails when it
+/// is still running after `timeout`.
+pub async fn run_with_config(
+    config: &Path,
+    args: &[&str],
+    timeout: Duration,
+) -> anyhow::Result<Output> {
+    let mut cmd = tokio::process::Command::new(crate::bins::coordinator()?);
+    cmd.arg("--config").arg(config).args(args);
+    scrub_env_tokio(&mut cmd);
+    run_output(&mut cmd, timeout).await
 }
 
 pub(crate) fn scrub_env_tokio(cmd: &mut tokio::process::Command) {

@@ -50,7 +50,7 @@ pub mod tlsutil;
 pub mod webserver;
 pub mod workdir;
 
-pub use agent::Agent;
+pub use agent::{Agent, InstalledPair};
 pub use coordinator::{CertRow, Coordinator, HostRow, RestartMode};
 pub use netns::{Lan, NsHost};
 pub use pebble::{Pebble, PebbleOptions};

@@ -176,3 +176,12 @@ pub async fn wait_port(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()
     )
     .await
 }
+
+/// Whether something accepts TCP connections on `addr` right now: `false` when the
+/// connection is refused (nothing bound) or does not complete within `timeout`.
+pub async fn tcp_accepts(addr: SocketAddr, timeout: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
+}

@@ -20,6 +20,8 @@ mod listener;
 mod selfcheck;
 mod webroot;
 
+pub(crate) use webroot::check_webroot;
+
 use crate::config::{Http01Config, Http01Mode};
 use crate::error::AgentFailure;
 use prometheus_client::metrics::counter::Counter;

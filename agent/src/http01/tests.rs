@@ -311,6 +311,53 @@ async fn webroot_refuses_symlinked_challenge_dir() {
 }
 
 #[tokio::test]
+async fn webroot_refuses_a_symlinked_webroot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let real = tmp.path().join("real");
+    let challenges = real.join(".well-known/acme-challenge");
+    std::fs::create_dir_all(&challenges).unwrap();
+    // A stale token file behind the link: the sweep at start must not reach it either.
+    let stale = challenges.join("stale_token_00000000");
+    std::fs::write(&stale, "x").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(SystemTime::now() - CHALLENGE_TTL - Duration::from_secs(60))
+        .unwrap();
+    let root = tmp.path().join("www");
+    std::os::unix::fs::symlink(&real, &root).unwrap();
+
+    let r = webroot_responder(&["127.0.0.1"], &root, 80, false);
+    assert!(stale.exists(), "no sweep through a symlinked webroot");
+    let err = r
+        .present(&[challenge("127.0.0.1", TOKEN)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, "write_failed");
+    for want in [
+        &format!("[http01] webroot {} is a symlink", root.display()),
+        "could point its writes anywhere",
+        &format!(
+            "its real path is {}",
+            real.canonicalize().unwrap().display()
+        ),
+        "set webroot to the real directory",
+    ] {
+        assert!(err.message.contains(want), "{want:?} in {}", err.message);
+    }
+    let names: Vec<_> = std::fs::read_dir(&challenges)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec!["stale_token_00000000"], "nothing written");
+    assert!(
+        lock(&r.table).is_empty(),
+        "a failed present leaves nothing live"
+    );
+}
+
+#[tokio::test]
 async fn webroot_sweeps_stale_files_at_start() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join(".well-known/acme-challenge");

@@ -4,8 +4,9 @@
 //! it when the challenge is cleared or expires.
 //!
 //! Owns only that directory. File names are tokens that passed [`valid_token`] (base64url,
-//! so no `/` or `..`), and the two directories the agent manages must be real directories,
-//! not symlinks, so nothing is ever written outside it. Token files a previous run left
+//! so no `/` or `..`), and the webroot and the two directories below it must be real
+//! directories, not symlinks (checked at config load and before every write), so nothing
+//! is ever written outside it. Token files a previous run left
 //! behind are removed once they are older than the challenge TTL; the directory should be
 //! dedicated to the agent (not shared with another ACME client).
 
@@ -67,6 +68,10 @@ impl Webroot {
     /// Removes token files (and temp files of interrupted writes) older than `ttl` whose
     /// token is not in `live`. Returns how many were removed.
     pub(super) fn sweep_stale(&self, live: &HashSet<String>, ttl: Duration) -> usize {
+        if check_webroot(&self.root).is_err() {
+            // Refused at load and at every write; never delete through a symlink either.
+            return 0;
+        }
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return 0;
         };
@@ -106,35 +111,29 @@ impl Webroot {
         Ok(self.dir.join(token))
     }
 
-    /// Creates `<root>/.well-known/acme-challenge` (0755) where missing, and refuses
-    /// symlinks for the two directories the agent manages.
+    /// Creates `<root>/.well-known/acme-challenge` (0755) where missing, and refuses a
+    /// symlink (or a file) for the webroot itself and for the two directories below it.
     fn ensure_dirs(&self) -> Result<(), AgentFailure> {
-        let well_known = self.root.join(".well-known");
-        for dir in [&self.root, &well_known, &self.dir] {
+        for dir in managed_dirs(&self.root) {
             match dir.symlink_metadata() {
-                Ok(meta) if dir != &self.root && !meta.is_dir() => {
-                    return Err(AgentFailure::new(
-                        "write_failed",
-                        format!(
-                            "{} must be a directory, not a symlink or a file: the agent writes \
-                             HTTP-01 token files only inside [http01] webroot {}; replace it \
-                             with a plain directory",
-                            dir.display(),
-                            self.root.display()
-                        ),
-                    ));
+                Ok(meta) => {
+                    if let Some(why) = refusal(&self.root, &dir, &meta) {
+                        return Err(AgentFailure::new("write_failed", why));
+                    }
                 }
-                Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     // Explicit mode: the agent's umask (0077 under systemd) must not hide
                     // the files from the web server's user.
-                    std::fs::create_dir(dir)
+                    std::fs::create_dir(&dir)
                         .and_then(|()| {
-                            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
+                            std::fs::set_permissions(
+                                &dir,
+                                std::fs::Permissions::from_mode(DIR_MODE),
+                            )
                         })
-                        .map_err(|e| self.write_failed(dir, &e))?;
+                        .map_err(|e| self.write_failed(&dir, &e))?;
                 }
-                Err(e) => return Err(self.write_failed(dir, &e)),
+                Err(e) => return Err(self.write_failed(&dir, &e)),
             }
         }
         Ok(())
@@ -153,6 +152,74 @@ impl Webroot {
             ),
         )
     }
+}
+
+/// The webroot and the two directories below it that the agent manages, outermost first.
+fn managed_dirs(root: &Path) -> [PathBuf; 3] {
+    let well_known = root.join(".well-known");
+    let challenges = well_known.join("acme-challenge");
+    [root.to_path_buf(), well_known, challenges]
+}
+
+/// Checks `[http01] webroot` at config load: the webroot and the directories below it
+/// that exist must be plain directories, not symlinks. Missing ones are fine (they are
+/// created on the first challenge) and so is what cannot be inspected here (the write
+/// reports it).
+pub(crate) fn check_webroot(root: &Path) -> Result<(), String> {
+    for dir in managed_dirs(root) {
+        match dir.symlink_metadata() {
+            Ok(meta) => {
+                if let Some(why) = refusal(root, &dir, &meta) {
+                    return Err(why);
+                }
+            }
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// Why the agent will not write through `dir` (the webroot or a directory below it), or
+/// `None` when it is a plain directory. A symlink could point the agent's writes anywhere
+/// (another site's document root, a system directory), so none is followed, the webroot's
+/// own included.
+fn refusal(root: &Path, dir: &Path, meta: &std::fs::Metadata) -> Option<String> {
+    if meta.is_dir() {
+        return None;
+    }
+    let real = std::fs::canonicalize(dir)
+        .ok()
+        .filter(|r| r.is_dir())
+        .map(|r| format!(" (its real path is {})", r.display()))
+        .unwrap_or_default();
+    if dir == root {
+        return Some(if meta.file_type().is_symlink() {
+            format!(
+                "[http01] webroot {} is a symlink{real}: the agent does not follow it, \
+                 because a symlink could point its writes anywhere; set webroot to the \
+                 real directory",
+                root.display()
+            )
+        } else {
+            format!(
+                "[http01] webroot {} is not a directory; set webroot to the web server's \
+                 document root for /.well-known/acme-challenge/",
+                root.display()
+            )
+        });
+    }
+    let what = if meta.file_type().is_symlink() {
+        "a symlink"
+    } else {
+        "a file"
+    };
+    Some(format!(
+        "{} is {what}{real}; it must be a directory, not a symlink or a file: the agent \
+         writes HTTP-01 token files only inside [http01] webroot {}, and a symlink could \
+         point its writes anywhere; replace it with a plain directory",
+        dir.display(),
+        root.display()
+    ))
 }
 
 /// The token a file in the challenge directory belongs to: its name, or for a temp file

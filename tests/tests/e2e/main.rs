@@ -11,6 +11,7 @@
 
 mod ari;
 mod audit;
+mod chaos;
 mod cli;
 mod crash;
 mod eab;
@@ -20,14 +21,17 @@ mod happy_path;
 mod harness;
 mod hostile;
 mod identity;
+mod ip_ownership;
 mod metrics;
 mod mtls;
 mod netns_smoke;
 mod operator;
+mod pending_keys;
 mod policy;
 mod refusals;
 mod renewal;
 mod restart;
 mod revocation;
+mod stale_replies;
 mod support;
 mod validation;
