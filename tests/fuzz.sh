@@ -71,9 +71,11 @@ bins=()
 for t in "${targets[@]}"; do
     bins+=(--bin "$t")
 done
+# fuzz/Cargo.lock is committed; not --locked, so that a dependency added to the workspace
+# since is resolved here too (commit the updated fuzz/Cargo.lock).
 echo "==> building ${targets[*]} (libFuzzer, release + debug assertions + overflow checks)"
 build_start=$SECONDS
-nice -n 10 cargo build --manifest-path fuzz/Cargo.toml --locked --release \
+nice -n 10 cargo build --manifest-path fuzz/Cargo.toml --release \
     --target "$triple" "${bins[@]}"
 echo "    built in $((SECONDS - build_start)) s"
 bindir=fuzz/target/$triple/release

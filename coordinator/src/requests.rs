@@ -107,6 +107,13 @@ pub fn remove_host(r: &pb::RemoveHostRequest) -> Result<HostId, Status> {
     HostId::parse(&r.host_id).map_err(bad)
 }
 
+/// `ReleaseIp`: the host and the address it is to give up.
+pub fn release_ip(r: &pb::ReleaseIpRequest) -> Result<(HostId, std::net::IpAddr), Status> {
+    let host = HostId::parse(&r.host_id).map_err(bad)?;
+    let ip = certfleet_shared::identifier::parse_ip(&r.ip).map_err(bad)?;
+    Ok((host, ip))
+}
+
 /// `RevokeToken`: the token id prefix, lower case, at least 8 hex digits.
 pub fn revoke_token(r: &pb::RevokeTokenRequest) -> Result<String, Status> {
     let id = r.id.to_ascii_lowercase();

@@ -502,10 +502,7 @@ impl Admin for Api {
         req: Request<pb::ReleaseIpRequest>,
     ) -> Result<Response<pb::ReleaseIpResponse>, Status> {
         let operator = admin_identity(&req)?;
-        let r = req.into_inner();
-        let host =
-            HostId::parse(&r.host_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let ip = parse_ip(&r.ip).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (host, ip) = requests::release_ip(&req.into_inner())?;
         match self.store.ip_holder(ip).map_err(internal)? {
             Some(h) if h == host => {}
             Some(other) => {

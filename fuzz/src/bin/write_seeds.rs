@@ -131,11 +131,11 @@ fn main() {
     w(t, "rotate-p384", &rotate(&csr_p384));
     w(t, "rotate-ed25519", &rotate(&csr_ed25519));
 
-    // coordinator_admin: the first byte picks the request (fuzz/src/lib.rs ADMIN_REQUESTS).
+    // coordinator_admin: the first byte picks the request (ADMIN_REQUESTS in fuzz/src/lib.rs).
     let t = "coordinator_admin";
     let host = "h-abcdefghijk23456";
     let cert = "c-abcdefghijk23456";
-    let admin: [(&str, Vec<u8>); 10] = [
+    let admin: [(&str, Vec<u8>); 11] = [
         (
             "create-token",
             pb::CreateTokenRequest {
@@ -192,6 +192,14 @@ fn main() {
             "revoke-token",
             pb::RevokeTokenRequest {
                 id: "0123abcdEF".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "release-ip",
+            pb::ReleaseIpRequest {
+                host_id: host.into(),
+                ip: "2001:db8::10".into(),
             }
             .encode_to_vec(),
         ),
@@ -275,6 +283,7 @@ fn main() {
             identifiers: HOST_IPS[..2].iter().map(|s| s.to_string()).collect(),
             key_type: key_type as i32,
             target: TARGET.into(),
+            cert_id: "c-abcdefghijk23456".into(),
         }))
     };
     w(
@@ -293,6 +302,17 @@ fn main() {
     }));
     w(t, "install", &command("r1-5", install));
     w(t, "no-command", &command("r1-6", None));
+    let discard = pb::DiscardPendingKeys {
+        cert_id: "c-abcdefghijk23456".into(),
+        keep_spki_sha256: vec![
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+        ],
+    };
+    w(
+        t,
+        "discard-pending-keys",
+        &command("r1-7", Some(Cmd::DiscardPendingKeys(discard))),
+    );
 
     // agent_http01
     let t = "agent_http01";
