@@ -127,7 +127,7 @@ async fn serve(listener: TcpListener, table: Table, cancel: CancellationToken, s
             },
             _ = cancel.cancelled() => return,
         };
-        let conn = serve_connection(stream, peer, table.clone(), served.clone());
+        let conn = serve_connection(stream, peer, table.clone(), served.clone(), false);
         tokio::spawn(async move {
             let _ = tokio::time::timeout(CONN_TIMEOUT, conn).await;
         });
@@ -135,8 +135,15 @@ async fn serve(listener: TcpListener, table: Table, cancel: CancellationToken, s
 }
 
 /// Serves one HTTP/1 connection from `peer` until the client closes it (or an error).
-pub(super) async fn serve_connection<I>(io: I, peer: SocketAddr, table: Table, served: Counter)
-where
+/// `half_close`: still answer requests the client sent before it shut down its side (only
+/// the in-memory [`super::answer_raw`] wants that; the listeners keep hyper's default).
+pub(super) async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    table: Table,
+    served: Counter,
+    half_close: bool,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = hyper::service::service_fn(move |req| {
@@ -146,6 +153,7 @@ where
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .max_buf_size(16 * 1024)
+        .half_close(half_close)
         .serve_connection(TokioIo::new(io), svc)
         .await;
 }

@@ -311,7 +311,7 @@ pub async fn answer_raw(live: &[(String, String)], request: &[u8]) -> Vec<u8> {
     }
     let (mut client, server) = tokio::io::duplex(64 * 1024);
     let peer = SocketAddr::from(([192, 0, 2, 1], 40000));
-    let serve = listener::serve_connection(server, peer, table, Counter::default());
+    let serve = listener::serve_connection(server, peer, table, Counter::default(), true);
     let talk = async {
         let mut out = Vec::new();
         // The server may stop reading (bad request) before all of it is written.
