@@ -81,6 +81,7 @@ fn main() {
         "reply-done",
         &reply_msg(reply::Result::Done(pb::Done {
             warnings: vec!["self-check: 301 redirect".into()],
+            discarded: 1,
         })),
     );
     w(
