@@ -10,6 +10,7 @@
 #   tests/run.sh                 # everything
 #   E2E_THREADS=1 tests/run.sh   # e2e tests one at a time
 #   tests/run.sh happy_path      # extra args are passed to the test runner as a filter
+#   FUZZ_SECONDS=0 tests/run.sh  # without the fuzz smoke run (default 10 s per target)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -79,5 +80,12 @@ else
     cargo test -p certfleet-tests --lib --bins "$@"
     echo "==> end-to-end tests (cargo test, ${e2e_threads} at a time)"
     cargo test -p certfleet-tests --test e2e -- --test-threads "${e2e_threads}" "$@"
+fi
+# Every parser that faces the outside, a short run each from the committed seeds (see
+# tests/fuzz.sh; FUZZ_SECONDS=0 skips it). Only on a full run, not with a test filter.
+fuzz_seconds=${FUZZ_SECONDS:-10}
+if (($# == 0)) && ((fuzz_seconds > 0)); then
+    echo "==> fuzz smoke (tests/fuzz.sh, ${fuzz_seconds} s per target)"
+    tests/fuzz.sh "${fuzz_seconds}"
 fi
 echo "==> all tests passed"

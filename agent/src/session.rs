@@ -315,7 +315,10 @@ impl Agent {
         Ok(())
     }
 
-    async fn handle(&self, msg: CoordinatorMessage) -> reply::Result {
+    /// Answers one command as the session does. `pub` for the fuzz targets (`fuzz/`),
+    /// which feed it decoded messages; not an API.
+    #[doc(hidden)]
+    pub async fn handle(&self, msg: CoordinatorMessage) -> reply::Result {
         if msg.request_id.is_empty() || msg.request_id.len() > 128 {
             return reply::Result::Failure(
                 AgentFailure::bad_request("missing or oversized request id").into(),

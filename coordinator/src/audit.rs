@@ -424,7 +424,8 @@ impl AuditLog {
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             match self.get(mid)? {
-                Some(r) if r.time < time - CLOCK_SLACK_SECS => lo = mid + 1,
+                // Saturating: `time` comes from a query (any i64).
+                Some(r) if r.time < time.saturating_sub(CLOCK_SLACK_SECS) => lo = mid + 1,
                 _ => hi = mid,
             }
         }
@@ -465,7 +466,9 @@ impl AuditLog {
                             seq,
                             detail: e.to_string(),
                         })?;
-                    if q.until.is_some_and(|u| r.time >= u + CLOCK_SLACK_SECS) {
+                    if q.until
+                        .is_some_and(|u| r.time >= u.saturating_add(CLOCK_SLACK_SECS))
+                    {
                         break;
                     }
                     if q.matches(&r) {
@@ -632,6 +635,31 @@ mod tests {
             limited.iter().map(|r| r.seq).collect::<Vec<_>>(),
             vec![0, 1, 2]
         );
+    }
+
+    #[test]
+    fn extreme_time_bounds_neither_overflow_nor_hide_records() {
+        // Found by the coordinator_admin fuzz target: `since - slack` and `until + slack`
+        // overflowed (a panic with overflow checks, wrong results without).
+        let (_d, _db, log) = log();
+        for t in [i64::MIN, 0, i64::MAX] {
+            log.append_unflushed(Kind::OrderCreated, t, Entry::by("c"))
+                .unwrap();
+        }
+        let q = |since, until| {
+            log.query(&Query {
+                since,
+                until,
+                ..Default::default()
+            })
+            .unwrap()
+            .len()
+        };
+        assert_eq!(q(Some(i64::MIN), None), 3);
+        assert_eq!(q(None, Some(i64::MAX)), 2);
+        assert_eq!(q(Some(i64::MIN), Some(i64::MAX)), 2);
+        assert_eq!(q(Some(i64::MAX), None), 1);
+        assert_eq!(q(None, Some(i64::MIN)), 0);
     }
 
     #[test]

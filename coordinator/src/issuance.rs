@@ -1793,8 +1793,9 @@ fn key_digest(spki_der: &[u8]) -> String {
 }
 
 /// The CSR must be signed by its key, name exactly `ids` as IP SANs, have no CN and no DNS
-/// names, and use an EC key as asked.
-fn check_csr(der: &[u8], ids: &[IpAddr], key_type: KeyTypeName) -> Result<CsrInfo, IssueError> {
+/// names, and use an EC key as asked. `pub` for the fuzz targets (`fuzz/`); not an API.
+#[doc(hidden)]
+pub fn check_csr(der: &[u8], ids: &[IpAddr], key_type: KeyTypeName) -> Result<CsrInfo, IssueError> {
     let csr = CsrInfo::from_der(der).map_err(|e| IssueError::BadCsr(e.to_string()))?;
     if canonical_set(csr.ips.clone()) != ids {
         return Err(IssueError::BadCsr(format!(

@@ -14,6 +14,7 @@
 //! - [`sessions`] — live agent streams and request/reply correlation.
 //! - [`spec`] — desired state: which certificate a host should have (policies by label).
 //! - [`issuance`] — the reconciler: next-action index → decide → order/validate/finalize/install.
+//! - [`requests`] — the checks of incoming requests that need no store (shapes, ids, reasons).
 //! - [`server`] — gRPC services and the per-call identity checks.
 //! - [`cli`] — operator commands that talk to a running coordinator.
 //!
@@ -28,6 +29,7 @@ pub mod config;
 pub mod fleet_ca;
 pub mod issuance;
 pub mod metrics;
+pub mod requests;
 pub mod server;
 pub mod sessions;
 pub mod spec;

@@ -10,6 +10,7 @@
 use crate::audit::{Entry, Kind};
 use crate::fleet_ca::FleetCa;
 use crate::issuance::Engine;
+use crate::requests::{self, valid_name};
 use crate::sessions::Sessions;
 use crate::store::{EnrollError, HostRecord, InstalledRecord, Store, TokenRecord};
 use certfleet_proto::v1::{
@@ -33,9 +34,6 @@ use tonic::{Request, Response, Status, Streaming};
 const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 const MAX_IPS: usize = 64;
 const MAX_TARGETS: usize = 32;
-const MAX_LABELS: usize = 32;
-const DEFAULT_TOKEN_TTL: u64 = 3600;
-const MAX_TOKEN_TTL: u64 = 30 * 86_400;
 
 pub struct Services {
     pub store: Arc<dyn Store>,
@@ -104,13 +102,6 @@ fn admin_identity<T>(req: &Request<T>) -> Result<String, Status> {
         })
 }
 
-fn valid_name(s: &str, max: usize) -> bool {
-    !s.is_empty()
-        && s.len() <= max
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-}
-
 #[tonic::async_trait]
 impl Enrollment for Api {
     async fn enroll(
@@ -119,29 +110,7 @@ impl Enrollment for Api {
     ) -> Result<Response<pb::EnrollResponse>, Status> {
         let from = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let r = req.into_inner();
-        if r.token.is_empty() || r.token.len() > 256 {
-            return Err(Status::invalid_argument("join token missing or malformed"));
-        }
-        let hostname = if r.hostname.is_empty() {
-            "unnamed".to_owned()
-        } else {
-            r.hostname.clone()
-        };
-        if !valid_name(&hostname, 253) {
-            return Err(Status::invalid_argument(format!(
-                "hostname {:?} must be letters, digits, '-', '_' or '.'",
-                hostname.chars().take(80).collect::<String>()
-            )));
-        }
-        if r.labels.len() > MAX_LABELS
-            || r.labels
-                .iter()
-                .any(|(k, v)| !valid_name(k, 63) || v.len() > 253)
-        {
-            return Err(Status::invalid_argument(
-                "labels: at most 32, keys letters/digits/-_. up to 63, values up to 253 bytes",
-            ));
-        }
+        let hostname = requests::enroll(&r)?;
         let host_id = HostId::generate();
         let (cert_pem, info) = self
             .ca
@@ -353,8 +322,10 @@ impl AgentSession for Api {
 }
 
 impl Services {
-    /// Validates and records what the agent says about itself.
-    fn apply_hello(&self, host: &HostId, hello: pb::Hello) -> Result<(), Status> {
+    /// Validates and records what the agent says about itself. `pub` for the fuzz targets
+    /// (`fuzz/`), which feed it decoded messages; not an API.
+    #[doc(hidden)]
+    pub fn apply_hello(&self, host: &HostId, hello: pb::Hello) -> Result<(), Status> {
         if hello.ips.len() > MAX_IPS
             || hello.targets.len() > MAX_TARGETS
             || hello.inventory.len() > MAX_TARGETS
@@ -404,16 +375,7 @@ impl Admin for Api {
         req: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         let operator = admin_identity(&req)?;
-        let r = req.into_inner();
-        let ttl = if r.ttl_seconds == 0 {
-            DEFAULT_TOKEN_TTL
-        } else {
-            r.ttl_seconds
-        };
-        if ttl > MAX_TOKEN_TTL {
-            return Err(Status::invalid_argument("token ttl is at most 30 days"));
-        }
-        let uses = if r.uses == 0 { 1 } else { r.uses };
+        let (ttl, uses) = requests::create_token(&req.into_inner())?;
         let token = crate::tokens::generate();
         let now = self.clock.now_unix();
         let rec = TokenRecord {
@@ -498,18 +460,7 @@ impl Admin for Api {
         req: Request<pb::RevokeCertRequest>,
     ) -> Result<Response<pb::RevokeCertResponse>, Status> {
         let operator = admin_identity(&req)?;
-        let r = req.into_inner();
-        let id = CertId::parse(&r.cert_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let name = if r.reason.is_empty() {
-            "unspecified".to_owned()
-        } else {
-            r.reason.clone()
-        };
-        let reason = revocation_reason(&name).ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "unknown reason {name:?}; use unspecified, keyCompromise, affiliationChanged, superseded, cessationOfOperation or privilegeWithdrawn"
-            ))
-        })?;
+        let (id, name, reason) = requests::revoke_cert(&req.into_inner())?;
         if self.store.cert(&id).map_err(internal)?.is_none() {
             return Err(Status::not_found(format!("no such certificate: {id}")));
         }
@@ -532,8 +483,7 @@ impl Admin for Api {
     ) -> Result<Response<pb::RemoveHostResponse>, Status> {
         let operator = admin_identity(&req)?;
         let r = req.into_inner();
-        let host =
-            HostId::parse(&r.host_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let host = requests::remove_host(&r)?;
         if self.store.host(&host).map_err(internal)?.is_none() {
             return Err(Status::not_found(format!("no such host: {host}")));
         }
@@ -552,10 +502,7 @@ impl Admin for Api {
         req: Request<pb::ReleaseIpRequest>,
     ) -> Result<Response<pb::ReleaseIpResponse>, Status> {
         let operator = admin_identity(&req)?;
-        let r = req.into_inner();
-        let host =
-            HostId::parse(&r.host_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let ip = parse_ip(&r.ip).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (host, ip) = requests::release_ip(&req.into_inner())?;
         match self.store.ip_holder(ip).map_err(internal)? {
             Some(h) if h == host => {}
             Some(other) => {
@@ -606,12 +553,7 @@ impl Admin for Api {
         req: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         let operator = admin_identity(&req)?;
-        let id = req.into_inner().id.to_ascii_lowercase();
-        if id.len() < 8 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Status::invalid_argument(
-                "give at least 8 hex digits of the token id (from `tokens list`)",
-            ));
-        }
+        let id = requests::revoke_token(&req.into_inner())?;
         let matches: Vec<(String, TokenRecord)> = self
             .store
             .tokens()
@@ -684,14 +626,8 @@ impl Admin for Api {
         req: Request<pb::RenewCertsRequest>,
     ) -> Result<Response<pb::RenewCertsResponse>, Status> {
         let operator = admin_identity(&req)?;
-        let r = req.into_inner();
-        let mut ids = Vec::new();
-        for id in &r.cert_ids {
-            ids.push(CertId::parse(id).map_err(|e| Status::invalid_argument(e.to_string()))?);
-        }
-        if !r.host_id.is_empty() {
-            let host =
-                HostId::parse(&r.host_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (mut ids, host) = requests::renew_certs(&req.into_inner())?;
+        if let Some(host) = host {
             if self.store.host(&host).map_err(internal)?.is_none() {
                 return Err(Status::not_found(format!("no such host: {host}")));
             }
@@ -708,11 +644,6 @@ impl Admin for Api {
                 )));
             }
             ids.extend(of_host);
-        }
-        if ids.is_empty() {
-            return Err(Status::invalid_argument(
-                "name certificate ids, or --host HOST",
-            ));
         }
         let mut missing = Vec::new();
         for id in &ids {
@@ -734,52 +665,11 @@ impl Admin for Api {
     }
 }
 
-const AUDIT_QUERY_CAP: usize = 10_000;
-
-fn revocation_reason(name: &str) -> Option<instant_acme::RevocationReason> {
-    use instant_acme::RevocationReason as R;
-    Some(match name {
-        "unspecified" => R::Unspecified,
-        "keyCompromise" => R::KeyCompromise,
-        "affiliationChanged" => R::AffiliationChanged,
-        "superseded" => R::Superseded,
-        "cessationOfOperation" => R::CessationOfOperation,
-        "privilegeWithdrawn" => R::PrivilegeWithdrawn,
-        _ => return None,
-    })
-}
-
 impl Api {
-    fn audit_query(&self, r: pb::QueryAuditRequest) -> Result<pb::QueryAuditResponse, Status> {
-        let mut q = crate::audit::Query::default();
-        if !r.host_id.is_empty() {
-            q.host_id = Some(
-                HostId::parse(&r.host_id)
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?
-                    .to_string(),
-            );
-        }
-        if !r.network.is_empty() {
-            q.network =
-                Some(crate::audit::parse_network(&r.network).map_err(Status::invalid_argument)?);
-        }
-        if !r.serial.is_empty() {
-            q.serial = Some(r.serial.to_ascii_lowercase());
-        }
-        for k in &r.kinds {
-            q.kinds
-                .push(Kind::parse(k).ok_or_else(|| {
-                    Status::invalid_argument(format!("unknown event kind {k:?}"))
-                })?);
-        }
-        q.since = (r.since_unix != 0).then_some(r.since_unix);
-        q.until = (r.until_unix != 0).then_some(r.until_unix);
-        let cap = if r.limit == 0 {
-            AUDIT_QUERY_CAP
-        } else {
-            (r.limit as usize).min(AUDIT_QUERY_CAP)
-        };
-        q.limit = Some(cap + 1);
+    /// Runs an audit query. `pub` for the fuzz targets (`fuzz/`); not an API.
+    #[doc(hidden)]
+    pub fn audit_query(&self, r: pb::QueryAuditRequest) -> Result<pb::QueryAuditResponse, Status> {
+        let (q, cap) = requests::query_audit(&r)?;
         let mut records = self.audit.query(&q).map_err(internal)?;
         let truncated = records.len() > cap;
         records.truncate(cap);

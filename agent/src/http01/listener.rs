@@ -127,20 +127,35 @@ async fn serve(listener: TcpListener, table: Table, cancel: CancellationToken, s
             },
             _ = cancel.cancelled() => return,
         };
-        let table = table.clone();
-        let served = served.clone();
+        let conn = serve_connection(stream, peer, table.clone(), served.clone(), false);
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let table = table.clone();
-                let served = served.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(&table, &req, peer, &served)) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .max_buf_size(16 * 1024)
-                .serve_connection(TokioIo::new(stream), svc);
             let _ = tokio::time::timeout(CONN_TIMEOUT, conn).await;
         });
     }
+}
+
+/// Serves one HTTP/1 connection from `peer` until the client closes it (or an error).
+/// `half_close`: still answer requests the client sent before it shut down its side (only
+/// the in-memory [`super::answer_raw`] wants that; the listeners keep hyper's default).
+pub(super) async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    table: Table,
+    served: Counter,
+    half_close: bool,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let table = table.clone();
+        let served = served.clone();
+        async move { Ok::<_, std::convert::Infallible>(answer(&table, &req, peer, &served)) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .max_buf_size(16 * 1024)
+        .half_close(half_close)
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
 }
 
 fn answer<B>(

@@ -305,5 +305,39 @@ impl Responder {
     }
 }
 
+/// Serves one HTTP/1 connection whose client sends `request` and then closes its side,
+/// with `live` (token, key authorization) challenges in the table; returns the bytes the
+/// responder wrote back. The entry point of the HTTP-01 fuzz target (`fuzz/`): the same
+/// connection handling as the standalone and proxy listeners, over memory. Not an API.
+#[doc(hidden)]
+pub async fn answer_raw(live: &[(String, String)], request: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let table = Table::default();
+    {
+        let mut t = lock(&table);
+        for (token, key_authorization) in live {
+            let entry = Entry {
+                key_authorization: key_authorization.clone(),
+                expires: Instant::now() + CHALLENGE_TTL,
+            };
+            t.insert(token.clone(), entry);
+        }
+    }
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let peer = SocketAddr::from(([192, 0, 2, 1], 40000));
+    let serve = listener::serve_connection(server, peer, table, Counter::default(), true);
+    let talk = async {
+        let mut out = Vec::new();
+        // The server may stop reading (bad request) before all of it is written.
+        if client.write_all(request).await.is_ok() {
+            let _ = client.shutdown().await;
+        }
+        let _ = client.read_to_end(&mut out).await;
+        out
+    };
+    let ((), out) = tokio::join!(serve, talk);
+    out
+}
+
 #[cfg(test)]
 mod tests;

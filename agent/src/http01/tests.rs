@@ -503,3 +503,30 @@ fn parses_responses() {
     assert!(parse(b"SSH-2.0-OpenSSH\r\n\r\n", true).is_err());
     assert!(parse(b"HTTP/1.1 200", true).is_err());
 }
+
+#[tokio::test]
+async fn answer_raw_serves_live_tokens_only() {
+    let live = vec![(
+        "tok_en-0123456789ab".to_owned(),
+        "tok_en-0123456789ab.thumb".to_owned(),
+    )];
+    let ok = answer_raw(
+        &live,
+        b"GET /.well-known/acme-challenge/tok_en-0123456789ab HTTP/1.1\r\nHost: 192.0.2.1\r\n\r\n",
+    )
+    .await;
+    let ok = String::from_utf8_lossy(&ok);
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(ok.ends_with("tok_en-0123456789ab.thumb"), "{ok}");
+    let missing = answer_raw(
+        &live,
+        b"GET /.well-known/acme-challenge/other HTTP/1.1\r\n\r\n",
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&missing).starts_with("HTTP/1.1 404"));
+    let post = answer_raw(&live, b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await;
+    assert!(String::from_utf8_lossy(&post).starts_with("HTTP/1.1 405"));
+    // Garbage and a half-sent request end without a panic and without hanging.
+    answer_raw(&live, b"\x00\xff garbage\r\n\r\n").await;
+    answer_raw(&live, b"GET /.well-known/acme-").await;
+}
