@@ -15,9 +15,11 @@
 # libFuzzer from source); no nightly, no cargo-fuzz.
 #
 # Inputs: the committed seeds in fuzz/corpus/<target>/ (read only). What a run finds goes
-# to fuzz/target/corpus-work/<target>/ (kept between local runs, never committed); a
+# to <target dir>/corpus-work/<target>/ (kept between local runs, never committed); a
 # crashing input goes to fuzz/artifacts/<target>/ — reproduce it with
-#   fuzz/target/<triple>/release/<target> fuzz/artifacts/<target>/crash-…
+#   <target dir>/<triple>/release/<target> fuzz/artifacts/<target>/crash-…
+# The target dir is $CERTFLEET_FUZZ_TARGET_DIR, else /var/cache/certfleet-tests/fuzz-target
+# as root (it outlives a clone), else fuzz/target.
 # and, once fixed, copy it into fuzz/corpus/<target>/ as a regression seed.
 set -euo pipefail
 
@@ -73,12 +75,24 @@ for t in "${targets[@]}"; do
 done
 # fuzz/Cargo.lock is committed; not --locked, so that a dependency added to the workspace
 # since is resolved here too (commit the updated fuzz/Cargo.lock).
-echo "==> building ${targets[*]} (libFuzzer, release + debug assertions + overflow checks)"
+# The instrumented build is a release build of the whole dependency tree: keep it where it
+# survives a fresh clone (CI runs one on the same machine) when we may write there.
+if [[ -z ${CARGO_TARGET_DIR:-} ]]; then
+    if [[ -n ${CERTFLEET_FUZZ_TARGET_DIR:-} ]]; then
+        export CARGO_TARGET_DIR=$CERTFLEET_FUZZ_TARGET_DIR
+    elif [[ $(id -u) -eq 0 ]]; then
+        export CARGO_TARGET_DIR=/var/cache/certfleet-tests/fuzz-target
+    else
+        export CARGO_TARGET_DIR=fuzz/target
+    fi
+fi
+mkdir -p "$CARGO_TARGET_DIR"
+echo "==> building ${targets[*]} (libFuzzer, release + debug assertions + overflow checks) in $CARGO_TARGET_DIR"
 build_start=$SECONDS
 nice -n 10 cargo build --manifest-path fuzz/Cargo.toml --release \
     --target "$triple" "${bins[@]}"
 echo "    built in $((SECONDS - build_start)) s"
-bindir=fuzz/target/$triple/release
+bindir=$CARGO_TARGET_DIR/$triple/release
 if $seeds; then
     "$bindir/write-seeds" fuzz/corpus
     echo "==> seeds written to fuzz/corpus/"
@@ -94,7 +108,7 @@ trap 'rm -rf "$scratch"' EXIT
 failed=()
 rows=()
 for t in "${targets[@]}"; do
-    work=fuzz/target/corpus-work/$t
+    work=$CARGO_TARGET_DIR/corpus-work/$t
     artifacts=fuzz/artifacts/$t
     mkdir -p "$work" "$artifacts" "fuzz/corpus/$t"
     log=$scratch/$t.log

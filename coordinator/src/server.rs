@@ -18,7 +18,7 @@ use certfleet_proto::v1::{
     enrollment_server::Enrollment, AgentMessage, CoordinatorMessage,
 };
 use certfleet_shared::clock::SharedClock;
-use certfleet_shared::identifier::{parse_host_ip, parse_ip};
+use certfleet_shared::identifier::parse_host_ip;
 use certfleet_shared::ids::{CertId, HostId};
 use certfleet_shared::x509::{sha256_hex, CertInfo};
 use certfleet_shared::{ADMIN_URI_PREFIX, HOST_URI_PREFIX};
