@@ -9,7 +9,7 @@
 //! Env: BENCH_CERTS (100000), BENCH_DUE (100), BENCH_TICKS (20).
 
 use certfleet_coordinator::config::KeyTypeName;
-use certfleet_coordinator::issuance::decide;
+use certfleet_coordinator::engine::decide;
 use certfleet_coordinator::spec::CertSpec;
 use certfleet_coordinator::store::{CertRecord, CertState, IssuedCert, SledStore, Store};
 use certfleet_shared::ids::{CertId, HostId};

@@ -143,7 +143,7 @@ impl Metrics {
                 remaining
                     .get_or_create(&l)
                     .set(certfleet_shared::renewal::remaining_fraction(&v, now));
-                if let Some((at, _)) = crate::issuance::renew_time(&c, now) {
+                if let Some((at, _)) = crate::engine::renew_time(&c, now) {
                     next_renewal.get_or_create(&l).set(at);
                 }
             }
