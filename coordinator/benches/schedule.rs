@@ -10,8 +10,9 @@
 
 use certfleet_coordinator::config::KeyTypeName;
 use certfleet_coordinator::engine::decide;
-use certfleet_coordinator::spec::CertSpec;
-use certfleet_coordinator::store::{CertRecord, CertState, IssuedCert, SledStore, Store};
+use certfleet_coordinator::model::CertSpec;
+use certfleet_coordinator::model::{CertRecord, CertState, IssuedCert};
+use certfleet_coordinator::store::{SledStore, Store};
 use certfleet_shared::ids::{CertId, HostId};
 use std::time::Instant;
 

@@ -32,6 +32,7 @@ pub mod config;
 pub mod engine;
 pub mod fleet_ca;
 pub mod metrics;
+pub mod model;
 pub mod server;
 pub mod sessions;
 pub mod spec;

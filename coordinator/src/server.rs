@@ -10,8 +10,9 @@
 use crate::audit::{Entry, Kind};
 use crate::engine::Engine;
 use crate::fleet_ca::FleetCa;
+use crate::model::{HostRecord, InstalledRecord};
 use crate::sessions::Sessions;
-use crate::store::{EnrollError, HostRecord, InstalledRecord, Store, TokenRecord};
+use crate::store::{EnrollError, Store, TokenRecord};
 use certfleet_proto::v1::{
     self as pb, admin_server::Admin, agent_message::Msg, agent_session_server::AgentSession,
     enrollment_server::Enrollment, AgentMessage, CoordinatorMessage,
@@ -801,7 +802,7 @@ impl Api {
     }
 }
 
-fn cert_view(c: crate::store::CertRecord, now: i64) -> pb::CertView {
+fn cert_view(c: crate::model::CertRecord, now: i64) -> pb::CertView {
     let cur = c.current.as_ref();
     let renew_at = crate::engine::renew_time(&c, now)
         .map(|(at, _)| at)

@@ -2,7 +2,7 @@
 //! day), kept while the CA's answer is the same, a random moment drawn inside it.
 
 use super::Engine;
-use crate::store::{AriState, CertRecord};
+use crate::model::{AriState, CertRecord};
 use certfleet_shared::renewal;
 
 impl Engine {

@@ -4,8 +4,8 @@
 
 use super::{IssueError, AGENT_QUICK};
 use crate::config::KeyTypeName;
+use crate::model::{CertRecord, OrderInFlight};
 use crate::sessions::{AgentHandle, SessionError};
-use crate::store::{CertRecord, OrderInFlight};
 use certfleet_proto::v1::{self as pb, coordinator_message::Cmd, reply};
 use certfleet_shared::identifier::canonical_set;
 use certfleet_shared::ids::CertId;

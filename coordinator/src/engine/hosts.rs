@@ -4,8 +4,10 @@
 use super::reconcile::{new_record, state_of, RECHECK_SECS};
 use super::Engine;
 use crate::audit::{Entry, Kind};
-use crate::spec::{self, CertSpec};
-use crate::store::{Blocked, BlockedState, CertRecord, HostRecord, StoreError};
+use crate::model::CertSpec;
+use crate::model::{Blocked, BlockedState, CertRecord, HostRecord};
+use crate::spec::{self};
+use crate::store::StoreError;
 use certfleet_shared::ids::HostId;
 use std::net::IpAddr;
 

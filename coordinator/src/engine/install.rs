@@ -3,8 +3,8 @@
 
 use super::{Engine, IssueError, AGENT_INSTALL};
 use crate::audit::{Entry, Kind};
+use crate::model::CertRecord;
 use crate::sessions::{AgentHandle, SessionError};
-use crate::store::CertRecord;
 use certfleet_proto::v1::{self as pb, coordinator_message::Cmd, reply};
 
 impl Engine {

@@ -43,8 +43,9 @@ pub use reconcile::{at_risk_at, decide, renew_time, Decision};
 use crate::acme::{AcmeError, AcmeIssuer};
 use crate::audit::{AuditLog, Entry, Kind};
 use crate::config::Config;
+use crate::model::CertRecord;
 use crate::sessions::{SessionError, Sessions};
-use crate::store::{CertRecord, Store, StoreError};
+use crate::store::{Store, StoreError};
 use certfleet_shared::clock::SharedClock;
 use certfleet_shared::ids::CertId;
 use certfleet_shared::ratelimit::{Budget, Refusal};
@@ -193,8 +194,8 @@ impl Engine {
 #[cfg(test)]
 pub(crate) mod testutil {
     use crate::config::KeyTypeName;
-    use crate::spec::CertSpec;
-    use crate::store::{CertRecord, HostRecord, IssuedCert};
+    use crate::model::CertSpec;
+    use crate::model::{CertRecord, HostRecord, IssuedCert};
     use certfleet_shared::ids::HostId;
 
     pub fn rec(not_before: i64, not_after: i64) -> CertRecord {

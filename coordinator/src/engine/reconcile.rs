@@ -5,8 +5,8 @@
 use super::{Engine, IssueError};
 use crate::acme::AcmeError;
 use crate::audit::{Entry, Kind};
-use crate::spec::CertSpec;
-use crate::store::{BlockedState, CertRecord, CertState, HostRecord};
+use crate::model::CertSpec;
+use crate::model::{BlockedState, CertRecord, CertState, HostRecord};
 use certfleet_shared::ids::CertId;
 use certfleet_shared::renewal::{self, RenewReason, Validity};
 
@@ -423,7 +423,7 @@ fn retry_after_in(text: &str, now: i64) -> Option<i64> {
 mod tests {
     use super::*;
     use crate::engine::testutil::rec;
-    use crate::store::{AriState, Blocked, OrderInFlight};
+    use crate::model::{AriState, Blocked, OrderInFlight};
     use certfleet_shared::ids::HostId;
 
     const H: i64 = 3600;
@@ -561,14 +561,14 @@ mod tests {
     #[test]
     fn key_history_is_bounded_and_deduplicated() {
         let mut r = rec(0, 100);
-        for i in 0..(crate::store::KEY_HISTORY + 10) {
+        for i in 0..(crate::model::KEY_HISTORY + 10) {
             r.remember_key(&format!("{i:064x}"));
             r.remember_key(&format!("{i:064x}"));
         }
-        assert_eq!(r.key_history.len(), crate::store::KEY_HISTORY);
+        assert_eq!(r.key_history.len(), crate::model::KEY_HISTORY);
         assert_eq!(
             r.key_history.last(),
-            Some(&format!("{:064x}", crate::store::KEY_HISTORY + 9))
+            Some(&format!("{:064x}", crate::model::KEY_HISTORY + 9))
         );
     }
 

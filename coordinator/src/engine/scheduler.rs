@@ -3,7 +3,8 @@
 //! bounded by a semaphore. `recover()` at start resumes interrupted orders.
 
 use super::{decide, lock, Decision, Engine, IssueError};
-use crate::store::{CertRecord, HostRecord, StoreError};
+use crate::model::{CertRecord, HostRecord};
+use crate::store::StoreError;
 use certfleet_shared::ids::CertId;
 use std::sync::Arc;
 use std::time::Duration;
