@@ -5,6 +5,7 @@
 
 use crate::config::KeyTypeName;
 use certfleet_shared::ids::{CertId, HostId};
+use certfleet_shared::renewal::{self, RenewReason, Validity};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -241,7 +242,37 @@ pub struct CertRecord {
 /// How many accepted CSR keys a certificate remembers (32 hex bytes each: a few KiB).
 pub const KEY_HISTORY: usize = 128;
 
+impl IssuedCert {
+    pub fn validity(&self) -> Validity {
+        Validity {
+            not_before: self.not_before,
+            not_after: self.not_after,
+        }
+    }
+}
+
 impl CertRecord {
+    /// When the current certificate should be renewed, and why
+    /// ([`renewal::renew_at`] with this record's ARI draw and jitter).
+    pub fn renew_time(&self, now: i64) -> Option<(i64, RenewReason)> {
+        let cur = self.current.as_ref()?;
+        Some(renewal::renew_at(
+            &cur.validity(),
+            self.ari.as_ref().map(|a| a.renew_at),
+            now,
+            cur.renew_unit,
+        ))
+    }
+
+    /// From when the current certificate counts as at risk ([`renewal::at_risk_at`]).
+    pub fn at_risk_at(&self) -> Option<i64> {
+        let cur = self.current.as_ref()?;
+        Some(renewal::at_risk_at(
+            &cur.validity(),
+            self.ari.as_ref().map(|a| a.start),
+        ))
+    }
+
     /// Remembers the public key of an accepted CSR.
     pub fn remember_key(&mut self, spki_sha256: &str) {
         if !self.key_history.iter().any(|k| k == spki_sha256) {

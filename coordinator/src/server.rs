@@ -804,9 +804,7 @@ impl Api {
 
 fn cert_view(c: crate::model::CertRecord, now: i64) -> pb::CertView {
     let cur = c.current.as_ref();
-    let renew_at = crate::engine::renew_time(&c, now)
-        .map(|(at, _)| at)
-        .unwrap_or(0);
+    let renew_at = c.renew_time(now).map(|(at, _)| at).unwrap_or(0);
     pb::CertView {
         cert_id: c.id.to_string(),
         host_id: c.host_id.to_string(),

@@ -38,7 +38,7 @@ pub mod reconcile;
 pub mod scheduler;
 
 pub use csr::check_csr;
-pub use reconcile::{at_risk_at, decide, renew_time, Decision};
+pub use reconcile::{decide, Decision};
 
 use crate::acme::{AcmeError, AcmeIssuer};
 use crate::audit::{AuditLog, Entry, Kind};

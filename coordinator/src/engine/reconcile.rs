@@ -8,7 +8,7 @@ use crate::audit::{Entry, Kind};
 use crate::model::CertSpec;
 use crate::model::{BlockedState, CertRecord, CertState, HostRecord};
 use certfleet_shared::ids::CertId;
-use certfleet_shared::renewal::{self, RenewReason, Validity};
+use certfleet_shared::renewal::RenewReason;
 
 /// Safety net while waiting for a disconnected host (its Hello also wakes us).
 const WAIT_FOR_AGENT_SECS: i64 = 10 * 60;
@@ -27,42 +27,6 @@ pub enum Decision {
     Install,
 }
 
-/// When the current certificate should be renewed, and why.
-pub fn renew_time(rec: &CertRecord, now: i64) -> Option<(i64, RenewReason)> {
-    let cur = rec.current.as_ref()?;
-    let v = Validity {
-        not_before: cur.not_before,
-        not_after: cur.not_after,
-    };
-    Some(if now >= cur.not_after {
-        (cur.not_after, RenewReason::Expired)
-    } else if let Some(a) = &rec.ari {
-        (a.renew_at, RenewReason::AriWindow)
-    } else {
-        (
-            renewal::lifetime_renew_at(&v, cur.renew_unit),
-            RenewReason::LifetimeFraction,
-        )
-    })
-}
-
-/// From when the current certificate counts as *at risk*: half of its renewal margin left
-/// (the lifetime fraction), or — when the CA's ARI window asks for a later renewal — half of
-/// the time between the window's start and expiry.
-pub fn at_risk_at(rec: &CertRecord) -> Option<i64> {
-    let c = rec.current.as_ref()?;
-    let v = Validity {
-        not_before: c.not_before,
-        not_after: c.not_after,
-    };
-    let (num, den) = renewal::renewal_fraction(&v);
-    let by_fraction = c.not_after - v.lifetime_secs() * num / den / 2;
-    Some(match &rec.ari {
-        Some(a) if a.start < c.not_after => by_fraction.max(a.start + (c.not_after - a.start) / 2),
-        _ => by_fraction,
-    })
-}
-
 /// Why a new certificate is needed now, if it is.
 fn issue_reason(rec: &CertRecord, now: i64) -> Option<RenewReason> {
     let Some(cur) = &rec.current else {
@@ -79,7 +43,7 @@ fn issue_reason(rec: &CertRecord, now: i64) -> Option<RenewReason> {
     if rec.forced_by.is_some() {
         return Some(RenewReason::Forced);
     }
-    match renew_time(rec, now) {
+    match rec.renew_time(now) {
         Some((at, reason)) if now >= at => Some(reason),
         _ => None,
     }
@@ -251,7 +215,7 @@ impl Engine {
         }
         rec.state = state_of(&rec, now);
         let was = rec.at_risk;
-        rec.at_risk = rec.current.is_some() && at_risk_at(&rec).is_some_and(|at| now >= at);
+        rec.at_risk = rec.current.is_some() && rec.at_risk_at().is_some_and(|at| now >= at);
         if rec.at_risk && !was {
             let _ = self.record(
                 Kind::AtRisk,
@@ -289,13 +253,13 @@ impl Engine {
         if rec.order.is_some() || rec.current.is_none() || decide(rec, now) != Decision::Idle {
             return now;
         }
-        let mut next = renew_time(rec, now).map(|(at, _)| at).unwrap_or(now);
+        let mut next = rec.renew_time(now).map(|(at, _)| at).unwrap_or(now);
         if let Some(a) = &rec.ari {
             next = next.min(a.next_check);
         } else if self.ari_pending(rec) {
             next = next.min(rec.ari_retry_at.unwrap_or(now));
         }
-        if let Some(at) = at_risk_at(rec).filter(|_| !rec.at_risk) {
+        if let Some(at) = rec.at_risk_at().filter(|_| !rec.at_risk) {
             next = next.min(at);
         }
         next.max(now + 1)
@@ -389,7 +353,7 @@ fn next_reason(rec: &CertRecord, next: i64, now: i64, failed: bool) -> String {
     if next <= now + 1 && decide(rec, now) != Decision::Idle {
         return "act now".into();
     }
-    match renew_time(rec, now) {
+    match rec.renew_time(now) {
         Some((at, reason)) if at <= next => format!("renew ({reason})"),
         _ if rec.ari.as_ref().is_some_and(|a| a.next_check <= next) => "check ARI window".into(),
         _ if rec.ari.is_none()
@@ -518,37 +482,6 @@ mod tests {
         r.current = None;
         r.order = None;
         assert_eq!(decide(&r, 1), Decision::Issue(RenewReason::Missing));
-    }
-
-    #[test]
-    fn at_risk_moment_follows_the_fraction_or_a_later_ari_window() {
-        let mut r = rec(0, 160 * H);
-        // Short-lived: renew with half left, at risk with a quarter left.
-        assert_eq!(at_risk_at(&r), Some(120 * H));
-        // A CA window opening at 85% of the lifetime moves the alarm to halfway from there.
-        r.ari = Some(AriState {
-            start: 136 * H,
-            end: 160 * H,
-            renew_at: 140 * H,
-            next_check: 0,
-            explanation_url: None,
-        });
-        assert_eq!(at_risk_at(&r), Some(148 * H));
-        // An early window never makes it earlier than the fraction.
-        r.ari = Some(AriState {
-            start: 10 * H,
-            end: 20 * H,
-            renew_at: 15 * H,
-            next_check: 0,
-            explanation_url: None,
-        });
-        assert_eq!(at_risk_at(&r), Some(120 * H));
-        let long = rec(0, 90 * 24 * H);
-        assert_eq!(
-            at_risk_at(&long),
-            Some(75 * 24 * H),
-            "a third left renews, a sixth left is at risk"
-        );
     }
 
     #[test]
