@@ -74,6 +74,7 @@ fn record(i: usize, now: i64, due: bool) -> CertRecord {
         forced_by: None,
         renewals: 0,
         last_renewal_reason: None,
+        revoked_serial: None,
         updated: now,
         key_history: Vec::new(),
         blocked: None,

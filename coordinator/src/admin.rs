@@ -44,6 +44,7 @@ pub async fn revoke(
         rec.ari = None;
         rec.ari_retry_at = None;
         rec.last_renewal_reason = Some(format!("revoked ({reason_name}) by {by}"));
+        rec.revoked_serial = Some(cur.serial.clone());
         rec.next_action = Some(engine.clock.now_unix());
         rec.next_reason = Some("replace the revoked certificate".into());
         rec.state = state_of(&rec, engine.clock.now_unix());

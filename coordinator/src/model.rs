@@ -228,6 +228,10 @@ pub struct CertRecord {
     #[serde(default)]
     pub renewals: u32,
     pub last_renewal_reason: Option<String>,
+    /// Serial of the certificate an operator revoked, until its replacement is issued: a
+    /// task that ran meanwhile must not bring the revoked certificate back.
+    #[serde(default)]
+    pub revoked_serial: Option<String>,
     pub updated: i64,
     /// SHA-256 (hex) of the public keys of the CSRs accepted for this certificate, newest
     /// last (at most [`KEY_HISTORY`]): a CSR whose key is here is stale and refused.

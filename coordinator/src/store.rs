@@ -8,6 +8,7 @@
 
 use crate::model::{CertRecord, HostRecord};
 use certfleet_shared::ids::{CertId, HostId};
+use certfleet_shared::ratelimit::Budget;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::net::IpAddr;
 use std::path::Path;
@@ -120,8 +121,8 @@ pub trait Store: Send + Sync + 'static {
     /// Every address `host` holds.
     fn ips_held_by(&self, host: &HostId) -> Result<Vec<IpAddr>, StoreError>;
 
-    fn budget(&self, issuer: &str) -> Result<Option<serde_json::Value>, StoreError>;
-    fn put_budget(&self, issuer: &str, budget: &serde_json::Value) -> Result<(), StoreError>;
+    fn budget(&self, issuer: &str) -> Result<Option<Budget>, StoreError>;
+    fn put_budget(&self, issuer: &str, budget: &Budget) -> Result<(), StoreError>;
 }
 
 /// sled-backed [`Store`].
@@ -503,11 +504,13 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn budget(&self, issuer: &str) -> Result<Option<serde_json::Value>, StoreError> {
-        Self::get(&self.budgets, issuer)
+    fn budget(&self, issuer: &str) -> Result<Option<Budget>, StoreError> {
+        // A stored budget of another shape starts afresh (it only delays, never allows more).
+        Ok(Self::get::<serde_json::Value>(&self.budgets, issuer)?
+            .and_then(|v| serde_json::from_value(v).ok()))
     }
 
-    fn put_budget(&self, issuer: &str, budget: &serde_json::Value) -> Result<(), StoreError> {
+    fn put_budget(&self, issuer: &str, budget: &Budget) -> Result<(), StoreError> {
         self.put(&self.budgets, issuer, budget)
     }
 }
@@ -617,6 +620,7 @@ mod tests {
             forced_by: None,
             renewals: 0,
             last_renewal_reason: None,
+            revoked_serial: None,
             updated: 1,
             key_history: Vec::new(),
             blocked: None,

@@ -43,11 +43,7 @@ impl Engine {
         if let Some(b) = lock(&self.budgets).get(issuer) {
             return Ok(b.clone());
         }
-        let b = self
-            .store
-            .budget(issuer)?
-            .and_then(|v| serde_json::from_value::<Budget>(v).ok())
-            .unwrap_or_default();
+        let b = self.store.budget(issuer)?.unwrap_or_default();
         lock(&self.budgets).insert(issuer.to_owned(), b.clone());
         Ok(b)
     }
@@ -66,8 +62,7 @@ impl Engine {
             b.record(e, now);
         }
         b.prune(now);
-        self.store
-            .put_budget(&issuer.cfg.name, &serde_json::to_value(&b)?)?;
+        self.store.put_budget(&issuer.cfg.name, &b)?;
         lock(&self.budgets).insert(issuer.cfg.name.clone(), b);
         Ok(())
     }

@@ -259,6 +259,7 @@ impl Engine {
                 .inc();
         }
         rec.last_renewal_reason = Some(order.reason.clone());
+        rec.revoked_serial = None;
         rec.state = CertState::Issued;
         rec.updated = now;
         let issuer_chain_sha256: Vec<String> = chain[1..]

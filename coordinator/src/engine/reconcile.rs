@@ -101,16 +101,11 @@ impl Engine {
                 changed_meanwhile = true;
             }
             // Revoked by an operator meanwhile: do not bring the revoked certificate back.
-            if fresh.current.is_none()
-                && rec.current.is_some()
-                && fresh
-                    .last_renewal_reason
-                    .as_deref()
-                    .is_some_and(|r| r.starts_with("revoked"))
-            {
+            if fresh.current.is_none() && rec.current.is_some() && fresh.revoked_serial.is_some() {
                 rec.current = None;
                 rec.ari = None;
                 rec.last_renewal_reason = fresh.last_renewal_reason;
+                rec.revoked_serial = fresh.revoked_serial;
                 changed_meanwhile = true;
             }
         }
@@ -186,9 +181,7 @@ impl Engine {
                 rec.attempts += 1;
                 rec.last_error = Some(e.to_string());
                 let ca_says = match e {
-                    IssueError::Acme(a) if a.is_rate_limited() => {
-                        retry_after_in(&a.to_string(), now)
-                    }
+                    IssueError::Acme(a) => a.retry_after().map(|at| at.max(now + 1)),
                     _ => None,
                 };
                 next = ca_says.unwrap_or(now + backoff).max(now + 1);
@@ -233,7 +226,7 @@ impl Engine {
             tracing::error!(cert = %rec.id, host = %rec.host_id, not_after = rec.current.as_ref().map(|c| c.not_after),
                 last_error = ?rec.last_error, "certificate AT RISK: its remaining lifetime is below the safety margin");
         }
-        rec.next_reason = Some(next_reason(&rec, next, now, outcome.is_err()));
+        rec.next_reason = Some(next_reason(&rec, next, now, outcome.as_ref().err()));
         rec.next_action = Some(next.max(now));
         rec.updated = now;
         self.store.put_cert(&rec)?;
@@ -314,6 +307,7 @@ pub(crate) fn new_record(host: &HostRecord, spec: CertSpec, now: i64) -> CertRec
         forced_by: None,
         renewals: 0,
         last_renewal_reason: None,
+        revoked_serial: None,
         updated: now,
         key_history: Vec::new(),
         blocked: None,
@@ -342,13 +336,14 @@ pub(crate) fn state_of(rec: &CertRecord, now: i64) -> CertState {
     }
 }
 
-fn next_reason(rec: &CertRecord, next: i64, now: i64, failed: bool) -> String {
-    if failed {
-        return match &rec.last_error {
-            Some(e) if e.starts_with("rate limit") => "rate limit frees".into(),
-            Some(e) if e.starts_with("waiting for the host") => "host reconnects".into(),
-            _ => "retry".into(),
-        };
+fn next_reason(rec: &CertRecord, next: i64, now: i64, failure: Option<&IssueError>) -> String {
+    if let Some(e) = failure {
+        return match e {
+            IssueError::Budget(_) => "rate limit frees",
+            IssueError::WaitingForAgent => "host reconnects",
+            _ => "retry",
+        }
+        .into();
     }
     if next <= now + 1 && decide(rec, now) != Decision::Idle {
         return "act now".into();
@@ -364,23 +359,6 @@ fn next_reason(rec: &CertRecord, next: i64, now: i64, failed: bool) -> String {
         }
         _ => "check at-risk margin".into(),
     }
-}
-
-/// "retry after 2026-11-22T17:00:00Z" in a rateLimited problem's detail, as Let's Encrypt
-/// words it.
-fn retry_after_in(text: &str, now: i64) -> Option<i64> {
-    let lower = text.to_ascii_lowercase();
-    let idx = lower.find("retry after ")? + "retry after ".len();
-    let stamp: String = text[idx..]
-        .chars()
-        .take_while(|c| !c.is_whitespace() && *c != ',' && *c != ';' && *c != ')')
-        .collect();
-    let t = time::OffsetDateTime::parse(
-        stamp.trim_end_matches(':'),
-        &time::format_description::well_known::Rfc3339,
-    )
-    .ok()?;
-    Some(t.unix_timestamp().max(now + 1))
 }
 
 #[cfg(test)]
@@ -482,13 +460,6 @@ mod tests {
         r.current = None;
         r.order = None;
         assert_eq!(decide(&r, 1), Decision::Issue(RenewReason::Missing));
-    }
-
-    #[test]
-    fn retry_after_is_read_from_rate_limit_detail() {
-        let t = "too many certificates (5) already issued for this exact set of identifiers in the last 168h0m0s, retry after 2026-11-23T10:00:00Z: see https://letsencrypt.org/docs/rate-limits/";
-        assert_eq!(retry_after_in(t, 0), Some(1_795_428_000));
-        assert_eq!(retry_after_in("no hint", 0), None);
     }
 
     #[test]
