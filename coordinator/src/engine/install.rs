@@ -61,6 +61,7 @@ impl Engine {
             Err(e @ SessionError::Failed { .. }) => {
                 let SessionError::Failed {
                     code,
+                    kind,
                     message,
                     rolled_back,
                     current_serial,
@@ -69,7 +70,7 @@ impl Engine {
                 else {
                     return Err(e.into());
                 };
-                if code == "no_matching_key" {
+                if *kind == pb::FailureCode::NoMatchingKey {
                     // The key for this certificate is gone from the host: the certificate
                     // is useless there, so the next attempt issues a new one.
                     tracing::warn!(host = %rec.host_id, cert = %rec.id, error = %message, "host lost the key; re-issuing");
