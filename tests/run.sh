@@ -54,6 +54,9 @@ fi
 
 # Running as root: the multi-host tests must run, never skip silently.
 export CERTFLEET_REQUIRE_NETNS=1
+# The chaos tests draw their kill moments from a seed: fixed here so a CI run can be
+# replayed exactly; tests/chaos.sh runs many random seeds (long mode).
+export CERTFLEET_CHAOS_SEED=${CERTFLEET_CHAOS_SEED:-20261201}
 
 echo "==> cargo clippy --workspace --all-targets (benches included; warnings fail)"
 cargo clippy --workspace --all-targets -- -D warnings

@@ -7,6 +7,7 @@
 
 use crate::error::AgentFailure;
 use certfleet_proto::v1::KeyType;
+use certfleet_shared::clock::{SharedClock, SystemClock};
 use certfleet_shared::fsutil::{create_dir_with_mode, read_limited, write_atomic};
 use certfleet_shared::ids::CertId;
 use certfleet_shared::x509::sha256_hex;
@@ -20,6 +21,8 @@ const MAX_PENDING: usize = 32;
 
 pub struct PendingKeys {
     dir: PathBuf,
+    /// Wall-clock time for the age limit.
+    clock: SharedClock,
 }
 
 /// A private key in PEM; `Debug` never shows it.
@@ -33,9 +36,31 @@ impl std::fmt::Debug for KeyPem {
 
 impl PendingKeys {
     pub fn new(state_dir: &Path) -> Self {
+        Self::with_clock(state_dir, std::sync::Arc::new(SystemClock))
+    }
+
+    /// Pending keys whose age limit is measured on `clock`.
+    pub fn with_clock(state_dir: &Path, clock: SharedClock) -> Self {
         Self {
             dir: state_dir.join("pending"),
+            clock,
         }
+    }
+
+    /// Removes what a crash left half-written (temp files of interrupted key writes).
+    /// Called at start, before anything writes here.
+    pub fn sweep_interrupted(&self) -> usize {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        dir.filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with('.') && n.contains(".tmp-"))
+            })
+            .filter(|e| std::fs::remove_file(e.path()).is_ok())
+            .count()
     }
 
     /// Makes a fresh key and a CSR naming exactly `ips` (IP SANs, empty subject: no CN); the
@@ -80,7 +105,12 @@ impl PendingKeys {
         dir.filter_map(|e| e.ok())
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
-                let stem = name.strip_suffix(".key")?;
+                // A temp file of an interrupted write (`.<name>.key.tmp-…`) counts as
+                // the key it was becoming: it is removed with it.
+                let stem = match name.strip_prefix('.') {
+                    Some(hidden) => hidden.split_once(".key.tmp-")?.0,
+                    None => name.strip_suffix(".key")?,
+                };
                 let (hash, cert) = match stem.split_once('.') {
                     Some((h, c)) => (h.to_owned(), Some(c.to_owned())),
                     None => (stem.to_owned(), None),
@@ -94,7 +124,7 @@ impl PendingKeys {
         let hash = &sha256_hex(spki)[..32];
         self.entries()
             .into_iter()
-            .filter(|(_, h, _)| h == hash)
+            .filter(|(p, h, _)| h == hash && !is_temp(p))
             .map(|(p, _, _)| p)
             .collect()
     }
@@ -119,9 +149,10 @@ impl PendingKeys {
     pub fn discard(&self, cert: &CertId, keep: &[String]) -> u32 {
         let mut removed = 0;
         for (path, hash, filed_under) in self.entries() {
-            let kept = keep
-                .iter()
-                .any(|k| k.len() >= 32 && k[..32].eq_ignore_ascii_case(&hash));
+            let kept = !is_temp(&path)
+                && keep
+                    .iter()
+                    .any(|k| k.len() >= 32 && k[..32].eq_ignore_ascii_case(&hash));
             if filed_under.as_deref() == Some(cert.as_str())
                 && !kept
                 && std::fs::remove_file(&path).is_ok()
@@ -147,18 +178,22 @@ impl PendingKeys {
             .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
             .collect();
         files.sort();
-        let now = std::time::SystemTime::now();
+        let now = self.clock.now_unix();
         let excess = files.len().saturating_sub(MAX_PENDING - 1);
         for (i, (modified, path)) in files.iter().enumerate() {
-            let old = now
-                .duration_since(*modified)
-                .map(|d| d.as_secs() > PENDING_MAX_AGE_SECS)
-                .unwrap_or(false);
+            let old = certfleet_shared::clock::unix_secs(*modified)
+                .is_some_and(|m| now.saturating_sub(m) > PENDING_MAX_AGE_SECS as i64);
             if old || i < excess {
                 let _ = std::fs::remove_file(path);
             }
         }
     }
+}
+
+fn is_temp(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
 }
 
 #[cfg(test)]
@@ -213,8 +248,19 @@ mod tests {
             keys.find(&legacy).is_some(),
             "an unfiled key is left to the age limit"
         );
-        assert_eq!(keys.discard(&a, &[]), 1);
+        // A write of a key for `a` interrupted by a crash leaves a temp file: it goes with
+        // the certificate's keys, and at start.
+        let half = dir
+            .path()
+            .join("pending")
+            .join(format!(".{}.{a}.key.tmp-1-00000000", "0".repeat(32)));
+        std::fs::write(&half, "-----BEGIN PRIVATE KEY-----").unwrap();
+        assert_eq!(keys.discard(&a, &[]), 2);
+        assert!(!half.exists());
         assert_eq!(keys.discard(&a, &[]), 0, "idempotent");
+        std::fs::write(&half, "x").unwrap();
+        assert_eq!(keys.sweep_interrupted(), 1);
+        assert!(!half.exists());
         keys.remove(&b1);
         assert!(keys.find(&b1).is_none());
     }

@@ -1,5 +1,9 @@
 //! The agent's session with the coordinator: one mutual-TLS bidirectional stream, Hello
 //! first, then commands answered by request id; reconnect with jittered backoff.
+//!
+//! Every task the agent spawns (rotation loop, challenge sweeper, metrics server, one
+//! task per command) is tracked; on shutdown no further command is taken and running
+//! ones get [`SHUTDOWN_DRAIN`] to finish (an install is crash-safe if cut, but better not).
 
 use crate::config::AgentConfig;
 use crate::error::AgentFailure;
@@ -14,6 +18,7 @@ use certfleet_proto::v1::{
 };
 use certfleet_proto::MAX_MESSAGE_BYTES;
 use certfleet_shared::backoff::Backoff;
+use certfleet_shared::clock::{SharedClock, SystemClock};
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -22,12 +27,17 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// A session that lasted this long resets the backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 const REPLAY_CACHE: usize = 64;
 /// How often challenges the coordinator never cleared are looked at for expiry.
 const CHALLENGE_SWEEP: Duration = Duration::from_secs(30);
+/// How long running commands may take to finish once shutdown is asked for.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
+/// When the identity certificate cannot be read, it is read again after this long.
+const IDENTITY_UNREADABLE_RECHECK: Duration = Duration::from_secs(60);
 
 pub struct Agent {
     pub config: AgentConfig,
@@ -39,6 +49,8 @@ pub struct Agent {
     responder: Responder,
     pending: PendingKeys,
     install_lock: tokio::sync::Mutex<()>,
+    /// Wall-clock time (identity rotation, age limits).
+    clock: SharedClock,
     /// Recent replies by request id and the digest of the command's content: a replayed
     /// command (same id, same content) gets the same answer; nothing else does.
     replies: Mutex<VecDeque<CachedReply>>,
@@ -78,6 +90,11 @@ impl Drop for Connected {
 
 impl Agent {
     pub fn new(config: AgentConfig) -> anyhow::Result<Arc<Self>> {
+        Self::with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// [`Agent::new`] reading wall-clock time from `clock`.
+    pub fn with_clock(config: AgentConfig, clock: SharedClock) -> anyhow::Result<Arc<Self>> {
         let ips = config.ip_addrs();
         let targets = config
             .resolve_targets()
@@ -86,22 +103,62 @@ impl Agent {
         Ok(Arc::new(Self {
             targets,
             installer: Installer::new(&config.state_dir)?,
-            responder: Responder::new(
+            responder: Responder::with_clock(
                 ips.clone(),
                 &config.http01,
                 metrics.challenges_served.clone(),
+                clock.clone(),
             ),
             metrics,
-            pending: PendingKeys::new(&config.state_dir),
+            pending: {
+                let pending = PendingKeys::with_clock(&config.state_dir, clock.clone());
+                let swept = pending.sweep_interrupted();
+                if swept > 0 {
+                    tracing::info!(swept, "removed half-written pending keys a crash left");
+                }
+                pending
+            },
             ips,
             config,
             install_lock: tokio::sync::Mutex::new(()),
+            clock,
             replies: Mutex::new(VecDeque::new()),
         }))
     }
 
-    /// Keeps a session open until `shutdown`.
+    /// Keeps a session open until `shutdown`, then drains the agent's tasks (at most
+    /// [`SHUTDOWN_DRAIN`] for running commands).
     pub async fn run(self: &Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let tasks = TaskTracker::new();
+        // The background tasks stop on `shutdown`, and also when `run` returns an error.
+        let stop = shutdown.child_token();
+        let _stop_on_return = stop.clone().drop_guard();
+        let result = self.run_tracked(&tasks, &stop).await;
+        stop.cancel();
+        tasks.close();
+        if tokio::time::timeout(SHUTDOWN_DRAIN, tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = tasks.len(),
+                drain_s = SHUTDOWN_DRAIN.as_secs(),
+                "commands still running after the shutdown drain; stopping anyway (an install is finished or rolled back at the next start)"
+            );
+        }
+        self.responder.clear_all();
+        if result.is_ok() {
+            tracing::info!("agent stopped");
+        }
+        result
+    }
+
+    /// [`Agent::run`] until `stop`, every task spawned on `tasks`.
+    async fn run_tracked(
+        self: &Arc<Self>,
+        tasks: &TaskTracker,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let files = Files::new(&self.config.state_dir);
         let enrollment = files.load()?;
         files.recover_rotation()?;
@@ -109,44 +166,46 @@ impl Agent {
         // rotated identity is used from the next connection on.
         files.session_tls()?;
         let rotated = Arc::new(tokio::sync::Notify::new());
-        let rotation = tokio::spawn(rotation_loop(
+        tasks.spawn(rotation_loop(
             Files::new(&self.config.state_dir),
-            shutdown.clone(),
+            self.clock.clone(),
+            stop.clone(),
             rotated.clone(),
         ));
         tracing::info!(host = %enrollment.host_id, coordinator = %enrollment.coordinator, "agent starting");
         // Interrupted installs are finished or rolled back before anything else happens.
         self.installer.recover(&self.targets).await;
-        let sweeper = {
+        {
             let agent = self.clone();
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
+            let stop = stop.clone();
+            tasks.spawn(async move {
                 loop {
                     tokio::select! {
                         _ = tokio::time::sleep(CHALLENGE_SWEEP) => agent.responder.expire(),
                         _ = stop.cancelled() => return,
                     }
                 }
-            })
-        };
+            });
+        }
         if let Some(addr) = self.config.metrics.listen {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
                 anyhow::anyhow!("cannot listen on {addr} for metrics ([metrics] listen): {e}")
             })?;
             let agent = self.clone();
-            tokio::spawn(certfleet_shared::metrics_http::serve(
+            tasks.spawn(certfleet_shared::metrics_http::serve(
                 listener,
                 move || agent.metrics.render(&agent.targets),
-                shutdown.clone(),
+                stop.clone(),
             ));
             tracing::info!(listen = %addr, "metrics on /metrics");
         }
+        let shutdown = stop;
         let mut attempt = 0u32;
         while !shutdown.is_cancelled() {
             let started = Instant::now();
             let tls = files.session_tls()?;
             let result = tokio::select! {
-                r = self.session(&enrollment.coordinator, tls) => r,
+                r = self.session(&enrollment.coordinator, tls, tasks) => r,
                 _ = rotated.notified() => {
                     tracing::info!("identity rotated; reconnecting with the new one");
                     attempt = 0;
@@ -173,10 +232,6 @@ impl Agent {
                 _ = shutdown.cancelled() => break,
             }
         }
-        sweeper.abort();
-        rotation.abort();
-        self.responder.clear_all();
-        tracing::info!("agent stopped");
         Ok(())
     }
 
@@ -206,6 +261,7 @@ impl Agent {
         self: &Arc<Self>,
         url: &str,
         tls: Arc<rustls::ClientConfig>,
+        tasks: &TaskTracker,
     ) -> anyhow::Result<()> {
         let channel = certfleet_shared::transport::connect(url, tls).await?;
         let mut client = AgentSessionClient::new(channel)
@@ -239,7 +295,7 @@ impl Agent {
             let tx = tx.clone();
             // Every log line about this command carries the coordinator's request id.
             let span = tracing::info_span!("command", request_id = %msg.request_id);
-            tokio::spawn(tracing::Instrument::instrument(
+            tasks.spawn(tracing::Instrument::instrument(
                 async move {
                     let request_id = msg.request_id.clone();
                     let result = agent.handle(msg).await;
@@ -443,26 +499,27 @@ fn parse_cert_id(s: &str) -> Result<Option<certfleet_shared::ids::CertId>, Agent
 }
 
 /// Rotates the agent's identity certificate when a third of its lifetime is left, and
-/// tells the session to reconnect with the new one. Failures are retried with backoff
-/// (1 s doubling to 5 min); the old identity stays in use until a new one is in place.
+/// tells the session to reconnect with the new one. Failures are retried with
+/// [`Backoff::IDENTITY_ROTATION`] (2 s doubling to 5 min); the old identity stays in use
+/// until a new one is in place.
 async fn rotation_loop(
     files: Files,
+    clock: SharedClock,
     shutdown: CancellationToken,
     rotated: Arc<tokio::sync::Notify>,
 ) {
-    use certfleet_shared::clock::{Clock, SystemClock};
     let mut failures = 0u32;
     loop {
         let wait = match files.identity_info() {
             Ok(info) => {
                 let due = crate::identity::rotation_due(&info);
-                let now = SystemClock.now_unix();
+                let now = clock.now_unix();
                 (now < due)
                     .then(|| Duration::from_secs((due - now) as u64).min(Duration::from_secs(3600)))
             }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "cannot read the identity certificate");
-                Some(Duration::from_secs(60))
+                Some(IDENTITY_UNREADABLE_RECHECK)
             }
         };
         if let Some(wait) = wait {
@@ -480,8 +537,8 @@ async fn rotation_loop(
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
-                let delay =
-                    Duration::from_secs(1u64 << failures.min(9)).min(Duration::from_secs(300));
+                // Without jitter, as before this used `shared::backoff`.
+                let delay = Backoff::IDENTITY_ROTATION.ceiling(failures);
                 tracing::warn!(error = %format!("{e:#}"), retry_in_s = delay.as_secs(), "identity rotation failed; the current identity stays in use");
                 delay
             }

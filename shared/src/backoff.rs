@@ -18,6 +18,14 @@ impl Backoff {
         max: Duration::from_secs(30),
     };
 
+    /// Agent identity rotation retries: 2 s, 4 s, 8 s, … capped at 5 min (the
+    /// attempt number is the count of failures so far, from 1).
+    pub const IDENTITY_ROTATION: Backoff = Backoff {
+        base: Duration::from_secs(1),
+        factor: 2.0,
+        max: Duration::from_secs(300),
+    };
+
     /// Issuance retries: about 1 min, 10 min, 100 min, then every few hours.
     pub const ISSUANCE: Backoff = Backoff {
         base: Duration::from_secs(60),
@@ -58,6 +66,14 @@ mod tests {
         assert_eq!(b.ceiling(2), Duration::from_secs(6000));
         assert_eq!(b.ceiling(3), Duration::from_secs(4 * 3600));
         assert_eq!(b.ceiling(1000), Duration::from_secs(4 * 3600));
+    }
+
+    #[test]
+    fn identity_rotation_backoff_doubles_to_five_minutes() {
+        let b = Backoff::IDENTITY_ROTATION;
+        let secs: Vec<u64> = (1..=10).map(|n| b.ceiling(n).as_secs()).collect();
+        assert_eq!(secs, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(b.ceiling(u32::MAX), Duration::from_secs(300));
     }
 
     #[test]

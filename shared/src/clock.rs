@@ -47,3 +47,11 @@ impl Clock for ManualClock {
 
 /// A shared clock handle.
 pub type SharedClock = Arc<dyn Clock>;
+
+/// A timestamp read from elsewhere (a file's mtime) in unix seconds, to compare with a
+/// [`Clock`]'s `now_unix` without reading the wall clock again. `None` before 1970.
+pub fn unix_secs(t: SystemTime) -> Option<i64> {
+    t.duration_since(UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs() as i64)
+}

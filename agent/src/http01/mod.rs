@@ -24,6 +24,7 @@ pub(crate) use webroot::check_webroot;
 
 use crate::config::{Http01Config, Http01Mode};
 use crate::error::AgentFailure;
+use certfleet_shared::clock::{SharedClock, SystemClock};
 use prometheus_client::metrics::counter::Counter;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -65,6 +66,8 @@ pub struct Responder {
     self_check: bool,
     table: Table,
     backend: Backend,
+    /// Wall-clock time for the age of token files left in a webroot.
+    clock: SharedClock,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -92,11 +95,21 @@ impl Responder {
     /// In webroot mode this removes token files a previous run left behind that are older
     /// than the challenge TTL.
     pub fn new(ips: Vec<IpAddr>, config: &Http01Config, served: Counter) -> Self {
+        Self::with_clock(ips, config, served, Arc::new(SystemClock))
+    }
+
+    /// [`Responder::new`] with the age of stale token files measured on `clock`.
+    pub fn with_clock(
+        ips: Vec<IpAddr>,
+        config: &Http01Config,
+        served: Counter,
+        clock: SharedClock,
+    ) -> Self {
         let table = Table::default();
         let backend = match (config.mode, &config.webroot, config.listen) {
             (Http01Mode::Webroot, Some(root), _) => {
                 let w = webroot::Webroot::new(root.clone());
-                w.sweep_stale(&HashSet::new(), CHALLENGE_TTL);
+                w.sweep_stale(&HashSet::new(), CHALLENGE_TTL, clock.now_unix());
                 Backend::Webroot(w)
             }
             (Http01Mode::Proxy, _, Some(listen)) => Backend::Listen(listener::Listeners::new(
@@ -127,6 +140,7 @@ impl Responder {
             self_check: mode != Http01Mode::Standalone && config.self_check(),
             table,
             backend,
+            clock,
         }
     }
 
@@ -216,7 +230,7 @@ impl Responder {
         self.forget(&expired);
         if let Backend::Webroot(w) = &self.backend {
             let live: HashSet<String> = lock(&self.table).keys().cloned().collect();
-            w.sweep_stale(&live, CHALLENGE_TTL);
+            w.sweep_stale(&live, CHALLENGE_TTL, self.clock.now_unix());
         }
     }
 

@@ -4,6 +4,12 @@ use super::*;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::SystemTime;
+
+/// Now on the wall clock, read through the clock module.
+fn wall_now() -> SystemTime {
+    use certfleet_shared::clock::{Clock, SystemClock};
+    SystemTime::UNIX_EPOCH + Duration::from_secs(SystemClock.now_unix() as u64)
+}
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "tok_0123456789abcdef";
@@ -323,7 +329,7 @@ async fn webroot_refuses_a_symlinked_webroot() {
         .write(true)
         .open(&stale)
         .unwrap()
-        .set_modified(SystemTime::now() - CHALLENGE_TTL - Duration::from_secs(60))
+        .set_modified(wall_now() - CHALLENGE_TTL - Duration::from_secs(60))
         .unwrap();
     let root = tmp.path().join("www");
     std::os::unix::fs::symlink(&real, &root).unwrap();
@@ -362,7 +368,7 @@ async fn webroot_sweeps_stale_files_at_start() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join(".well-known/acme-challenge");
     std::fs::create_dir_all(&dir).unwrap();
-    let old = SystemTime::now() - CHALLENGE_TTL - Duration::from_secs(60);
+    let old = wall_now() - CHALLENGE_TTL - Duration::from_secs(60);
     let stale_token = dir.join("stale_token_00000000");
     let stale_temp = dir.join(".stale_temp_000000000.tmp-1-abcd");
     let fresh = dir.join("fresh_token_00000000");

@@ -16,7 +16,7 @@ use certfleet_shared::fsutil::write_atomic;
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 const DIR_MODE: u32 = 0o755;
 const FILE_MODE: u32 = 0o644;
@@ -65,9 +65,14 @@ impl Webroot {
         }
     }
 
-    /// Removes token files (and temp files of interrupted writes) older than `ttl` whose
-    /// token is not in `live`. Returns how many were removed.
-    pub(super) fn sweep_stale(&self, live: &HashSet<String>, ttl: Duration) -> usize {
+    /// Removes token files (and temp files of interrupted writes) older than `ttl` at
+    /// `now_unix` whose token is not in `live`. Returns how many were removed.
+    pub(super) fn sweep_stale(
+        &self,
+        live: &HashSet<String>,
+        ttl: Duration,
+        now_unix: i64,
+    ) -> usize {
         if check_webroot(&self.root).is_err() {
             // Refused at load and at every write; never delete through a symlink either.
             return 0;
@@ -75,7 +80,6 @@ impl Webroot {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return 0;
         };
-        let now = SystemTime::now();
         let mut removed = 0;
         for entry in entries.flatten() {
             let name = entry.file_name();
@@ -92,8 +96,8 @@ impl Webroot {
             let old = meta
                 .modified()
                 .ok()
-                .and_then(|m| now.duration_since(m).ok())
-                .is_some_and(|age| age > ttl);
+                .and_then(certfleet_shared::clock::unix_secs)
+                .is_some_and(|m| now_unix.saturating_sub(m) > ttl.as_secs() as i64);
             if meta.is_file() && old && std::fs::remove_file(entry.path()).is_ok() {
                 removed += 1;
             }

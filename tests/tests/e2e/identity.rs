@@ -64,7 +64,14 @@ async fn short_identities_are_rotated_over_the_session() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let second = identity(&agent);
+    // The coordinator records the rotation before it answers; the agent writes the new
+    // files a moment later: give it that moment.
+    let written = Instant::now() + Duration::from_secs(10);
+    let mut second = identity(&agent);
+    while second.serial_hex == first.serial_hex && Instant::now() < written {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        second = identity(&agent);
+    }
     assert_ne!(second.serial_hex, first.serial_hex, "identity.pem replaced");
     let key = std::fs::read_to_string(agent.identity_key_path()).expect("key");
     assert_eq!(

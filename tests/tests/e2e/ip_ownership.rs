@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use certfleet_tests::coordinator::CoordinatorOptions;
 use certfleet_tests::{pki, Agent, Coordinator, PebbleOptions};
 
+use crate::metrics::scrape;
 use crate::support::{pebble_and_coordinator_with, ISSUE_TIMEOUT, QUIET_PERIOD};
 
 async fn audit_kind(coord: &Coordinator, kind: &str) -> Vec<serde_json::Value> {
@@ -20,19 +21,6 @@ async fn audit_kind(coord: &Coordinator, kind: &str) -> Vec<serde_json::Value> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
         .collect()
-}
-
-async fn scrape(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect metrics");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("send request");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read response");
-    out
 }
 
 fn leaf_ips(a: &Agent) -> Vec<IpAddr> {
