@@ -1,7 +1,7 @@
 //! Failures the agent reports to the coordinator: a code the coordinator may branch on and
 //! a message for the operator.
 
-use certfleet_proto::v1::Failure;
+use certfleet_proto::v1::{Failure, FailureCode};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -42,6 +42,33 @@ impl From<AgentFailure> for Failure {
             code: f.code.to_owned(),
             rolled_back: f.rolled_back,
             current_serial: f.current_serial.unwrap_or_default(),
+            kind: failure_code(f.code) as i32,
         }
+    }
+}
+
+/// The typed code of a code word ("no_matching_key" → `FAILURE_CODE_NO_MATCHING_KEY`).
+pub fn failure_code(code: &str) -> FailureCode {
+    FailureCode::from_str_name(&format!("FAILURE_CODE_{}", code.to_ascii_uppercase()))
+        .unwrap_or(FailureCode::Unspecified)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_word_has_its_typed_code() {
+        for (word, kind) in [
+            ("no_matching_key", FailureCode::NoMatchingKey),
+            ("bad_request", FailureCode::BadRequest),
+            ("request_id_reused", FailureCode::RequestIdReused),
+            ("rollback_failed", FailureCode::RollbackFailed),
+            ("internal", FailureCode::Internal),
+        ] {
+            let f: Failure = AgentFailure::new(word, "m").into();
+            assert_eq!((f.code.as_str(), f.kind()), (word, kind));
+        }
+        assert_eq!(failure_code("made_up"), FailureCode::Unspecified);
     }
 }

@@ -9,9 +9,10 @@
 //! Env: BENCH_CERTS (100000), BENCH_DUE (100), BENCH_TICKS (20).
 
 use certfleet_coordinator::config::KeyTypeName;
-use certfleet_coordinator::issuance::decide;
-use certfleet_coordinator::spec::CertSpec;
-use certfleet_coordinator::store::{CertRecord, CertState, IssuedCert, SledStore, Store};
+use certfleet_coordinator::engine::decide;
+use certfleet_coordinator::model::CertSpec;
+use certfleet_coordinator::model::{CertRecord, CertState, IssuedCert};
+use certfleet_coordinator::store::{SledStore, Store};
 use certfleet_shared::ids::{CertId, HostId};
 use std::time::Instant;
 
@@ -73,6 +74,7 @@ fn record(i: usize, now: i64, due: bool) -> CertRecord {
         forced_by: None,
         renewals: 0,
         last_renewal_reason: None,
+        revoked_serial: None,
         updated: now,
         key_history: Vec::new(),
         blocked: None,

@@ -34,6 +34,8 @@ pub enum AcmeError {
         issuer: String,
         detail: String,
         problem_type: Option<String>,
+        /// What the problem means for us, classified once where the CA's answer is read.
+        problem: Problem,
     },
     #[error("CA {issuer} did not answer within {secs} s ({what})")]
     Timeout {
@@ -57,6 +59,52 @@ pub enum AcmeError {
     Store(#[from] StoreError),
 }
 
+/// An ACME problem, classified where it is received (callers branch on this, never on text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// No problem document: the CA was unreachable, slow, or answered outside ACME.
+    Unreachable,
+    BadNonce,
+    /// `rateLimited`; `retry_after` is the moment (unix seconds) the CA names in its detail.
+    RateLimited {
+        retry_after: Option<i64>,
+    },
+    /// The CA no longer knows our account (`accountDoesNotExist`, `unauthorized`).
+    AccountGone,
+    Other,
+}
+
+impl Problem {
+    fn classify(problem_type: Option<&str>, detail: &str) -> Self {
+        match problem_type {
+            None => Problem::Unreachable,
+            Some(BAD_NONCE) => Problem::BadNonce,
+            Some(RATE_LIMITED) => Problem::RateLimited {
+                retry_after: retry_after_in(detail),
+            },
+            Some(ACCOUNT_GONE) | Some(UNAUTHORIZED) => Problem::AccountGone,
+            Some(_) => Problem::Other,
+        }
+    }
+}
+
+/// "retry after 2026-11-22T17:00:00Z" in a rateLimited problem's detail, as Let's Encrypt
+/// words it.
+fn retry_after_in(text: &str) -> Option<i64> {
+    let lower = text.to_ascii_lowercase();
+    let idx = lower.find("retry after ")? + "retry after ".len();
+    let stamp: String = text[idx..]
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != ',' && *c != ';' && *c != ')')
+        .collect();
+    let t = time::OffsetDateTime::parse(
+        stamp.trim_end_matches(':'),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .ok()?;
+    Some(t.unix_timestamp())
+}
+
 fn render_problems(p: &[(String, String)]) -> String {
     p.iter()
         .map(|(id, problem)| {
@@ -78,15 +126,50 @@ impl AcmeError {
             _ => None,
         }
     }
+    /// The classified problem; `Unreachable` for errors that are not the CA's answer.
+    pub fn problem(&self) -> &Problem {
+        match self {
+            AcmeError::Ca { problem, .. } => problem,
+            _ => &Problem::Unreachable,
+        }
+    }
     pub fn is_bad_nonce(&self) -> bool {
-        self.problem_type() == Some(BAD_NONCE)
+        matches!(
+            self,
+            AcmeError::Ca {
+                problem: Problem::BadNonce,
+                ..
+            }
+        )
     }
     pub fn is_rate_limited(&self) -> bool {
-        self.problem_type() == Some(RATE_LIMITED)
+        matches!(
+            self,
+            AcmeError::Ca {
+                problem: Problem::RateLimited { .. },
+                ..
+            }
+        )
+    }
+    /// When a rate-limited CA says to come back (unix seconds), if it said.
+    pub fn retry_after(&self) -> Option<i64> {
+        match self {
+            AcmeError::Ca {
+                problem: Problem::RateLimited { retry_after },
+                ..
+            } => *retry_after,
+            _ => None,
+        }
     }
     /// The CA no longer knows our account; a new one is made on the next call.
     pub fn is_account_gone(&self) -> bool {
-        matches!(self.problem_type(), Some(ACCOUNT_GONE) | Some(UNAUTHORIZED))
+        matches!(
+            self,
+            AcmeError::Ca {
+                problem: Problem::AccountGone,
+                ..
+            }
+        )
     }
     /// Worth retrying soon, with the same order: bad nonce, rate limit, a CA that is down or
     /// slow (no problem document at all).
@@ -164,6 +247,7 @@ impl AcmeIssuer {
         let (detail, problem_type) = problem_parts(e);
         AcmeError::Ca {
             issuer: self.cfg.name.clone(),
+            problem: Problem::classify(problem_type.as_deref(), &detail),
             detail,
             problem_type,
         }
@@ -174,6 +258,7 @@ impl AcmeIssuer {
             issuer: self.cfg.name.clone(),
             detail: detail.into(),
             problem_type: None,
+            problem: Problem::Unreachable,
         }
     }
 
@@ -190,9 +275,7 @@ impl AcmeIssuer {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 let err = self.ca_err(&e);
-                if matches!(err.problem_type(), Some(ACCOUNT_GONE) | Some(UNAUTHORIZED))
-                    && what != "create account"
-                {
+                if err.is_account_gone() && what != "create account" {
                     // The CA no longer knows our account (reset, wiped, deactivated):
                     // forget it so the next attempt creates a new one.
                     tracing::warn!(issuer = %self.cfg.name, error = %err, "ACME account rejected; a new one will be created");
@@ -649,4 +732,27 @@ fn problem_text(p: &instant_acme::Problem) -> String {
         s.push_str(&format!("; {sub}"));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limited_problems_carry_the_retry_after_of_their_detail() {
+        let t = "too many certificates (5) already issued for this exact set of identifiers in the last 168h0m0s, retry after 2026-11-23T10:00:00Z: see https://letsencrypt.org/docs/rate-limits/";
+        assert_eq!(retry_after_in(t), Some(1_795_428_000));
+        assert_eq!(retry_after_in("no hint"), None);
+        assert_eq!(
+            Problem::classify(Some(RATE_LIMITED), t),
+            Problem::RateLimited {
+                retry_after: Some(1_795_428_000)
+            }
+        );
+        assert_eq!(
+            Problem::classify(Some(UNAUTHORIZED), t),
+            Problem::AccountGone
+        );
+        assert_eq!(Problem::classify(None, t), Problem::Unreachable);
+    }
 }

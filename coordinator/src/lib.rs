@@ -13,8 +13,11 @@
 //! - [`metrics`] — Prometheus exposition, computed from the store at scrape time.
 //! - [`sessions`] — live agent streams and request/reply correlation.
 //! - [`spec`] — desired state: which certificate a host should have (policies by label).
-//! - [`issuance`] — the reconciler: next-action index → decide → order/validate/finalize/install.
 //! - [`requests`] — the checks of incoming requests that need no store (shapes, ids, reasons).
+//! - [`engine`] — the reconciler: scheduler (next-action index, leases) → decide → order /
+//!   challenge / CSR / install, the rate-limit budget, IP ownership.
+//! - [`admin`] — operator actions outside the engine: revoke, remove host, force renewal,
+//!   release an address.
 //! - [`server`] — gRPC services and the per-call identity checks.
 //! - [`cli`] — operator commands that talk to a running coordinator.
 //!
@@ -23,12 +26,14 @@
 #![forbid(unsafe_code)]
 
 pub mod acme;
+pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod fleet_ca;
-pub mod issuance;
 pub mod metrics;
+pub mod model;
 pub mod requests;
 pub mod server;
 pub mod sessions;
@@ -74,7 +79,7 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> anyho
     let sessions = Arc::new(sessions::Sessions::default());
     let tracker = TaskTracker::new();
     let metrics = Arc::new(metrics::Metrics::default());
-    let engine = issuance::Engine::new(
+    let engine = engine::Engine::new(
         config.clone(),
         metrics.clone(),
         store.clone(),

@@ -136,14 +136,13 @@ impl Metrics {
                     host_id: c.host_id.to_string(),
                 };
                 not_after.get_or_create(&l).set(cur.not_after);
-                let v = certfleet_shared::renewal::Validity {
-                    not_before: cur.not_before,
-                    not_after: cur.not_after,
-                };
                 remaining
                     .get_or_create(&l)
-                    .set(certfleet_shared::renewal::remaining_fraction(&v, now));
-                if let Some((at, _)) = crate::issuance::renew_time(&c, now) {
+                    .set(certfleet_shared::renewal::remaining_fraction(
+                        &cur.validity(),
+                        now,
+                    ));
+                if let Some((at, _)) = c.renew_time(now) {
                     next_renewal.get_or_create(&l).set(at);
                 }
             }

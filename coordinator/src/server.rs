@@ -8,11 +8,12 @@
 //! another CA fails the handshake); each RPC then checks *which* identity it carries.
 
 use crate::audit::{Entry, Kind};
+use crate::engine::Engine;
 use crate::fleet_ca::FleetCa;
-use crate::issuance::Engine;
+use crate::model::{HostRecord, InstalledRecord};
 use crate::requests::{self, valid_name};
 use crate::sessions::Sessions;
-use crate::store::{EnrollError, HostRecord, InstalledRecord, Store, TokenRecord};
+use crate::store::{EnrollError, Store, TokenRecord};
 use certfleet_proto::v1::{
     self as pb, admin_server::Admin, agent_message::Msg, agent_session_server::AgentSession,
     enrollment_server::Enrollment, AgentMessage, CoordinatorMessage,
@@ -464,10 +465,15 @@ impl Admin for Api {
         if self.store.cert(&id).map_err(internal)?.is_none() {
             return Err(Status::not_found(format!("no such certificate: {id}")));
         }
-        match self
-            .engine
-            .revoke(&id, reason, &name, &format!("operator:{operator}"), true)
-            .await
+        match crate::admin::revoke(
+            &self.engine,
+            &id,
+            reason,
+            &name,
+            &format!("operator:{operator}"),
+            true,
+        )
+        .await
         {
             Ok(Some(serial)) => Ok(Response::new(pb::RevokeCertResponse { serial })),
             Ok(None) => Err(Status::failed_precondition(format!(
@@ -487,10 +493,13 @@ impl Admin for Api {
         if self.store.host(&host).map_err(internal)?.is_none() {
             return Err(Status::not_found(format!("no such host: {host}")));
         }
-        match self
-            .engine
-            .remove_host(&host, &format!("operator:{operator}"), !r.keep_certificates)
-            .await
+        match crate::admin::remove_host(
+            &self.engine,
+            &host,
+            &format!("operator:{operator}"),
+            !r.keep_certificates,
+        )
+        .await
         {
             Ok(revoked_serials) => Ok(Response::new(pb::RemoveHostResponse { revoked_serials })),
             Err(e) => Err(Status::unavailable(format!("host not removed: {e}"))),
@@ -516,10 +525,9 @@ impl Admin for Api {
                 )))
             }
         }
-        let rechecked = self
-            .engine
-            .release_address(ip, &host, &format!("operator:{operator}"), true)
-            .map_err(internal)?;
+        let rechecked =
+            crate::admin::release_ip(&self.engine, ip, &host, &format!("operator:{operator}"))
+                .map_err(internal)?;
         Ok(Response::new(pb::ReleaseIpResponse {
             rechecked_hosts: rechecked.iter().map(|h| h.to_string()).collect(),
         }))
@@ -657,7 +665,7 @@ impl Admin for Api {
                 missing.join(", ")
             )));
         }
-        let done = self.engine.force_renew(&ids, &operator).map_err(internal)?;
+        let done = crate::admin::force_renew(&self.engine, &ids, &operator).map_err(internal)?;
         tracing::info!(operator = %operator, certs = ?done, "renewal forced");
         Ok(Response::new(pb::RenewCertsResponse {
             cert_ids: done.into_iter().map(|i| i.to_string()).collect(),
@@ -684,11 +692,9 @@ impl Api {
     }
 }
 
-fn cert_view(c: crate::store::CertRecord, now: i64) -> pb::CertView {
+fn cert_view(c: crate::model::CertRecord, now: i64) -> pb::CertView {
     let cur = c.current.as_ref();
-    let renew_at = crate::issuance::renew_time(&c, now)
-        .map(|(at, _)| at)
-        .unwrap_or(0);
+    let renew_at = c.renew_time(now).map(|(at, _)| at).unwrap_or(0);
     pb::CertView {
         cert_id: c.id.to_string(),
         host_id: c.host_id.to_string(),

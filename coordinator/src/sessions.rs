@@ -6,7 +6,9 @@
 //!
 //! This module moves messages; it decides nothing about issuance.
 
-use certfleet_proto::v1::{coordinator_message::Cmd, reply, CoordinatorMessage, Reply};
+use certfleet_proto::v1::{
+    coordinator_message::Cmd, reply, CoordinatorMessage, Failure, FailureCode, Reply,
+};
 use certfleet_shared::ids::HostId;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +37,8 @@ pub enum SessionError {
         host: HostId,
         what: &'static str,
         code: String,
+        /// `code`, typed (what the coordinator branches on).
+        kind: FailureCode,
         message: String,
         /// The agent put the previous certificate back.
         rolled_back: bool,
@@ -78,6 +82,7 @@ impl AgentHandle {
                 return Err(SessionError::Failed {
                     host: self.host.clone(),
                     what,
+                    kind: failure_kind(&f),
                     code: f.code,
                     message: f.message,
                     rolled_back: f.rolled_back,
@@ -237,6 +242,17 @@ impl Sessions {
         for (_, h) in lock(&self.map).drain() {
             lock(&h.pending).clear();
         }
+    }
+}
+
+/// The failure's typed code; from its code word when the agent predates the enum.
+fn failure_kind(f: &Failure) -> FailureCode {
+    match f.kind() {
+        FailureCode::Unspecified => {
+            FailureCode::from_str_name(&format!("FAILURE_CODE_{}", f.code.to_ascii_uppercase()))
+                .unwrap_or(FailureCode::Unspecified)
+        }
+        kind => kind,
     }
 }
 

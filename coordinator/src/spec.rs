@@ -2,36 +2,10 @@
 //! first `[[policy]]` whose labels the host carries, or from `[issuance]` when none match.
 //! Pure: no store, no network.
 
-use crate::config::{Config, IpSelection, KeyTypeName, PolicyConfig};
-use crate::store::HostRecord;
+use crate::config::{Config, IpSelection, PolicyConfig};
+use crate::model::{CertSpec, HostRecord};
 use certfleet_shared::identifier::{canonical_set, is_public};
-use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
-
-/// What the certificate should be.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CertSpec {
-    /// Policy that produced it (`None`: the default spec).
-    pub policy: Option<String>,
-    pub identifiers: Vec<IpAddr>,
-    pub issuer: String,
-    /// Issuers to fall back to, in order, when `issuer` fails.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub fallback_issuers: Vec<String>,
-    /// A profile the certificate must have; `None` means the issuer's default
-    /// (`ip_profile` when the CA offers it, else none).
-    pub required_profile: Option<String>,
-    pub key_type: KeyTypeName,
-    pub target: String,
-}
-
-impl CertSpec {
-    /// Every issuer this certificate may come from, preferred first.
-    pub fn issuers(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.issuer.as_str())
-            .chain(self.fallback_issuers.iter().map(String::as_str))
-    }
-}
 
 /// Why a host gets no certificate, for the operator.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -6,9 +6,10 @@
 //!
 //! This module owns *what is stored*; it never talks to a CA or an agent.
 
+use crate::model::{CertRecord, HostRecord};
 use certfleet_shared::ids::{CertId, HostId};
+use certfleet_shared::ratelimit::Budget;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -68,224 +69,6 @@ pub struct TokenRecord {
     pub revoked: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct InstalledRecord {
-    pub target: String,
-    pub serial: String,
-    pub not_after: i64,
-    pub identifiers: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HostRecord {
-    pub id: HostId,
-    pub hostname: String,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    pub enrolled: i64,
-    #[serde(default)]
-    pub enrolled_from: String,
-    /// Serial of the host's current identity certificate (enrollment, then rotations).
-    pub identity_serial: String,
-    #[serde(default)]
-    pub identity_not_after: Option<i64>,
-    #[serde(default)]
-    pub identity_rotated: Option<i64>,
-    /// Addresses from the agent's last Hello.
-    #[serde(default)]
-    pub ips: Vec<IpAddr>,
-    #[serde(default)]
-    pub targets: Vec<String>,
-    #[serde(default)]
-    pub last_seen: Option<i64>,
-    #[serde(default)]
-    pub inventory: Vec<InstalledRecord>,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum CertState {
-    /// Wanted, nothing ordered yet (or waiting for the agent).
-    Pending,
-    /// An order is in flight.
-    Ordering,
-    /// The CA issued it; not yet confirmed installed.
-    Issued,
-    /// The agent installed it and ran the reload (not seen served: no check configured,
-    /// or not checked yet).
-    Installed,
-    /// The agent saw the new certificate presented on every verify address.
-    Served,
-    /// The last attempt failed; see `last_error` and `next_attempt`.
-    Failed,
-    /// An address of the host is held by another enrolled host: nothing is ordered until
-    /// it is released (see `blocked`).
-    Conflict,
-    /// The host claims an address its policy does not allow (`allowed_ips`).
-    Refused,
-}
-
-impl CertState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CertState::Pending => "pending",
-            CertState::Ordering => "ordering",
-            CertState::Issued => "issued",
-            CertState::Installed => "installed",
-            CertState::Served => "served",
-            CertState::Failed => "failed",
-            CertState::Conflict => "conflict",
-            CertState::Refused => "refused",
-        }
-    }
-}
-
-/// A certificate the CA issued.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct IssuedCert {
-    pub identifiers: Vec<IpAddr>,
-    pub issuer: String,
-    pub profile: Option<String>,
-    pub serial: String,
-    pub not_before: i64,
-    pub not_after: i64,
-    /// Leaf first, PEM. Public material only.
-    pub chain_pem: String,
-    /// RFC 9773 certificate identifier (`base64url(AKI).base64url(serial)`).
-    pub ari_id: Option<String>,
-    /// Random draw fixed at issuance for the lifetime-based renewal jitter.
-    pub renew_unit: f64,
-    pub issued_at: i64,
-}
-
-/// An order that was created and not yet finished: resumed after a restart.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct OrderInFlight {
-    pub url: String,
-    pub issuer: String,
-    pub identifiers: Vec<IpAddr>,
-    pub profile: Option<String>,
-    pub replaces: Option<String>,
-    pub reason: String,
-    pub started: i64,
-    /// The challenges were announced to the CA (stored before announcing). A resumed order
-    /// that was announced before keeps its challenges served for a grace period after
-    /// validation, in case the CA runs a second validation.
-    #[serde(default)]
-    pub challenges_announced: bool,
-    /// Tokens of every challenge handed to the agent for this order (stored before it is
-    /// asked to serve them): whatever a crash interrupted is cleared when the order goes
-    /// on or ends, so no listener is left bound.
-    #[serde(default)]
-    pub presented: Vec<String>,
-}
-
-/// Why nothing may be ordered for a certificate until something changes on the
-/// coordinator's side (an address is released, the policy changes).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Blocked {
-    pub state: BlockedState,
-    /// The addresses concerned.
-    pub ips: Vec<IpAddr>,
-    /// The host holding them (conflict).
-    pub held_by: Option<HostId>,
-    /// For the operator: what is wrong and how to fix it.
-    pub reason: String,
-    pub since: i64,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum BlockedState {
-    Conflict,
-    Refused,
-}
-
-/// The CA's suggested renewal window (RFC 9773) and our draw inside it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct AriState {
-    pub start: i64,
-    pub end: i64,
-    /// When we renew: drawn uniformly inside the window once per window.
-    pub renew_at: i64,
-    pub next_check: i64,
-    pub explanation_url: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CertRecord {
-    pub id: CertId,
-    pub host_id: HostId,
-    /// Desired: what the certificate should be.
-    pub spec: crate::spec::CertSpec,
-    pub state: CertState,
-    /// Observed: the certificate we have.
-    pub current: Option<IssuedCert>,
-    pub order: Option<OrderInFlight>,
-    /// URL of the most recent order, finished or not (for the operator and the audit trail).
-    #[serde(default)]
-    pub last_order_url: Option<String>,
-    /// Observed on the host: the serial the agent reports installed in the target.
-    pub installed_serial: Option<String>,
-    /// Observed on the host: the serial its served check saw on every verify address.
-    #[serde(default)]
-    pub served_serial: Option<String>,
-    #[serde(default)]
-    pub served_on: Vec<String>,
-    #[serde(default)]
-    pub served_at: Option<i64>,
-    /// The host's target has no verify addresses: installed is as far as anyone checks.
-    #[serde(default)]
-    pub verify_disabled: bool,
-    pub last_error: Option<String>,
-    #[serde(default)]
-    pub attempts: u32,
-    /// Immediate retries spent on transient protocol hiccups (badNonce, a forgotten
-    /// account); kept apart from `attempts`, which drives the backoff.
-    #[serde(default)]
-    pub quick_retries: u32,
-    /// Which of the spec's issuers the next order goes to (0 = the preferred one).
-    #[serde(default)]
-    pub issuer_index: usize,
-    /// When the reconciler looks at this certificate next (the schedule index key).
-    pub next_action: Option<i64>,
-    pub next_reason: Option<String>,
-    pub ari: Option<AriState>,
-    /// When `ari` is unknown: the next time to ask the CA for it.
-    #[serde(default)]
-    pub ari_retry_at: Option<i64>,
-    #[serde(default)]
-    pub at_risk: bool,
-    /// Operator who forced a renewal that has not happened yet.
-    pub forced_by: Option<String>,
-    #[serde(default)]
-    pub renewals: u32,
-    pub last_renewal_reason: Option<String>,
-    pub updated: i64,
-    /// SHA-256 (hex) of the public keys of the CSRs accepted for this certificate, newest
-    /// last (at most [`KEY_HISTORY`]): a CSR whose key is here is stale and refused.
-    #[serde(default)]
-    pub key_history: Vec<String>,
-    /// Set while an address conflict or a policy refusal keeps this certificate from being
-    /// ordered.
-    #[serde(default)]
-    pub blocked: Option<Blocked>,
-}
-
-/// How many accepted CSR keys a certificate remembers (32 hex bytes each: a few KiB).
-pub const KEY_HISTORY: usize = 128;
-
-impl CertRecord {
-    /// Remembers the public key of an accepted CSR.
-    pub fn remember_key(&mut self, spki_sha256: &str) {
-        if !self.key_history.iter().any(|k| k == spki_sha256) {
-            self.key_history.push(spki_sha256.to_owned());
-        }
-        let excess = self.key_history.len().saturating_sub(KEY_HISTORY);
-        self.key_history.drain(..excess);
-    }
-}
-
 /// The coordinator's durable state.
 pub trait Store: Send + Sync + 'static {
     fn account(&self, issuer: &str) -> Result<Option<AccountRecord>, StoreError>;
@@ -338,8 +121,8 @@ pub trait Store: Send + Sync + 'static {
     /// Every address `host` holds.
     fn ips_held_by(&self, host: &HostId) -> Result<Vec<IpAddr>, StoreError>;
 
-    fn budget(&self, issuer: &str) -> Result<Option<serde_json::Value>, StoreError>;
-    fn put_budget(&self, issuer: &str, budget: &serde_json::Value) -> Result<(), StoreError>;
+    fn budget(&self, issuer: &str) -> Result<Option<Budget>, StoreError>;
+    fn put_budget(&self, issuer: &str, budget: &Budget) -> Result<(), StoreError>;
 }
 
 /// sled-backed [`Store`].
@@ -721,11 +504,13 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn budget(&self, issuer: &str) -> Result<Option<serde_json::Value>, StoreError> {
-        Self::get(&self.budgets, issuer)
+    fn budget(&self, issuer: &str) -> Result<Option<Budget>, StoreError> {
+        // A stored budget of another shape starts afresh (it only delays, never allows more).
+        Ok(Self::get::<serde_json::Value>(&self.budgets, issuer)?
+            .and_then(|v| serde_json::from_value(v).ok()))
     }
 
-    fn put_budget(&self, issuer: &str, budget: &serde_json::Value) -> Result<(), StoreError> {
+    fn put_budget(&self, issuer: &str, budget: &Budget) -> Result<(), StoreError> {
         self.put(&self.budgets, issuer, budget)
     }
 }
@@ -733,6 +518,8 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::CertState;
+    use std::collections::BTreeMap;
 
     fn host(id: &HostId) -> HostRecord {
         HostRecord {
@@ -803,7 +590,7 @@ mod tests {
         CertRecord {
             id: CertId::generate(),
             host_id: host.clone(),
-            spec: crate::spec::CertSpec {
+            spec: crate::model::CertSpec {
                 policy: None,
                 identifiers: vec!["8.8.8.8".parse().unwrap()],
                 issuer: "le".into(),
@@ -833,6 +620,7 @@ mod tests {
             forced_by: None,
             renewals: 0,
             last_renewal_reason: None,
+            revoked_serial: None,
             updated: 1,
             key_history: Vec::new(),
             blocked: None,

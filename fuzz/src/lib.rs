@@ -97,7 +97,7 @@ pub fn coordinator() -> &'static Coordinator {
             Arc::new(certfleet_shared::clock::SystemClock);
         let sessions = Arc::new(Sessions::default());
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let engine = certfleet_coordinator::issuance::Engine::new(
+        let engine = certfleet_coordinator::engine::Engine::new(
             config,
             Arc::default(),
             store.clone(),
@@ -109,7 +109,7 @@ pub fn coordinator() -> &'static Coordinator {
         );
         let host = HostId::parse("h-fuzz0000000000").expect("host id");
         // From JSON, so fields added to the record later (with defaults) need no change here.
-        let rec: certfleet_coordinator::store::HostRecord =
+        let rec: certfleet_coordinator::model::HostRecord =
             serde_json::from_value(serde_json::json!({
                 "id": host, "hostname": "fuzz", "enrolled": 1_700_000_000,
                 "identity_serial": "01",
@@ -220,7 +220,7 @@ async fn reply_to_pending(c: &'static Coordinator, r: pb::Reply) {
     };
     match answer {
         Ok(reply::Result::Csr(csr)) => {
-            let checked = certfleet_coordinator::issuance::check_csr(
+            let checked = certfleet_coordinator::engine::check_csr(
                 &csr.csr_der,
                 &c.csr_ips,
                 KeyTypeName::EcdsaP256,

@@ -134,25 +134,36 @@ impl fmt::Display for RenewReason {
     }
 }
 
-/// When to renew an existing certificate and why: `now` if expired, the ARI window when the
-/// CA offered one, otherwise the jittered lifetime fraction.
-pub fn renew_at(v: &Validity, ari: Option<&AriWindow>, now: i64, unit: f64) -> (i64, RenewReason) {
+/// When to renew an existing certificate and why: at expiry if it has expired, at the moment
+/// drawn inside the CA's ARI window when there is one (`ari_renew_at`, drawn once per window
+/// with [`ari_renew_at`]), otherwise the jittered lifetime fraction (`unit` is the draw fixed
+/// at issuance).
+pub fn renew_at(
+    v: &Validity,
+    ari_renew_at: Option<i64>,
+    now: i64,
+    unit: f64,
+) -> (i64, RenewReason) {
     if now >= v.not_after {
-        return (now, RenewReason::Expired);
+        return (v.not_after, RenewReason::Expired);
     }
-    match ari {
-        Some(w) => (ari_renew_at(w, now, unit), RenewReason::AriWindow),
+    match ari_renew_at {
+        Some(at) => (at, RenewReason::AriWindow),
         None => (lifetime_renew_at(v, unit), RenewReason::LifetimeFraction),
     }
 }
 
-/// True when less than half the renewal share is left (1/6 of the lifetime for long
-/// certificates, 1/4 for short-lived ones), or the certificate has expired: renewal is
-/// overdue and an operator should know.
-pub fn at_risk(v: &Validity, now: i64) -> bool {
+/// From when a certificate counts as *at risk*: half of its renewal margin left (1/6 of the
+/// lifetime for long certificates, 1/4 for short-lived ones), or — when the CA's ARI window
+/// (starting at `ari_start`) asks for a later renewal — half of the time between the
+/// window's start and expiry.
+pub fn at_risk_at(v: &Validity, ari_start: Option<i64>) -> i64 {
     let (num, den) = renewal_fraction(v);
-    let remaining = v.not_after - now;
-    remaining <= 0 || remaining < share_of_lifetime(v, num, 2 * den)
+    let by_fraction = v.not_after - v.lifetime_secs() * num / den / 2;
+    match ari_start {
+        Some(start) if start < v.not_after => by_fraction.max(start + (v.not_after - start) / 2),
+        _ => by_fraction,
+    }
 }
 
 /// The share of the lifetime still left at `now`, in [0, 1].
@@ -253,7 +264,7 @@ mod tests {
             assert_eq!(reason, RenewReason::LifetimeFraction);
             assert!(at >= v.not_before + 72 * H, "due too early: {at}");
         }
-        assert!(!at_risk(&v, v.not_before));
+        assert!(at_risk_at(&v, None) > v.not_before);
     }
 
     #[test]
@@ -265,7 +276,7 @@ mod tests {
         assert_eq!(v.lifetime_secs(), 0);
         assert_eq!(lifetime_renew_at(&v, 1.0), T0);
         assert_eq!(remaining_fraction(&v, T0), 0.0);
-        assert!(at_risk(&v, T0));
+        assert!(at_risk_at(&v, None) <= T0);
     }
 
     #[test]
@@ -311,23 +322,6 @@ mod tests {
     }
 
     #[test]
-    fn renew_at_prefers_ari_and_reports_expiry() {
-        let v = cert(160 * H);
-        let w = AriWindow {
-            start: T0 + 50 * H,
-            end: T0 + 60 * H,
-        };
-        assert_eq!(
-            renew_at(&v, Some(&w), T0, 0.0),
-            (w.start, RenewReason::AriWindow)
-        );
-        assert_eq!(
-            renew_at(&v, Some(&w), v.not_after, 0.0),
-            (v.not_after, RenewReason::Expired)
-        );
-    }
-
-    #[test]
     fn next_ari_check_clamps_retry_after() {
         assert_eq!(next_ari_check(T0, None), T0 + 6 * H);
         assert_eq!(next_ari_check(T0, Some(0)), T0 + 60);
@@ -337,22 +331,57 @@ mod tests {
     }
 
     #[test]
-    fn at_risk_boundaries() {
-        // Short-lived: at risk below 1/4 left (40 h of 160 h).
+    fn renew_at_takes_the_ari_draw_and_reports_expiry() {
         let v = cert(160 * H);
-        assert!(!at_risk(&v, v.not_after - 40 * H));
-        assert!(at_risk(&v, v.not_after - 40 * H + 1));
-        // Long: at risk below 1/6 left (15 d of 90 d, 7.5 d of 45 d).
+        assert_eq!(
+            renew_at(&v, Some(T0 + 55 * H), T0, 0.0),
+            (T0 + 55 * H, RenewReason::AriWindow)
+        );
+        assert_eq!(
+            renew_at(&v, Some(T0 + 55 * H), v.not_after, 0.0),
+            (v.not_after, RenewReason::Expired)
+        );
+        assert_eq!(
+            renew_at(&v, None, v.not_after + H, 0.0),
+            (v.not_after, RenewReason::Expired),
+            "an expired certificate is due since its expiry"
+        );
+    }
+
+    #[test]
+    fn shortlived_renews_at_half_life_long_lived_with_a_third_left() {
+        let v = cert(160 * H);
+        assert_eq!(
+            renew_at(&v, None, T0, 0.0),
+            (T0 + 80 * H, RenewReason::LifetimeFraction)
+        );
         let v = cert(90 * D);
-        assert!(!at_risk(&v, v.not_after - 15 * D));
-        assert!(at_risk(&v, v.not_after - 15 * D + 1));
+        assert_eq!(renew_at(&v, None, T0, 0.0).0, T0 + 60 * D);
         let v = cert(45 * D);
-        assert!(!at_risk(&v, v.not_after - 7 * D - 12 * H));
-        assert!(at_risk(&v, v.not_after - 7 * D - 12 * H + 1));
-        assert!(at_risk(&v, v.not_after));
-        assert!(at_risk(&v, v.not_after + D));
+        assert_eq!(renew_at(&v, None, T0, 0.0).0, T0 + 30 * D);
+    }
+
+    #[test]
+    fn at_risk_moment_follows_the_fraction_or_a_later_ari_window() {
+        let v = cert(160 * H);
+        // Short-lived: renew with half left, at risk with a quarter left.
+        assert_eq!(at_risk_at(&v, None), T0 + 120 * H);
+        // A CA window opening at 85% of the lifetime moves the alarm to halfway from there.
+        assert_eq!(at_risk_at(&v, Some(T0 + 136 * H)), T0 + 148 * H);
+        // An early window never makes it earlier than the fraction.
+        assert_eq!(at_risk_at(&v, Some(T0 + 10 * H)), T0 + 120 * H);
+        // A window starting after expiry is ignored.
+        assert_eq!(at_risk_at(&v, Some(T0 + 200 * H)), T0 + 120 * H);
+        assert_eq!(
+            at_risk_at(&cert(90 * D), None),
+            T0 + 75 * D,
+            "a third left renews, a sixth left is at risk"
+        );
         // The renewal threshold itself is not yet at risk.
-        assert!(!at_risk(&v, lifetime_threshold(&v)));
+        for lifetime in [160 * H, 45 * D, 90 * D] {
+            let v = cert(lifetime);
+            assert!(lifetime_threshold(&v) < at_risk_at(&v, None));
+        }
     }
 
     #[test]

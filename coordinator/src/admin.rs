@@ -1,0 +1,146 @@
+//! Operator actions on the fleet, outside the engine: revoke a certificate, remove a host,
+//! force renewals, release an address. Each is audited under the operator's name and wakes
+//! the engine for what it changed.
+
+use crate::audit::{Entry, Kind};
+use crate::engine::reconcile::state_of;
+use crate::engine::{Engine, IssueError};
+use crate::store::StoreError;
+use certfleet_shared::ids::{CertId, HostId};
+use certfleet_shared::x509::parse_pem_chain;
+use std::net::IpAddr;
+
+/// Revokes the current certificate at its CA and records it. With `reissue`, the
+/// reconciler then issues a replacement at once.
+pub async fn revoke(
+    engine: &Engine,
+    id: &CertId,
+    reason: instant_acme::RevocationReason,
+    reason_name: &str,
+    by: &str,
+    reissue: bool,
+) -> Result<Option<String>, IssueError> {
+    let Some(mut rec) = engine.store.cert(id)? else {
+        return Err(IssueError::Policy(format!("no such certificate: {id}")));
+    };
+    let Some(cur) = rec.current.clone() else {
+        return Ok(None);
+    };
+    let issuer = engine.issuer(&cur.issuer)?;
+    let chain = parse_pem_chain(&cur.chain_pem).map_err(|e| IssueError::BadCert(e.to_string()))?;
+    issuer.revoke(&chain[0], reason).await?;
+    engine.record(
+        Kind::CertificateRevoked,
+        &rec,
+        Entry::by(by)
+            .ips(&cur.identifiers)
+            .serial(cur.serial.clone())
+            .issuer(cur.issuer.clone())
+            .detail("reason", reason_name),
+    )?;
+    tracing::warn!(cert = %id, serial = %cur.serial, reason = reason_name, by, "certificate revoked");
+    if reissue {
+        rec.current = None;
+        rec.ari = None;
+        rec.ari_retry_at = None;
+        rec.last_renewal_reason = Some(format!("revoked ({reason_name}) by {by}"));
+        rec.revoked_serial = Some(cur.serial.clone());
+        rec.next_action = Some(engine.clock.now_unix());
+        rec.next_reason = Some("replace the revoked certificate".into());
+        rec.state = state_of(&rec, engine.clock.now_unix());
+        engine.store.put_cert(&rec)?;
+        engine.wake.notify_one();
+    }
+    Ok(Some(cur.serial))
+}
+
+/// Removes a host: revokes its certificates (cessationOfOperation) unless told not to,
+/// forgets them and the host; its identity is refused from then on.
+pub async fn remove_host(
+    engine: &Engine,
+    host: &HostId,
+    by: &str,
+    revoke_certs: bool,
+) -> Result<Vec<String>, IssueError> {
+    let mut revoked = Vec::new();
+    for rec in engine.store.certs_for_host(host)? {
+        if revoke_certs
+            && rec
+                .current
+                .as_ref()
+                .is_some_and(|c| c.not_after > engine.clock.now_unix())
+        {
+            if let Some(serial) = revoke(
+                engine,
+                &rec.id,
+                instant_acme::RevocationReason::CessationOfOperation,
+                "cessationOfOperation",
+                by,
+                false,
+            )
+            .await?
+            {
+                revoked.push(serial);
+            }
+        }
+        engine.store.delete_cert(&rec)?;
+    }
+    engine.audit.append(
+        Kind::HostRemoved,
+        engine.clock.now_unix(),
+        Entry::by(by)
+            .host(host)
+            .detail("revoked_serials", &revoked)
+            .detail("revoked", revoke_certs),
+    )?;
+    engine.store.delete_host(host)?;
+    engine.sessions.disconnect(host);
+    tracing::warn!(host = %host, by, revoked = ?revoked, "host removed");
+    // Its addresses are free now: a host waiting for one gets its certificate.
+    for ip in engine.store.ips_held_by(host)? {
+        engine.release_address(ip, host, by, true)?;
+    }
+    Ok(revoked)
+}
+
+/// Forces a renewal of these certificates now (operator command).
+pub fn force_renew(engine: &Engine, ids: &[CertId], by: &str) -> Result<Vec<CertId>, StoreError> {
+    let now = engine.clock.now_unix();
+    for id in ids {
+        if engine.store.cert(id)?.is_none() {
+            return Ok(Vec::new());
+        }
+    }
+    let mut done = Vec::new();
+    for id in ids {
+        if let Some(mut rec) = engine.store.cert(id)? {
+            if let Err(e) = engine.record(
+                Kind::RenewalForced,
+                &rec,
+                Entry::by(format!("operator:{by}")),
+            ) {
+                tracing::error!(error = %e, "audit append failed; renewal not forced");
+                continue;
+            }
+            rec.forced_by = Some(by.to_owned());
+            // The operator takes charge: the next attempt is not held back by earlier failures.
+            rec.attempts = 0;
+            rec.next_action = Some(now);
+            rec.next_reason = Some(format!("renewal forced by {by}"));
+            engine.store.put_cert(&rec)?;
+            done.push(id.clone());
+        }
+    }
+    engine.wake.notify_one();
+    Ok(done)
+}
+
+/// Frees `ip` held by `host` (operator command); hosts waiting for it are looked at now.
+pub fn release_ip(
+    engine: &Engine,
+    ip: IpAddr,
+    host: &HostId,
+    by: &str,
+) -> Result<Vec<HostId>, StoreError> {
+    engine.release_address(ip, host, by, true)
+}

@@ -1,0 +1,116 @@
+//! Challenges: announcing them to the CA once the agent serves them, waiting for its verdict,
+//! clearing them on every path, recording what happened. One module per challenge kind
+//! presents and clears them through the agent ([`http01`] today).
+
+pub mod http01;
+
+use super::{Engine, IssueError};
+use crate::acme::{AcmeError, AcmeIssuer, PendingChallenge};
+use crate::audit::{Entry, Kind};
+use crate::model::CertRecord;
+use crate::sessions::AgentHandle;
+use certfleet_shared::ratelimit::Event;
+use http01::clear;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// How long a resumed order's challenges stay served after validation (a validation
+/// announced before the crash may still be running at the CA).
+const RESUMED_CLEAR_GRACE: Duration = Duration::from_secs(30);
+
+impl Engine {
+    /// The challenges are served: announce them to the CA, wait for its verdict, clear them
+    /// (every path), record what happened. A failed validation ends the order.
+    pub(super) async fn validate(
+        &self,
+        agent: &AgentHandle,
+        rec: &mut CertRecord,
+        issuer: &AcmeIssuer,
+        driver: &mut crate::acme::OrderDriver<'_>,
+        challenges: &[PendingChallenge],
+        timeout: Duration,
+    ) -> Result<(), IssueError> {
+        let Some(order) = rec.order.clone() else {
+            return Ok(());
+        };
+        let ids: Vec<IpAddr> = challenges
+            .iter()
+            .filter_map(|c| c.identifier.parse().ok())
+            .collect();
+        let presented = self.record(
+            Kind::ChallengePresented,
+            rec,
+            Entry::by(format!("host:{}", rec.host_id))
+                .ips(&ids)
+                .detail("type", "http-01")
+                .detail("order_url", &order.url),
+        );
+        // Announced before a crash? The CA may still be validating from then (some keep
+        // such challenges "pending", so we cannot tell): announce what is pending again, and
+        // keep serving for a grace period afterwards so a second validation still finds the
+        // responder.
+        let announced_before = order.challenges_announced;
+        let stored = match presented {
+            Ok(()) if !announced_before => {
+                if let Some(o) = rec.order.as_mut() {
+                    o.challenges_announced = true;
+                }
+                self.store.put_cert(rec).map_err(IssueError::from)
+            }
+            Ok(()) => Ok(()),
+            Err(e) => Err(e.into()),
+        };
+        let r = match stored {
+            Ok(()) => driver.validate(timeout).await.map_err(IssueError::from),
+            Err(e) => Err(e),
+        };
+        // Once every authorization is valid the CA validates nothing more: stop serving at
+        // once (a delayed clear would be lost to another crash). Only a failed resumed
+        // validation keeps serving a while, for a validation of the earlier announcement
+        // the CA may still run.
+        if announced_before && r.is_err() {
+            let (agent, challenges) = (agent.clone(), challenges.to_vec());
+            self.tracker.spawn(async move {
+                tokio::time::sleep(RESUMED_CLEAR_GRACE).await;
+                clear(&agent, &challenges).await;
+            });
+        } else {
+            clear(agent, challenges).await;
+        }
+        match &r {
+            Ok(()) => self.record(
+                Kind::ChallengeValidated,
+                rec,
+                Entry::by("coordinator")
+                    .ips(&ids)
+                    .detail("order_url", &order.url),
+            )?,
+            Err(IssueError::Acme(AcmeError::Validation(problems))) => {
+                for (id, problem) in problems {
+                    // A problem not tied to one identifier (a timeout) concerns them all.
+                    let ips: Vec<IpAddr> = match id.parse() {
+                        Ok(ip) => vec![ip],
+                        Err(_) => ids.clone(),
+                    };
+                    self.record(
+                        Kind::ChallengeFailed,
+                        rec,
+                        Entry::by("coordinator")
+                            .ips(&ips)
+                            .detail("order_url", &order.url)
+                            .detail("problem", problem),
+                    )?;
+                }
+                let failed: Vec<Event> = problems
+                    .iter()
+                    .filter_map(|(id, _)| id.parse::<IpAddr>().ok())
+                    .map(|identifier| Event::ValidationFailed { identifier })
+                    .collect();
+                self.budget_record(issuer, &failed)?;
+                rec.order = None; // a failed order is dead
+            }
+            Err(_) => {}
+        }
+        r
+    }
+}

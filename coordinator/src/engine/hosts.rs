@@ -1,0 +1,216 @@
+//! A host's facts changed (it said Hello): the addresses it may hold (one IP, one live host,
+//! inside the policy's ranges), its desired certificate, and what blocks it.
+
+use super::reconcile::{new_record, state_of, RECHECK_SECS};
+use super::Engine;
+use crate::audit::{Entry, Kind};
+use crate::model::CertSpec;
+use crate::model::{Blocked, BlockedState, CertRecord, HostRecord};
+use crate::spec::{self};
+use crate::store::StoreError;
+use certfleet_shared::ids::HostId;
+use std::net::IpAddr;
+
+impl Engine {
+    /// The host's facts changed (it said Hello): claim its addresses, recompute its desired
+    /// certificate and look at it now.
+    pub fn host_changed(&self, host_id: &HostId) -> Result<(), StoreError> {
+        let Some(host) = self.store.host(host_id)? else {
+            return Ok(());
+        };
+        let now = self.clock.now_unix();
+        let disallowed = spec::disallowed(&self.config, &host);
+        let conflicts = self.claim_addresses(&host, disallowed.as_ref())?;
+        let existing = self.store.certs_for_host(host_id)?;
+        match spec::desired(&self.config, &host) {
+            Ok(spec) => {
+                let mut rec = existing
+                    .into_iter()
+                    .next()
+                    .unwrap_or_else(|| new_record(&host, spec.clone(), now));
+                rec.installed_serial = host
+                    .inventory
+                    .iter()
+                    .find(|i| i.target == spec.target)
+                    .map(|i| i.serial.clone());
+                if rec.served_serial != rec.installed_serial {
+                    // What the host serves is only known again after its next served check.
+                    rec.served_serial = None;
+                }
+                let blocked = blocked_by(&spec, disallowed.as_ref(), &conflicts, &host, now);
+                rec.spec = spec;
+                self.set_blocked(&mut rec, blocked)?;
+                rec.state = state_of(&rec, now);
+                rec.next_action = Some(now);
+                rec.next_reason = Some("host connected".into());
+                rec.updated = now;
+                self.store.put_cert(&rec)?;
+            }
+            Err(e) => {
+                tracing::warn!(host = %host_id, error = %e, "no certificate for this host");
+                for mut rec in existing {
+                    rec.last_error = Some(e.to_string());
+                    rec.next_action = Some(now + RECHECK_SECS);
+                    rec.next_reason = Some("configuration error".into());
+                    self.store.put_cert(&rec)?;
+                }
+            }
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Claims the host's allowed addresses for it (first come; a holder that is no longer
+    /// enrolled is taken over) and frees those it no longer reports. Returns the addresses
+    /// another enrolled host holds, with that host.
+    pub(super) fn claim_addresses(
+        &self,
+        host: &HostRecord,
+        disallowed: Option<&spec::Disallowed>,
+    ) -> Result<Vec<(IpAddr, HostId)>, StoreError> {
+        let mut conflicts = Vec::new();
+        for ip in &host.ips {
+            if disallowed.is_some_and(|d| d.ips.contains(ip)) {
+                continue;
+            }
+            let mut holder = self.store.claim_ip(*ip, &host.id, None)?;
+            if holder != host.id && self.store.host(&holder)?.is_none() {
+                holder = self.store.claim_ip(*ip, &host.id, Some(&holder))?;
+            }
+            if holder != host.id {
+                conflicts.push((*ip, holder));
+            }
+        }
+        for ip in self.store.ips_held_by(&host.id)? {
+            if !host.ips.contains(&ip) || disallowed.is_some_and(|d| d.ips.contains(&ip)) {
+                self.release_address(ip, &host.id, "host:no longer reports it", false)?;
+            }
+        }
+        Ok(conflicts)
+    }
+
+    /// Records a change of `blocked` (audit, metric, WARN once per new reason).
+    pub(super) fn set_blocked(
+        &self,
+        rec: &mut CertRecord,
+        blocked: Option<Blocked>,
+    ) -> Result<(), StoreError> {
+        let same = match (&rec.blocked, &blocked) {
+            (Some(a), Some(b)) => a.state == b.state && a.ips == b.ips && a.held_by == b.held_by,
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return Ok(());
+        }
+        match &blocked {
+            Some(b) => {
+                let kind = match b.state {
+                    BlockedState::Conflict => Kind::IpConflict,
+                    BlockedState::Refused => Kind::IpRefused,
+                };
+                let mut entry = Entry::by("coordinator")
+                    .ips(&b.ips)
+                    .detail("reason", &b.reason);
+                if let Some(h) = &b.held_by {
+                    entry = entry.detail("held_by", h.as_str());
+                }
+                if let Err(e) = self.record(kind, rec, entry) {
+                    tracing::error!(error = %e, "audit append failed");
+                }
+                self.metrics
+                    .ip_blocked
+                    .get_or_create(&crate::metrics::BlockLabel {
+                        kind: kind.as_str(),
+                    })
+                    .inc();
+                tracing::warn!(host = %rec.host_id, cert = %rec.id, ips = ?b.ips, held_by = ?b.held_by,
+                    state = ?b.state, "{}", b.reason);
+                rec.last_error = Some(b.reason.clone());
+            }
+            None => {
+                tracing::info!(host = %rec.host_id, cert = %rec.id, "address conflict resolved; the certificate can be ordered");
+                rec.last_error = None;
+            }
+        }
+        rec.blocked = blocked;
+        Ok(())
+    }
+
+    /// Frees `ip` if `host` holds it, audits it, and lets any host waiting for it claim it
+    /// now (its certificate then proceeds without a restart). Returns the hosts looked at.
+    pub fn release_address(
+        &self,
+        ip: IpAddr,
+        host: &HostId,
+        by: &str,
+        audit: bool,
+    ) -> Result<Vec<HostId>, StoreError> {
+        if !self.store.release_ip(ip, host)? {
+            return Ok(Vec::new());
+        }
+        if audit {
+            if let Err(e) = self.audit.append(
+                Kind::IpReleased,
+                self.clock.now_unix(),
+                Entry::by(by).host(host).ips(&[ip]),
+            ) {
+                tracing::error!(error = %e, "audit append failed");
+            }
+        }
+        tracing::info!(ip = %ip, host = %host, by, "address released");
+        let mut waiting = Vec::new();
+        for other in self.store.hosts()? {
+            if other.id != *host && other.ips.contains(&ip) {
+                waiting.push(other.id);
+            }
+        }
+        for h in &waiting {
+            self.host_changed(h)?;
+        }
+        // The host that had it now sees the conflict itself (when someone took the address).
+        if !waiting.is_empty() && self.store.host(host)?.is_some() {
+            self.host_changed(host)?;
+        }
+        Ok(waiting)
+    }
+}
+
+/// What keeps `spec` from being ordered: addresses outside the policy (refused first), or
+/// addresses of the spec that another host holds.
+fn blocked_by(
+    spec: &CertSpec,
+    disallowed: Option<&spec::Disallowed>,
+    conflicts: &[(IpAddr, HostId)],
+    host: &HostRecord,
+    now: i64,
+) -> Option<Blocked> {
+    if let Some(d) = disallowed {
+        return Some(Blocked {
+            state: BlockedState::Refused,
+            ips: d.ips.clone(),
+            held_by: None,
+            reason: d.reason(),
+            since: now,
+        });
+    }
+    let mine: Vec<&(IpAddr, HostId)> = conflicts
+        .iter()
+        .filter(|(ip, _)| spec.identifiers.contains(ip))
+        .collect();
+    let (_, holder) = mine.first()?;
+    let ips: Vec<IpAddr> = mine.iter().map(|(ip, _)| *ip).collect();
+    let list: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
+    Some(Blocked {
+        state: BlockedState::Conflict,
+        held_by: Some(holder.clone()),
+        reason: format!(
+            "{} held by host {holder}; host {} gets no certificate with it until that host is removed (`hosts remove {holder}`) or the address is released (`hosts release-ip {holder} {}`)",
+            list.join(", "),
+            host.id,
+            list[0]
+        ),
+        ips,
+        since: now,
+    })
+}

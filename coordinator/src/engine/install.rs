@@ -1,0 +1,105 @@
+//! Installing the current certificate through the agent, and what its answer means (served,
+//! rolled back, key lost on the host).
+
+use super::{Engine, IssueError, AGENT_INSTALL};
+use crate::audit::{Entry, Kind};
+use crate::model::CertRecord;
+use crate::sessions::{AgentHandle, SessionError};
+use certfleet_proto::v1::{self as pb, coordinator_message::Cmd, reply};
+
+impl Engine {
+    pub(super) async fn install(
+        &self,
+        agent: &AgentHandle,
+        rec: &mut CertRecord,
+    ) -> Result<(), IssueError> {
+        let Some(cur) = rec.current.clone() else {
+            return Ok(());
+        };
+        let cmd = Cmd::Install(pb::InstallCertificate {
+            target: rec.spec.target.clone(),
+            chain_pem: cur.chain_pem.clone(),
+        });
+        match agent.request(cmd, "install", AGENT_INSTALL).await {
+            Ok(reply::Result::Installed(report)) if report.serial == cur.serial => {
+                self.record(
+                    Kind::CertificateInstalled,
+                    rec,
+                    Entry::by(format!("host:{}", rec.host_id))
+                        .ips(&cur.identifiers)
+                        .serial(report.serial.clone())
+                        .detail("target", &report.target),
+                )?;
+                rec.installed_serial = Some(report.serial.clone());
+                rec.verify_disabled = report.verify_disabled;
+                tracing::info!(host = %rec.host_id, cert = %rec.id, serial = %report.serial, target = %report.target, "certificate installed");
+                if !report.verify_disabled && !report.served_on.is_empty() {
+                    self.record(
+                        Kind::CertificateServed,
+                        rec,
+                        Entry::by(format!("host:{}", rec.host_id))
+                            .ips(&cur.identifiers)
+                            .serial(report.serial.clone())
+                            .detail("target", &report.target)
+                            .detail("served_on", &report.served_on),
+                    )?;
+                    rec.served_serial = Some(report.serial.clone());
+                    rec.served_on = report.served_on.clone();
+                    rec.served_at = Some(self.clock.now_unix());
+                    tracing::info!(host = %rec.host_id, cert = %rec.id, serial = %report.serial, served_on = ?report.served_on, "new certificate is served");
+                }
+                if !report.warnings.is_empty() {
+                    tracing::warn!(host = %rec.host_id, cert = %rec.id, warnings = ?report.warnings, "agent warnings");
+                }
+                Ok(())
+            }
+            Ok(_) => Err(SessionError::Unexpected {
+                host: agent.host.clone(),
+                what: "install",
+            }
+            .into()),
+            Err(e @ SessionError::Failed { .. }) => {
+                let SessionError::Failed {
+                    code,
+                    kind,
+                    message,
+                    rolled_back,
+                    current_serial,
+                    ..
+                } = &e
+                else {
+                    return Err(e.into());
+                };
+                if *kind == pb::FailureCode::NoMatchingKey {
+                    // The key for this certificate is gone from the host: the certificate
+                    // is useless there, so the next attempt issues a new one.
+                    tracing::warn!(host = %rec.host_id, cert = %rec.id, error = %message, "host lost the key; re-issuing");
+                    rec.current = None;
+                    rec.ari = None;
+                } else if *rolled_back {
+                    // The config test, reload or served check failed and the host put the
+                    // previous certificate back: record what is there now.
+                    let now_serial = (!current_serial.is_empty()).then(|| current_serial.clone());
+                    self.record(
+                        Kind::CertificateRolledBack,
+                        rec,
+                        Entry::by(format!("host:{}", rec.host_id))
+                            .ips(&cur.identifiers)
+                            .serial(cur.serial.clone())
+                            .detail("target", &rec.spec.target)
+                            .detail("code", code)
+                            .detail("error", message)
+                            .detail("restored_serial", &now_serial),
+                    )?;
+                    tracing::error!(host = %rec.host_id, cert = %rec.id, serial = %cur.serial, code = %code, error = %message, "install rolled back on the host");
+                    if rec.served_serial != now_serial {
+                        rec.served_serial = None;
+                    }
+                    rec.installed_serial = now_serial;
+                }
+                Err(e.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}

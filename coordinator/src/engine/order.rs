@@ -1,0 +1,349 @@
+//! The ACME order driver: a new order (profile, `replaces`, budget), resuming one after a
+//! restart, and driving it — challenges and CSR in parallel, finalize, check the leaf, store
+//! the chain, then install.
+
+use super::challenge::http01::{clear, clear_tokens, present};
+use super::csr::CsrWant;
+use super::{Engine, IssueError, AGENT_QUICK};
+use crate::acme::{AcmeError, AcmeIssuer};
+use crate::audit::{Entry, Kind};
+use crate::model::{CertRecord, CertState, IssuedCert, OrderInFlight};
+use crate::sessions::AgentHandle;
+use certfleet_proto::v1::{self as pb, coordinator_message::Cmd, reply};
+use certfleet_shared::identifier::{canonical_set, check_issuable};
+use certfleet_shared::ratelimit::Event;
+use certfleet_shared::renewal::RenewReason;
+use certfleet_shared::x509::{parse_pem_chain, CertInfo};
+use instant_acme::OrderStatus;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// An order older than this is abandoned rather than resumed (CAs expire them within days).
+const ORDER_MAX_AGE_SECS: i64 = 24 * 3600;
+
+impl Engine {
+    pub(super) async fn issue(
+        &self,
+        agent: &AgentHandle,
+        rec: &mut CertRecord,
+        reason: RenewReason,
+    ) -> Result<(), IssueError> {
+        let now = self.clock.now_unix();
+        let spec = rec.spec.clone();
+        let names: Vec<&str> = spec.issuers().collect();
+        let issuer = self.issuer(names[rec.issuer_index % names.len()])?;
+        for ip in &spec.identifiers {
+            check_issuable(*ip, issuer.cfg.allow_private_ips).map_err(|e| {
+                IssueError::Policy(format!("cannot ask {} for {ip}: {e}", issuer.cfg.name))
+            })?;
+        }
+        let profile = issuer
+            .choose_profile(spec.required_profile.as_deref(), true)
+            .await?;
+        // ARI: a renewal names the certificate it replaces; inside the CA's window it is exempt
+        // from the per-certificate limits.
+        let replaces = match reason {
+            RenewReason::AriWindow
+            | RenewReason::LifetimeFraction
+            | RenewReason::Forced
+            | RenewReason::Expired
+                if rec
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| c.identifiers == spec.identifiers)
+                    && issuer.has_ari() =>
+            {
+                rec.current.as_ref().and_then(|c| c.ari_id.clone())
+            }
+            _ => None,
+        };
+        let exempt = replaces.is_some()
+            && rec
+                .ari
+                .as_ref()
+                .is_some_and(|a| now >= a.start && now < a.end);
+        self.budget_check(&issuer, &spec.identifiers, now, exempt)?;
+
+        let (driver, kept, orders_created) = issuer
+            .new_order(&spec.identifiers, profile.as_deref(), replaces.as_deref())
+            .await?;
+        self.budget_record(&issuer, &vec![Event::OrderCreated; orders_created])?;
+        if replaces.is_some() && !kept {
+            tracing::warn!(cert = %rec.id, "the CA did not accept `replaces`; renewing without it");
+        }
+        let account = issuer.account_url().await.unwrap_or_default();
+        self.record(
+            Kind::OrderCreated,
+            rec,
+            Entry::by("coordinator")
+                .ips(&spec.identifiers)
+                .issuer(issuer.cfg.name.clone())
+                .detail("account", account)
+                .detail("order_url", driver.url())
+                .detail("profile", &profile)
+                .detail("replaces", if kept { &replaces } else { &None })
+                .detail("replaces_ignored_by_ca", replaces.is_some() && !kept)
+                .detail("reason", reason.to_string()),
+        )?;
+        rec.last_order_url = Some(driver.url().to_owned());
+        rec.order = Some(OrderInFlight {
+            url: driver.url().to_owned(),
+            issuer: issuer.cfg.name.clone(),
+            identifiers: spec.identifiers.clone(),
+            profile: profile.clone(),
+            replaces: if kept { replaces } else { None },
+            reason: reason.to_string(),
+            started: now,
+            challenges_announced: false,
+            presented: Vec::new(),
+        });
+        rec.state = CertState::Ordering;
+        rec.updated = now;
+        self.store.put_cert(rec)?;
+        tracing::info!(host = %rec.host_id, cert = %rec.id, order = %driver.url(), ids = ?spec.identifiers,
+            profile = ?profile, reason = %reason, "order created");
+        self.drive(agent, rec, &issuer, driver).await
+    }
+
+    /// Continues the order in flight after a restart, or abandons it when the CA says it is
+    /// dead (the next attempt orders anew).
+    pub(super) async fn resume(
+        &self,
+        agent: &AgentHandle,
+        rec: &mut CertRecord,
+    ) -> Result<(), IssueError> {
+        let Some(order) = rec.order.clone() else {
+            return Ok(());
+        };
+        let issuer = self.issuer(&order.issuer)?;
+        match issuer
+            .resume_order(&order.url)
+            .await
+            .map(|mut d| (d.status(), d))
+        {
+            Ok((status, driver)) if status != OrderStatus::Invalid => {
+                tracing::info!(cert = %rec.id, order = %order.url, status = ?status, "resuming order");
+                self.drive(agent, rec, &issuer, driver).await
+            }
+            Ok(_) => {
+                tracing::info!(cert = %rec.id, order = %order.url, "order in flight is invalid; abandoning it");
+                clear_tokens(agent, order.presented.clone()).await;
+                rec.order = None;
+                Err(IssueError::Acme(AcmeError::Validation(vec![(
+                    String::new(),
+                    "the interrupted order became invalid".into(),
+                )])))
+            }
+            Err(e)
+                if e.is_transient()
+                    && self.clock.now_unix() - order.started < ORDER_MAX_AGE_SECS =>
+            {
+                tracing::info!(cert = %rec.id, order = %order.url, error = %e, "cannot reach the order now; will resume it later");
+                Err(e.into())
+            }
+            Err(e) => {
+                tracing::info!(cert = %rec.id, order = %order.url, error = %e, "cannot resume order; abandoning it");
+                clear_tokens(agent, order.presented.clone()).await;
+                rec.order = None;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Validates, finalizes, downloads, stores, installs.
+    pub(super) async fn drive(
+        &self,
+        agent: &AgentHandle,
+        rec: &mut CertRecord,
+        issuer: &AcmeIssuer,
+        mut driver: crate::acme::OrderDriver<'_>,
+    ) -> Result<(), IssueError> {
+        let Some(order) = rec.order.clone() else {
+            return Ok(());
+        };
+        let status = driver.status();
+        let needs_csr = matches!(status, OrderStatus::Pending | OrderStatus::Ready);
+        let timeout = Duration::from_secs(self.config.issuance.validation_timeout_secs);
+        let want = needs_csr.then(|| CsrWant::new(rec, &order));
+        let challenges = if status == OrderStatus::Pending {
+            driver.challenges()
+        } else {
+            Vec::new()
+        };
+        // Served before a crash, and the CA is done with them: stop serving them now.
+        let leftover: Vec<String> = order
+            .presented
+            .iter()
+            .filter(|t| !challenges.iter().any(|c| &c.token == *t))
+            .cloned()
+            .collect();
+        if !leftover.is_empty() {
+            clear_tokens(agent, leftover).await;
+        }
+        if !challenges.is_empty() {
+            // Durable before the agent serves them, so a crash cannot leave them behind.
+            if let Some(o) = rec.order.as_mut() {
+                for c in &challenges {
+                    if !o.presented.contains(&c.token) {
+                        o.presented.push(c.token.clone());
+                    }
+                }
+            }
+            self.store.put_cert(rec)?;
+        }
+        let csr = if challenges.is_empty() {
+            match want {
+                Some(w) => Some(w.fetch(agent).await?),
+                None => None,
+            }
+        } else {
+            if let Err(e) = present(agent, &challenges).await {
+                clear(agent, &challenges).await;
+                return Err(e.into());
+            }
+            // The key is made only once the challenges are served, while the CA validates.
+            let csr = async {
+                match want {
+                    Some(w) => w.fetch(agent).await.map(Some),
+                    None => Ok(None),
+                }
+            };
+            let (validated, csr) = tokio::join!(
+                self.validate(agent, rec, issuer, &mut driver, &challenges, timeout),
+                csr
+            );
+            validated?;
+            csr?
+        };
+        if let Some(c) = &csr {
+            rec.remember_key(&c.spki_sha256);
+        }
+        let (csr_der, spki) = match csr {
+            Some(c) => (Some(c.der), Some(c.spki_der)),
+            None => (None, None),
+        };
+        let chain_pem = driver
+            .finalize(csr_der.as_deref(), timeout)
+            .await
+            .inspect_err(|_| {
+                // An order that fails at finalize is not resumable in any useful way.
+            })?;
+        let chain = parse_pem_chain(&chain_pem).map_err(|e| IssueError::BadCert(e.to_string()))?;
+        let leaf = check_leaf(&chain[0], &order.identifiers, spki.as_deref())?;
+        let now = self.clock.now_unix();
+        let renewed = rec.current.is_some();
+        rec.current = Some(IssuedCert {
+            identifiers: order.identifiers.clone(),
+            issuer: issuer.cfg.name.clone(),
+            profile: driver.profile().or(order.profile.clone()),
+            serial: leaf.serial_hex.clone(),
+            not_before: leaf.not_before,
+            not_after: leaf.not_after,
+            chain_pem,
+            ari_id: AcmeIssuer::ari_id(&chain[0]),
+            renew_unit: rand::random(),
+            issued_at: now,
+        });
+        rec.order = None;
+        rec.ari = None;
+        rec.ari_retry_at = None;
+        rec.forced_by = None;
+        if renewed {
+            rec.renewals += 1;
+            self.metrics
+                .renewals
+                .get_or_create(&crate::metrics::IssuerReason {
+                    issuer: issuer.cfg.name.clone(),
+                    reason: order.reason.clone(),
+                })
+                .inc();
+        }
+        rec.last_renewal_reason = Some(order.reason.clone());
+        rec.revoked_serial = None;
+        rec.state = CertState::Issued;
+        rec.updated = now;
+        let issuer_chain_sha256: Vec<String> = chain[1..]
+            .iter()
+            .map(|c| certfleet_shared::x509::sha256_hex(c))
+            .collect();
+        self.record(
+            Kind::CertificateIssued,
+            rec,
+            Entry::by("coordinator")
+                .ips(&order.identifiers)
+                .serial(leaf.serial_hex.clone())
+                .issuer(issuer.cfg.name.clone())
+                .detail("not_before", leaf.not_before)
+                .detail("not_after", leaf.not_after)
+                .detail(
+                    "sans",
+                    leaf.ips.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+                )
+                .detail("issuer_chain_sha256", issuer_chain_sha256)
+                .detail("order_url", &order.url)
+                .detail(
+                    "profile",
+                    rec.current.as_ref().and_then(|c| c.profile.clone()),
+                )
+                .detail("reason", &order.reason),
+        )?;
+        // Durable before the install is asked for.
+        self.store.put_cert(rec)?;
+        self.budget_record(
+            issuer,
+            &[Event::CertIssued {
+                identifiers: order.identifiers.clone(),
+            }],
+        )?;
+        tracing::info!(host = %rec.host_id, cert = %rec.id, serial = %leaf.serial_hex, not_after = leaf.not_after,
+            lifetime_h = (leaf.not_after - leaf.not_before) / 3600, reason = %order.reason, "certificate issued");
+        self.install(agent, rec).await
+    }
+
+    /// The order ended (or none is in flight): the agent removes the pending keys it made
+    /// for this certificate, except the key of a certificate issued but not yet installed.
+    /// Best effort: the agent's age limit is the safety net.
+    pub(super) async fn discard_pending_keys(&self, agent: &AgentHandle, rec: &CertRecord) {
+        let keep = rec
+            .current
+            .as_ref()
+            .filter(|c| rec.installed_serial.as_ref() != Some(&c.serial))
+            .and_then(|c| parse_pem_chain(&c.chain_pem).ok())
+            .and_then(|chain| CertInfo::from_der(&chain[0]).ok())
+            .map(|leaf| vec![certfleet_shared::x509::sha256_hex(&leaf.spki_der)])
+            .unwrap_or_default();
+        let cmd = Cmd::DiscardPendingKeys(pb::DiscardPendingKeys {
+            cert_id: rec.id.to_string(),
+            keep_spki_sha256: keep,
+        });
+        match agent
+            .request(cmd, "discard pending keys", AGENT_QUICK)
+            .await
+        {
+            Ok(reply::Result::Done(d)) if d.discarded > 0 => {
+                tracing::info!(host = %rec.host_id, cert = %rec.id, discarded = d.discarded, "pending keys of the ended order removed on the host")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(host = %rec.host_id, cert = %rec.id, error = %e, "could not have the host remove pending keys; its age limit will")
+            }
+        }
+    }
+}
+
+/// The leaf must cover exactly `ids` and, when we made the CSR, carry its public key.
+fn check_leaf(der: &[u8], ids: &[IpAddr], spki: Option<&[u8]>) -> Result<CertInfo, IssueError> {
+    let leaf = CertInfo::from_der(der).map_err(|e| IssueError::BadCert(e.to_string()))?;
+    if canonical_set(leaf.ips.clone()) != ids {
+        return Err(IssueError::BadCert(format!(
+            "it names {:?}, expected {:?}",
+            leaf.ips, ids
+        )));
+    }
+    if spki.is_some_and(|s| s != leaf.spki_der) {
+        return Err(IssueError::BadCert(
+            "its public key is not the one in our CSR".into(),
+        ));
+    }
+    Ok(leaf)
+}
