@@ -594,6 +594,7 @@ impl OrderDriver<'_> {
     pub async fn validate(&mut self, timeout: Duration) -> Result<(), AcmeError> {
         let issuer = self.issuer;
         let tokens: Vec<String> = self.challenges.iter().map(|c| c.token.clone()).collect();
+        let mut refused = None;
         let mut authzs = self.order.authorizations();
         while let Some(next) = authzs.next().await {
             let mut authz = next.map_err(|e| issuer.ca_err(&e))?;
@@ -605,9 +606,33 @@ impl OrderDriver<'_> {
                 // (e.g. an order resumed after a restart) must not be validated twice.
                 if tokens.contains(&ch.token) && ch.status == instant_acme::ChallengeStatus::Pending
                 {
-                    issuer.timed("set challenge ready", ch.set_ready()).await?;
+                    match issuer.timed("set challenge ready", ch.set_ready()).await {
+                        Ok(_) => {}
+                        // The CA answers with the validation's own problem when the
+                        // authorization already failed (pebble, validating at once): that
+                        // is a failed validation of this order, reported per identifier
+                        // below — not a CA outage to retry.
+                        Err(
+                            e @ AcmeError::Ca {
+                                problem: Problem::Other,
+                                ..
+                            },
+                        ) => {
+                            refused = Some(e);
+                            break;
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
             }
+        }
+        if let Some(e) = refused {
+            let per_id = self.identifier_problems().await;
+            return Err(AcmeError::Validation(if per_id.is_empty() {
+                vec![(String::new(), e.to_string())]
+            } else {
+                per_id
+            }));
         }
         let polled = tokio::time::timeout(
             timeout + Duration::from_secs(5),
