@@ -13,8 +13,9 @@
 //! - `mod.rs` — [`Engine`] (wiring: store, audit, sessions, issuers, clock, tasks) and
 //!   [`IssueError`].
 //! - [`scheduler`] — the next-action loop, leases, wake-ups, `recover()` at start.
-//! - [`reconcile`] — pure `decide` / `state_of` / `next_reason`, and `finish` / `planned`
-//!   (the outcome and the next action).
+//! - [`reconcile`] — pure `decide` / `state_of` / `next_reason` / `planned_at` /
+//!   `retry_at`, and `finish` / `planned` (the outcome and the next action).
+//! - `simulation_tests` (test only) — the scheduling logic over 60 simulated days.
 //! - [`ari`] — fetching the CA's renewal window (ARI).
 //! - [`order`] — the ACME order driver: issue / resume / drive, the leaf check.
 //! - [`challenge`] — announcing challenges and waiting for the CA; one module per
@@ -36,6 +37,8 @@ pub mod install;
 pub mod order;
 pub mod reconcile;
 pub mod scheduler;
+#[cfg(test)]
+mod simulation_tests;
 
 pub use csr::check_csr;
 pub use reconcile::{decide, Decision};
@@ -198,8 +201,8 @@ pub(crate) mod testutil {
     use crate::model::{CertRecord, HostRecord, IssuedCert};
     use certfleet_shared::ids::HostId;
 
-    pub fn rec(not_before: i64, not_after: i64) -> CertRecord {
-        let host = HostRecord {
+    pub fn host() -> HostRecord {
+        HostRecord {
             id: HostId::generate(),
             hostname: "h".into(),
             labels: Default::default(),
@@ -212,8 +215,11 @@ pub(crate) mod testutil {
             targets: vec![],
             last_seen: None,
             inventory: vec![],
-        };
-        let spec = CertSpec {
+        }
+    }
+
+    pub fn spec() -> CertSpec {
+        CertSpec {
             policy: None,
             identifiers: vec!["8.8.8.8".parse().unwrap()],
             issuer: "le".into(),
@@ -221,8 +227,12 @@ pub(crate) mod testutil {
             required_profile: None,
             key_type: KeyTypeName::EcdsaP256,
             target: "t".into(),
-        };
-        let mut r = super::reconcile::new_record(&host, spec.clone(), 0);
+        }
+    }
+
+    pub fn rec(not_before: i64, not_after: i64) -> CertRecord {
+        let spec = spec();
+        let mut r = super::reconcile::new_record(&host(), spec.clone(), 0);
         r.current = Some(IssuedCert {
             identifiers: spec.identifiers.clone(),
             issuer: "le".into(),

@@ -7,6 +7,7 @@ use crate::acme::AcmeError;
 use crate::audit::{Entry, Kind};
 use crate::model::CertSpec;
 use crate::model::{BlockedState, CertRecord, CertState, HostRecord};
+use certfleet_shared::backoff::Backoff;
 use certfleet_shared::ids::CertId;
 use certfleet_shared::renewal::RenewReason;
 
@@ -172,19 +173,19 @@ impl Engine {
             }
             Err(e) => {
                 rec.issuer_index = 0;
-                let backoff = self
-                    .config
-                    .issuance
-                    .retry_backoff()
-                    .delay_random(rec.attempts)
-                    .as_secs() as i64;
-                rec.attempts += 1;
-                rec.last_error = Some(e.to_string());
                 let ca_says = match e {
                     IssueError::Acme(a) => a.retry_after().map(|at| at.max(now + 1)),
                     _ => None,
                 };
-                next = ca_says.unwrap_or(now + backoff).max(now + 1);
+                next = retry_at(
+                    &self.config.issuance.retry_backoff(),
+                    rec.attempts,
+                    rand::random::<f64>(),
+                    ca_says,
+                    now,
+                );
+                rec.attempts += 1;
+                rec.last_error = Some(e.to_string());
             }
         }
         if let Err(e) = &outcome {
@@ -236,27 +237,48 @@ impl Engine {
         }
     }
 
-    /// The next planned action when nothing failed: renewal, ARI re-check, the at-risk
-    /// moment, whichever is first.
+    /// The next planned action when nothing failed ([`planned_at`], with this engine's
+    /// issuers deciding whether an ARI window is still to be fetched).
     pub(super) fn planned(&self, rec: &CertRecord, now: i64) -> i64 {
-        if rec.blocked.is_some() && rec.order.is_none() && decide(rec, now) == Decision::Idle {
-            // Released addresses and policy changes wake it; this is the safety net.
-            return now + RECHECK_SECS;
-        }
-        if rec.order.is_some() || rec.current.is_none() || decide(rec, now) != Decision::Idle {
-            return now;
-        }
-        let mut next = rec.renew_time(now).map(|(at, _)| at).unwrap_or(now);
-        if let Some(a) = &rec.ari {
-            next = next.min(a.next_check);
-        } else if self.ari_pending(rec) {
-            next = next.min(rec.ari_retry_at.unwrap_or(now));
-        }
-        if let Some(at) = rec.at_risk_at().filter(|_| !rec.at_risk) {
-            next = next.min(at);
-        }
-        next.max(now + 1)
+        planned_at(rec, now, self.ari_pending(rec))
     }
+}
+
+/// The next planned action when nothing failed: renewal, ARI re-check, the at-risk
+/// moment, whichever is first. `ari_pending`: the certificate's issuer offers ARI and no
+/// window has been fetched yet. Pure.
+pub(crate) fn planned_at(rec: &CertRecord, now: i64, ari_pending: bool) -> i64 {
+    if rec.blocked.is_some() && rec.order.is_none() && decide(rec, now) == Decision::Idle {
+        // Released addresses and policy changes wake it; this is the safety net.
+        return now + RECHECK_SECS;
+    }
+    if rec.order.is_some() || rec.current.is_none() || decide(rec, now) != Decision::Idle {
+        return now;
+    }
+    let mut next = rec.renew_time(now).map(|(at, _)| at).unwrap_or(now);
+    if let Some(a) = &rec.ari {
+        next = next.min(a.next_check);
+    } else if ari_pending {
+        next = next.min(rec.ari_retry_at.unwrap_or(now));
+    }
+    if let Some(at) = rec.at_risk_at().filter(|_| !rec.at_risk) {
+        next = next.min(at);
+    }
+    next.max(now + 1)
+}
+
+/// When to retry after a failure that no more specific rule covers: the CA's own
+/// Retry-After (`ca_says`) if it gave one, else the jittered backoff for this attempt
+/// (`unit` is the random draw in [0, 1)); never sooner than a second from now. Pure.
+pub(crate) fn retry_at(
+    backoff: &Backoff,
+    attempts: u32,
+    unit: f64,
+    ca_says: Option<i64>,
+    now: i64,
+) -> i64 {
+    let backoff = backoff.delay(attempts, unit).as_secs() as i64;
+    ca_says.unwrap_or(now + backoff).max(now + 1)
 }
 
 /// A short, bounded label for a failure (metrics).
