@@ -78,6 +78,7 @@ fn record(i: usize, now: i64, due: bool) -> CertRecord {
         updated: now,
         key_history: Vec::new(),
         blocked: None,
+        deferred_clear: None,
     }
 }
 

@@ -241,6 +241,18 @@ pub struct CertRecord {
     /// ordered.
     #[serde(default)]
     pub blocked: Option<Blocked>,
+    /// Challenge tokens to clear on the host once `at` has passed: a resumed order whose
+    /// challenges were announced before a crash keeps them served a while, in case the CA
+    /// runs a second validation of the earlier announcement. Stored, so another crash
+    /// cannot leave the listener bound.
+    #[serde(default)]
+    pub deferred_clear: Option<DeferredClear>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeferredClear {
+    pub at: i64,
+    pub tokens: Vec<String>,
 }
 
 /// How many accepted CSR keys a certificate remembers (32 hex bytes each: a few KiB).

@@ -624,6 +624,7 @@ mod tests {
             updated: 1,
             key_history: Vec::new(),
             blocked: None,
+            deferred_clear: None,
         }
     }
 

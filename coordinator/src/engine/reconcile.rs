@@ -228,6 +228,9 @@ impl Engine {
                 last_error = ?rec.last_error, "certificate AT RISK: its remaining lifetime is below the safety margin");
         }
         rec.next_reason = Some(next_reason(&rec, next, now, outcome.as_ref().err()));
+        if let Some(d) = &rec.deferred_clear {
+            next = next.min(d.at);
+        }
         rec.next_action = Some(next.max(now));
         rec.updated = now;
         self.store.put_cert(&rec)?;
@@ -333,6 +336,7 @@ pub(crate) fn new_record(host: &HostRecord, spec: CertSpec, now: i64) -> CertRec
         updated: now,
         key_history: Vec::new(),
         blocked: None,
+        deferred_clear: None,
     }
 }
 

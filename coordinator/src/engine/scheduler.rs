@@ -120,6 +120,13 @@ impl Engine {
         host: &HostRecord,
         now: i64,
     ) -> Result<(), IssueError> {
+        if rec.deferred_clear.as_ref().is_some_and(|d| d.at <= now) {
+            if let Some(agent) = self.sessions.get(&host.id) {
+                if let Some(d) = rec.deferred_clear.take() {
+                    crate::engine::challenge::http01::clear_tokens(&agent, d.tokens).await;
+                }
+            }
+        }
         let decision = decide(rec, now);
         if decision == Decision::Idle {
             return Ok(());

@@ -7,7 +7,7 @@ pub mod http01;
 use super::{Engine, IssueError};
 use crate::acme::{AcmeError, AcmeIssuer, PendingChallenge};
 use crate::audit::{Entry, Kind};
-use crate::model::CertRecord;
+use crate::model::{CertRecord, DeferredClear};
 use crate::sessions::AgentHandle;
 use certfleet_shared::ratelimit::Event;
 use http01::clear;
@@ -64,16 +64,22 @@ impl Engine {
             Ok(()) => driver.validate(timeout).await.map_err(IssueError::from),
             Err(e) => Err(e),
         };
-        // Once every authorization is valid the CA validates nothing more: stop serving at
-        // once (a delayed clear would be lost to another crash). Only a failed resumed
-        // validation keeps serving a while, for a validation of the earlier announcement
-        // the CA may still run.
-        if announced_before && r.is_err() {
-            let (agent, challenges) = (agent.clone(), challenges.to_vec());
-            self.tracker.spawn(async move {
-                tokio::time::sleep(RESUMED_CLEAR_GRACE).await;
-                clear(&agent, &challenges).await;
-            });
+        if announced_before {
+            // Kept served a while after a resumed validation (success or not: a CA may
+            // still run a validation of the earlier announcement, and fail the order if
+            // nobody answers); the clear is stored and done by the scheduler, so another
+            // crash cannot leave the listener bound.
+            let at = self.clock.now_unix() + RESUMED_CLEAR_GRACE.as_secs() as i64;
+            let mut tokens: Vec<String> = challenges.iter().map(|c| c.token.clone()).collect();
+            if let Some(d) = rec.deferred_clear.take() {
+                tokens.extend(
+                    d.tokens
+                        .into_iter()
+                        .filter(|t| !tokens.contains(t))
+                        .collect::<Vec<_>>(),
+                );
+            }
+            rec.deferred_clear = Some(DeferredClear { at, tokens });
         } else {
             clear(agent, challenges).await;
         }
