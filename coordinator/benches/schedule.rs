@@ -23,63 +23,41 @@ fn record(i: usize, now: i64, due: bool) -> CertRecord {
     let ip: std::net::IpAddr = std::net::Ipv4Addr::from(0x0b00_0000u32 + i as u32).into();
     let not_before = now - 3600;
     let not_after = not_before + 160 * 3600;
-    CertRecord {
-        id: CertId::generate(),
-        host_id: HostId::generate(),
-        spec: CertSpec {
-            policy: None,
-            identifiers: vec![ip],
-            issuer: "le".into(),
-            fallback_issuers: vec![],
-            required_profile: None,
-            key_type: KeyTypeName::EcdsaP256,
-            target: "nginx".into(),
-        },
-        state: CertState::Installed,
-        current: Some(IssuedCert {
-            identifiers: vec![ip],
-            issuer: "le".into(),
-            profile: Some("shortlived".into()),
-            serial: format!("{i:032x}"),
-            not_before,
-            not_after,
-            chain_pem: "-----BEGIN CERTIFICATE-----\n".to_string()
-                + &"A".repeat(1400)
-                + "\n-----END CERTIFICATE-----\n",
-            ari_id: Some(format!("aki{i}.serial{i}")),
-            renew_unit: 0.5,
-            issued_at: not_before,
-        }),
-        order: None,
-        last_order_url: None,
-        installed_serial: Some(format!("{i:032x}")),
-        served_serial: Some(format!("{i:032x}")),
-        served_on: Vec::new(),
-        served_at: None,
-        verify_disabled: false,
-        last_error: None,
-        attempts: 0,
-        quick_retries: 0,
-        issuer_index: 0,
-        // Due ones now; the rest spread over the next 80 hours.
-        next_action: Some(if due {
-            now - 1
-        } else {
-            now + 60 + (i as i64 * 7919) % (80 * 3600)
-        }),
-        next_reason: None,
-        ari: None,
-        ari_retry_at: None,
-        at_risk: false,
-        forced_by: None,
-        renewals: 0,
-        last_renewal_reason: None,
-        revoked_serial: None,
-        updated: now,
-        key_history: Vec::new(),
-        blocked: None,
-        deferred_clear: None,
-    }
+    let spec = CertSpec {
+        policy: None,
+        identifiers: vec![ip],
+        issuer: "le".into(),
+        fallback_issuers: vec![],
+        required_profile: None,
+        key_type: KeyTypeName::EcdsaP256,
+        target: "nginx".into(),
+    };
+    // Due ones now; the rest spread over the next 80 hours.
+    let next = if due {
+        now - 1
+    } else {
+        now + 60 + (i as i64 * 7919) % (80 * 3600)
+    };
+    let mut rec = CertRecord::new(CertId::generate(), HostId::generate(), spec, next);
+    rec.state = CertState::Installed;
+    rec.current = Some(IssuedCert {
+        identifiers: vec![ip],
+        issuer: "le".into(),
+        profile: Some("shortlived".into()),
+        serial: format!("{i:032x}"),
+        not_before,
+        not_after,
+        chain_pem: "-----BEGIN CERTIFICATE-----\n".to_string()
+            + &"A".repeat(1400)
+            + "\n-----END CERTIFICATE-----\n",
+        ari_id: Some(format!("aki{i}.serial{i}")),
+        renew_unit: 0.5,
+        issued_at: not_before,
+    });
+    rec.installed_serial = Some(format!("{i:032x}"));
+    rec.served_serial = Some(format!("{i:032x}"));
+    rec.updated = now;
+    rec
 }
 
 /// One tick: what is due → load → decide → write the next action.

@@ -268,6 +268,42 @@ impl IssuedCert {
 }
 
 impl CertRecord {
+    /// A certificate wanted for `host_id`, nothing issued or observed yet, to be looked at
+    /// `now`.
+    pub fn new(id: CertId, host_id: HostId, spec: CertSpec, now: i64) -> Self {
+        CertRecord {
+            id,
+            host_id,
+            spec,
+            state: CertState::Pending,
+            current: None,
+            order: None,
+            last_order_url: None,
+            installed_serial: None,
+            served_serial: None,
+            served_on: Vec::new(),
+            served_at: None,
+            verify_disabled: false,
+            last_error: None,
+            attempts: 0,
+            quick_retries: 0,
+            issuer_index: 0,
+            next_action: Some(now),
+            next_reason: None,
+            ari: None,
+            ari_retry_at: None,
+            at_risk: false,
+            forced_by: None,
+            renewals: 0,
+            last_renewal_reason: None,
+            revoked_serial: None,
+            updated: now,
+            key_history: Vec::new(),
+            blocked: None,
+            deferred_clear: None,
+        }
+    }
+
     /// When the current certificate should be renewed, and why
     /// ([`renewal::renew_at`] with this record's ARI draw and jitter).
     pub fn renew_time(&self, now: i64) -> Option<(i64, RenewReason)> {

@@ -518,7 +518,6 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::CertState;
     use std::collections::BTreeMap;
 
     fn host(id: &HostId) -> HostRecord {
@@ -587,45 +586,18 @@ mod tests {
     }
 
     fn cert(host: &HostId, next: Option<i64>) -> CertRecord {
-        CertRecord {
-            id: CertId::generate(),
-            host_id: host.clone(),
-            spec: crate::model::CertSpec {
-                policy: None,
-                identifiers: vec!["8.8.8.8".parse().unwrap()],
-                issuer: "le".into(),
-                fallback_issuers: vec![],
-                required_profile: None,
-                key_type: Default::default(),
-                target: "t".into(),
-            },
-            state: CertState::Pending,
-            current: None,
-            order: None,
-            last_order_url: None,
-            installed_serial: None,
-            served_serial: None,
-            served_on: Vec::new(),
-            served_at: None,
-            verify_disabled: false,
-            last_error: None,
-            attempts: 0,
-            quick_retries: 0,
-            issuer_index: 0,
-            next_action: next,
-            next_reason: None,
-            ari: None,
-            ari_retry_at: None,
-            at_risk: false,
-            forced_by: None,
-            renewals: 0,
-            last_renewal_reason: None,
-            revoked_serial: None,
-            updated: 1,
-            key_history: Vec::new(),
-            blocked: None,
-            deferred_clear: None,
-        }
+        let spec = crate::model::CertSpec {
+            policy: None,
+            identifiers: vec!["8.8.8.8".parse().unwrap()],
+            issuer: "le".into(),
+            fallback_issuers: vec![],
+            required_profile: None,
+            key_type: Default::default(),
+            target: "t".into(),
+        };
+        let mut rec = CertRecord::new(CertId::generate(), host.clone(), spec, 1);
+        rec.next_action = next;
+        rec
     }
 
     #[test]

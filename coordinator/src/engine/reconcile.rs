@@ -307,37 +307,7 @@ fn failure_reason(e: &IssueError) -> &'static str {
 }
 
 pub(crate) fn new_record(host: &HostRecord, spec: CertSpec, now: i64) -> CertRecord {
-    CertRecord {
-        id: CertId::generate(),
-        host_id: host.id.clone(),
-        spec,
-        state: CertState::Pending,
-        current: None,
-        order: None,
-        last_order_url: None,
-        installed_serial: None,
-        served_serial: None,
-        served_on: Vec::new(),
-        served_at: None,
-        verify_disabled: false,
-        last_error: None,
-        attempts: 0,
-        quick_retries: 0,
-        issuer_index: 0,
-        next_action: Some(now),
-        next_reason: None,
-        ari: None,
-        ari_retry_at: None,
-        at_risk: false,
-        forced_by: None,
-        renewals: 0,
-        last_renewal_reason: None,
-        revoked_serial: None,
-        updated: now,
-        key_history: Vec::new(),
-        blocked: None,
-        deferred_clear: None,
-    }
+    CertRecord::new(CertId::generate(), host.id.clone(), spec, now)
 }
 
 pub(crate) fn state_of(rec: &CertRecord, now: i64) -> CertState {

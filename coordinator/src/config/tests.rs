@@ -1,0 +1,224 @@
+//! Unit tests of the coordinator's config: parsing, presets, refusals with the fix named.
+
+use super::*;
+
+const MINIMAL: &str = r#"
+version = 1
+state_dir = "/var/lib/cf"
+[server]
+listen = "127.0.0.1:7443"
+[[issuer]]
+name = "pebble"
+directory = "https://127.0.0.1:14000/dir"
+allow_private_ips = true
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(text, Path::new("test.toml"), Vec::new())
+}
+
+#[test]
+fn example_config_in_deploy_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/coordinator.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let cfg = Config::from_toml(&text, &path, Vec::new()).unwrap();
+    assert_eq!(cfg.issuers.len(), 2);
+    assert_eq!(cfg.default_issuer_name(), Some("letsencrypt"));
+    assert!(cfg.issuers[1].eab().is_some());
+    assert_eq!(cfg.issuers[0].directory, LETSENCRYPT_DIRECTORY);
+    assert_eq!(cfg.issuers[0].rate_limits(), RateLimits::Letsencrypt);
+    assert_eq!(cfg.policies.len(), 1);
+    assert_eq!(cfg.metrics.listen.map(|a| a.port()), Some(9464));
+    assert_eq!(cfg.policies[0].ips, IpSelection::Public);
+    assert!(
+        !format!("{:?}", cfg.issuers[1]).contains("REPLACE-WITH-BASE64URL"),
+        "EAB key redacted in Debug"
+    );
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let cfg = parse(MINIMAL).unwrap();
+    assert_eq!(cfg.default_issuer_name(), Some("pebble"));
+    assert_eq!(cfg.issuers[0].ip_profile, "shortlived");
+    assert_eq!(cfg.local_url(), "https://127.0.0.1:7443");
+}
+
+#[test]
+fn bad_configs_name_the_fix() {
+    let cases = [
+        (
+            MINIMAL.replace("version = 1", "version = 2"),
+            "version = 2 is not supported",
+        ),
+        (
+            MINIMAL.replace("[server]", "[server]\nlisten_addr = 1"),
+            "unknown field `listen_addr`",
+        ),
+        (
+            MINIMAL.replace("https://127", "http://127"),
+            "must be an https:// URL",
+        ),
+        (MINIMAL.replace("/var/lib/cf", "relative"), "absolute path"),
+        (
+            MINIMAL.replace("127.0.0.1:7443", "nonsense"),
+            "invalid socket address",
+        ),
+        (format!("{MINIMAL}eab_kid = \"k\"\n"), "go together"),
+        (
+            MINIMAL.replace("[server]", "[server]\nips = [\"::1\", \"10.0.0.300\"]"),
+            "[server] ips[1] = \"10.0.0.300\" is not an IP address",
+        ),
+        (
+            format!("{MINIMAL}[[issuer]]\nname = \"pebble\"\ndirectory = \"https://x/dir\"\n"),
+            "used twice",
+        ),
+    ];
+    for (text, want) in cases {
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains(want), "{err:?} should contain {want:?}");
+    }
+}
+
+#[test]
+fn presets_fill_directory_and_rate_limits() {
+    let text = MINIMAL
+        .replace(
+            "directory = \"https://127.0.0.1:14000/dir\"",
+            "preset = \"letsencrypt-staging\"",
+        )
+        .replace("allow_private_ips = true\n", "");
+    let cfg = parse(&text).unwrap();
+    assert_eq!(cfg.issuers[0].directory, LETSENCRYPT_STAGING_DIRECTORY);
+    assert_eq!(cfg.issuers[0].rate_limits(), RateLimits::Letsencrypt);
+    assert_eq!(
+        parse(MINIMAL).unwrap().issuers[0].rate_limits(),
+        RateLimits::None
+    );
+    let bad = MINIMAL.replace(
+        "directory = \"https://127.0.0.1:14000/dir\"",
+        "preset = \"zerossl\"",
+    );
+    assert!(parse(&bad)
+        .unwrap_err()
+        .to_string()
+        .contains("unknown preset"));
+    let policy = format!("{MINIMAL}[[policy]]\nname = \"p\"\nissuer = \"nope\"\n");
+    assert!(parse(&policy)
+        .unwrap_err()
+        .to_string()
+        .contains("not one of the configured"));
+}
+
+#[test]
+fn private_ips_with_lets_encrypt_are_refused() {
+    let issuers = [
+        "preset = \"letsencrypt\"",
+        "preset = \"letsencrypt-staging\"",
+        "directory = \"https://acme-v02.api.letsencrypt.org/directory\"",
+        "directory = \"https://acme-staging-v02.api.letsencrypt.org/directory\"",
+        "directory = \"https://ACME-v02.api.letsencrypt.org:443/directory\"",
+    ];
+    for issuer in issuers {
+        let text = MINIMAL.replace("directory = \"https://127.0.0.1:14000/dir\"", issuer);
+        let err = parse(&text).unwrap_err().to_string();
+        for want in [
+            "[[issuer]] \"pebble\": allow_private_ips = true cannot work with Let's Encrypt",
+            "refuses private and special-purpose addresses",
+            "remove allow_private_ips",
+            "point this issuer at a private CA",
+        ] {
+            assert!(
+                err.contains(want),
+                "{issuer}: {err:?} should contain {want:?}"
+            );
+        }
+        // Without the flag the same issuer is fine; and so is false said explicitly.
+        assert!(parse(&text.replace("allow_private_ips = true\n", "")).is_ok());
+        assert!(
+            parse(&text.replace("allow_private_ips = true", "allow_private_ips = false")).is_ok()
+        );
+    }
+    // A private CA (and look-alike hosts) may allow them.
+    for dir in [
+        "https://127.0.0.1:14000/dir",
+        "https://acme.example.net/letsencrypt.org/directory",
+        "https://api.letsencrypt.org.example.net/directory",
+    ] {
+        let text = MINIMAL.replace("https://127.0.0.1:14000/dir", dir);
+        assert!(parse(&text).is_ok(), "{dir}");
+    }
+}
+
+#[test]
+fn trust_root_without_a_certificate_is_refused_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["ca.test".into()]).unwrap();
+    let key_only = cert.signing_key.serialize_pem();
+    let cases: [(&str, String, &str); 5] = [
+        (
+            "empty.pem",
+            String::new(),
+            "holds no certificate (the file is empty)",
+        ),
+        (
+            "garbage.pem",
+            "not a certificate\n".into(),
+            "holds no certificate",
+        ),
+        ("key.pem", key_only.clone(), "holds no certificate"),
+        (
+            "broken.pem",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into(),
+            "certificate 1 is malformed",
+        ),
+        (
+            "der.pem",
+            String::from_utf8_lossy(cert.cert.der()).into_owned(),
+            "holds no certificate",
+        ),
+    ];
+    for (name, content, want) in cases {
+        let file = tmp.path().join(name);
+        std::fs::write(&file, content).unwrap();
+        let text = format!("{MINIMAL}trust_root = {:?}\n", file.display().to_string());
+        let cfg = parse(&text).expect("the file exists: load accepts it");
+        let err = cfg
+            .check_files(Path::new("/etc/cf.toml"))
+            .unwrap_err()
+            .to_string();
+        let head = format!(
+            "config /etc/cf.toml: [[issuer]] \"pebble\": trust_root {}: ",
+            file.display()
+        );
+        assert!(err.starts_with(&head), "{err:?} should start with {head:?}");
+        assert!(
+            err.contains(want),
+            "{name}: {err:?} should contain {want:?}"
+        );
+        assert!(err.contains("-----BEGIN CERTIFICATE-----"), "{err}");
+    }
+    // A certificate (with its key beside it, or after other text) is accepted.
+    let good = tmp.path().join("root.pem");
+    std::fs::write(&good, format!("{key_only}# comment\n{}", cert.cert.pem())).unwrap();
+    let text = format!("{MINIMAL}trust_root = {:?}\n", good.display().to_string());
+    parse(&text).unwrap().check_files(Path::new("t")).unwrap();
+    // A missing file keeps its load-time error, which names the file.
+    let gone = tmp.path().join("gone.pem");
+    let text = format!("{MINIMAL}trust_root = {:?}\n", gone.display().to_string());
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("trust_root {} does not exist", gone.display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn environment_overrides_apply() {
+    let env = vec![(
+        "CERTFLEET_SERVER__LISTEN".to_owned(),
+        "0.0.0.0:9000".to_owned(),
+    )];
+    let cfg = Config::from_toml(MINIMAL, Path::new("t"), env).unwrap();
+    assert_eq!(cfg.local_url(), "https://127.0.0.1:9000");
+}
