@@ -30,6 +30,8 @@ pub struct AgentConfig {
     pub ips: Vec<String>,
     #[serde(default)]
     pub http01: Http01Config,
+    /// `[tls_alpn01]`: absent = this host answers no TLS-ALPN-01.
+    pub tls_alpn01: Option<TlsAlpn01Config>,
     #[serde(default)]
     pub targets: BTreeMap<String, TargetConfig>,
     #[serde(default)]
@@ -154,6 +156,72 @@ impl Http01Config {
     }
 }
 
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsAlpn01Mode {
+    /// The agent binds `port` (443) on the host's addresses while a challenge is live.
+    Standalone,
+    /// A front (nginx `stream` + `ssl_preread`) owns port 443 and routes ALPN
+    /// `acme-tls/1` to the agent on the loopback `listen` address.
+    Loopback,
+}
+
+impl TlsAlpn01Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Standalone => "standalone",
+            Self::Loopback => "loopback",
+        }
+    }
+}
+
+/// `[tls_alpn01]`: how this host answers TLS-ALPN-01 (see `deploy/agent.example.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsAlpn01Config {
+    pub mode: TlsAlpn01Mode,
+    /// standalone: the port the CA connects to (default 443).
+    pub port: Option<u16>,
+    /// loopback: where the ALPN-routing front sends `acme-tls/1` connections.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+impl TlsAlpn01Config {
+    /// The port standalone mode binds.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(443)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let mode = self.mode.as_str();
+        let stray = |field: &str, modes: &str| {
+            format!("[tls_alpn01] {field} is only used with mode = {modes}; remove it or change the mode (now {mode:?})")
+        };
+        match self.mode {
+            TlsAlpn01Mode::Standalone => {
+                if self.listen.is_some() {
+                    return Err(stray("listen", "\"loopback\""));
+                }
+                if self.port == Some(0) {
+                    return Err("[tls_alpn01] port must not be 0; it is the port the CA connects to (443)".into());
+                }
+            }
+            TlsAlpn01Mode::Loopback => {
+                if self.port.is_some() {
+                    return Err(stray("port", "\"standalone\" (the front keeps port 443)"));
+                }
+                let Some(listen) = self.listen else {
+                    return Err("[tls_alpn01] mode = \"loopback\" needs listen = \"127.0.0.1:8443\": the local address the front on port 443 sends ALPN acme-tls/1 connections to (deploy/nginx/acme-tls-alpn.conf)".into());
+                };
+                if !listen.ip().is_loopback() || listen.port() == 0 {
+                    return Err(format!("[tls_alpn01] listen = \"{listen}\" must be a loopback address with a port, e.g. \"127.0.0.1:8443\": only the local front connects to it; the CA reaches the host on port 443"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -208,6 +276,9 @@ impl AgentConfig {
             }
         }
         self.http01.validate()?;
+        if let Some(t) = &self.tls_alpn01 {
+            t.validate()?;
+        }
         self.resolve_targets()?;
         Ok(())
     }

@@ -65,6 +65,10 @@ mod tests {
             ("request_id_reused", FailureCode::RequestIdReused),
             ("rollback_failed", FailureCode::RollbackFailed),
             ("internal", FailureCode::Internal),
+            (
+                "challenge_mode_unavailable",
+                FailureCode::ChallengeModeUnavailable,
+            ),
         ] {
             let f: Failure = AgentFailure::new(word, "m").into();
             assert_eq!((f.code.as_str(), f.kind()), (word, kind));

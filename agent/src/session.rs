@@ -12,6 +12,7 @@ use crate::identity::Files;
 use crate::install::{self, Installer};
 use crate::keys::PendingKeys;
 use crate::target::Target;
+use crate::tlsalpn01;
 use certfleet_proto::v1::{
     self as pb, agent_message::Msg, agent_session_client::AgentSessionClient,
     coordinator_message::Cmd, reply, AgentMessage, CoordinatorMessage,
@@ -47,6 +48,8 @@ pub struct Agent {
     pub metrics: Arc<crate::metrics::AgentMetrics>,
     ips: Vec<IpAddr>,
     responder: Responder,
+    /// `Some` when `[tls_alpn01]` is configured.
+    tls_alpn01: Option<tlsalpn01::Responder>,
     pending: PendingKeys,
     install_lock: tokio::sync::Mutex<()>,
     /// Wall-clock time (identity rotation, age limits).
@@ -109,6 +112,17 @@ impl Agent {
                 metrics.challenges_served.clone(),
                 clock.clone(),
             ),
+            tls_alpn01: match &config.tls_alpn01 {
+                Some(t) => Some(
+                    tlsalpn01::Responder::new(
+                        ips.clone(),
+                        t,
+                        metrics.challenges_served.clone(),
+                    )
+                    .map_err(|e| anyhow::anyhow!("TLS-ALPN-01 responder: {e}"))?,
+                ),
+                None => None,
+            },
             metrics,
             pending: {
                 let pending = PendingKeys::with_clock(&config.state_dir, clock.clone());
@@ -147,6 +161,9 @@ impl Agent {
             );
         }
         self.responder.clear_all();
+        if let Some(t) = &self.tls_alpn01 {
+            t.clear_all();
+        }
         if result.is_ok() {
             tracing::info!("agent stopped");
         }
@@ -181,7 +198,12 @@ impl Agent {
             tasks.spawn(async move {
                 loop {
                     tokio::select! {
-                        _ = tokio::time::sleep(CHALLENGE_SWEEP) => agent.responder.expire(),
+                        _ = tokio::time::sleep(CHALLENGE_SWEEP) => {
+                            agent.responder.expire();
+                            if let Some(t) = &agent.tls_alpn01 {
+                                t.expire();
+                            }
+                        }
                         _ = stop.cancelled() => return,
                     }
                 }
@@ -235,6 +257,16 @@ impl Agent {
         Ok(())
     }
 
+    /// What Hello says the host can answer: "http-01/<mode>" and, when configured,
+    /// "tls-alpn-01/<mode>".
+    fn challenge_modes(&self) -> Vec<String> {
+        let mut modes = vec![format!("http-01/{}", self.responder.mode().as_str())];
+        if let Some(t) = &self.tls_alpn01 {
+            modes.push(format!("tls-alpn-01/{}", t.mode().as_str()));
+        }
+        modes
+    }
+
     fn hello(&self) -> pb::Hello {
         let inventory = self
             .targets
@@ -252,7 +284,7 @@ impl Agent {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             ips: self.config.ips.clone(),
             targets: self.config.targets.keys().cloned().collect(),
-            challenge_modes: vec![format!("http-01/{}", self.responder.mode().as_str())],
+            challenge_modes: self.challenge_modes(),
             inventory,
         }
     }
@@ -349,31 +381,12 @@ impl Agent {
             None => Err(AgentFailure::bad_request(
                 "command missing (newer coordinator?)",
             )),
-            Some(Cmd::PresentChallenges(p)) => {
-                let list: Vec<_> = p
-                    .challenges
-                    .into_iter()
-                    .map(|c| Challenge {
-                        identifier: c.identifier,
-                        token: c.token,
-                        key_authorization: c.key_authorization,
-                    })
-                    .collect();
-                if list.is_empty() || list.len() > 64 {
-                    Err(AgentFailure::bad_request(
-                        "between 1 and 64 challenges per request",
-                    ))
-                } else {
-                    self.responder.present(&list).await.map(|warnings| {
-                        reply::Result::Done(pb::Done {
-                            warnings,
-                            discarded: 0,
-                        })
-                    })
-                }
-            }
+            Some(Cmd::PresentChallenges(p)) => self.present_challenges(p).await,
             Some(Cmd::ClearChallenges(c)) => {
                 self.responder.clear(&c.tokens);
+                if let Some(t) = &self.tls_alpn01 {
+                    t.clear(&c.tokens);
+                }
                 Ok(reply::Result::Done(pb::Done::default()))
             }
             Some(Cmd::CreateCsr(c)) => self.create_csr(c),
@@ -397,6 +410,63 @@ impl Agent {
             cache.pop_front();
         }
         result
+    }
+
+    /// Presents a message's challenges of both kinds: all of them, or (on a failure) none
+    /// of those it added. TLS-ALPN-01 first, taken back if HTTP-01 then fails.
+    async fn present_challenges(
+        &self,
+        p: pb::PresentChallenges,
+    ) -> Result<reply::Result, AgentFailure> {
+        let total = p.challenges.len() + p.tls_alpn01.len();
+        if total == 0 || total > 64 {
+            return Err(AgentFailure::bad_request(
+                "between 1 and 64 challenges per request",
+            ));
+        }
+        let http: Vec<_> = p
+            .challenges
+            .into_iter()
+            .map(|c| Challenge {
+                identifier: c.identifier,
+                token: c.token,
+                key_authorization: c.key_authorization,
+            })
+            .collect();
+        let tls: Vec<_> = p
+            .tls_alpn01
+            .into_iter()
+            .map(|c| tlsalpn01::Challenge {
+                identifier: c.identifier,
+                token: c.token,
+                key_authorization: c.key_authorization,
+            })
+            .collect();
+        let mut added_tls = Vec::new();
+        if !tls.is_empty() {
+            let Some(responder) = &self.tls_alpn01 else {
+                return Err(AgentFailure::new(
+                    "challenge_mode_unavailable",
+                    "this host does not answer TLS-ALPN-01: its agent config has no [tls_alpn01] section (add one with mode = \"standalone\" or \"loopback\", see deploy/agent.example.toml); use another challenge type",
+                ));
+            };
+            added_tls = responder.present(&tls).await?;
+        }
+        if http.is_empty() {
+            return Ok(reply::Result::Done(pb::Done::default()));
+        }
+        match self.responder.present(&http).await {
+            Ok(warnings) => Ok(reply::Result::Done(pb::Done {
+                warnings,
+                discarded: 0,
+            })),
+            Err(e) => {
+                if let Some(responder) = &self.tls_alpn01 {
+                    responder.clear(&added_tls);
+                }
+                Err(e)
+            }
+        }
     }
 
     fn create_csr(&self, c: pb::CreateCsr) -> Result<reply::Result, AgentFailure> {

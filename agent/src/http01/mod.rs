@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 const PREFIX: &str = "/.well-known/acme-challenge/";
 /// A challenge the coordinator never cleared is dropped after this.
-const CHALLENGE_TTL: Duration = Duration::from_secs(15 * 60);
+pub(crate) const CHALLENGE_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// One challenge to present, as the coordinator sends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +81,7 @@ pub fn valid_token(t: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-fn valid_token_part(s: &str) -> bool {
+pub(crate) fn valid_token_part(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && s.bytes()

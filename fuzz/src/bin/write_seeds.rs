@@ -263,6 +263,7 @@ fn main() {
                 key_authorization: LIVE_KEY_AUTHORIZATION.into(),
             })
             .collect(),
+        tls_alpn01: Vec::new(),
     };
     w(
         t,

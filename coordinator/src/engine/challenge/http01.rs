@@ -19,6 +19,7 @@ pub(crate) async fn present(
                 key_authorization: c.key_authorization.clone(),
             })
             .collect(),
+        tls_alpn01: Vec::new(),
     });
     let reply = agent
         .request(cmd, "present challenges", AGENT_QUICK)

@@ -1,0 +1,184 @@
+//! The agent's TLS-ALPN-01 listeners: standalone on `port` of each of the host's
+//! addresses, loopback on `[tls_alpn01] listen`. They listen only while a challenge is
+//! live; each connection gets one handshake (the resolver in `mod.rs` decides whether it
+//! succeeds) and is then closed without application data.
+
+use super::lock;
+use crate::error::AgentFailure;
+use prometheus_client::metrics::counter::Counter;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+/// A handshake (and the close after it) that takes longer is cut.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections being handshaken at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Why we listen, for the message when binding fails.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Purpose {
+    Standalone,
+    Loopback,
+}
+
+pub(super) struct Listeners {
+    addrs: Vec<SocketAddr>,
+    purpose: Purpose,
+    acceptor: TlsAcceptor,
+    served: Counter,
+    /// One bind at a time: two concurrent `present`s must not both bind the port.
+    bind: tokio::sync::Mutex<()>,
+    /// Cancels the listeners; `Some` while listening.
+    cancel: Mutex<Option<CancellationToken>>,
+}
+
+impl Listeners {
+    pub(super) fn new(
+        addrs: Vec<SocketAddr>,
+        purpose: Purpose,
+        config: Arc<rustls::ServerConfig>,
+        served: Counter,
+    ) -> Self {
+        Self {
+            addrs,
+            purpose,
+            acceptor: TlsAcceptor::from(config),
+            served,
+            bind: tokio::sync::Mutex::new(()),
+            cancel: Mutex::new(None),
+        }
+    }
+
+    pub(super) fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    pub(super) fn is_listening(&self) -> bool {
+        lock(&self.cancel).is_some()
+    }
+
+    /// Starts listening on every address unless already listening (all or none).
+    pub(super) async fn ensure(&self) -> Result<(), AgentFailure> {
+        let _one_bind = self.bind.lock().await;
+        if self.is_listening() {
+            return Ok(());
+        }
+        let mut listeners = Vec::with_capacity(self.addrs.len());
+        for addr in &self.addrs {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| AgentFailure::new("bind_failed", self.bind_error(*addr, &e)))?;
+            listeners.push(l);
+        }
+        let cancel = CancellationToken::new();
+        let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        for l in listeners {
+            tokio::spawn(serve(
+                l,
+                self.acceptor.clone(),
+                cancel.clone(),
+                limit.clone(),
+                self.served.clone(),
+            ));
+        }
+        if let Some(old) = lock(&self.cancel).replace(cancel) {
+            old.cancel();
+        }
+        tracing::debug!(addrs = ?self.addrs, "TLS-ALPN-01 responder listening");
+        Ok(())
+    }
+
+    pub(super) fn stop(&self) {
+        if let Some(cancel) = lock(&self.cancel).take() {
+            cancel.cancel();
+            tracing::debug!("TLS-ALPN-01 responder stopped");
+        }
+    }
+
+    fn bind_error(&self, addr: SocketAddr, e: &std::io::Error) -> String {
+        use std::io::ErrorKind;
+        let (ip, port) = (addr.ip(), addr.port());
+        match (self.purpose, e.kind()) {
+            (Purpose::Standalone, ErrorKind::AddrInUse) => format!(
+                "port {port} on {ip} is held by another process (nginx?), so the agent cannot \
+                 answer TLS-ALPN-01 there: use [tls_alpn01] mode = \"loopback\" behind an \
+                 ALPN-routing front, see deploy/nginx/acme-tls-alpn.conf"
+            ),
+            (Purpose::Standalone, ErrorKind::PermissionDenied) => format!(
+                "cannot listen on {addr} for TLS-ALPN-01: {e} (ports below 1024 need root or \
+                 CAP_NET_BIND_SERVICE, which deploy/systemd/certfleet-agent.service keeps)"
+            ),
+            (Purpose::Standalone, ErrorKind::AddrNotAvailable) => format!(
+                "cannot listen on {addr} for TLS-ALPN-01: {e} ({ip} is in the agent's ips but \
+                 not configured on this host; fix ips in the agent config)"
+            ),
+            (Purpose::Standalone, _) => {
+                format!("cannot listen on {addr} for TLS-ALPN-01 ([tls_alpn01] port): {e}")
+            }
+            (Purpose::Loopback, _) => format!(
+                "cannot listen on {addr} ([tls_alpn01] listen) for TLS-ALPN-01: {e} (is another \
+                 process using it? Pick a free port in both [tls_alpn01] listen and the \
+                 front's acme-tls/1 upstream, see deploy/nginx/acme-tls-alpn.conf)"
+            ),
+        }
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    cancel: CancellationToken,
+    limit: Arc<tokio::sync::Semaphore>,
+    served: Counter,
+) {
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = cancel.cancelled() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "TLS-ALPN-01 accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = cancel.cancelled() => return,
+        };
+        let acceptor = acceptor.clone();
+        let served = served.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(acceptor, stream, peer, served))
+                .await;
+        });
+    }
+}
+
+/// One validation handshake, then close_notify and close: no application data.
+async fn handshake(
+    acceptor: TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    served: Counter,
+) {
+    match acceptor.accept(stream).await {
+        Ok(mut tls) => {
+            served.inc();
+            let sni = tls.get_ref().1.server_name().unwrap_or_default().to_owned();
+            tracing::debug!(peer = %peer, sni = %sni, "TLS-ALPN-01 challenge served");
+            let _ = tls.shutdown().await;
+        }
+        Err(e) => tracing::debug!(peer = %peer, error = %e, "TLS-ALPN-01 handshake refused"),
+    }
+}
