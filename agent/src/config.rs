@@ -203,7 +203,10 @@ impl TlsAlpn01Config {
                     return Err(stray("listen", "\"loopback\""));
                 }
                 if self.port == Some(0) {
-                    return Err("[tls_alpn01] port must not be 0; it is the port the CA connects to (443)".into());
+                    return Err(
+                        "[tls_alpn01] port must not be 0; it is the port the CA connects to (443)"
+                            .into(),
+                    );
                 }
             }
             TlsAlpn01Mode::Loopback => {
@@ -278,8 +281,26 @@ impl AgentConfig {
         self.http01.validate()?;
         if let Some(t) = &self.tls_alpn01 {
             t.validate()?;
+            self.check_challenge_ports(t)?;
         }
         self.resolve_targets()?;
+        Ok(())
+    }
+
+    /// HTTP-01 and TLS-ALPN-01 may be live at once: they must not need the same socket.
+    fn check_challenge_ports(&self, t: &TlsAlpn01Config) -> Result<(), String> {
+        let h = &self.http01;
+        if t.mode == TlsAlpn01Mode::Standalone
+            && h.mode == Http01Mode::Standalone
+            && h.port == t.port()
+        {
+            return Err(format!("[tls_alpn01] port {} is also [http01] port: both standalone responders would bind it on the same addresses; pick another port (443 for TLS-ALPN-01)", t.port()));
+        }
+        if let (Some(a), Some(b)) = (h.listen, t.listen) {
+            if a == b {
+                return Err(format!("[tls_alpn01] listen = \"{b}\" is also [http01] listen: pick another port for one of them (and the same in the web server's config)"));
+            }
+        }
         Ok(())
     }
 
@@ -455,6 +476,85 @@ reload = ["/bin/true"]
             let cfg = AgentConfig::from_toml(&on, &path, Vec::new()).unwrap();
             assert_eq!(cfg.http01.mode.as_str(), mode);
         }
+    }
+
+    #[test]
+    fn tls_alpn01_modes() {
+        assert!(
+            parse(MINIMAL).unwrap().tls_alpn01.is_none(),
+            "absent = not offered"
+        );
+        let with = |t: &str| format!("{MINIMAL}[tls_alpn01]\n{t}\n");
+        let cfg = parse(&with("mode = \"standalone\"")).unwrap();
+        let t = cfg.tls_alpn01.unwrap();
+        assert_eq!((t.mode, t.port()), (TlsAlpn01Mode::Standalone, 443));
+        let t = parse(&with("mode = \"standalone\"\nport = 8443"))
+            .unwrap()
+            .tls_alpn01
+            .unwrap();
+        assert_eq!(t.port(), 8443);
+        let t = parse(&with("mode = \"loopback\"\nlisten = \"[::1]:8443\""))
+            .unwrap()
+            .tls_alpn01
+            .unwrap();
+        assert_eq!(
+            (t.mode, t.listen),
+            (TlsAlpn01Mode::Loopback, Some("[::1]:8443".parse().unwrap()))
+        );
+        let cases = [
+            ("", "missing field `mode`"),
+            ("mode = \"nginx\"", "unknown variant `nginx`"),
+            (
+                "mode = \"standalone\"\nport = 0",
+                "[tls_alpn01] port must not be 0",
+            ),
+            (
+                "mode = \"standalone\"\nlisten = \"127.0.0.1:8443\"",
+                "[tls_alpn01] listen is only used with mode = \"loopback\"",
+            ),
+            ("mode = \"loopback\"", "needs listen = \"127.0.0.1:8443\""),
+            (
+                "mode = \"loopback\"\nlisten = \"0.0.0.0:8443\"",
+                "must be a loopback address",
+            ),
+            (
+                "mode = \"loopback\"\nlisten = \"127.0.0.1:0\"",
+                "must be a loopback address with a port",
+            ),
+            (
+                "mode = \"loopback\"\nlisten = \"127.0.0.1:8443\"\nport = 443",
+                "[tls_alpn01] port is only used with mode = \"standalone\"",
+            ),
+            (
+                "mode = \"loopback\"\nlistn = \"x\"",
+                "unknown field `listn`",
+            ),
+            // The same port for both standalone responders on the same addresses.
+            ("mode = \"standalone\"\nport = 5002", "[http01] port"),
+        ];
+        for (t, want) in cases {
+            let err = parse(&with(t)).unwrap_err().to_string();
+            assert!(err.contains(want), "{t:?}: {err:?} should contain {want:?}");
+        }
+        // One loopback address for both proxy responders.
+        let both = MINIMAL.replace(
+            "[http01]\nport = 5002",
+            "[http01]\nmode = \"proxy\"\nlisten = \"127.0.0.1:8402\"",
+        ) + "[tls_alpn01]\nmode = \"loopback\"\nlisten = \"127.0.0.1:8402\"\n";
+        let err = parse(&both).unwrap_err().to_string();
+        assert!(err.contains("pick another port"), "{err}");
+        // The commented-out loopback example in deploy/agent.example.toml parses.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.example.toml");
+        let example = std::fs::read_to_string(&path).unwrap();
+        let on = example
+            .replace("# [tls_alpn01]", "[tls_alpn01]")
+            .replace("#    mode = \"loopback\"", "mode = \"loopback\"")
+            .replace(
+                "#    listen = \"127.0.0.1:8443\"",
+                "listen = \"127.0.0.1:8443\"",
+            );
+        let cfg = AgentConfig::from_toml(&on, &path, Vec::new()).unwrap();
+        assert_eq!(cfg.tls_alpn01.unwrap().mode, TlsAlpn01Mode::Loopback);
     }
 
     #[test]

@@ -114,12 +114,8 @@ impl Agent {
             ),
             tls_alpn01: match &config.tls_alpn01 {
                 Some(t) => Some(
-                    tlsalpn01::Responder::new(
-                        ips.clone(),
-                        t,
-                        metrics.challenges_served.clone(),
-                    )
-                    .map_err(|e| anyhow::anyhow!("TLS-ALPN-01 responder: {e}"))?,
+                    tlsalpn01::Responder::new(ips.clone(), t, metrics.challenges_served.clone())
+                        .map_err(|e| anyhow::anyhow!("TLS-ALPN-01 responder: {e}"))?,
                 ),
                 None => None,
             },
@@ -624,107 +620,5 @@ async fn rotation_loop(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// An agent on a temp dir whose commands touch nothing outside it (webroot mode, no
-    /// self-check, a custom target).
-    fn agent(dir: &std::path::Path) -> Arc<Agent> {
-        let root = dir.join("www");
-        std::fs::create_dir_all(&root).unwrap();
-        let text = format!(
-            "version = 1\nstate_dir = \"{d}/state\"\nips = [\"192.0.2.10\"]\n\
-             [http01]\nmode = \"webroot\"\nwebroot = \"{d}/www\"\nself_check = false\n\
-             [targets.t]\ncert = \"{d}/cert.pem\"\nkey = \"{d}/key.pem\"\nverify = []\n",
-            d = dir.display()
-        );
-        let config =
-            AgentConfig::from_toml(&text, std::path::Path::new("agent.toml"), Vec::new()).unwrap();
-        Agent::new(config).unwrap()
-    }
-
-    fn msg(id: &str, cmd: Cmd) -> CoordinatorMessage {
-        CoordinatorMessage {
-            request_id: id.into(),
-            cmd: Some(cmd),
-        }
-    }
-
-    fn csr_cmd() -> Cmd {
-        Cmd::CreateCsr(pb::CreateCsr {
-            identifiers: vec!["192.0.2.10".into()],
-            key_type: pb::KeyType::EcdsaP256 as i32,
-            target: "t".into(),
-            cert_id: "c-abc".into(),
-        })
-    }
-
-    #[tokio::test]
-    async fn a_reused_id_with_other_content_is_refused_not_answered_from_cache() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = agent(dir.path());
-        let first = a
-            .handle(msg(
-                "r-1",
-                Cmd::ClearChallenges(pb::ClearChallenges { tokens: vec![] }),
-            ))
-            .await;
-        assert!(matches!(first, reply::Result::Done(_)), "{first:?}");
-        // A new coordinator run reusing the id for another command: never the old reply.
-        let second = a.handle(msg("r-1", csr_cmd())).await;
-        match second {
-            reply::Result::Failure(f) => assert_eq!(f.code, "request_id_reused"),
-            other => panic!("answered from the cache of another command: {other:?}"),
-        }
-        assert_eq!(a.pending.count(), 0, "the refused command did not run");
-    }
-
-    #[tokio::test]
-    async fn the_same_command_replayed_gets_the_same_reply_and_runs_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = agent(dir.path());
-        let one = a.handle(msg("r-2", csr_cmd())).await;
-        let two = a.handle(msg("r-2", csr_cmd())).await;
-        let (reply::Result::Csr(x), reply::Result::Csr(y)) = (&one, &two) else {
-            panic!("{one:?} {two:?}");
-        };
-        assert_eq!(x.csr_der, y.csr_der, "the replay gets the cached CSR");
-        assert_eq!(a.pending.count(), 1, "one key made");
-        // A new id is a new command: a new key.
-        let three = a.handle(msg("r-3", csr_cmd())).await;
-        let reply::Result::Csr(z) = three else {
-            panic!("{three:?}")
-        };
-        assert_ne!(z.csr_der, x.csr_der);
-        assert_eq!(a.pending.count(), 2);
-        // The coordinator ends the order: both go.
-        let done = a
-            .handle(msg(
-                "r-4",
-                Cmd::DiscardPendingKeys(pb::DiscardPendingKeys {
-                    cert_id: "c-abc".into(),
-                    keep_spki_sha256: vec![],
-                }),
-            ))
-            .await;
-        assert!(
-            matches!(done, reply::Result::Done(pb::Done { discarded: 2, .. })),
-            "{done:?}"
-        );
-        assert_eq!(a.pending.count(), 0);
-    }
-
-    #[test]
-    fn digests_tell_commands_apart() {
-        assert_eq!(
-            command_digest(&Some(csr_cmd())),
-            command_digest(&Some(csr_cmd()))
-        );
-        assert_ne!(
-            command_digest(&Some(csr_cmd())),
-            command_digest(&Some(Cmd::ClearChallenges(pb::ClearChallenges {
-                tokens: vec![]
-            })))
-        );
-    }
-}
+#[path = "session_tests.rs"]
+mod tests;

@@ -35,6 +35,8 @@ pub(super) struct Listeners {
     bind: tokio::sync::Mutex<()>,
     /// Cancels the listeners; `Some` while listening.
     cancel: Mutex<Option<CancellationToken>>,
+    /// The accept loops, so a new bind can wait until stopped ones let go of the port.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Listeners {
@@ -51,6 +53,7 @@ impl Listeners {
             served,
             bind: tokio::sync::Mutex::new(()),
             cancel: Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
         }
     }
 
@@ -68,6 +71,12 @@ impl Listeners {
         if self.is_listening() {
             return Ok(());
         }
+        // Stopped loops close their sockets when they next run: wait for that, or a clear
+        // followed at once by a present would find our own port still held.
+        let stopped: Vec<_> = std::mem::take(&mut *lock(&self.tasks));
+        for t in stopped {
+            let _ = t.await;
+        }
         let mut listeners = Vec::with_capacity(self.addrs.len());
         for addr in &self.addrs {
             let l = TcpListener::bind(addr)
@@ -77,15 +86,17 @@ impl Listeners {
         }
         let cancel = CancellationToken::new();
         let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let mut tasks = lock(&self.tasks);
         for l in listeners {
-            tokio::spawn(serve(
+            tasks.push(tokio::spawn(serve(
                 l,
                 self.acceptor.clone(),
                 cancel.clone(),
                 limit.clone(),
                 self.served.clone(),
-            ));
+            )));
         }
+        drop(tasks);
         if let Some(old) = lock(&self.cancel).replace(cancel) {
             old.cancel();
         }
@@ -159,8 +170,9 @@ async fn serve(
         let served = served.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(acceptor, stream, peer, served))
-                .await;
+            let _ =
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(acceptor, stream, peer, served))
+                    .await;
         });
     }
 }

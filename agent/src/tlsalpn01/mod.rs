@@ -324,7 +324,10 @@ fn validation_cert(
     let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
     let signer = rustls::crypto::ring::sign::any_supported_type(&key_der)
         .map_err(|e| internal("key for TLS", &e))?;
-    Ok(Arc::new(CertifiedKey::new(vec![cert.der().clone()], signer)))
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signer,
+    )))
 }
 
 /// Picks the validation certificate for a ClientHello: ALPN `acme-tls/1` offered and a
