@@ -8,6 +8,10 @@
 #   proxy:   the challenge path reaches a stand-in agent (python3 http.server) on the
 #            snippet's listen port, also right after it was down (Apache: retry=0);
 #   both:    the challenge path is not redirected, everything else is (301).
+# And the TLS-ALPN-01 front (deploy/nginx/acme-tls-alpn.conf, nginx's stream module): a
+# handshake offering ALPN acme-tls/1 reaches a stand-in agent (openssl s_server), h2 and
+# http/1.1 handshakes reach the web server's TLS listener (and its page), and acme-tls/1
+# while the agent is down gets no handshake at all.
 # Run as root or as a user who may start the servers. Touches nothing outside a temp dir.
 # Usage: deploy/check-web-snippets.sh
 set -euo pipefail
@@ -188,8 +192,107 @@ run_apache() { # mode
 	wait "$pid" 2>/dev/null || true
 }
 
+# tls_subject PORT ALPN: the subject of the certificate a handshake offering ALPN gets,
+# and the negotiated protocol ("subject=CN = x|acme-tls/1"); empty when no handshake.
+tls_subject() {
+	local out subject alpn
+	out="$(openssl s_client -connect "127.0.0.1:$1" -servername 1.0.0.127.in-addr.arpa \
+		-alpn "$2" </dev/null 2>/dev/null)" || true
+	subject="$(grep -m1 '^subject=' <<<"$out" || true)"
+	alpn="$(grep -m1 -o 'ALPN protocol: .*' <<<"$out" | sed 's/ALPN protocol: //' || true)"
+	[[ -n "$subject" ]] && echo "${subject// /}|$alpn"
+	return 0
+}
+
+run_nginx_alpn() {
+	local dir="$tmp/nginx-alpn" port aport wport got pid standin modules
+	port="$(free_port)"
+	aport="$(free_port)"
+	wport="$(free_port)"
+	mkdir -p "$dir/logs"
+	for who in web agent; do
+		openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+			-subj "/CN=$who-standin" -keyout "$dir/$who.key" -out "$dir/$who.pem" 2>/dev/null
+	done
+	sed -e "s#listen 443;#listen 127.0.0.1:$port;#" -e "/listen \[::\]:443;/d" \
+		-e "s#127.0.0.1:8443#127.0.0.1:$aport#" -e "s#127.0.0.1:8444#127.0.0.1:$wport#" \
+		"$here/nginx/acme-tls-alpn.conf" >"$dir/snippet.conf"
+	# Debian builds the stream module as a dynamic module (libnginx-mod-stream).
+	modules=""
+	if ! nginx -V 2>&1 | grep -q -- '--with-stream '; then
+		for m in /usr/lib/nginx/modules/ngx_stream_module.so /usr/share/nginx/modules/ngx_stream_module.so; do
+			[[ -f "$m" ]] && modules="load_module $m;" && break
+		done
+		if [[ -z "$modules" ]]; then
+			fail "nginx/tls-alpn: no stream module (Debian: apt install libnginx-mod-stream)"
+			return
+		fi
+	fi
+	cat >"$dir/nginx.conf" <<-EOF
+		$modules
+		daemon off;
+		pid $dir/nginx.pid;
+		error_log $dir/logs/error.log warn;
+		events { worker_connections 64; }
+		include $dir/snippet.conf;
+		http {
+		    access_log off;
+		    client_body_temp_path $dir/body;
+		    server {
+		        listen 127.0.0.1:$wport ssl http2;
+		        ssl_certificate $dir/web.pem;
+		        ssl_certificate_key $dir/web.key;
+		        location / { return 200 "web server\n"; }
+		    }
+		}
+	EOF
+	if ! nginx -t -q -p "$dir" -c "$dir/nginx.conf"; then
+		fail "nginx -t with deploy/nginx/acme-tls-alpn.conf"
+		return
+	fi
+	ok "nginx -t with deploy/nginx/acme-tls-alpn.conf"
+	nginx -p "$dir" -c "$dir/nginx.conf" &
+	pid=$!
+	pids+=("$pid")
+	if ! wait_port 127.0.0.1 "$port"; then
+		fail "nginx did not start with deploy/nginx/acme-tls-alpn.conf:"
+		cat "$dir/logs/error.log"
+		return
+	fi
+	got="$(tls_subject "$port" acme-tls/1)"
+	if [[ -z "$got" ]]; then
+		ok "nginx/tls-alpn: acme-tls/1 with the agent down gets no handshake"
+	else
+		fail "nginx/tls-alpn: acme-tls/1 with the agent down got $got"
+	fi
+	openssl s_server -quiet -accept "127.0.0.1:$aport" -alpn acme-tls/1 \
+		-cert "$dir/agent.pem" -key "$dir/agent.key" </dev/null >/dev/null 2>&1 &
+	standin=$!
+	pids+=("$standin")
+	wait_port 127.0.0.1 "$aport" || fail "stand-in agent did not start on $aport"
+	for case in "acme-tls/1|subject=CN=agent-standin|acme-tls/1" \
+		"h2,http/1.1|subject=CN=web-standin|h2" "http/1.1|subject=CN=web-standin|http/1.1"; do
+		local alpn="${case%%|*}" want="${case#*|}"
+		got="$(tls_subject "$port" "$alpn")"
+		if [[ "$got" == "$want" ]]; then
+			ok "nginx/tls-alpn: ALPN $alpn → ${want%%|*}"
+		else
+			fail "nginx/tls-alpn: ALPN $alpn got '$got', want '$want'"
+		fi
+	done
+	got="$(curl -sk --max-time 5 "https://127.0.0.1:$port/" || true)"
+	if [[ "$got" == "web server" ]]; then
+		ok "nginx/tls-alpn: https page through the front"
+	else
+		fail "nginx/tls-alpn: https page through the front: '$got'"
+	fi
+	kill "$standin" "$pid" 2>/dev/null || true
+	wait "$standin" "$pid" 2>/dev/null || true
+}
+
 if command -v nginx >/dev/null; then
 	for mode in webroot proxy; do run_nginx "$mode"; done
+	run_nginx_alpn
 else
 	echo "skip nginx (not installed)"
 fi

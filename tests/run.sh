@@ -2,8 +2,8 @@
 # Runs every test of the workspace: unit tests of each crate, then the end-to-end tests
 # (real pebble, real coordinator and agent binaries) from tests/tests/e2e.
 #
-# As root on Debian: installs what is missing (pebble, nginx, apache2, iproute2,
-# python3-venv), builds the binaries the e2e tests drive, runs the tests. Exits non-zero on
+# As root on Debian: installs what is missing (pebble, nginx and its stream module,
+# apache2, iproute2, python3-venv), builds the binaries the e2e tests drive, runs the tests. Exits non-zero on
 # any failure. Multi-host tests (network namespaces) must not skip here:
 # CERTFLEET_REQUIRE_NETNS=1 turns "namespaces unavailable" into a failure.
 #
@@ -23,6 +23,9 @@ fi
 missing=()
 command -v pebble >/dev/null || missing+=(pebble)
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+# nginx's stream module (TLS-ALPN-01 front, deploy/nginx/acme-tls-alpn.conf): a separate
+# package on Debian.
+[[ -f /usr/lib/nginx/modules/ngx_stream_module.so ]] || missing+=(libnginx-mod-stream)
 command -v apache2 >/dev/null || [[ -x /usr/sbin/apache2 ]] || missing+=(apache2)
 command -v ip >/dev/null || missing+=(iproute2)
 # acme2certifier (the second ACME server, for ARI and profiles) runs from a venv the
