@@ -35,9 +35,11 @@
 
 pub mod acme2certifier;
 pub mod agent;
+pub mod alpn_front;
 pub mod bins;
 pub mod coordinator;
 pub mod direct;
+pub mod fake_coordinator;
 pub mod fleet;
 pub mod grpc;
 pub mod http01;

@@ -34,4 +34,5 @@ mod restart;
 mod revocation;
 mod stale_replies;
 mod support;
+mod tls_alpn;
 mod validation;
