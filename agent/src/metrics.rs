@@ -54,7 +54,7 @@ impl AgentMetrics {
         );
         reg.register(
             "certfleet_agent_challenges_served",
-            "HTTP-01 challenge responses served",
+            "Challenge responses served by the agent (HTTP-01 answers, TLS-ALPN-01 handshakes)",
             self.challenges_served.clone(),
         );
         reg.register(
