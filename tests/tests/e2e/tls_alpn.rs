@@ -2,7 +2,8 @@
 //! the real coordinator, then driven by a stand-in that sends TLS-ALPN-01 challenges,
 //! which the real coordinator does not order yet) answers `acme-tls/1` through
 //! `deploy/nginx/acme-tls-alpn.conf` on a real nginx, while browsers' h2 and http/1.1
-//! handshakes through the same port reach the web server.
+//! handshakes through the same port reach the web server. And pebble itself validates
+//! TLS-ALPN-01 answered by the agent in standalone mode.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use certfleet_proto::v1::{self as pb, coordinator_message::Cmd, reply};
 use certfleet_tests::alpn_front::{handshake, AlpnFront};
 use certfleet_tests::fake_coordinator::FakeCoordinator;
-use certfleet_tests::{Agent, RestartMode};
+use certfleet_tests::{Agent, Coordinator, Pebble, RestartMode};
 use sha2::Digest;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -63,25 +64,34 @@ fn assert_validation_cert(der: &[u8], ip: IpAddr, key_auth: &str) {
     assert_eq!(ext.value, &want[..]);
 }
 
+/// pebble, a coordinator that enrolled a fresh agent with `extra` in its config, then was
+/// replaced by a stand-in on its address; the agent not started yet.
+async fn enrolled_agent_behind_a_stand_in(
+    extra: impl FnOnce(&Pebble) -> String,
+) -> (Pebble, Coordinator, Agent, FakeCoordinator) {
+    let (pebble, mut coord) = pebble_and_coordinator().await;
+    let agent = Agent::new("alpn", pebble.http_port()).expect("agent");
+    agent.append_config(&extra(&pebble)).expect("config");
+    let mut agent = agent;
+    agent.enroll_with(&coord).await.expect("enroll");
+    // The stand-in takes the coordinator's place (same address, same server certificate).
+    coord.stop_current(RestartMode::Term).await.expect("stop");
+    let fake = FakeCoordinator::start(coord.addr(), coord.state_dir())
+        .await
+        .expect("stand-in coordinator");
+    (pebble, coord, agent, fake)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_alpn01_through_the_nginx_front_reaches_the_running_agent() {
-    let (pebble, mut coord) = pebble_and_coordinator().await;
     let listen = std::net::SocketAddr::from((
         [127, 0, 0, 1],
         certfleet_tests::net::free_port().expect("port"),
     ));
-    let mut agent = Agent::new("alpn", pebble.http_port()).expect("agent");
-    agent
-        .append_config(&format!(
-            "\n[tls_alpn01]\nmode = \"loopback\"\nlisten = \"{listen}\"\n"
-        ))
-        .expect("config");
-    agent.enroll_with(&coord).await.expect("enroll");
-    // The stand-in takes the coordinator's place (same address, same server certificate).
-    coord.stop_current(RestartMode::Term).await.expect("stop");
-    let mut fake = FakeCoordinator::start(coord.addr(), coord.state_dir())
-        .await
-        .expect("stand-in coordinator");
+    let (_pebble, _coord, mut agent, mut fake) = enrolled_agent_behind_a_stand_in(|_| {
+        format!("\n[tls_alpn01]\nmode = \"loopback\"\nlisten = \"{listen}\"\n")
+    })
+    .await;
     let front = AlpnFront::start(listen).await.expect("nginx front");
     agent.start().expect("agent start");
 
@@ -173,4 +183,90 @@ async fn tls_alpn01_through_the_nginx_front_reaches_the_running_agent() {
     assert!(handshake(front.addr(), "web.test", &[b"http/1.1"], true)
         .await
         .is_ok());
+}
+
+/// pebble orders, the agent (standalone on pebble's tlsPort of its own addresses) answers,
+/// pebble validates every address by TLS-ALPN-01 and the order becomes ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pebble_validates_tls_alpn01_answered_by_the_agent() {
+    use instant_acme::{
+        Account, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+    };
+    let (pebble, _coord, mut agent, mut fake) = enrolled_agent_behind_a_stand_in(|p| {
+        format!(
+            "\n[tls_alpn01]\nmode = \"standalone\"\nport = {}\n",
+            p.tls_port()
+        )
+    })
+    .await;
+    agent.start().expect("agent start");
+    let hello = fake.hello(STEP).await.expect("hello");
+    assert!(
+        hello
+            .challenge_modes
+            .contains(&"tls-alpn-01/standalone".to_owned()),
+        "{:?}",
+        hello.challenge_modes
+    );
+    let (account, _) = Account::builder_with_root(pebble.ca_pem_path())
+        .expect("ACME client")
+        .create(
+            &NewAccount {
+                contact: &[],
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            pebble.directory_url(),
+            None,
+        )
+        .await
+        .expect("account");
+    let ips = agent.ips();
+    let ids: Vec<Identifier> = ips.iter().map(|ip| Identifier::Ip(*ip)).collect();
+    let mut order = account
+        .new_order(&NewOrder::new(&ids))
+        .await
+        .expect("order");
+    let mut tokens = Vec::new();
+    {
+        let mut auths = order.authorizations();
+        while let Some(auth) = auths.next().await {
+            let mut auth = auth.expect("authorization");
+            let mut ch = auth
+                .challenge(ChallengeType::TlsAlpn01)
+                .expect("pebble offers tls-alpn-01");
+            let Identifier::Ip(ip) = ch.identifier().identifier else {
+                panic!("not an IP: {:?}", ch.identifier());
+            };
+            let c = pb::TlsAlpn01Challenge {
+                identifier: ip.to_string(),
+                token: ch.token.clone(),
+                key_authorization: ch.key_authorization().as_str().to_owned(),
+            };
+            tokens.push(c.token.clone());
+            let r = fake
+                .request(
+                    Cmd::PresentChallenges(pb::PresentChallenges {
+                        challenges: vec![],
+                        tls_alpn01: vec![c],
+                    }),
+                    STEP,
+                )
+                .await
+                .expect("present");
+            assert!(matches!(r, reply::Result::Done(_)), "{ip}: {r:?}");
+            ch.set_ready().await.expect("ready");
+        }
+    }
+    let retry = RetryPolicy::default();
+    let status = order.poll_ready(&retry).await.expect("poll");
+    assert_eq!(status, OrderStatus::Ready, "pebble validated {ips:?}");
+    let r = fake
+        .request(Cmd::ClearChallenges(pb::ClearChallenges { tokens }), STEP)
+        .await
+        .expect("clear");
+    assert!(matches!(r, reply::Result::Done(_)), "{r:?}");
+    // Nothing live: the agent let go of the port.
+    let addr = std::net::SocketAddr::new(ips[0], pebble.tls_port());
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
