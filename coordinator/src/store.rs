@@ -340,7 +340,7 @@ impl Store for SledStore {
 
     fn delete_cert(&self, rec: &CertRecord) -> Result<(), StoreError> {
         if let Some(stored) = self.cert(&rec.id)? {
-            if let Some(at) = stored.next_action {
+            if let Some(at) = stored.schedule.next_action {
                 self.schedule.remove(schedule_key(at, &stored.id))?;
             }
         }
@@ -374,12 +374,12 @@ impl Store for SledStore {
                 if let Some(old) = certs.get(key)? {
                     let old: CertRecord =
                         serde_json::from_slice(&old).map_err(|e| Cte::Abort(e.to_string()))?;
-                    if let Some(at) = old.next_action {
+                    if let Some(at) = old.schedule.next_action {
                         schedule.remove(schedule_key(at, &old.id))?;
                     }
                 }
                 certs.insert(key, bytes.clone())?;
-                if let Some(at) = rec.next_action {
+                if let Some(at) = rec.schedule.next_action {
                     schedule.insert(schedule_key(at, &rec.id), &[])?;
                 }
                 host_certs.insert(host_cert_key(&rec.host_id, &rec.id), &[])?;
@@ -596,7 +596,7 @@ mod tests {
             target: "t".into(),
         };
         let mut rec = CertRecord::new(CertId::generate(), host.clone(), spec, 1);
-        rec.next_action = next;
+        rec.schedule.next_action = next;
         rec
     }
 
@@ -652,11 +652,11 @@ mod tests {
         );
         // Moving an entry removes the old index key.
         let mut moved = early.clone();
-        moved.next_action = Some(2_000);
+        moved.schedule.next_action = Some(2_000);
         store.put_cert(&moved).unwrap();
         assert_eq!(store.due(1_999, 10).unwrap(), vec![late.id.clone()]);
         assert_eq!(store.next_due().unwrap(), Some(1_000));
-        moved.next_action = None;
+        moved.schedule.next_action = None;
         store.put_cert(&moved).unwrap();
         assert_eq!(store.due(i64::MAX - 1, 10).unwrap(), vec![late.id]);
     }
