@@ -3,9 +3,10 @@
 # (real pebble, real coordinator and agent binaries) from tests/tests/e2e.
 #
 # As root on Debian: installs what is missing (pebble, nginx and its stream module,
-# apache2, iproute2, python3-venv), builds the binaries the e2e tests drive, runs the tests. Exits non-zero on
-# any failure. Multi-host tests (network namespaces) must not skip here:
-# CERTFLEET_REQUIRE_NETNS=1 turns "namespaces unavailable" into a failure.
+# apache2, iproute2, python3-venv, knot, knot-dnsutils), builds the binaries the e2e tests
+# drive, runs the tests. Exits non-zero on any failure. Multi-host tests (network
+# namespaces) must not skip here: CERTFLEET_REQUIRE_NETNS=1 turns "namespaces
+# unavailable" into a failure.
 #
 #   tests/run.sh                 # everything
 #   E2E_THREADS=1 tests/run.sh   # e2e tests one at a time
@@ -28,6 +29,12 @@ command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
 [[ -f /usr/lib/nginx/modules/ngx_stream_module.so ]] || missing+=(libnginx-mod-stream)
 command -v apache2 >/dev/null || [[ -x /usr/sbin/apache2 ]] || missing+=(apache2)
 command -v ip >/dev/null || missing+=(iproute2)
+# Knot DNS: the authoritative server (knotd) pebble resolves DNS names through, and its
+# tools (kdig for lookups, knsupdate for TSIG-signed dynamic updates).
+command -v knotd >/dev/null || [[ -x /usr/sbin/knotd ]] || missing+=(knot)
+if ! command -v kdig >/dev/null || ! command -v knsupdate >/dev/null; then
+    missing+=(knot-dnsutils)
+fi
 # acme2certifier (the second ACME server, for ARI and profiles) runs from a venv the
 # harness creates on first use (from PyPI, cached in /var/cache/certfleet-tests).
 command -v python3 >/dev/null || missing+=(python3)
@@ -43,10 +50,13 @@ fi
 # the root namespace. The tests run their own instances inside network namespaces, and
 # pebble validates namespace hosts at their own IPs, so a root-namespace server would not
 # answer for them — but it would hold ports 80/443 of the root namespace, log and reload
-# on its own, and make failures confusing. Stop it (it is not ours to keep running here).
-# The stop commands only address the system instance (its unit, /run/nginx.pid,
-# /var/run/apache2/apache2.pid); the tests' own servers keep their pid files in temp dirs.
-for svc in apache2 nginx; do
+# on its own, and make failures confusing. Debian's knot enables its system knotd
+# (/etc/knot/knot.conf) and starts it where systemd runs; the tests run one knotd per test
+# on a random loopback address and port, so the system one only confuses. Stop them all
+# (they are not ours to keep running here). The stop commands only address the system
+# instance (its unit, /run/nginx.pid, /var/run/apache2/apache2.pid, /run/knot/knot.pid);
+# the tests' own servers keep their pid files, sockets and logs in temp dirs.
+for svc in apache2 nginx knot; do
     if [[ -f /etc/init.d/$svc || -f /lib/systemd/system/$svc.service ]]; then
         systemctl stop "$svc" >/dev/null 2>&1 || service "$svc" stop >/dev/null 2>&1 || true
         systemctl disable "$svc" >/dev/null 2>&1 || true

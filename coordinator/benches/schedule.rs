@@ -40,7 +40,7 @@ fn record(i: usize, now: i64, due: bool) -> CertRecord {
     };
     let mut rec = CertRecord::new(CertId::generate(), HostId::generate(), spec, next);
     rec.state = CertState::Installed;
-    rec.current = Some(IssuedCert {
+    rec.observed.current = Some(IssuedCert {
         identifiers: vec![ip],
         issuer: "le".into(),
         profile: Some("shortlived".into()),
@@ -54,8 +54,8 @@ fn record(i: usize, now: i64, due: bool) -> CertRecord {
         renew_unit: 0.5,
         issued_at: not_before,
     });
-    rec.installed_serial = Some(format!("{i:032x}"));
-    rec.served_serial = Some(format!("{i:032x}"));
+    rec.observed.installed_serial = Some(format!("{i:032x}"));
+    rec.observed.served_serial = Some(format!("{i:032x}"));
     rec.updated = now;
     rec
 }
@@ -66,7 +66,7 @@ fn tick_indexed(store: &SledStore, now: i64) -> usize {
     for id in &due {
         if let Ok(Some(mut rec)) = store.cert(id) {
             let _ = decide(&rec, now);
-            rec.next_action = Some(now + 3600);
+            rec.schedule.next_action = Some(now + 3600);
             let _ = store.put_cert_unflushed(&rec);
         }
     }
@@ -79,10 +79,10 @@ fn tick_full_scan(store: &SledStore, now: i64) -> usize {
     let mut n = 0;
     for mut rec in all
         .into_iter()
-        .filter(|r| r.next_action.is_some_and(|a| a <= now))
+        .filter(|r| r.schedule.next_action.is_some_and(|a| a <= now))
     {
         let _ = decide(&rec, now);
-        rec.next_action = Some(now + 3600);
+        rec.schedule.next_action = Some(now + 3600);
         let _ = store.put_cert_unflushed(&rec);
         n += 1;
     }

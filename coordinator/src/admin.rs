@@ -23,7 +23,7 @@ pub async fn revoke(
     let Some(mut rec) = engine.store.cert(id)? else {
         return Err(IssueError::Policy(format!("no such certificate: {id}")));
     };
-    let Some(cur) = rec.current.clone() else {
+    let Some(cur) = rec.observed.current.clone() else {
         return Ok(None);
     };
     let issuer = engine.issuer(&cur.issuer)?;
@@ -40,13 +40,13 @@ pub async fn revoke(
     )?;
     tracing::warn!(cert = %id, serial = %cur.serial, reason = reason_name, by, "certificate revoked");
     if reissue {
-        rec.current = None;
-        rec.ari = None;
-        rec.ari_retry_at = None;
-        rec.last_renewal_reason = Some(format!("revoked ({reason_name}) by {by}"));
-        rec.revoked_serial = Some(cur.serial.clone());
-        rec.next_action = Some(engine.clock.now_unix());
-        rec.next_reason = Some("replace the revoked certificate".into());
+        rec.observed.current = None;
+        rec.observed.ari = None;
+        rec.schedule.ari_retry_at = None;
+        rec.schedule.last_renewal_reason = Some(format!("revoked ({reason_name}) by {by}"));
+        rec.observed.revoked_serial = Some(cur.serial.clone());
+        rec.schedule.next_action = Some(engine.clock.now_unix());
+        rec.schedule.next_reason = Some("replace the revoked certificate".into());
         rec.state = state_of(&rec, engine.clock.now_unix());
         engine.store.put_cert(&rec)?;
         engine.wake.notify_one();
@@ -66,6 +66,7 @@ pub async fn remove_host(
     for rec in engine.store.certs_for_host(host)? {
         if revoke_certs
             && rec
+                .observed
                 .current
                 .as_ref()
                 .is_some_and(|c| c.not_after > engine.clock.now_unix())
@@ -122,11 +123,11 @@ pub fn force_renew(engine: &Engine, ids: &[CertId], by: &str) -> Result<Vec<Cert
                 tracing::error!(error = %e, "audit append failed; renewal not forced");
                 continue;
             }
-            rec.forced_by = Some(by.to_owned());
+            rec.schedule.forced_by = Some(by.to_owned());
             // The operator takes charge: the next attempt is not held back by earlier failures.
-            rec.attempts = 0;
-            rec.next_action = Some(now);
-            rec.next_reason = Some(format!("renewal forced by {by}"));
+            rec.schedule.attempts = 0;
+            rec.schedule.next_action = Some(now);
+            rec.schedule.next_reason = Some(format!("renewal forced by {by}"));
             engine.store.put_cert(&rec)?;
             done.push(id.clone());
         }

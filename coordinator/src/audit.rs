@@ -9,12 +9,16 @@
 //! "everything about this host", "everything for 203.0.113.0/24", "this serial" — cost the
 //! matching records, not the whole log.
 //!
-//! This module stores and checks; it does not decide what is worth recording.
+//! This module seals, queries and checks; the records themselves live behind
+//! [`AuditStore`], whose primitives (append a row with its index entries, read by sequence
+//! number, scan the indexes) are all a backend implements. It does not decide what is worth
+//! recording.
 
+use crate::store::{AuditRow, AuditStore, SeqIter, StoreError};
 use certfleet_shared::x509::sha256_hex;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// How far the wall clock may have stepped backwards between two appends without a time
 /// query missing a record.
@@ -140,7 +144,7 @@ fn seal(seq: u64, time: i64, kind: Kind, entry: &Entry, prev: &str) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("audit store: {0}")]
-    Sled(#[from] sled::Error),
+    Store(#[from] StoreError),
     #[error("audit record {seq} is unreadable: {detail}")]
     Corrupt { seq: u64, detail: String },
 }
@@ -218,65 +222,90 @@ fn in_network(ip: IpAddr, net: IpAddr, len: u8) -> bool {
     if ip.is_ipv4() != net.is_ipv4() {
         return false;
     }
+    let mask = prefix_mask(net, len);
+    (u128::from_be_bytes(ip_key(ip)) & mask) == (u128::from_be_bytes(ip_key(net)) & mask)
+}
+
+/// The mask of a block over the 16-byte key of [`ip_key`].
+fn prefix_mask(net: IpAddr, len: u8) -> u128 {
     let bits = if net.is_ipv4() {
         len as u32 + 96
     } else {
         len as u32
     };
-    let mask = if bits == 0 {
+    if bits == 0 {
         0
     } else {
         u128::MAX << (128 - bits)
-    };
-    (u128::from_be_bytes(ip_key(ip)) & mask) == (u128::from_be_bytes(ip_key(net)) & mask)
+    }
 }
 
+/// The first and last 16-byte keys of a block, for the IP index's range scan.
+fn ip_block(net: IpAddr, len: u8) -> ([u8; 16], [u8; 16]) {
+    let mask = prefix_mask(net, len);
+    let lo = u128::from_be_bytes(ip_key(net)) & mask;
+    (lo.to_be_bytes(), (lo | !mask).to_be_bytes())
+}
+
+fn parse_record(seq: u64, json: &[u8]) -> Result<Record, AuditError> {
+    serde_json::from_slice(json).map_err(|e| AuditError::Corrupt {
+        seq,
+        detail: e.to_string(),
+    })
+}
+
+/// The audit trail over an [`AuditStore`]. The store is a trait object, not a type
+/// parameter: the log is shared by the engine, the servers and the admin actions, which
+/// then need not carry the backend's type, and a virtual call is nothing next to the
+/// flush each append makes.
 pub struct AuditLog {
-    db: sled::Db,
-    records: sled::Tree,
-    by_host: sled::Tree,
-    by_ip: sled::Tree,
-    by_serial: sled::Tree,
+    store: Arc<dyn AuditStore>,
     /// (next seq, hash of the last record). One writer at a time keeps the chain linear.
     head: Mutex<(u64, String)>,
 }
 
 impl AuditLog {
-    pub fn open(db: &sled::Db) -> Result<Self, AuditError> {
-        let records = db.open_tree("audit")?;
-        let head = match records.last()? {
-            Some((_, v)) => {
-                let r: Record = serde_json::from_slice(&v).map_err(|e| AuditError::Corrupt {
-                    seq: u64::MAX,
-                    detail: e.to_string(),
-                })?;
+    pub fn open(store: Arc<dyn AuditStore>) -> Result<Self, AuditError> {
+        let head = match store.last_audit_record()? {
+            Some(last) => {
+                let r = parse_record(u64::MAX, &last.json)?;
                 (r.seq + 1, r.hash)
             }
             None => (0, String::new()),
         };
         Ok(Self {
-            by_host: db.open_tree("audit_by_host")?,
-            by_ip: db.open_tree("audit_by_ip")?,
-            by_serial: db.open_tree("audit_by_serial")?,
-            records,
-            db: db.clone(),
+            store,
             head: Mutex::new(head),
         })
     }
 
     /// Seals and stores an event; durable when it returns.
     pub fn append(&self, kind: Kind, time: i64, entry: Entry) -> Result<Record, AuditError> {
-        let rec = self.append_unflushed(kind, time, entry)?;
-        self.db.flush()?;
-        Ok(rec)
+        self.seal_and_store(kind, time, entry, true)
     }
 
-    /// [`AuditLog::append`] without the flush, for bulk loads that flush once at the end.
+    /// [`AuditLog::append`] without the flush, for bulk loads that call
+    /// [`AuditLog::flush`] once at the end.
     pub fn append_unflushed(
         &self,
         kind: Kind,
         time: i64,
         entry: Entry,
+    ) -> Result<Record, AuditError> {
+        self.seal_and_store(kind, time, entry, false)
+    }
+
+    /// Makes every record appended so far durable.
+    pub fn flush(&self) -> Result<(), AuditError> {
+        Ok(self.store.flush_audit()?)
+    }
+
+    fn seal_and_store(
+        &self,
+        kind: Kind,
+        time: i64,
+        entry: Entry,
+        durable: bool,
     ) -> Result<Record, AuditError> {
         let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
         let seq = head.0;
@@ -289,57 +318,25 @@ impl AuditLog {
             prev: head.1.clone(),
             hash: hash.clone(),
         };
-        let key = seq.to_be_bytes();
-        let bytes = serde_json::to_vec(&rec).map_err(|e| AuditError::Corrupt {
+        let json = serde_json::to_string(&rec).map_err(|e| AuditError::Corrupt {
             seq,
             detail: e.to_string(),
         })?;
-        let host_key = rec.entry.host_id.as_ref().map(|h| {
-            let mut k = h.as_bytes().to_vec();
-            k.push(0);
-            k.extend_from_slice(&key);
-            k
-        });
-        let ip_keys: Vec<Vec<u8>> = rec
-            .entry
-            .identifiers
-            .iter()
-            .map(|ip| {
-                let mut k = ip_key(*ip).to_vec();
-                k.extend_from_slice(&key);
-                k
-            })
-            .collect();
-        let serial_key = rec.entry.serial.as_ref().map(|s| {
-            let mut k = s.as_bytes().to_vec();
-            k.push(0);
-            k.extend_from_slice(&key);
-            k
-        });
-        // The record and its index entries land together or not at all, so an indexed query
-        // never misses a record.
-        use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
-        (&self.records, &self.by_host, &self.by_ip, &self.by_serial)
-            .transaction(|(records, by_host, by_ip, by_serial)| {
-                records.insert(&key, bytes.as_slice())?;
-                if let Some(k) = &host_key {
-                    by_host.insert(k.as_slice(), &[])?;
-                }
-                for k in &ip_keys {
-                    by_ip.insert(k.as_slice(), &[])?;
-                }
-                if let Some(k) = &serial_key {
-                    by_serial.insert(k.as_slice(), &[])?;
-                }
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| match e {
-                TransactionError::Storage(e) => AuditError::Sled(e),
-                TransactionError::Abort(()) => AuditError::Corrupt {
-                    seq,
-                    detail: "append aborted".into(),
-                },
-            })?;
+        let ips: Vec<[u8; 16]> = rec.entry.identifiers.iter().map(|ip| ip_key(*ip)).collect();
+        let row = AuditRow {
+            seq,
+            json: &json,
+            host_id: rec.entry.host_id.as_deref(),
+            ips: &ips,
+            serial: rec.entry.serial.as_deref(),
+        };
+        // The store writes the record and its index entries together or not at all, so an
+        // indexed query never misses a record.
+        if durable {
+            self.store.append_audit(&row)?;
+        } else {
+            self.store.append_audit_unflushed(&row)?;
+        }
         *head = (seq + 1, hash);
         Ok(rec)
     }
@@ -353,67 +350,33 @@ impl AuditLog {
     }
 
     fn get(&self, seq: u64) -> Result<Option<Record>, AuditError> {
-        self.records
-            .get(seq.to_be_bytes())?
-            .map(|v| {
-                serde_json::from_slice(&v).map_err(|e| AuditError::Corrupt {
-                    seq,
-                    detail: e.to_string(),
-                })
-            })
+        self.store
+            .audit_record(seq)?
+            .map(|v| parse_record(seq, &v))
             .transpose()
     }
 
     /// Sequence numbers a query can be narrowed to by an index, if any applies, in
     /// ascending order. Host and serial scans are lazy, so a limit stops them early.
-    fn candidates(&self, q: &Query) -> Option<Box<dyn Iterator<Item = u64> + '_>> {
-        fn seq_of(k: &[u8]) -> Option<u64> {
-            k.get(k.len().saturating_sub(8)..)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-        }
-        let prefixed = |tree: &sled::Tree, value: &str| -> Box<dyn Iterator<Item = u64> + '_> {
-            let mut p = value.as_bytes().to_vec();
-            p.push(0);
-            Box::new(
-                tree.scan_prefix(p)
-                    .keys()
-                    .filter_map(|k| k.ok().and_then(|k| seq_of(&k))),
-            )
-        };
+    fn candidates(&self, q: &Query) -> Option<SeqIter<'_>> {
         if let Some(h) = &q.host_id {
-            return Some(prefixed(&self.by_host, h));
+            return Some(self.store.audit_seqs_by_host(h));
         }
         if let Some(s) = &q.serial {
-            return Some(prefixed(&self.by_serial, s));
+            return Some(self.store.audit_seqs_by_serial(s));
         }
         let (net, len) = q.network?;
-        let bits = if net.is_ipv4() {
-            len as u32 + 96
-        } else {
-            len as u32
-        };
-        let mask = if bits == 0 {
-            0
-        } else {
-            u128::MAX << (128 - bits)
-        };
-        let lo = u128::from_be_bytes(ip_key(net)) & mask;
-        let hi = lo | !mask;
-        let mut start = lo.to_be_bytes().to_vec();
-        start.extend_from_slice(&[0; 8]);
-        let mut end = hi.to_be_bytes().to_vec();
-        end.extend_from_slice(&[0xff; 8]);
+        let (lo, hi) = ip_block(net, len);
         // Keys are ordered by address, then sequence: a block needs sorting.
-        let mut seqs: Vec<u64> = self
-            .by_ip
-            .range(start..=end)
-            .keys()
-            .filter_map(|k| k.ok().and_then(|k| seq_of(&k)))
-            .collect();
-        seqs.sort_unstable();
-        seqs.dedup();
-        Some(Box::new(seqs.into_iter()))
+        let seqs: Result<Vec<u64>, StoreError> = self.store.audit_seqs_by_ip(lo, hi).collect();
+        Some(match seqs {
+            Ok(mut seqs) => {
+                seqs.sort_unstable();
+                seqs.dedup();
+                Box::new(seqs.into_iter().map(Ok))
+            }
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        })
     }
 
     /// The first sequence number whose record is at or after `time`, by bisection (records
@@ -442,7 +405,11 @@ impl AuditLog {
         let mut out = Vec::new();
         match self.candidates(q) {
             Some(seqs) => {
-                for seq in seqs.filter(|s| *s >= start) {
+                for seq in seqs {
+                    let seq = seq?;
+                    if seq < start {
+                        continue;
+                    }
                     if let Some(r) = self.get(seq)? {
                         if q.matches(&r) {
                             out.push(r);
@@ -454,18 +421,9 @@ impl AuditLog {
                 }
             }
             None => {
-                for kv in self.records.range(start.to_be_bytes()..) {
-                    let (k, v) = kv?;
-                    let seq = k
-                        .as_ref()
-                        .try_into()
-                        .map(u64::from_be_bytes)
-                        .unwrap_or(u64::MAX);
-                    let r: Record =
-                        serde_json::from_slice(&v).map_err(|e| AuditError::Corrupt {
-                            seq,
-                            detail: e.to_string(),
-                        })?;
+                for stored in self.store.audit_records_from(start) {
+                    let stored = stored?;
+                    let r = parse_record(stored.seq, &stored.json)?;
                     if q.until
                         .is_some_and(|u| r.time >= u.saturating_add(CLOCK_SLACK_SECS))
                     {
@@ -486,14 +444,10 @@ impl AuditLog {
     /// Walks the whole chain; `Ok(None)` when every link holds.
     pub fn verify(&self) -> Result<Option<BrokenLink>, AuditError> {
         let mut prev = String::new();
-        for (expected, kv) in (0u64..).zip(self.records.iter()) {
-            let (k, v) = kv?;
-            let key_seq = k
-                .as_ref()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .unwrap_or(u64::MAX);
-            let r: Record = match serde_json::from_slice(&v) {
+        for (expected, stored) in (0u64..).zip(self.store.audit_records_from(0)) {
+            let stored = stored?;
+            let key_seq = stored.seq;
+            let r: Record = match serde_json::from_slice(&stored.json) {
                 Ok(r) => r,
                 Err(e) => {
                     return Ok(Some(BrokenLink {
@@ -532,12 +486,18 @@ impl AuditLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::SledStore;
 
-    fn log() -> (tempfile::TempDir, sled::Db, AuditLog) {
+    fn open(dir: &tempfile::TempDir) -> (Arc<SledStore>, AuditLog) {
+        let store = Arc::new(SledStore::open(&dir.path().join("db")).unwrap());
+        let log = AuditLog::open(store.clone()).unwrap();
+        (store, log)
+    }
+
+    fn log() -> (tempfile::TempDir, Arc<SledStore>, AuditLog) {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path().join("db")).unwrap();
-        let log = AuditLog::open(&db).unwrap();
-        (dir, db, log)
+        let (store, log) = open(&dir);
+        (dir, store, log)
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -548,15 +508,13 @@ mod tests {
     fn chain_verifies_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = sled::open(dir.path().join("db")).unwrap();
-            let log = AuditLog::open(&db).unwrap();
+            let (_store, log) = open(&dir);
             log.append(Kind::TokenCreated, 1, Entry::by("operator:ops"))
                 .unwrap();
             log.append(Kind::HostEnrolled, 2, Entry::by("host:h-1").host("h-1"))
                 .unwrap();
         }
-        let db = sled::open(dir.path().join("db")).unwrap();
-        let log = AuditLog::open(&db).unwrap();
+        let (_store, log) = open(&dir);
         let r = log
             .append(
                 Kind::CertificateIssued,
@@ -570,7 +528,7 @@ mod tests {
 
     #[test]
     fn edits_removals_and_reorders_are_caught() {
-        let (_d, _db, log) = log();
+        let (_d, store, log) = log();
         for i in 0..5 {
             log.append(
                 Kind::OrderCreated,
@@ -582,28 +540,56 @@ mod tests {
         // Edit record 2's content, keeping its hash.
         let mut r = log.get(2).unwrap().unwrap();
         r.entry.actor = "someone-else".into();
-        log.records
-            .insert(2u64.to_be_bytes(), serde_json::to_vec(&r).unwrap())
+        store
+            .overwrite_audit_record_for_test(2, &serde_json::to_vec(&r).unwrap())
             .unwrap();
         assert_eq!(log.verify().unwrap().map(|b| b.seq), Some(2));
         // Re-seal the edited record: the next link breaks instead.
         r.hash = seal(r.seq, r.time, r.kind, &r.entry, &r.prev);
-        log.records
-            .insert(2u64.to_be_bytes(), serde_json::to_vec(&r).unwrap())
+        store
+            .overwrite_audit_record_for_test(2, &serde_json::to_vec(&r).unwrap())
             .unwrap();
         assert_eq!(log.verify().unwrap().map(|b| b.seq), Some(3));
         // Remove a record.
-        let (_d2, _db2, log2) = self::log();
+        let (_d2, store2, log2) = self::log();
         for i in 0..3 {
             log2.append(Kind::OrderCreated, i, Entry::by("c")).unwrap();
         }
-        log2.records.remove(1u64.to_be_bytes()).unwrap();
+        store2.remove_audit_record_for_test(1).unwrap();
         assert_eq!(log2.verify().unwrap().map(|b| b.seq), Some(1));
     }
 
     #[test]
+    fn unreadable_and_misplaced_records_are_named() {
+        let (_d, store, log) = log();
+        for i in 0..4 {
+            log.append(Kind::OrderCreated, i, Entry::by("c")).unwrap();
+        }
+        let third = store.audit_record(3).unwrap().unwrap();
+        // Record 3's bytes under key 1: in the wrong place.
+        store.overwrite_audit_record_for_test(1, &third).unwrap();
+        let broken = log.verify().unwrap().unwrap();
+        assert_eq!(broken.seq, 1);
+        assert!(
+            broken.reason.contains("out of place (found 3)"),
+            "{broken:?}"
+        );
+        // Garbage under key 0: unreadable, and a query over it says which record.
+        store
+            .overwrite_audit_record_for_test(0, b"\xffnot json")
+            .unwrap();
+        let broken = log.verify().unwrap().unwrap();
+        assert_eq!(broken.seq, 0);
+        assert!(broken.reason.starts_with("unreadable"), "{broken:?}");
+        assert!(matches!(
+            log.query(&Query::default()),
+            Err(AuditError::Corrupt { seq: 0, .. })
+        ));
+    }
+
+    #[test]
     fn time_range_queries_bisect_and_keep_exact_bounds() {
-        let (_d, _db, log) = log();
+        let (_d, _store, log) = log();
         for t in 0..500i64 {
             log.append_unflushed(Kind::OrderCreated, t * 100, Entry::by("c"))
                 .unwrap();
@@ -641,7 +627,7 @@ mod tests {
     fn extreme_time_bounds_neither_overflow_nor_hide_records() {
         // Found by the coordinator_admin fuzz target: `since - slack` and `until + slack`
         // overflowed (a panic with overflow checks, wrong results without).
-        let (_d, _db, log) = log();
+        let (_d, _store, log) = log();
         for t in [i64::MIN, 0, i64::MAX] {
             log.append_unflushed(Kind::OrderCreated, t, Entry::by("c"))
                 .unwrap();
@@ -664,7 +650,7 @@ mod tests {
 
     #[test]
     fn queries_use_host_cidr_serial_kind_and_time() {
-        let (_d, _db, log) = log();
+        let (_d, _store, log) = log();
         log.append(
             Kind::CertificateIssued,
             10,

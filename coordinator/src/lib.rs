@@ -6,7 +6,8 @@
 //! ## Layout
 //! - [`config`] — strict TOML config, env overrides, `validate()`.
 //! - [`fleet_ca`] — state directory, fleet CA, server/operator certificates, agent identities.
-//! - [`store`] — the `Store` trait and its sled engine: accounts, tokens, hosts, certificates.
+//! - [`store`] — the `Store` and `AuditStore` traits and their sled engine: accounts, tokens,
+//!   hosts, certificates, the audit trail's records and indexes.
 //! - [`tokens`] — join token generation (stored only as hashes).
 //! - [`audit`] — the hash-chained, append-only audit trail and its indexed queries.
 //! - [`acme`] — ACME issuers (the only code that talks to a CA).
@@ -67,14 +68,15 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> anyho
     let server_cert = dir.read(&dir.server_cert())?;
     let server_key = dir.read(&dir.server_key())?;
     let store_path = dir.store();
-    let sled_store = store::SledStore::open(&store_path).with_context(|| {
+    let sled_store = Arc::new(store::SledStore::open(&store_path).with_context(|| {
         format!(
             "opening the store at {} (is another coordinator running?)",
             store_path.display()
         )
-    })?;
-    let audit = Arc::new(audit::AuditLog::open(sled_store.db()).context("opening the audit log")?);
-    let store: Arc<dyn store::Store> = Arc::new(sled_store);
+    })?);
+    let audit =
+        Arc::new(audit::AuditLog::open(sled_store.clone()).context("opening the audit log")?);
+    let store: Arc<dyn store::Store> = sled_store;
     let clock: SharedClock = Arc::new(SystemClock);
     let sessions = Arc::new(sessions::Sessions::default());
     let tracker = TaskTracker::new();

@@ -127,10 +127,10 @@ impl Metrics {
                     state: c.state.as_str().into(),
                 })
                 .inc();
-            if c.at_risk {
+            if c.schedule.at_risk {
                 at_risk.inc();
             }
-            if let Some(cur) = &c.current {
+            if let Some(cur) = &c.observed.current {
                 let l = CertLabels {
                     cert_id: c.id.to_string(),
                     host_id: c.host_id.to_string(),

@@ -693,7 +693,7 @@ impl Api {
 }
 
 fn cert_view(c: crate::model::CertRecord, now: i64) -> pb::CertView {
-    let cur = c.current.as_ref();
+    let cur = c.observed.current.as_ref();
     let renew_at = c.renew_time(now).map(|(at, _)| at).unwrap_or(0);
     pb::CertView {
         cert_id: c.id.to_string(),
@@ -709,35 +709,36 @@ fn cert_view(c: crate::model::CertRecord, now: i64) -> pb::CertView {
             .unwrap_or_else(|| c.spec.issuer.clone()),
         profile: cur
             .and_then(|x| x.profile.clone())
-            .or_else(|| c.order.as_ref().and_then(|o| o.profile.clone()))
+            .or_else(|| c.observed.order.as_ref().and_then(|o| o.profile.clone()))
             .unwrap_or_default(),
         target: c.spec.target.clone(),
         state: c.state.as_str().to_owned(),
         serial: cur.map(|x| x.serial.clone()).unwrap_or_default(),
         not_before_unix: cur.map(|x| x.not_before).unwrap_or(0),
         not_after_unix: cur.map(|x| x.not_after).unwrap_or(0),
-        last_error: c.last_error.clone().unwrap_or_default(),
+        last_error: c.schedule.last_error.clone().unwrap_or_default(),
         updated_unix: c.updated,
         order_url: c
+            .observed
             .order
             .as_ref()
             .map(|o| o.url.clone())
-            .or_else(|| c.last_order_url.clone())
+            .or_else(|| c.observed.last_order_url.clone())
             .unwrap_or_default(),
-        next_action_unix: c.next_action.unwrap_or(0),
-        next_reason: c.next_reason.clone().unwrap_or_default(),
-        at_risk: c.at_risk,
-        installed_serial: c.installed_serial.clone().unwrap_or_default(),
-        served_serial: c.served_serial.clone().unwrap_or_default(),
-        served_unix: c.served_at.unwrap_or_default(),
-        served_on: c.served_on.clone(),
-        verify_disabled: c.verify_disabled,
-        renewals: c.renewals,
+        next_action_unix: c.schedule.next_action.unwrap_or(0),
+        next_reason: c.schedule.next_reason.clone().unwrap_or_default(),
+        at_risk: c.schedule.at_risk,
+        installed_serial: c.observed.installed_serial.clone().unwrap_or_default(),
+        served_serial: c.observed.served_serial.clone().unwrap_or_default(),
+        served_unix: c.observed.served_at.unwrap_or_default(),
+        served_on: c.observed.served_on.clone(),
+        verify_disabled: c.observed.verify_disabled,
+        renewals: c.schedule.renewals,
         policy: c.spec.policy.clone().unwrap_or_default(),
-        ari_start_unix: c.ari.as_ref().map(|a| a.start).unwrap_or(0),
-        ari_end_unix: c.ari.as_ref().map(|a| a.end).unwrap_or(0),
+        ari_start_unix: c.observed.ari.as_ref().map(|a| a.start).unwrap_or(0),
+        ari_end_unix: c.observed.ari.as_ref().map(|a| a.end).unwrap_or(0),
         renew_at_unix: renew_at,
-        last_renewal_reason: c.last_renewal_reason.clone().unwrap_or_default(),
+        last_renewal_reason: c.schedule.last_renewal_reason.clone().unwrap_or_default(),
         required_profile: c.spec.required_profile.clone().unwrap_or_default(),
     }
 }

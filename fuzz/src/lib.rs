@@ -89,10 +89,11 @@ pub fn coordinator() -> &'static Coordinator {
         let ca = Arc::new(FleetCa::load(&dir).expect("load fleet CA"));
         let text = COORDINATOR_TOML.replace("STATE", &dir.root.display().to_string());
         let config = Config::from_toml(&text, Path::new("fuzz.toml"), Vec::new()).expect("config");
-        let sled = certfleet_coordinator::store::SledStore::open(&dir.store()).expect("store");
+        let sled =
+            Arc::new(certfleet_coordinator::store::SledStore::open(&dir.store()).expect("store"));
         let audit =
-            Arc::new(certfleet_coordinator::audit::AuditLog::open(sled.db()).expect("audit"));
-        let store: Arc<dyn certfleet_coordinator::store::Store> = Arc::new(sled);
+            Arc::new(certfleet_coordinator::audit::AuditLog::open(sled.clone()).expect("audit"));
+        let store: Arc<dyn certfleet_coordinator::store::Store> = sled;
         let clock: certfleet_shared::clock::SharedClock =
             Arc::new(certfleet_shared::clock::SystemClock);
         let sessions = Arc::new(Sessions::default());

@@ -5,6 +5,11 @@
 //!
 //! Used by the fleet e2e tests and the fleet benchmark. Everything is behind guards: the
 //! agent and web server die with their `FleetHost`, the namespace after them.
+//!
+//! DNS names: a [`HostSpec`] with [`HostSpec::with_names`] is made with
+//! [`FleetHost::new_with_dns`], which publishes A + AAAA records for each name (pointing
+//! at the host's bridge addresses) in a [`KnotServer`] before it returns — so before the
+//! agent is enrolled or started.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -14,6 +19,7 @@ use anyhow::Context as _;
 use rustls_pki_types::CertificateDer;
 
 use crate::coordinator::{toml_path, toml_str, CertRow, Coordinator};
+use crate::dns::{KnotServer, Record};
 use crate::netns::{Lan, NsHost};
 use crate::webserver::{CertPaths, Port80, Redirect, ServerKind, WebServer, WebServerOptions};
 use crate::workdir::WorkDir;
@@ -45,6 +51,9 @@ pub struct HostSpec {
     pub verify_grace_secs: u64,
     /// A redirect on the web server's port 80.
     pub redirect: Redirect,
+    /// DNS names (e.g. `host-1.example.test`) that get A + AAAA records for the host's
+    /// addresses; needs [`FleetHost::new_with_dns`].
+    pub names: Vec<String>,
 }
 
 impl HostSpec {
@@ -56,7 +65,14 @@ impl HostSpec {
             reload_ignored: false,
             verify_grace_secs: 10,
             redirect: Redirect::Off,
+            names: Vec::new(),
         }
+    }
+
+    /// Gives the host these DNS names (see [`FleetHost::new_with_dns`]).
+    pub fn with_names<S: AsRef<str>>(mut self, names: &[S]) -> Self {
+        self.names = names.iter().map(|n| n.as_ref().to_owned()).collect();
+        self
     }
 }
 
@@ -72,8 +88,65 @@ pub struct FleetHost {
 
 impl FleetHost {
     /// Creates the namespace, starts the web server with a bootstrap certificate, and
-    /// writes the agent's config.
+    /// writes the agent's config. A spec with names needs [`Self::new_with_dns`].
     pub async fn new(lan: &Lan, spec: HostSpec) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            spec.names.is_empty(),
+            "{}: HostSpec names {:?} need a DNS server: use FleetHost::new_with_dns",
+            spec.name,
+            spec.names
+        );
+        Self::build(lan, spec).await
+    }
+
+    /// Like [`Self::new`], and publishes `spec.names` in `dns`: for each name one A and one
+    /// AAAA record per bridge address of the host (TSIG-signed dynamic update), checked to
+    /// resolve before this returns. The agent is not started yet.
+    pub async fn new_with_dns(lan: &Lan, spec: HostSpec, dns: &KnotServer) -> anyhow::Result<Self> {
+        let host = Self::build(lan, spec).await?;
+        host.publish_names(dns).await?;
+        Ok(host)
+    }
+
+    /// `spec.names` → A/AAAA records for the host's current addresses, in `dns`.
+    async fn publish_names(&self, dns: &KnotServer) -> anyhow::Result<()> {
+        let ips = self.ns.ips();
+        let records: Vec<Record> = self
+            .spec
+            .names
+            .iter()
+            .flat_map(|n| Record::addresses(n, &ips))
+            .collect();
+        if records.is_empty() {
+            return Ok(());
+        }
+        dns.add_records(&records)
+            .await
+            .with_context(|| format!("{}: publishing {:?}", self.spec.name, self.spec.names))?;
+        for r in &records {
+            let want = match r.data {
+                crate::dns::RData::A(ip) => ip.to_string(),
+                crate::dns::RData::Aaaa(ip) => ip.to_string(),
+                _ => continue,
+            };
+            let got = dns.resolve(&r.name, r.data.rtype()).await?;
+            anyhow::ensure!(
+                got.values.contains(&want),
+                "{}: {} {} does not resolve to {want} after the update: {got:?}",
+                self.spec.name,
+                r.name,
+                r.data.rtype()
+            );
+        }
+        Ok(())
+    }
+
+    /// The host's DNS names (empty unless made with [`Self::new_with_dns`]).
+    pub fn names(&self) -> &[String] {
+        &self.spec.names
+    }
+
+    async fn build(lan: &Lan, spec: HostSpec) -> anyhow::Result<Self> {
         let ns = lan.add_host(&spec.name)?;
         let ips = ns.ips();
         let webroot = match spec.challenge {

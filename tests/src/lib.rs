@@ -28,6 +28,8 @@
 //! - [`coordinator`] — [`Coordinator`]: config, `init`, `serve`, operator CLI, restart.
 //! - [`agent`] — [`Agent`]: a host directory, config, `enroll`, `run`, waiting for install.
 //! - [`pki`] — checks on issued certificates (SANs, chain, key match, key-leak scan).
+//! - [`dns`] — [`dns::KnotServer`]: a real authoritative DNS server (knotd) with its own
+//!   zones, a TSIG key for dynamic updates, `kdig` lookups; pebble resolves through it.
 //! - [`direct`] — the baseline: a minimal direct instant-acme client.
 //! - [`http01`] — a minimal HTTP-01 responder for the direct-ACME baseline.
 //! - [`grpc`] — tonic channels over a hand-made tokio-rustls connector (mTLS tests).
@@ -39,6 +41,7 @@ pub mod alpn_front;
 pub mod bins;
 pub mod coordinator;
 pub mod direct;
+pub mod dns;
 pub mod fake_coordinator;
 pub mod fleet;
 pub mod grpc;

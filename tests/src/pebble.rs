@@ -38,6 +38,10 @@ pub struct PebbleOptions {
     /// `httpPort`/`tlsPort` the validator connects to (default: free high ports, for
     /// loopback hosts). Namespace hosts use the real 80/443.
     pub validation_ports: Option<(u16, u16)>,
+    /// `-dnsserver ADDR`: pebble resolves DNS identifiers (A/AAAA for HTTP-01 and
+    /// TLS-ALPN-01, TXT for DNS-01) through this server, e.g. a
+    /// [`crate::dns::KnotServer`]. `None`: the system resolver (pebble's default).
+    pub dns_server: Option<SocketAddr>,
 }
 
 impl Default for PebbleOptions {
@@ -57,6 +61,7 @@ impl Default for PebbleOptions {
             eab_required: false,
             eab_keys: BTreeMap::new(),
             validation_ports: None,
+            dns_server: None,
         }
     }
 }
@@ -84,6 +89,7 @@ pub struct Pebble {
     binary: PathBuf,
     config_path: PathBuf,
     env: BTreeMap<String, String>,
+    dns_server: Option<SocketAddr>,
     listen_port: u16,
     mgmt_port: u16,
     http_port: u16,
@@ -141,7 +147,14 @@ impl Pebble {
             .clone()
             .or_else(|| std::env::var_os("PEBBLE_BIN").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("pebble"));
-        let child = spawn_pebble("pebble", &binary, &config_path, &opts.env, dir.path())?;
+        let child = spawn_pebble(
+            "pebble",
+            &binary,
+            &config_path,
+            &opts.env,
+            opts.dns_server,
+            dir.path(),
+        )?;
         let mut pebble = Self {
             child,
             past_runs: Vec::new(),
@@ -150,6 +163,7 @@ impl Pebble {
             binary,
             config_path,
             env: opts.env.clone(),
+            dns_server: opts.dns_server,
             listen_port,
             mgmt_port,
             http_port,
@@ -184,6 +198,7 @@ impl Pebble {
             &self.binary,
             &self.config_path,
             &self.env,
+            self.dns_server,
             self.dir.path(),
         )?;
         let old = std::mem::replace(&mut self.child, child);
@@ -306,10 +321,14 @@ fn spawn_pebble(
     binary: &Path,
     config_path: &Path,
     env: &BTreeMap<String, String>,
+    dns_server: Option<SocketAddr>,
     dir: &Path,
 ) -> anyhow::Result<ChildGuard> {
     let mut cmd = Command::new(binary);
     cmd.arg("-config").arg(config_path).current_dir(dir);
+    if let Some(addr) = dns_server {
+        cmd.arg("-dnsserver").arg(addr.to_string());
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }

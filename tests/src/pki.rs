@@ -95,6 +95,28 @@ pub fn verify_chain_for_ip(
     root: &CertificateDer<'static>,
     ip: IpAddr,
 ) -> anyhow::Result<()> {
+    verify_chain(fullchain, root, &ServerName::IpAddress(ip.into()))
+        .map_err(|e| anyhow::anyhow!("chain does not verify for {ip}: {e:#}"))
+}
+
+/// Verifies `fullchain` (leaf first) up to `root` as a TLS server certificate for the DNS
+/// name `name`, with rustls' WebPKI verifier.
+pub fn verify_chain_for_name(
+    fullchain: &[CertificateDer<'static>],
+    root: &CertificateDer<'static>,
+    name: &str,
+) -> anyhow::Result<()> {
+    let server_name =
+        ServerName::try_from(name.to_owned()).with_context(|| format!("not a name: {name:?}"))?;
+    verify_chain(fullchain, root, &server_name)
+        .map_err(|e| anyhow::anyhow!("chain does not verify for {name}: {e:#}"))
+}
+
+fn verify_chain(
+    fullchain: &[CertificateDer<'static>],
+    root: &CertificateDer<'static>,
+    server_name: &ServerName<'static>,
+) -> anyhow::Result<()> {
     let (leaf, intermediates) = fullchain.split_first().context("empty chain")?;
     let roots = std::sync::Arc::new(crate::tlsutil::root_store(std::slice::from_ref(root))?);
     let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
@@ -103,14 +125,8 @@ pub fn verify_chain_for_ip(
     )
     .build()?;
     verifier
-        .verify_server_cert(
-            leaf,
-            intermediates,
-            &ServerName::IpAddress(ip.into()),
-            &[],
-            UnixTime::now(),
-        )
-        .map_err(|e| anyhow::anyhow!("chain does not verify for {ip}: {e}"))?;
+        .verify_server_cert(leaf, intermediates, server_name, &[], UnixTime::now())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }
 

@@ -8,8 +8,9 @@ use certfleet_shared::renewal;
 impl Engine {
     /// The CA may have an ARI window for the current certificate that we have not fetched.
     pub(super) fn ari_pending(&self, rec: &CertRecord) -> bool {
-        rec.ari.is_none()
+        rec.observed.ari.is_none()
             && rec
+                .observed
                 .current
                 .as_ref()
                 .is_some_and(|c| c.ari_id.is_some() && self.issuer_has_ari(&c.issuer))
@@ -21,12 +22,18 @@ impl Engine {
 
     /// Fetches the ARI window when it is time to (at least twice a day).
     pub(super) async fn refresh_ari(&self, rec: &mut CertRecord, now: i64) {
-        let Some(cur) = &rec.current else { return };
+        let Some(cur) = &rec.observed.current else {
+            return;
+        };
         let Some(ari_id) = cur.ari_id.clone() else {
             return;
         };
-        if rec.ari.as_ref().is_some_and(|a| a.next_check > now)
-            || rec.ari_retry_at.is_some_and(|t| t > now)
+        if rec
+            .observed
+            .ari
+            .as_ref()
+            .is_some_and(|a| a.next_check > now)
+            || rec.schedule.ari_retry_at.is_some_and(|t| t > now)
         {
             return;
         }
@@ -42,7 +49,7 @@ impl Engine {
                 // runs up to expiry.
                 let (nb, na) = (cur.not_before, cur.not_after);
                 let end = w.end.min(na - (na - nb) / 10).max(w.start + 1);
-                let renew_at = match &rec.ari {
+                let renew_at = match &rec.observed.ari {
                     Some(old) if old.start == w.start && old.end == w.end => old.renew_at,
                     _ => renewal::ari_renew_at(
                         &renewal::AriWindow {
@@ -53,9 +60,9 @@ impl Engine {
                         rand::random(),
                     ),
                 };
-                rec.ari_retry_at = None;
+                rec.schedule.ari_retry_at = None;
                 tracing::info!(cert = %rec.id, start = w.start, end = w.end, renew_at, "ARI window");
-                rec.ari = Some(AriState {
+                rec.observed.ari = Some(AriState {
                     start: w.start,
                     end: w.end,
                     renew_at,
@@ -64,14 +71,14 @@ impl Engine {
                 });
             }
             Ok(None) => {
-                rec.ari = None;
-                rec.ari_retry_at = None;
+                rec.observed.ari = None;
+                rec.schedule.ari_retry_at = None;
             }
             Err(e) => {
                 tracing::warn!(cert = %rec.id, error = %e, "ARI fetch failed; keeping the previous plan");
-                match &mut rec.ari {
+                match &mut rec.observed.ari {
                     Some(a) => a.next_check = now + 3600,
-                    None => rec.ari_retry_at = Some(now + 3600),
+                    None => rec.schedule.ari_retry_at = Some(now + 3600),
                 }
             }
         }

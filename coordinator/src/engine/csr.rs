@@ -45,8 +45,9 @@ const CSR_ATTEMPTS: u32 = 3;
 
 impl CsrWant {
     pub(crate) fn new(rec: &CertRecord, order: &OrderInFlight) -> Self {
-        let mut seen: HashSet<String> = rec.key_history.iter().cloned().collect();
+        let mut seen: HashSet<String> = rec.observed.key_history.iter().cloned().collect();
         if let Some(leaf) = rec
+            .observed
             .current
             .as_ref()
             .and_then(|c| parse_pem_chain(&c.chain_pem).ok())

@@ -28,30 +28,30 @@ impl Engine {
                     .into_iter()
                     .next()
                     .unwrap_or_else(|| new_record(&host, spec.clone(), now));
-                rec.installed_serial = host
+                rec.observed.installed_serial = host
                     .inventory
                     .iter()
                     .find(|i| i.target == spec.target)
                     .map(|i| i.serial.clone());
-                if rec.served_serial != rec.installed_serial {
+                if rec.observed.served_serial != rec.observed.installed_serial {
                     // What the host serves is only known again after its next served check.
-                    rec.served_serial = None;
+                    rec.observed.served_serial = None;
                 }
                 let blocked = blocked_by(&spec, disallowed.as_ref(), &conflicts, &host, now);
                 rec.spec = spec;
                 self.set_blocked(&mut rec, blocked)?;
                 rec.state = state_of(&rec, now);
-                rec.next_action = Some(now);
-                rec.next_reason = Some("host connected".into());
+                rec.schedule.next_action = Some(now);
+                rec.schedule.next_reason = Some("host connected".into());
                 rec.updated = now;
                 self.store.put_cert(&rec)?;
             }
             Err(e) => {
                 tracing::warn!(host = %host_id, error = %e, "no certificate for this host");
                 for mut rec in existing {
-                    rec.last_error = Some(e.to_string());
-                    rec.next_action = Some(now + RECHECK_SECS);
-                    rec.next_reason = Some("configuration error".into());
+                    rec.schedule.last_error = Some(e.to_string());
+                    rec.schedule.next_action = Some(now + RECHECK_SECS);
+                    rec.schedule.next_reason = Some("configuration error".into());
                     self.store.put_cert(&rec)?;
                 }
             }
@@ -95,7 +95,7 @@ impl Engine {
         rec: &mut CertRecord,
         blocked: Option<Blocked>,
     ) -> Result<(), StoreError> {
-        let same = match (&rec.blocked, &blocked) {
+        let same = match (&rec.observed.blocked, &blocked) {
             (Some(a), Some(b)) => a.state == b.state && a.ips == b.ips && a.held_by == b.held_by,
             (None, None) => true,
             _ => false,
@@ -126,14 +126,14 @@ impl Engine {
                     .inc();
                 tracing::warn!(host = %rec.host_id, cert = %rec.id, ips = ?b.ips, held_by = ?b.held_by,
                     state = ?b.state, "{}", b.reason);
-                rec.last_error = Some(b.reason.clone());
+                rec.schedule.last_error = Some(b.reason.clone());
             }
             None => {
                 tracing::info!(host = %rec.host_id, cert = %rec.id, "address conflict resolved; the certificate can be ordered");
-                rec.last_error = None;
+                rec.schedule.last_error = None;
             }
         }
-        rec.blocked = blocked;
+        rec.observed.blocked = blocked;
         Ok(())
     }
 

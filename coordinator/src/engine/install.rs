@@ -13,7 +13,7 @@ impl Engine {
         agent: &AgentHandle,
         rec: &mut CertRecord,
     ) -> Result<(), IssueError> {
-        let Some(cur) = rec.current.clone() else {
+        let Some(cur) = rec.observed.current.clone() else {
             return Ok(());
         };
         let cmd = Cmd::Install(pb::InstallCertificate {
@@ -30,8 +30,8 @@ impl Engine {
                         .serial(report.serial.clone())
                         .detail("target", &report.target),
                 )?;
-                rec.installed_serial = Some(report.serial.clone());
-                rec.verify_disabled = report.verify_disabled;
+                rec.observed.installed_serial = Some(report.serial.clone());
+                rec.observed.verify_disabled = report.verify_disabled;
                 tracing::info!(host = %rec.host_id, cert = %rec.id, serial = %report.serial, target = %report.target, "certificate installed");
                 if !report.verify_disabled && !report.served_on.is_empty() {
                     self.record(
@@ -43,9 +43,9 @@ impl Engine {
                             .detail("target", &report.target)
                             .detail("served_on", &report.served_on),
                     )?;
-                    rec.served_serial = Some(report.serial.clone());
-                    rec.served_on = report.served_on.clone();
-                    rec.served_at = Some(self.clock.now_unix());
+                    rec.observed.served_serial = Some(report.serial.clone());
+                    rec.observed.served_on = report.served_on.clone();
+                    rec.observed.served_at = Some(self.clock.now_unix());
                     tracing::info!(host = %rec.host_id, cert = %rec.id, serial = %report.serial, served_on = ?report.served_on, "new certificate is served");
                 }
                 if !report.warnings.is_empty() {
@@ -74,8 +74,8 @@ impl Engine {
                     // The key for this certificate is gone from the host: the certificate
                     // is useless there, so the next attempt issues a new one.
                     tracing::warn!(host = %rec.host_id, cert = %rec.id, error = %message, "host lost the key; re-issuing");
-                    rec.current = None;
-                    rec.ari = None;
+                    rec.observed.current = None;
+                    rec.observed.ari = None;
                 } else if *rolled_back {
                     // The config test, reload or served check failed and the host put the
                     // previous certificate back: record what is there now.
@@ -92,10 +92,10 @@ impl Engine {
                             .detail("restored_serial", &now_serial),
                     )?;
                     tracing::error!(host = %rec.host_id, cert = %rec.id, serial = %cur.serial, code = %code, error = %message, "install rolled back on the host");
-                    if rec.served_serial != now_serial {
-                        rec.served_serial = None;
+                    if rec.observed.served_serial != now_serial {
+                        rec.observed.served_serial = None;
                     }
-                    rec.installed_serial = now_serial;
+                    rec.observed.installed_serial = now_serial;
                 }
                 Err(e.into())
             }

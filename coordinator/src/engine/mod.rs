@@ -233,7 +233,7 @@ pub(crate) mod testutil {
     pub fn rec(not_before: i64, not_after: i64) -> CertRecord {
         let spec = spec();
         let mut r = super::reconcile::new_record(&host(), spec.clone(), 0);
-        r.current = Some(IssuedCert {
+        r.observed.current = Some(IssuedCert {
             identifiers: spec.identifiers.clone(),
             issuer: "le".into(),
             profile: None,
@@ -245,8 +245,8 @@ pub(crate) mod testutil {
             renew_unit: 0.0,
             issued_at: not_before,
         });
-        r.installed_serial = Some("01".into());
-        r.served_serial = Some("01".into());
+        r.observed.installed_serial = Some("01".into());
+        r.observed.served_serial = Some("01".into());
         r
     }
 }

@@ -31,7 +31,7 @@ impl Engine {
         let now = self.clock.now_unix();
         let spec = rec.spec.clone();
         let names: Vec<&str> = spec.issuers().collect();
-        let issuer = self.issuer(names[rec.issuer_index % names.len()])?;
+        let issuer = self.issuer(names[rec.schedule.issuer_index % names.len()])?;
         for ip in &spec.identifiers {
             check_issuable(*ip, issuer.cfg.allow_private_ips).map_err(|e| {
                 IssueError::Policy(format!("cannot ask {} for {ip}: {e}", issuer.cfg.name))
@@ -48,17 +48,19 @@ impl Engine {
             | RenewReason::Forced
             | RenewReason::Expired
                 if rec
+                    .observed
                     .current
                     .as_ref()
                     .is_some_and(|c| c.identifiers == spec.identifiers)
                     && issuer.has_ari() =>
             {
-                rec.current.as_ref().and_then(|c| c.ari_id.clone())
+                rec.observed.current.as_ref().and_then(|c| c.ari_id.clone())
             }
             _ => None,
         };
         let exempt = replaces.is_some()
             && rec
+                .observed
                 .ari
                 .as_ref()
                 .is_some_and(|a| now >= a.start && now < a.end);
@@ -85,8 +87,8 @@ impl Engine {
                 .detail("replaces_ignored_by_ca", replaces.is_some() && !kept)
                 .detail("reason", reason.to_string()),
         )?;
-        rec.last_order_url = Some(driver.url().to_owned());
-        rec.order = Some(OrderInFlight {
+        rec.observed.last_order_url = Some(driver.url().to_owned());
+        rec.observed.order = Some(OrderInFlight {
             url: driver.url().to_owned(),
             issuer: issuer.cfg.name.clone(),
             identifiers: spec.identifiers.clone(),
@@ -112,7 +114,7 @@ impl Engine {
         agent: &AgentHandle,
         rec: &mut CertRecord,
     ) -> Result<(), IssueError> {
-        let Some(order) = rec.order.clone() else {
+        let Some(order) = rec.observed.order.clone() else {
             return Ok(());
         };
         let issuer = self.issuer(&order.issuer)?;
@@ -128,7 +130,7 @@ impl Engine {
             Ok(_) => {
                 tracing::info!(cert = %rec.id, order = %order.url, "order in flight is invalid; abandoning it");
                 clear_tokens(agent, order.presented.clone()).await;
-                rec.order = None;
+                rec.observed.order = None;
                 Err(IssueError::Acme(AcmeError::Validation(vec![(
                     String::new(),
                     "the interrupted order became invalid".into(),
@@ -144,7 +146,7 @@ impl Engine {
             Err(e) => {
                 tracing::info!(cert = %rec.id, order = %order.url, error = %e, "cannot resume order; abandoning it");
                 clear_tokens(agent, order.presented.clone()).await;
-                rec.order = None;
+                rec.observed.order = None;
                 Err(e.into())
             }
         }
@@ -158,7 +160,7 @@ impl Engine {
         issuer: &AcmeIssuer,
         mut driver: crate::acme::OrderDriver<'_>,
     ) -> Result<(), IssueError> {
-        let Some(order) = rec.order.clone() else {
+        let Some(order) = rec.observed.order.clone() else {
             return Ok(());
         };
         let status = driver.status();
@@ -182,7 +184,7 @@ impl Engine {
         }
         if !challenges.is_empty() {
             // Durable before the agent serves them, so a crash cannot leave them behind.
-            if let Some(o) = rec.order.as_mut() {
+            if let Some(o) = rec.observed.order.as_mut() {
                 for c in &challenges {
                     if !o.presented.contains(&c.token) {
                         o.presented.push(c.token.clone());
@@ -231,8 +233,8 @@ impl Engine {
         let chain = parse_pem_chain(&chain_pem).map_err(|e| IssueError::BadCert(e.to_string()))?;
         let leaf = check_leaf(&chain[0], &order.identifiers, spki.as_deref())?;
         let now = self.clock.now_unix();
-        let renewed = rec.current.is_some();
-        rec.current = Some(IssuedCert {
+        let renewed = rec.observed.current.is_some();
+        rec.observed.current = Some(IssuedCert {
             identifiers: order.identifiers.clone(),
             issuer: issuer.cfg.name.clone(),
             profile: driver.profile().or(order.profile.clone()),
@@ -244,12 +246,12 @@ impl Engine {
             renew_unit: rand::random(),
             issued_at: now,
         });
-        rec.order = None;
-        rec.ari = None;
-        rec.ari_retry_at = None;
-        rec.forced_by = None;
+        rec.observed.order = None;
+        rec.observed.ari = None;
+        rec.schedule.ari_retry_at = None;
+        rec.schedule.forced_by = None;
         if renewed {
-            rec.renewals += 1;
+            rec.schedule.renewals += 1;
             self.metrics
                 .renewals
                 .get_or_create(&crate::metrics::IssuerReason {
@@ -258,8 +260,8 @@ impl Engine {
                 })
                 .inc();
         }
-        rec.last_renewal_reason = Some(order.reason.clone());
-        rec.revoked_serial = None;
+        rec.schedule.last_renewal_reason = Some(order.reason.clone());
+        rec.observed.revoked_serial = None;
         rec.state = CertState::Issued;
         rec.updated = now;
         let issuer_chain_sha256: Vec<String> = chain[1..]
@@ -283,7 +285,10 @@ impl Engine {
                 .detail("order_url", &order.url)
                 .detail(
                     "profile",
-                    rec.current.as_ref().and_then(|c| c.profile.clone()),
+                    rec.observed
+                        .current
+                        .as_ref()
+                        .and_then(|c| c.profile.clone()),
                 )
                 .detail("reason", &order.reason),
         )?;
@@ -305,9 +310,10 @@ impl Engine {
     /// Best effort: the agent's age limit is the safety net.
     pub(super) async fn discard_pending_keys(&self, agent: &AgentHandle, rec: &CertRecord) {
         let keep = rec
+            .observed
             .current
             .as_ref()
-            .filter(|c| rec.installed_serial.as_ref() != Some(&c.serial))
+            .filter(|c| rec.observed.installed_serial.as_ref() != Some(&c.serial))
             .and_then(|c| parse_pem_chain(&c.chain_pem).ok())
             .and_then(|chain| CertInfo::from_der(&chain[0]).ok())
             .map(|leaf| vec![certfleet_shared::x509::sha256_hex(&leaf.spki_der)])

@@ -30,7 +30,7 @@ pub enum Decision {
 
 /// Why a new certificate is needed now, if it is.
 fn issue_reason(rec: &CertRecord, now: i64) -> Option<RenewReason> {
-    let Some(cur) = &rec.current else {
+    let Some(cur) = &rec.observed.current else {
         return Some(RenewReason::Missing);
     };
     if cur.identifiers != rec.spec.identifiers {
@@ -41,7 +41,7 @@ fn issue_reason(rec: &CertRecord, now: i64) -> Option<RenewReason> {
     {
         return Some(RenewReason::SpecChanged);
     }
-    if rec.forced_by.is_some() {
+    if rec.schedule.forced_by.is_some() {
         return Some(RenewReason::Forced);
     }
     match rec.renew_time(now) {
@@ -52,21 +52,22 @@ fn issue_reason(rec: &CertRecord, now: i64) -> Option<RenewReason> {
 
 /// Desired against observed. Pure.
 pub fn decide(rec: &CertRecord, now: i64) -> Decision {
-    if rec.order.is_some() {
+    if rec.observed.order.is_some() {
         return Decision::Resume;
     }
     if let Some(reason) = issue_reason(rec, now) {
         // An address conflict or refusal holds any new order back; what is issued may
         // still be installed.
-        if rec.blocked.is_none() {
+        if rec.observed.blocked.is_none() {
             return Decision::Issue(reason);
         }
     }
-    let Some(cur) = &rec.current else {
+    let Some(cur) = &rec.observed.current else {
         return Decision::Idle;
     };
-    if rec.installed_serial.as_ref() != Some(&cur.serial)
-        || (!rec.verify_disabled && rec.served_serial.as_ref() != Some(&cur.serial))
+    if rec.observed.installed_serial.as_ref() != Some(&cur.serial)
+        || (!rec.observed.verify_disabled
+            && rec.observed.served_serial.as_ref() != Some(&cur.serial))
     {
         return Decision::Install;
     }
@@ -93,20 +94,23 @@ impl Engine {
                 rec.spec = fresh.spec;
                 changed_meanwhile = true;
             }
-            if fresh.blocked != rec.blocked {
-                rec.blocked = fresh.blocked;
+            if fresh.observed.blocked != rec.observed.blocked {
+                rec.observed.blocked = fresh.observed.blocked;
                 changed_meanwhile = true;
             }
-            if fresh.forced_by.is_some() && rec.forced_by.is_none() {
-                rec.forced_by = fresh.forced_by;
+            if fresh.schedule.forced_by.is_some() && rec.schedule.forced_by.is_none() {
+                rec.schedule.forced_by = fresh.schedule.forced_by;
                 changed_meanwhile = true;
             }
             // Revoked by an operator meanwhile: do not bring the revoked certificate back.
-            if fresh.current.is_none() && rec.current.is_some() && fresh.revoked_serial.is_some() {
-                rec.current = None;
-                rec.ari = None;
-                rec.last_renewal_reason = fresh.last_renewal_reason;
-                rec.revoked_serial = fresh.revoked_serial;
+            if fresh.observed.current.is_none()
+                && rec.observed.current.is_some()
+                && fresh.observed.revoked_serial.is_some()
+            {
+                rec.observed.current = None;
+                rec.observed.ari = None;
+                rec.schedule.last_renewal_reason = fresh.schedule.last_renewal_reason;
+                rec.observed.revoked_serial = fresh.observed.revoked_serial;
                 changed_meanwhile = true;
             }
         }
@@ -117,14 +121,14 @@ impl Engine {
         };
         match &outcome {
             Ok(()) => {
-                rec.attempts = 0;
-                rec.quick_retries = 0;
-                rec.issuer_index = 0;
-                rec.last_error = None;
+                rec.schedule.attempts = 0;
+                rec.schedule.quick_retries = 0;
+                rec.schedule.issuer_index = 0;
+                rec.schedule.last_error = None;
             }
             Err(IssueError::Store(_)) => {}
             Err(IssueError::WaitingForAgent) => {
-                rec.last_error = Some("waiting for the host to connect".into());
+                rec.schedule.last_error = Some("waiting for the host to connect".into());
                 next = next.min(now + WAIT_FOR_AGENT_SECS);
             }
             Err(IssueError::Budget(refusal)) => {
@@ -138,54 +142,54 @@ impl Engine {
                         .detail("key", &refusal.key)
                         .detail("frees_at", refusal.frees_at),
                 );
-                rec.last_error = Some(format!("{refusal} ({})", refusal.frees_in(now)));
+                rec.schedule.last_error = Some(format!("{refusal} ({})", refusal.frees_in(now)));
                 next = refusal.frees_at;
             }
             Err(IssueError::Acme(e))
                 if (e.is_bad_nonce() || e.is_account_gone())
-                    && rec.quick_retries < QUICK_RETRIES =>
+                    && rec.schedule.quick_retries < QUICK_RETRIES =>
             {
-                rec.quick_retries += 1;
-                rec.last_error = Some(e.to_string());
+                rec.schedule.quick_retries += 1;
+                rec.schedule.last_error = Some(e.to_string());
                 next = now + 1;
             }
             Err(IssueError::Policy(_))
             | Err(IssueError::Acme(AcmeError::ProfileUnavailable { .. })) => {
-                rec.last_error = outcome.as_ref().err().map(|e| e.to_string());
+                rec.schedule.last_error = outcome.as_ref().err().map(|e| e.to_string());
                 next = now + RECHECK_SECS;
             }
             Err(IssueError::Acme(e))
                 if !e.is_permanent()
                     && !matches!(e, AcmeError::Validation(_))
-                    && rec.order.is_none()
-                    && rec.issuer_index + 1 < rec.spec.issuers().count() =>
+                    && rec.observed.order.is_none()
+                    && rec.schedule.issuer_index + 1 < rec.spec.issuers().count() =>
             {
-                rec.issuer_index += 1;
+                rec.schedule.issuer_index += 1;
                 let next_issuer = rec
                     .spec
                     .issuers()
-                    .nth(rec.issuer_index)
+                    .nth(rec.schedule.issuer_index)
                     .unwrap_or_default()
                     .to_owned();
                 tracing::warn!(cert = %rec.id, error = %e, next_issuer = %next_issuer, "issuer failed; falling back to the next one");
-                rec.last_error = Some(format!("{e}; trying issuer {next_issuer} next"));
+                rec.schedule.last_error = Some(format!("{e}; trying issuer {next_issuer} next"));
                 next = now + 1;
             }
             Err(e) => {
-                rec.issuer_index = 0;
+                rec.schedule.issuer_index = 0;
                 let ca_says = match e {
                     IssueError::Acme(a) => a.retry_after().map(|at| at.max(now + 1)),
                     _ => None,
                 };
                 next = retry_at(
                     &self.config.issuance.retry_backoff(),
-                    rec.attempts,
+                    rec.schedule.attempts,
                     rand::random::<f64>(),
                     ca_says,
                     now,
                 );
-                rec.attempts += 1;
-                rec.last_error = Some(e.to_string());
+                rec.schedule.attempts += 1;
+                rec.schedule.last_error = Some(e.to_string());
             }
         }
         if let Err(e) = &outcome {
@@ -202,36 +206,38 @@ impl Engine {
                 tracing::warn!(cert = %rec.id, host = %rec.host_id, error = %e, next_action = next, "certificate not reconciled");
             }
         }
-        if let Some(b) = &rec.blocked {
+        if let Some(b) = &rec.observed.blocked {
             if outcome.is_ok() {
-                rec.last_error = Some(b.reason.clone());
+                rec.schedule.last_error = Some(b.reason.clone());
             }
         }
         rec.state = state_of(&rec, now);
-        let was = rec.at_risk;
-        rec.at_risk = rec.current.is_some() && rec.at_risk_at().is_some_and(|at| now >= at);
-        if rec.at_risk && !was {
+        let was = rec.schedule.at_risk;
+        rec.schedule.at_risk =
+            rec.observed.current.is_some() && rec.at_risk_at().is_some_and(|at| now >= at);
+        if rec.schedule.at_risk && !was {
             let _ = self.record(
                 Kind::AtRisk,
                 &rec,
                 Entry::by("coordinator")
                     .ips(&rec.spec.identifiers)
                     .serial(
-                        rec.current
+                        rec.observed
+                            .current
                             .as_ref()
                             .map(|c| c.serial.clone())
                             .unwrap_or_default(),
                     )
-                    .detail("last_error", &rec.last_error),
+                    .detail("last_error", &rec.schedule.last_error),
             );
-            tracing::error!(cert = %rec.id, host = %rec.host_id, not_after = rec.current.as_ref().map(|c| c.not_after),
-                last_error = ?rec.last_error, "certificate AT RISK: its remaining lifetime is below the safety margin");
+            tracing::error!(cert = %rec.id, host = %rec.host_id, not_after = rec.observed.current.as_ref().map(|c| c.not_after),
+                last_error = ?rec.schedule.last_error, "certificate AT RISK: its remaining lifetime is below the safety margin");
         }
-        rec.next_reason = Some(next_reason(&rec, next, now, outcome.as_ref().err()));
-        if let Some(d) = &rec.deferred_clear {
+        rec.schedule.next_reason = Some(next_reason(&rec, next, now, outcome.as_ref().err()));
+        if let Some(d) = &rec.observed.deferred_clear {
             next = next.min(d.at);
         }
-        rec.next_action = Some(next.max(now));
+        rec.schedule.next_action = Some(next.max(now));
         rec.updated = now;
         self.store.put_cert(&rec)?;
         match outcome {
@@ -251,20 +257,26 @@ impl Engine {
 /// moment, whichever is first. `ari_pending`: the certificate's issuer offers ARI and no
 /// window has been fetched yet. Pure.
 pub(crate) fn planned_at(rec: &CertRecord, now: i64, ari_pending: bool) -> i64 {
-    if rec.blocked.is_some() && rec.order.is_none() && decide(rec, now) == Decision::Idle {
+    if rec.observed.blocked.is_some()
+        && rec.observed.order.is_none()
+        && decide(rec, now) == Decision::Idle
+    {
         // Released addresses and policy changes wake it; this is the safety net.
         return now + RECHECK_SECS;
     }
-    if rec.order.is_some() || rec.current.is_none() || decide(rec, now) != Decision::Idle {
+    if rec.observed.order.is_some()
+        || rec.observed.current.is_none()
+        || decide(rec, now) != Decision::Idle
+    {
         return now;
     }
     let mut next = rec.renew_time(now).map(|(at, _)| at).unwrap_or(now);
-    if let Some(a) = &rec.ari {
+    if let Some(a) = &rec.observed.ari {
         next = next.min(a.next_check);
     } else if ari_pending {
-        next = next.min(rec.ari_retry_at.unwrap_or(now));
+        next = next.min(rec.schedule.ari_retry_at.unwrap_or(now));
     }
-    if let Some(at) = rec.at_risk_at().filter(|_| !rec.at_risk) {
+    if let Some(at) = rec.at_risk_at().filter(|_| !rec.schedule.at_risk) {
         next = next.min(at);
     }
     next.max(now + 1)
@@ -311,23 +323,25 @@ pub(crate) fn new_record(host: &HostRecord, spec: CertSpec, now: i64) -> CertRec
 }
 
 pub(crate) fn state_of(rec: &CertRecord, now: i64) -> CertState {
-    if rec.order.is_some() {
+    if rec.observed.order.is_some() {
         return CertState::Ordering;
     }
-    match rec.blocked.as_ref().map(|b| b.state) {
+    match rec.observed.blocked.as_ref().map(|b| b.state) {
         Some(BlockedState::Conflict) => return CertState::Conflict,
         Some(BlockedState::Refused) => return CertState::Refused,
         None => {}
     }
-    match &rec.current {
-        Some(c) if c.not_after > now && rec.served_serial.as_ref() == Some(&c.serial) => {
+    match &rec.observed.current {
+        Some(c) if c.not_after > now && rec.observed.served_serial.as_ref() == Some(&c.serial) => {
             CertState::Served
         }
-        Some(c) if c.not_after > now && rec.installed_serial.as_ref() == Some(&c.serial) => {
+        Some(c)
+            if c.not_after > now && rec.observed.installed_serial.as_ref() == Some(&c.serial) =>
+        {
             CertState::Installed
         }
         Some(c) if c.not_after > now => CertState::Issued,
-        _ if rec.last_error.is_some() => CertState::Failed,
+        _ if rec.schedule.last_error.is_some() => CertState::Failed,
         _ => CertState::Pending,
     }
 }
@@ -346,10 +360,21 @@ fn next_reason(rec: &CertRecord, next: i64, now: i64, failure: Option<&IssueErro
     }
     match rec.renew_time(now) {
         Some((at, reason)) if at <= next => format!("renew ({reason})"),
-        _ if rec.ari.as_ref().is_some_and(|a| a.next_check <= next) => "check ARI window".into(),
-        _ if rec.ari.is_none()
-            && rec.current.as_ref().is_some_and(|c| c.ari_id.is_some())
-            && rec.ari_retry_at.unwrap_or(now) <= next =>
+        _ if rec
+            .observed
+            .ari
+            .as_ref()
+            .is_some_and(|a| a.next_check <= next) =>
+        {
+            "check ARI window".into()
+        }
+        _ if rec.observed.ari.is_none()
+            && rec
+                .observed
+                .current
+                .as_ref()
+                .is_some_and(|c| c.ari_id.is_some())
+            && rec.schedule.ari_retry_at.unwrap_or(now) <= next =>
         {
             "fetch ARI window".into()
         }
@@ -405,7 +430,7 @@ mod tests {
     #[test]
     fn ari_window_overrides_the_fraction() {
         let mut r = rec(0, 160 * H);
-        r.ari = Some(AriState {
+        r.observed.ari = Some(AriState {
             start: 10 * H,
             end: 20 * H,
             renew_at: 15 * H,
@@ -428,20 +453,20 @@ mod tests {
         r.spec.required_profile = Some("shortlived".into());
         assert_eq!(decide(&r, 1), Decision::Issue(RenewReason::SpecChanged));
         let mut r = rec(0, 160 * H);
-        r.installed_serial = None;
+        r.observed.installed_serial = None;
         assert_eq!(decide(&r, 1), Decision::Install);
         // Installed but not seen served: install again (the agent only re-checks).
         let mut r = rec(0, 160 * H);
-        r.served_serial = Some("00".into());
+        r.observed.served_serial = Some("00".into());
         assert_eq!(decide(&r, 1), Decision::Install);
         // …unless the host checks nothing after install.
-        r.verify_disabled = true;
+        r.observed.verify_disabled = true;
         assert_eq!(decide(&r, 1), Decision::Idle);
         let mut r = rec(0, 160 * H);
-        r.forced_by = Some("operator".into());
+        r.schedule.forced_by = Some("operator".into());
         assert_eq!(decide(&r, 1), Decision::Issue(RenewReason::Forced));
         let mut r = rec(0, 160 * H);
-        r.order = Some(OrderInFlight {
+        r.observed.order = Some(OrderInFlight {
             url: "u".into(),
             issuer: "le".into(),
             identifiers: vec![],
@@ -453,8 +478,8 @@ mod tests {
             presented: Vec::new(),
         });
         assert_eq!(decide(&r, 1), Decision::Resume);
-        r.current = None;
-        r.order = None;
+        r.observed.current = None;
+        r.observed.order = None;
         assert_eq!(decide(&r, 1), Decision::Issue(RenewReason::Missing));
     }
 
@@ -465,9 +490,9 @@ mod tests {
             r.remember_key(&format!("{i:064x}"));
             r.remember_key(&format!("{i:064x}"));
         }
-        assert_eq!(r.key_history.len(), crate::model::KEY_HISTORY);
+        assert_eq!(r.observed.key_history.len(), crate::model::KEY_HISTORY);
         assert_eq!(
-            r.key_history.last(),
+            r.observed.key_history.last(),
             Some(&format!("{:064x}", crate::model::KEY_HISTORY + 9))
         );
     }
@@ -475,26 +500,26 @@ mod tests {
     #[test]
     fn a_blocked_certificate_orders_nothing_but_may_install_what_it_has() {
         let mut r = rec(0, 1_000_000);
-        r.blocked = Some(Blocked {
+        r.observed.blocked = Some(Blocked {
             state: BlockedState::Conflict,
             ips: r.spec.identifiers.clone(),
             held_by: Some(HostId::generate()),
             reason: "held".into(),
             since: 0,
         });
-        r.forced_by = Some("ops".into());
-        r.installed_serial = None;
-        r.served_serial = None;
+        r.schedule.forced_by = Some("ops".into());
+        r.observed.installed_serial = None;
+        r.observed.served_serial = None;
         assert_eq!(state_of(&r, 10), CertState::Conflict);
         // Issued but not installed: installing is still fine.
         assert_eq!(decide(&r, 10), Decision::Install);
-        let serial = r.current.as_ref().unwrap().serial.clone();
-        r.installed_serial = Some(serial.clone());
-        r.served_serial = Some(serial);
+        let serial = r.observed.current.as_ref().unwrap().serial.clone();
+        r.observed.installed_serial = Some(serial.clone());
+        r.observed.served_serial = Some(serial);
         assert_eq!(decide(&r, 10), Decision::Idle, "forced renewal held back");
-        r.current = None;
+        r.observed.current = None;
         assert_eq!(decide(&r, 10), Decision::Idle, "no first order either");
-        r.blocked = None;
+        r.observed.blocked = None;
         assert_eq!(decide(&r, 10), Decision::Issue(RenewReason::Missing));
     }
 }

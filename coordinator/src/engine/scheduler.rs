@@ -20,7 +20,7 @@ impl Engine {
         let now = self.clock.now_unix();
         let mut fix = Vec::new();
         self.store.scan_certs(&mut |rec| {
-            if rec.order.is_some() || rec.next_action.is_none() {
+            if rec.observed.order.is_some() || rec.schedule.next_action.is_none() {
                 fix.push(rec.id);
             }
             Ok(())
@@ -29,14 +29,14 @@ impl Engine {
             let Some(mut rec) = self.store.cert(&id)? else {
                 continue;
             };
-            let reason = if rec.order.is_some() {
+            let reason = if rec.observed.order.is_some() {
                 "resume the order interrupted by a restart"
             } else {
                 "restart: no next action was scheduled"
             };
             tracing::info!(cert = %rec.id, reason, "recovering");
-            rec.next_action = Some(now);
-            rec.next_reason = Some(reason.into());
+            rec.schedule.next_action = Some(now);
+            rec.schedule.next_reason = Some(reason.into());
             self.store.put_cert(&rec)?;
         }
         Ok(())
@@ -78,7 +78,7 @@ impl Engine {
         // Lease it so the scheduler does not pick it again while it runs; a crash leaves the
         // lease, which expires and retries. Not flushed: recovery at start covers a lost lease.
         if let Ok(Some(mut rec)) = self.store.cert(&id) {
-            rec.next_action = Some(self.clock.now_unix() + LEASE_SECS);
+            rec.schedule.next_action = Some(self.clock.now_unix() + LEASE_SECS);
             let _ = self.store.put_cert_unflushed(&rec);
         }
         let engine = self.clone();
@@ -104,7 +104,7 @@ impl Engine {
             return Ok(());
         };
         let Some(host) = self.store.host(&rec.host_id)? else {
-            rec.next_action = None;
+            rec.schedule.next_action = None;
             self.store.put_cert(&rec)?;
             return Ok(());
         };
@@ -120,9 +120,14 @@ impl Engine {
         host: &HostRecord,
         now: i64,
     ) -> Result<(), IssueError> {
-        if rec.deferred_clear.as_ref().is_some_and(|d| d.at <= now) {
+        if rec
+            .observed
+            .deferred_clear
+            .as_ref()
+            .is_some_and(|d| d.at <= now)
+        {
             if let Some(agent) = self.sessions.get(&host.id) {
-                if let Some(d) = rec.deferred_clear.take() {
+                if let Some(d) = rec.observed.deferred_clear.take() {
                     crate::engine::challenge::http01::clear_tokens(&agent, d.tokens).await;
                 }
             }
@@ -141,7 +146,7 @@ impl Engine {
             Decision::Resume => self.resume(&agent, rec).await,
             Decision::Issue(reason) => self.issue(&agent, rec, reason).await,
         };
-        if rec.order.is_none() && !matches!(outcome, Err(IssueError::Agent(_))) {
+        if rec.observed.order.is_none() && !matches!(outcome, Err(IssueError::Agent(_))) {
             self.discard_pending_keys(&agent, rec).await;
         }
         outcome

@@ -100,11 +100,11 @@ fn a_thousand_shortlived_certificates_over_sixty_days() {
         events += 1;
         let rec = &mut recs[i];
         assert_eq!(
-            rec.next_action,
+            rec.schedule.next_action,
             Some(now),
             "one schedule entry per certificate"
         );
-        if let Some(cur) = &rec.current {
+        if let Some(cur) = &rec.observed.current {
             assert!(now < cur.not_after, "certificate {i} acted on after expiry");
         }
         let outcome = match decide(rec, now) {
@@ -114,7 +114,7 @@ fn a_thousand_shortlived_certificates_over_sixty_days() {
             }
             Decision::Issue(reason) => {
                 let planned = rec.renew_time(now);
-                if rec.current.is_some() {
+                if rec.observed.current.is_some() {
                     let (at, why) = planned.unwrap();
                     assert_eq!(reason, RenewReason::LifetimeFraction, "certificate {i}");
                     assert_eq!(why, reason);
@@ -124,13 +124,13 @@ fn a_thousand_shortlived_certificates_over_sixty_days() {
                 match stub_ca(rec, now, serial, &mut rng) {
                     None => {
                         failures += 1;
-                        if rec.current.is_none() {
+                        if rec.observed.current.is_none() {
                             first_issue_failures += 1;
                         }
                         Err(())
                     }
                     Some(new) => {
-                        if let Some(old) = rec.current.take() {
+                        if let Some(old) = rec.observed.current.take() {
                             // The window: from the planned moment — half of the lifetime
                             // left, moved earlier by the draw (up to 5 % of it: 72-80 h of
                             // age) — to the at-risk moment (a quarter of it left: 120 h).
@@ -146,21 +146,24 @@ fn a_thousand_shortlived_certificates_over_sixty_days() {
                                 (old.not_after - now) / H
                             );
                             let late_by = now - due_since[i].take().unwrap_or(at);
-                            assert!(late_by == 0 || rec.attempts > 0, "late without a failure");
+                            assert!(
+                                late_by == 0 || rec.schedule.attempts > 0,
+                                "late without a failure"
+                            );
                             renewals.push(Renewal { at: now, late_by });
-                            rec.renewals += 1;
+                            rec.schedule.renewals += 1;
                         }
                         // What the order driver stores, then the agent installs and serves it.
                         history[i].push((new.not_before, new.not_after));
-                        rec.installed_serial = Some(new.serial.clone());
-                        rec.served_serial = Some(new.serial.clone());
-                        rec.last_renewal_reason = Some(reason.to_string());
-                        rec.current = Some(new);
-                        rec.order = None;
-                        rec.ari = None;
-                        rec.ari_retry_at = None;
-                        rec.forced_by = None;
-                        rec.revoked_serial = None;
+                        rec.observed.installed_serial = Some(new.serial.clone());
+                        rec.observed.served_serial = Some(new.serial.clone());
+                        rec.schedule.last_renewal_reason = Some(reason.to_string());
+                        rec.observed.current = Some(new);
+                        rec.observed.order = None;
+                        rec.observed.ari = None;
+                        rec.schedule.ari_retry_at = None;
+                        rec.schedule.forced_by = None;
+                        rec.observed.revoked_serial = None;
                         Ok(())
                     }
                 }
@@ -170,27 +173,28 @@ fn a_thousand_shortlived_certificates_over_sixty_days() {
         // As `finish`: a success plans the next action, a failure backs off.
         let next = match outcome {
             Ok(()) => {
-                rec.attempts = 0;
-                rec.quick_retries = 0;
-                rec.issuer_index = 0;
-                rec.last_error = None;
+                rec.schedule.attempts = 0;
+                rec.schedule.quick_retries = 0;
+                rec.schedule.issuer_index = 0;
+                rec.schedule.last_error = None;
                 planned_at(rec, now, false)
             }
             Err(()) => {
-                rec.issuer_index = 0;
-                let next = retry_at(&backoff, rec.attempts, rng.unit(), None, now);
-                rec.attempts += 1;
-                rec.last_error = Some("stub CA failure".into());
+                rec.schedule.issuer_index = 0;
+                let next = retry_at(&backoff, rec.schedule.attempts, rng.unit(), None, now);
+                rec.schedule.attempts += 1;
+                rec.schedule.last_error = Some("stub CA failure".into());
                 next
             }
         };
         rec.state = state_of(rec, now);
-        if rec.last_error.is_none() {
+        if rec.schedule.last_error.is_none() {
             assert_eq!(rec.state, CertState::Served, "certificate {i}");
         }
-        rec.at_risk = rec.current.is_some() && rec.at_risk_at().is_some_and(|at| now >= at);
-        assert!(!rec.at_risk, "certificate {i} at risk at {now}");
-        rec.next_action = Some(next.max(now));
+        rec.schedule.at_risk =
+            rec.observed.current.is_some() && rec.at_risk_at().is_some_and(|at| now >= at);
+        assert!(!rec.schedule.at_risk, "certificate {i} at risk at {now}");
+        rec.schedule.next_action = Some(next.max(now));
         rec.updated = now;
         heap.push(Reverse((next.max(now), i)));
     }

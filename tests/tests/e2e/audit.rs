@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use certfleet_coordinator::store::{AuditStore, SledStore};
 use certfleet_tests::{Agent, RestartMode};
 use serde_json::Value;
 
@@ -215,14 +216,13 @@ async fn trail_records_issuance_and_catches_tampering() {
     // Tamper: stop the coordinator, edit record 3 in the store, start it again.
     coord.stop_current(RestartMode::Term).await.expect("stop");
     {
-        let db = sled::open(coord.state_dir().join("store")).expect("open store");
-        let tree = db.open_tree("audit").expect("audit tree");
-        let key = 3u64.to_be_bytes();
+        let store = SledStore::open(&coord.state_dir().join("store")).expect("open store");
         let mut rec: Value =
-            serde_json::from_slice(&tree.get(key).unwrap().expect("record 3")).unwrap();
+            serde_json::from_slice(&store.audit_record(3).unwrap().expect("record 3")).unwrap();
         rec["actor"] = Value::String("someone-else".into());
-        tree.insert(key, serde_json::to_vec(&rec).unwrap()).unwrap();
-        db.flush().unwrap();
+        store
+            .overwrite_audit_record_for_test(3, &serde_json::to_vec(&rec).unwrap())
+            .unwrap();
     }
     coord.start_again().await.expect("start again");
     let out = coord.cli(&["audit", "verify"]).await.expect("audit verify");

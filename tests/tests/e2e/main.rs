@@ -14,6 +14,7 @@ mod audit;
 mod chaos;
 mod cli;
 mod crash;
+mod dns_harness;
 mod eab;
 mod fallback;
 mod fleet;

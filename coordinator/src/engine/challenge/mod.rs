@@ -30,7 +30,7 @@ impl Engine {
         challenges: &[PendingChallenge],
         timeout: Duration,
     ) -> Result<(), IssueError> {
-        let Some(order) = rec.order.clone() else {
+        let Some(order) = rec.observed.order.clone() else {
             return Ok(());
         };
         let ids: Vec<IpAddr> = challenges
@@ -52,7 +52,7 @@ impl Engine {
         let announced_before = order.challenges_announced;
         let stored = match presented {
             Ok(()) if !announced_before => {
-                if let Some(o) = rec.order.as_mut() {
+                if let Some(o) = rec.observed.order.as_mut() {
                     o.challenges_announced = true;
                 }
                 self.store.put_cert(rec).map_err(IssueError::from)
@@ -71,7 +71,7 @@ impl Engine {
             // crash cannot leave the listener bound.
             let at = self.clock.now_unix() + RESUMED_CLEAR_GRACE.as_secs() as i64;
             let mut tokens: Vec<String> = challenges.iter().map(|c| c.token.clone()).collect();
-            if let Some(d) = rec.deferred_clear.take() {
+            if let Some(d) = rec.observed.deferred_clear.take() {
                 tokens.extend(
                     d.tokens
                         .into_iter()
@@ -79,7 +79,7 @@ impl Engine {
                         .collect::<Vec<_>>(),
                 );
             }
-            rec.deferred_clear = Some(DeferredClear { at, tokens });
+            rec.observed.deferred_clear = Some(DeferredClear { at, tokens });
         } else {
             clear(agent, challenges).await;
         }
@@ -113,7 +113,7 @@ impl Engine {
                     .map(|identifier| Event::ValidationFailed { identifier })
                     .collect();
                 self.budget_record(issuer, &failed)?;
-                rec.order = None; // a failed order is dead
+                rec.observed.order = None; // a failed order is dead
             }
             Err(_) => {}
         }

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+mod legacy;
+
 /// What the certificate should be.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertSpec {
@@ -179,22 +181,38 @@ pub struct AriState {
     pub explanation_url: Option<String>,
 }
 
+/// One certificate of one host, in three parts (the shape neon's storage controller uses):
+/// what it should be ([`CertSpec`], the intent), what we know of it ([`Observed`]) and when
+/// the reconciler looks at it next ([`Schedule`]). `state` summarises the three for people.
+///
+/// Stored as JSON with the three parts nested; records written before the split (one flat
+/// object) still load (see `legacy.rs`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "legacy::StoredCertRecord")]
 pub struct CertRecord {
     pub id: CertId,
     pub host_id: HostId,
     /// Desired: what the certificate should be.
     pub spec: CertSpec,
     pub state: CertState,
-    /// Observed: the certificate we have.
+    pub observed: Observed,
+    pub schedule: Schedule,
+    pub updated: i64,
+}
+
+/// What we know: the certificate we have, what the host installed and serves, the order in
+/// flight, the CA's renewal window, the keys seen, what blocks ordering.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Observed {
+    /// The certificate we have.
     pub current: Option<IssuedCert>,
     pub order: Option<OrderInFlight>,
     /// URL of the most recent order, finished or not (for the operator and the audit trail).
     #[serde(default)]
     pub last_order_url: Option<String>,
-    /// Observed on the host: the serial the agent reports installed in the target.
+    /// The serial the agent reports installed in the target.
     pub installed_serial: Option<String>,
-    /// Observed on the host: the serial its served check saw on every verify address.
+    /// The serial the host's served check saw on every verify address.
     #[serde(default)]
     pub served_serial: Option<String>,
     #[serde(default)]
@@ -204,7 +222,37 @@ pub struct CertRecord {
     /// The host's target has no verify addresses: installed is as far as anyone checks.
     #[serde(default)]
     pub verify_disabled: bool,
+    /// The CA's renewal window, when it has one.
+    pub ari: Option<AriState>,
+    /// Serial of the certificate an operator revoked, until its replacement is issued: a
+    /// task that ran meanwhile must not bring the revoked certificate back.
+    #[serde(default)]
+    pub revoked_serial: Option<String>,
+    /// SHA-256 (hex) of the public keys of the CSRs accepted for this certificate, newest
+    /// last (at most [`KEY_HISTORY`]): a CSR whose key is here is stale and refused.
+    #[serde(default)]
+    pub key_history: Vec<String>,
+    /// Set while an address conflict or a policy refusal keeps this certificate from being
+    /// ordered.
+    #[serde(default)]
+    pub blocked: Option<Blocked>,
+    /// Challenge tokens still served on the host, to clear once their time has passed: a
+    /// resumed order whose challenges were announced before a crash keeps them served a
+    /// while, in case the CA runs a second validation of the earlier announcement. Stored,
+    /// so another crash cannot leave the listener bound.
+    #[serde(default)]
+    pub deferred_clear: Option<DeferredClear>,
+}
+
+/// When and why the reconciler looks at the certificate next, and what the attempts so far
+/// taught it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Schedule {
+    /// When the reconciler looks at this certificate next (the schedule index key).
+    pub next_action: Option<i64>,
+    pub next_reason: Option<String>,
     pub last_error: Option<String>,
+    /// Failed attempts in a row; drives the backoff.
     #[serde(default)]
     pub attempts: u32,
     /// Immediate retries spent on transient protocol hiccups (badNonce, a forgotten
@@ -214,13 +262,10 @@ pub struct CertRecord {
     /// Which of the spec's issuers the next order goes to (0 = the preferred one).
     #[serde(default)]
     pub issuer_index: usize,
-    /// When the reconciler looks at this certificate next (the schedule index key).
-    pub next_action: Option<i64>,
-    pub next_reason: Option<String>,
-    pub ari: Option<AriState>,
-    /// When `ari` is unknown: the next time to ask the CA for it.
+    /// When the CA's renewal window is unknown: the next time to ask for it.
     #[serde(default)]
     pub ari_retry_at: Option<i64>,
+    /// The at-risk moment has been reported (audited once per certificate).
     #[serde(default)]
     pub at_risk: bool,
     /// Operator who forced a renewal that has not happened yet.
@@ -228,25 +273,6 @@ pub struct CertRecord {
     #[serde(default)]
     pub renewals: u32,
     pub last_renewal_reason: Option<String>,
-    /// Serial of the certificate an operator revoked, until its replacement is issued: a
-    /// task that ran meanwhile must not bring the revoked certificate back.
-    #[serde(default)]
-    pub revoked_serial: Option<String>,
-    pub updated: i64,
-    /// SHA-256 (hex) of the public keys of the CSRs accepted for this certificate, newest
-    /// last (at most [`KEY_HISTORY`]): a CSR whose key is here is stale and refused.
-    #[serde(default)]
-    pub key_history: Vec<String>,
-    /// Set while an address conflict or a policy refusal keeps this certificate from being
-    /// ordered.
-    #[serde(default)]
-    pub blocked: Option<Blocked>,
-    /// Challenge tokens to clear on the host once `at` has passed: a resumed order whose
-    /// challenges were announced before a crash keeps them served a while, in case the CA
-    /// runs a second validation of the earlier announcement. Stored, so another crash
-    /// cannot leave the listener bound.
-    #[serde(default)]
-    pub deferred_clear: Option<DeferredClear>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -276,41 +302,22 @@ impl CertRecord {
             host_id,
             spec,
             state: CertState::Pending,
-            current: None,
-            order: None,
-            last_order_url: None,
-            installed_serial: None,
-            served_serial: None,
-            served_on: Vec::new(),
-            served_at: None,
-            verify_disabled: false,
-            last_error: None,
-            attempts: 0,
-            quick_retries: 0,
-            issuer_index: 0,
-            next_action: Some(now),
-            next_reason: None,
-            ari: None,
-            ari_retry_at: None,
-            at_risk: false,
-            forced_by: None,
-            renewals: 0,
-            last_renewal_reason: None,
-            revoked_serial: None,
+            observed: Observed::default(),
+            schedule: Schedule {
+                next_action: Some(now),
+                ..Schedule::default()
+            },
             updated: now,
-            key_history: Vec::new(),
-            blocked: None,
-            deferred_clear: None,
         }
     }
 
     /// When the current certificate should be renewed, and why
     /// ([`renewal::renew_at`] with this record's ARI draw and jitter).
     pub fn renew_time(&self, now: i64) -> Option<(i64, RenewReason)> {
-        let cur = self.current.as_ref()?;
+        let cur = self.observed.current.as_ref()?;
         Some(renewal::renew_at(
             &cur.validity(),
-            self.ari.as_ref().map(|a| a.renew_at),
+            self.observed.ari.as_ref().map(|a| a.renew_at),
             now,
             cur.renew_unit,
         ))
@@ -318,19 +325,19 @@ impl CertRecord {
 
     /// From when the current certificate counts as at risk ([`renewal::at_risk_at`]).
     pub fn at_risk_at(&self) -> Option<i64> {
-        let cur = self.current.as_ref()?;
+        let cur = self.observed.current.as_ref()?;
         Some(renewal::at_risk_at(
             &cur.validity(),
-            self.ari.as_ref().map(|a| a.start),
+            self.observed.ari.as_ref().map(|a| a.start),
         ))
     }
 
     /// Remembers the public key of an accepted CSR.
     pub fn remember_key(&mut self, spki_sha256: &str) {
-        if !self.key_history.iter().any(|k| k == spki_sha256) {
-            self.key_history.push(spki_sha256.to_owned());
+        if !self.observed.key_history.iter().any(|k| k == spki_sha256) {
+            self.observed.key_history.push(spki_sha256.to_owned());
         }
-        let excess = self.key_history.len().saturating_sub(KEY_HISTORY);
-        self.key_history.drain(..excess);
+        let excess = self.observed.key_history.len().saturating_sub(KEY_HISTORY);
+        self.observed.key_history.drain(..excess);
     }
 }

@@ -1,128 +1,26 @@
-//! Durable state behind the [`Store`] trait; [`SledStore`] is the default engine.
+//! [`SledStore`]: the [`Store`] and [`AuditStore`] traits on sled, one database directory
+//! with a tree per kind of record.
 //!
-//! Every write is flushed before the call returns (durable before acknowledged). Records
-//! are JSON so that the store stays readable with a hex dump and survives field additions
-//! (`#[serde(default)]` on new fields).
-//!
-//! This module owns *what is stored*; it never talks to a CA or an agent.
+//! Trees: `accounts`, `tokens`, `hosts`, `certs`, `host_certs`, `schedule`, `budgets`,
+//! `ip_holders`, `meta` (schema version), and the audit trail's `audit` (seq, 8 bytes
+//! big-endian → record JSON), `audit_by_host` (`host id ++ 0 ++ seq`), `audit_by_serial`
+//! (`serial ++ 0 ++ seq`) and `audit_by_ip` (16-byte address key `++ seq`), all → ().
 
+use super::{
+    AccountRecord, AuditRecordIter, AuditRow, AuditStore, EnrollError, EnrollRefusal, SeqIter,
+    Store, StoreError, StoredAuditRecord, TokenRecord,
+};
 use crate::model::{CertRecord, HostRecord};
 use certfleet_shared::ids::{CertId, HostId};
 use certfleet_shared::ratelimit::Budget;
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Serialize};
 use std::net::IpAddr;
 use std::path::Path;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("store I/O failed: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("stored record {key} is corrupt: {detail}")]
-    Corrupt { key: String, detail: String },
-    #[error("cannot encode record: {0}")]
-    Encode(#[from] serde_json::Error),
-}
-
-/// Why an enrollment was refused. Shown to the agent's operator as is.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum EnrollRefusal {
-    #[error("join token is unknown: check it was copied whole, or create a new one with `certfleet-coordinator token create`")]
-    UnknownToken,
-    #[error(
-        "join token expired at {0}; create a new one with `certfleet-coordinator token create`"
-    )]
-    Expired(String),
-    /// Carries the host that used it, for the coordinator's log only.
-    #[error("join token was already used; tokens are single-use unless created with --uses")]
-    AlreadyUsed(String),
-    #[error("join token was revoked")]
-    Revoked,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum EnrollError {
-    #[error(transparent)]
-    Refused(#[from] EnrollRefusal),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// ACME account credentials for one issuer (contains the account key: the store
-/// directory is 0700).
-#[derive(Clone, Serialize, Deserialize)]
-pub struct AccountRecord {
-    pub directory: String,
-    pub account_id: String,
-    pub created: i64,
-    /// `instant_acme::AccountCredentials`, as JSON.
-    pub credentials: serde_json::Value,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TokenRecord {
-    pub created: i64,
-    pub expires: i64,
-    pub uses_left: u32,
-    #[serde(default)]
-    pub used_by: Vec<HostId>,
-    #[serde(default)]
-    pub revoked: bool,
-}
-
-/// The coordinator's durable state.
-pub trait Store: Send + Sync + 'static {
-    fn account(&self, issuer: &str) -> Result<Option<AccountRecord>, StoreError>;
-    fn put_account(&self, issuer: &str, rec: &AccountRecord) -> Result<(), StoreError>;
-    fn delete_account(&self, issuer: &str) -> Result<(), StoreError>;
-
-    fn put_token(&self, token_hash: &str, rec: &TokenRecord) -> Result<(), StoreError>;
-    /// Every token record with its hash.
-    fn tokens(&self) -> Result<Vec<(String, TokenRecord)>, StoreError>;
-    /// Atomically: check the token, consume one use, and record the host.
-    fn enroll(&self, token_hash: &str, now: i64, host: &HostRecord) -> Result<(), EnrollError>;
-
-    fn host(&self, id: &HostId) -> Result<Option<HostRecord>, StoreError>;
-    fn put_host(&self, rec: &HostRecord) -> Result<(), StoreError>;
-    fn delete_host(&self, id: &HostId) -> Result<(), StoreError>;
-    /// Removes a certificate record with its index entries.
-    fn delete_cert(&self, rec: &CertRecord) -> Result<(), StoreError>;
-    fn hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
-
-    fn cert(&self, id: &CertId) -> Result<Option<CertRecord>, StoreError>;
-    /// Writes the record and moves its entry in the next-action index, atomically.
-    fn put_cert(&self, rec: &CertRecord) -> Result<(), StoreError>;
-    /// [`Store::put_cert`] without the flush, for leases whose loss a restart repairs.
-    fn put_cert_unflushed(&self, rec: &CertRecord) -> Result<(), StoreError>;
-    fn certs(&self) -> Result<Vec<CertRecord>, StoreError>;
-    /// Visits every certificate without holding them all in memory.
-    fn scan_certs(
-        &self,
-        f: &mut dyn FnMut(CertRecord) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError>;
-    fn certs_for_host(&self, host: &HostId) -> Result<Vec<CertRecord>, StoreError>;
-    /// Certificates whose next action is at or before `now`, soonest first (at most `limit`).
-    fn due(&self, now: i64, limit: usize) -> Result<Vec<CertId>, StoreError>;
-    /// The soonest next action of all certificates.
-    fn next_due(&self) -> Result<Option<i64>, StoreError>;
-
-    /// Rate-limit bookkeeping of one issuer, as stored by the engine.
-    /// The enrolled host holding `ip`, if any.
-    fn ip_holder(&self, ip: IpAddr) -> Result<Option<HostId>, StoreError>;
-    /// Takes `ip` for `host` when nobody holds it, or when `expected` (a holder that is
-    /// gone) still does; atomic. Returns the holder after the call.
-    fn claim_ip(
-        &self,
-        ip: IpAddr,
-        host: &HostId,
-        expected: Option<&HostId>,
-    ) -> Result<HostId, StoreError>;
-    /// Frees `ip` if `host` holds it; returns whether it did.
-    fn release_ip(&self, ip: IpAddr, host: &HostId) -> Result<bool, StoreError>;
-    /// Every address `host` holds.
-    fn ips_held_by(&self, host: &HostId) -> Result<Vec<IpAddr>, StoreError>;
-
-    fn budget(&self, issuer: &str) -> Result<Option<Budget>, StoreError>;
-    fn put_budget(&self, issuer: &str, budget: &Budget) -> Result<(), StoreError>;
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Io(Box::new(e))
+    }
 }
 
 /// sled-backed [`Store`].
@@ -139,6 +37,11 @@ pub struct SledStore {
     budgets: sled::Tree,
     /// canonical IP → id of the enrolled host holding it (one IP, one live host).
     ip_holders: sled::Tree,
+    /// The audit trail: seq (u64 BE) → record JSON, and its three indexes (keys → ()).
+    audit: sled::Tree,
+    audit_by_host: sled::Tree,
+    audit_by_ip: sled::Tree,
+    audit_by_serial: sled::Tree,
 }
 
 /// Index key: big-endian with the sign bit flipped, so byte order is numeric order.
@@ -201,13 +104,12 @@ impl SledStore {
             schedule: db.open_tree("schedule")?,
             budgets: db.open_tree("budgets")?,
             ip_holders: db.open_tree("ip_holders")?,
+            audit: db.open_tree("audit")?,
+            audit_by_host: db.open_tree("audit_by_host")?,
+            audit_by_ip: db.open_tree("audit_by_ip")?,
+            audit_by_serial: db.open_tree("audit_by_serial")?,
             db,
         })
-    }
-
-    /// The underlying database, for components that keep their own trees (the audit log).
-    pub fn db(&self) -> &sled::Db {
-        &self.db
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -321,7 +223,7 @@ impl Store for SledStore {
                 Ok(())
             }
             Err(TransactionError::Abort(refusal)) => Err(EnrollError::Refused(refusal)),
-            Err(TransactionError::Storage(e)) => Err(EnrollError::Store(StoreError::Sled(e))),
+            Err(TransactionError::Storage(e)) => Err(EnrollError::Store(StoreError::from(e))),
         }
     }
 
@@ -340,7 +242,7 @@ impl Store for SledStore {
 
     fn delete_cert(&self, rec: &CertRecord) -> Result<(), StoreError> {
         if let Some(stored) = self.cert(&rec.id)? {
-            if let Some(at) = stored.next_action {
+            if let Some(at) = stored.schedule.next_action {
                 self.schedule.remove(schedule_key(at, &stored.id))?;
             }
         }
@@ -374,12 +276,12 @@ impl Store for SledStore {
                 if let Some(old) = certs.get(key)? {
                     let old: CertRecord =
                         serde_json::from_slice(&old).map_err(|e| Cte::Abort(e.to_string()))?;
-                    if let Some(at) = old.next_action {
+                    if let Some(at) = old.schedule.next_action {
                         schedule.remove(schedule_key(at, &old.id))?;
                     }
                 }
                 certs.insert(key, bytes.clone())?;
-                if let Some(at) = rec.next_action {
+                if let Some(at) = rec.schedule.next_action {
                     schedule.insert(schedule_key(at, &rec.id), &[])?;
                 }
                 host_certs.insert(host_cert_key(&rec.host_id, &rec.id), &[])?;
@@ -392,7 +294,7 @@ impl Store for SledStore {
                 key: rec.id.to_string(),
                 detail,
             }),
-            Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
+            Err(TransactionError::Storage(e)) => Err(StoreError::from(e)),
         }
     }
 
@@ -515,6 +417,141 @@ impl Store for SledStore {
     }
 }
 
+/// `value ++ 0 ++ seq`: the key of the host and serial indexes.
+fn prefixed_key(value: &str, seq: &[u8; 8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(value.len() + 9);
+    k.extend_from_slice(value.as_bytes());
+    k.push(0);
+    k.extend_from_slice(seq);
+    k
+}
+
+/// The sequence number at the end of an index key.
+fn seq_of_index_key(k: &[u8]) -> Option<u64> {
+    k.get(k.len().checked_sub(8)?..)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+}
+
+fn index_seqs<'a>(keys: impl Iterator<Item = sled::Result<sled::IVec>> + 'a) -> SeqIter<'a> {
+    Box::new(keys.filter_map(|k| match k {
+        Ok(k) => seq_of_index_key(&k).map(Ok),
+        Err(e) => Some(Err(StoreError::from(e))),
+    }))
+}
+
+fn stored_audit_record((k, v): (sled::IVec, sled::IVec)) -> StoredAuditRecord {
+    StoredAuditRecord {
+        seq: k
+            .as_ref()
+            .try_into()
+            .map(u64::from_be_bytes)
+            .unwrap_or(u64::MAX),
+        json: v.to_vec(),
+    }
+}
+
+impl AuditStore for SledStore {
+    fn append_audit(&self, row: &AuditRow<'_>) -> Result<(), StoreError> {
+        self.append_audit_unflushed(row)?;
+        self.flush()
+    }
+
+    fn append_audit_unflushed(&self, row: &AuditRow<'_>) -> Result<(), StoreError> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+        let key = row.seq.to_be_bytes();
+        let host_key = row.host_id.map(|h| prefixed_key(h, &key));
+        let serial_key = row.serial.map(|s| prefixed_key(s, &key));
+        let ip_keys: Vec<Vec<u8>> = row
+            .ips
+            .iter()
+            .map(|ip| {
+                let mut k = ip.to_vec();
+                k.extend_from_slice(&key);
+                k
+            })
+            .collect();
+        (
+            &self.audit,
+            &self.audit_by_host,
+            &self.audit_by_ip,
+            &self.audit_by_serial,
+        )
+            .transaction(|(records, by_host, by_ip, by_serial)| {
+                records.insert(&key, row.json.as_bytes())?;
+                if let Some(k) = &host_key {
+                    by_host.insert(k.as_slice(), &[])?;
+                }
+                for k in &ip_keys {
+                    by_ip.insert(k.as_slice(), &[])?;
+                }
+                if let Some(k) = &serial_key {
+                    by_serial.insert(k.as_slice(), &[])?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => StoreError::from(e),
+                TransactionError::Abort(()) => StoreError::Corrupt {
+                    key: format!("audit/{}", row.seq),
+                    detail: "append aborted".into(),
+                },
+            })
+    }
+
+    fn flush_audit(&self) -> Result<(), StoreError> {
+        self.flush()
+    }
+
+    fn audit_record(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.audit.get(seq.to_be_bytes())?.map(|v| v.to_vec()))
+    }
+
+    fn last_audit_record(&self) -> Result<Option<StoredAuditRecord>, StoreError> {
+        Ok(self.audit.last()?.map(stored_audit_record))
+    }
+
+    fn audit_records_from(&self, from: u64) -> AuditRecordIter<'_> {
+        Box::new(
+            self.audit
+                .range(from.to_be_bytes()..)
+                .map(|kv| Ok(stored_audit_record(kv?))),
+        )
+    }
+
+    fn audit_seqs_by_host(&self, host_id: &str) -> SeqIter<'_> {
+        let mut p = host_id.as_bytes().to_vec();
+        p.push(0);
+        index_seqs(self.audit_by_host.scan_prefix(p).keys())
+    }
+
+    fn audit_seqs_by_serial(&self, serial: &str) -> SeqIter<'_> {
+        let mut p = serial.as_bytes().to_vec();
+        p.push(0);
+        index_seqs(self.audit_by_serial.scan_prefix(p).keys())
+    }
+
+    fn audit_seqs_by_ip(&self, lo: [u8; 16], hi: [u8; 16]) -> SeqIter<'_> {
+        let mut start = lo.to_vec();
+        start.extend_from_slice(&[0; 8]);
+        let mut end = hi.to_vec();
+        end.extend_from_slice(&[0xff; 8]);
+        index_seqs(self.audit_by_ip.range(start..=end).keys())
+    }
+
+    #[cfg(any(test, feature = "test-support"))]
+    fn overwrite_audit_record_for_test(&self, seq: u64, json: &[u8]) -> Result<(), StoreError> {
+        self.audit.insert(seq.to_be_bytes(), json)?;
+        self.flush()
+    }
+
+    #[cfg(any(test, feature = "test-support"))]
+    fn remove_audit_record_for_test(&self, seq: u64) -> Result<(), StoreError> {
+        self.audit.remove(seq.to_be_bytes())?;
+        self.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -596,7 +633,7 @@ mod tests {
             target: "t".into(),
         };
         let mut rec = CertRecord::new(CertId::generate(), host.clone(), spec, 1);
-        rec.next_action = next;
+        rec.schedule.next_action = next;
         rec
     }
 
@@ -652,12 +689,80 @@ mod tests {
         );
         // Moving an entry removes the old index key.
         let mut moved = early.clone();
-        moved.next_action = Some(2_000);
+        moved.schedule.next_action = Some(2_000);
         store.put_cert(&moved).unwrap();
         assert_eq!(store.due(1_999, 10).unwrap(), vec![late.id.clone()]);
         assert_eq!(store.next_due().unwrap(), Some(1_000));
-        moved.next_action = None;
+        moved.schedule.next_action = None;
         store.put_cert(&moved).unwrap();
         assert_eq!(store.due(i64::MAX - 1, 10).unwrap(), vec![late.id]);
+    }
+}
+
+#[cfg(test)]
+mod audit_layout_tests {
+    //! The audit trail's on-disk layout is the one coordinators wrote before the audit went
+    //! through [`AuditStore`]: stores written then must open and verify unchanged.
+    use super::*;
+    use crate::audit::{AuditLog, Entry, Kind, Query};
+    use std::sync::Arc;
+
+    #[test]
+    fn audit_trees_keep_their_keys_and_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let ip: IpAddr = "203.0.113.5".parse().unwrap();
+        {
+            let store = Arc::new(SledStore::open(&path).unwrap());
+            let log = AuditLog::open(store.clone()).unwrap();
+            log.append(Kind::TokenCreated, 1, Entry::by("operator:ops"))
+                .unwrap();
+            log.append(
+                Kind::CertificateIssued,
+                2,
+                Entry::by("coordinator").host("h-1").ips(&[ip]).serial("0a"),
+            )
+            .unwrap();
+        }
+        // Read the trees as sled holds them.
+        let db = sled::open(&path).unwrap();
+        let seq1 = 1u64.to_be_bytes();
+        let rec: serde_json::Value =
+            serde_json::from_slice(&db.open_tree("audit").unwrap().get(seq1).unwrap().unwrap())
+                .unwrap();
+        assert_eq!(rec["seq"], 1);
+        assert_eq!(rec["kind"], "certificate_issued");
+        assert_eq!(rec["host_id"], "h-1", "entry fields are flattened");
+        let keys = |tree: &str| -> Vec<Vec<u8>> {
+            db.open_tree(tree)
+                .unwrap()
+                .iter()
+                .keys()
+                .map(|k| k.unwrap().to_vec())
+                .collect()
+        };
+        assert_eq!(
+            keys("audit"),
+            vec![0u64.to_be_bytes().to_vec(), seq1.to_vec()]
+        );
+        assert_eq!(keys("audit_by_host"), vec![[&b"h-1\0"[..], &seq1].concat()]);
+        assert_eq!(
+            keys("audit_by_serial"),
+            vec![[&b"0a\0"[..], &seq1].concat()]
+        );
+        let mapped = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 203, 0, 113, 5];
+        assert_eq!(keys("audit_by_ip"), vec![[&mapped[..], &seq1].concat()]);
+        drop(db);
+        // And the log reads it back through the store.
+        let log = AuditLog::open(Arc::new(SledStore::open(&path).unwrap())).unwrap();
+        assert_eq!(log.len(), 2);
+        assert_eq!(log.verify().unwrap(), None);
+        let by_ip = log
+            .query(&Query {
+                network: Some((ip, 24)),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(by_ip.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1]);
     }
 }

@@ -1,0 +1,207 @@
+//! Durable state behind the [`Store`] and [`AuditStore`] traits; [`SledStore`] is the
+//! default engine and implements both.
+//!
+//! Every write is flushed before the call returns (durable before acknowledged), except the
+//! calls named `*_unflushed`. Records are JSON so that the store stays readable with a hex
+//! dump and survives field additions (`#[serde(default)]` on new fields).
+//!
+//! The traits name no engine type: a second backend (PostgreSQL) implements the same
+//! primitives, and everything above them — the engine's decisions, the audit log's hash
+//! chain, its query matching and `verify()` — stays backend-independent.
+//!
+//! This module owns *what is stored*; it never talks to a CA or an agent.
+
+mod sled;
+
+pub use self::sled::SledStore;
+
+use crate::model::{CertRecord, HostRecord};
+use certfleet_shared::ids::{CertId, HostId};
+use certfleet_shared::ratelimit::Budget;
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The storage engine failed (I/O, a transaction it could not run).
+    #[error("store I/O failed: {0}")]
+    Io(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("stored record {key} is corrupt: {detail}")]
+    Corrupt { key: String, detail: String },
+    #[error("cannot encode record: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Why an enrollment was refused. Shown to the agent's operator as is.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum EnrollRefusal {
+    #[error("join token is unknown: check it was copied whole, or create a new one with `certfleet-coordinator token create`")]
+    UnknownToken,
+    #[error(
+        "join token expired at {0}; create a new one with `certfleet-coordinator token create`"
+    )]
+    Expired(String),
+    /// Carries the host that used it, for the coordinator's log only.
+    #[error("join token was already used; tokens are single-use unless created with --uses")]
+    AlreadyUsed(String),
+    #[error("join token was revoked")]
+    Revoked,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error(transparent)]
+    Refused(#[from] EnrollRefusal),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// ACME account credentials for one issuer (contains the account key: the store
+/// directory is 0700).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct AccountRecord {
+    pub directory: String,
+    pub account_id: String,
+    pub created: i64,
+    /// `instant_acme::AccountCredentials`, as JSON.
+    pub credentials: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub created: i64,
+    pub expires: i64,
+    pub uses_left: u32,
+    #[serde(default)]
+    pub used_by: Vec<HostId>,
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+/// The coordinator's durable state.
+pub trait Store: Send + Sync + 'static {
+    fn account(&self, issuer: &str) -> Result<Option<AccountRecord>, StoreError>;
+    fn put_account(&self, issuer: &str, rec: &AccountRecord) -> Result<(), StoreError>;
+    fn delete_account(&self, issuer: &str) -> Result<(), StoreError>;
+
+    fn put_token(&self, token_hash: &str, rec: &TokenRecord) -> Result<(), StoreError>;
+    /// Every token record with its hash.
+    fn tokens(&self) -> Result<Vec<(String, TokenRecord)>, StoreError>;
+    /// Atomically: check the token, consume one use, and record the host.
+    fn enroll(&self, token_hash: &str, now: i64, host: &HostRecord) -> Result<(), EnrollError>;
+
+    fn host(&self, id: &HostId) -> Result<Option<HostRecord>, StoreError>;
+    fn put_host(&self, rec: &HostRecord) -> Result<(), StoreError>;
+    fn delete_host(&self, id: &HostId) -> Result<(), StoreError>;
+    /// Removes a certificate record with its index entries.
+    fn delete_cert(&self, rec: &CertRecord) -> Result<(), StoreError>;
+    fn hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
+
+    fn cert(&self, id: &CertId) -> Result<Option<CertRecord>, StoreError>;
+    /// Writes the record and moves its entry in the next-action index, atomically.
+    fn put_cert(&self, rec: &CertRecord) -> Result<(), StoreError>;
+    /// [`Store::put_cert`] without the flush, for leases whose loss a restart repairs.
+    fn put_cert_unflushed(&self, rec: &CertRecord) -> Result<(), StoreError>;
+    fn certs(&self) -> Result<Vec<CertRecord>, StoreError>;
+    /// Visits every certificate without holding them all in memory.
+    fn scan_certs(
+        &self,
+        f: &mut dyn FnMut(CertRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+    fn certs_for_host(&self, host: &HostId) -> Result<Vec<CertRecord>, StoreError>;
+    /// Certificates whose next action is at or before `now`, soonest first (at most `limit`).
+    fn due(&self, now: i64, limit: usize) -> Result<Vec<CertId>, StoreError>;
+    /// The soonest next action of all certificates.
+    fn next_due(&self) -> Result<Option<i64>, StoreError>;
+
+    /// Rate-limit bookkeeping of one issuer, as stored by the engine.
+    /// The enrolled host holding `ip`, if any.
+    fn ip_holder(&self, ip: IpAddr) -> Result<Option<HostId>, StoreError>;
+    /// Takes `ip` for `host` when nobody holds it, or when `expected` (a holder that is
+    /// gone) still does; atomic. Returns the holder after the call.
+    fn claim_ip(
+        &self,
+        ip: IpAddr,
+        host: &HostId,
+        expected: Option<&HostId>,
+    ) -> Result<HostId, StoreError>;
+    /// Frees `ip` if `host` holds it; returns whether it did.
+    fn release_ip(&self, ip: IpAddr, host: &HostId) -> Result<bool, StoreError>;
+    /// Every address `host` holds.
+    fn ips_held_by(&self, host: &HostId) -> Result<Vec<IpAddr>, StoreError>;
+
+    fn budget(&self, issuer: &str) -> Result<Option<Budget>, StoreError>;
+    fn put_budget(&self, issuer: &str, budget: &Budget) -> Result<(), StoreError>;
+}
+
+/// One sealed audit record as handed to [`AuditStore::append_audit`]: the record's JSON
+/// and the values it is indexed by. The store neither parses nor checks the JSON; sealing
+/// and the chain are `crate::audit`'s.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditRow<'a> {
+    /// The record's sequence number: the key (a SQL backend's primary key).
+    pub seq: u64,
+    /// The sealed record, as JSON text.
+    pub json: &'a str,
+    /// Index by host (exact match).
+    pub host_id: Option<&'a str>,
+    /// Index by address: each identifier as 16 bytes (IPv4 as IPv4-mapped IPv6), so an
+    /// address block is one range of keys.
+    pub ips: &'a [[u8; 16]],
+    /// Index by certificate serial (exact match).
+    pub serial: Option<&'a str>,
+}
+
+/// An audit record as read back: raw, so that `verify()` can report one that no longer
+/// parses, or one stored under another sequence number than it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAuditRecord {
+    /// The key it is stored under; `u64::MAX` (never a real sequence number) when the key
+    /// itself is not a sequence number.
+    pub seq: u64,
+    /// The JSON as stored (not checked to be UTF-8 or JSON).
+    pub json: Vec<u8>,
+}
+
+/// A lazy sequence of sequence numbers from an index.
+pub type SeqIter<'a> = Box<dyn Iterator<Item = Result<u64, StoreError>> + 'a>;
+/// A lazy sequence of stored audit records.
+pub type AuditRecordIter<'a> = Box<dyn Iterator<Item = Result<StoredAuditRecord, StoreError>> + 'a>;
+
+/// The persistence the audit log needs: append-only records keyed by sequence number, and
+/// three secondary indexes. A row per record with the sequence number as primary key and
+/// the JSON as text, plus one index table per lookup, is enough to implement it.
+pub trait AuditStore: Send + Sync + 'static {
+    /// Stores the record and its index entries atomically (all or nothing, so an indexed
+    /// query never misses a record); durable when it returns.
+    fn append_audit(&self, row: &AuditRow<'_>) -> Result<(), StoreError>;
+    /// [`AuditStore::append_audit`] without making it durable, for bulk loads that call
+    /// [`AuditStore::flush_audit`] once at the end.
+    fn append_audit_unflushed(&self, row: &AuditRow<'_>) -> Result<(), StoreError>;
+    /// Makes every earlier append durable.
+    fn flush_audit(&self) -> Result<(), StoreError>;
+
+    /// The record stored under `seq`, raw.
+    fn audit_record(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The record with the highest sequence number.
+    fn last_audit_record(&self) -> Result<Option<StoredAuditRecord>, StoreError>;
+    /// Every record from sequence number `from` on, in ascending order of sequence number.
+    fn audit_records_from(&self, from: u64) -> AuditRecordIter<'_>;
+
+    /// Sequence numbers of the records indexed under this host id, ascending, lazily (a
+    /// query with a limit stops reading early).
+    fn audit_seqs_by_host(&self, host_id: &str) -> SeqIter<'_>;
+    /// Sequence numbers of the records indexed under this serial, ascending, lazily.
+    fn audit_seqs_by_serial(&self, serial: &str) -> SeqIter<'_>;
+    /// Sequence numbers of the records with an address whose 16-byte key (see
+    /// [`AuditRow::ips`]) is in `lo..=hi`, in any order and possibly repeated.
+    fn audit_seqs_by_ip(&self, lo: [u8; 16], hi: [u8; 16]) -> SeqIter<'_>;
+
+    /// Replaces the stored bytes of record `seq` as they are, without touching the index
+    /// or the chain: only tests use it, to prove that `verify()` catches tampering.
+    #[cfg(any(test, feature = "test-support"))]
+    fn overwrite_audit_record_for_test(&self, seq: u64, json: &[u8]) -> Result<(), StoreError>;
+    /// Removes record `seq` without touching the index: test only, like the above.
+    #[cfg(any(test, feature = "test-support"))]
+    fn remove_audit_record_for_test(&self, seq: u64) -> Result<(), StoreError>;
+}
