@@ -92,6 +92,7 @@ fn main() {
             code: "config_test_failed".into(),
             rolled_back: true,
             current_serial: "0a1b".into(),
+            kind: pb::FailureCode::ConfigTestFailed as i32,
         })),
     );
     w(
