@@ -16,7 +16,6 @@ use certfleet_coordinator::server::{Api, Services};
 use certfleet_coordinator::sessions::{AgentHandle, Sessions};
 use certfleet_proto::v1::{self as pb, coordinator_message::Cmd, reply};
 use certfleet_shared::ids::HostId;
-use certfleet_shared::clock::Clock as _;
 use prost::Message;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
