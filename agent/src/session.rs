@@ -146,7 +146,8 @@ impl Agent {
                 "commands still running after the shutdown drain; stopping anyway (an install is finished or rolled back at the next start)"
             );
         }
-        self.responder.clear_all();
+        // Challenges stay answerable while commands drain; then the listeners close.
+        self.responder.close(SHUTDOWN_DRAIN).await;
         if result.is_ok() {
             tracing::info!("agent stopped");
         }

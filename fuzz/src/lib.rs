@@ -85,7 +85,9 @@ pub fn coordinator() -> &'static Coordinator {
         let _rt = rt().enter();
         let root = scratch("coordinator");
         let dir = StateDir::new(&root.join("state"));
-        fleet_ca::init(&dir, &["localhost".to_owned()], &[]).expect("fleet CA");
+        let clock: certfleet_shared::clock::SharedClock =
+            Arc::new(certfleet_shared::clock::SystemClock);
+        fleet_ca::init(&dir, &["localhost".to_owned()], &[], clock.now_unix()).expect("fleet CA");
         let ca = Arc::new(FleetCa::load(&dir).expect("load fleet CA"));
         let text = COORDINATOR_TOML.replace("STATE", &dir.root.display().to_string());
         let config = Config::from_toml(&text, Path::new("fuzz.toml"), Vec::new()).expect("config");
@@ -94,10 +96,9 @@ pub fn coordinator() -> &'static Coordinator {
         let audit =
             Arc::new(certfleet_coordinator::audit::AuditLog::open(sled.clone()).expect("audit"));
         let store: Arc<dyn certfleet_coordinator::store::Store> = sled;
-        let clock: certfleet_shared::clock::SharedClock =
-            Arc::new(certfleet_shared::clock::SystemClock);
         let sessions = Arc::new(Sessions::default());
         let shutdown = tokio_util::sync::CancellationToken::new();
+        let tracker = tokio_util::task::TaskTracker::new();
         let engine = certfleet_coordinator::engine::Engine::new(
             config,
             Arc::default(),
@@ -106,7 +107,7 @@ pub fn coordinator() -> &'static Coordinator {
             sessions.clone(),
             clock.clone(),
             shutdown.clone(),
-            tokio_util::task::TaskTracker::new(),
+            tracker.clone(),
         );
         let host = HostId::parse("h-fuzz0000000000").expect("host id");
         // From JSON, so fields added to the record later (with defaults) need no change here.
@@ -128,6 +129,7 @@ pub fn coordinator() -> &'static Coordinator {
             audit,
             clock,
             shutdown,
+            tracker,
         };
         Coordinator {
             api: Api(Arc::new(services)),
@@ -260,7 +262,7 @@ pub fn run_coordinator_identity(data: &[u8]) {
         };
         r.csr_der
     };
-    if let Err(e) = c.api.ca.sign_agent(&csr, &c.host) {
+    if let Err(e) = c.api.ca.sign_agent(&csr, &c.host, c.api.clock.now_unix()) {
         std::hint::black_box(e.to_string());
     }
 }
