@@ -472,3 +472,87 @@ pub fn run_x509(data: &[u8]) {
     }
     std::hint::black_box(x509::key_matches_spki(text, b"not a key"));
 }
+
+// ------------------------------------------------------------------ identifiers
+
+/// Seeds of the `identifier` target (one per line in the corpus).
+pub const IDENTIFIER_SEEDS: &[(&str, &str)] = &[
+    ("ipv4", "192.0.2.10"),
+    ("ipv6", "2001:db8::10"),
+    ("name", "www.example.net"),
+    ("name-upper-dot", "WWW.Example.NET."),
+    ("idn", "bücher.example"),
+    ("a-label", "xn--bcher-kva.example"),
+    ("wildcard", "*.example.co.uk"),
+    ("public-suffix", "co.uk"),
+    ("ip-as-name", "1.2.3.4."),
+    ("leading-zeros", "010.1.2.3"),
+    ("bracketed-v6", "[::1]"),
+    ("nested-wildcard", "*.*.example.net"),
+    ("fullwidth", "ｅｘａｍｐｌｅ。ｎｅｔ"),
+    ("underscore", "_acme-challenge.example.net"),
+];
+
+/// `shared::identifier`: `Identifier::parse`, `DnsName::parse` and `NamePattern::parse`
+/// never panic; what parses is canonical (parsing its text gives it back, unchanged) and
+/// obeys the label and length rules; a pattern's `matches` and the registered domain and
+/// reverse name of what parsed never panic.
+pub fn run_identifier(data: &[u8]) {
+    use certfleet_shared::identifier::{
+        registered_domain, reverse_name, DnsName, Identifier, NamePattern,
+    };
+    let text = String::from_utf8_lossy(data);
+    let id = Identifier::parse(&text);
+    if let Ok(id) = &id {
+        let canonical = id.to_string();
+        assert_eq!(
+            Identifier::parse(&canonical).as_ref(),
+            Ok(id),
+            "{text:?} → {canonical:?} does not parse back to itself"
+        );
+        if let Some(name) = id.dns_name() {
+            check_canonical_name(name.as_str());
+            assert!(canonical.len() <= 253, "{canonical:?} too long");
+            std::hint::black_box(registered_domain(name));
+            assert_eq!(id.acme_type(), "dns");
+        }
+        if let Some(ip) = id.as_ip() {
+            assert!(reverse_name(ip).ends_with(".arpa"));
+        }
+        let json = serde_json::to_string(id).expect("serialize an identifier");
+        let back: Identifier = serde_json::from_str(&json).expect("deserialize what we wrote");
+        assert_eq!(&back, id, "serde round trip of {canonical:?}");
+    }
+    if let Ok(name) = DnsName::parse(&text) {
+        check_canonical_name(name.as_str());
+        assert_eq!(DnsName::parse(name.as_str()).as_ref(), Ok(&name));
+        assert_eq!(id.as_ref().ok(), Some(&Identifier::Dns(name)));
+    }
+    if let Ok(pattern) = NamePattern::parse(&text) {
+        assert_eq!(
+            NamePattern::parse(&pattern.to_string()).as_ref(),
+            Ok(&pattern)
+        );
+        if let Ok(id) = &id {
+            std::hint::black_box(pattern.matches(id));
+        }
+    }
+}
+
+/// The shape every canonical name has, whatever it was parsed from.
+fn check_canonical_name(name: &str) {
+    assert!(name.len() <= 253, "{name:?} longer than 253 octets");
+    let labels: Vec<&str> = name.split('.').collect();
+    assert!(labels.len() >= 2, "{name:?} has one label");
+    for label in labels {
+        assert!(
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-'),
+            "{name:?}: label {label:?} is not canonical LDH"
+        );
+    }
+}
