@@ -3,11 +3,12 @@
 
 use anyhow::Context;
 use certfleet_agent::{config::AgentConfig, identity, install, session::Agent};
-use certfleet_shared::clock::{Clock, SystemClock};
+use certfleet_shared::clock::{Clock, SharedClock, SystemClock};
 use certfleet_shared::timefmt::{relative, rfc3339};
 use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -135,13 +136,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
             println!("enrolled as host {}", e.host_id);
         }
         Cmd::Run => {
+            let clock: SharedClock = Arc::new(SystemClock);
+            let agent = Agent::with_clock(config, clock)?;
             let shutdown = CancellationToken::new();
-            let trigger = shutdown.clone();
-            tokio::spawn(async move {
-                certfleet_shared::daemon::wait_for_signal().await;
-                trigger.cancel();
-            });
-            Agent::new(config)?.run(shutdown).await?;
+            let run = agent.run(shutdown.clone());
+            tokio::pin!(run);
+            // No task for the signal: it is awaited here, beside the daemon.
+            tokio::select! {
+                r = &mut run => return r,
+                _ = certfleet_shared::daemon::wait_for_signal() => shutdown.cancel(),
+            }
+            run.await?;
         }
         Cmd::Status { json } => status(&config, json).context("status")?,
     }

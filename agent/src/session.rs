@@ -156,9 +156,15 @@ impl Agent {
                 "commands still running after the shutdown drain; stopping anyway (an install is finished or rolled back at the next start)"
             );
         }
-        self.responder.clear_all();
-        if let Some(t) = &self.tls_alpn01 {
-            t.clear_all();
+        // Challenges stay answerable while commands drain; then the listeners close.
+        match &self.tls_alpn01 {
+            Some(t) => {
+                tokio::join!(
+                    self.responder.close(SHUTDOWN_DRAIN),
+                    t.close(SHUTDOWN_DRAIN)
+                );
+            }
+            None => self.responder.close(SHUTDOWN_DRAIN).await,
         }
         if result.is_ok() {
             tracing::info!("agent stopped");

@@ -110,16 +110,18 @@ impl StateDir {
     }
 }
 
-fn validity(params: &mut CertificateParams, days: i64) {
-    validity_secs(params, days * 24 * 3600);
+fn validity(params: &mut CertificateParams, days: i64, now: i64) -> Result<(), CaError> {
+    validity_secs(params, days * 24 * 3600, now)
 }
 
-/// Valid from a little before now (clock skew: 5 minutes, or a tenth of a short lifetime)
-/// for `secs`.
-fn validity_secs(params: &mut CertificateParams, secs: i64) {
-    let now = OffsetDateTime::now_utc();
+/// Valid from a little before `now` (unix seconds; clock skew: 5 minutes, or a tenth of a
+/// short lifetime) for `secs`.
+fn validity_secs(params: &mut CertificateParams, secs: i64, now: i64) -> Result<(), CaError> {
+    let now = OffsetDateTime::from_unix_timestamp(now)
+        .map_err(|e| CaError::Invalid(format!("the clock reads {now}, not a date: {e}")))?;
     params.not_before = now - Duration::seconds((secs / 10).min(300));
     params.not_after = now + Duration::seconds(secs);
+    Ok(())
 }
 
 fn random_serial(params: &mut CertificateParams) {
@@ -129,8 +131,8 @@ fn random_serial(params: &mut CertificateParams) {
 }
 
 /// Creates the state directory: fleet CA, server certificate for `names`/`ips`, operator
-/// credential. Refuses to overwrite an existing CA.
-pub fn init(dir: &StateDir, names: &[String], ips: &[IpAddr]) -> Result<String, CaError> {
+/// credential, all valid from `now` (unix seconds). Refuses to overwrite an existing CA.
+pub fn init(dir: &StateDir, names: &[String], ips: &[IpAddr], now: i64) -> Result<String, CaError> {
     if dir.ca_key().exists() {
         return Err(CaError::AlreadyInitialised(dir.root.clone()));
     }
@@ -156,7 +158,7 @@ pub fn init(dir: &StateDir, names: &[String], ips: &[IpAddr]) -> Result<String, 
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    validity(&mut ca, CA_LIFETIME_DAYS);
+    validity(&mut ca, CA_LIFETIME_DAYS, now)?;
     random_serial(&mut ca);
     let ca_cert = ca.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca, ca_key);
@@ -176,7 +178,7 @@ pub fn init(dir: &StateDir, names: &[String], ips: &[IpAddr]) -> Result<String, 
         .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
     server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    validity(&mut server, SERVER_LIFETIME_DAYS);
+    validity(&mut server, SERVER_LIFETIME_DAYS, now)?;
     random_serial(&mut server);
     let server_cert = server.signed_by(&server_key, &issuer)?;
 
@@ -185,6 +187,7 @@ pub fn init(dir: &StateDir, names: &[String], ips: &[IpAddr]) -> Result<String, 
         "operator",
         &format!("{ADMIN_URI_PREFIX}operator"),
         ADMIN_LIFETIME_DAYS * 24 * 3600,
+        now,
     )?
     .signed_by(&admin_key, &issuer)?;
 
@@ -198,14 +201,14 @@ pub fn init(dir: &StateDir, names: &[String], ips: &[IpAddr]) -> Result<String, 
     Ok(sha256_hex(ca_cert.der()))
 }
 
-fn client_params(cn: &str, uri: &str, secs: i64) -> Result<CertificateParams, CaError> {
+fn client_params(cn: &str, uri: &str, secs: i64, now: i64) -> Result<CertificateParams, CaError> {
     let mut p = CertificateParams::default();
     p.distinguished_name = DistinguishedName::new();
     p.distinguished_name.push(DnType::CommonName, cn);
     p.subject_alt_names = vec![SanType::URI(uri.to_string().try_into()?)];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    validity_secs(&mut p, secs);
+    validity_secs(&mut p, secs, now)?;
     random_serial(&mut p);
     Ok(p)
 }
@@ -231,9 +234,15 @@ impl FleetCa {
         })
     }
 
-    /// Signs an agent identity for `host` from the agent's CSR. Only the CSR's public key
-    /// is used (after its signature is verified); names come from us.
-    pub fn sign_agent(&self, csr_der: &[u8], host: &HostId) -> Result<(String, CertInfo), CaError> {
+    /// Signs an agent identity for `host` from the agent's CSR, valid from `now` (unix
+    /// seconds). Only the CSR's public key is used (after its signature is verified); names
+    /// come from us.
+    pub fn sign_agent(
+        &self,
+        csr_der: &[u8],
+        host: &HostId,
+        now: i64,
+    ) -> Result<(String, CertInfo), CaError> {
         if csr_der.len() > certfleet_shared::x509::MAX_CSR_BYTES {
             return Err(CaError::BadCsr("too large".into()));
         }
@@ -244,6 +253,7 @@ impl FleetCa {
             host.as_str(),
             &format!("{HOST_URI_PREFIX}{host}"),
             self.identity_lifetime_secs,
+            now,
         )?;
         let cert = params.signed_by(&csr.public_key, &self.issuer)?;
         let info = CertInfo::from_der(cert.der()).map_err(|e| CaError::Invalid(e.to_string()))?;
@@ -259,10 +269,17 @@ mod tests {
     fn init_then_sign_an_agent() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = StateDir::new(&tmp.path().join("state"));
-        let fp = init(&dir, &["localhost".into()], &["127.0.0.1".parse().unwrap()]).unwrap();
+        let now = 1_750_000_000;
+        let fp = init(
+            &dir,
+            &["localhost".into()],
+            &["127.0.0.1".parse().unwrap()],
+            now,
+        )
+        .unwrap();
         assert_eq!(fp, dir.ca_fingerprint().unwrap());
         assert!(matches!(
-            init(&dir, &[], &[]),
+            init(&dir, &[], &[], now),
             Err(CaError::AlreadyInitialised(_))
         ));
         use std::os::unix::fs::PermissionsExt;
@@ -278,12 +295,17 @@ mod tests {
         p.subject_alt_names = vec![SanType::DnsName("evil.example".try_into().unwrap())];
         let csr = p.serialize_request(&agent_key).unwrap();
         let host = HostId::generate();
-        let (_, info) = ca.sign_agent(csr.der(), &host).unwrap();
+        let (_, info) = ca.sign_agent(csr.der(), &host, now).unwrap();
+        assert_eq!(
+            info.not_after,
+            now + AGENT_IDENTITY_LIFETIME_SECS,
+            "valid from the clock's now, not the machine's"
+        );
         assert_eq!(info.uris, vec![format!("{HOST_URI_PREFIX}{host}")]);
         assert!(
             info.dns_names.is_empty(),
             "names asked for in the CSR are ignored"
         );
-        assert!(ca.sign_agent(b"garbage", &host).is_err());
+        assert!(ca.sign_agent(b"garbage", &host, now).is_err());
     }
 }

@@ -22,8 +22,8 @@
 //! - [`server`] — gRPC services and the per-call identity checks.
 //! - [`cli`] — operator commands that talk to a running coordinator.
 //!
-//! The binary (`src/main.rs`) only parses arguments, loads config, starts tracing and calls
-//! [`serve`] or a [`cli`] function.
+//! The binary (`src/main.rs`) only parses arguments, loads config, starts tracing, opens
+//! the daemon's [`Deps`] and calls [`serve`], or calls a [`cli`] function.
 #![forbid(unsafe_code)]
 
 pub mod acme;
@@ -51,35 +51,92 @@ use certfleet_proto::MAX_MESSAGE_BYTES;
 use certfleet_shared::clock::{SharedClock, SystemClock};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 /// How long a stopping coordinator waits for in-flight work before it exits anyway.
-const DRAIN: Duration = Duration::from_secs(10);
+pub const DRAIN: Duration = Duration::from_secs(10);
 
-/// Runs the coordinator until `shutdown` is cancelled.
-pub async fn serve(config: config::Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// What the daemon runs on, made by the caller: the production set comes from
+/// [`Deps::open`]; a test hands in a `ManualClock`, a store of its own and listeners on
+/// port 0.
+pub struct Deps {
+    /// The only source of wall-clock time for everything [`serve`] runs.
+    pub clock: SharedClock,
+    pub store: Arc<dyn store::Store>,
+    pub audit: Arc<audit::AuditLog>,
+    /// The gRPC port (`[server] listen`): agents, enrollment and operators.
+    pub listener: TcpListener,
+    /// `/metrics` (`[metrics] listen`), when configured.
+    pub metrics_listener: Option<TcpListener>,
+    /// Every task the daemon spawns is spawned here; [`serve`] closes it and waits (at most
+    /// [`DRAIN`]) before it returns.
+    pub tasks: TaskTracker,
+}
+
+impl Deps {
+    /// The production set: the system clock, the sled store in the state directory (with
+    /// its audit log), and the configured listeners, bound now.
+    pub async fn open(config: &config::Config) -> anyhow::Result<Self> {
+        let dir = fleet_ca::StateDir::new(&config.state_dir);
+        // Not before `init`: opening the store would create the directory `init` makes.
+        if !dir.ca_key().exists() {
+            return Err(fleet_ca::CaError::NotInitialised(dir.root.clone()).into());
+        }
+        let store_path = dir.store();
+        let sled_store = Arc::new(store::SledStore::open(&store_path).with_context(|| {
+            format!(
+                "opening the store at {} (is another coordinator running?)",
+                store_path.display()
+            )
+        })?);
+        let audit =
+            Arc::new(audit::AuditLog::open(sled_store.clone()).context("opening the audit log")?);
+        let metrics_listener = match config.metrics.listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} for metrics ([metrics] listen)")
+            })?),
+            None => None,
+        };
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        Ok(Self {
+            clock: Arc::new(SystemClock),
+            store: sled_store,
+            audit,
+            listener,
+            metrics_listener,
+            tasks: TaskTracker::new(),
+        })
+    }
+}
+
+/// Runs the coordinator on `deps` until `shutdown` is cancelled, then drains: connections
+/// and every task on `deps.tasks` get [`DRAIN`] each.
+pub async fn serve(
+    config: config::Config,
+    deps: Deps,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let Deps {
+        clock,
+        store,
+        audit,
+        listener,
+        metrics_listener,
+        tasks: tracker,
+    } = deps;
     let dir = fleet_ca::StateDir::new(&config.state_dir);
     let mut ca = fleet_ca::FleetCa::load(&dir)?;
     ca.identity_lifetime_secs = config.server.identity_lifetime_secs as i64;
     let ca = Arc::new(ca);
     let server_cert = dir.read(&dir.server_cert())?;
     let server_key = dir.read(&dir.server_key())?;
-    let store_path = dir.store();
-    let sled_store = Arc::new(store::SledStore::open(&store_path).with_context(|| {
-        format!(
-            "opening the store at {} (is another coordinator running?)",
-            store_path.display()
-        )
-    })?);
-    let audit =
-        Arc::new(audit::AuditLog::open(sled_store.clone()).context("opening the audit log")?);
-    let store: Arc<dyn store::Store> = sled_store;
-    let clock: SharedClock = Arc::new(SystemClock);
     let sessions = Arc::new(sessions::Sessions::default());
-    let tracker = TaskTracker::new();
     let metrics = Arc::new(metrics::Metrics::default());
     let engine = engine::Engine::new(
         config.clone(),
@@ -99,8 +156,9 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> anyho
         engine: engine.clone(),
         ca: ca.clone(),
         audit: audit.clone(),
-        clock,
+        clock: clock.clone(),
         shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
     });
 
     // The chain includes the fleet CA so agents can pin it by fingerprint at enrollment.
@@ -113,10 +171,8 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> anyho
         .client_auth_optional(true)
         .timeout(Duration::from_secs(10));
 
-    if let Some(addr) = config.metrics.listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} for metrics ([metrics] listen)"))?;
+    if let Some(listener) = metrics_listener {
+        let addr = listener.local_addr().context("the metrics listener")?;
         let (store, sessions, engine, metrics) = (
             store.clone(),
             sessions.clone(),
@@ -124,20 +180,22 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> anyho
             metrics.clone(),
         );
         let render = move || {
-            let now =
-                certfleet_shared::clock::Clock::now_unix(&certfleet_shared::clock::SystemClock);
             metrics
-                .render(store.as_ref(), &sessions, &engine.budget_remaining(), now)
+                .render(
+                    store.as_ref(),
+                    &sessions,
+                    &engine.budget_remaining(),
+                    clock.now_unix(),
+                )
                 .map_err(|e| e.to_string())
         };
         tracker.spawn(metrics::serve(listener, render, shutdown.clone()));
         tracing::info!(listen = %addr, "metrics on /metrics");
     }
 
-    let incoming = TcpIncoming::bind(config.server.listen)
-        .with_context(|| format!("cannot listen on {}", config.server.listen))?
-        .with_nodelay(Some(true));
-    tracing::info!(listen = %config.server.listen, "coordinator listening");
+    let addr = listener.local_addr().context("the gRPC listener")?;
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tracing::info!(listen = %addr, "coordinator listening");
 
     let router = Server::builder()
         .tls_config(tls)?

@@ -210,7 +210,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     match args.cmd {
         Cmd::Init => {
             let dir = fleet_ca::StateDir::new(&config.state_dir);
-            let fp = fleet_ca::init(&dir, &config.server.names, &config.server.ips)?;
+            let fp = fleet_ca::init(&dir, &config.server.names, &config.server.ips, now)?;
             println!("initialised {}", config.state_dir.display());
             println!("agents enroll with: certfleet-agent enroll --coordinator {} --token <token> --ca-sha256 {fp}", config.local_url());
             println!("ca-sha256: {fp}");
@@ -221,14 +221,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
         Cmd::Serve => {
             config.check_files(&args.config)?;
+            let deps = certfleet_coordinator::Deps::open(&config).await?;
             let shutdown = CancellationToken::new();
-            let trigger = shutdown.clone();
-            tokio::spawn(async move {
-                certfleet_shared::daemon::wait_for_signal().await;
-                tracing::info!("stopping");
-                trigger.cancel();
-            });
-            certfleet_coordinator::serve(config, shutdown).await?;
+            let serve = certfleet_coordinator::serve(config, deps, shutdown.clone());
+            tokio::pin!(serve);
+            // No task for the signal: it is awaited here, beside the daemon.
+            tokio::select! {
+                r = &mut serve => return r,
+                _ = certfleet_shared::daemon::wait_for_signal() => {
+                    tracing::info!("stopping");
+                    shutdown.cancel();
+                }
+            }
+            serve.await?;
         }
         Cmd::Token {
             cmd: TokenCmd::Create { ttl, uses },

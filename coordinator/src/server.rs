@@ -30,6 +30,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
@@ -44,6 +45,8 @@ pub struct Services {
     pub audit: Arc<crate::audit::AuditLog>,
     pub clock: SharedClock,
     pub shutdown: CancellationToken,
+    /// Every task the services spawn (one reader per agent session); drained by `serve`.
+    pub tracker: TaskTracker,
 }
 
 /// The gRPC face of [`Services`] (a local type, so it can implement the generated traits).
@@ -113,11 +116,11 @@ impl Enrollment for Api {
         let r = req.into_inner();
         let hostname = requests::enroll(&r)?;
         let host_id = HostId::generate();
+        let now = self.clock.now_unix();
         let (cert_pem, info) = self
             .ca
-            .sign_agent(&r.csr_der, &host_id)
+            .sign_agent(&r.csr_der, &host_id, now)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let now = self.clock.now_unix();
         let host = HostRecord {
             id: host_id.clone(),
             hostname,
@@ -233,7 +236,7 @@ impl AgentSession for Api {
         self.engine.host_changed(&host.id).map_err(internal)?;
 
         let svc = self.0.clone();
-        tokio::spawn(async move {
+        self.tracker.spawn(async move {
             loop {
                 let next = tokio::select! {
                     n = inbound.next() => n,
@@ -291,11 +294,11 @@ impl AgentSession for Api {
             .map(|i| i.serial_hex)
             .unwrap_or_default();
         let r = req.into_inner();
+        let now = self.clock.now_unix();
         let (cert_pem, info) = self
             .ca
-            .sign_agent(&r.csr_der, &host.id)
+            .sign_agent(&r.csr_der, &host.id, now)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let now = self.clock.now_unix();
         self.audit
             .append(
                 Kind::IdentityRotated,

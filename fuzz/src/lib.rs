@@ -85,7 +85,9 @@ pub fn coordinator() -> &'static Coordinator {
         let _rt = rt().enter();
         let root = scratch("coordinator");
         let dir = StateDir::new(&root.join("state"));
-        fleet_ca::init(&dir, &["localhost".to_owned()], &[]).expect("fleet CA");
+        let clock: certfleet_shared::clock::SharedClock =
+            Arc::new(certfleet_shared::clock::SystemClock);
+        fleet_ca::init(&dir, &["localhost".to_owned()], &[], clock.now_unix()).expect("fleet CA");
         let ca = Arc::new(FleetCa::load(&dir).expect("load fleet CA"));
         let text = COORDINATOR_TOML.replace("STATE", &dir.root.display().to_string());
         let config = Config::from_toml(&text, Path::new("fuzz.toml"), Vec::new()).expect("config");
@@ -94,10 +96,9 @@ pub fn coordinator() -> &'static Coordinator {
         let audit =
             Arc::new(certfleet_coordinator::audit::AuditLog::open(sled.clone()).expect("audit"));
         let store: Arc<dyn certfleet_coordinator::store::Store> = sled;
-        let clock: certfleet_shared::clock::SharedClock =
-            Arc::new(certfleet_shared::clock::SystemClock);
         let sessions = Arc::new(Sessions::default());
         let shutdown = tokio_util::sync::CancellationToken::new();
+        let tracker = tokio_util::task::TaskTracker::new();
         let engine = certfleet_coordinator::engine::Engine::new(
             config,
             Arc::default(),
@@ -106,7 +107,7 @@ pub fn coordinator() -> &'static Coordinator {
             sessions.clone(),
             clock.clone(),
             shutdown.clone(),
-            tokio_util::task::TaskTracker::new(),
+            tracker.clone(),
         );
         let host = HostId::parse("h-fuzz0000000000").expect("host id");
         // From JSON, so fields added to the record later (with defaults) need no change here.
@@ -128,6 +129,7 @@ pub fn coordinator() -> &'static Coordinator {
             audit,
             clock,
             shutdown,
+            tracker,
         };
         Coordinator {
             api: Api(Arc::new(services)),
@@ -260,7 +262,7 @@ pub fn run_coordinator_identity(data: &[u8]) {
         };
         r.csr_der
     };
-    if let Err(e) = c.api.ca.sign_agent(&csr, &c.host) {
+    if let Err(e) = c.api.ca.sign_agent(&csr, &c.host, c.api.clock.now_unix()) {
         std::hint::black_box(e.to_string());
     }
 }
@@ -469,4 +471,88 @@ pub fn run_x509(data: &[u8]) {
         );
     }
     std::hint::black_box(x509::key_matches_spki(text, b"not a key"));
+}
+
+// ------------------------------------------------------------------ identifiers
+
+/// Seeds of the `identifier` target (one per line in the corpus).
+pub const IDENTIFIER_SEEDS: &[(&str, &str)] = &[
+    ("ipv4", "192.0.2.10"),
+    ("ipv6", "2001:db8::10"),
+    ("name", "www.example.net"),
+    ("name-upper-dot", "WWW.Example.NET."),
+    ("idn", "bücher.example"),
+    ("a-label", "xn--bcher-kva.example"),
+    ("wildcard", "*.example.co.uk"),
+    ("public-suffix", "co.uk"),
+    ("ip-as-name", "1.2.3.4."),
+    ("leading-zeros", "010.1.2.3"),
+    ("bracketed-v6", "[::1]"),
+    ("nested-wildcard", "*.*.example.net"),
+    ("fullwidth", "ｅｘａｍｐｌｅ。ｎｅｔ"),
+    ("underscore", "_acme-challenge.example.net"),
+];
+
+/// `shared::identifier`: `Identifier::parse`, `DnsName::parse` and `NamePattern::parse`
+/// never panic; what parses is canonical (parsing its text gives it back, unchanged) and
+/// obeys the label and length rules; a pattern's `matches` and the registered domain and
+/// reverse name of what parsed never panic.
+pub fn run_identifier(data: &[u8]) {
+    use certfleet_shared::identifier::{
+        registered_domain, reverse_name, DnsName, Identifier, NamePattern,
+    };
+    let text = String::from_utf8_lossy(data);
+    let id = Identifier::parse(&text);
+    if let Ok(id) = &id {
+        let canonical = id.to_string();
+        assert_eq!(
+            Identifier::parse(&canonical).as_ref(),
+            Ok(id),
+            "{text:?} → {canonical:?} does not parse back to itself"
+        );
+        if let Some(name) = id.dns_name() {
+            check_canonical_name(name.as_str());
+            assert!(canonical.len() <= 253, "{canonical:?} too long");
+            std::hint::black_box(registered_domain(name));
+            assert_eq!(id.acme_type(), "dns");
+        }
+        if let Some(ip) = id.as_ip() {
+            assert!(reverse_name(ip).ends_with(".arpa"));
+        }
+        let json = serde_json::to_string(id).expect("serialize an identifier");
+        let back: Identifier = serde_json::from_str(&json).expect("deserialize what we wrote");
+        assert_eq!(&back, id, "serde round trip of {canonical:?}");
+    }
+    if let Ok(name) = DnsName::parse(&text) {
+        check_canonical_name(name.as_str());
+        assert_eq!(DnsName::parse(name.as_str()).as_ref(), Ok(&name));
+        assert_eq!(id.as_ref().ok(), Some(&Identifier::Dns(name)));
+    }
+    if let Ok(pattern) = NamePattern::parse(&text) {
+        assert_eq!(
+            NamePattern::parse(&pattern.to_string()).as_ref(),
+            Ok(&pattern)
+        );
+        if let Ok(id) = &id {
+            std::hint::black_box(pattern.matches(id));
+        }
+    }
+}
+
+/// The shape every canonical name has, whatever it was parsed from.
+fn check_canonical_name(name: &str) {
+    assert!(name.len() <= 253, "{name:?} longer than 253 octets");
+    let labels: Vec<&str> = name.split('.').collect();
+    assert!(labels.len() >= 2, "{name:?} has one label");
+    for label in labels {
+        assert!(
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-'),
+            "{name:?}: label {label:?} is not canonical LDH"
+        );
+    }
 }

@@ -1,5 +1,9 @@
 //! Every decision about time takes `now` from a [`Clock`], so tests can run on simulated
 //! time instead of sleeping.
+//!
+//! [`SystemClock`] is the only place in the workspace that reads the wall clock: the
+//! workspace's `.clippy.toml` disallows `SystemTime::now`, `OffsetDateTime::now_utc` and
+//! their kin everywhere else.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -8,6 +12,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Source of wall-clock time, in unix seconds.
 pub trait Clock: Send + Sync + 'static {
     fn now_unix(&self) -> i64;
+
+    /// Unix time with sub-second precision, for measurements (tests timing real
+    /// processes); decisions use [`Clock::now_unix`].
+    fn now_unix_f64(&self) -> f64 {
+        self.now_unix() as f64
+    }
 }
 
 /// The real clock.
@@ -15,11 +25,21 @@ pub trait Clock: Send + Sync + 'static {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    // The one allowed wall-clock read (see the module docs).
+    #[allow(clippy::disallowed_methods)]
     fn now_unix(&self) -> i64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0)
+    }
+
+    #[allow(clippy::disallowed_methods)]
+    fn now_unix_f64(&self) -> f64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
     }
 }
 

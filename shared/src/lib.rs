@@ -6,7 +6,8 @@
 //!
 //! ## Layout
 //! - [`ids`] — typed identifiers (`HostId`, `CertId`) as transparent newtypes.
-//! - [`identifier`] — IP identifier parsing: canonical form, special-purpose ranges.
+//! - [`identifier`] — identifiers (IPs, DNS names, wildcards) in canonical form: IDNA,
+//!   label rules, public suffixes, special-purpose IP ranges; `allowed_names` patterns.
 //! - [`x509`] — PEM/DER parsing and inspection of certificates and CSRs.
 //! - [`tls`] — rustls client configs (fleet CA trust, CA pinning by fingerprint, an
 //!   observe-only config for checking which certificate a server presents).

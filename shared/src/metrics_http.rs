@@ -1,6 +1,7 @@
 //! A minimal HTTP server for `GET /metrics` (OpenMetrics text), shared by the coordinator
 //! and the agent. What to render is the caller's business; rendering runs off the async
-//! threads.
+//! threads. Each connection is a task of the server's own, ended and waited for on
+//! shutdown, so a caller that tracks [`serve`] tracks them all.
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -8,13 +9,16 @@ use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-/// Serves `GET /metrics` on `listener` until `shutdown`.
+/// Serves `GET /metrics` on `listener` until `shutdown`; returns once its connections are
+/// closed too.
 pub async fn serve<F>(listener: tokio::net::TcpListener, render: F, shutdown: CancellationToken)
 where
     F: Fn() -> Result<String, String> + Send + Sync + 'static,
 {
     let render = Arc::new(render);
+    let connections = TaskTracker::new();
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -25,10 +29,11 @@ where
                     continue;
                 }
             },
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
         };
         let render = render.clone();
-        tokio::spawn(async move {
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
             let svc = hyper::service::service_fn(
                 move |req: hyper::Request<hyper::body::Incoming>| {
                     let render = render.clone();
@@ -60,7 +65,12 @@ where
             );
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc);
-            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+            tokio::select! {
+                _ = tokio::time::timeout(Duration::from_secs(30), conn) => {}
+                _ = shutdown.cancelled() => {}
+            }
         });
     }
+    connections.close();
+    connections.wait().await;
 }

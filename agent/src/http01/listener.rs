@@ -2,6 +2,9 @@
 //! addresses) and proxy mode (on the loopback `listen` address the web server forwards
 //! to). It listens only while a challenge is live and answers nothing but
 //! `GET|HEAD /.well-known/acme-challenge/<token>` from the live table.
+//!
+//! Its accept loops and connections are tasks on its own tracker; [`Listeners::close`]
+//! (at agent shutdown) ends them all and waits for them.
 
 use super::{lock, Table, PREFIX};
 use crate::error::AgentFailure;
@@ -15,6 +18,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 const CONN_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -34,6 +38,11 @@ pub(super) struct Listeners {
     bind: tokio::sync::Mutex<()>,
     /// Cancels the listeners; `Some` while listening.
     cancel: Mutex<Option<CancellationToken>>,
+    /// Cancelled by [`Listeners::close`]: every listener and connection ends, no new one
+    /// starts.
+    closed: CancellationToken,
+    /// Every accept loop and connection.
+    tasks: TaskTracker,
 }
 
 impl Listeners {
@@ -50,6 +59,8 @@ impl Listeners {
             served,
             bind: tokio::sync::Mutex::new(()),
             cancel: Mutex::new(None),
+            closed: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         }
     }
 
@@ -64,6 +75,12 @@ impl Listeners {
     /// Starts listening on every address unless already listening.
     pub(super) async fn ensure(&self) -> Result<(), AgentFailure> {
         let _one_bind = self.bind.lock().await;
+        if self.closed.is_cancelled() {
+            return Err(AgentFailure::new(
+                "internal",
+                "the agent is stopping; the challenge is presented again once it is back",
+            ));
+        }
         if self.is_listening() {
             return Ok(());
         }
@@ -74,13 +91,17 @@ impl Listeners {
                 .map_err(|e| AgentFailure::new("bind_failed", self.bind_error(*addr, &e)))?;
             listeners.push(l);
         }
-        let cancel = CancellationToken::new();
+        let cancel = self.closed.child_token();
         for l in listeners {
-            tokio::spawn(serve(
+            self.tasks.spawn(serve(
                 l,
                 self.table.clone(),
                 cancel.clone(),
                 self.served.clone(),
+                Connections {
+                    tasks: self.tasks.clone(),
+                    closed: self.closed.clone(),
+                },
             ));
         }
         if let Some(old) = lock(&self.cancel).replace(cancel) {
@@ -94,6 +115,24 @@ impl Listeners {
         if let Some(cancel) = lock(&self.cancel).take() {
             cancel.cancel();
             tracing::debug!("HTTP-01 responder stopped");
+        }
+    }
+
+    /// Stops listening for good: ends every listener and open connection and waits for
+    /// them (at most `within`).
+    pub(super) async fn close(&self, within: Duration) {
+        self.closed.cancel();
+        self.stop();
+        self.tasks.close();
+        if tokio::time::timeout(within, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = self.tasks.len(),
+                "HTTP-01 connections still open after {} s; stopping anyway",
+                within.as_secs()
+            );
         }
     }
 
@@ -114,7 +153,20 @@ impl Listeners {
     }
 }
 
-async fn serve(listener: TcpListener, table: Table, cancel: CancellationToken, served: Counter) {
+/// Where a listener's connections run: on the listeners' tracker, cut when they close.
+/// A listener that merely stops (no live challenge) lets its open connections finish.
+struct Connections {
+    tasks: TaskTracker,
+    closed: CancellationToken,
+}
+
+async fn serve(
+    listener: TcpListener,
+    table: Table,
+    cancel: CancellationToken,
+    served: Counter,
+    connections: Connections,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -128,8 +180,12 @@ async fn serve(listener: TcpListener, table: Table, cancel: CancellationToken, s
             _ = cancel.cancelled() => return,
         };
         let conn = serve_connection(stream, peer, table.clone(), served.clone(), false);
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(CONN_TIMEOUT, conn).await;
+        let closed = connections.closed.clone();
+        connections.tasks.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::timeout(CONN_TIMEOUT, conn) => {}
+                _ = closed.cancelled() => {}
+            }
         });
     }
 }

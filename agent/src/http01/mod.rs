@@ -218,6 +218,15 @@ impl Responder {
         self.forget(&all);
     }
 
+    /// At shutdown: removes every live challenge and closes the agent's own listeners for
+    /// good, waiting (at most `within`) for their connections to end.
+    pub async fn close(&self, within: Duration) {
+        self.clear_all();
+        if let Backend::Listen(l) = &self.backend {
+            l.close(within).await;
+        }
+    }
+
     /// Drops expired challenges (called periodically). In webroot mode also removes stale
     /// token files nobody holds any more (e.g. left by a previous run of the agent).
     pub fn expire(&self) {

@@ -2,6 +2,9 @@
 //! addresses, loopback on `[tls_alpn01] listen`. They listen only while a challenge is
 //! live; each connection gets one handshake (the resolver in `mod.rs` decides whether it
 //! succeeds) and is then closed without application data.
+//!
+//! Its accept loops and connections are tasks on its own tracker; [`Listeners::close`]
+//! (at agent shutdown) ends them all and waits for them.
 
 use super::lock;
 use crate::error::AgentFailure;
@@ -13,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// A handshake (and the close after it) that takes longer is cut.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,7 +40,12 @@ pub(super) struct Listeners {
     /// Cancels the listeners; `Some` while listening.
     cancel: Mutex<Option<CancellationToken>>,
     /// The accept loops, so a new bind can wait until stopped ones let go of the port.
-    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    loops: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Cancelled by [`Listeners::close`]: every listener and connection ends, no new one
+    /// starts.
+    closed: CancellationToken,
+    /// Every accept loop and connection.
+    tasks: TaskTracker,
 }
 
 impl Listeners {
@@ -53,7 +62,9 @@ impl Listeners {
             served,
             bind: tokio::sync::Mutex::new(()),
             cancel: Mutex::new(None),
-            tasks: Mutex::new(Vec::new()),
+            loops: Mutex::new(Vec::new()),
+            closed: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         }
     }
 
@@ -68,12 +79,18 @@ impl Listeners {
     /// Starts listening on every address unless already listening (all or none).
     pub(super) async fn ensure(&self) -> Result<(), AgentFailure> {
         let _one_bind = self.bind.lock().await;
+        if self.closed.is_cancelled() {
+            return Err(AgentFailure::new(
+                "internal",
+                "the agent is stopping; the challenge is presented again once it is back",
+            ));
+        }
         if self.is_listening() {
             return Ok(());
         }
         // Stopped loops close their sockets when they next run: wait for that, or a clear
         // followed at once by a present would find our own port still held.
-        let stopped: Vec<_> = std::mem::take(&mut *lock(&self.tasks));
+        let stopped: Vec<_> = std::mem::take(&mut *lock(&self.loops));
         for t in stopped {
             let _ = t.await;
         }
@@ -84,19 +101,23 @@ impl Listeners {
                 .map_err(|e| AgentFailure::new("bind_failed", self.bind_error(*addr, &e)))?;
             listeners.push(l);
         }
-        let cancel = CancellationToken::new();
+        let cancel = self.closed.child_token();
         let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-        let mut tasks = lock(&self.tasks);
+        let mut loops = lock(&self.loops);
         for l in listeners {
-            tasks.push(tokio::spawn(serve(
+            loops.push(self.tasks.spawn(serve(
                 l,
                 self.acceptor.clone(),
                 cancel.clone(),
-                limit.clone(),
-                self.served.clone(),
+                Connections {
+                    limit: limit.clone(),
+                    served: self.served.clone(),
+                    tasks: self.tasks.clone(),
+                    closed: self.closed.clone(),
+                },
             )));
         }
-        drop(tasks);
+        drop(loops);
         if let Some(old) = lock(&self.cancel).replace(cancel) {
             old.cancel();
         }
@@ -108,6 +129,24 @@ impl Listeners {
         if let Some(cancel) = lock(&self.cancel).take() {
             cancel.cancel();
             tracing::debug!("TLS-ALPN-01 responder stopped");
+        }
+    }
+
+    /// Stops listening for good: ends every listener and open connection and waits for
+    /// them (at most `within`).
+    pub(super) async fn close(&self, within: Duration) {
+        self.closed.cancel();
+        self.stop();
+        self.tasks.close();
+        if tokio::time::timeout(within, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = self.tasks.len(),
+                "TLS-ALPN-01 connections still open after {} s; stopping anyway",
+                within.as_secs()
+            );
         }
     }
 
@@ -140,16 +179,25 @@ impl Listeners {
     }
 }
 
+/// Where a listener's connections run: at most `limit` at once, on the listeners'
+/// tracker, cut when they close. A listener that merely stops (no live challenge) lets its
+/// open handshakes finish.
+struct Connections {
+    limit: Arc<tokio::sync::Semaphore>,
+    served: Counter,
+    tasks: TaskTracker,
+    closed: CancellationToken,
+}
+
 async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     cancel: CancellationToken,
-    limit: Arc<tokio::sync::Semaphore>,
-    served: Counter,
+    connections: Connections,
 ) {
     loop {
         let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p {
+            p = connections.limit.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => return,
             },
@@ -166,13 +214,14 @@ async fn serve(
             },
             _ = cancel.cancelled() => return,
         };
-        let acceptor = acceptor.clone();
-        let served = served.clone();
-        tokio::spawn(async move {
+        let conn = handshake(acceptor.clone(), stream, peer, connections.served.clone());
+        let closed = connections.closed.clone();
+        connections.tasks.spawn(async move {
             let _permit = permit;
-            let _ =
-                tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(acceptor, stream, peer, served))
-                    .await;
+            tokio::select! {
+                _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn) => {}
+                _ = closed.cancelled() => {}
+            }
         });
     }
 }

@@ -22,6 +22,7 @@ mod listener;
 use crate::config::{TlsAlpn01Config, TlsAlpn01Mode};
 use crate::error::AgentFailure;
 use crate::http01::{valid_token, valid_token_part, CHALLENGE_TTL};
+use certfleet_shared::identifier::{reverse_name, Identifier};
 use prometheus_client::metrics::counter::Counter;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -119,7 +120,7 @@ impl Responder {
         for c in challenges {
             let id = self.check_challenge(c)?;
             let certified = validation_cert(&id, &c.key_authorization)?;
-            made.push((c.token.clone(), id.sni(), certified));
+            made.push((c.token.clone(), sni_of(&id), certified));
         }
         let fresh: Vec<String> = {
             let mut table = lock(&self.table);
@@ -157,6 +158,13 @@ impl Responder {
         self.forget(&all);
     }
 
+    /// At shutdown: removes every live challenge and closes the listeners for good,
+    /// waiting (at most `within`) for their handshakes to end.
+    pub async fn close(&self, within: Duration) {
+        self.clear_all();
+        self.listeners.close(within).await;
+    }
+
     /// Drops expired challenges (called periodically).
     pub fn expire(&self) {
         let now = Instant::now();
@@ -174,7 +182,7 @@ impl Responder {
     }
 
     fn check_challenge(&self, c: &Challenge) -> Result<Identifier, AgentFailure> {
-        let id = Identifier::parse(&c.identifier)?;
+        let id = parse_identifier(&c.identifier)?;
         if let Identifier::Ip(ip) = id {
             if !self.ips.contains(&ip) {
                 return Err(AgentFailure::new(
@@ -216,78 +224,34 @@ impl Responder {
     }
 }
 
-/// What a TLS-ALPN-01 challenge validates.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Identifier {
-    Ip(IpAddr),
-    Dns(String),
-}
-
-impl Identifier {
-    /// An IP address in canonical form, or a DNS name (lower-case LDH labels, no trailing
-    /// dot, at least two labels). Wildcards cannot be validated by TLS-ALPN-01 (RFC 8737
-    /// §3), so `*` is refused like any other character outside a name.
-    fn parse(s: &str) -> Result<Self, AgentFailure> {
-        if s.parse::<IpAddr>().is_ok() || s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-            return certfleet_shared::identifier::parse_ip(s)
-                .map(Identifier::Ip)
-                .map_err(|e| AgentFailure::bad_request(format!("challenge identifier: {e}")));
-        }
-        if valid_dns_name(s) {
-            return Ok(Identifier::Dns(s.to_owned()));
-        }
+/// A challenge's identifier in the shared model (`certfleet_shared::identifier`): an IP
+/// address or a DNS name, in canonical form (what the coordinator sends; a spelling
+/// that needs canonicalising is refused, not silently changed). Wildcards cannot be
+/// validated by TLS-ALPN-01 (RFC 8737 §3).
+fn parse_identifier(s: &str) -> Result<Identifier, AgentFailure> {
+    let bad = |m: String| AgentFailure::bad_request(format!("challenge identifier: {m}"));
+    let id = Identifier::parse(s).map_err(|e| bad(e.to_string()))?;
+    if id.is_wildcard() {
+        return Err(bad(format!(
+            "{id} is a wildcard, which TLS-ALPN-01 cannot validate (RFC 8737 §3); use DNS-01"
+        )));
+    }
+    if id.to_string() != s {
         let shown: String = s.chars().take(80).collect();
-        Err(AgentFailure::bad_request(format!(
-            "challenge identifier {shown:?} is neither an IP address nor a DNS name in canonical form (lower-case A-labels, no trailing dot; no wildcard for TLS-ALPN-01)"
-        )))
+        return Err(bad(format!(
+            "{shown:?} is not in canonical form; the coordinator sends {:?}",
+            id.to_string()
+        )));
     }
-
-    /// The SNI the CA sends for this identifier.
-    fn sni(&self) -> String {
-        match self {
-            Identifier::Ip(ip) => reverse_name(*ip),
-            Identifier::Dns(name) => name.clone(),
-        }
-    }
+    Ok(id)
 }
 
-/// Lower-case LDH labels of 1-63 octets, no leading or trailing hyphen, at least two
-/// labels, at most 253 octets, a top-level label that is not all digits.
-fn valid_dns_name(s: &str) -> bool {
-    let labels: Vec<&str> = s.split('.').collect();
-    s.len() <= 253
-        && labels.len() >= 2
-        && labels.iter().all(|l| {
-            (1..=63).contains(&l.len())
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        })
-        && labels
-            .last()
-            .is_some_and(|tld| !tld.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// The reverse-DNS name of an address (RFC 8738 §6): `d.c.b.a.in-addr.arpa` for IPv4,
-/// the 32 nibbles in reverse order under `ip6.arpa` for IPv6.
-pub fn reverse_name(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, c, d] = v4.octets();
-            format!("{d}.{c}.{b}.{a}.in-addr.arpa")
-        }
-        IpAddr::V6(v6) => {
-            let mut out = String::with_capacity(72);
-            for byte in v6.octets().iter().rev() {
-                for nibble in [byte & 0x0f, byte >> 4] {
-                    out.push(char::from_digit(u32::from(nibble), 16).unwrap_or('0'));
-                    out.push('.');
-                }
-            }
-            out.push_str("ip6.arpa");
-            out
-        }
+/// The SNI the CA sends for an identifier: the name itself, or for an IP address its
+/// reverse-DNS name (RFC 8738 §6).
+fn sni_of(id: &Identifier) -> String {
+    match id {
+        Identifier::Ip(ip) => reverse_name(*ip),
+        other => other.to_string(),
     }
 }
 
@@ -308,8 +272,9 @@ fn validation_cert(
     let mut params = rcgen::CertificateParams::default();
     params.subject_alt_names = vec![match id {
         Identifier::Ip(ip) => rcgen::SanType::IpAddress(*ip),
-        Identifier::Dns(name) => rcgen::SanType::DnsName(
-            name.clone()
+        other => rcgen::SanType::DnsName(
+            other
+                .to_string()
                 .try_into()
                 .map_err(|e| internal("the name", &e))?,
         ),

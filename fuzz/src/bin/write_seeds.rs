@@ -7,7 +7,9 @@
 extern crate libfuzzer_sys;
 
 use certfleet_coordinator::audit::Kind;
-use certfleet_fuzz::{ENV_MARKER, HOST_IPS, LIVE_KEY_AUTHORIZATION, LIVE_TOKEN, TARGET};
+use certfleet_fuzz::{
+    ENV_MARKER, HOST_IPS, IDENTIFIER_SEEDS, LIVE_KEY_AUTHORIZATION, LIVE_TOKEN, TARGET,
+};
 use certfleet_proto::v1::{self as pb, agent_message::Msg, coordinator_message::Cmd, reply};
 use prost::Message;
 use rcgen::{
@@ -92,6 +94,7 @@ fn main() {
             code: "config_test_failed".into(),
             rolled_back: true,
             current_serial: "0a1b".into(),
+            kind: pb::FailureCode::ConfigTestFailed as i32,
         })),
     );
     w(
@@ -349,6 +352,11 @@ fn main() {
     w(t, "csr-ed25519.der", &csr_ed25519);
     w(t, "chain.pem", chain_pem.as_bytes());
     w(t, "key.pem", key_pem.as_bytes());
+
+    // identifier
+    for (name, text) in IDENTIFIER_SEEDS {
+        w("identifier", name, text.as_bytes());
+    }
 }
 
 /// A CSR for `ips` (IP SANs, no subject) with a fresh key of `alg`.

@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use certfleet_shared::clock::{Clock as _, SystemClock};
 use certfleet_tests::acme2certifier::{A2c, A2cOptions};
 use certfleet_tests::coordinator::CoordinatorOptions;
 use certfleet_tests::pki::{self, normalize_serial};
@@ -70,10 +71,7 @@ async fn cert_json(coord: &Coordinator, cert_id: &str) -> Value {
 }
 
 fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64
+    SystemClock.now_unix()
 }
 
 fn int(v: &Value, field: &str) -> i64 {

@@ -37,8 +37,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use certfleet_shared::clock::{Clock as _, SystemClock};
 use certfleet_tests::coordinator::CoordinatorOptions;
 use certfleet_tests::{net, pki, Agent, CertRow, Coordinator, Pebble, PebbleOptions, RestartMode};
 use rand::rngs::StdRng;
@@ -101,10 +102,7 @@ impl Knobs {
 }
 
 fn now_unix_f64() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs_f64()
+    SystemClock.now_unix_f64()
 }
 
 struct Fleet {

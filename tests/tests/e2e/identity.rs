@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use certfleet_shared::clock::{Clock as _, SystemClock};
 use certfleet_tests::coordinator::CoordinatorOptions;
 use certfleet_tests::{pki, Agent, PebbleOptions};
 
@@ -105,10 +106,7 @@ async fn short_identities_are_rotated_over_the_session() {
     );
 
     // Past the first identity's expiry the host still reconnects and gets certificates.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64;
+    let now = SystemClock.now_unix();
     if first.not_after_unix + 1 > now {
         tokio::time::sleep(Duration::from_secs((first.not_after_unix + 1 - now) as u64)).await;
     }

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use certfleet_shared::clock::{Clock as _, SystemClock};
 use certfleet_tests::acme2certifier::A2c;
 use certfleet_tests::coordinator::{AcmeServer, CoordinatorOptions};
 use certfleet_tests::pki::{self, normalize_serial, LeafInfo};
@@ -81,10 +82,7 @@ impl RenewalCa for A2c {
 const CONNECTION_PROBLEM: &str = "urn:ietf:params:acme:error:connection";
 
 fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64
+    SystemClock.now_unix()
 }
 
 fn unix(s: Option<&str>, what: &str, row: &CertRow) -> i64 {
@@ -171,10 +169,7 @@ struct Seen {
 }
 
 fn now_f64() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs_f64()
+    SystemClock.now_unix_f64()
 }
 
 /// Pebble only: the scenario needs certificates that live for seconds, and

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use certfleet_shared::clock::{Clock as _, SystemClock};
 use certfleet_tests::{pki, Agent, RestartMode};
 
 use crate::support::{check_installed, pebble_and_coordinator, ISSUE_TIMEOUT};
@@ -30,10 +31,7 @@ async fn coordinator_crash_and_restart_keeps_the_fleet() {
         "first run should create the ACME account; log:\n{log1}"
     );
 
-    let restarted_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64;
+    let restarted_unix = SystemClock.now_unix();
     coord
         .restart(RestartMode::Kill)
         .await

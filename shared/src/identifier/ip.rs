@@ -1,35 +1,12 @@
-//! IP identifiers: canonical text form and the special-purpose address check.
+//! IP identifiers: canonical text form, the special-purpose address check, and the
+//! reverse-DNS name TLS-ALPN-01 uses for an address (RFC 8738).
 //!
 //! Public CAs (Let's Encrypt's Boulder) refuse addresses in the IANA special-purpose
 //! registries; we refuse them first, with a message that says so, unless the issuer is
 //! configured to allow private addresses (private CAs, pebble in tests).
 
+use super::IdentifierError;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum IdentifierError {
-    #[error("{0:?} is not an IP address")]
-    NotAnIp(String),
-    #[error(
-        "{given:?} has leading zeros, which some tools read as octal; write each part \
-         without them, e.g. {decimal:?} if decimal was meant"
-    )]
-    LeadingZeros { given: String, decimal: String },
-    #[error("{given:?} is not in canonical form; write it as {canonical:?}")]
-    NotCanonical { given: String, canonical: String },
-    #[error(
-        "{0} is a private or special-purpose address that public CAs refuse; \
-         set allow_private_ips = true on the issuer only for a private CA"
-    )]
-    NotPublic(IpAddr),
-    #[error(
-        "{0} is a link-local address ({range}): no CA can reach it, since it is valid only \
-         on one network link, and it is not unique to this host, since every link reuses \
-         the same range; list the host's routable addresses instead",
-        range = if .0.is_ipv4() { "169.254.0.0/16" } else { "fe80::/10" }
-    )]
-    LinkLocal(IpAddr),
-}
 
 /// Parses an IP identifier, insisting on the canonical text form (RFC 5952 for IPv6,
 /// dotted quad without leading zeros for IPv4), so that one address has one spelling in
@@ -70,7 +47,7 @@ pub fn parse_host_ip(s: &str) -> Result<IpAddr, IdentifierError> {
 }
 
 /// "127.000.0.1" → Some("127.0.0.1"): a dotted quad whose only fault is leading zeros.
-fn zero_padded_v4(s: &str) -> Option<String> {
+pub(super) fn zero_padded_v4(s: &str) -> Option<String> {
     let parts: Vec<&str> = s.split('.').collect();
     if parts.len() != 4
         || parts
@@ -179,6 +156,29 @@ pub fn canonical_set(mut ips: Vec<IpAddr>) -> Vec<IpAddr> {
     ips.sort();
     ips.dedup();
     ips
+}
+
+/// The reverse-DNS name of an address, as TLS-ALPN-01 puts it in the SNI for an IP
+/// identifier (RFC 8738 §6): `4.3.2.1.in-addr.arpa` for `1.2.3.4`, and for IPv6 the 32
+/// nibbles of the address in reverse order, lower-case hex, under `ip6.arpa`
+/// (RFC 3596 §2.5). An IPv4-mapped IPv6 address is an IPv6 address here.
+pub fn reverse_name(ip: IpAddr) -> String {
+    use std::fmt::Write as _;
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            format!("{d}.{c}.{b}.{a}.in-addr.arpa")
+        }
+        IpAddr::V6(v6) => {
+            let mut out = String::with_capacity(32 * 2 + "ip6.arpa".len());
+            for byte in v6.octets().iter().rev() {
+                // Writing to a String cannot fail.
+                let _ = write!(out, "{:x}.{:x}.", byte & 0x0f, byte >> 4);
+            }
+            out.push_str("ip6.arpa");
+            out
+        }
+    }
 }
 
 #[cfg(test)]
@@ -339,5 +339,36 @@ mod tests {
                 "2001:4860::1".parse().unwrap()
             ]
         );
+    }
+
+    #[test]
+    fn reverse_names_follow_rfc_8738() {
+        let cases = [
+            ("1.2.3.4", "4.3.2.1.in-addr.arpa"),
+            ("127.0.0.80", "80.0.0.127.in-addr.arpa"),
+            ("0.0.0.0", "0.0.0.0.in-addr.arpa"),
+            ("255.10.0.1", "1.0.10.255.in-addr.arpa"),
+            // RFC 3596 §2.5's example, 4321:0:1:2:3:4:567:89ab.
+            (
+                "4321:0:1:2:3:4:567:89ab",
+                "b.a.9.8.7.6.5.0.4.0.0.0.3.0.0.0.2.0.0.0.1.0.0.0.0.0.0.0.1.2.3.4.ip6.arpa",
+            ),
+            (
+                "2001:db8::1",
+                "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa",
+            ),
+            (
+                "::ffff:1.2.3.4",
+                "4.0.3.0.2.0.1.0.f.f.f.f.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa",
+            ),
+        ];
+        for (ip, want) in cases {
+            let ip: IpAddr = ip.parse().expect("test address");
+            assert_eq!(reverse_name(ip), want, "{ip}");
+        }
+        let v6 = reverse_name("fe80::abcd".parse().expect("test address"));
+        assert_eq!(v6.split('.').count(), 32 + 2, "{v6}");
+        assert!(v6.starts_with("d.c.b.a.0.0.0.0."), "{v6}");
+        assert!(v6.ends_with(".0.8.e.f.ip6.arpa"), "{v6}");
     }
 }
