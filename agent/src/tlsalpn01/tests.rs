@@ -372,3 +372,20 @@ async fn a_held_port_in_standalone_names_the_fix() {
     r.clear_all();
     assert!(!r.is_listening());
 }
+
+#[tokio::test]
+async fn close_at_shutdown_ends_listening_for_good() {
+    let (r, addr) = loopback();
+    let c = challenge("www.example.org", "token_close_123456789");
+    r.present(std::slice::from_ref(&c)).await.unwrap();
+    r.close(Duration::from_secs(2)).await;
+    assert!(!r.is_listening());
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    let err = r.present(&[c]).await.unwrap_err();
+    assert!(
+        err.message.contains("the agent is stopping"),
+        "{}",
+        err.message
+    );
+    assert!(lock(&r.table).is_empty());
+}
