@@ -24,13 +24,15 @@ fn record(i: usize, now: i64, due: bool) -> CertRecord {
     let not_before = now - 3600;
     let not_after = not_before + 160 * 3600;
     let spec = CertSpec {
+        name: Default::default(),
+        challenges: Default::default(),
         policy: None,
-        identifiers: vec![ip],
+        identifiers: vec![ip.into()],
         issuer: "le".into(),
         fallback_issuers: vec![],
         required_profile: None,
         key_type: KeyTypeName::EcdsaP256,
-        target: "nginx".into(),
+        targets: vec!["nginx".into()],
     };
     // Due ones now; the rest spread over the next 80 hours.
     let next = if due {
@@ -41,7 +43,8 @@ fn record(i: usize, now: i64, due: bool) -> CertRecord {
     let mut rec = CertRecord::new(CertId::generate(), HostId::generate(), spec, next);
     rec.state = CertState::Installed;
     rec.observed.current = Some(IssuedCert {
-        identifiers: vec![ip],
+        validated_by: Default::default(),
+        identifiers: vec![ip.into()],
         issuer: "le".into(),
         profile: Some("shortlived".into()),
         serial: format!("{i:032x}"),

@@ -14,7 +14,6 @@ use instant_acme::{
     Identifier, NewAccount, NewOrder, Order, OrderStatus, RetryPolicy,
 };
 use rustls_pki_types::CertificateDer;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -458,12 +457,20 @@ impl AcmeIssuer {
     /// the order again without it; the returned flag says whether `replaces` was kept.
     pub async fn new_order(
         &self,
-        ips: &[IpAddr],
+        identifiers: &[certfleet_shared::identifier::Identifier],
         profile: Option<&str>,
         replaces: Option<&str>,
     ) -> Result<(OrderDriver<'_>, bool, usize), AcmeError> {
+        use certfleet_shared::identifier::Identifier as Ours;
         let account = self.account().await?;
-        let ids: Vec<Identifier> = ips.iter().map(|ip| Identifier::Ip(*ip)).collect();
+        let ids: Vec<Identifier> = identifiers
+            .iter()
+            .map(|i| match i {
+                Ours::Ip(ip) => Identifier::Ip(*ip),
+                // A wildcard goes to the CA as written ("*.example.net"), RFC 8555 §7.1.3.
+                other => Identifier::Dns(other.to_string()),
+            })
+            .collect();
         let base = || {
             let mut req = NewOrder::new(&ids);
             if let Some(p) = profile {

@@ -33,7 +33,7 @@ pub async fn revoke(
         Kind::CertificateRevoked,
         &rec,
         Entry::by(by)
-            .ips(&cur.identifiers)
+            .ids(&cur.identifiers)
             .serial(cur.serial.clone())
             .issuer(cur.issuer.clone())
             .detail("reason", reason_name),

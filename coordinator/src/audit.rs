@@ -15,6 +15,7 @@
 //! recording.
 
 use crate::store::{AuditRow, AuditStore, SeqIter, StoreError};
+use certfleet_shared::identifier::Identifier;
 use certfleet_shared::x509::sha256_hex;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -76,8 +77,13 @@ pub struct Entry {
     pub actor: String,
     pub host_id: Option<String>,
     pub cert_id: Option<String>,
+    /// The IP identifiers concerned.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub identifiers: Vec<IpAddr>,
+    /// The DNS names concerned (absent, not empty, when there are none, so records from
+    /// before names keep their hashes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
     pub serial: Option<String>,
     pub issuer: Option<String>,
     /// Everything else (order URL, profile, replaces, reason, problem text, address…).
@@ -102,6 +108,16 @@ impl Entry {
     }
     pub fn ips(mut self, ips: &[IpAddr]) -> Self {
         self.identifiers = ips.to_vec();
+        self
+    }
+    /// A certificate's identifiers: addresses into `identifiers`, names into `names`.
+    pub fn ids(mut self, ids: &[Identifier]) -> Self {
+        self.identifiers = ids.iter().filter_map(Identifier::as_ip).collect();
+        self.names = ids
+            .iter()
+            .filter(|i| !i.is_ip())
+            .map(|i| i.to_string())
+            .collect();
         self
     }
     pub fn serial(mut self, s: impl Into<String>) -> Self {

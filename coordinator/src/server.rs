@@ -122,6 +122,8 @@ impl Enrollment for Api {
             .sign_agent(&r.csr_der, &host_id, now)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let host = HostRecord {
+            requested_names: Default::default(),
+            challenge_modes: Default::default(),
             id: host_id.clone(),
             hostname,
             labels: r.labels.into_iter().collect::<BTreeMap<_, _>>(),
@@ -356,6 +358,14 @@ impl Services {
             .ok_or_else(|| Status::permission_denied("host not enrolled"))?;
         rec.ips = certfleet_shared::identifier::canonical_set(ips);
         rec.targets = hello.targets;
+        // What the host can answer, for choosing a challenge type; unknown modes are kept
+        // (a newer agent) but bounded.
+        rec.challenge_modes = hello
+            .challenge_modes
+            .into_iter()
+            .filter(|m| m.len() <= 64)
+            .take(MAX_TARGETS)
+            .collect();
         rec.inventory = hello
             .inventory
             .into_iter()
@@ -714,7 +724,7 @@ fn cert_view(c: crate::model::CertRecord, now: i64) -> pb::CertView {
             .and_then(|x| x.profile.clone())
             .or_else(|| c.observed.order.as_ref().and_then(|o| o.profile.clone()))
             .unwrap_or_default(),
-        target: c.spec.target.clone(),
+        target: c.spec.targets.join(","),
         state: c.state.as_str().to_owned(),
         serial: cur.map(|x| x.serial.clone()).unwrap_or_default(),
         not_before_unix: cur.map(|x| x.not_before).unwrap_or(0),

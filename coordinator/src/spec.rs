@@ -2,9 +2,9 @@
 //! first `[[policy]]` whose labels the host carries, or from `[issuance]` when none match.
 //! Pure: no store, no network.
 
-use crate::config::{Config, IpSelection, PolicyConfig};
+use crate::config::{Config, IpSelection, PolicyConfig, DEFAULT_CERT};
 use crate::model::{CertSpec, HostRecord};
-use certfleet_shared::identifier::{canonical_set, is_public};
+use certfleet_shared::identifier::{canonical_set, is_public, Identifier};
 use std::net::IpAddr;
 
 /// Why a host gets no certificate, for the operator.
@@ -91,7 +91,9 @@ pub fn desired(config: &Config, host: &HostRecord) -> Result<CertSpec, SpecError
         choose_target(wanted_target.as_deref(), &host.targets).map_err(SpecError::Target)?;
     Ok(CertSpec {
         policy: policy.map(|p| p.name.clone()),
-        identifiers: canonical_set(ips),
+        name: DEFAULT_CERT.to_owned(),
+        identifiers: canonical_set(ips).into_iter().map(Identifier::Ip).collect(),
+        challenges: Vec::new(),
         issuer: policy
             .and_then(|p| p.issuer.clone().or_else(|| p.issuers.first().cloned()))
             .or_else(|| config.default_issuer_name().map(str::to_owned))
@@ -103,7 +105,7 @@ pub fn desired(config: &Config, host: &HostRecord) -> Result<CertSpec, SpecError
         key_type: policy
             .and_then(|p| p.key_type)
             .unwrap_or(config.issuance.key_type),
-        target,
+        targets: vec![target],
     })
 }
 
@@ -171,6 +173,8 @@ mod tests {
 
     fn host(labels: &[(&str, &str)], ips: &[&str], targets: &[&str]) -> HostRecord {
         HostRecord {
+            requested_names: Default::default(),
+            challenge_modes: Default::default(),
             id: HostId::generate(),
             hostname: "h".into(),
             labels: labels
@@ -198,7 +202,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.policy, None);
         assert_eq!(s.issuer, "a");
-        assert_eq!(s.target, "nginx");
+        assert_eq!(s.targets, vec!["nginx".to_owned()]);
         assert_eq!(s.identifiers.len(), 2);
         assert_eq!(s.required_profile, None);
     }
@@ -216,7 +220,7 @@ mod tests {
         );
         let s = desired(&cfg, &h).unwrap();
         assert_eq!(s.policy.as_deref(), Some("web"));
-        assert_eq!(s.identifiers, vec!["8.8.8.8".parse::<IpAddr>().unwrap()]);
+        assert_eq!(s.ips(), vec!["8.8.8.8".parse::<IpAddr>().unwrap()]);
         assert_eq!(s.issuer, "b");
         assert_eq!(s.required_profile.as_deref(), Some("shortlived"));
         let fb_cfg = config("[[policy]]\nname = \"fb\"\nissuers = [\"b\", \"a\"]\n");

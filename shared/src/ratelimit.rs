@@ -9,8 +9,10 @@
 //! One `Budget` counts one ACME account. The certificate limits are global at the CA, so a
 //! coordinator using several accounts at one CA must check those against all of them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr};
+
+use crate::identifier::{canonical_identifiers, Identifier};
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +29,8 @@ pub struct Limit {
 pub struct Limits {
     pub certs_per_identifier_set: Limit,
     pub certs_per_ip_block: Limit,
+    /// Names count under their registered domain (public suffix + one label).
+    pub certs_per_registered_domain: Limit,
     pub new_orders_per_account: Limit,
     pub failed_validations_per_identifier: Limit,
 }
@@ -50,6 +54,7 @@ impl Limits {
         Limits {
             certs_per_identifier_set: Limit::new("certificates_per_identifier_set", 5, WEEK),
             certs_per_ip_block: Limit::new("certificates_per_ip_block", 50, WEEK),
+            certs_per_registered_domain: Limit::new("certificates_per_registered_domain", 50, WEEK),
             new_orders_per_account: Limit::new("new_orders_per_account", 300, 3 * HOUR),
             failed_validations_per_identifier: Limit::new(
                 "failed_validations_per_identifier",
@@ -59,10 +64,11 @@ impl Limits {
         }
     }
 
-    pub fn all(&self) -> [Limit; 4] {
+    pub fn all(&self) -> [Limit; 5] {
         [
             self.certs_per_identifier_set,
             self.certs_per_ip_block,
+            self.certs_per_registered_domain,
             self.new_orders_per_account,
             self.failed_validations_per_identifier,
         ]
@@ -75,13 +81,46 @@ impl Default for Limits {
     }
 }
 
-/// The canonical key of an identifier set: addresses sorted, de-duplicated, comma-joined.
-pub fn identifier_set_key(ips: &[IpAddr]) -> String {
-    let ips = crate::identifier::canonical_set(ips.iter().map(|ip| ip.to_canonical()).collect());
-    ips.iter()
-        .map(IpAddr::to_string)
+/// The canonical key of an identifier set: sorted (addresses first, as before names were
+/// counted, so stored budgets keep their keys), de-duplicated, comma-joined.
+pub fn identifier_set_key(ids: &[Identifier]) -> String {
+    let ids = canonical_identifiers(
+        ids.iter()
+            .map(|i| match i {
+                Identifier::Ip(ip) => Identifier::Ip(ip.to_canonical()),
+                other => other.clone(),
+            })
+            .collect(),
+    );
+    ids.iter()
+        .map(Identifier::to_string)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Where an identifier counts against the per-certificate volume limits: an address in its
+/// block, a name (or wildcard) under its registered domain — the name itself when it is a
+/// suffix on the list's private section (nothing registered above it).
+fn volume_key<'l>(limits: &'l Limits, id: &Identifier) -> (&'l Limit, String) {
+    match id {
+        Identifier::Ip(ip) => (&limits.certs_per_ip_block, ip_block_key(*ip)),
+        other => {
+            let key = other
+                .registered_domain()
+                .map(|d| d.to_string())
+                .or_else(|| other.dns_name().map(|n| n.to_string()))
+                .unwrap_or_else(|| other.to_string());
+            (&limits.certs_per_registered_domain, key)
+        }
+    }
+}
+
+/// The key an identifier's failed validations count under.
+fn identifier_key(id: &Identifier) -> String {
+    match id {
+        Identifier::Ip(ip) => ip.to_canonical().to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// The block an address is counted in: an IPv4 address itself, an IPv6 address's /64.
@@ -98,9 +137,9 @@ pub fn ip_block_key(ip: IpAddr) -> String {
 /// Something that spends a limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    CertIssued { identifiers: Vec<IpAddr> },
+    CertIssued { identifiers: Vec<Identifier> },
     OrderCreated,
-    ValidationFailed { identifier: IpAddr },
+    ValidationFailed { identifier: Identifier },
 }
 
 /// Why an order must wait.
@@ -176,7 +215,7 @@ impl Budget {
         match event {
             Event::OrderCreated => self.push(&l.new_orders_per_account, ACCOUNT_KEY.into(), now),
             Event::ValidationFailed { identifier } => {
-                let key = identifier.to_canonical().to_string();
+                let key = identifier_key(identifier);
                 self.push(&l.failed_validations_per_identifier, key, now);
             }
             Event::CertIssued { identifiers } => {
@@ -185,11 +224,17 @@ impl Budget {
                     identifier_set_key(identifiers),
                     now,
                 );
-                // A certificate counts once per block, however many of its addresses share it.
-                let blocks: BTreeSet<String> =
-                    identifiers.iter().map(|&ip| ip_block_key(ip)).collect();
-                for block in blocks {
-                    self.push(&l.certs_per_ip_block, block, now);
+                // A certificate counts once per block or registered domain, however many of
+                // its identifiers share it.
+                let keys: BTreeMap<(&'static str, String), Limit> = identifiers
+                    .iter()
+                    .map(|id| {
+                        let (limit, key) = volume_key(&l, id);
+                        ((limit.name, key), *limit)
+                    })
+                    .collect();
+                for ((_, key), limit) in keys {
+                    self.push(&limit, key, now);
                 }
             }
         }
@@ -201,25 +246,20 @@ impl Budget {
     /// When several limits are exhausted, the refusal is the one that frees last.
     pub fn check_order(
         &self,
-        identifiers: &[IpAddr],
+        identifiers: &[Identifier],
         now: i64,
         exempt_renewal: bool,
     ) -> Result<(), Refusal> {
         let l = &self.limits;
         let mut checks = vec![(l.new_orders_per_account, ACCOUNT_KEY.to_owned())];
         let failed = l.failed_validations_per_identifier;
-        checks.extend(
-            identifiers
-                .iter()
-                .map(|ip| (failed, ip.to_canonical().to_string())),
-        );
+        checks.extend(identifiers.iter().map(|id| (failed, identifier_key(id))));
         if !exempt_renewal {
             checks.push((l.certs_per_identifier_set, identifier_set_key(identifiers)));
-            checks.extend(
-                identifiers
-                    .iter()
-                    .map(|&ip| (l.certs_per_ip_block, ip_block_key(ip))),
-            );
+            checks.extend(identifiers.iter().map(|id| {
+                let (limit, key) = volume_key(l, id);
+                (*limit, key)
+            }));
         }
         checks
             .iter()
@@ -308,8 +348,15 @@ mod tests {
 
     const T0: i64 = 1_800_000_000;
 
-    fn ips(list: &[&str]) -> Vec<IpAddr> {
-        list.iter().map(|s| s.parse().unwrap()).collect()
+    /// Addresses as given (also non-canonical spellings, to test key canonicalisation),
+    /// names parsed.
+    fn ips(list: &[&str]) -> Vec<Identifier> {
+        list.iter()
+            .map(|s| match s.parse::<IpAddr>() {
+                Ok(ip) => Identifier::Ip(ip),
+                Err(_) => Identifier::parse(s).unwrap(),
+            })
+            .collect()
     }
 
     fn issue(b: &mut Budget, list: &[&str], now: i64) {
@@ -318,7 +365,7 @@ mod tests {
     }
 
     fn fail(b: &mut Budget, ip: &str, now: i64) {
-        let identifier = ips(&[ip])[0];
+        let identifier = ips(&[ip])[0].clone();
         b.record(&Event::ValidationFailed { identifier }, now);
     }
 
@@ -345,10 +392,51 @@ mod tests {
         ]));
         assert_eq!(a, b);
         assert_eq!(a, "192.0.2.1,203.0.113.9,2001:db8::1");
-        let block = |s: &str| ip_block_key(ips(&[s])[0]);
+        let block = |s: &str| ip_block_key(s.parse().unwrap());
         assert_eq!(block("192.0.2.1"), "192.0.2.1");
         assert_eq!(block("2001:db8:1:2:aaaa::5"), "2001:db8:1:2::/64");
         assert_eq!(block("::ffff:192.0.2.1"), "192.0.2.1");
+    }
+
+    #[test]
+    fn names_count_per_registered_domain_and_per_exact_set() {
+        let mut b = Budget::new();
+        // 50 certificates under example.co.uk, each a different set: the 51st is refused
+        // under the registered domain, whatever the host part.
+        for i in 0..50 {
+            issue(&mut b, &[&format!("web-{i}.eu.example.co.uk")], T0 + i);
+        }
+        let (limit, key, used, _) = refused(&b, &["api.example.co.uk"], T0 + 60, false);
+        assert_eq!(
+            (limit, key.as_str(), used),
+            ("certificates_per_registered_domain", "example.co.uk", 50)
+        );
+        // Another registered domain is untouched; an ARI renewal inside its window is exempt.
+        assert!(allowed(&b, &["api.example.net"], T0 + 60, false));
+        assert!(allowed(&b, &["api.example.co.uk"], T0 + 60, true));
+        // A certificate with two names under one domain counts once there.
+        let mut b = Budget::new();
+        issue(&mut b, &["a.example.net", "b.example.net", "192.0.2.1"], T0);
+        assert_eq!(
+            b.counts["certificates_per_registered_domain"]["example.net"].len(),
+            1
+        );
+        // The exact set: 5 per week, names and addresses together, in any order.
+        for i in 1..5 {
+            issue(
+                &mut b,
+                &["192.0.2.1", "b.example.net", "a.example.net"],
+                T0 + i,
+            );
+        }
+        let (limit, key, ..) = refused(
+            &b,
+            &["b.example.net", "192.0.2.1", "a.example.net"],
+            T0 + 9,
+            false,
+        );
+        assert_eq!(limit, "certificates_per_identifier_set");
+        assert_eq!(key, "192.0.2.1,a.example.net,b.example.net");
     }
 
     #[test]

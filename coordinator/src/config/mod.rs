@@ -19,6 +19,9 @@ const ENV_SKIP: &[&str] = &[
 
 pub use certfleet_shared::configenv::ConfigError;
 
+mod policy;
+pub use policy::{ChallengeKind, IpSelection, PolicyConfig, DEFAULT_CERT};
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -43,53 +46,6 @@ pub struct MetricsConfig {
     /// Serve Prometheus metrics on `http://<listen>/metrics`; off when unset. Bind it to a
     /// private address: the metrics name hosts and certificates.
     pub listen: Option<SocketAddr>,
-}
-
-/// Which of a host's addresses a policy's certificate covers.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum IpSelection {
-    #[default]
-    All,
-    /// Only addresses outside the special-purpose ranges.
-    Public,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyConfig {
-    pub name: String,
-    /// Every label here must be on the host (from enrollment). Empty matches every host.
-    #[serde(default)]
-    pub match_labels: std::collections::BTreeMap<String, String>,
-    /// Issuer for this policy; default: `[issuance] issuer`.
-    pub issuer: Option<String>,
-    /// Instead of `issuer`: an ordered list; when one CA fails, the next is tried.
-    #[serde(default)]
-    pub issuers: Vec<String>,
-    /// A profile the certificate must have. When set and the CA does not offer it, the
-    /// certificate goes to an error state instead of silently getting another lifetime.
-    pub profile: Option<String>,
-    /// Target on the agent; default: `[issuance] target`, else the agent's only target.
-    pub target: Option<String>,
-    pub key_type: Option<KeyTypeName>,
-    #[serde(default)]
-    pub ips: IpSelection,
-    /// Addresses (CIDR blocks, or single addresses) the policy's hosts may claim. Empty:
-    /// any. A host claiming an address outside gets no certificate with it: the
-    /// certificate is `refused`, naming the address and this list.
-    #[serde(default)]
-    pub allowed_ips: Vec<String>,
-}
-
-impl PolicyConfig {
-    /// `allowed_ips` parsed (validated at load, so nothing is dropped here).
-    pub fn allowed_nets(&self) -> Vec<ipnet::IpNet> {
-        self.allowed_ips
-            .iter()
-            .filter_map(|s| parse_net(s).ok())
-            .collect()
-    }
 }
 
 /// A CIDR block or a single address (as a /32 or /128). A block with host bits set is
@@ -532,20 +488,7 @@ impl Config {
                     p.name
                 ));
             }
-            if p.issuer.is_some() && !p.issuers.is_empty() {
-                return Err(format!(
-                    "[[policy]] {:?}: give issuer or issuers, not both",
-                    p.name
-                ));
-            }
-            for i in p.issuer.iter().chain(&p.issuers) {
-                if !self.issuers.iter().any(|x| &x.name == i) {
-                    return Err(format!("[[policy]] {:?}: issuer {i:?} is not one of the configured [[issuer]] names", p.name));
-                }
-            }
-            for n in &p.allowed_ips {
-                parse_net(n).map_err(|e| format!("[[policy]] {:?}: allowed_ips: {e}", p.name))?;
-            }
+            p.validate(&self.issuers)?;
         }
         if self.issuance.retry_base_secs == 0 || self.issuance.retry_base_secs > 3600 {
             return Err("[issuance] retry_base_secs must be between 1 and 3600".into());

@@ -5,8 +5,8 @@ use super::{lock, Engine, IssueError};
 use crate::acme::AcmeIssuer;
 use crate::config::RateLimits;
 use crate::store::StoreError;
+use certfleet_shared::identifier::Identifier;
 use certfleet_shared::ratelimit::{Budget, Event};
-use std::net::IpAddr;
 
 impl Engine {
     /// New orders left per issuer that counts Let's Encrypt's limits (for metrics).
@@ -26,7 +26,7 @@ impl Engine {
     pub(super) fn budget_check(
         &self,
         issuer: &AcmeIssuer,
-        ids: &[IpAddr],
+        ids: &[Identifier],
         now: i64,
         exempt: bool,
     ) -> Result<(), IssueError> {

@@ -7,11 +7,10 @@ use crate::config::KeyTypeName;
 use crate::model::{CertRecord, OrderInFlight};
 use crate::sessions::{AgentHandle, SessionError};
 use certfleet_proto::v1::{self as pb, coordinator_message::Cmd, reply};
-use certfleet_shared::identifier::canonical_set;
+use certfleet_shared::identifier::{check_sans, Identifier};
 use certfleet_shared::ids::CertId;
 use certfleet_shared::x509::{parse_pem_chain, CertInfo, CsrInfo};
 use std::collections::HashSet;
-use std::net::IpAddr;
 
 const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
 
@@ -26,7 +25,7 @@ fn key_type_pb(k: KeyTypeName) -> pb::KeyType {
 /// runs alongside validation).
 pub(crate) struct CsrWant {
     cmd: pb::CreateCsr,
-    identifiers: Vec<IpAddr>,
+    identifiers: Vec<Identifier>,
     key_type: KeyTypeName,
     /// SHA-256 (hex) of every public key seen before for this certificate.
     seen: HashSet<String>,
@@ -59,7 +58,8 @@ impl CsrWant {
             cmd: pb::CreateCsr {
                 identifiers: order.identifiers.iter().map(|ip| ip.to_string()).collect(),
                 key_type: key_type_pb(rec.spec.key_type) as i32,
-                target: rec.spec.target.clone(),
+                // The key is made once for the certificate, whichever target it goes to.
+                target: rec.spec.targets.first().cloned().unwrap_or_default(),
                 cert_id: rec.id.to_string(),
             },
             identifiers: order.identifiers.clone(),
@@ -117,17 +117,16 @@ pub(crate) fn key_digest(spki_der: &[u8]) -> String {
 
 /// The CSR must be signed by its key, name exactly `ids` as IP SANs, have no CN and no DNS
 /// names, and use an EC key as asked.
-pub fn check_csr(der: &[u8], ids: &[IpAddr], key_type: KeyTypeName) -> Result<CsrInfo, IssueError> {
+pub fn check_csr(
+    der: &[u8],
+    ids: &[Identifier],
+    key_type: KeyTypeName,
+) -> Result<CsrInfo, IssueError> {
     let csr = CsrInfo::from_der(der).map_err(|e| IssueError::BadCsr(e.to_string()))?;
-    if canonical_set(csr.ips.clone()) != ids {
-        return Err(IssueError::BadCsr(format!(
-            "it names {:?}, expected {:?}",
-            csr.ips, ids
-        )));
-    }
-    if !csr.dns_names.is_empty() || csr.subject_cn.is_some() {
+    check_sans(&csr.ips, &csr.dns_names, ids).map_err(IssueError::BadCsr)?;
+    if csr.subject_cn.is_some() {
         return Err(IssueError::BadCsr(
-            "it carries DNS names or a CN; IP certificates have neither".into(),
+            "it carries a CN; our certificates name their identifiers only as SANs".into(),
         ));
     }
     if csr.key_algorithm != OID_EC_PUBLIC_KEY {
@@ -165,6 +164,7 @@ mod tests {
         let mut r = rec(0, 100);
         r.remember_key(&key_digest(&old_key.subject_public_key_info()));
         let order = OrderInFlight {
+            validated_by: Default::default(),
             url: "https://ca/order/1".into(),
             issuer: "le".into(),
             identifiers: r.spec.identifiers.clone(),

@@ -8,7 +8,9 @@ use crate::model::CertSpec;
 use crate::model::{Blocked, BlockedState, CertRecord, HostRecord};
 use crate::spec::{self};
 use crate::store::StoreError;
+use certfleet_shared::identifier::Identifier;
 use certfleet_shared::ids::HostId;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 impl Engine {
@@ -28,15 +30,20 @@ impl Engine {
                     .into_iter()
                     .next()
                     .unwrap_or_else(|| new_record(&host, spec.clone(), now));
-                rec.observed.installed_serial = host
+                rec.observed.installed_in = host
                     .inventory
                     .iter()
-                    .find(|i| i.target == spec.target)
-                    .map(|i| i.serial.clone());
-                if rec.observed.served_serial != rec.observed.installed_serial {
-                    // What the host serves is only known again after its next served check.
-                    rec.observed.served_serial = None;
-                }
+                    .filter(|i| spec.targets.contains(&i.target))
+                    .map(|i| (i.target.clone(), i.serial.clone()))
+                    .collect();
+                // What a target serves is only known again after its next served check
+                // when what is installed there changed.
+                let obs = &mut rec.observed;
+                let installed = &obs.installed_in;
+                obs.served_in
+                    .retain(|t, serial| installed.get(t) == Some(serial));
+                obs.installed_serial = installed_everywhere(&spec.targets, &obs.installed_in);
+                obs.served_serial = installed_everywhere(&spec.targets, &obs.served_in);
                 let blocked = blocked_by(&spec, disallowed.as_ref(), &conflicts, &host, now);
                 rec.spec = spec;
                 self.set_blocked(&mut rec, blocked)?;
@@ -187,6 +194,7 @@ fn blocked_by(
 ) -> Option<Blocked> {
     if let Some(d) = disallowed {
         return Some(Blocked {
+            names: Default::default(),
             state: BlockedState::Refused,
             ips: d.ips.clone(),
             held_by: None,
@@ -196,12 +204,13 @@ fn blocked_by(
     }
     let mine: Vec<&(IpAddr, HostId)> = conflicts
         .iter()
-        .filter(|(ip, _)| spec.identifiers.contains(ip))
+        .filter(|(ip, _)| spec.identifiers.contains(&Identifier::Ip(*ip)))
         .collect();
     let (_, holder) = mine.first()?;
     let ips: Vec<IpAddr> = mine.iter().map(|(ip, _)| *ip).collect();
     let list: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
     Some(Blocked {
+        names: Default::default(),
         state: BlockedState::Conflict,
         held_by: Some(holder.clone()),
         reason: format!(
@@ -213,4 +222,14 @@ fn blocked_by(
         ips,
         since: now,
     })
+}
+
+/// The serial installed in every one of `targets` (none when they differ or one lacks it).
+pub(super) fn installed_everywhere(
+    targets: &[String],
+    installed: &BTreeMap<String, String>,
+) -> Option<String> {
+    let mut serials = targets.iter().map(|t| installed.get(t));
+    let first = serials.next()??;
+    serials.all(|s| s == Some(first)).then(|| first.clone())
 }

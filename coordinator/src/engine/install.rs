@@ -1,13 +1,17 @@
 //! Installing the current certificate through the agent, and what its answer means (served,
 //! rolled back, key lost on the host).
 
+use super::hosts::installed_everywhere;
 use super::{Engine, IssueError, AGENT_INSTALL};
 use crate::audit::{Entry, Kind};
-use crate::model::CertRecord;
+use crate::model::{CertRecord, IssuedCert};
 use crate::sessions::{AgentHandle, SessionError};
 use certfleet_proto::v1::{self as pb, coordinator_message::Cmd, reply};
 
 impl Engine {
+    /// Installs the current certificate into every target of the spec that does not have
+    /// it in place (and seen served, where the target checks), one after the other; the
+    /// first failure stops the round (the next attempt goes on from there).
     pub(super) async fn install(
         &self,
         agent: &AgentHandle,
@@ -16,8 +20,31 @@ impl Engine {
         let Some(cur) = rec.observed.current.clone() else {
             return Ok(());
         };
+        let targets = rec.spec.targets.clone();
+        for target in &targets {
+            let done =
+                |m: &std::collections::BTreeMap<String, String>| m.get(target) == Some(&cur.serial);
+            if done(&rec.observed.installed_in) && done(&rec.observed.served_in) {
+                continue;
+            }
+            let outcome = self.install_into(agent, rec, &cur, target).await;
+            let obs = &mut rec.observed;
+            obs.installed_serial = installed_everywhere(&targets, &obs.installed_in);
+            obs.served_serial = installed_everywhere(&targets, &obs.served_in);
+            outcome?;
+        }
+        Ok(())
+    }
+
+    async fn install_into(
+        &self,
+        agent: &AgentHandle,
+        rec: &mut CertRecord,
+        cur: &IssuedCert,
+        target: &str,
+    ) -> Result<(), IssueError> {
         let cmd = Cmd::Install(pb::InstallCertificate {
-            target: rec.spec.target.clone(),
+            target: target.to_owned(),
             chain_pem: cur.chain_pem.clone(),
         });
         match agent.request(cmd, "install", AGENT_INSTALL).await {
@@ -26,24 +53,34 @@ impl Engine {
                     Kind::CertificateInstalled,
                     rec,
                     Entry::by(format!("host:{}", rec.host_id))
-                        .ips(&cur.identifiers)
+                        .ids(&cur.identifiers)
                         .serial(report.serial.clone())
                         .detail("target", &report.target),
                 )?;
-                rec.observed.installed_serial = Some(report.serial.clone());
+                rec.observed
+                    .installed_in
+                    .insert(target.to_owned(), report.serial.clone());
                 rec.observed.verify_disabled = report.verify_disabled;
+                if report.verify_disabled {
+                    // Installed is as far as this target checks.
+                    rec.observed
+                        .served_in
+                        .insert(target.to_owned(), report.serial.clone());
+                }
                 tracing::info!(host = %rec.host_id, cert = %rec.id, serial = %report.serial, target = %report.target, "certificate installed");
                 if !report.verify_disabled && !report.served_on.is_empty() {
                     self.record(
                         Kind::CertificateServed,
                         rec,
                         Entry::by(format!("host:{}", rec.host_id))
-                            .ips(&cur.identifiers)
+                            .ids(&cur.identifiers)
                             .serial(report.serial.clone())
                             .detail("target", &report.target)
                             .detail("served_on", &report.served_on),
                     )?;
-                    rec.observed.served_serial = Some(report.serial.clone());
+                    rec.observed
+                        .served_in
+                        .insert(target.to_owned(), report.serial.clone());
                     rec.observed.served_on = report.served_on.clone();
                     rec.observed.served_at = Some(self.clock.now_unix());
                     tracing::info!(host = %rec.host_id, cert = %rec.id, serial = %report.serial, served_on = ?report.served_on, "new certificate is served");
@@ -84,18 +121,22 @@ impl Engine {
                         Kind::CertificateRolledBack,
                         rec,
                         Entry::by(format!("host:{}", rec.host_id))
-                            .ips(&cur.identifiers)
+                            .ids(&cur.identifiers)
                             .serial(cur.serial.clone())
-                            .detail("target", &rec.spec.target)
+                            .detail("target", target)
                             .detail("code", code)
                             .detail("error", message)
                             .detail("restored_serial", &now_serial),
                     )?;
                     tracing::error!(host = %rec.host_id, cert = %rec.id, serial = %cur.serial, code = %code, error = %message, "install rolled back on the host");
-                    if rec.observed.served_serial != now_serial {
-                        rec.observed.served_serial = None;
+                    let obs = &mut rec.observed;
+                    match &now_serial {
+                        Some(s) => obs.installed_in.insert(target.to_owned(), s.clone()),
+                        None => obs.installed_in.remove(target),
+                    };
+                    if obs.served_in.get(target) != now_serial.as_ref() {
+                        obs.served_in.remove(target);
                     }
-                    rec.observed.installed_serial = now_serial;
                 }
                 Err(e.into())
             }

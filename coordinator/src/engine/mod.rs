@@ -203,6 +203,8 @@ pub(crate) mod testutil {
 
     pub fn host() -> HostRecord {
         HostRecord {
+            requested_names: Default::default(),
+            challenge_modes: Default::default(),
             id: HostId::generate(),
             hostname: "h".into(),
             labels: Default::default(),
@@ -220,13 +222,15 @@ pub(crate) mod testutil {
 
     pub fn spec() -> CertSpec {
         CertSpec {
+            name: Default::default(),
+            challenges: Default::default(),
             policy: None,
             identifiers: vec!["8.8.8.8".parse().unwrap()],
             issuer: "le".into(),
             fallback_issuers: vec![],
             required_profile: None,
             key_type: KeyTypeName::EcdsaP256,
-            target: "t".into(),
+            targets: vec!["t".into()],
         }
     }
 
@@ -234,6 +238,7 @@ pub(crate) mod testutil {
         let spec = spec();
         let mut r = super::reconcile::new_record(&host(), spec.clone(), 0);
         r.observed.current = Some(IssuedCert {
+            validated_by: Default::default(),
             identifiers: spec.identifiers.clone(),
             issuer: "le".into(),
             profile: None,

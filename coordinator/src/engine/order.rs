@@ -10,12 +10,11 @@ use crate::audit::{Entry, Kind};
 use crate::model::{CertRecord, CertState, IssuedCert, OrderInFlight};
 use crate::sessions::AgentHandle;
 use certfleet_proto::v1::{self as pb, coordinator_message::Cmd, reply};
-use certfleet_shared::identifier::{canonical_set, check_issuable};
+use certfleet_shared::identifier::{check_issuable, check_sans, Identifier};
 use certfleet_shared::ratelimit::Event;
 use certfleet_shared::renewal::RenewReason;
 use certfleet_shared::x509::{parse_pem_chain, CertInfo};
 use instant_acme::OrderStatus;
-use std::net::IpAddr;
 use std::time::Duration;
 
 /// An order older than this is abandoned rather than resumed (CAs expire them within days).
@@ -32,13 +31,28 @@ impl Engine {
         let spec = rec.spec.clone();
         let names: Vec<&str> = spec.issuers().collect();
         let issuer = self.issuer(names[rec.schedule.issuer_index % names.len()])?;
-        for ip in &spec.identifiers {
-            check_issuable(*ip, issuer.cfg.allow_private_ips).map_err(|e| {
-                IssueError::Policy(format!("cannot ask {} for {ip}: {e}", issuer.cfg.name))
-            })?;
+        for id in &spec.identifiers {
+            let refused = match id {
+                Identifier::Ip(ip) => check_issuable(*ip, issuer.cfg.allow_private_ips)
+                    .err()
+                    .map(|e| e.to_string()),
+                Identifier::Dns(_) => None,
+                Identifier::Wildcard(_) => Some(
+                    "a wildcard is validated only by DNS-01, which this coordinator does not \
+                     offer yet; list the names instead"
+                        .to_owned(),
+                ),
+            };
+            if let Some(why) = refused {
+                return Err(IssueError::Policy(format!(
+                    "cannot ask {} for {id}: {why}",
+                    issuer.cfg.name
+                )));
+            }
         }
+        let has_ip = spec.identifiers.iter().any(Identifier::is_ip);
         let profile = issuer
-            .choose_profile(spec.required_profile.as_deref(), true)
+            .choose_profile(spec.required_profile.as_deref(), has_ip)
             .await?;
         // ARI: a renewal names the certificate it replaces; inside the CA's window it is exempt
         // from the per-certificate limits.
@@ -78,7 +92,7 @@ impl Engine {
             Kind::OrderCreated,
             rec,
             Entry::by("coordinator")
-                .ips(&spec.identifiers)
+                .ids(&spec.identifiers)
                 .issuer(issuer.cfg.name.clone())
                 .detail("account", account)
                 .detail("order_url", driver.url())
@@ -89,6 +103,7 @@ impl Engine {
         )?;
         rec.observed.last_order_url = Some(driver.url().to_owned());
         rec.observed.order = Some(OrderInFlight {
+            validated_by: Default::default(),
             url: driver.url().to_owned(),
             issuer: issuer.cfg.name.clone(),
             identifiers: spec.identifiers.clone(),
@@ -234,7 +249,14 @@ impl Engine {
         let leaf = check_leaf(&chain[0], &order.identifiers, spki.as_deref())?;
         let now = self.clock.now_unix();
         let renewed = rec.observed.current.is_some();
+        let validated_by = rec
+            .observed
+            .order
+            .as_ref()
+            .map(|o| o.validated_by.clone())
+            .unwrap_or_default();
         rec.observed.current = Some(IssuedCert {
+            validated_by,
             identifiers: order.identifiers.clone(),
             issuer: issuer.cfg.name.clone(),
             profile: driver.profile().or(order.profile.clone()),
@@ -272,14 +294,18 @@ impl Engine {
             Kind::CertificateIssued,
             rec,
             Entry::by("coordinator")
-                .ips(&order.identifiers)
+                .ids(&order.identifiers)
                 .serial(leaf.serial_hex.clone())
                 .issuer(issuer.cfg.name.clone())
                 .detail("not_before", leaf.not_before)
                 .detail("not_after", leaf.not_after)
                 .detail(
                     "sans",
-                    leaf.ips.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+                    leaf.ips
+                        .iter()
+                        .map(|i| i.to_string())
+                        .chain(leaf.dns_names.iter().cloned())
+                        .collect::<Vec<_>>(),
                 )
                 .detail("issuer_chain_sha256", issuer_chain_sha256)
                 .detail("order_url", &order.url)
@@ -338,14 +364,9 @@ impl Engine {
 }
 
 /// The leaf must cover exactly `ids` and, when we made the CSR, carry its public key.
-fn check_leaf(der: &[u8], ids: &[IpAddr], spki: Option<&[u8]>) -> Result<CertInfo, IssueError> {
+fn check_leaf(der: &[u8], ids: &[Identifier], spki: Option<&[u8]>) -> Result<CertInfo, IssueError> {
     let leaf = CertInfo::from_der(der).map_err(|e| IssueError::BadCert(e.to_string()))?;
-    if canonical_set(leaf.ips.clone()) != ids {
-        return Err(IssueError::BadCert(format!(
-            "it names {:?}, expected {:?}",
-            leaf.ips, ids
-        )));
-    }
+    check_sans(&leaf.ips, &leaf.dns_names, ids).map_err(IssueError::BadCert)?;
     if spki.is_some_and(|s| s != leaf.spki_der) {
         return Err(IssueError::BadCert(
             "its public key is not the one in our CSR".into(),

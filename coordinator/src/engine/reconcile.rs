@@ -136,7 +136,7 @@ impl Engine {
                     Kind::RateLimitRefused,
                     &rec,
                     Entry::by("coordinator")
-                        .ips(&rec.spec.identifiers)
+                        .ids(&rec.spec.identifiers)
                         .issuer(rec.spec.issuer.clone())
                         .detail("limit", refusal.limit)
                         .detail("key", &refusal.key)
@@ -220,7 +220,7 @@ impl Engine {
                 Kind::AtRisk,
                 &rec,
                 Entry::by("coordinator")
-                    .ips(&rec.spec.identifiers)
+                    .ids(&rec.spec.identifiers)
                     .serial(
                         rec.observed
                             .current
@@ -467,6 +467,7 @@ mod tests {
         assert_eq!(decide(&r, 1), Decision::Issue(RenewReason::Forced));
         let mut r = rec(0, 160 * H);
         r.observed.order = Some(OrderInFlight {
+            validated_by: Default::default(),
             url: "u".into(),
             issuer: "le".into(),
             identifiers: vec![],
@@ -501,8 +502,9 @@ mod tests {
     fn a_blocked_certificate_orders_nothing_but_may_install_what_it_has() {
         let mut r = rec(0, 1_000_000);
         r.observed.blocked = Some(Blocked {
+            names: Default::default(),
             state: BlockedState::Conflict,
-            ips: r.spec.identifiers.clone(),
+            ips: r.spec.ips(),
             held_by: Some(HostId::generate()),
             reason: "held".into(),
             since: 0,

@@ -49,6 +49,7 @@ fn stub_ca(rec: &CertRecord, now: i64, serial: u64, rng: &mut Rng) -> Option<Iss
         return None;
     }
     Some(IssuedCert {
+        validated_by: Default::default(),
         identifiers: rec.spec.identifiers.clone(),
         issuer: rec.spec.issuer.clone(),
         profile: Some("shortlived".into()),

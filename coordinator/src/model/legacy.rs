@@ -9,6 +9,7 @@ use super::{
 };
 use certfleet_shared::ids::{CertId, HostId};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
 #[derive(Deserialize)]
 pub(super) struct StoredCertRecord {
@@ -85,6 +86,8 @@ impl From<StoredCertRecord> for CertRecord {
                 order: f.order,
                 last_order_url: f.last_order_url,
                 installed_serial: f.installed_serial,
+                installed_in: BTreeMap::new(),
+                served_in: BTreeMap::new(),
                 served_serial: f.served_serial,
                 served_on: f.served_on,
                 served_at: f.served_at,
@@ -102,6 +105,7 @@ impl From<StoredCertRecord> for CertRecord {
                 attempts: f.attempts,
                 quick_retries: f.quick_retries,
                 issuer_index: f.issuer_index,
+                challenge_index: 0,
                 ari_retry_at: f.ari_retry_at,
                 at_risk: f.at_risk,
                 forced_by: f.forced_by,
@@ -121,19 +125,24 @@ mod tests {
     fn full_record() -> CertRecord {
         let ip: IpAddr = "203.0.113.7".parse().expect("ip");
         let spec = CertSpec {
+            name: Default::default(),
+            challenges: Default::default(),
             policy: Some("web".into()),
-            identifiers: vec![ip],
+            identifiers: vec![ip.into()],
             issuer: "le".into(),
             fallback_issuers: vec!["zerossl".into()],
             required_profile: Some("shortlived".into()),
             key_type: KeyTypeName::EcdsaP384,
-            target: "nginx".into(),
+            targets: vec!["nginx".into()],
         };
         let mut rec = CertRecord::new(CertId::generate(), HostId::generate(), spec, 1_000);
         rec.state = CertState::Served;
         rec.observed = Observed {
+            served_in: Default::default(),
+            installed_in: Default::default(),
             current: Some(IssuedCert {
-                identifiers: vec![ip],
+                validated_by: Default::default(),
+                identifiers: vec![ip.into()],
                 issuer: "le".into(),
                 profile: Some("shortlived".into()),
                 serial: "0a".into(),
@@ -145,9 +154,10 @@ mod tests {
                 issued_at: 950,
             }),
             order: Some(OrderInFlight {
+                validated_by: Default::default(),
                 url: "https://ca/order/1".into(),
                 issuer: "le".into(),
-                identifiers: vec![ip],
+                identifiers: vec![ip.into()],
                 profile: None,
                 replaces: Some("aki.serial".into()),
                 reason: "renewal".into(),
@@ -171,6 +181,7 @@ mod tests {
             revoked_serial: Some("09".into()),
             key_history: vec!["ab".into(), "cd".into()],
             blocked: Some(Blocked {
+                names: Default::default(),
                 state: BlockedState::Conflict,
                 ips: vec![ip],
                 held_by: Some(HostId::generate()),
@@ -183,6 +194,7 @@ mod tests {
             }),
         };
         rec.schedule = Schedule {
+            challenge_index: Default::default(),
             next_action: Some(42),
             next_reason: Some("renewal".into()),
             last_error: Some("boom".into()),

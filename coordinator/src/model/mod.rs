@@ -3,7 +3,8 @@
 //! flight, the CA's renewal window) and scheduled (next action, attempts). Plain data: the
 //! store persists it, the spec and the engine compute it; this module depends on neither.
 
-use crate::config::KeyTypeName;
+use crate::config::{ChallengeKind, KeyTypeName, DEFAULT_CERT};
+use certfleet_shared::identifier::Identifier;
 use certfleet_shared::ids::{CertId, HostId};
 use certfleet_shared::renewal::{self, RenewReason, Validity};
 use serde::{Deserialize, Serialize};
@@ -17,7 +18,15 @@ mod legacy;
 pub struct CertSpec {
     /// Policy that produced it (`None`: the default spec).
     pub policy: Option<String>,
-    pub identifiers: Vec<IpAddr>,
+    /// The certificate's name in the policy (`default` when the policy lists none); one
+    /// record per host and name.
+    #[serde(default = "default_cert_name")]
+    pub name: String,
+    /// IP addresses and DNS names, canonical and sorted.
+    pub identifiers: Vec<Identifier>,
+    /// Challenge types in the order they are tried (empty: HTTP-01, then TLS-ALPN-01).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub challenges: Vec<ChallengeKind>,
     pub issuer: String,
     /// Issuers to fall back to, in order, when `issuer` fails.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -26,10 +35,48 @@ pub struct CertSpec {
     /// (`ip_profile` when the CA offers it, else none).
     pub required_profile: Option<String>,
     pub key_type: KeyTypeName,
-    pub target: String,
+    /// Agent targets it is installed into, in order (records from before several targets
+    /// were possible stored one, as `target`).
+    #[serde(alias = "target", deserialize_with = "one_or_many")]
+    pub targets: Vec<String>,
+}
+
+fn default_cert_name() -> String {
+    DEFAULT_CERT.to_owned()
+}
+
+/// A list, or (as older records stored it) a single string.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 impl CertSpec {
+    /// Challenge types in the order they are tried.
+    pub fn challenge_order(&self) -> Vec<ChallengeKind> {
+        if self.challenges.is_empty() {
+            ChallengeKind::default_order()
+        } else {
+            self.challenges.clone()
+        }
+    }
+
+    /// The IP addresses among the identifiers.
+    pub fn ips(&self) -> Vec<IpAddr> {
+        self.identifiers
+            .iter()
+            .filter_map(Identifier::as_ip)
+            .collect()
+    }
+
     /// Every issuer this certificate may come from, preferred first.
     pub fn issuers(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.issuer.as_str())
@@ -69,6 +116,12 @@ pub struct HostRecord {
     pub last_seen: Option<i64>,
     #[serde(default)]
     pub inventory: Vec<InstalledRecord>,
+    /// Names the agent asks for (its own config); the policy's `allowed_names` decides.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requested_names: Vec<String>,
+    /// Challenge modes the agent offers, e.g. "http-01/standalone", "tls-alpn-01/loopback".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub challenge_modes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -112,7 +165,7 @@ impl CertState {
 /// A certificate the CA issued.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct IssuedCert {
-    pub identifiers: Vec<IpAddr>,
+    pub identifiers: Vec<Identifier>,
     pub issuer: String,
     pub profile: Option<String>,
     pub serial: String,
@@ -125,6 +178,10 @@ pub struct IssuedCert {
     /// Random draw fixed at issuance for the lifetime-based renewal jitter.
     pub renew_unit: f64,
     pub issued_at: i64,
+    /// Which challenge type proved each identifier (empty for certificates issued before
+    /// this was recorded).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub validated_by: BTreeMap<String, ChallengeKind>,
 }
 
 /// An order that was created and not yet finished: resumed after a restart.
@@ -132,7 +189,7 @@ pub struct IssuedCert {
 pub struct OrderInFlight {
     pub url: String,
     pub issuer: String,
-    pub identifiers: Vec<IpAddr>,
+    pub identifiers: Vec<Identifier>,
     pub profile: Option<String>,
     pub replaces: Option<String>,
     pub reason: String,
@@ -147,6 +204,9 @@ pub struct OrderInFlight {
     /// on or ends, so no listener is left bound.
     #[serde(default)]
     pub presented: Vec<String>,
+    /// Which challenge type proved each identifier, as validations succeed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub validated_by: BTreeMap<String, ChallengeKind>,
 }
 
 /// Why nothing may be ordered for a certificate until something changes on the
@@ -156,6 +216,9 @@ pub struct Blocked {
     pub state: BlockedState,
     /// The addresses concerned.
     pub ips: Vec<IpAddr>,
+    /// The names concerned (a name the policy does not allow).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
     /// The host holding them (conflict).
     pub held_by: Option<HostId>,
     /// For the operator: what is wrong and how to fix it.
@@ -210,11 +273,18 @@ pub struct Observed {
     /// URL of the most recent order, finished or not (for the operator and the audit trail).
     #[serde(default)]
     pub last_order_url: Option<String>,
-    /// The serial the agent reports installed in the target.
+    /// The serial the agent reports installed in every target of the spec.
     pub installed_serial: Option<String>,
-    /// The serial the host's served check saw on every verify address.
+    /// Per target: the serial the agent reports installed there.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub installed_in: BTreeMap<String, String>,
+    /// The serial the host's served check saw on every verify address of every target.
     #[serde(default)]
     pub served_serial: Option<String>,
+    /// Per target: the serial its served check saw (or, for a target without verify
+    /// addresses, the serial installed there: as far as anyone checks).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub served_in: BTreeMap<String, String>,
     #[serde(default)]
     pub served_on: Vec<String>,
     #[serde(default)]
@@ -262,6 +332,10 @@ pub struct Schedule {
     /// Which of the spec's issuers the next order goes to (0 = the preferred one).
     #[serde(default)]
     pub issuer_index: usize,
+    /// Which of the spec's challenge types the next order uses (0 = the first listed the
+    /// agent offers); moves on when a validation fails.
+    #[serde(default)]
+    pub challenge_index: usize,
     /// When the CA's renewal window is unknown: the next time to ask for it.
     #[serde(default)]
     pub ari_retry_at: Option<i64>,

@@ -559,6 +559,8 @@ mod tests {
 
     fn host(id: &HostId) -> HostRecord {
         HostRecord {
+            requested_names: Default::default(),
+            challenge_modes: Default::default(),
             id: id.clone(),
             hostname: "web-1".into(),
             labels: BTreeMap::new(),
@@ -624,13 +626,15 @@ mod tests {
 
     fn cert(host: &HostId, next: Option<i64>) -> CertRecord {
         let spec = crate::model::CertSpec {
+            name: Default::default(),
+            challenges: Default::default(),
             policy: None,
             identifiers: vec!["8.8.8.8".parse().unwrap()],
             issuer: "le".into(),
             fallback_issuers: vec![],
             required_profile: None,
             key_type: Default::default(),
-            target: "t".into(),
+            targets: vec!["t".into()],
         };
         let mut rec = CertRecord::new(CertId::generate(), host.clone(), spec, 1);
         rec.schedule.next_action = next;

@@ -248,6 +248,38 @@ pub fn canonical_identifiers(mut ids: Vec<Identifier>) -> Vec<Identifier> {
     ids
 }
 
+/// The identifiers a certificate or CSR names, from its IP and DNS SANs, canonical and
+/// sorted (to compare with the identifiers asked for). A SAN that is not a valid
+/// identifier is an error naming it.
+pub fn from_sans(ips: &[IpAddr], dns_names: &[String]) -> Result<Vec<Identifier>, IdentifierError> {
+    let mut out: Vec<Identifier> = ips.iter().map(|ip| Identifier::Ip(*ip)).collect();
+    for n in dns_names {
+        out.push(Identifier::parse(n)?);
+    }
+    Ok(canonical_identifiers(out))
+}
+
+/// Whether SANs name exactly `want` (in any order); the error says what they name instead.
+pub fn check_sans(ips: &[IpAddr], dns_names: &[String], want: &[Identifier]) -> Result<(), String> {
+    let named = from_sans(ips, dns_names)
+        .map_err(|e| format!("it names something that is not an identifier: {e}"))?;
+    let want = canonical_identifiers(want.to_vec());
+    if named == want {
+        return Ok(());
+    }
+    let show = |v: &[Identifier]| {
+        v.iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(format!(
+        "it names [{}], expected [{}]",
+        show(&named),
+        show(&want)
+    ))
+}
+
 impl fmt::Display for Identifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -7,11 +7,12 @@ pub mod http01;
 use super::{Engine, IssueError};
 use crate::acme::{AcmeError, AcmeIssuer, PendingChallenge};
 use crate::audit::{Entry, Kind};
+use crate::config::ChallengeKind;
 use crate::model::{CertRecord, DeferredClear};
 use crate::sessions::AgentHandle;
+use certfleet_shared::identifier::Identifier;
 use certfleet_shared::ratelimit::Event;
 use http01::clear;
-use std::net::IpAddr;
 use std::time::Duration;
 
 /// How long a resumed order's challenges stay served after validation (a validation
@@ -33,15 +34,15 @@ impl Engine {
         let Some(order) = rec.observed.order.clone() else {
             return Ok(());
         };
-        let ids: Vec<IpAddr> = challenges
+        let ids: Vec<Identifier> = challenges
             .iter()
-            .filter_map(|c| c.identifier.parse().ok())
+            .filter_map(|c| Identifier::parse(&c.identifier).ok())
             .collect();
         let presented = self.record(
             Kind::ChallengePresented,
             rec,
             Entry::by(format!("host:{}", rec.host_id))
-                .ips(&ids)
+                .ids(&ids)
                 .detail("type", "http-01")
                 .detail("order_url", &order.url),
         );
@@ -83,33 +84,40 @@ impl Engine {
         } else {
             clear(agent, challenges).await;
         }
+        if r.is_ok() {
+            if let Some(o) = rec.observed.order.as_mut() {
+                for id in &ids {
+                    o.validated_by.insert(id.to_string(), ChallengeKind::Http01);
+                }
+            }
+        }
         match &r {
             Ok(()) => self.record(
                 Kind::ChallengeValidated,
                 rec,
                 Entry::by("coordinator")
-                    .ips(&ids)
+                    .ids(&ids)
                     .detail("order_url", &order.url),
             )?,
             Err(IssueError::Acme(AcmeError::Validation(problems))) => {
                 for (id, problem) in problems {
                     // A problem not tied to one identifier (a timeout) concerns them all.
-                    let ips: Vec<IpAddr> = match id.parse() {
-                        Ok(ip) => vec![ip],
+                    let which: Vec<Identifier> = match Identifier::parse(id) {
+                        Ok(one) => vec![one],
                         Err(_) => ids.clone(),
                     };
                     self.record(
                         Kind::ChallengeFailed,
                         rec,
                         Entry::by("coordinator")
-                            .ips(&ips)
+                            .ids(&which)
                             .detail("order_url", &order.url)
                             .detail("problem", problem),
                     )?;
                 }
                 let failed: Vec<Event> = problems
                     .iter()
-                    .filter_map(|(id, _)| id.parse::<IpAddr>().ok())
+                    .filter_map(|(id, _)| Identifier::parse(id).ok())
                     .map(|identifier| Event::ValidationFailed { identifier })
                     .collect();
                 self.budget_record(issuer, &failed)?;
