@@ -56,6 +56,10 @@ pub enum Kind {
     IpRefused,
     /// An address was freed (host removed, or `hosts release-ip`).
     IpReleased,
+    /// A certificate holds a name its policy's `allowed_names` does not cover.
+    NameRefused,
+    /// The policy no longer gives a host this certificate: it is no longer renewed.
+    CertificateRetired,
 }
 
 impl Kind {

@@ -1,10 +1,16 @@
-//! Desired state: which certificates a host should have. A certificate spec comes from the
-//! first `[[policy]]` whose labels the host carries, or from `[issuance]` when none match.
-//! Pure: no store, no network.
+//! Desired state: which certificates a host should have. They come from the first
+//! `[[policy]]` whose labels the host carries (its `[[policy.certificate]]` list, or one
+//! `default` certificate made from the policy's own fields), or from `[issuance]` when none
+//! matches. Names come from the policy's templates; a name the agent asks for is taken only
+//! when the policy's `allowed_names` covers it. Pure: no store, no network.
 
-use crate::config::{Config, IpSelection, PolicyConfig, DEFAULT_CERT};
+use crate::config::{
+    CertificateConfig, Config, IpSelection, NameTemplate, PolicyConfig, REQUESTED,
+};
 use crate::model::{CertSpec, HostRecord};
-use certfleet_shared::identifier::{canonical_set, is_public, Identifier};
+use certfleet_shared::identifier::{
+    canonical_identifiers, canonical_set, is_public, DnsName, Identifier, NamePattern,
+};
 use std::net::IpAddr;
 
 /// Why a host gets no certificate, for the operator.
@@ -14,6 +20,25 @@ pub enum SpecError {
     Target(String),
     #[error("host has no addresses the policy selects ({0})")]
     NoAddresses(String),
+    #[error("{0}")]
+    Name(String),
+}
+
+/// One certificate a host should have: its spec, or why it cannot have it; and the names
+/// in it that the policy does not allow (the certificate is then `refused`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub name: String,
+    pub spec: Result<CertSpec, SpecError>,
+    pub refused_names: Option<RefusedNames>,
+}
+
+/// Names a host asked for (or a template made) that the policy's `allowed_names` does not
+/// cover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedNames {
+    pub names: Vec<String>,
+    pub reason: String,
 }
 
 /// The first `[[policy]]` whose labels the host carries.
@@ -23,6 +48,201 @@ fn policy_for<'c>(config: &'c Config, host: &HostRecord) -> Option<&'c PolicyCon
             .iter()
             .all(|(k, v)| host.labels.get(k) == Some(v))
     })
+}
+
+/// Every certificate the host should have, in the policy's order.
+pub fn desired_all(config: &Config, host: &HostRecord) -> Vec<Wanted> {
+    let policy = policy_for(config, host);
+    let certs = match policy {
+        Some(p) => p.certificates(),
+        None => vec![CertificateConfig::implicit(IpSelection::All)],
+    };
+    certs
+        .iter()
+        .map(|c| {
+            let (spec, refused_names) = match one(config, policy, c, host) {
+                Ok((spec, refused)) => (Ok(spec), refused),
+                Err(e) => (Err(e), None),
+            };
+            Wanted {
+                name: c.name.clone(),
+                spec,
+                refused_names,
+            }
+        })
+        .collect()
+}
+
+/// The spec of the host's first certificate (the only one unless its policy lists more).
+pub fn desired(config: &Config, host: &HostRecord) -> Result<CertSpec, SpecError> {
+    desired_all(config, host)
+        .into_iter()
+        .next()
+        .map(|w| w.spec)
+        .unwrap_or_else(|| Err(SpecError::Target("the policy lists no certificates".into())))
+}
+
+fn one(
+    config: &Config,
+    policy: Option<&PolicyConfig>,
+    c: &CertificateConfig,
+    host: &HostRecord,
+) -> Result<(CertSpec, Option<RefusedNames>), SpecError> {
+    let policy_name = policy.map(|p| p.name.as_str()).unwrap_or("default");
+    let (names, refused) = names_for(policy, c, host)?;
+    let selection = c.ips.unwrap_or_else(|| {
+        if c.names.is_empty() || c.names == [REQUESTED] {
+            policy.map(|p| p.ips).unwrap_or_default()
+        } else {
+            IpSelection::None
+        }
+    });
+    let ips: Vec<IpAddr> = host
+        .ips
+        .iter()
+        .copied()
+        .filter(|ip| match selection {
+            IpSelection::All => true,
+            IpSelection::Public => is_public(*ip),
+            IpSelection::None => false,
+        })
+        .collect();
+    if ips.is_empty() && names.is_empty() {
+        return Err(SpecError::NoAddresses(format!(
+            "the agent reports {:?}; policy {policy_name:?}, certificate {:?}",
+            host.ips, c.name
+        )));
+    }
+    let mut identifiers: Vec<Identifier> =
+        canonical_set(ips).into_iter().map(Identifier::Ip).collect();
+    identifiers.extend(names.into_iter().map(Identifier::Dns));
+    let wanted_targets: Vec<String> = if !c.targets.is_empty() {
+        c.targets.clone()
+    } else {
+        policy
+            .and_then(|p| p.target.clone())
+            .or_else(|| config.issuance.target.clone())
+            .into_iter()
+            .collect()
+    };
+    let targets = if wanted_targets.is_empty() {
+        vec![choose_target(None, &host.targets).map_err(SpecError::Target)?]
+    } else {
+        wanted_targets
+            .iter()
+            .map(|t| choose_target(Some(t), &host.targets))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(SpecError::Target)?
+    };
+    let (issuer, fallback_issuers) = if c.issuer.is_some() || !c.issuers.is_empty() {
+        issuers_of(&c.issuer, &c.issuers)
+    } else if let Some(p) = policy.filter(|p| p.issuer.is_some() || !p.issuers.is_empty()) {
+        issuers_of(&p.issuer, &p.issuers)
+    } else {
+        (
+            config.default_issuer_name().unwrap_or_default().to_owned(),
+            Vec::new(),
+        )
+    };
+    Ok((
+        CertSpec {
+            policy: policy.map(|p| p.name.clone()),
+            name: c.name.clone(),
+            identifiers: canonical_identifiers(identifiers),
+            challenges: c.challenges.clone(),
+            issuer,
+            fallback_issuers,
+            required_profile: c
+                .profile
+                .clone()
+                .or_else(|| policy.and_then(|p| p.profile.clone())),
+            key_type: c
+                .key_type
+                .or_else(|| policy.and_then(|p| p.key_type))
+                .unwrap_or(config.issuance.key_type),
+            targets,
+        },
+        refused,
+    ))
+}
+
+fn issuers_of(issuer: &Option<String>, list: &[String]) -> (String, Vec<String>) {
+    match issuer {
+        Some(i) => (i.clone(), Vec::new()),
+        None => (
+            list.first().cloned().unwrap_or_default(),
+            list.iter().skip(1).cloned().collect(),
+        ),
+    }
+}
+
+/// The names of a certificate: its templates filled in for the host, and the names the
+/// agent asked for where the certificate takes them. A name the policy's `allowed_names`
+/// does not cover is kept in the spec (so the operator sees what was asked) and reported
+/// as refused. Agents' names are always checked; template names only when the policy has
+/// an `allowed_names` list (the operator wrote the templates).
+fn names_for(
+    policy: Option<&PolicyConfig>,
+    c: &CertificateConfig,
+    host: &HostRecord,
+) -> Result<(Vec<DnsName>, Option<RefusedNames>), SpecError> {
+    let patterns: Vec<NamePattern> = policy
+        .map(|p| p.allowed_name_patterns())
+        .unwrap_or_default();
+    let allowed_list = policy.map(|p| p.allowed_names.clone()).unwrap_or_default();
+    let covered = |n: &DnsName| {
+        let id = Identifier::Dns(n.clone());
+        patterns.iter().any(|p| p.matches(&id))
+    };
+    let mut names = Vec::new();
+    let mut refused = Vec::new();
+    for t in &c.names {
+        if t == REQUESTED {
+            for asked in &host.requested_names {
+                // The agent canonicalises at load; a name that still does not parse is
+                // refused like one the policy does not allow.
+                match DnsName::parse(asked) {
+                    Ok(n) => {
+                        if !covered(&n) {
+                            refused.push(n.to_string());
+                        }
+                        names.push(n);
+                    }
+                    Err(e) => {
+                        return Err(SpecError::Name(format!(
+                            "the agent asks for {asked:?}, which is not a valid name: {e}"
+                        )))
+                    }
+                }
+            }
+            continue;
+        }
+        let tpl = NameTemplate::parse(t).map_err(SpecError::Name)?;
+        let text = tpl
+            .render(&host.hostname, &host.labels)
+            .map_err(|e| SpecError::Name(format!("names entry {t:?}: {e}")))?;
+        let n = DnsName::parse(&text).map_err(|e| {
+            SpecError::Name(format!(
+                "names entry {t:?} makes {text:?} for this host, which is not a valid name: {e}; fix the template or the host's hostname/labels"
+            ))
+        })?;
+        if !patterns.is_empty() && !covered(&n) {
+            refused.push(n.to_string());
+        }
+        names.push(n);
+    }
+    names.sort();
+    names.dedup();
+    let refused = (!refused.is_empty()).then(|| RefusedNames {
+        reason: format!(
+            "{} not allowed by policy {:?} (allowed_names = [{}]); add the name or a *.zone pattern covering it to the policy's allowed_names, or remove it from the agent's `names`",
+            refused.join(", "),
+            policy.map(|p| p.name.as_str()).unwrap_or("default (no [[policy]] matches this host)"),
+            allowed_list.join(", ")
+        ),
+        names: refused,
+    });
+    Ok((names, refused))
 }
 
 /// Addresses the host claims that its policy's `allowed_ips` does not cover.
@@ -64,48 +284,6 @@ pub fn disallowed(config: &Config, host: &HostRecord) -> Option<Disallowed> {
         policy: policy.name.clone(),
         ips,
         allowed: policy.allowed_ips.clone(),
-    })
-}
-
-/// The spec for `host`, or why there is none.
-pub fn desired(config: &Config, host: &HostRecord) -> Result<CertSpec, SpecError> {
-    let policy = policy_for(config, host);
-    let selection = policy.map(|p| p.ips).unwrap_or_default();
-    let ips: Vec<IpAddr> = host
-        .ips
-        .iter()
-        .copied()
-        .filter(|ip| selection == IpSelection::All || is_public(*ip))
-        .collect();
-    if ips.is_empty() {
-        return Err(SpecError::NoAddresses(format!(
-            "the agent reports {:?}; policy {:?}",
-            host.ips,
-            policy.map(|p| p.name.as_str()).unwrap_or("default")
-        )));
-    }
-    let wanted_target = policy
-        .and_then(|p| p.target.clone())
-        .or_else(|| config.issuance.target.clone());
-    let target =
-        choose_target(wanted_target.as_deref(), &host.targets).map_err(SpecError::Target)?;
-    Ok(CertSpec {
-        policy: policy.map(|p| p.name.clone()),
-        name: DEFAULT_CERT.to_owned(),
-        identifiers: canonical_set(ips).into_iter().map(Identifier::Ip).collect(),
-        challenges: Vec::new(),
-        issuer: policy
-            .and_then(|p| p.issuer.clone().or_else(|| p.issuers.first().cloned()))
-            .or_else(|| config.default_issuer_name().map(str::to_owned))
-            .unwrap_or_default(),
-        fallback_issuers: policy
-            .map(|p| p.issuers.iter().skip(1).cloned().collect())
-            .unwrap_or_default(),
-        required_profile: policy.and_then(|p| p.profile.clone()),
-        key_type: policy
-            .and_then(|p| p.key_type)
-            .unwrap_or(config.issuance.key_type),
-        targets: vec![target],
     })
 }
 
@@ -242,5 +420,89 @@ mod tests {
         ));
         let e = desired(&config(""), &host(&[], &["8.8.8.8"], &["a", "b"])).unwrap_err();
         assert!(e.to_string().contains("several targets"));
+    }
+
+    #[test]
+    fn policy_certificates_render_names_and_pick_targets() {
+        let cfg = config(
+            "[[policy]]\nname = \"web\"\nissuer = \"b\"\nallowed_names = [\"*.example.net\"]\n\
+             [[policy.certificate]]\nname = \"site\"\nnames = [\"{hostname}.web.example.net\", \"{label.region}.api.example.net\"]\n\
+             targets = [\"nginx\", \"haproxy\"]\nkey_type = \"ecdsa-p384\"\n\
+             [[policy.certificate]]\nname = \"ip\"\nips = \"public\"\nissuer = \"a\"\ntargets = [\"default\"]\n",
+        );
+        let mut h = host(
+            &[("region", "EU")],
+            &["8.8.8.8", "10.0.0.1"],
+            &["nginx", "haproxy", "default"],
+        );
+        h.hostname = "Web-3".into();
+        let all = desired_all(&cfg, &h);
+        assert_eq!(all.len(), 2);
+        let site = all[0].spec.clone().unwrap();
+        assert_eq!(site.name, "site");
+        let ids: Vec<String> = site.identifiers.iter().map(|i| i.to_string()).collect();
+        // Names only (ips default to none when names are given), canonical, sorted.
+        assert_eq!(ids, vec!["eu.api.example.net", "web-3.web.example.net"]);
+        assert_eq!(site.targets, vec!["nginx", "haproxy"]);
+        assert_eq!(site.issuer, "b");
+        assert_eq!(site.key_type, crate::config::KeyTypeName::EcdsaP384);
+        assert_eq!(all[0].refused_names, None);
+        let ip = all[1].spec.clone().unwrap();
+        assert_eq!(ip.ips(), vec!["8.8.8.8".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            (ip.issuer.as_str(), ip.targets.clone()),
+            ("a", vec!["default".to_owned()])
+        );
+
+        // A missing label or a target the host lacks is that certificate's error only.
+        let bare = host(&[], &["8.8.8.8"], &["nginx", "default"]);
+        let all = desired_all(&cfg, &bare);
+        let e = all[0].spec.clone().unwrap_err().to_string();
+        assert!(
+            e.contains("no label \"region\"") && e.contains("--label region="),
+            "{e}"
+        );
+        assert!(all[1].spec.is_ok());
+    }
+
+    #[test]
+    fn names_the_agent_asks_for_need_allowed_names() {
+        let cfg = config(
+            "[[policy]]\nname = \"web\"\nallowed_names = [\"*.example.net\", \"api.example.org\"]\n",
+        );
+        let mut h = host(&[], &["8.8.8.8"], &["t"]);
+        h.requested_names = vec!["a.b.example.net".into(), "api.example.org".into()];
+        let w = &desired_all(&cfg, &h)[0];
+        let ids: Vec<String> = w
+            .spec
+            .clone()
+            .unwrap()
+            .identifiers
+            .iter()
+            .map(|i| i.to_string())
+            .collect();
+        assert_eq!(ids, vec!["8.8.8.8", "a.b.example.net", "api.example.org"]);
+        assert_eq!(w.refused_names, None);
+
+        // Outside the list, or no list at all (no policy): kept in the spec, refused, the
+        // rule named.
+        h.requested_names = vec!["example.net".into(), "www.other.org".into()];
+        let w = &desired_all(&cfg, &h)[0];
+        let r = w.refused_names.clone().expect("refused");
+        assert_eq!(r.names, vec!["example.net", "www.other.org"]);
+        assert!(
+            r.reason
+                .contains("allowed_names = [*.example.net, api.example.org]"),
+            "{}",
+            r.reason
+        );
+        let r = desired_all(&config(""), &h)[0]
+            .refused_names
+            .clone()
+            .expect("refused");
+        assert!(r.reason.contains("no [[policy]] matches"), "{}", r.reason);
+        // Without names the certificate is the IP one it always was.
+        h.requested_names.clear();
+        assert_eq!(desired_all(&cfg, &h)[0].refused_names, None);
     }
 }

@@ -20,7 +20,10 @@ const ENV_SKIP: &[&str] = &[
 pub use certfleet_shared::configenv::ConfigError;
 
 mod policy;
-pub use policy::{ChallengeKind, IpSelection, PolicyConfig, DEFAULT_CERT};
+pub use policy::{
+    CertificateConfig, ChallengeKind, IpSelection, NameTemplate, PolicyConfig, DEFAULT_CERT,
+    REQUESTED,
+};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,9 +1,11 @@
-//! `[[policy]]`: which certificate the hosts whose labels match get — which addresses, by
-//! whom, with which key, into which of the agent's targets.
+//! `[[policy]]`: which certificates the hosts whose labels match get — their names (from
+//! templates the operator writes, never from the host), which addresses, how they are
+//! validated, by whom, with which key, into which of the agent's targets.
 
 use super::{parse_net, IssuerConfig, KeyTypeName};
+use certfleet_shared::identifier::{DnsName, NamePattern};
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Which of a host's addresses a certificate covers.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -13,6 +15,8 @@ pub enum IpSelection {
     All,
     /// Only addresses outside the special-purpose ranges.
     Public,
+    /// No addresses: names only.
+    None,
 }
 
 /// An ACME challenge type, in the spelling of RFC 8555 / 8737.
@@ -63,6 +67,144 @@ pub struct PolicyConfig {
     /// certificate is `refused`, naming the address and this list.
     #[serde(default)]
     pub allowed_ips: Vec<String>,
+    /// Names an agent may ask for in its own config (`names = [...]`): exact names, or
+    /// `*.zone` for any name under the zone. Empty: agents may ask for none.
+    #[serde(default)]
+    pub allowed_names: Vec<String>,
+    /// The certificates each matching host gets. None listed: one certificate, `default`,
+    /// made from the fields above, with the host's addresses and the names it asks for.
+    #[serde(rename = "certificate", default)]
+    pub certificates: Vec<CertificateConfig>,
+}
+
+/// `[[policy.certificate]]`: one certificate every matching host gets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// Unique in the policy; the certificate keeps its identity (and history) under it.
+    pub name: String,
+    /// Name templates: literal names, or with `{hostname}` (the host's enrolled name) and
+    /// `{label.KEY}` (a label's value) in place of whole labels or parts of one. The entry
+    /// `"{requested}"` stands for the names the agent asks for, when `allowed_names`
+    /// covers them.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Which of the host's addresses to include; default: none when `names` is given,
+    /// else the policy's `ips`.
+    pub ips: Option<IpSelection>,
+    /// Challenge types in the order they are tried; when one fails for an identifier the
+    /// next is tried. Default: http-01, then tls-alpn-01 (each only where the agent
+    /// offers it).
+    #[serde(default)]
+    pub challenges: Vec<ChallengeKind>,
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    pub profile: Option<String>,
+    pub key_type: Option<KeyTypeName>,
+    /// Agent targets the certificate is installed into (one target holds one
+    /// certificate). Default: the policy's `target`, `[issuance] target`, else the agent's
+    /// only target.
+    #[serde(default)]
+    pub targets: Vec<String>,
+}
+
+impl CertificateConfig {
+    /// The one certificate a policy without `[[policy.certificate]]` (or no policy) gives:
+    /// the host's addresses as selected, and the names its agent asks for.
+    pub fn implicit(ips: IpSelection) -> Self {
+        CertificateConfig {
+            name: DEFAULT_CERT.into(),
+            names: vec![REQUESTED.into()],
+            ips: Some(ips),
+            challenges: Vec::new(),
+            issuer: None,
+            issuers: Vec::new(),
+            profile: None,
+            key_type: None,
+            targets: Vec::new(),
+        }
+    }
+}
+
+/// The placeholder for the names an agent asks for.
+pub const REQUESTED: &str = "{requested}";
+
+/// One piece of a name template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    Hostname,
+    Label(String),
+}
+
+/// A parsed name template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameTemplate(Vec<Piece>);
+
+impl NameTemplate {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut pieces = Vec::new();
+        let mut rest = s;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                pieces.push(Piece::Text(rest[..open].to_owned()));
+            }
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| format!("name template {s:?}: a \"{{\" is not closed"))?
+                + open;
+            let key = &rest[open + 1..close];
+            pieces.push(match key {
+                "hostname" => Piece::Hostname,
+                _ => match key.strip_prefix("label.") {
+                    Some(l) if !l.is_empty() => Piece::Label(l.to_owned()),
+                    _ => {
+                        return Err(format!(
+                            "name template {s:?}: unknown placeholder {{{key}}}; use {{hostname}}, {{label.KEY}} or, alone, {REQUESTED}"
+                        ))
+                    }
+                },
+            });
+            rest = &rest[close + 1..];
+        }
+        if rest.contains('}') {
+            return Err(format!("name template {s:?}: a \"}}\" has no \"{{\""));
+        }
+        if !rest.is_empty() {
+            pieces.push(Piece::Text(rest.to_owned()));
+        }
+        Ok(NameTemplate(pieces))
+    }
+
+    /// Fills the template in for a host; the result still has to pass [`DnsName::parse`].
+    pub fn render(
+        &self,
+        hostname: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<String, String> {
+        let mut out = String::new();
+        for p in &self.0 {
+            match p {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Hostname => out.push_str(hostname),
+                Piece::Label(k) => match labels.get(k) {
+                    Some(v) => out.push_str(v),
+                    None => {
+                        return Err(format!(
+                            "the host has no label {k:?} (the template uses {{label.{k}}}); enroll it with --label {k}=VALUE or change the template"
+                        ))
+                    }
+                },
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the template is a fixed name.
+    pub fn is_literal(&self) -> bool {
+        self.0.iter().all(|p| matches!(p, Piece::Text(_)))
+    }
 }
 
 impl PolicyConfig {
@@ -74,6 +216,23 @@ impl PolicyConfig {
             .collect()
     }
 
+    /// `allowed_names` parsed (validated at load, so nothing is dropped here).
+    pub fn allowed_name_patterns(&self) -> Vec<NamePattern> {
+        self.allowed_names
+            .iter()
+            .filter_map(|s| NamePattern::parse(s).ok())
+            .collect()
+    }
+
+    /// The certificates the policy gives, with the implicit `default` one when none is
+    /// listed.
+    pub fn certificates(&self) -> Vec<CertificateConfig> {
+        if !self.certificates.is_empty() {
+            return self.certificates.clone();
+        }
+        vec![CertificateConfig::implicit(self.ips)]
+    }
+
     /// Everything `Config::validate` checks about one policy.
     pub(super) fn validate(&self, issuers: &[IssuerConfig]) -> Result<(), String> {
         let ctx = |m: String| format!("[[policy]] {:?}: {m}", self.name);
@@ -81,13 +240,65 @@ impl PolicyConfig {
         for n in &self.allowed_ips {
             parse_net(n).map_err(|e| ctx(format!("allowed_ips: {e}")))?;
         }
+        for n in &self.allowed_names {
+            NamePattern::parse(n).map_err(|e| ctx(format!("allowed_names: {e}")))?;
+        }
+        let mut names = HashSet::new();
+        let mut targets: HashMap<&str, &str> = HashMap::new();
+        for c in &self.certificates {
+            let ctx = |m: String| {
+                format!(
+                    "[[policy]] {:?}, [[policy.certificate]] {:?}: {m}",
+                    self.name, c.name
+                )
+            };
+            if !valid_cert_name(&c.name) || !names.insert(c.name.as_str()) {
+                return Err(ctx(
+                    "name must be unique in the policy: letters, digits, - or _ (up to 64)".into(),
+                ));
+            }
+            check_issuers(&c.issuer, &c.issuers, issuers).map_err(ctx)?;
+            for t in &c.names {
+                check_template(t).map_err(ctx)?;
+            }
+            let ips = c.ips.unwrap_or(if c.names.is_empty() {
+                self.ips
+            } else {
+                IpSelection::None
+            });
+            if c.names.is_empty() && ips == IpSelection::None {
+                return Err(ctx(
+                    "no names and ips = \"none\": the certificate would name nothing; add names or choose ips = \"public\" or \"all\"".into(),
+                ));
+            }
+            let mut seen = HashSet::new();
+            for ch in &c.challenges {
+                if !seen.insert(*ch) {
+                    return Err(ctx(format!("challenge {:?} is listed twice", ch.as_str())));
+                }
+            }
+            for t in &c.targets {
+                if let Some(other) = targets.insert(t, &c.name) {
+                    return Err(ctx(format!(
+                        "target {t:?} is also the target of certificate {other:?}; a target holds one certificate, so give each its own target (two targets may reload the same server)"
+                    )));
+                }
+            }
+        }
         Ok(())
     }
 }
 
-/// The name of the certificate every host has (one per host for now; the policy will list
-/// several).
+/// The name of the certificate a policy without `[[policy.certificate]]` gives (and every
+/// host had before certificates were listed).
 pub const DEFAULT_CERT: &str = "default";
+
+fn valid_cert_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
 
 fn check_issuers(
     issuer: &Option<String>,
@@ -105,4 +316,34 @@ fn check_issuers(
         }
     }
     Ok(())
+}
+
+/// A template is valid when it parses and, filled in with a plausible host, is a valid
+/// name; a literal name must be valid as it stands.
+fn check_template(t: &str) -> Result<(), String> {
+    if t == REQUESTED {
+        return Ok(());
+    }
+    if t.contains(REQUESTED) {
+        return Err(format!(
+            "names entry {t:?}: {REQUESTED} stands alone, as its own entry"
+        ));
+    }
+    let tpl = NameTemplate::parse(t)?;
+    let sample_labels: BTreeMap<String, String> = tpl
+        .0
+        .iter()
+        .filter_map(|p| match p {
+            Piece::Label(k) => Some((k.clone(), "x1".to_owned())),
+            _ => None,
+        })
+        .collect();
+    let sample = tpl.render("host-1", &sample_labels)?;
+    DnsName::parse(&sample).map(|_| ()).map_err(|e| {
+        if tpl.is_literal() {
+            format!("names entry {t:?}: {e}")
+        } else {
+            format!("names entry {t:?} does not make a valid name (filled in: {sample:?}): {e}")
+        }
+    })
 }

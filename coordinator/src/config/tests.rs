@@ -222,3 +222,73 @@ fn environment_overrides_apply() {
     let cfg = Config::from_toml(MINIMAL, Path::new("t"), env).unwrap();
     assert_eq!(cfg.local_url(), "https://127.0.0.1:9000");
 }
+
+/// `[[policy.certificate]]` and `allowed_names`: a good list parses; each mistake is
+/// refused naming the policy, the certificate and the fix.
+#[test]
+fn policy_certificates_parse_and_refusals_name_the_rule() {
+    let good = format!(
+        "{MINIMAL}[[policy]]\nname = \"web\"\nallowed_names = [\"*.example.net\", \"api.example.org\"]\n\
+         [[policy.certificate]]\nname = \"site\"\nnames = [\"{{hostname}}.web.example.net\", \"{{label.region}}.api.example.net\", \"{{requested}}\"]\n\
+         challenges = [\"tls-alpn-01\", \"http-01\"]\nkey_type = \"ecdsa-p384\"\ntargets = [\"nginx\", \"haproxy\"]\n\
+         [[policy.certificate]]\nname = \"ip\"\nips = \"all\"\ntargets = [\"default-site\"]\n"
+    );
+    let cfg = parse(&good).expect("good policy certificates");
+    let p = &cfg.policies[0];
+    let certs = p.certificates();
+    assert_eq!(certs.len(), 2);
+    assert_eq!(
+        certs[0].challenges,
+        vec![ChallengeKind::TlsAlpn01, ChallengeKind::Http01]
+    );
+    assert_eq!(certs[0].targets, vec!["nginx", "haproxy"]);
+    assert_eq!(p.allowed_name_patterns().len(), 2);
+    // No list: one implicit certificate with the agent's names.
+    let implicit = parse(&format!(
+        "{MINIMAL}[[policy]]\nname = \"p\"\nips = \"public\"\n"
+    ))
+    .unwrap()
+    .policies[0]
+        .certificates();
+    assert_eq!(implicit.len(), 1);
+    assert_eq!(implicit[0].name, DEFAULT_CERT);
+    assert_eq!(implicit[0].names, vec![REQUESTED]);
+    assert_eq!(implicit[0].ips, Some(IpSelection::Public));
+
+    let cert = |body: &str| {
+        format!("{MINIMAL}[[policy]]\nname = \"web\"\n[[policy.certificate]]\nname = \"c\"\n{body}")
+    };
+    let cases: Vec<(String, &str)> = vec![
+        (cert("names = [\"{host}.example.net\"]\n"), "unknown placeholder {host}"),
+        (cert("names = [\"{hostname.example.net\"]\n"), "is not closed"),
+        (cert("names = [\"www.exa_mple.net\"]\n"), "\"www.exa_mple.net\""),
+        (cert("names = [\"co.uk\"]\n"), "public suffix"),
+        (cert("names = [\"10.0.0.1\"]\n"), "list it as an IP"),
+        (cert("names = [\"x-{requested}\"]\n"), "stands alone"),
+        (cert("names = [\"{hostname}_x.example.net\"]\n"), "does not make a valid name"),
+        (cert("ips = \"none\"\n"), "would name nothing"),
+        (cert("names = [\"a.example.net\"]\nchallenges = [\"http-01\", \"http-01\"]\n"), "listed twice"),
+        (cert("names = [\"a.example.net\"]\nchallenges = [\"dns-02\"]\n"), "dns-02"),
+        (cert("names = [\"a.example.net\"]\nissuer = \"nope\"\n"), "issuer \"nope\" is not one of"),
+        (
+            cert("names = [\"a.example.net\"]\ntargets = [\"t\"]\n[[policy.certificate]]\nname = \"d\"\nnames = [\"b.example.net\"]\ntargets = [\"t\"]\n"),
+            "a target holds one certificate",
+        ),
+        (
+            cert("names = [\"a.example.net\"]\n[[policy.certificate]]\nname = \"c\"\nnames = [\"b.example.net\"]\n"),
+            "must be unique",
+        ),
+        (
+            format!("{MINIMAL}[[policy]]\nname = \"web\"\nallowed_names = [\"*.com\"]\n"),
+            "allowed_names",
+        ),
+    ];
+    for (text, want) in cases {
+        let err = parse(&text).expect_err(&text).to_string();
+        assert!(err.contains(want), "{want:?} not in: {err}");
+        // Serde names the key path itself for an unknown challenge type.
+        let named =
+            err.contains("[[policy]] \"web\"") || err.contains("policy.certificate.challenges");
+        assert!(named, "policy named: {err}");
+    }
+}

@@ -1,5 +1,6 @@
 //! A host's facts changed (it said Hello): the addresses it may hold (one IP, one live host,
-//! inside the policy's ranges), its desired certificate, and what blocks it.
+//! inside the policy's ranges), its desired certificates (one record per certificate name;
+//! those the policy no longer gives are retired), and what blocks each.
 
 use super::reconcile::{new_record, state_of, RECHECK_SECS};
 use super::Engine;
@@ -23,45 +24,69 @@ impl Engine {
         let now = self.clock.now_unix();
         let disallowed = spec::disallowed(&self.config, &host);
         let conflicts = self.claim_addresses(&host, disallowed.as_ref())?;
-        let existing = self.store.certs_for_host(host_id)?;
-        match spec::desired(&self.config, &host) {
-            Ok(spec) => {
-                let mut rec = existing
-                    .into_iter()
-                    .next()
-                    .unwrap_or_else(|| new_record(&host, spec.clone(), now));
-                rec.observed.installed_in = host
-                    .inventory
-                    .iter()
-                    .filter(|i| spec.targets.contains(&i.target))
-                    .map(|i| (i.target.clone(), i.serial.clone()))
-                    .collect();
-                // What a target serves is only known again after its next served check
-                // when what is installed there changed.
-                let obs = &mut rec.observed;
-                let installed = &obs.installed_in;
-                obs.served_in
-                    .retain(|t, serial| installed.get(t) == Some(serial));
-                obs.installed_serial = installed_everywhere(&spec.targets, &obs.installed_in);
-                obs.served_serial = installed_everywhere(&spec.targets, &obs.served_in);
-                let blocked = blocked_by(&spec, disallowed.as_ref(), &conflicts, &host, now);
-                rec.spec = spec;
-                self.set_blocked(&mut rec, blocked)?;
-                rec.state = state_of(&rec, now);
-                rec.schedule.next_action = Some(now);
-                rec.schedule.next_reason = Some("host connected".into());
-                rec.updated = now;
-                self.store.put_cert(&rec)?;
-            }
-            Err(e) => {
-                tracing::warn!(host = %host_id, error = %e, "no certificate for this host");
-                for mut rec in existing {
-                    rec.schedule.last_error = Some(e.to_string());
-                    rec.schedule.next_action = Some(now + RECHECK_SECS);
-                    rec.schedule.next_reason = Some("configuration error".into());
+        let mut existing: BTreeMap<String, CertRecord> = self
+            .store
+            .certs_for_host(host_id)?
+            .into_iter()
+            .map(|r| (r.spec.name.clone(), r))
+            .collect();
+        for wanted in spec::desired_all(&self.config, &host) {
+            let found = existing.remove(&wanted.name);
+            match wanted.spec {
+                Ok(spec) => {
+                    let mut rec = found.unwrap_or_else(|| new_record(&host, spec.clone(), now));
+                    rec.observed.installed_in = host
+                        .inventory
+                        .iter()
+                        .filter(|i| spec.targets.contains(&i.target))
+                        .map(|i| (i.target.clone(), i.serial.clone()))
+                        .collect();
+                    // What a target serves is only known again after its next served
+                    // check when what is installed there changed.
+                    let obs = &mut rec.observed;
+                    let installed = &obs.installed_in;
+                    obs.served_in
+                        .retain(|t, serial| installed.get(t) == Some(serial));
+                    obs.summarise(&spec.targets);
+                    let blocked = blocked_by(
+                        &spec,
+                        disallowed.as_ref(),
+                        wanted.refused_names.as_ref(),
+                        &conflicts,
+                        &host,
+                        now,
+                    );
+                    rec.spec = spec;
+                    self.set_blocked(&mut rec, blocked)?;
+                    rec.state = state_of(&rec, now);
+                    rec.schedule.next_action = Some(now);
+                    rec.schedule.next_reason = Some("host connected".into());
+                    rec.updated = now;
                     self.store.put_cert(&rec)?;
                 }
+                Err(e) => {
+                    tracing::warn!(host = %host_id, certificate = %wanted.name, error = %e, "no certificate for this host");
+                    if let Some(mut rec) = found {
+                        rec.schedule.last_error = Some(e.to_string());
+                        rec.schedule.next_action = Some(now + RECHECK_SECS);
+                        rec.schedule.next_reason = Some("configuration error".into());
+                        self.store.put_cert(&rec)?;
+                    }
+                }
             }
+        }
+        // Certificates the policy no longer gives this host: no longer renewed. What is
+        // installed stays on the host until a target is given another certificate.
+        for (name, rec) in existing {
+            tracing::info!(host = %host_id, cert = %rec.id, certificate = %name, "the policy no longer gives this certificate; retiring it");
+            let entry = Entry::by("coordinator")
+                .ids(&rec.spec.identifiers)
+                .detail("certificate", &name)
+                .detail("policy", &rec.spec.policy);
+            if let Err(e) = self.record(Kind::CertificateRetired, &rec, entry) {
+                tracing::error!(error = %e, "audit append failed");
+            }
+            self.store.delete_cert(&rec)?;
         }
         self.wake.notify_one();
         Ok(())
@@ -103,7 +128,9 @@ impl Engine {
         blocked: Option<Blocked>,
     ) -> Result<(), StoreError> {
         let same = match (&rec.observed.blocked, &blocked) {
-            (Some(a), Some(b)) => a.state == b.state && a.ips == b.ips && a.held_by == b.held_by,
+            (Some(a), Some(b)) => {
+                a.state == b.state && a.ips == b.ips && a.names == b.names && a.held_by == b.held_by
+            }
             (None, None) => true,
             _ => false,
         };
@@ -114,11 +141,13 @@ impl Engine {
             Some(b) => {
                 let kind = match b.state {
                     BlockedState::Conflict => Kind::IpConflict,
+                    BlockedState::Refused if !b.names.is_empty() => Kind::NameRefused,
                     BlockedState::Refused => Kind::IpRefused,
                 };
                 let mut entry = Entry::by("coordinator")
                     .ips(&b.ips)
                     .detail("reason", &b.reason);
+                entry.names = b.names.clone();
                 if let Some(h) = &b.held_by {
                     entry = entry.detail("held_by", h.as_str());
                 }
@@ -131,7 +160,7 @@ impl Engine {
                         kind: kind.as_str(),
                     })
                     .inc();
-                tracing::warn!(host = %rec.host_id, cert = %rec.id, ips = ?b.ips, held_by = ?b.held_by,
+                tracing::warn!(host = %rec.host_id, cert = %rec.id, ips = ?b.ips, names = ?b.names, held_by = ?b.held_by,
                     state = ?b.state, "{}", b.reason);
                 rec.schedule.last_error = Some(b.reason.clone());
             }
@@ -183,15 +212,26 @@ impl Engine {
     }
 }
 
-/// What keeps `spec` from being ordered: addresses outside the policy (refused first), or
-/// addresses of the spec that another host holds.
+/// What keeps `spec` from being ordered: names the policy does not allow, addresses outside
+/// the policy (refused first), or addresses of the spec that another host holds.
 fn blocked_by(
     spec: &CertSpec,
     disallowed: Option<&spec::Disallowed>,
+    refused_names: Option<&spec::RefusedNames>,
     conflicts: &[(IpAddr, HostId)],
     host: &HostRecord,
     now: i64,
 ) -> Option<Blocked> {
+    if let Some(r) = refused_names {
+        return Some(Blocked {
+            names: r.names.clone(),
+            state: BlockedState::Refused,
+            ips: Vec::new(),
+            held_by: None,
+            reason: r.reason.clone(),
+            since: now,
+        });
+    }
     if let Some(d) = disallowed {
         return Some(Blocked {
             names: Default::default(),
@@ -222,14 +262,4 @@ fn blocked_by(
         ips,
         since: now,
     })
-}
-
-/// The serial installed in every one of `targets` (none when they differ or one lacks it).
-pub(super) fn installed_everywhere(
-    targets: &[String],
-    installed: &BTreeMap<String, String>,
-) -> Option<String> {
-    let mut serials = targets.iter().map(|t| installed.get(t));
-    let first = serials.next()??;
-    serials.all(|s| s == Some(first)).then(|| first.clone())
 }

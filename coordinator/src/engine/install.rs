@@ -1,7 +1,6 @@
 //! Installing the current certificate through the agent, and what its answer means (served,
 //! rolled back, key lost on the host).
 
-use super::hosts::installed_everywhere;
 use super::{Engine, IssueError, AGENT_INSTALL};
 use crate::audit::{Entry, Kind};
 use crate::model::{CertRecord, IssuedCert};
@@ -22,15 +21,11 @@ impl Engine {
         };
         let targets = rec.spec.targets.clone();
         for target in &targets {
-            let done =
-                |m: &std::collections::BTreeMap<String, String>| m.get(target) == Some(&cur.serial);
-            if done(&rec.observed.installed_in) && done(&rec.observed.served_in) {
+            if rec.observed.done_in(target, &cur.serial) {
                 continue;
             }
             let outcome = self.install_into(agent, rec, &cur, target).await;
-            let obs = &mut rec.observed;
-            obs.installed_serial = installed_everywhere(&targets, &obs.installed_in);
-            obs.served_serial = installed_everywhere(&targets, &obs.served_in);
+            rec.observed.summarise(&targets);
             outcome?;
         }
         Ok(())
@@ -60,12 +55,11 @@ impl Engine {
                 rec.observed
                     .installed_in
                     .insert(target.to_owned(), report.serial.clone());
-                rec.observed.verify_disabled = report.verify_disabled;
                 if report.verify_disabled {
                     // Installed is as far as this target checks.
-                    rec.observed
-                        .served_in
-                        .insert(target.to_owned(), report.serial.clone());
+                    rec.observed.unverified.insert(target.to_owned());
+                } else {
+                    rec.observed.unverified.remove(target);
                 }
                 tracing::info!(host = %rec.host_id, cert = %rec.id, serial = %report.serial, target = %report.target, "certificate installed");
                 if !report.verify_disabled && !report.served_on.is_empty() {

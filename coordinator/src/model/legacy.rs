@@ -76,6 +76,13 @@ pub(super) struct StoredCertRecord {
 
 impl From<StoredCertRecord> for CertRecord {
     fn from(f: StoredCertRecord) -> Self {
+        // Before targets were tracked one by one, a record with verify disabled had one
+        // target, which did not check.
+        let unverified = if f.verify_disabled {
+            f.spec.targets.iter().cloned().collect()
+        } else {
+            Default::default()
+        };
         CertRecord {
             id: f.id,
             host_id: f.host_id,
@@ -88,6 +95,7 @@ impl From<StoredCertRecord> for CertRecord {
                 installed_serial: f.installed_serial,
                 installed_in: BTreeMap::new(),
                 served_in: BTreeMap::new(),
+                unverified,
                 served_serial: f.served_serial,
                 served_on: f.served_on,
                 served_at: f.served_at,
@@ -138,6 +146,7 @@ mod tests {
         let mut rec = CertRecord::new(CertId::generate(), HostId::generate(), spec, 1_000);
         rec.state = CertState::Served;
         rec.observed = Observed {
+            unverified: ["nginx".to_owned()].into(),
             served_in: Default::default(),
             installed_in: Default::default(),
             current: Some(IssuedCert {
@@ -246,5 +255,40 @@ mod tests {
         let old: CertRecord = serde_json::from_value(minimal).expect("minimal decodes");
         assert_eq!(old.schedule.next_action, Some(5));
         assert!(old.observed.current.is_none() && old.observed.key_history.is_empty());
+    }
+
+    /// Several targets: installed when every one has the serial, served when every one
+    /// that checks saw it; a target without verify addresses never holds "served" back.
+    #[test]
+    fn per_target_facts_summarise() {
+        let t = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let targets = t(&["nginx", "haproxy"]);
+        let mut o = Observed::default();
+        o.installed_in.insert("nginx".into(), "0a".into());
+        o.served_in.insert("nginx".into(), "0a".into());
+        o.summarise(&targets);
+        assert_eq!(
+            (o.installed_serial.as_deref(), o.served_serial.as_deref()),
+            (None, None)
+        );
+        assert!(o.done_in("nginx", "0a") && !o.done_in("haproxy", "0a"));
+        o.installed_in.insert("haproxy".into(), "0a".into());
+        o.unverified.insert("haproxy".into());
+        o.summarise(&targets);
+        assert_eq!(o.installed_serial.as_deref(), Some("0a"));
+        assert_eq!(o.served_serial.as_deref(), Some("0a"));
+        assert!(!o.verify_disabled && o.done_in("haproxy", "0a"));
+        // A different serial in one target: neither installed nor served everywhere.
+        o.installed_in.insert("nginx".into(), "0b".into());
+        o.served_in.insert("nginx".into(), "0b".into());
+        o.summarise(&targets);
+        assert_eq!(
+            (o.installed_serial.as_deref(), o.served_serial.as_deref()),
+            (None, Some("0b"))
+        );
+        // No target checks: verify disabled, nothing served.
+        o.unverified.insert("nginx".into());
+        o.summarise(&targets);
+        assert!(o.verify_disabled && o.served_serial.is_none());
     }
 }

@@ -8,7 +8,7 @@ use certfleet_shared::identifier::Identifier;
 use certfleet_shared::ids::{CertId, HostId};
 use certfleet_shared::renewal::{self, RenewReason, Validity};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 mod legacy;
@@ -281,10 +281,12 @@ pub struct Observed {
     /// The serial the host's served check saw on every verify address of every target.
     #[serde(default)]
     pub served_serial: Option<String>,
-    /// Per target: the serial its served check saw (or, for a target without verify
-    /// addresses, the serial installed there: as far as anyone checks).
+    /// Per target: the serial its served check saw.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub served_in: BTreeMap<String, String>,
+    /// Targets that have no verify addresses (installed is as far as they are checked).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub unverified: BTreeSet<String>,
     #[serde(default)]
     pub served_on: Vec<String>,
     #[serde(default)]
@@ -312,6 +314,39 @@ pub struct Observed {
     /// so another crash cannot leave the listener bound.
     #[serde(default)]
     pub deferred_clear: Option<DeferredClear>,
+}
+
+impl Observed {
+    /// Whether `target` has `serial` in place and, where it checks, served.
+    pub fn done_in(&self, target: &str, serial: &str) -> bool {
+        let has = |m: &BTreeMap<String, String>| m.get(target).is_some_and(|s| s == serial);
+        has(&self.installed_in) && (self.unverified.contains(target) || has(&self.served_in))
+    }
+
+    /// Recomputes the summary (`installed_serial`, `served_serial`, `verify_disabled`) from
+    /// the per-target facts: installed when every target has the serial, served when every
+    /// target that checks saw it, verify disabled when no target checks.
+    pub fn summarise(&mut self, targets: &[String]) {
+        self.installed_serial = same_everywhere(targets.iter(), &self.installed_in);
+        let verified: Vec<&String> = targets
+            .iter()
+            .filter(|t| !self.unverified.contains(*t))
+            .collect();
+        self.verify_disabled = !targets.is_empty() && verified.is_empty();
+        self.served_serial = same_everywhere(verified.into_iter(), &self.served_in);
+    }
+}
+
+/// The serial every one of `targets` has (none when they differ, one lacks it, or there
+/// are no targets).
+fn same_everywhere<'a>(
+    mut targets: impl Iterator<Item = &'a String>,
+    serials: &BTreeMap<String, String>,
+) -> Option<String> {
+    let first = serials.get(targets.next()?)?;
+    targets
+        .all(|t| serials.get(t) == Some(first))
+        .then(|| first.clone())
 }
 
 /// When and why the reconciler looks at the certificate next, and what the attempts so far
