@@ -2,7 +2,7 @@
 //! (design invariant 3). Strict (`deny_unknown_fields`), versioned, env overrides
 //! (`CERTFLEET_AGENT_SECTION__KEY`), validated with messages that name the fix.
 
-use certfleet_shared::identifier::{parse_host_ip, parse_ip};
+use certfleet_shared::identifier::{parse_host_ip, parse_ip, DnsName};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -28,6 +28,11 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// Canonical IP addresses of this host.
     pub ips: Vec<String>,
+    /// DNS names this host asks to have certificates for (sent in Hello as
+    /// `requested_names`; the coordinator's policy decides). Canonical after load: lower
+    /// case A-labels, no trailing dot.
+    #[serde(default)]
+    pub names: Vec<String>,
     #[serde(default)]
     pub http01: Http01Config,
     /// `[tls_alpn01]`: absent = this host answers no TLS-ALPN-01.
@@ -243,13 +248,15 @@ impl AgentConfig {
             path: path.into(),
             detail,
         };
-        let cfg: AgentConfig =
+        let mut cfg: AgentConfig =
             certfleet_shared::configenv::parse_with_env(text, ENV_PREFIX, ENV_SKIP, env)
                 .map_err(parse_err)?;
-        cfg.validate().map_err(|detail| ConfigError::Invalid {
+        let invalid = |detail| ConfigError::Invalid {
             path: path.into(),
             detail,
-        })?;
+        };
+        cfg.names = canonical_names(&cfg.names).map_err(invalid)?;
+        cfg.validate().map_err(invalid)?;
         Ok(cfg)
     }
 
@@ -277,6 +284,12 @@ impl AgentConfig {
             if !seen.insert(parsed) {
                 return Err(format!("ips[{i}]: {ip:?} is listed twice"));
             }
+        }
+        let names = canonical_names(&self.names)?;
+        if let Some((given, canonical)) = self.names.iter().zip(&names).find(|(g, c)| g != c) {
+            return Err(format!(
+                "names: {given:?} is not in canonical form; write it as {canonical:?}"
+            ));
         }
         self.http01.validate()?;
         if let Some(t) = &self.tls_alpn01 {
@@ -337,6 +350,31 @@ impl AgentConfig {
     pub fn ip_addrs(&self) -> Vec<IpAddr> {
         self.ips.iter().filter_map(|s| parse_ip(s).ok()).collect()
     }
+}
+
+/// The canonical form of each entry of `names` ([`DnsName::parse`]: lower-case A-labels,
+/// no trailing dot); a bad entry is refused naming its index and the rule, a name listed
+/// twice (after canonicalisation) too.
+fn canonical_names(names: &[String]) -> Result<Vec<String>, String> {
+    const MAX_NAMES: usize = 100;
+    if names.len() > MAX_NAMES {
+        return Err(format!(
+            "names lists {} names; at most {MAX_NAMES} (a certificate names at most 100)",
+            names.len()
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(names.len());
+    for (i, given) in names.iter().enumerate() {
+        let name = DnsName::parse(given).map_err(|e| format!("names[{i}]: {e}"))?;
+        let name = name.as_str().to_owned();
+        if out.contains(&name) {
+            return Err(format!(
+                "names[{i}]: {given:?} is listed twice (as {name:?})"
+            ));
+        }
+        out.push(name);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

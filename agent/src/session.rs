@@ -276,9 +276,9 @@ impl Agent {
             .filter_map(|(name, t)| {
                 install::inspect(t).map(|i| pb::InstalledCert {
                     target: name.clone(),
+                    identifiers: i.identifiers(),
                     serial: i.serial,
                     not_after_unix: i.not_after,
-                    identifiers: i.ips.iter().map(|ip| ip.to_string()).collect(),
                 })
             })
             .collect();
@@ -288,6 +288,7 @@ impl Agent {
             targets: self.config.targets.keys().cloned().collect(),
             challenge_modes: self.challenge_modes(),
             inventory,
+            requested_names: self.config.names.clone(),
         }
     }
 
@@ -391,7 +392,7 @@ impl Agent {
                 }
                 Ok(reply::Result::Done(pb::Done::default()))
             }
-            Some(Cmd::CreateCsr(c)) => self.create_csr(c),
+            Some(Cmd::CreateCsr(c)) => self.create_csr(c).await,
             Some(Cmd::DiscardPendingKeys(d)) => self.discard_pending_keys(d),
             Some(Cmd::Install(i)) => self.install(i).await,
         };
@@ -471,34 +472,32 @@ impl Agent {
         }
     }
 
-    fn create_csr(&self, c: pb::CreateCsr) -> Result<reply::Result, AgentFailure> {
+    async fn create_csr(&self, c: pb::CreateCsr) -> Result<reply::Result, AgentFailure> {
         if !self.targets.contains_key(&c.target) {
             return Err(AgentFailure::new(
                 "unknown_target",
                 format!("this host has no target {:?}", c.target),
             ));
         }
-        if c.identifiers.is_empty() || c.identifiers.len() > 64 {
-            return Err(AgentFailure::bad_request(
-                "a CSR names between 1 and 64 identifiers",
-            ));
-        }
-        let mut ips = Vec::new();
-        for id in &c.identifiers {
-            let ip = certfleet_shared::identifier::parse_ip(id)
-                .map_err(|e| AgentFailure::bad_request(e.to_string()))?;
-            if !self.ips.contains(&ip) {
-                return Err(AgentFailure::new(
-                    "not_my_ip",
-                    format!("{ip} is not one of this host's configured ips"),
-                ));
-            }
-            ips.push(ip);
-        }
+        let identifiers = crate::keys::csr_identifiers(&c.identifiers, &self.ips)?;
         let cert = parse_cert_id(&c.cert_id)?;
-        let key_type = pb::KeyType::try_from(c.key_type).unwrap_or(pb::KeyType::EcdsaP256);
-        let der = self.pending.create_csr(&ips, key_type, cert.as_ref())?;
-        tracing::info!(target = %c.target, ips = ?ips, cert = c.cert_id, "new key and CSR made");
+        let key_type = pb::KeyType::try_from(c.key_type).map_err(|_| {
+            AgentFailure::bad_request(format!(
+                "key type {} is unknown to this agent (it makes ECDSA P-256/P-384 and RSA 2048/3072/4096 keys); update the agent",
+                c.key_type
+            ))
+        })?;
+        // RSA generation takes up to seconds: off the runtime's worker threads.
+        let pending = self.pending.clone();
+        let ids = identifiers.clone();
+        let der =
+            tokio::task::spawn_blocking(move || pending.create_csr(&ids, key_type, cert.as_ref()))
+                .await
+                .map_err(|e| {
+                    AgentFailure::new("internal", format!("key generation stopped: {e}"))
+                })??;
+        let shown: Vec<String> = identifiers.iter().map(|i| i.to_string()).collect();
+        tracing::info!(target = %c.target, identifiers = ?shown, key_type = key_type.as_str_name(), cert = c.cert_id, "new key and CSR made");
         Ok(reply::Result::Csr(pb::Csr { csr_der: der }))
     }
 
@@ -540,7 +539,13 @@ impl Agent {
         let _serial = self.install_lock.lock().await;
         let result = self
             .installer
-            .install(target, &i.chain_pem, &self.ips, &self.pending)
+            .install(
+                target,
+                &i.chain_pem,
+                &self.ips,
+                &self.pending,
+                &self.targets,
+            )
             .await;
         let label = crate::metrics::InstallLabels {
             target: i.target.clone(),
