@@ -239,8 +239,8 @@ fn san(id: &Identifier) -> Result<SanType, AgentFailure> {
     }
 }
 
-/// The identifiers of a `CreateCsr`: each parsed with [`Identifier::parse`] (canonical text
-/// only); an IP address must be one of `own_ips`. Names and wildcards are not checked
+/// The identifiers of a `CreateCsr`: each parsed with [`Identifier::parse`] and refused
+/// unless given in canonical text; an IP address must be one of `own_ips`. Names and wildcards are not checked
 /// against anything: which names a host gets is the coordinator's decision.
 pub fn csr_identifiers(
     given: &[String],
@@ -256,6 +256,13 @@ pub fn csr_identifiers(
         .map(|text| {
             let id = Identifier::parse(text)
                 .map_err(|e| AgentFailure::bad_request(format!("CSR identifier: {e}")))?;
+            // The coordinator sends canonical text; the CSR must say exactly that.
+            if id.to_canonical() != *text {
+                return Err(AgentFailure::bad_request(format!(
+                    "CSR identifier {text:?} is not in canonical form; send it as {:?}",
+                    id.to_canonical()
+                )));
+            }
             match id.as_ip() {
                 Some(ip) if !own_ips.contains(&ip) => Err(AgentFailure::new(
                     "not_my_ip",
@@ -340,5 +347,122 @@ mod tests {
         assert!(!half.exists());
         keys.remove(&b1);
         assert!(keys.find(&b1).is_none());
+    }
+
+    fn ids(texts: &[&str]) -> Vec<Identifier> {
+        texts
+            .iter()
+            .map(|t| Identifier::parse(t).unwrap())
+            .collect()
+    }
+
+    /// Every key type: the CSR's signature verifies (CsrInfo checks it), its public key is
+    /// the pending key's (found by SPKI, PKCS#8 "PRIVATE KEY" PEM, 0600), the SANs are the
+    /// identifiers (iPAddress / dNSName) and there is no CN.
+    #[test]
+    fn every_key_type_makes_a_verified_csr_for_ips_and_names() {
+        use std::os::unix::fs::PermissionsExt;
+        let identifiers = ids(&[
+            "192.0.2.7",
+            "2001:db8::7",
+            "web-1.example.net",
+            "*.example.org",
+        ]);
+        let cases = [
+            (KeyType::Unspecified, "1.2.840.10045.2.1", 0),
+            (KeyType::EcdsaP256, "1.2.840.10045.2.1", 0),
+            (KeyType::EcdsaP384, "1.2.840.10045.2.1", 0),
+            (KeyType::Rsa2048, "1.2.840.113549.1.1.1", 2048),
+            (KeyType::Rsa3072, "1.2.840.113549.1.1.1", 3072),
+            (KeyType::Rsa4096, "1.2.840.113549.1.1.1", 4096),
+        ];
+        for (key_type, oid, rsa_bits) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let keys = PendingKeys::new(dir.path());
+            let cert = CertId::generate();
+            let der = keys
+                .create_csr(&identifiers, key_type, Some(&cert))
+                .unwrap();
+            let csr = CsrInfo::from_der(&der).unwrap_or_else(|e| panic!("{key_type:?}: {e}"));
+            assert_eq!(csr.key_algorithm, oid, "{key_type:?}");
+            assert_eq!(csr.subject_cn, None);
+            let want_ips: Vec<IpAddr> =
+                vec!["192.0.2.7".parse().unwrap(), "2001:db8::7".parse().unwrap()];
+            assert_eq!(csr.ips, want_ips, "{key_type:?}");
+            assert_eq!(
+                csr.dns_names,
+                ["web-1.example.net", "*.example.org"],
+                "{key_type:?}"
+            );
+            let key = keys.find(&csr.spki_der).expect("pending key found by SPKI");
+            assert!(
+                key.0.starts_with("-----BEGIN PRIVATE KEY-----"),
+                "{key_type:?}: PKCS#8 PEM"
+            );
+            assert!(certfleet_shared::x509::key_matches_spki(
+                &key.0,
+                &csr.spki_der
+            ));
+            let loaded = KeyPair::from_pem(&key.0).unwrap();
+            if rsa_bits > 0 {
+                assert_eq!(loaded.algorithm(), &rcgen::PKCS_RSA_SHA256, "{key_type:?}");
+                use rsa::pkcs8::DecodePublicKey;
+                use rsa::traits::PublicKeyParts;
+                let public = rsa::RsaPublicKey::from_public_key_der(&csr.spki_der).unwrap();
+                assert_eq!(public.n().bits(), rsa_bits, "{key_type:?}");
+                assert_eq!(public.e(), &rsa::BigUint::from(65_537u32));
+            }
+            let file = dir
+                .path()
+                .join("pending")
+                .join(format!("{}.{cert}.key", &sha256_hex(&csr.spki_der)[..32]));
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{key_type:?}");
+            assert_eq!(
+                keys.discard(&cert, &[]),
+                1,
+                "{key_type:?}: filed under its certificate"
+            );
+        }
+    }
+
+    #[test]
+    fn csr_identifiers_parse_names_and_refuse_what_does_not_parse() {
+        let own: Vec<IpAddr> = vec!["192.0.2.7".parse().unwrap()];
+        let texts = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let got = csr_identifiers(
+            &texts(&["192.0.2.7", "api.example.net", "*.example.net"]),
+            &own,
+        )
+        .unwrap();
+        assert_eq!(got, ids(&["192.0.2.7", "api.example.net", "*.example.net"]));
+        let refused = [
+            (texts(&["192.0.2.8"]), "not_my_ip", "not one of this host's"),
+            (texts(&["API.example.net"]), "bad_request", "canonical"),
+            (
+                texts(&["_x.example.net"]),
+                "bad_request",
+                "letters, digits and hyphens",
+            ),
+            (texts(&["com"]), "bad_request", "public suffix"),
+            (texts(&["intranet"]), "bad_request", "only one label"),
+            (texts(&["co.uk"]), "bad_request", "public suffix"),
+            (
+                texts(&["a.*.example.net"]),
+                "bad_request",
+                "\"*\" is allowed only",
+            ),
+            (texts(&["192.0.2.07"]), "bad_request", "leading zeros"),
+            (texts(&[]), "bad_request", "between 1 and 64"),
+        ];
+        for (given, code, want) in refused {
+            let e = csr_identifiers(&given, &own).unwrap_err();
+            assert_eq!(e.code, code, "{given:?}: {}", e.message);
+            assert!(
+                e.message.contains(want),
+                "{given:?}: {:?} should say {want:?}",
+                e.message
+            );
+        }
     }
 }

@@ -582,3 +582,5 @@ fn lego_meta(leaf: &CertInfo) -> Result<Vec<u8>, AgentFailure> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_names;
