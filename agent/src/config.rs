@@ -404,6 +404,50 @@ reload = ["/bin/true"]
         let cfg = AgentConfig::from_toml(&text, &path, Vec::new()).unwrap();
         assert_eq!(cfg.ip_addrs().len(), 2);
         assert!(cfg.targets.contains_key("nginx"));
+        assert!(cfg.names.is_empty(), "names is a commented example");
+        let text = text.replace("# names = [", "names = [");
+        let cfg = AgentConfig::from_toml(&text, &path, Vec::new()).unwrap();
+        assert_eq!(cfg.names, ["web-1.example.net", "api.example.net"]);
+    }
+
+    #[test]
+    fn names_are_canonicalised_and_bad_ones_refused_naming_the_entry_and_rule() {
+        let with = |names: &str| MINIMAL.replace("ips = [", &format!("names = [{names}]\nips = ["));
+        let cfg = parse(&with(r#""Web-1.Example.NET.", "bücher.example""#)).unwrap();
+        assert_eq!(cfg.names, ["web-1.example.net", "xn--bcher-kva.example"]);
+        assert!(parse(MINIMAL).unwrap().names.is_empty());
+        let cases = [
+            (
+                r#""ok.example.net", "10.0.0.1""#,
+                "names[1]: \"10.0.0.1\" is an IP address, not a name",
+            ),
+            (r#""com""#, "names[0]: \"com\" is a public suffix"),
+            (
+                r#""_x.example""#,
+                "names[0]: \"_x.example\": label \"_x\" holds '_'",
+            ),
+            (
+                r#""*.example.net""#,
+                "names[0]: \"*.example.net\": \"*\" is allowed only",
+            ),
+            (r#""intranet""#, "names[0]: \"intranet\" has only one label"),
+            (
+                r#""a.example.net", "A.example.net""#,
+                "names[1]: \"A.example.net\" is listed twice",
+            ),
+        ];
+        for (names, want) in cases {
+            let err = parse(&with(names)).unwrap_err().to_string();
+            assert!(
+                err.contains(want),
+                "{names}: {err:?} should contain {want:?}"
+            );
+        }
+        // Built by hand (not loaded), a name must already be canonical.
+        let mut cfg = parse(MINIMAL).unwrap();
+        cfg.names = vec!["API.example.net".into()];
+        let err = cfg.validate().unwrap_err();
+        assert!(err.contains("write it as \"api.example.net\""), "{err}");
     }
 
     #[test]
