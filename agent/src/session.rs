@@ -20,6 +20,7 @@ use certfleet_proto::v1::{
 use certfleet_proto::MAX_MESSAGE_BYTES;
 use certfleet_shared::backoff::Backoff;
 use certfleet_shared::clock::{SharedClock, SystemClock};
+use certfleet_shared::identifier::Identifier;
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -455,21 +456,36 @@ impl Agent {
             };
             added_tls = responder.present(&tls).await?;
         }
-        if http.is_empty() {
-            return Ok(reply::Result::Done(pb::Done::default()));
-        }
-        match self.responder.present(&http).await {
-            Ok(warnings) => Ok(reply::Result::Done(pb::Done {
-                warnings,
-                discarded: 0,
-            })),
-            Err(e) => {
-                if let Some(responder) = &self.tls_alpn01 {
-                    responder.clear(&added_tls);
+        let mut warnings = Vec::new();
+        if !http.is_empty() {
+            match self.responder.present(&http).await {
+                Ok(w) => warnings = w,
+                Err(e) => {
+                    if let Some(responder) = &self.tls_alpn01 {
+                        responder.clear(&added_tls);
+                    }
+                    return Err(e);
                 }
-                Err(e)
             }
         }
+        // TLS-ALPN-01 names must resolve here too (the same warning as for HTTP-01, once).
+        let tls_names: Vec<_> = tls
+            .iter()
+            .filter_map(|c| match Identifier::parse(&c.identifier) {
+                Ok(Identifier::Dns(n)) => Some(n),
+                _ => None,
+            })
+            .collect();
+        for w in self.responder.name_warnings(&tls_names).await {
+            if !warnings.contains(&w) {
+                tracing::warn!("TLS-ALPN-01: {w}");
+                warnings.push(w);
+            }
+        }
+        Ok(reply::Result::Done(pb::Done {
+            warnings,
+            discarded: 0,
+        }))
     }
 
     async fn create_csr(&self, c: pb::CreateCsr) -> Result<reply::Result, AgentFailure> {
