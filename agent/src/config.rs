@@ -2,7 +2,7 @@
 //! (design invariant 3). Strict (`deny_unknown_fields`), versioned, env overrides
 //! (`CERTFLEET_AGENT_SECTION__KEY`), validated with messages that name the fix.
 
-use certfleet_shared::identifier::{parse_host_ip, parse_ip};
+use certfleet_shared::identifier::{parse_host_ip, parse_ip, DnsName};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -28,6 +28,11 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// Canonical IP addresses of this host.
     pub ips: Vec<String>,
+    /// DNS names this host asks to have certificates for (sent in Hello as
+    /// `requested_names`; the coordinator's policy decides). Canonical after load: lower
+    /// case A-labels, no trailing dot.
+    #[serde(default)]
+    pub names: Vec<String>,
     #[serde(default)]
     pub http01: Http01Config,
     /// `[tls_alpn01]`: absent = this host answers no TLS-ALPN-01.
@@ -243,13 +248,15 @@ impl AgentConfig {
             path: path.into(),
             detail,
         };
-        let cfg: AgentConfig =
+        let mut cfg: AgentConfig =
             certfleet_shared::configenv::parse_with_env(text, ENV_PREFIX, ENV_SKIP, env)
                 .map_err(parse_err)?;
-        cfg.validate().map_err(|detail| ConfigError::Invalid {
+        let invalid = |detail| ConfigError::Invalid {
             path: path.into(),
             detail,
-        })?;
+        };
+        cfg.names = canonical_names(&cfg.names).map_err(invalid)?;
+        cfg.validate().map_err(invalid)?;
         Ok(cfg)
     }
 
@@ -277,6 +284,12 @@ impl AgentConfig {
             if !seen.insert(parsed) {
                 return Err(format!("ips[{i}]: {ip:?} is listed twice"));
             }
+        }
+        let names = canonical_names(&self.names)?;
+        if let Some((given, canonical)) = self.names.iter().zip(&names).find(|(g, c)| g != c) {
+            return Err(format!(
+                "names: {given:?} is not in canonical form; write it as {canonical:?}"
+            ));
         }
         self.http01.validate()?;
         if let Some(t) = &self.tls_alpn01 {
@@ -339,6 +352,31 @@ impl AgentConfig {
     }
 }
 
+/// The canonical form of each entry of `names` ([`DnsName::parse`]: lower-case A-labels,
+/// no trailing dot); a bad entry is refused naming its index and the rule, a name listed
+/// twice (after canonicalisation) too.
+fn canonical_names(names: &[String]) -> Result<Vec<String>, String> {
+    const MAX_NAMES: usize = 100;
+    if names.len() > MAX_NAMES {
+        return Err(format!(
+            "names lists {} names; at most {MAX_NAMES} (a certificate names at most 100)",
+            names.len()
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(names.len());
+    for (i, given) in names.iter().enumerate() {
+        let name = DnsName::parse(given).map_err(|e| format!("names[{i}]: {e}"))?;
+        let name = name.as_str().to_owned();
+        if out.contains(&name) {
+            return Err(format!(
+                "names[{i}]: {given:?} is listed twice (as {name:?})"
+            ));
+        }
+        out.push(name);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,6 +404,50 @@ reload = ["/bin/true"]
         let cfg = AgentConfig::from_toml(&text, &path, Vec::new()).unwrap();
         assert_eq!(cfg.ip_addrs().len(), 2);
         assert!(cfg.targets.contains_key("nginx"));
+        assert!(cfg.names.is_empty(), "names is a commented example");
+        let text = text.replace("# names = [", "names = [");
+        let cfg = AgentConfig::from_toml(&text, &path, Vec::new()).unwrap();
+        assert_eq!(cfg.names, ["web-1.example.net", "api.example.net"]);
+    }
+
+    #[test]
+    fn names_are_canonicalised_and_bad_ones_refused_naming_the_entry_and_rule() {
+        let with = |names: &str| MINIMAL.replace("ips = [", &format!("names = [{names}]\nips = ["));
+        let cfg = parse(&with(r#""Web-1.Example.NET.", "bücher.example""#)).unwrap();
+        assert_eq!(cfg.names, ["web-1.example.net", "xn--bcher-kva.example"]);
+        assert!(parse(MINIMAL).unwrap().names.is_empty());
+        let cases = [
+            (
+                r#""ok.example.net", "10.0.0.1""#,
+                "names[1]: \"10.0.0.1\" is an IP address, not a name",
+            ),
+            (r#""com""#, "names[0]: \"com\" is a public suffix"),
+            (
+                r#""_x.example""#,
+                "names[0]: \"_x.example\": label \"_x\" holds '_'",
+            ),
+            (
+                r#""*.example.net""#,
+                "names[0]: \"*.example.net\": \"*\" is allowed only",
+            ),
+            (r#""intranet""#, "names[0]: \"intranet\" has only one label"),
+            (
+                r#""a.example.net", "A.example.net""#,
+                "names[1]: \"A.example.net\" is listed twice",
+            ),
+        ];
+        for (names, want) in cases {
+            let err = parse(&with(names)).unwrap_err().to_string();
+            assert!(
+                err.contains(want),
+                "{names}: {err:?} should contain {want:?}"
+            );
+        }
+        // Built by hand (not loaded), a name must already be canonical.
+        let mut cfg = parse(MINIMAL).unwrap();
+        cfg.names = vec!["API.example.net".into()];
+        let err = cfg.validate().unwrap_err();
+        assert!(err.contains("write it as \"api.example.net\""), "{err}");
     }
 
     #[test]

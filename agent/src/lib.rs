@@ -1,19 +1,21 @@
 //! # certfleet-agent
 //!
-//! Runs on every host. Answers HTTP-01 (and, when configured, TLS-ALPN-01) for the host's own addresses, makes the host's keys
+//! Runs on every host. Answers HTTP-01 (and, when configured, TLS-ALPN-01) for the host's own addresses and names, makes the host's keys
 //! and CSRs (keys never leave the host), installs certificates into targets named in its
 //! own config, tests the web server's config, reloads it and checks the new certificate is
 //! served, rolling back if not. No ACME, no database.
 //!
 //! ## Layout
-//! - [`config`] — the local config: addresses, HTTP-01 port, targets (the only source of
-//!   paths and commands).
+//! - [`config`] — the local config: addresses, names asked for, HTTP-01 port, targets (the
+//!   only source of paths and commands).
 //! - [`identity`] — enrollment (token + pinned CA) and the identity files.
 //! - [`session`] — the mTLS stream to the coordinator and command handling.
 //! - [`http01`] — the HTTP-01 responder: standalone, webroot or proxy, with a self-check.
 //! - [`tlsalpn01`] — the TLS-ALPN-01 responder: standalone on port 443 or loopback behind
 //!   an ALPN-routing front.
-//! - [`keys`] — certificate keys and CSRs; pending keys wait in `state_dir/pending`.
+//! - [`resolve`] — whether a challenge's name resolves to this host (warnings only).
+//! - [`keys`] — certificate keys (ECDSA, RSA) and CSRs (IPs, names); pending keys wait in
+//!   `state_dir/pending`.
 //! - [`target`] — `[targets.*]` resolved: preset layouts, perms, commands, verify addresses.
 //! - [`install`] — journaled install, config test, reload, served check, rollback, recovery.
 //! - [`served`] — the TLS handshake that observes which certificate an address serves.
@@ -28,6 +30,7 @@ pub mod identity;
 pub mod install;
 pub mod keys;
 pub mod metrics;
+pub mod resolve;
 pub mod served;
 pub mod session;
 pub mod target;

@@ -20,6 +20,7 @@ use certfleet_proto::v1::{
 use certfleet_proto::MAX_MESSAGE_BYTES;
 use certfleet_shared::backoff::Backoff;
 use certfleet_shared::clock::{SharedClock, SystemClock};
+use certfleet_shared::identifier::Identifier;
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -276,9 +277,9 @@ impl Agent {
             .filter_map(|(name, t)| {
                 install::inspect(t).map(|i| pb::InstalledCert {
                     target: name.clone(),
+                    identifiers: i.identifiers(),
                     serial: i.serial,
                     not_after_unix: i.not_after,
-                    identifiers: i.ips.iter().map(|ip| ip.to_string()).collect(),
                 })
             })
             .collect();
@@ -288,6 +289,7 @@ impl Agent {
             targets: self.config.targets.keys().cloned().collect(),
             challenge_modes: self.challenge_modes(),
             inventory,
+            requested_names: self.config.names.clone(),
         }
     }
 
@@ -391,7 +393,7 @@ impl Agent {
                 }
                 Ok(reply::Result::Done(pb::Done::default()))
             }
-            Some(Cmd::CreateCsr(c)) => self.create_csr(c),
+            Some(Cmd::CreateCsr(c)) => self.create_csr(c).await,
             Some(Cmd::DiscardPendingKeys(d)) => self.discard_pending_keys(d),
             Some(Cmd::Install(i)) => self.install(i).await,
         };
@@ -454,51 +456,64 @@ impl Agent {
             };
             added_tls = responder.present(&tls).await?;
         }
-        if http.is_empty() {
-            return Ok(reply::Result::Done(pb::Done::default()));
-        }
-        match self.responder.present(&http).await {
-            Ok(warnings) => Ok(reply::Result::Done(pb::Done {
-                warnings,
-                discarded: 0,
-            })),
-            Err(e) => {
-                if let Some(responder) = &self.tls_alpn01 {
-                    responder.clear(&added_tls);
+        let mut warnings = Vec::new();
+        if !http.is_empty() {
+            match self.responder.present(&http).await {
+                Ok(w) => warnings = w,
+                Err(e) => {
+                    if let Some(responder) = &self.tls_alpn01 {
+                        responder.clear(&added_tls);
+                    }
+                    return Err(e);
                 }
-                Err(e)
             }
         }
+        // TLS-ALPN-01 names must resolve here too (the same warning as for HTTP-01, once).
+        let tls_names: Vec<_> = tls
+            .iter()
+            .filter_map(|c| match Identifier::parse(&c.identifier) {
+                Ok(Identifier::Dns(n)) => Some(n),
+                _ => None,
+            })
+            .collect();
+        for w in self.responder.name_warnings(&tls_names).await {
+            if !warnings.contains(&w) {
+                tracing::warn!("TLS-ALPN-01: {w}");
+                warnings.push(w);
+            }
+        }
+        Ok(reply::Result::Done(pb::Done {
+            warnings,
+            discarded: 0,
+        }))
     }
 
-    fn create_csr(&self, c: pb::CreateCsr) -> Result<reply::Result, AgentFailure> {
+    async fn create_csr(&self, c: pb::CreateCsr) -> Result<reply::Result, AgentFailure> {
         if !self.targets.contains_key(&c.target) {
             return Err(AgentFailure::new(
                 "unknown_target",
                 format!("this host has no target {:?}", c.target),
             ));
         }
-        if c.identifiers.is_empty() || c.identifiers.len() > 64 {
-            return Err(AgentFailure::bad_request(
-                "a CSR names between 1 and 64 identifiers",
-            ));
-        }
-        let mut ips = Vec::new();
-        for id in &c.identifiers {
-            let ip = certfleet_shared::identifier::parse_ip(id)
-                .map_err(|e| AgentFailure::bad_request(e.to_string()))?;
-            if !self.ips.contains(&ip) {
-                return Err(AgentFailure::new(
-                    "not_my_ip",
-                    format!("{ip} is not one of this host's configured ips"),
-                ));
-            }
-            ips.push(ip);
-        }
+        let identifiers = crate::keys::csr_identifiers(&c.identifiers, &self.ips)?;
         let cert = parse_cert_id(&c.cert_id)?;
-        let key_type = pb::KeyType::try_from(c.key_type).unwrap_or(pb::KeyType::EcdsaP256);
-        let der = self.pending.create_csr(&ips, key_type, cert.as_ref())?;
-        tracing::info!(target = %c.target, ips = ?ips, cert = c.cert_id, "new key and CSR made");
+        let key_type = pb::KeyType::try_from(c.key_type).map_err(|_| {
+            AgentFailure::bad_request(format!(
+                "key type {} is unknown to this agent (it makes ECDSA P-256/P-384 and RSA 2048/3072/4096 keys); update the agent",
+                c.key_type
+            ))
+        })?;
+        // RSA generation takes up to seconds: off the runtime's worker threads.
+        let pending = self.pending.clone();
+        let ids = identifiers.clone();
+        let der =
+            tokio::task::spawn_blocking(move || pending.create_csr(&ids, key_type, cert.as_ref()))
+                .await
+                .map_err(|e| {
+                    AgentFailure::new("internal", format!("key generation stopped: {e}"))
+                })??;
+        let shown: Vec<String> = identifiers.iter().map(|i| i.to_string()).collect();
+        tracing::info!(target = %c.target, identifiers = ?shown, key_type = key_type.as_str_name(), cert = c.cert_id, "new key and CSR made");
         Ok(reply::Result::Csr(pb::Csr { csr_der: der }))
     }
 
@@ -540,7 +555,13 @@ impl Agent {
         let _serial = self.install_lock.lock().await;
         let result = self
             .installer
-            .install(target, &i.chain_pem, &self.ips, &self.pending)
+            .install(
+                target,
+                &i.chain_pem,
+                &self.ips,
+                &self.pending,
+                &self.targets,
+            )
             .await;
         let label = crate::metrics::InstallLabels {
             target: i.target.clone(),

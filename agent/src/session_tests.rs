@@ -241,3 +241,70 @@ async fn a_message_with_both_kinds_is_presented_whole_or_not_at_all() {
         "{r:?}"
     );
 }
+
+#[tokio::test]
+async fn hello_asks_for_the_configured_names_and_csrs_name_what_the_coordinator_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("www")).unwrap();
+    let text = format!(
+        "version = 1\nstate_dir = \"{d}/state\"\nips = [\"192.0.2.10\"]\n\
+         names = [\"API.example.net\", \"web-1.example.net\"]\n\
+         [http01]\nmode = \"webroot\"\nwebroot = \"{d}/www\"\nself_check = false\n\
+         [targets.t]\ncert = \"{d}/cert.pem\"\nkey = \"{d}/key.pem\"\nverify = []\n",
+        d = dir.path().display()
+    );
+    let config =
+        AgentConfig::from_toml(&text, std::path::Path::new("agent.toml"), Vec::new()).unwrap();
+    let a = Agent::new(config).unwrap();
+    assert_eq!(
+        a.hello().requested_names,
+        ["api.example.net", "web-1.example.net"]
+    );
+    let csr = |id: &str, key_type: i32, identifiers: &[&str]| {
+        msg(
+            id,
+            Cmd::CreateCsr(pb::CreateCsr {
+                identifiers: identifiers.iter().map(|s| s.to_string()).collect(),
+                key_type,
+                target: "t".into(),
+                cert_id: "c-abc".into(),
+            }),
+        )
+    };
+    // A name the host did not ask for is the coordinator's call: the CSR names it.
+    let ids = ["192.0.2.10", "other.example.org", "*.example.net"];
+    let reply::Result::Csr(c) = a
+        .handle(csr("r-1", pb::KeyType::Rsa3072 as i32, &ids))
+        .await
+    else {
+        panic!("a CSR");
+    };
+    let info = certfleet_shared::x509::CsrInfo::from_der(&c.csr_der).unwrap();
+    assert_eq!(info.ips, vec!["192.0.2.10".parse::<IpAddr>().unwrap()]);
+    assert_eq!(info.dns_names, ["other.example.org", "*.example.net"]);
+    assert_eq!(info.key_algorithm, "1.2.840.113549.1.1.1", "RSA");
+    let refused = [
+        (
+            csr("r-2", 99, &["192.0.2.10"]),
+            "bad_request",
+            "key type 99",
+        ),
+        (
+            csr("r-3", 1, &["192.0.2.10", "a_b.example.net"]),
+            "bad_request",
+            "\"a_b.example.net\"",
+        ),
+        (csr("r-4", 1, &["192.0.2.11"]), "not_my_ip", "192.0.2.11"),
+    ];
+    for (m, code, want) in refused {
+        let reply::Result::Failure(f) = a.handle(m).await else {
+            panic!("refused: {want}");
+        };
+        assert_eq!(f.code, code, "{}", f.message);
+        assert!(
+            f.message.contains(want),
+            "{:?} should name {want:?}",
+            f.message
+        );
+    }
+}

@@ -1,4 +1,6 @@
-//! HTTP-01 challenges for this host's own addresses, in the mode `[http01]` configures:
+//! HTTP-01 challenges for this host's own addresses and for DNS names (which the CA
+//! resolves; the responder is keyed by token, so a name needs nothing more of it), in the
+//! mode `[http01]` configures:
 //!
 //! - **standalone** — the agent listens on `port` of each configured address while at
 //!   least one challenge is live ([`listener`]).
@@ -12,8 +14,12 @@
 //! warnings (a redirect in front of the challenge path, a wrong answer, no answer). Warnings
 //! never fail the command.
 //!
-//! This module owns the validation of challenges (this host's IPs, token syntax, key
-//! authorization shape) and the table of live challenges with its TTL. It must not write
+//! Before a challenge for a name is answered, the name is resolved ([`crate::resolve`]) and
+//! a warning names the addresses when it does not point at this host (in every mode;
+//! off with `self_check = false`).
+//!
+//! This module owns the validation of challenges (this host's IPs, names in canonical
+//! form and no wildcard, token syntax, key authorization shape) and the table of live challenges with its TTL. It must not write
 //! anywhere but the challenge directory, and it never touches the web server's config.
 
 mod listener;
@@ -24,7 +30,9 @@ pub(crate) use webroot::check_webroot;
 
 use crate::config::{Http01Config, Http01Mode};
 use crate::error::AgentFailure;
+use crate::resolve::{self, Resolver};
 use certfleet_shared::clock::{SharedClock, SystemClock};
+use certfleet_shared::identifier::{DnsName, Identifier};
 use prometheus_client::metrics::counter::Counter;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -38,7 +46,8 @@ pub(crate) const CHALLENGE_TTL: Duration = Duration::from_secs(15 * 60);
 /// One challenge to present, as the coordinator sends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Challenge {
-    /// The IP address being validated; must be one of this host's.
+    /// The identifier being validated: one of this host's IP addresses, or a DNS name
+    /// (canonical text, no wildcard).
     pub identifier: String,
     pub token: String,
     pub key_authorization: String,
@@ -64,6 +73,9 @@ pub struct Responder {
     ips: Vec<IpAddr>,
     port: u16,
     self_check: bool,
+    /// Resolve names of challenges and warn when they do not point here.
+    name_check: bool,
+    resolver: Resolver,
     table: Table,
     backend: Backend,
     /// Wall-clock time for the age of token files left in a webroot.
@@ -138,10 +150,36 @@ impl Responder {
             ips,
             port: config.port,
             self_check: mode != Http01Mode::Standalone && config.self_check(),
+            name_check: config.self_check.unwrap_or(true),
+            resolver: resolve::system(),
             table,
             backend,
             clock,
         }
+    }
+
+    /// The same responder resolving names with `resolver` (tests).
+    #[cfg(test)]
+    pub(crate) fn with_resolver(mut self, resolver: Resolver) -> Self {
+        self.resolver = resolver;
+        self
+    }
+
+    /// Warnings for the `names` that do not resolve to this host's addresses (see
+    /// [`crate::resolve`]); none when the name check is off (`self_check = false`). Also
+    /// used for the names of TLS-ALPN-01 challenges.
+    pub async fn name_warnings(&self, names: &[DnsName]) -> Vec<String> {
+        if !self.name_check {
+            return Vec::new();
+        }
+        let checks = names
+            .iter()
+            .map(|n| resolve::check(n, &self.ips, &self.resolver));
+        futures::future::join_all(checks)
+            .await
+            .into_iter()
+            .filter_map(|c| c.warning)
+            .collect()
     }
 
     /// The mode this responder serves in.
@@ -196,10 +234,49 @@ impl Responder {
             self.forget(&fresh);
             return Err(e);
         }
-        if !self.self_check {
-            return Ok(Vec::new());
+        let mut names: Vec<DnsName> = Vec::new();
+        for (id, _) in &checks {
+            if let Identifier::Dns(n) = id {
+                if !names.contains(n) {
+                    names.push(n.clone());
+                }
+            }
         }
-        let warnings = selfcheck::check_all(&checks, self.port, &self.hint()).await;
+        let resolved = if self.name_check {
+            let found = names
+                .iter()
+                .map(|n| resolve::check(n, &self.ips, &self.resolver));
+            futures::future::join_all(found).await
+        } else {
+            Vec::new()
+        };
+        let mut warnings: Vec<String> = resolved.iter().filter_map(|c| c.warning.clone()).collect();
+        if self.self_check {
+            let via: Vec<(selfcheck::Via, &Challenge)> = checks
+                .iter()
+                .map(|(id, c)| {
+                    let via = match id {
+                        Identifier::Dns(n) => selfcheck::Via {
+                            // Through the host's addresses the name resolves to, else all.
+                            addrs: names
+                                .iter()
+                                .zip(&resolved)
+                                .find(|(m, _)| *m == n)
+                                .map(|(_, r)| r.on_host.clone())
+                                .filter(|a| !a.is_empty())
+                                .unwrap_or_else(|| self.ips.clone()),
+                            host: Some(n.as_str().to_owned()),
+                        },
+                        _ => selfcheck::Via {
+                            addrs: id.as_ip().into_iter().collect(),
+                            host: None,
+                        },
+                    };
+                    (via, *c)
+                })
+                .collect();
+            warnings.extend(selfcheck::check_all(&via, self.port, &self.hint()).await);
+        }
         for w in &warnings {
             tracing::warn!(mode = self.mode.as_str(), "HTTP-01 self-check: {w}");
         }
@@ -251,18 +328,30 @@ impl Responder {
         }
     }
 
-    fn check_challenge(&self, c: &Challenge) -> Result<IpAddr, AgentFailure> {
-        let ip: IpAddr = c.identifier.parse().map_err(|_| {
-            AgentFailure::bad_request(format!(
-                "challenge identifier {:?} is not an IP address",
-                c.identifier
-            ))
-        })?;
-        if !self.ips.contains(&ip) {
-            return Err(AgentFailure::new(
-                "not_my_ip",
-                format!("{ip} is not one of this host's configured ips"),
-            ));
+    fn check_challenge(&self, c: &Challenge) -> Result<Identifier, AgentFailure> {
+        let id = Identifier::parse(&c.identifier)
+            .map_err(|e| AgentFailure::bad_request(format!("HTTP-01 challenge identifier: {e}")))?;
+        if id.to_canonical() != c.identifier {
+            return Err(AgentFailure::bad_request(format!(
+                "HTTP-01 challenge identifier {:?} is not in canonical form; send it as {:?}",
+                c.identifier,
+                id.to_canonical()
+            )));
+        }
+        match &id {
+            Identifier::Ip(ip) if !self.ips.contains(ip) => {
+                return Err(AgentFailure::new(
+                    "not_my_ip",
+                    format!("{ip} is not one of this host's configured ips"),
+                ));
+            }
+            Identifier::Wildcard(_) => {
+                return Err(AgentFailure::bad_request(format!(
+                    "HTTP-01 cannot validate the wildcard {}: a CA validates wildcards only with DNS-01",
+                    c.identifier
+                )));
+            }
+            _ => {}
         }
         if !valid_token(&c.token) {
             return Err(AgentFailure::bad_request("malformed challenge token"));
@@ -274,7 +363,7 @@ impl Responder {
         if !thumb.is_some_and(valid_token_part) {
             return Err(AgentFailure::bad_request("malformed key authorization"));
         }
-        Ok(ip)
+        Ok(id)
     }
 
     /// Removes `tokens` from the table (and their files); stops listening when idle.
@@ -350,3 +439,5 @@ pub async fn answer_raw(live: &[(String, String)], request: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_names;

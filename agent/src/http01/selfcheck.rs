@@ -1,6 +1,9 @@
 //! The self-check for webroot and proxy modes: after presenting, fetch
-//! `http://<identifier-ip>:<port>/.well-known/acme-challenge/<token>` from this host the way
-//! the CA will, **without following redirects**, and turn whatever would stop the CA into a
+//! `http://<identifier>:<port>/.well-known/acme-challenge/<token>` from this host the way
+//! the CA will, **without following redirects** — for an IP from that address, for a DNS
+//! name from each of the host's addresses the name resolves to (all of them when it
+//! resolves to none) with `Host: <name>`, so the web server's virtual host for the name
+//! answers — and turn whatever would stop the CA into a
 //! warning: a redirect in front of the challenge path, a status other than 200, a body that
 //! is not the key authorization, no answer. All checks run concurrently, each bounded by
 //! [`TIMEOUT`], so presenting is delayed by at most that.
@@ -10,6 +13,13 @@
 
 use super::{Challenge, PREFIX};
 use std::net::{IpAddr, SocketAddr};
+
+/// Where one challenge is fetched from: these addresses, with `Host: host` (the name) or,
+/// for an IP identifier, with the address itself as Host.
+pub(super) struct Via {
+    pub addrs: Vec<IpAddr>,
+    pub host: Option<String>,
+}
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -26,15 +36,18 @@ pub(super) struct Hint {
     pub serves: String,
 }
 
-/// Checks every challenge concurrently; one warning per challenge that would fail.
+/// Checks every challenge on each of its addresses concurrently; one warning per fetch
+/// that would fail.
 pub(super) async fn check_all(
-    challenges: &[(IpAddr, &Challenge)],
+    challenges: &[(Via, &Challenge)],
     port: u16,
     hint: &Hint,
 ) -> Vec<String> {
-    let checks = challenges
-        .iter()
-        .map(|(ip, c)| check_one(SocketAddr::new(*ip, port), c, hint));
+    let checks = challenges.iter().flat_map(|(via, c)| {
+        via.addrs
+            .iter()
+            .map(move |ip| check_one(SocketAddr::new(*ip, port), via.host.as_deref(), c, hint))
+    });
     futures::future::join_all(checks)
         .await
         .into_iter()
@@ -42,13 +55,22 @@ pub(super) async fn check_all(
         .collect()
 }
 
-async fn check_one(addr: SocketAddr, c: &Challenge, hint: &Hint) -> Option<String> {
-    let url = format!("http://{addr}{PREFIX}{}", c.token);
+async fn check_one(
+    addr: SocketAddr,
+    name: Option<&str>,
+    c: &Challenge,
+    hint: &Hint,
+) -> Option<String> {
+    let host = host_header(addr, name);
+    let url = match name {
+        Some(_) => format!("http://{host}{PREFIX}{} (through {addr})", c.token),
+        None => format!("http://{host}{PREFIX}{}", c.token),
+    };
     let see = format!(
         "see deploy/nginx/acme-{m}.conf or deploy/apache/acme-{m}.conf",
         m = hint.mode
     );
-    let got = match tokio::time::timeout(TIMEOUT, fetch(addr, &c.token)).await {
+    let got = match tokio::time::timeout(TIMEOUT, fetch(addr, &host, &c.token)).await {
         Err(_) => Err(format!("no answer within {} s", TIMEOUT.as_secs())),
         Ok(r) => r,
     };
@@ -93,19 +115,24 @@ pub(super) struct Fetched {
     pub body: Vec<u8>,
 }
 
-async fn fetch(addr: SocketAddr, token: &str) -> Result<Fetched, String> {
+/// The Host header the CA sends: the identifier (the name, or the address), with the port
+/// only when it is not 80.
+fn host_header(addr: SocketAddr, name: Option<&str>) -> String {
+    let id = match (name, addr.ip()) {
+        (Some(name), _) => name.to_owned(),
+        (None, IpAddr::V4(ip)) => ip.to_string(),
+        (None, IpAddr::V6(ip)) => format!("[{ip}]"),
+    };
+    match addr.port() {
+        80 => id,
+        p => format!("{id}:{p}"),
+    }
+}
+
+async fn fetch(addr: SocketAddr, host: &str, token: &str) -> Result<Fetched, String> {
     let mut stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    // The CA sends the identifier as Host (the port only when it is not 80).
-    let ip = match addr.ip() {
-        IpAddr::V4(ip) => ip.to_string(),
-        IpAddr::V6(ip) => format!("[{ip}]"),
-    };
-    let host = match addr.port() {
-        80 => ip,
-        p => format!("{ip}:{p}"),
-    };
     let request = format!(
         "GET {PREFIX}{token} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: certfleet-agent \
          self-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"

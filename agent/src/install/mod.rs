@@ -46,7 +46,7 @@ mod journal;
 mod versioned;
 
 use crate::error::AgentFailure;
-use crate::keys::PendingKeys;
+use crate::keys::{KeyPem, PendingKeys};
 use crate::served::{self, Seen};
 use crate::target::{FileRole, Target, TargetFile};
 use certfleet_shared::fsutil::{read_limited, sync_dir, write_atomic};
@@ -75,6 +75,16 @@ pub struct Installed {
     pub serial: String,
     pub not_after: i64,
     pub ips: Vec<IpAddr>,
+    /// dNSName SANs of the leaf, as the certificate holds them.
+    pub dns_names: Vec<String>,
+}
+
+impl Installed {
+    /// The leaf's identifiers as Hello's inventory lists them: IPs, then names.
+    pub fn identifiers(&self) -> Vec<String> {
+        let ips = self.ips.iter().map(|ip| ip.to_string());
+        ips.chain(self.dns_names.iter().cloned()).collect()
+    }
 }
 
 /// Reads the target's current leaf, and reports it only if the key file matches it.
@@ -83,13 +93,42 @@ pub fn inspect(target: &Target) -> Option<Installed> {
     let pem = String::from_utf8(read_limited(&leaf_file.path, 256 * 1024).ok()?).ok()?;
     let chain = parse_pem_chain(&pem).ok()?;
     let leaf = CertInfo::from_der(chain.first()?).ok()?;
-    let key_file = target.key_source()?;
-    let key = String::from_utf8(read_limited(&key_file.path, 256 * 1024).ok()?).ok()?;
-    let key = private_key_block(&key)?;
-    key_matches_spki(key, &leaf.spki_der).then_some(Installed {
+    installed_key(target, &leaf.spki_der)?;
+    Some(Installed {
         serial: leaf.serial_hex,
         not_after: leaf.not_after,
         ips: leaf.ips,
+        dns_names: leaf.dns_names,
+    })
+}
+
+/// The key `target` holds now, if it is the private key of `spki`.
+fn installed_key(target: &Target, spki: &[u8]) -> Option<KeyPem> {
+    let key_file = target.key_source()?;
+    let key = String::from_utf8(read_limited(&key_file.path, 256 * 1024).ok()?).ok()?;
+    let key = private_key_block(&key)?;
+    key_matches_spki(key, spki).then(|| KeyPem(format!("{key}\n")))
+}
+
+/// The key for a certificate whose public key is `spki`: the pending key made for it, or
+/// (the same certificate going into one more target, also after a restart, when the
+/// pending key was removed by the first install) the key another target holds for the
+/// same public key. Either way the key stays on this host.
+fn find_key(
+    spki: &[u8],
+    pending: &PendingKeys,
+    targets: &BTreeMap<String, Target>,
+    installing: &str,
+) -> Option<KeyPem> {
+    pending.find(spki).or_else(|| {
+        targets
+            .iter()
+            .filter(|(name, _)| name.as_str() != installing)
+            .find_map(|(name, t)| {
+                let key = installed_key(t, spki)?;
+                tracing::info!(target = installing, from = %name, "key for this certificate taken from another target that holds it");
+                Some(key)
+            })
     })
 }
 
@@ -210,12 +249,15 @@ impl Installer {
 
     /// Installs `chain_pem` into `target`: stage, swap, config test, reload, served check,
     /// with rollback on failure. Idempotent: a certificate already in place is only checked.
+    /// The key is the pending key of the leaf's public key or, when the same certificate
+    /// is already in another of `targets`, the key that target holds.
     pub async fn install(
         &self,
         target: &Target,
         chain_pem: &str,
         own_ips: &[IpAddr],
         pending: &PendingKeys,
+        targets: &BTreeMap<String, Target>,
     ) -> Result<InstallOutcome, AgentFailure> {
         let chain = parse_pem_chain(chain_pem)
             .map_err(|e| AgentFailure::bad_request(format!("certificate chain: {e}")))?;
@@ -232,6 +274,7 @@ impl Installer {
         }
         let previous = inspect(target);
         let name = target.name.as_str();
+        let sni = served::sni_name(&leaf.dns_names);
         let mut reload_output = String::new();
         if previous
             .as_ref()
@@ -239,10 +282,10 @@ impl Installer {
         {
             tracing::info!(target = name, serial = %leaf.serial_hex, "certificate already installed; checking it is served");
         } else {
-            let key = pending.find(&leaf.spki_der).ok_or_else(|| {
+            let key = find_key(&leaf.spki_der, pending, targets, name).ok_or_else(|| {
                 AgentFailure::new(
                     "no_matching_key",
-                    "no key on this host matches the certificate's public key (pending key lost?); a new certificate is needed",
+                    "no key on this host matches the certificate's public key (no pending key, and no other target holds it: pending key lost?); a new certificate is needed",
                 )
             })?;
             let contents = contents(target, &chain, &key.0, &leaf)?;
@@ -263,7 +306,7 @@ impl Installer {
                 Err(e) => return Err(self.roll_back(target, &journal, e, true).await),
             }
             self.pause("reloaded").await;
-            if let Err(e) = self.verify(target, leaf_der.as_ref()).await {
+            if let Err(e) = self.verify(target, leaf_der.as_ref(), &sni).await {
                 return Err(self.roll_back(target, &journal, e, true).await);
             }
             self.remove_journal(name);
@@ -281,10 +324,10 @@ impl Installer {
         }
         // Already in place (a replayed command, or after a restart): prove it is served,
         // reloading once if the web server still presents something else.
-        if self.verify(target, leaf_der.as_ref()).await.is_err() {
+        if self.verify(target, leaf_der.as_ref(), &sni).await.is_err() {
             tracing::info!(target = name, "new certificate not served yet; reloading");
             reload_output = reload(target).await?;
-            self.verify(target, leaf_der.as_ref()).await?;
+            self.verify(target, leaf_der.as_ref(), &sni).await?;
         }
         pending.remove(&leaf.spki_der);
         Ok(InstallOutcome {
@@ -342,7 +385,7 @@ impl Installer {
                 Ok(_) => {
                     message.push_str(" and the web server reloaded");
                     if let Some(prev) = inspect(target) {
-                        let served = self.served_serials(target).await;
+                        let served = self.served_serials(target, &prev).await;
                         if !served.is_empty() {
                             message.push_str(&format!(" (now serving {})", served.join(", ")));
                         }
@@ -355,18 +398,32 @@ impl Installer {
         AgentFailure::new(cause.code, message).rolled_back(inspect(target).map(|i| i.serial))
     }
 
-    /// One round of handshakes, described per address (for messages).
-    async fn served_serials(&self, target: &Target) -> Vec<String> {
+    /// One round of handshakes (SNI as for `installed`), described per address (for
+    /// messages).
+    async fn served_serials(&self, target: &Target, installed: &Installed) -> Vec<String> {
+        let sni = served::sni_name(&installed.dns_names);
         let mut out = Vec::new();
         for addr in &target.verify {
-            let seen = served::observe(self.observer.clone(), *addr, HANDSHAKE_TIMEOUT).await;
+            let seen = served::observe(
+                self.observer.clone(),
+                *addr,
+                sni.as_deref(),
+                HANDSHAKE_TIMEOUT,
+            )
+            .await;
             out.push(format!("{addr}: {}", describe(&seen)));
         }
         out
     }
 
-    /// Retries until every verify address presents `leaf_der`, or the grace window ends.
-    async fn verify(&self, target: &Target, leaf_der: &[u8]) -> Result<(), AgentFailure> {
+    /// Retries until every verify address presents `leaf_der` (asked for with SNI `sni`,
+    /// see [`served::sni_name`]), or the grace window ends.
+    async fn verify(
+        &self,
+        target: &Target,
+        leaf_der: &[u8],
+        sni: &Option<String>,
+    ) -> Result<(), AgentFailure> {
         if target.verify.is_empty() {
             return Ok(());
         }
@@ -378,7 +435,13 @@ impl Installer {
             let checks = target.verify.iter().map(|addr| {
                 let cfg = self.observer.clone();
                 let addr = *addr;
-                async move { (addr, served::observe(cfg, addr, HANDSHAKE_TIMEOUT).await) }
+                let sni = sni.as_deref();
+                async move {
+                    (
+                        addr,
+                        served::observe(cfg, addr, sni, HANDSHAKE_TIMEOUT).await,
+                    )
+                }
             });
             pending = Vec::new();
             for (addr, seen) in futures::future::join_all(checks).await {
@@ -390,7 +453,7 @@ impl Installer {
             if pending.is_empty() {
                 good_rounds += 1;
                 if good_rounds >= STABLE_ROUNDS {
-                    tracing::info!(target = %target.name, addresses = ?target.verify, "new certificate is served");
+                    tracing::info!(target = %target.name, addresses = ?target.verify, sni = sni.as_deref().unwrap_or("(none)"), "new certificate is served");
                     return Ok(());
                 }
             } else {
@@ -412,10 +475,14 @@ impl Installer {
                         )
                     })
                     .collect();
+                let asked = match sni {
+                    Some(n) => format!(" (asked with SNI {n})"),
+                    None => String::new(),
+                };
                 return Err(AgentFailure::new(
                     "not_served",
                     format!(
-                        "target {}: the new certificate is not served after {} s: {}",
+                        "target {}: the new certificate is not served{asked} after {} s: {}",
                         target.name,
                         target.verify_grace.as_secs(),
                         detail.join("; ")
@@ -498,7 +565,9 @@ fn contents(
 
 /// lego's resource file: what lego's `certificates/<name>.json` holds that we know.
 fn lego_meta(leaf: &CertInfo) -> Result<Vec<u8>, AgentFailure> {
-    let domains: Vec<String> = leaf.ips.iter().map(|i| i.to_string()).collect();
+    let domains: Vec<String> = (leaf.ips.iter().map(|i| i.to_string()))
+        .chain(leaf.dns_names.iter().cloned())
+        .collect();
     let meta = serde_json::json!({
         "domain": domains.first().cloned().unwrap_or_default(),
         "domains": domains,
@@ -513,3 +582,5 @@ fn lego_meta(leaf: &CertInfo) -> Result<Vec<u8>, AgentFailure> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_names;

@@ -53,7 +53,8 @@ async fn issue_and_install(
     let csr = pending
         .create_csr(&ips(), KeyType::EcdsaP256, None)
         .unwrap();
-    inst.install(t, &sign(&csr), &ips(), pending).await
+    inst.install(t, &sign(&csr), &ips(), pending, &BTreeMap::new())
+        .await
 }
 
 fn mode(p: &Path) -> u32 {
@@ -311,18 +312,24 @@ async fn refusals() {
     let other = PendingKeys::new(&dir.path().join("elsewhere"));
     let chain = sign(&other.create_csr(&ips(), KeyType::EcdsaP256, None).unwrap());
     let err = inst
-        .install(&t, &chain, &ips(), &pending)
+        .install(&t, &chain, &ips(), &pending, &BTreeMap::new())
         .await
         .unwrap_err();
     assert_eq!(err.code, "no_matching_key");
     assert!(!t.key_source().unwrap().path.exists(), "nothing written");
     let err = inst
-        .install(&t, &chain, &["10.0.0.1".parse().unwrap()], &pending)
+        .install(
+            &t,
+            &chain,
+            &["10.0.0.1".parse().unwrap()],
+            &pending,
+            &BTreeMap::new(),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code, "not_my_ip");
     assert_eq!(
-        inst.install(&t, "garbage", &ips(), &pending)
+        inst.install(&t, "garbage", &ips(), &pending, &BTreeMap::new())
             .await
             .unwrap_err()
             .code,

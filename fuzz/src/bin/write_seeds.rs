@@ -50,6 +50,7 @@ fn main() {
             not_after_unix: 1_900_000_000,
             identifiers: vec![HOST_IPS[0].into()],
         }],
+        requested_names: vec!["api.example.net".into()],
     };
     w(t, "hello", &agent_msg(Msg::Hello(hello.clone())));
     let bad_hello = pb::Hello {

@@ -69,6 +69,7 @@ fn hello(ips: Vec<String>) -> AgentMessage {
             targets: vec!["default".into()],
             challenge_modes: vec!["http-01/standalone".into()],
             inventory: vec![],
+            requested_names: vec![],
         })),
     }
 }

@@ -85,6 +85,7 @@ async fn mtls_decides_who_may_call_what() {
             targets: vec!["default".into()],
             challenge_modes: vec!["http-01/standalone".into()],
             inventory: vec![],
+            requested_names: vec![],
         })),
     };
     let outbound = futures::stream::iter(vec![hello]).chain(futures::stream::pending());
