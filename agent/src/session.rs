@@ -390,6 +390,9 @@ impl Agent {
                 self.responder.clear(&c.tokens);
                 if let Some(t) = &self.tls_alpn01 {
                     t.clear(&c.tokens);
+                    // Done means the port is free again (the coordinator may present
+                    // another challenge type on it next).
+                    t.wait_stopped().await;
                 }
                 Ok(reply::Result::Done(pb::Done::default()))
             }

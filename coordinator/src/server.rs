@@ -19,7 +19,7 @@ use certfleet_proto::v1::{
     enrollment_server::Enrollment, AgentMessage, CoordinatorMessage,
 };
 use certfleet_shared::clock::SharedClock;
-use certfleet_shared::identifier::parse_host_ip;
+use certfleet_shared::identifier::{parse_host_ip, DnsName};
 use certfleet_shared::ids::{CertId, HostId};
 use certfleet_shared::x509::{sha256_hex, CertInfo};
 use certfleet_shared::{ADMIN_URI_PREFIX, HOST_URI_PREFIX};
@@ -360,6 +360,23 @@ impl Services {
         rec.targets = hello.targets;
         // What the host can answer, for choosing a challenge type; unknown modes are kept
         // (a newer agent) but bounded.
+        // Names the agent asks for: canonical names only (the agent canonicalises at load),
+        // bounded; whether the host gets them is the policy's decision (`spec`).
+        if hello.requested_names.len() > MAX_IPS {
+            return Err(Status::invalid_argument(format!(
+                "Hello: at most {MAX_IPS} requested names"
+            )));
+        }
+        rec.requested_names = hello
+            .requested_names
+            .iter()
+            .map(|n| match DnsName::parse(n) {
+                Ok(name) if name.as_str() == n => Ok(n.clone()),
+                Ok(name) => Err(format!("{n:?} is not canonical; the agent sends {name}")),
+                Err(e) => Err(e.to_string()),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::invalid_argument(format!("Hello: requested name: {e}")))?;
         rec.challenge_modes = hello
             .challenge_modes
             .into_iter()

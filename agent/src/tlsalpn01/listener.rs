@@ -125,6 +125,18 @@ impl Listeners {
         Ok(())
     }
 
+    /// When not listening: waits for the stopped accept loops to close their sockets.
+    pub(super) async fn wait_stopped(&self) {
+        let _one_bind = self.bind.lock().await;
+        if self.is_listening() {
+            return;
+        }
+        let stopped: Vec<_> = std::mem::take(&mut *lock(&self.loops));
+        for t in stopped {
+            let _ = t.await;
+        }
+    }
+
     pub(super) fn stop(&self) {
         if let Some(cancel) = lock(&self.cancel).take() {
             cancel.cancel();

@@ -153,6 +153,11 @@ impl Responder {
     }
 
     /// Removes every live challenge (at shutdown).
+    /// Once nothing is live: waits until the listeners have closed their sockets.
+    pub async fn wait_stopped(&self) {
+        self.listeners.wait_stopped().await;
+    }
+
     pub fn clear_all(&self) {
         let all: Vec<String> = lock(&self.table).keys().cloned().collect();
         self.forget(&all);

@@ -131,6 +131,13 @@ pub enum KeyTypeName {
     EcdsaP256,
     #[serde(rename = "ecdsa-p384")]
     EcdsaP384,
+    /// RSA keys, for clients that cannot use ECDSA (generated on the host).
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
+    #[serde(rename = "rsa-3072")]
+    Rsa3072,
+    #[serde(rename = "rsa-4096")]
+    Rsa4096,
 }
 
 #[derive(Debug, Clone, Deserialize)]

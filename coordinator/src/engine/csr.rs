@@ -13,11 +13,23 @@ use certfleet_shared::x509::{parse_pem_chain, CertInfo, CsrInfo};
 use std::collections::HashSet;
 
 const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+const OID_RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
 
 fn key_type_pb(k: KeyTypeName) -> pb::KeyType {
     match k {
         KeyTypeName::EcdsaP256 => pb::KeyType::EcdsaP256,
         KeyTypeName::EcdsaP384 => pb::KeyType::EcdsaP384,
+        KeyTypeName::Rsa2048 => pb::KeyType::Rsa2048,
+        KeyTypeName::Rsa3072 => pb::KeyType::Rsa3072,
+        KeyTypeName::Rsa4096 => pb::KeyType::Rsa4096,
+    }
+}
+
+/// The public-key algorithm a CSR for `k` carries.
+fn key_algorithm(k: KeyTypeName) -> &'static str {
+    match k {
+        KeyTypeName::EcdsaP256 | KeyTypeName::EcdsaP384 => OID_EC_PUBLIC_KEY,
+        KeyTypeName::Rsa2048 | KeyTypeName::Rsa3072 | KeyTypeName::Rsa4096 => OID_RSA_ENCRYPTION,
     }
 }
 
@@ -129,7 +141,7 @@ pub fn check_csr(
             "it carries a CN; our certificates name their identifiers only as SANs".into(),
         ));
     }
-    if csr.key_algorithm != OID_EC_PUBLIC_KEY {
+    if csr.key_algorithm != key_algorithm(key_type) {
         return Err(IssueError::BadCsr(format!(
             "key algorithm {} is not the {key_type:?} asked for",
             csr.key_algorithm
