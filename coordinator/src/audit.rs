@@ -56,6 +56,8 @@ pub enum Kind {
     IpRefused,
     /// An address was freed (host removed, or `hosts release-ip`).
     IpReleased,
+    /// A challenge type failed for a certificate and the next one in its order is tried.
+    ChallengeFallback,
 }
 
 impl Kind {
