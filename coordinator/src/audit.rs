@@ -60,6 +60,8 @@ pub enum Kind {
     NameRefused,
     /// The policy no longer gives a host this certificate: it is no longer renewed.
     CertificateRetired,
+    /// A challenge type failed for a certificate and the next one in its order is tried.
+    ChallengeFallback,
 }
 
 impl Kind {

@@ -135,6 +135,7 @@ pub async fn certs(
                     "serial": opt_str(&c.serial), "installed_serial": opt_str(&c.installed_serial),
                     "served_serial": opt_str(&c.served_serial), "served_on": c.served_on,
                     "served_at": opt_time(c.served_unix), "verify_disabled": c.verify_disabled,
+                    "validated_by": c.validated_by,
                     "not_before": opt_time(c.not_before_unix), "not_after": opt_time(c.not_after_unix),
                     "lifetime_secs": if c.not_after_unix > 0 { json!(c.not_after_unix - c.not_before_unix) } else { Value::Null },
                     "renew_at": opt_time(c.renew_at_unix),

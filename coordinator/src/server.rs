@@ -770,5 +770,13 @@ fn cert_view(c: crate::model::CertRecord, now: i64) -> pb::CertView {
         renew_at_unix: renew_at,
         last_renewal_reason: c.schedule.last_renewal_reason.clone().unwrap_or_default(),
         required_profile: c.spec.required_profile.clone().unwrap_or_default(),
+        validated_by: cur
+            .map(|x| {
+                x.validated_by
+                    .iter()
+                    .map(|(id, kind)| (id.clone(), kind.as_str().to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }

@@ -80,6 +80,9 @@ pub struct CertRow {
     pub renewals: Option<u64>,
     #[serde(default)]
     pub last_renewal_reason: Option<String>,
+    /// Identifier → challenge type that proved it ("http-01", "tls-alpn-01").
+    #[serde(default)]
+    pub validated_by: std::collections::BTreeMap<String, String>,
 }
 
 /// How [`Coordinator::restart`] stops the running server.

@@ -177,6 +177,7 @@ mod tests {
         r.remember_key(&key_digest(&old_key.subject_public_key_info()));
         let order = OrderInFlight {
             validated_by: Default::default(),
+            challenge: None,
             url: "https://ca/order/1".into(),
             issuer: "le".into(),
             identifiers: r.spec.identifiers.clone(),

@@ -2,12 +2,12 @@
 //! restart, and driving it — challenges and CSR in parallel, finalize, check the leaf, store
 //! the chain, then install.
 
-use super::challenge::http01::{clear, clear_tokens, present};
+use super::challenge::{choice, clear_tokens};
 use super::csr::CsrWant;
 use super::{Engine, IssueError, AGENT_QUICK};
 use crate::acme::{AcmeError, AcmeIssuer};
 use crate::audit::{Entry, Kind};
-use crate::model::{CertRecord, CertState, IssuedCert, OrderInFlight};
+use crate::model::{CertRecord, CertState, HostRecord, IssuedCert, OrderInFlight};
 use crate::sessions::AgentHandle;
 use certfleet_proto::v1::{self as pb, coordinator_message::Cmd, reply};
 use certfleet_shared::identifier::{check_issuable, check_sans, Identifier};
@@ -25,10 +25,19 @@ impl Engine {
         &self,
         agent: &AgentHandle,
         rec: &mut CertRecord,
+        host: &HostRecord,
         reason: RenewReason,
     ) -> Result<(), IssueError> {
         let now = self.clock.now_unix();
         let spec = rec.spec.clone();
+        // The challenge type: the spec's next one (from the index) the host can serve.
+        let (at, challenge) = choice::choose(
+            &spec.challenge_order(),
+            rec.schedule.challenge_index,
+            &host.challenge_modes,
+        )
+        .map_err(IssueError::Policy)?;
+        rec.schedule.challenge_index = at;
         let names: Vec<&str> = spec.issuers().collect();
         let issuer = self.issuer(names[rec.schedule.issuer_index % names.len()])?;
         for id in &spec.identifiers {
@@ -81,7 +90,12 @@ impl Engine {
         self.budget_check(&issuer, &spec.identifiers, now, exempt)?;
 
         let (driver, kept, orders_created) = issuer
-            .new_order(&spec.identifiers, profile.as_deref(), replaces.as_deref())
+            .new_order(
+                &spec.identifiers,
+                profile.as_deref(),
+                replaces.as_deref(),
+                challenge,
+            )
             .await?;
         self.budget_record(&issuer, &vec![Event::OrderCreated; orders_created])?;
         if replaces.is_some() && !kept {
@@ -97,6 +111,7 @@ impl Engine {
                 .detail("account", account)
                 .detail("order_url", driver.url())
                 .detail("profile", &profile)
+                .detail("challenge", challenge.as_str())
                 .detail("replaces", if kept { &replaces } else { &None })
                 .detail("replaces_ignored_by_ca", replaces.is_some() && !kept)
                 .detail("reason", reason.to_string()),
@@ -104,6 +119,7 @@ impl Engine {
         rec.observed.last_order_url = Some(driver.url().to_owned());
         rec.observed.order = Some(OrderInFlight {
             validated_by: Default::default(),
+            challenge: Some(challenge),
             url: driver.url().to_owned(),
             issuer: issuer.cfg.name.clone(),
             identifiers: spec.identifiers.clone(),
@@ -118,7 +134,7 @@ impl Engine {
         rec.updated = now;
         self.store.put_cert(rec)?;
         tracing::info!(host = %rec.host_id, cert = %rec.id, order = %driver.url(), ids = ?spec.identifiers,
-            profile = ?profile, reason = %reason, "order created");
+            profile = ?profile, challenge = challenge.as_str(), reason = %reason, "order created");
         self.drive(agent, rec, &issuer, driver).await
     }
 
@@ -134,7 +150,7 @@ impl Engine {
         };
         let issuer = self.issuer(&order.issuer)?;
         match issuer
-            .resume_order(&order.url)
+            .resume_order(&order.url, order.challenge_kind())
             .await
             .map(|mut d| (d.status(), d))
         {
@@ -214,10 +230,7 @@ impl Engine {
                 None => None,
             }
         } else {
-            if let Err(e) = present(agent, &challenges).await {
-                clear(agent, &challenges).await;
-                return Err(e.into());
-            }
+            self.present(agent, rec, &challenges).await?;
             // The key is made only once the challenges are served, while the CA validates.
             let csr = async {
                 match want {

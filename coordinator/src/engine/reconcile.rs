@@ -2,6 +2,7 @@
 //! to operators, and `finish` — the outcome of an attempt written back with **always** a next
 //! action (renewal, ARI re-check, at-risk moment, backoff, budget refusal's free time).
 
+use super::challenge::choice::{self, Fallback};
 use super::{Engine, IssueError};
 use crate::acme::AcmeError;
 use crate::audit::{Entry, Kind};
@@ -119,11 +120,26 @@ impl Engine {
         } else {
             self.planned(&rec, now)
         };
+        // A challenge type that failed: the next one the host offers, right away.
+        let fallback = match &outcome {
+            Err(e) => {
+                let modes = self
+                    .store
+                    .host(&rec.host_id)
+                    .ok()
+                    .flatten()
+                    .map(|h| h.challenge_modes)
+                    .unwrap_or_default();
+                choice::after_failure(&mut rec, &modes, e)
+            }
+            Ok(()) => Fallback::NotChallenge,
+        };
         match &outcome {
             Ok(()) => {
                 rec.schedule.attempts = 0;
                 rec.schedule.quick_retries = 0;
                 rec.schedule.issuer_index = 0;
+                // `challenge_index` stays on the type that worked (see `choice`).
                 rec.schedule.last_error = None;
             }
             Err(IssueError::Store(_)) => {}
@@ -153,6 +169,27 @@ impl Engine {
                 rec.schedule.last_error = Some(e.to_string());
                 next = now + 1;
             }
+            Err(e) if matches!(fallback, Fallback::Next { .. }) => {
+                if let Fallback::Next { failed, next: then } = fallback {
+                    let _ = self.record(
+                        Kind::ChallengeFallback,
+                        &rec,
+                        Entry::by("coordinator")
+                            .ids(&rec.spec.identifiers)
+                            .detail("type", failed.as_str())
+                            .detail("next_type", then.as_str())
+                            .detail("error", e.to_string()),
+                    );
+                    tracing::warn!(cert = %rec.id, host = %rec.host_id, error = %e, failed = failed.as_str(),
+                        next = then.as_str(), "challenge type failed; trying the next one");
+                    rec.schedule.last_error = Some(format!(
+                        "{e}; {} failed, trying {} next",
+                        failed.as_str(),
+                        then.as_str()
+                    ));
+                }
+                next = now + 1;
+            }
             Err(IssueError::Policy(_))
             | Err(IssueError::Acme(AcmeError::ProfileUnavailable { .. })) => {
                 rec.schedule.last_error = outcome.as_ref().err().map(|e| e.to_string());
@@ -165,6 +202,8 @@ impl Engine {
                     && rec.schedule.issuer_index + 1 < rec.spec.issuers().count() =>
             {
                 rec.schedule.issuer_index += 1;
+                // The next issuer starts with the preferred challenge type again.
+                rec.schedule.challenge_index = 0;
                 let next_issuer = rec
                     .spec
                     .issuers()
@@ -468,6 +507,7 @@ mod tests {
         let mut r = rec(0, 160 * H);
         r.observed.order = Some(OrderInFlight {
             validated_by: Default::default(),
+            challenge: None,
             url: "u".into(),
             issuer: "le".into(),
             identifiers: vec![],

@@ -128,7 +128,7 @@ impl Engine {
         {
             if let Some(agent) = self.sessions.get(&host.id) {
                 if let Some(d) = rec.observed.deferred_clear.take() {
-                    crate::engine::challenge::http01::clear_tokens(&agent, d.tokens).await;
+                    crate::engine::challenge::clear_tokens(&agent, d.tokens).await;
                 }
             }
         }
@@ -144,7 +144,7 @@ impl Engine {
             Decision::Idle => Ok(()),
             Decision::Install => self.install(&agent, rec).await,
             Decision::Resume => self.resume(&agent, rec).await,
-            Decision::Issue(reason) => self.issue(&agent, rec, reason).await,
+            Decision::Issue(reason) => self.issue(&agent, rec, host, reason).await,
         };
         if rec.observed.order.is_none() && !matches!(outcome, Err(IssueError::Agent(_))) {
             self.discard_pending_keys(&agent, rec).await;

@@ -164,6 +164,7 @@ mod tests {
             }),
             order: Some(OrderInFlight {
                 validated_by: Default::default(),
+                challenge: None,
                 url: "https://ca/order/1".into(),
                 issuer: "le".into(),
                 identifiers: vec![ip.into()],

@@ -207,6 +207,17 @@ pub struct OrderInFlight {
     /// Which challenge type proved each identifier, as validations succeed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub validated_by: BTreeMap<String, ChallengeKind>,
+    /// The challenge type this order answers (`None`: stored before the type was
+    /// recorded, when every order was HTTP-01). A resumed order keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenge: Option<ChallengeKind>,
+}
+
+impl OrderInFlight {
+    /// The challenge type the order answers.
+    pub fn challenge_kind(&self) -> ChallengeKind {
+        self.challenge.unwrap_or(ChallengeKind::Http01)
+    }
 }
 
 /// Why nothing may be ordered for a certificate until something changes on the

@@ -11,6 +11,7 @@
 
 mod ari;
 mod audit;
+mod challenge_fallback;
 mod chaos;
 mod cli;
 mod crash;

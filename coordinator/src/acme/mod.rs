@@ -6,7 +6,11 @@
 //! windows, and creates or resumes orders as [`OrderDriver`]s. It knows nothing about
 //! agents: the caller supplies the challenge responder and the CSR.
 
-use crate::config::IssuerConfig;
+mod error;
+
+pub use error::{AcmeError, Problem};
+
+use crate::config::{ChallengeKind, IssuerConfig};
 use crate::store::{AccountRecord, Store, StoreError};
 use certfleet_shared::clock::SharedClock;
 use instant_acme::{
@@ -21,182 +25,23 @@ use tokio::sync::Mutex;
 /// Bound on any single request to a CA: a CA that hangs must not hang us.
 pub const ACME_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-const BAD_NONCE: &str = "urn:ietf:params:acme:error:badNonce";
-const RATE_LIMITED: &str = "urn:ietf:params:acme:error:rateLimited";
-const ACCOUNT_GONE: &str = "urn:ietf:params:acme:error:accountDoesNotExist";
-const UNAUTHORIZED: &str = "urn:ietf:params:acme:error:unauthorized";
-
-#[derive(Debug, thiserror::Error)]
-pub enum AcmeError {
-    #[error("CA {issuer}: {detail}")]
-    Ca {
-        issuer: String,
-        detail: String,
-        problem_type: Option<String>,
-        /// What the problem means for us, classified once where the CA's answer is read.
-        problem: Problem,
-    },
-    #[error("CA {issuer} did not answer within {secs} s ({what})")]
-    Timeout {
-        issuer: String,
-        secs: u64,
-        what: &'static str,
-    },
-    #[error("CA {issuer} does not offer profile {wanted:?} (it offers: {offered}); change the policy's profile or its issuer")]
-    ProfileUnavailable {
-        issuer: String,
-        wanted: String,
-        offered: String,
-    },
-    #[error("validation failed: {}", render_problems(.0))]
-    Validation(Vec<(String, String)>),
-    #[error("CA {issuer} offers no http-01 challenge for {identifier}")]
-    NoHttp01 { issuer: String, identifier: String },
-    #[error("stored ACME account for {issuer} is unreadable: {detail}")]
-    BadStoredAccount { issuer: String, detail: String },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// An ACME problem, classified where it is received (callers branch on this, never on text).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Problem {
-    /// No problem document: the CA was unreachable, slow, or answered outside ACME.
-    Unreachable,
-    BadNonce,
-    /// `rateLimited`; `retry_after` is the moment (unix seconds) the CA names in its detail.
-    RateLimited {
-        retry_after: Option<i64>,
-    },
-    /// The CA no longer knows our account (`accountDoesNotExist`, `unauthorized`).
-    AccountGone,
-    Other,
-}
-
-impl Problem {
-    fn classify(problem_type: Option<&str>, detail: &str) -> Self {
-        match problem_type {
-            None => Problem::Unreachable,
-            Some(BAD_NONCE) => Problem::BadNonce,
-            Some(RATE_LIMITED) => Problem::RateLimited {
-                retry_after: retry_after_in(detail),
-            },
-            Some(ACCOUNT_GONE) | Some(UNAUTHORIZED) => Problem::AccountGone,
-            Some(_) => Problem::Other,
-        }
-    }
-}
-
-/// "retry after 2026-11-22T17:00:00Z" in a rateLimited problem's detail, as Let's Encrypt
-/// words it.
-fn retry_after_in(text: &str) -> Option<i64> {
-    let lower = text.to_ascii_lowercase();
-    let idx = lower.find("retry after ")? + "retry after ".len();
-    let stamp: String = text[idx..]
-        .chars()
-        .take_while(|c| !c.is_whitespace() && *c != ',' && *c != ';' && *c != ')')
-        .collect();
-    let t = time::OffsetDateTime::parse(
-        stamp.trim_end_matches(':'),
-        &time::format_description::well_known::Rfc3339,
-    )
-    .ok()?;
-    Some(t.unix_timestamp())
-}
-
-fn render_problems(p: &[(String, String)]) -> String {
-    p.iter()
-        .map(|(id, problem)| {
-            if id.is_empty() {
-                problem.clone()
-            } else {
-                format!("{id}: {problem}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-impl AcmeError {
-    /// The ACME problem type, when the CA sent one.
-    pub fn problem_type(&self) -> Option<&str> {
-        match self {
-            AcmeError::Ca { problem_type, .. } => problem_type.as_deref(),
-            _ => None,
-        }
-    }
-    /// The classified problem; `Unreachable` for errors that are not the CA's answer.
-    pub fn problem(&self) -> &Problem {
-        match self {
-            AcmeError::Ca { problem, .. } => problem,
-            _ => &Problem::Unreachable,
-        }
-    }
-    pub fn is_bad_nonce(&self) -> bool {
-        matches!(
-            self,
-            AcmeError::Ca {
-                problem: Problem::BadNonce,
-                ..
-            }
-        )
-    }
-    pub fn is_rate_limited(&self) -> bool {
-        matches!(
-            self,
-            AcmeError::Ca {
-                problem: Problem::RateLimited { .. },
-                ..
-            }
-        )
-    }
-    /// When a rate-limited CA says to come back (unix seconds), if it said.
-    pub fn retry_after(&self) -> Option<i64> {
-        match self {
-            AcmeError::Ca {
-                problem: Problem::RateLimited { retry_after },
-                ..
-            } => *retry_after,
-            _ => None,
-        }
-    }
-    /// The CA no longer knows our account; a new one is made on the next call.
-    pub fn is_account_gone(&self) -> bool {
-        matches!(
-            self,
-            AcmeError::Ca {
-                problem: Problem::AccountGone,
-                ..
-            }
-        )
-    }
-    /// Worth retrying soon, with the same order: bad nonce, rate limit, a CA that is down or
-    /// slow (no problem document at all).
-    pub fn is_transient(&self) -> bool {
-        match self {
-            AcmeError::Ca {
-                problem_type: None, ..
-            }
-            | AcmeError::Timeout { .. } => true,
-            AcmeError::Ca { .. } => self.is_bad_nonce() || self.is_rate_limited(),
-            _ => false,
-        }
-    }
-    /// True when retrying later cannot help without a config change.
-    pub fn is_permanent(&self) -> bool {
-        matches!(
-            self,
-            AcmeError::ProfileUnavailable { .. } | AcmeError::BadStoredAccount { .. }
-        )
-    }
-}
-
-/// One HTTP-01 challenge to present.
+/// One challenge to present, of the order's type.
 #[derive(Debug, Clone)]
 pub struct PendingChallenge {
+    pub kind: ChallengeKind,
     pub identifier: String,
     pub token: String,
+    /// `token.thumbprint` (RFC 8555 §8.1); for TLS-ALPN-01 the agent puts its SHA-256
+    /// digest into the validation certificate (RFC 8737 §3).
     pub key_authorization: String,
+}
+
+/// instant-acme's name for one of our challenge kinds.
+fn acme_type(kind: ChallengeKind) -> ChallengeType {
+    match kind {
+        ChallengeKind::Http01 => ChallengeType::Http01,
+        ChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,
+    }
 }
 
 /// An ARI renewal window.
@@ -453,13 +298,15 @@ impl AcmeIssuer {
         }
     }
 
-    /// Creates an order. With `replaces`, a server that refuses or ignores it (some do) gets
-    /// the order again without it; the returned flag says whether `replaces` was kept.
+    /// Creates an order whose challenges of type `kind` are to be answered. With
+    /// `replaces`, a server that refuses or ignores it (some do) gets the order again without
+    /// it; the returned flag says whether `replaces` was kept.
     pub async fn new_order(
         &self,
         identifiers: &[certfleet_shared::identifier::Identifier],
         profile: Option<&str>,
         replaces: Option<&str>,
+        kind: ChallengeKind,
     ) -> Result<(OrderDriver<'_>, bool, usize), AcmeError> {
         use certfleet_shared::identifier::Identifier as Ours;
         let account = self.account().await?;
@@ -506,19 +353,28 @@ impl AcmeIssuer {
             },
             None => self.timed("new order", account.new_order(&base())).await?,
         };
-        Ok((self.driver(order).await?, kept, created))
+        Ok((self.driver(order, kind).await?, kept, created))
     }
 
-    /// Re-opens an order created before a restart.
-    pub async fn resume_order(&self, url: &str) -> Result<OrderDriver<'_>, AcmeError> {
+    /// Re-opens an order created before a restart; its challenges of type `kind` are the
+    /// ones answered.
+    pub async fn resume_order(
+        &self,
+        url: &str,
+        kind: ChallengeKind,
+    ) -> Result<OrderDriver<'_>, AcmeError> {
         let account = self.account().await?;
         let order = self
             .timed("load order", account.order(url.to_owned()))
             .await?;
-        self.driver(order).await
+        self.driver(order, kind).await
     }
 
-    async fn driver(&self, mut order: Order) -> Result<OrderDriver<'_>, AcmeError> {
+    async fn driver(
+        &self,
+        mut order: Order,
+        kind: ChallengeKind,
+    ) -> Result<OrderDriver<'_>, AcmeError> {
         let mut challenges = Vec::new();
         let mut authzs = order.authorizations();
         loop {
@@ -539,12 +395,14 @@ impl AcmeIssuer {
                 _ => continue,
             }
             let ch = authz
-                .challenge(ChallengeType::Http01)
-                .ok_or_else(|| AcmeError::NoHttp01 {
+                .challenge(acme_type(kind))
+                .ok_or_else(|| AcmeError::NoChallenge {
                     issuer: self.cfg.name.clone(),
                     identifier: ident.clone(),
+                    kind: kind.as_str(),
                 })?;
             challenges.push(PendingChallenge {
+                kind,
                 identifier: ident,
                 token: ch.token.clone(),
                 key_authorization: ch.key_authorization().as_str().to_owned(),
@@ -553,6 +411,7 @@ impl AcmeIssuer {
         Ok(OrderDriver {
             issuer: self,
             order,
+            kind,
             challenges,
         })
     }
@@ -569,6 +428,8 @@ fn parse_ari_id(s: &str) -> Option<CertificateIdentifier<'static>> {
 pub struct OrderDriver<'a> {
     issuer: &'a AcmeIssuer,
     order: Order,
+    /// The challenge type answered for this order.
+    kind: ChallengeKind,
     challenges: Vec<PendingChallenge>,
 }
 
@@ -608,7 +469,7 @@ impl OrderDriver<'_> {
             if authz.status != AuthorizationStatus::Pending {
                 continue;
             }
-            if let Some(mut ch) = authz.challenge(ChallengeType::Http01) {
+            if let Some(mut ch) = authz.challenge(acme_type(self.kind)) {
                 // Only a pending challenge is announced: one the CA is already processing
                 // (e.g. an order resumed after a restart) must not be validated twice.
                 if tokens.contains(&ch.token) && ch.status == instant_acme::ChallengeStatus::Pending
@@ -658,8 +519,9 @@ impl OrderDriver<'_> {
                 return Err(AcmeError::Validation(vec![(
                     String::new(),
                     format!(
-                        "the CA did not finish validating in time (about {} s); is the agent's HTTP-01 responder reachable from the CA?",
-                        timeout.as_secs()
+                        "the CA did not finish validating in time (about {} s); is the agent's {} responder reachable from the CA?",
+                        timeout.as_secs(),
+                        self.kind.as_str()
                     ),
                 )]));
             }
@@ -764,27 +626,4 @@ fn problem_text(p: &instant_acme::Problem) -> String {
         s.push_str(&format!("; {sub}"));
     }
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rate_limited_problems_carry_the_retry_after_of_their_detail() {
-        let t = "too many certificates (5) already issued for this exact set of identifiers in the last 168h0m0s, retry after 2026-11-23T10:00:00Z: see https://letsencrypt.org/docs/rate-limits/";
-        assert_eq!(retry_after_in(t), Some(1_795_428_000));
-        assert_eq!(retry_after_in("no hint"), None);
-        assert_eq!(
-            Problem::classify(Some(RATE_LIMITED), t),
-            Problem::RateLimited {
-                retry_after: Some(1_795_428_000)
-            }
-        );
-        assert_eq!(
-            Problem::classify(Some(UNAUTHORIZED), t),
-            Problem::AccountGone
-        );
-        assert_eq!(Problem::classify(None, t), Problem::Unreachable);
-    }
 }
