@@ -15,7 +15,7 @@
 //! recording.
 
 use crate::store::{AuditRow, AuditStore, SeqIter, StoreError};
-use certfleet_shared::identifier::Identifier;
+use certfleet_shared::identifier::{Identifier, NamePattern};
 use certfleet_shared::x509::sha256_hex;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -185,6 +185,8 @@ pub struct Query {
     /// An address or a CIDR block.
     pub network: Option<(IpAddr, u8)>,
     pub serial: Option<String>,
+    /// A name, or every name below a zone (`*.zone`).
+    pub name: Option<NamePattern>,
     pub kinds: Vec<Kind>,
     pub since: Option<i64>,
     pub until: Option<i64>,
@@ -201,6 +203,13 @@ impl Query {
                 .as_ref()
                 .is_none_or(|s| r.entry.serial.as_ref() == Some(s))
             && (self.kinds.is_empty() || self.kinds.contains(&r.kind))
+            && self.name.as_ref().is_none_or(|p| {
+                r.entry
+                    .names
+                    .iter()
+                    .filter_map(|n| Identifier::parse(n).ok())
+                    .any(|id| p.matches(&id))
+            })
             && self.since.is_none_or(|t| r.time >= t)
             && self.until.is_none_or(|t| r.time < t)
             && self.network.is_none_or(|(net, len)| {
@@ -524,6 +533,56 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    /// Names go into their own field (absent when none, so IP-only records hash as before)
+    /// and are found by exact name or by zone.
+    #[test]
+    fn names_are_recorded_and_found_by_name_or_zone() {
+        let (_d, _s, log) = log();
+        let ids = |v: &[&str]| {
+            v.iter()
+                .map(|s| Identifier::parse(s).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let only_ip = log
+            .append(
+                Kind::OrderCreated,
+                1,
+                Entry::by("c").ids(&ids(&["192.0.2.1"])),
+            )
+            .unwrap();
+        assert!(!serde_json::to_string(&only_ip).unwrap().contains("names"));
+        log.append(
+            Kind::OrderCreated,
+            2,
+            Entry::by("c").ids(&ids(&["192.0.2.1", "api.example.net"])),
+        )
+        .unwrap();
+        log.append(
+            Kind::OrderCreated,
+            3,
+            Entry::by("c").ids(&ids(&["a.b.example.net"])),
+        )
+        .unwrap();
+        log.append(
+            Kind::OrderCreated,
+            4,
+            Entry::by("c").ids(&ids(&["example.org"])),
+        )
+        .unwrap();
+        let find = |n: &str| -> Vec<u64> {
+            let q = Query {
+                name: Some(NamePattern::parse(n).unwrap()),
+                ..Query::default()
+            };
+            log.query(&q).unwrap().iter().map(|r| r.seq).collect()
+        };
+        assert_eq!(find("api.example.net"), vec![1]);
+        assert_eq!(find("*.example.net"), vec![1, 2]);
+        assert_eq!(find("*.b.example.net"), vec![2]);
+        assert_eq!(find("example.org"), vec![3]);
+        assert_eq!(log.verify().unwrap(), None);
     }
 
     #[test]

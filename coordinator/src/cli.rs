@@ -131,7 +131,8 @@ pub async fn certs(
                 json!({
                     "cert_id": c.cert_id, "host_id": c.host_id, "identifiers": c.identifiers,
                     "issuer": c.issuer, "profile": opt_str(&c.profile), "required_profile": opt_str(&c.required_profile),
-                    "policy": opt_str(&c.policy), "target": c.target, "state": c.state,
+                    "policy": opt_str(&c.policy), "name": c.name, "target": c.target,
+                    "targets": c.targets, "state": c.state,
                     "serial": opt_str(&c.serial), "installed_serial": opt_str(&c.installed_serial),
                     "served_serial": opt_str(&c.served_serial), "served_on": c.served_on,
                     "served_at": opt_time(c.served_unix), "verify_disabled": c.verify_disabled,
@@ -176,6 +177,12 @@ pub async fn certs(
                 c.cert_id.clone(),
                 c.host_id.clone(),
                 c.identifiers.join(","),
+                if c.name.is_empty() {
+                    "-".into()
+                } else {
+                    c.name.clone()
+                },
+                c.targets.join(","),
                 if c.at_risk {
                     format!("{} AT RISK", c.state)
                 } else {
@@ -211,6 +218,8 @@ pub async fn certs(
             "CERT",
             "HOST",
             "IDENTIFIERS",
+            "NAME",
+            "TARGETS",
             "STATE",
             "SERIAL (ISSUED)",
             "INSTALLED",
@@ -488,6 +497,7 @@ pub async fn status(
 pub struct AuditFilter {
     pub host: Option<String>,
     pub network: Option<String>,
+    pub name: Option<String>,
     pub serial: Option<String>,
     pub kinds: Vec<String>,
     pub since: Option<i64>,
@@ -515,6 +525,7 @@ pub async fn audit(
         .query_audit(pb::QueryAuditRequest {
             host_id: f.host.unwrap_or_default(),
             network: f.network.unwrap_or_default(),
+            name: f.name.unwrap_or_default(),
             serial: f.serial.unwrap_or_default(),
             kinds: f.kinds,
             since_unix: f.since.unwrap_or(0),

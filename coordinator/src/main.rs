@@ -80,6 +80,9 @@ enum Cmd {
         /// An identifier: an IP address or a CIDR block.
         #[arg(long)]
         ip: Option<String>,
+        /// A DNS name, or '*.zone' for every name below the zone.
+        #[arg(long)]
+        name: Option<String>,
         #[arg(long)]
         serial: Option<String>,
         /// Event kind (repeatable), e.g. certificate_issued, host_enrolled.
@@ -342,6 +345,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             cmd: None,
             host,
             ip,
+            name,
             serial,
             kinds,
             since,
@@ -352,6 +356,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let filter = cli::AuditFilter {
                 host,
                 network: ip,
+                name,
                 serial,
                 kinds,
                 since: since

@@ -7,6 +7,7 @@
 
 use crate::audit::{Kind, Query};
 use certfleet_proto::v1 as pb;
+use certfleet_shared::identifier::NamePattern;
 use certfleet_shared::ids::{CertId, HostId};
 use tonic::Status;
 
@@ -158,6 +159,9 @@ pub fn query_audit(r: &pb::QueryAuditRequest) -> Result<(Query, usize), Status> 
     for k in &r.kinds {
         q.kinds
             .push(Kind::parse(k).ok_or_else(|| bad(format!("unknown event kind {k:?}")))?);
+    }
+    if !r.name.is_empty() {
+        q.name = Some(NamePattern::parse(&r.name).map_err(|e| bad(format!("--name: {e}")))?);
     }
     q.since = (r.since_unix != 0).then_some(r.since_unix);
     q.until = (r.until_unix != 0).then_some(r.until_unix);

@@ -726,6 +726,8 @@ fn cert_view(c: crate::model::CertRecord, now: i64) -> pb::CertView {
     let cur = c.observed.current.as_ref();
     let renew_at = c.renew_time(now).map(|(at, _)| at).unwrap_or(0);
     pb::CertView {
+        name: c.spec.name.clone(),
+        targets: c.spec.targets.clone(),
         cert_id: c.id.to_string(),
         host_id: c.host_id.to_string(),
         identifiers: cur
