@@ -65,7 +65,7 @@ pub struct Coordinator {
     pub handle: AgentHandle,
     outbound: Mutex<mpsc::Receiver<Result<pb::CoordinatorMessage, tonic::Status>>>,
     /// What the coordinator asks the host's CSR to name.
-    pub csr_ips: Vec<IpAddr>,
+    pub csr_ips: Vec<certfleet_shared::identifier::Identifier>,
 }
 
 const COORDINATOR_TOML: &str = r#"
@@ -141,7 +141,10 @@ pub fn coordinator() -> &'static Coordinator {
                     .iter()
                     .filter_map(|s| s.parse().ok())
                     .collect(),
-            ),
+            )
+            .into_iter()
+            .map(certfleet_shared::identifier::Identifier::Ip)
+            .collect(),
         }
     })
 }

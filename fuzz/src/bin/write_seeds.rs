@@ -172,6 +172,7 @@ fn main() {
                 since_unix: 1_600_000_000,
                 until_unix: 2_000_000_000,
                 limit: 5,
+                name: "*.example.net".into(),
             }
             .encode_to_vec(),
         ),
