@@ -224,6 +224,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
         Cmd::Serve => {
             config.check_files(&args.config)?;
+            for w in config.warnings() {
+                tracing::warn!("{w}");
+            }
             let deps = certfleet_coordinator::Deps::open(&config).await?;
             let shutdown = CancellationToken::new();
             let serve = certfleet_coordinator::serve(config, deps, shutdown.clone());

@@ -532,6 +532,14 @@ impl Config {
         Ok(())
     }
 
+    /// Things that are allowed but likely to bite (logged at `serve` start).
+    pub fn warnings(&self) -> Vec<String> {
+        self.policies
+            .iter()
+            .flat_map(|p| p.shared_set_warnings())
+            .collect()
+    }
+
     pub fn default_issuer_name(&self) -> Option<&str> {
         match &self.issuance.issuer {
             Some(n) => Some(n),

@@ -233,6 +233,30 @@ impl PolicyConfig {
         vec![CertificateConfig::implicit(self.ips)]
     }
 
+    /// Certificates that give every matching host the very same identifiers: with Let's
+    /// Encrypt's limit of 5 certificates per identifier set per week, more than 5 such
+    /// hosts (or frequent re-issues) get refused. Said once at start, naming the fix.
+    pub fn shared_set_warnings(&self) -> Vec<String> {
+        self.certificates
+            .iter()
+            .filter(|c| {
+                let host_specific = c.names.iter().any(|t| {
+                    t == REQUESTED || NameTemplate::parse(t).is_ok_and(|tpl| !tpl.is_literal())
+                });
+                let ips = c.ips.unwrap_or(IpSelection::None) != IpSelection::None;
+                !c.names.is_empty() && !host_specific && !ips
+            })
+            .map(|c| {
+                format!(
+                    "[[policy]] {:?}, certificate {:?}: every host the policy matches gets the same names ({}); Let's Encrypt issues at most 5 certificates per identifier set per week, so a 6th host (or a 6th re-issue) waits for the budget. Add a host-specific name, e.g. \"{{hostname}}.example.net\", so each host's set differs, or terminate the shared name on a load balancer that holds one certificate",
+                    self.name,
+                    c.name,
+                    c.names.join(", ")
+                )
+            })
+            .collect()
+    }
+
     /// Everything `Config::validate` checks about one policy.
     pub(super) fn validate(&self, issuers: &[IssuerConfig]) -> Result<(), String> {
         let ctx = |m: String| format!("[[policy]] {:?}: {m}", self.name);

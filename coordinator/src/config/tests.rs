@@ -292,3 +292,27 @@ fn policy_certificates_parse_and_refusals_name_the_rule() {
         assert!(named, "policy named: {err}");
     }
 }
+
+/// A certificate whose names are the same for every host is warned about (the 5-per-set
+/// weekly limit); a host-specific template, the agent's names or the host's addresses make
+/// each set distinct.
+#[test]
+fn same_names_for_every_host_are_warned_about() {
+    let cert = |body: &str| {
+        parse(&format!(
+            "{MINIMAL}[[policy]]\nname = \"lb\"\n[[policy.certificate]]\nname = \"c\"\n{body}"
+        ))
+        .unwrap()
+        .warnings()
+    };
+    let w = cert("names = [\"api.example.net\"]\n");
+    assert_eq!(w.len(), 1);
+    assert!(
+        w[0].contains("api.example.net") && w[0].contains("{hostname}"),
+        "{}",
+        w[0]
+    );
+    assert!(cert("names = [\"api.example.net\", \"{hostname}.example.net\"]\n").is_empty());
+    assert!(cert("names = [\"api.example.net\", \"{requested}\"]\n").is_empty());
+    assert!(cert("names = [\"api.example.net\"]\nips = \"public\"\n").is_empty());
+}
