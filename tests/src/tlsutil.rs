@@ -156,12 +156,21 @@ async fn handshake(
     addr: SocketAddr,
     cfg: Arc<ClientConfig>,
 ) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    handshake_as(addr, ServerName::IpAddress(addr.ip().into()), cfg).await
+}
+
+/// TLS handshake with `addr` as `server_name` (a DNS name is sent as SNI).
+async fn handshake_as(
+    addr: SocketAddr,
+    server_name: ServerName<'static>,
+    cfg: Arc<ClientConfig>,
+) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let fut = async {
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .context("TCP connect")?;
         let tls = tokio_rustls::TlsConnector::from(cfg)
-            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .connect(server_name, tcp)
             .await
             .context("TLS handshake")?;
         let (_, conn) = tls.get_ref();
@@ -213,4 +222,19 @@ pub async fn served_chain_verifies(
         .await
         .with_context(|| format!("verifying the chain served by {addr} for {}", addr.ip()))
         .map(|_| ())
+}
+
+/// The chain `addr` serves to a client that sends `name` as SNI and verifies the chain
+/// against `root` for that name (what a browser asking for the name checks); leaf first.
+pub async fn served_chain_for_name(
+    addr: SocketAddr,
+    name: &str,
+    root: &CertificateDer<'static>,
+) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let server_name =
+        ServerName::try_from(name.to_owned()).with_context(|| format!("not a name: {name:?}"))?;
+    let cfg = client_config(std::slice::from_ref(root), None, &[b"http/1.1"])?;
+    handshake_as(addr, server_name, cfg)
+        .await
+        .with_context(|| format!("verifying the chain served by {addr} for {name} (SNI)"))
 }

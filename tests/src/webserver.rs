@@ -162,6 +162,8 @@ pub struct WebServerOptions {
     pub certs: CertPaths,
     pub port80: Port80,
     pub redirect: Redirect,
+    /// The TLS port (443 unless a second server shares the namespace).
+    pub https_port: u16,
 }
 
 impl WebServerOptions {
@@ -173,7 +175,14 @@ impl WebServerOptions {
             certs,
             port80: Port80::None,
             redirect: Redirect::Off,
+            https_port: 443,
         }
+    }
+
+    /// Serves TLS on `port` instead of 443 (e.g. a second server in the same namespace).
+    pub fn https_port(mut self, port: u16) -> Self {
+        self.https_port = port;
+        self
     }
 
     pub fn port80(mut self, port80: Port80) -> Self {
@@ -424,7 +433,12 @@ impl WebServer {
         }
         c.push_str("    server {\n");
         for ip in &self.opts.ips {
-            let _ = writeln!(c, "        listen {}:443 ssl;", url_host(ip));
+            let _ = writeln!(
+                c,
+                "        listen {}:{} ssl;",
+                url_host(ip),
+                self.opts.https_port
+            );
         }
         let _ = write!(
             c,
@@ -548,17 +562,18 @@ impl WebServer {
             }
         }
         for ip in &self.opts.ips {
-            let _ = writeln!(c, "Listen {}:443", url_host(ip));
+            let _ = writeln!(c, "Listen {}:{}", url_host(ip), self.opts.https_port);
         }
         let _ = write!(
             c,
-            "<VirtualHost *:443>\n\
+            "<VirtualHost *:{}>\n\
              \x20   ServerName localhost\n\
              \x20   SSLEngine on\n\
              \x20   SSLCertificateFile \"{}\"\n\
              \x20   SSLCertificateChainFile \"{}\"\n\
              \x20   SSLCertificateKeyFile \"{}\"\n\
              </VirtualHost>\n",
+            self.opts.https_port,
             self.opts.certs.cert.display(),
             self.opts.certs.chain.display(),
             self.opts.certs.key.display()
@@ -899,12 +914,12 @@ impl WebServer {
         &self.opts.ips
     }
 
-    /// `ip:443` for every IP.
+    /// `ip:https_port` (443 by default) for every IP.
     pub fn https_addrs(&self) -> Vec<SocketAddr> {
         self.opts
             .ips
             .iter()
-            .map(|ip| SocketAddr::new(*ip, 443))
+            .map(|ip| SocketAddr::new(*ip, self.opts.https_port))
             .collect()
     }
 

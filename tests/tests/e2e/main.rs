@@ -26,6 +26,7 @@ mod identity;
 mod ip_ownership;
 mod metrics;
 mod mtls;
+mod names;
 mod netns_smoke;
 mod operator;
 mod pending_keys;
