@@ -218,7 +218,7 @@ pub async fn certs(
             "CERT",
             "HOST",
             "IDENTIFIERS",
-            "NAME",
+            "CERT NAME",
             "TARGETS",
             "STATE",
             "SERIAL (ISSUED)",
