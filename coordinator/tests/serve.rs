@@ -156,7 +156,18 @@ async fn serve_runs_on_the_given_clock_store_and_listener_and_drains_on_shutdown
         &agent.key_pem,
     )
     .expect("agent tls");
-    let before_session = tasks.len();
+    // Tasks come and go (a certificate's reconcile round after enrollment): count once the
+    // tracker has been quiet for a moment.
+    let quiet = Instant::now() + Duration::from_secs(10);
+    let mut before_session = tasks.len();
+    let mut stable_since = Instant::now();
+    while stable_since.elapsed() < Duration::from_millis(500) && Instant::now() < quiet {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if tasks.len() != before_session {
+            before_session = tasks.len();
+            stable_since = Instant::now();
+        }
+    }
     let mut session = AgentSessionClient::new(connect(&url, tls).await.expect("connect"));
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(AgentMessage {
@@ -176,6 +187,10 @@ async fn serve_runs_on_the_given_clock_store_and_listener_and_drains_on_shutdown
         t0 + 3601,
         "Hello recorded on the manual clock"
     );
+    let counted = Instant::now() + Duration::from_secs(5);
+    while tasks.len() != before_session + 1 && Instant::now() < counted {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
         tasks.len(),
         before_session + 1,
