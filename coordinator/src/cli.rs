@@ -177,6 +177,7 @@ pub async fn certs(
                 c.cert_id.clone(),
                 c.host_id.clone(),
                 c.identifiers.join(","),
+                validated_by(&c.identifiers, &c.validated_by),
                 if c.name.is_empty() {
                     "-".into()
                 } else {
@@ -218,6 +219,7 @@ pub async fn certs(
             "CERT",
             "HOST",
             "IDENTIFIERS",
+            "VALIDATED BY",
             "CERT NAME",
             "TARGETS",
             "STATE",
@@ -230,6 +232,29 @@ pub async fn certs(
         ],
         &rows,
     ))
+}
+
+/// The challenge type that validated the current certificate's identifiers: one type
+/// when every identifier went the same way, else `identifier=type` for each (in the
+/// identifiers' order), "-" before the first certificate (or for one issued before the
+/// type was recorded).
+fn validated_by(identifiers: &[String], by: &std::collections::HashMap<String, String>) -> String {
+    let types: Vec<&str> = identifiers
+        .iter()
+        .map(|id| by.get(id).map_or("?", String::as_str))
+        .collect();
+    if by.is_empty() || types.is_empty() {
+        return "-".into();
+    }
+    if types.iter().all(|t| *t == types[0]) {
+        return types[0].to_owned();
+    }
+    identifiers
+        .iter()
+        .zip(&types)
+        .map(|(id, t)| format!("{id}={t}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A host-side serial against the issued one: "yes" when they match, the other serial
@@ -646,5 +671,35 @@ mod tests {
     fn tables_align() {
         let t = super::table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
         assert_eq!(t, "A    BB\nxxx  y\n");
+    }
+
+    #[test]
+    fn validated_by_is_one_type_or_one_per_identifier() {
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let by = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect::<std::collections::HashMap<_, _>>()
+        };
+        let two = ids(&["a.example.test", "192.0.2.1"]);
+        assert_eq!(super::validated_by(&two, &by(&[])), "-");
+        assert_eq!(
+            super::validated_by(
+                &two,
+                &by(&[("a.example.test", "http-01"), ("192.0.2.1", "http-01")])
+            ),
+            "http-01"
+        );
+        assert_eq!(
+            super::validated_by(
+                &two,
+                &by(&[("a.example.test", "tls-alpn-01"), ("192.0.2.1", "http-01")])
+            ),
+            "a.example.test=tls-alpn-01,192.0.2.1=http-01"
+        );
+        assert_eq!(
+            super::validated_by(&two, &by(&[("a.example.test", "dns-01")])),
+            "a.example.test=dns-01,192.0.2.1=?"
+        );
     }
 }
