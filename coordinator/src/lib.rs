@@ -31,6 +31,7 @@ pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod dns;
 pub mod engine;
 pub mod fleet_ca;
 pub mod metrics;
@@ -138,6 +139,8 @@ pub async fn serve(
     let server_key = dir.read(&dir.server_key())?;
     let sessions = Arc::new(sessions::Sessions::default());
     let metrics = Arc::new(metrics::Metrics::default());
+    // Credentials are read now: a provider that cannot work stops the start, named.
+    let dns = Arc::new(dns::DnsProviders::from_config(&config.dns_providers)?);
     let engine = engine::Engine::new(
         config.clone(),
         metrics.clone(),
@@ -147,6 +150,7 @@ pub async fn serve(
         clock.clone(),
         shutdown.clone(),
         tracker.clone(),
+        dns,
     );
     engine.start()?;
 

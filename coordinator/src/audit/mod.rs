@@ -62,6 +62,8 @@ pub enum Kind {
     CertificateRetired,
     /// A challenge type failed for a certificate and the next one in its order is tried.
     ChallengeFallback,
+    /// DNS-01 TXT records could not be removed (kept, and tried again).
+    DnsCleanupFailed,
 }
 
 impl Kind {
