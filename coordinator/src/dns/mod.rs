@@ -42,7 +42,7 @@ impl DnsProviders {
     pub async fn plan(&self, records: &[(DnsName, String)]) -> Result<PresentedSet, DnsError> {
         Err(DnsError("not merged".into()))
     }
-    pub async fn present(&self, set: &PresentedSet) -> Result<(), DnsError> {
+    pub async fn present_set(&self, set: &PresentedSet) -> Result<(), DnsError> {
         Err(DnsError("not merged".into()))
     }
     pub async fn wait_propagated(&self, set: &PresentedSet) -> Result<(), DnsError> {

@@ -39,3 +39,4 @@ mod stale_replies;
 mod support;
 mod tls_alpn;
 mod validation;
+mod wildcard;

@@ -54,7 +54,7 @@ impl Engine {
         // Durable before anything is written, so a crash cannot leave records behind.
         self.store.put_cert(rec)?;
         let written = async {
-            self.dns.present(&set).await?;
+            self.dns.present_set(&set).await?;
             self.dns.wait_propagated(&set).await
         }
         .await;
