@@ -540,4 +540,31 @@ mod tests {
         h.requested_names.clear();
         assert_eq!(desired_all(&cfg, &h)[0].refused_names, None);
     }
+
+    /// DNS-01: a wildcard template makes a wildcard; a name no provider's zone holds
+    /// (here from a template, so only known per host) gives no spec, naming the zones.
+    #[test]
+    fn dns01_certificates_make_wildcards_and_need_a_zone() {
+        let cfg = config(
+            "[[dns_provider]]\nname = \"s\"\nzones = [\"example.net\"]\nkind = \"exec\"\ncommand = [\"/bin/true\"]\n\
+             [[policy]]\nname = \"p\"\n[[policy.certificate]]\nname = \"w\"\nnames = [\"*.{hostname}.example.net\", \"{hostname}.example.net\"]\nchallenges = [\"dns-01\"]\n\
+             [[policy.certificate]]\nname = \"o\"\nnames = [\"www.{label.zone}\"]\nchallenges = [\"dns-01\"]\n",
+        );
+        let h = host(&[("zone", "web.example.org")], &["8.8.8.8"], &["t"]);
+        let all = desired_all(&cfg, &h);
+        let w = all[0].spec.as_ref().expect("wildcard spec");
+        let ids: Vec<String> = w.identifiers.iter().map(|i| i.to_string()).collect();
+        assert_eq!(ids, vec!["*.h.example.net", "h.example.net"]);
+        assert!(w.identifiers[0].is_wildcard());
+        assert_eq!(w.challenge_order(), vec![ChallengeKind::Dns01]);
+        let err = all[1]
+            .spec
+            .clone()
+            .expect_err("outside every zone")
+            .to_string();
+        assert!(
+            err.contains("www.web.example.org validated by DNS-01, but no [[dns_provider]] serves a zone for it (zones served: example.net)"),
+            "{err}"
+        );
+    }
 }

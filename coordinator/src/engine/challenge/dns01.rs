@@ -106,3 +106,41 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ChallengeKind;
+
+    fn ch(identifier: &str, value: &str) -> PendingChallenge {
+        PendingChallenge {
+            kind: ChallengeKind::Dns01,
+            identifier: identifier.into(),
+            token: format!("tok-{value}"),
+            key_authorization: format!("tok-{value}.thumb"),
+            dns_value: value.into(),
+        }
+    }
+
+    /// A wildcard and its apex both go to the apex's name (one RRset, two values); an
+    /// address is refused, naming the fix.
+    #[test]
+    fn txt_values_use_the_base_name_and_refuse_addresses() {
+        let v = txt_values(&[ch("*.example.net", "w"), ch("example.net", "a")]).unwrap();
+        let names: Vec<&str> = v.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, vec!["example.net", "example.net"]);
+        assert_eq!(v[0].1, "w");
+        assert_eq!(v[1].1, "a");
+        let err = txt_values(&[ch("192.0.2.1", "x")]).unwrap_err().to_string();
+        assert!(err.contains("never validated by DNS-01"), "{err}");
+    }
+
+    #[test]
+    fn every_host_offers_dns01() {
+        assert!(super::super::choice::offers(&[], ChallengeKind::Dns01));
+        assert!(super::super::choice::offers(
+            &["http-01/webroot".into()],
+            ChallengeKind::Dns01
+        ));
+    }
+}
