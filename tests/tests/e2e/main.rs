@@ -15,6 +15,7 @@ mod challenge_fallback;
 mod chaos;
 mod cli;
 mod crash;
+mod dns01_errors;
 mod dns_harness;
 mod eab;
 mod fallback;

@@ -18,16 +18,22 @@ use serde_json::Value;
 
 const SERVE_TIMEOUT: Duration = Duration::from_secs(120);
 
-struct World {
-    coord: Coordinator,
-    root: CertificateDer<'static>,
-    _pebble: Pebble,
-    knot: KnotServer,
-    _secrets: tempfile::TempDir,
+pub(crate) struct World {
+    pub coord: Coordinator,
+    pub root: CertificateDer<'static>,
+    pub _pebble: Pebble,
+    pub knot: KnotServer,
+    pub _secrets: tempfile::TempDir,
 }
 
-/// The `[[dns_provider]]` for knot's zones, its TSIG secret in a 0600 file.
-fn provider(knot: &KnotServer, secret_file: &Path) -> String {
+/// The `[[dns_provider]]` for knot's zones, its TSIG secret in a 0600 file; propagation
+/// checked on `check` (default: knot itself).
+pub(crate) fn rfc2136_provider(
+    knot: &KnotServer,
+    secret_file: &Path,
+    check: Option<std::net::SocketAddr>,
+    propagation_timeout: &str,
+) -> String {
     let key = knot.tsig_key();
     format!(
         r#"
@@ -39,28 +45,38 @@ server = "{addr}"
 tsig_key_name = "{name}"
 tsig_algorithm = "{alg}"
 tsig_secret_file = "{file}"
-check_nameservers = ["{addr}"]
-propagation_timeout = "20s"
+check_nameservers = ["{check}"]
+propagation_timeout = "{propagation_timeout}"
 poll_interval = "200ms"
 "#,
         addr = knot.addr(),
+        check = check.unwrap_or(knot.addr()),
         name = key.name,
         alg = key.algorithm,
         file = secret_file.display(),
     )
 }
 
-async fn world(lan: &Lan, policy: &str) -> World {
+/// Writes `secret` as a 0600 file in `dir`.
+pub(crate) fn secret_file(dir: &Path, secret: &str) -> std::path::PathBuf {
+    let file = dir.join("tsig.secret");
+    std::fs::write(&file, format!("{secret}\n")).expect("secret");
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    file
+}
+
+/// knot, pebble resolving through it, and a coordinator whose config ends with the
+/// providers `providers(knot, secrets dir)` returns and `policy`.
+pub(crate) async fn world_with(
+    lan: &Lan,
+    providers: impl FnOnce(&KnotServer, &Path) -> String,
+    policy: &str,
+) -> World {
     certfleet_tests::install_crypto_provider();
     let knot = KnotServer::start().await.expect("knot");
     let secrets = tempfile::tempdir().expect("tempdir");
-    let secret_file = secrets.path().join("tsig.secret");
-    std::fs::write(&secret_file, format!("{}\n", knot.tsig_key().secret)).expect("secret");
-    std::fs::set_permissions(
-        &secret_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .expect("chmod");
+    let providers = providers(&knot, secrets.path());
     let pebble = Pebble::start_with(PebbleOptions {
         validation_ports: Some((80, 443)),
         dns_server: Some(knot.addr()),
@@ -74,7 +90,7 @@ async fn world(lan: &Lan, policy: &str) -> World {
         CoordinatorOptions {
             server_ips: vec![IpAddr::V4(lan.gateway_v4())],
             retry_base_secs: Some(2),
-            extra_config: format!("{}{policy}", provider(&knot, &secret_file)),
+            extra_config: format!("{providers}{policy}"),
             ..Default::default()
         },
     )
@@ -89,7 +105,19 @@ async fn world(lan: &Lan, policy: &str) -> World {
     }
 }
 
-const WILDCARD_POLICY: &str = r#"
+async fn world(lan: &Lan, policy: &str) -> World {
+    world_with(
+        lan,
+        |knot, dir| {
+            let file = secret_file(dir, &knot.tsig_key().secret);
+            rfc2136_provider(knot, &file, None, "20s")
+        },
+        policy,
+    )
+    .await
+}
+
+pub(crate) const WILDCARD_POLICY: &str = r#"
 [[policy]]
 name = "wild"
 
@@ -99,7 +127,7 @@ names = ["*.example.test", "example.test"]
 challenges = ["dns-01"]
 "#;
 
-async fn wait_served(w: &World, h: &mut FleetHost) -> CertRow {
+pub(crate) async fn wait_served(w: &World, h: &mut FleetHost) -> CertRow {
     let id = h.agent.host_id().expect("enrolled").to_owned();
     let deadline = Instant::now() + SERVE_TIMEOUT;
     loop {
