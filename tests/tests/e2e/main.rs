@@ -27,6 +27,7 @@ mod ip_ownership;
 mod metrics;
 mod mtls;
 mod names;
+mod names_alpn;
 mod netns_smoke;
 mod operator;
 mod pending_keys;
