@@ -29,6 +29,7 @@ pub mod http01;
 pub mod identity;
 pub mod install;
 pub mod keys;
+mod live_listener;
 pub mod metrics;
 pub mod resolve;
 pub mod served;

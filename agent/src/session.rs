@@ -390,8 +390,11 @@ impl Agent {
                 self.responder.clear(&c.tokens);
                 if let Some(t) = &self.tls_alpn01 {
                     t.clear(&c.tokens);
-                    // Done means the port is free again (the coordinator may present
-                    // another challenge type on it next).
+                }
+                // Done means the ports are free again (the coordinator may present
+                // challenges of this or another type on them next).
+                self.responder.wait_stopped().await;
+                if let Some(t) = &self.tls_alpn01 {
                     t.wait_stopped().await;
                 }
                 Ok(reply::Result::Done(pb::Done::default()))

@@ -39,20 +39,11 @@ impl AlpnFront {
         let dir = WorkDir::new("alpn-front")?;
         let ports = crate::net::free_ports(2)?;
         let (port, web_port) = (ports[0], ports[1]);
-        let snippet = std::fs::read_to_string(snippet_path())?;
-        for want in [
-            "listen 443;",
-            "listen [::]:443;",
-            "127.0.0.1:8443",
-            "127.0.0.1:8444",
-        ] {
-            anyhow::ensure!(snippet.contains(want), "the snippet changed: no {want:?}");
-        }
-        let snippet = snippet
-            .replace("listen 443;", &format!("listen 127.0.0.1:{port};"))
-            .replace("listen [::]:443;", "")
-            .replace("127.0.0.1:8443", &agent.to_string())
-            .replace("127.0.0.1:8444", &format!("127.0.0.1:{web_port}"));
+        let snippet = front_snippet(
+            &[SocketAddr::from(([127, 0, 0, 1], port))],
+            agent,
+            SocketAddr::from(([127, 0, 0, 1], web_port)),
+        )?;
         std::fs::write(dir.join("snippet.conf"), snippet)?;
 
         let web = rcgen::generate_simple_self_signed(vec!["web.test".to_owned()])?;
@@ -101,6 +92,38 @@ impl AlpnFront {
     }
 }
 
+/// The shipped snippet with its addresses rewritten: the front listens on each of
+/// `listen` (instead of port 443 of every address), sends `acme-tls/1` to `agent` and
+/// everything else to `web`. Fails, naming the line, if the snippet no longer has the
+/// lines this rewrites (so a changed snippet cannot go untested).
+pub fn front_snippet(
+    listen: &[SocketAddr],
+    agent: SocketAddr,
+    web: SocketAddr,
+) -> anyhow::Result<String> {
+    let path = snippet_path();
+    let snippet = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    for want in [
+        "listen 443;",
+        "listen [::]:443;",
+        "127.0.0.1:8443",
+        "127.0.0.1:8444",
+    ] {
+        anyhow::ensure!(
+            snippet.contains(want),
+            "{}: the snippet changed, no {want:?}; update alpn_front::front_snippet",
+            path.display()
+        );
+    }
+    let listens: Vec<String> = listen.iter().map(|a| format!("listen {a};")).collect();
+    Ok(snippet
+        .replace("listen 443;", &listens.join("\n        "))
+        .replace("listen [::]:443;", "")
+        .replace("127.0.0.1:8443", &agent.to_string())
+        .replace("127.0.0.1:8444", &web.to_string()))
+}
+
 fn nginx_binary() -> &'static str {
     if Path::new("/usr/sbin/nginx").exists() {
         "/usr/sbin/nginx"
@@ -111,7 +134,7 @@ fn nginx_binary() -> &'static str {
 
 /// The `load_module` line nginx needs for `stream`, when it is a dynamic module (Debian:
 /// libnginx-mod-stream), or nothing when built in.
-fn stream_module() -> anyhow::Result<String> {
+pub fn stream_module() -> anyhow::Result<String> {
     let v = std::process::Command::new(nginx_binary())
         .arg("-V")
         .output()?;

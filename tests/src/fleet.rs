@@ -2,6 +2,9 @@
 //! with its own IPv4 and IPv6 address, a real web server (nginx or apache) on port 443, and
 //! a certfleet agent configured for one of the three HTTP-01 modes, its target pointing at
 //! the web server's certificate files with the server's real config test and reload.
+//! Optionally ([`HostSpec::with_tls_alpn`]) the agent also answers TLS-ALPN-01, standalone
+//! on a port of its addresses (the web server's TLS moved off it with
+//! [`HostSpec::with_https_port`]) or on loopback behind nginx's shipped ALPN front.
 //!
 //! Used by the fleet e2e tests and the fleet benchmark. Everything is behind guards: the
 //! agent and web server die with their `FleetHost`, the namespace after them.
@@ -27,6 +30,24 @@ use crate::{pki, tlsutil, Agent};
 
 /// Where the agent's proxy-mode listener is, inside each namespace.
 pub const PROXY_LISTEN: &str = "127.0.0.1:8402";
+/// [`TlsAlpn::Front`]: the agent's `[tls_alpn01]` loopback `listen`, inside the namespace.
+pub const ALPN_AGENT_LISTEN: &str = "127.0.0.1:8443";
+/// [`TlsAlpn::Front`]: where nginx's own TLS server moves, behind the front.
+pub const ALPN_WEB_LISTEN: &str = "127.0.0.1:8444";
+
+/// How the agent answers TLS-ALPN-01, if at all (its `[tls_alpn01]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsAlpn {
+    /// No `[tls_alpn01]`: the host offers HTTP-01 only.
+    Off,
+    /// `mode = "standalone"` on this port of the host's addresses (the web server must not
+    /// hold it: see [`HostSpec::https_port`]).
+    Standalone(u16),
+    /// `mode = "loopback"` on [`ALPN_AGENT_LISTEN`], behind nginx running the shipped
+    /// `deploy/nginx/acme-tls-alpn.conf` on port 443 of the host's addresses, its TLS
+    /// server moved to [`ALPN_WEB_LISTEN`] (nginx only).
+    Front,
+}
 
 /// How the agent answers HTTP-01.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +75,10 @@ pub struct HostSpec {
     /// DNS names (e.g. `host-1.example.test`) that get A + AAAA records for the host's
     /// addresses; needs [`FleetHost::new_with_dns`].
     pub names: Vec<String>,
+    /// The web server's TLS port (443); the target's `verify` addresses follow it.
+    pub https_port: u16,
+    /// The agent's `[tls_alpn01]`.
+    pub tls_alpn: TlsAlpn,
 }
 
 impl HostSpec {
@@ -66,7 +91,22 @@ impl HostSpec {
             verify_grace_secs: 10,
             redirect: Redirect::Off,
             names: Vec::new(),
+            https_port: 443,
+            tls_alpn: TlsAlpn::Off,
         }
+    }
+
+    /// The web server serves TLS on `port` instead of 443 (e.g. to leave 443 to the
+    /// agent's standalone TLS-ALPN-01).
+    pub fn with_https_port(mut self, port: u16) -> Self {
+        self.https_port = port;
+        self
+    }
+
+    /// The agent answers TLS-ALPN-01 this way.
+    pub fn with_tls_alpn(mut self, tls_alpn: TlsAlpn) -> Self {
+        self.tls_alpn = tls_alpn;
+        self
     }
 
     /// Gives the host these DNS names (see [`FleetHost::new_with_dns`]).
@@ -166,12 +206,14 @@ impl FleetHost {
         };
         let mut agent = Agent::in_netns(&spec.name, ns.ns_name(), ips.clone(), |_| String::new())?;
         let certs = CertPaths::in_dir(agent.tls_dir());
-        let mut web = WebServer::new(
-            &ns,
-            WebServerOptions::new(spec.server, ips.clone(), certs)
-                .port80(port80)
-                .redirect(spec.redirect),
-        )?;
+        let mut opts = WebServerOptions::new(spec.server, ips.clone(), certs)
+            .port80(port80)
+            .redirect(spec.redirect)
+            .https_port(spec.https_port);
+        if spec.tls_alpn == TlsAlpn::Front {
+            opts = opts.alpn_front(ALPN_AGENT_LISTEN.parse()?, ALPN_WEB_LISTEN.parse()?);
+        }
+        let mut web = WebServer::new(&ns, opts)?;
         web.start()
             .await
             .with_context(|| format!("starting {:?} on {}", spec.server, spec.name))?;
@@ -225,12 +267,10 @@ impl FleetHost {
         Ok(self.agent.id()?.to_owned())
     }
 
+    /// Where clients reach the web server's TLS: each IP on [`HostSpec::https_port`]
+    /// (through the front with [`TlsAlpn::Front`]).
     pub fn https_addrs(&self) -> Vec<SocketAddr> {
-        self.ns
-            .ips()
-            .into_iter()
-            .map(|ip| SocketAddr::new(ip, 443))
-            .collect()
+        self.web.https_addrs()
     }
 
     /// The leaf served on every address of the host right now (they must agree).
@@ -320,9 +360,25 @@ fn agent_config_body(
     } else {
         web.reload_argv()
     };
+    let tls_alpn = match spec.tls_alpn {
+        TlsAlpn::Off => String::new(),
+        TlsAlpn::Standalone(port) => {
+            format!("[tls_alpn01]\nmode = \"standalone\"\nport = {port}\n\n")
+        }
+        TlsAlpn::Front => {
+            format!("[tls_alpn01]\nmode = \"loopback\"\nlisten = \"{ALPN_AGENT_LISTEN}\"\n\n")
+        }
+    };
+    // The agent checks each IP:443 unless told otherwise.
+    let verify = if spec.https_port == 443 {
+        String::new()
+    } else {
+        let addrs: Vec<String> = web.https_addrs().iter().map(|a| a.to_string()).collect();
+        format!("verify = {}\n", argv_toml(&addrs))
+    };
     format!(
-        "[http01]\n{http01}\n[targets.default]\npreset = \"{preset}\"\ndir = {dir}\nkey = {key}\n\
-         check = {check}\nreload = {reload}\nverify_grace_secs = {grace}\n",
+        "[http01]\n{http01}\n{tls_alpn}[targets.default]\npreset = \"{preset}\"\ndir = {dir}\nkey = {key}\n\
+         check = {check}\nreload = {reload}\n{verify}verify_grace_secs = {grace}\n",
         dir = toml_path(tls_dir),
         key = toml_path(&tls_dir.join("key.pem")),
         check = argv_toml(&web.check_argv()),

@@ -3,22 +3,17 @@
 //! to). It listens only while a challenge is live and answers nothing but
 //! `GET|HEAD /.well-known/acme-challenge/<token>` from the live table.
 //!
-//! Its accept loops and connections are tasks on its own tracker; [`Listeners::close`]
-//! (at agent shutdown) ends them all and waits for them.
+//! Listening while live, binding, stopping and closing are [`LiveListeners`]'s.
 
 use super::{lock, Table, PREFIX};
-use crate::error::AgentFailure;
+use crate::live_listener::{LiveListeners, Responder};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 const CONN_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -29,111 +24,42 @@ pub(super) enum Purpose {
     Proxy,
 }
 
-pub(super) struct Listeners {
+/// The HTTP-01 listeners: [`LiveListeners`] answering with the live table.
+pub(super) type Listeners = LiveListeners<Http01Responder>;
+
+pub(super) fn listeners(
     addrs: Vec<SocketAddr>,
     purpose: Purpose,
     table: Table,
     served: Counter,
-    /// One bind at a time: two concurrent `present`s must not both bind the port.
-    bind: tokio::sync::Mutex<()>,
-    /// Cancels the listeners; `Some` while listening.
-    cancel: Mutex<Option<CancellationToken>>,
-    /// Cancelled by [`Listeners::close`]: every listener and connection ends, no new one
-    /// starts.
-    closed: CancellationToken,
-    /// Every accept loop and connection.
-    tasks: TaskTracker,
-}
-
-impl Listeners {
-    pub(super) fn new(
-        addrs: Vec<SocketAddr>,
-        purpose: Purpose,
-        table: Table,
-        served: Counter,
-    ) -> Self {
-        Self {
-            addrs,
+) -> Listeners {
+    LiveListeners::new(
+        addrs,
+        Http01Responder {
             purpose,
             table,
             served,
-            bind: tokio::sync::Mutex::new(()),
-            cancel: Mutex::new(None),
-            closed: CancellationToken::new(),
-            tasks: TaskTracker::new(),
-        }
-    }
+        },
+    )
+}
 
-    pub(super) fn addrs(&self) -> &[SocketAddr] {
-        &self.addrs
-    }
+#[derive(Clone)]
+pub(super) struct Http01Responder {
+    purpose: Purpose,
+    table: Table,
+    served: Counter,
+}
 
-    pub(super) fn is_listening(&self) -> bool {
-        lock(&self.cancel).is_some()
-    }
+impl Responder for Http01Responder {
+    const WHAT: &'static str = "HTTP-01";
+    const CONN_TIMEOUT: Duration = CONN_TIMEOUT;
 
-    /// Starts listening on every address unless already listening.
-    pub(super) async fn ensure(&self) -> Result<(), AgentFailure> {
-        let _one_bind = self.bind.lock().await;
-        if self.closed.is_cancelled() {
-            return Err(AgentFailure::new(
-                "internal",
-                "the agent is stopping; the challenge is presented again once it is back",
-            ));
-        }
-        if self.is_listening() {
-            return Ok(());
-        }
-        let mut listeners = Vec::with_capacity(self.addrs.len());
-        for addr in &self.addrs {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|e| AgentFailure::new("bind_failed", self.bind_error(*addr, &e)))?;
-            listeners.push(l);
-        }
-        let cancel = self.closed.child_token();
-        for l in listeners {
-            self.tasks.spawn(serve(
-                l,
-                self.table.clone(),
-                cancel.clone(),
-                self.served.clone(),
-                Connections {
-                    tasks: self.tasks.clone(),
-                    closed: self.closed.clone(),
-                },
-            ));
-        }
-        if let Some(old) = lock(&self.cancel).replace(cancel) {
-            old.cancel();
-        }
-        tracing::debug!(addrs = ?self.addrs, "HTTP-01 responder listening");
-        Ok(())
-    }
-
-    pub(super) fn stop(&self) {
-        if let Some(cancel) = lock(&self.cancel).take() {
-            cancel.cancel();
-            tracing::debug!("HTTP-01 responder stopped");
-        }
-    }
-
-    /// Stops listening for good: ends every listener and open connection and waits for
-    /// them (at most `within`).
-    pub(super) async fn close(&self, within: Duration) {
-        self.closed.cancel();
-        self.stop();
-        self.tasks.close();
-        if tokio::time::timeout(within, self.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                running = self.tasks.len(),
-                "HTTP-01 connections still open after {} s; stopping anyway",
-                within.as_secs()
-            );
-        }
+    fn answer(
+        self,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        serve_connection(stream, peer, self.table, self.served, false)
     }
 
     fn bind_error(&self, addr: SocketAddr, e: &std::io::Error) -> String {
@@ -150,43 +76,6 @@ impl Listeners {
                  server's proxy to the agent)"
             ),
         }
-    }
-}
-
-/// Where a listener's connections run: on the listeners' tracker, cut when they close.
-/// A listener that merely stops (no live challenge) lets its open connections finish.
-struct Connections {
-    tasks: TaskTracker,
-    closed: CancellationToken,
-}
-
-async fn serve(
-    listener: TcpListener,
-    table: Table,
-    cancel: CancellationToken,
-    served: Counter,
-    connections: Connections,
-) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "HTTP-01 accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = cancel.cancelled() => return,
-        };
-        let conn = serve_connection(stream, peer, table.clone(), served.clone(), false);
-        let closed = connections.closed.clone();
-        connections.tasks.spawn(async move {
-            tokio::select! {
-                _ = tokio::time::timeout(CONN_TIMEOUT, conn) => {}
-                _ = closed.cancelled() => {}
-            }
-        });
     }
 }
 

@@ -124,14 +124,14 @@ impl Responder {
                 w.sweep_stale(&HashSet::new(), CHALLENGE_TTL, clock.now_unix());
                 Backend::Webroot(w)
             }
-            (Http01Mode::Proxy, _, Some(listen)) => Backend::Listen(listener::Listeners::new(
+            (Http01Mode::Proxy, _, Some(listen)) => Backend::Listen(listener::listeners(
                 vec![listen],
                 listener::Purpose::Proxy,
                 table.clone(),
                 served,
             )),
             // Standalone (and a config that skipped validation: fall back to standalone).
-            _ => Backend::Listen(listener::Listeners::new(
+            _ => Backend::Listen(listener::listeners(
                 ips.iter()
                     .map(|ip| SocketAddr::new(*ip, config.port))
                     .collect(),
@@ -317,6 +317,14 @@ impl Responder {
         if let Backend::Webroot(w) = &self.backend {
             let live: HashSet<String> = lock(&self.table).keys().cloned().collect();
             w.sweep_stale(&live, CHALLENGE_TTL, self.clock.now_unix());
+        }
+    }
+
+    /// Once nothing is live: waits until the agent's own listeners have closed their
+    /// sockets, so the port is free for whatever comes next.
+    pub async fn wait_stopped(&self) {
+        if let Backend::Listen(l) = &self.backend {
+            l.wait_stopped().await;
         }
     }
 

@@ -139,6 +139,40 @@ async fn standalone_serves_then_stops() {
     assert!(!r.is_listening());
 }
 
+/// A clear followed at once by a present rebinds the same port: once `wait_stopped`
+/// returns, the stopped listener's socket is closed (before, a present right after a clear
+/// could find the agent's own socket still holding the port), and a plain bind of the
+/// port succeeds too (the port is free for the other challenge type).
+#[tokio::test]
+async fn clear_then_present_rebinds_the_port() {
+    let ip = ip("127.0.0.1");
+    let port = free_port(ip);
+    let r = Responder::new(
+        vec![ip],
+        &config(Http01Mode::Standalone, port),
+        Counter::default(),
+    );
+    let addr = SocketAddr::new(ip, port);
+    for round in 0..20 {
+        let token = format!("tok_round_{round:02}_0123456789");
+        let c = challenge("127.0.0.1", &token);
+        r.present(std::slice::from_ref(&c))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+        let body = http_get(addr, &format!("{PREFIX}{token}")).await;
+        assert!(body.starts_with("HTTP/1.1 200"), "round {round}: {body}");
+        r.clear(&[token]);
+        r.wait_stopped().await;
+        assert!(!r.is_listening());
+        // The port is ours to give away: nothing of ours holds it.
+        drop(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: port still held: {e}")),
+        );
+    }
+}
+
 #[tokio::test]
 async fn concurrent_presents_bind_once() {
     let ip = ip("127.0.0.1");

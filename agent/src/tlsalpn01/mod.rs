@@ -96,7 +96,7 @@ impl Responder {
         Ok(Self {
             mode,
             ips,
-            listeners: listener::Listeners::new(addrs, purpose, server_config(resolver)?, served),
+            listeners: listener::listeners(addrs, purpose, server_config(resolver)?, served),
             table,
             ttl: CHALLENGE_TTL,
         })

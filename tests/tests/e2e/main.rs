@@ -28,6 +28,8 @@ mod ip_ownership;
 mod metrics;
 mod mtls;
 mod names;
+mod names_alpn;
+mod names_refusals;
 mod netns_smoke;
 mod operator;
 mod pending_keys;

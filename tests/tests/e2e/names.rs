@@ -20,24 +20,24 @@ use serde_json::Value;
 use crate::support::QUIET_PERIOD;
 
 /// A TOML basic string (JSON string escaping is valid TOML for these inputs).
-fn toml_str(s: &str) -> String {
+pub(crate) fn toml_str(s: &str) -> String {
     Value::String(s.to_owned()).to_string()
 }
 
-const SERVE_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const SERVE_TIMEOUT: Duration = Duration::from_secs(120);
 /// The second TLS server of the two-targets test (nginx holds 443 for the first).
-const SECOND_PORT: u16 = 8443;
+pub(crate) const SECOND_PORT: u16 = 8443;
 
 /// knot, pebble validating on the hosts' ports 80/443 and resolving through knot, and a
 /// coordinator reachable from the namespaces whose config ends with `policy`.
-struct World {
-    coord: Coordinator,
-    root: CertificateDer<'static>,
+pub(crate) struct World {
+    pub(crate) coord: Coordinator,
+    pub(crate) root: CertificateDer<'static>,
     _pebble: Pebble,
-    knot: KnotServer,
+    pub(crate) knot: KnotServer,
 }
 
-async fn world(lan: &Lan, policy: &str) -> World {
+pub(crate) async fn world(lan: &Lan, policy: &str) -> World {
     certfleet_tests::install_crypto_provider();
     let knot = KnotServer::start().await.expect("knot");
     let pebble = Pebble::start_with(PebbleOptions {
@@ -70,31 +70,39 @@ async fn world(lan: &Lan, policy: &str) -> World {
 /// An nginx webroot host named `name` whose DNS names (`names`, published in knot) point
 /// at it; `asks` goes into the agent's config as `names = [...]`. Not enrolled yet.
 async fn host(w: &World, lan: &Lan, name: &str, names: &[&str], asks: &[&str]) -> FleetHost {
-    let mut h = FleetHost::new_with_dns(
-        lan,
-        HostSpec::new(name, ServerKind::Nginx, Challenge::Webroot).with_names(names),
-        &w.knot,
-    )
-    .await
-    .expect("host");
+    let spec = HostSpec::new(name, ServerKind::Nginx, Challenge::Webroot);
+    host_with(w, lan, spec, names, asks).await
+}
+
+/// Like [`host`] for any `spec` (its names are `names`).
+pub(crate) async fn host_with(
+    w: &World,
+    lan: &Lan,
+    spec: HostSpec,
+    names: &[&str],
+    asks: &[&str],
+) -> FleetHost {
+    let mut h = FleetHost::new_with_dns(lan, spec.with_names(names), &w.knot)
+        .await
+        .expect("host");
     set_asked_names(&mut h, asks);
     h
 }
 
 /// Rewrites the agent's config with `names = [...]` at the top.
-fn set_asked_names(h: &mut FleetHost, asks: &[&str]) {
+pub(crate) fn set_asked_names(h: &mut FleetHost, asks: &[&str]) {
     let list: Vec<String> = asks.iter().map(|n| toml_str(n)).collect();
     let body = format!("names = [{}]\n\n{}", list.join(", "), h.config_body());
     let ips = h.ns.ips();
     h.agent.set_netns_ips(ips, &body).expect("agent config");
 }
 
-async fn enroll_and_start(h: &mut FleetHost, w: &World, lan: &Lan) {
+pub(crate) async fn enroll_and_start(h: &mut FleetHost, w: &World, lan: &Lan) {
     h.enroll(&w.coord, lan).await.expect("enroll");
     h.agent.start().expect("agent start");
 }
 
-fn dump(w: &World, hosts: &[&FleetHost]) {
+pub(crate) fn dump(w: &World, hosts: &[&FleetHost]) {
     for h in hosts {
         h.agent.dump_logs();
         eprintln!("--- {} error log:\n{}", h.spec.name, h.web.error_log());
@@ -106,7 +114,7 @@ fn dump(w: &World, hosts: &[&FleetHost]) {
 
 /// Waits for `n` rows of `h` for which `want` holds; panics with every row of the host
 /// (and the logs) after [`SERVE_TIMEOUT`].
-async fn wait_rows(
+pub(crate) async fn wait_rows(
     w: &World,
     h: &mut FleetHost,
     n: usize,
@@ -145,12 +153,12 @@ async fn wait_rows(
     }
 }
 
-fn served(r: &CertRow) -> bool {
+pub(crate) fn served(r: &CertRow) -> bool {
     r.state == "served"
 }
 
 /// The audit records about certificate `cert_id`.
-async fn audit_of(coord: &Coordinator, cert_id: &str) -> Vec<Value> {
+pub(crate) async fn audit_of(coord: &Coordinator, cert_id: &str) -> Vec<Value> {
     coord
         .audit_records()
         .await
@@ -160,7 +168,7 @@ async fn audit_of(coord: &Coordinator, cert_id: &str) -> Vec<Value> {
         .collect()
 }
 
-fn strings(v: &Value) -> Vec<String> {
+pub(crate) fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .map(|a| {
             a.iter()
@@ -172,7 +180,12 @@ fn strings(v: &Value) -> Vec<String> {
 
 /// Each kind in `kinds` has a record for the certificate whose `names` are exactly
 /// `names` and whose IP `identifiers` are exactly `ips`.
-fn assert_audited(records: &[Value], kinds: &[&str], names: &[String], ips: &BTreeSet<IpAddr>) {
+pub(crate) fn assert_audited(
+    records: &[Value],
+    kinds: &[&str],
+    names: &[String],
+    ips: &BTreeSet<IpAddr>,
+) {
     for kind in kinds {
         let found = records.iter().filter(|r| r["kind"] == *kind).any(|r| {
             let rec_ips: BTreeSet<IpAddr> = strings(&r["identifiers"])
@@ -190,7 +203,7 @@ fn assert_audited(records: &[Value], kinds: &[&str], names: &[String], ips: &BTr
 
 /// The chain each address of `addrs` serves for `name` (SNI), verified for the name
 /// against `root`, is `row`'s certificate; returns the leaf.
-async fn assert_served_for_name(
+pub(crate) async fn assert_served_for_name(
     addrs: &[SocketAddr],
     name: &str,
     row: &CertRow,
@@ -435,39 +448,7 @@ targets = ["second"]
     let w = world(&lan, policy).await;
     let name = format!("ntwo1.{ZONE}");
     let mut h = host(&w, &lan, "ntwo1", &[&name], &[]).await;
-    // A second nginx in the namespace, on SECOND_PORT, reading the second target's files.
-    let second_dir = h.agent.tls_dir().join("second");
-    std::fs::create_dir_all(&second_dir).expect("dir");
-    let ips = h.ns.ips();
-    let mut second = WebServer::new(
-        &h.ns,
-        WebServerOptions::new(
-            ServerKind::Nginx,
-            ips.clone(),
-            CertPaths::in_dir(&second_dir),
-        )
-        .https_port(SECOND_PORT),
-    )
-    .expect("second nginx");
-    second.start().await.expect("second nginx start");
-    let argv = |v: Vec<String>| {
-        format!(
-            "[{}]",
-            v.iter().map(|a| toml_str(a)).collect::<Vec<_>>().join(", ")
-        )
-    };
-    let verify: Vec<String> = second.https_addrs().iter().map(|a| a.to_string()).collect();
-    h.agent
-        .append_config(&format!(
-            "\n[targets.second]\npreset = \"nginx\"\ndir = {dir}\nkey = {key}\ncheck = {check}\n\
-             reload = {reload}\nverify = {verify}\nverify_grace_secs = 10\n",
-            dir = toml_str(&second_dir.display().to_string()),
-            key = toml_str(&second_dir.join("key.pem").display().to_string()),
-            check = argv(second.check_argv()),
-            reload = argv(second.reload_argv()),
-            verify = argv(verify),
-        ))
-        .expect("agent config");
+    let second = second_nginx_target(&mut h, "second").await;
     enroll_and_start(&mut h, &w, &lan).await;
     let rows = wait_rows(&w, &mut h, 2, "served", served).await;
     let ip_row = rows.iter().find(|r| r.target == "default").expect("ip row");
@@ -486,6 +467,41 @@ targets = ["second"]
     assert!(leaf.ip_sans.is_empty(), "{:?}", leaf.ip_sans);
     assert_ne!(ip_row.serial, name_row.serial);
     drop(second);
+}
+
+/// A second nginx in `h`'s namespace on [`SECOND_PORT`], reading the files of the agent's
+/// target `[targets.<target>]` (appended to its config: that nginx's config test and
+/// reload, verified on its own addresses). Running when this returns.
+pub(crate) async fn second_nginx_target(h: &mut FleetHost, target: &str) -> WebServer {
+    let second_dir = h.agent.tls_dir().join(target);
+    std::fs::create_dir_all(&second_dir).expect("dir");
+    let ips = h.ns.ips();
+    let mut second = WebServer::new(
+        &h.ns,
+        WebServerOptions::new(ServerKind::Nginx, ips, CertPaths::in_dir(&second_dir))
+            .https_port(SECOND_PORT),
+    )
+    .expect("second nginx");
+    second.start().await.expect("second nginx start");
+    let argv = |v: Vec<String>| {
+        format!(
+            "[{}]",
+            v.iter().map(|a| toml_str(a)).collect::<Vec<_>>().join(", ")
+        )
+    };
+    let verify: Vec<String> = second.https_addrs().iter().map(|a| a.to_string()).collect();
+    h.agent
+        .append_config(&format!(
+            "\n[targets.{target}]\npreset = \"nginx\"\ndir = {dir}\nkey = {key}\ncheck = {check}\n\
+             reload = {reload}\nverify = {verify}\nverify_grace_secs = 10\n",
+            dir = toml_str(&second_dir.display().to_string()),
+            key = toml_str(&second_dir.join("key.pem").display().to_string()),
+            check = argv(second.check_argv()),
+            reload = argv(second.reload_argv()),
+            verify = argv(verify),
+        ))
+        .expect("agent config");
+    second
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

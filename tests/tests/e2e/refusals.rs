@@ -153,15 +153,15 @@ async fn wrong_ca_fingerprint_is_refused_without_consuming_the_token() {
 }
 
 /// Config refusals run the binaries only (no pebble, no root needed).
-const REFUSAL_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const REFUSAL_TIMEOUT: Duration = Duration::from_secs(20);
 
-fn toml_string(s: impl std::fmt::Display) -> String {
+pub(crate) fn toml_string(s: impl std::fmt::Display) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
 
 /// The command failed, and stderr is exactly one line, `error: …`, that contains each of
 /// `wants` exactly once.
-fn assert_refused_once(what: &str, out: &std::process::Output, wants: &[&str]) {
+pub(crate) fn assert_refused_once(what: &str, out: &std::process::Output, wants: &[&str]) {
     let stderr = stderr_of(out);
     assert!(
         !out.status.success(),
@@ -183,7 +183,10 @@ fn assert_refused_once(what: &str, out: &std::process::Output, wants: &[&str]) {
 }
 
 /// A coordinator config in `dir` whose issuer trusts `trust_root`.
-fn coordinator_config(dir: &std::path::Path, trust_root: &std::path::Path) -> std::path::PathBuf {
+pub(crate) fn coordinator_config(
+    dir: &std::path::Path,
+    trust_root: &std::path::Path,
+) -> std::path::PathBuf {
     let port = certfleet_tests::net::free_port().expect("free port");
     let config = dir.join("coordinator.toml");
     std::fs::write(
@@ -280,7 +283,11 @@ async fn a_missing_config_is_reported_once() {
 }
 
 /// An agent config in `dir` with these `ips` and `[http01]` body.
-fn agent_config(dir: &std::path::Path, ips: &[&str], http01: &str) -> std::path::PathBuf {
+pub(crate) fn agent_config(
+    dir: &std::path::Path,
+    ips: &[&str],
+    http01: &str,
+) -> std::path::PathBuf {
     let config = dir.join("agent.toml");
     let ips: Vec<String> = ips.iter().map(toml_string).collect();
     std::fs::write(

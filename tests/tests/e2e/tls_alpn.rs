@@ -1,6 +1,7 @@
 //! TLS-ALPN-01 on a running agent behind the shipped nginx front: the agent (enrolled with
 //! the real coordinator, then driven by a stand-in that sends TLS-ALPN-01 challenges
-//! directly; the real coordinator ordering them is in `challenge_fallback`) answers `acme-tls/1` through
+//! directly; the real coordinator ordering them is in `challenge_fallback`, and behind this
+//! front on a namespace host in `names_alpn`) answers `acme-tls/1` through
 //! `deploy/nginx/acme-tls-alpn.conf` on a real nginx, while browsers' h2 and http/1.1
 //! handshakes through the same port reach the web server. And pebble itself validates
 //! TLS-ALPN-01 answered by the agent in standalone mode.

@@ -9,9 +9,13 @@
 //! guard kills anything else left in the namespace).
 //!
 //! The generated config listens on each of the host's IPs on port 443 (TLS, the configured
-//! certificate files) and, depending on [`Port80`] and [`Redirect`], on port 80:
-//! HTTP-01 challenges served from a webroot, proxied to the agent, or not at all (the agent
-//! runs standalone), optionally behind a 301 to https. Before the first real certificate
+//! certificate files; another port with [`WebServerOptions::https_port`]) and, depending on
+//! [`Port80`] and [`Redirect`], on port 80: HTTP-01 challenges served from a webroot,
+//! proxied to the agent, or not at all (the agent runs standalone), optionally behind a
+//! 301 to https. With [`WebServerOptions::alpn_front`] (nginx only) the shipped
+//! TLS-ALPN-01 front (`deploy/nginx/acme-tls-alpn.conf`) holds that port instead, sending
+//! `acme-tls/1` to the agent's loopback listener and the rest to nginx's TLS server on a
+//! loopback address. Before the first real certificate
 //! the server needs something to load: [`WebServer::new`] writes a bootstrap certificate
 //! (its own throw-away CA, the host's IPs as SANs) into the configured paths when they are
 //! absent.
@@ -23,6 +27,10 @@
 //! [`WebServer::check_argv`] and [`WebServer::reload_argv`] are the commands to put in the
 //! agent's target config: absolute paths, full flags, not wrapped in `ip netns exec`
 //! (the agent runs inside the namespace already).
+//!
+//! Files: `mod.rs` the server's life (start, reload, stop, probes), `options.rs` what it
+//! is configured with, `nginx.rs` / `apache.rs` their configs, `testpki.rs` the bootstrap
+//! certificate, `http.rs` plain-HTTP requests.
 //!
 //! ## Quirks (checked on Debian bookworm: nginx 1.22, apache 2.4)
 //! - `apache2 -t` does not load certificates: a certificate/key mismatch passes it
@@ -42,32 +50,34 @@
 //! - Debian's mod_ssl logs `AH01882 ... compiled against a newer library` on this machine;
 //!   harmless.
 
-use std::fmt::Write as _;
+mod apache;
+mod http;
+mod nginx;
+mod options;
+mod testpki;
+
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use http_body_util::{BodyExt as _, Empty};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
-    SanType,
-};
 use rustls::pki_types::CertificateDer;
 
 use crate::netns::{ns_std_command, NsHost};
 use crate::process::{describe_output, run_output, ChildGuard};
 use crate::tlsutil;
 use crate::workdir::WorkDir;
+
+pub use http::{http_get, HttpReply};
+pub use options::{AlpnFrontOptions, CertPaths, Port80, Redirect, ServerKind, WebServerOptions};
+pub use testpki::TestPki;
 
 /// The path prefix HTTP-01 validation requests use.
 pub const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
@@ -78,202 +88,6 @@ const WORKER_USER: &str = "www-data";
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 const CMD_TIMEOUT: Duration = Duration::from_secs(30);
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Which web server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServerKind {
-    /// Debian's `nginx`: uses the fullchain and key files.
-    Nginx,
-    /// Debian's `apache2`: uses cert, chain and key files.
-    Apache,
-}
-
-impl ServerKind {
-    /// `nginx` / `apache2`.
-    pub fn program(self) -> &'static str {
-        match self {
-            Self::Nginx => "nginx",
-            Self::Apache => "apache2",
-        }
-    }
-}
-
-/// What the web server does with port 80.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Port80 {
-    /// Port 80 is not the web server's (the agent answers challenges standalone).
-    None,
-    /// Serves `/.well-known/acme-challenge/X` from `DIR/.well-known/acme-challenge/X`
-    /// as plain files (no redirect). `DIR` must be absolute.
-    Webroot(PathBuf),
-    /// Forwards `/.well-known/acme-challenge/...` (path and Host header preserved) to the
-    /// agent at this address inside the namespace, e.g. `127.0.0.1:8402`.
-    Proxy(SocketAddr),
-}
-
-/// A 301 to `https://<ip>/<path>` in front of port 80.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Redirect {
-    /// No redirect.
-    Off,
-    /// Everything but the challenge path is redirected (a common real setup).
-    ExceptChallenge,
-    /// Everything is redirected, the challenge path included (the agent should warn).
-    /// Port 80 is served even with [`Port80::None`].
-    All,
-}
-
-/// Where the web server reads its certificate. All four are written by the agent;
-/// nginx uses `fullchain` + `key`, apache `cert` + `chain` + `key`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertPaths {
-    pub cert: PathBuf,
-    pub chain: PathBuf,
-    pub fullchain: PathBuf,
-    pub key: PathBuf,
-}
-
-impl CertPaths {
-    /// `cert.pem`, `chain.pem`, `fullchain.pem`, `key.pem` in `dir` (the agent's naming).
-    pub fn in_dir(dir: &Path) -> Self {
-        Self {
-            cert: dir.join("cert.pem"),
-            chain: dir.join("chain.pem"),
-            fullchain: dir.join("fullchain.pem"),
-            key: dir.join("key.pem"),
-        }
-    }
-
-    /// The files `kind` reads.
-    pub fn used_by(&self, kind: ServerKind) -> Vec<&Path> {
-        match kind {
-            ServerKind::Nginx => vec![&self.fullchain, &self.key],
-            ServerKind::Apache => vec![&self.cert, &self.chain, &self.key],
-        }
-    }
-}
-
-/// Everything the generated config depends on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WebServerOptions {
-    pub kind: ServerKind,
-    /// Addresses to listen on (port 443, and port 80 when used).
-    pub ips: Vec<IpAddr>,
-    pub certs: CertPaths,
-    pub port80: Port80,
-    pub redirect: Redirect,
-    /// The TLS port (443 unless a second server shares the namespace).
-    pub https_port: u16,
-}
-
-impl WebServerOptions {
-    /// Listens on `ips`, port 80 unused, no redirect.
-    pub fn new(kind: ServerKind, ips: Vec<IpAddr>, certs: CertPaths) -> Self {
-        Self {
-            kind,
-            ips,
-            certs,
-            port80: Port80::None,
-            redirect: Redirect::Off,
-            https_port: 443,
-        }
-    }
-
-    /// Serves TLS on `port` instead of 443 (e.g. a second server in the same namespace).
-    pub fn https_port(mut self, port: u16) -> Self {
-        self.https_port = port;
-        self
-    }
-
-    pub fn port80(mut self, port80: Port80) -> Self {
-        self.port80 = port80;
-        self
-    }
-
-    pub fn redirect(mut self, redirect: Redirect) -> Self {
-        self.redirect = redirect;
-        self
-    }
-
-    /// Whether the server listens on port 80.
-    pub fn serves_port80(&self) -> bool {
-        self.port80 != Port80::None || self.redirect != Redirect::Off
-    }
-}
-
-/// A self-signed CA and a leaf for a set of IPs: the bootstrap certificate, or a stand-in
-/// "new" certificate in tests.
-#[derive(Debug, Clone)]
-pub struct TestPki {
-    pub ca_der: CertificateDer<'static>,
-    pub ca_pem: String,
-    pub leaf_der: CertificateDer<'static>,
-    pub leaf_pem: String,
-    pub key_pem: String,
-}
-
-impl TestPki {
-    /// A fresh CA and a leaf with exactly `ips` as SANs (`label` in both CNs).
-    pub fn generate(label: &str, ips: &[IpAddr]) -> anyhow::Result<Self> {
-        let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::default();
-        ca_params.distinguished_name = DistinguishedName::new();
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, format!("certfleet-tests {label} CA"));
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)?;
-
-        let leaf_key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("certfleet-tests {label}"));
-        params.subject_alt_names = ips.iter().map(|ip| SanType::IpAddress(*ip)).collect();
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        let leaf = params.signed_by(&leaf_key, &ca)?;
-        Ok(Self {
-            ca_der: ca.der().clone(),
-            ca_pem: ca.pem(),
-            leaf_der: leaf.der().clone(),
-            leaf_pem: leaf.pem(),
-            key_pem: leaf_key.serialize_pem(),
-        })
-    }
-
-    /// Leaf then CA.
-    pub fn fullchain_pem(&self) -> String {
-        format!("{}{}", self.leaf_pem, self.ca_pem)
-    }
-
-    /// Writes all four files (creating parent dirs; the key with mode 0600).
-    pub fn write_to(&self, paths: &CertPaths) -> anyhow::Result<()> {
-        write_file(&paths.cert, &self.leaf_pem, 0o644)?;
-        write_file(&paths.chain, &self.ca_pem, 0o644)?;
-        write_file(&paths.fullchain, &self.fullchain_pem(), 0o644)?;
-        write_file(&paths.key, &self.key_pem, 0o600)
-    }
-}
-
-fn write_file(path: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
-    let mut f = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    f.write_all(text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {}", path.display()))
-}
 
 /// nginx or apache on one namespace host. Killed (the whole process group) on drop.
 #[derive(Debug)]
@@ -298,7 +112,7 @@ impl WebServer {
     pub fn new(host: &NsHost, opts: WebServerOptions) -> anyhow::Result<Self> {
         let program = opts.kind.program();
         let binary = find_binary(program)?;
-        anyhow::ensure!(!opts.ips.is_empty(), "{program}: no IPs to listen on");
+        opts.check()?;
         let dir = WorkDir::new(&format!("{program}-{}", host.name()))?;
         // Workers (www-data) read htdocs and write temp files below the work dir.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
@@ -367,218 +181,11 @@ impl WebServer {
 
     fn write_config(&self) -> anyhow::Result<()> {
         let text = match self.opts.kind {
-            ServerKind::Nginx => self.render_nginx(),
-            ServerKind::Apache => self.render_apache(),
+            ServerKind::Nginx => nginx::render(&self.opts, self.dir.path())?,
+            ServerKind::Apache => apache::render(&self.opts, self.dir.path()),
         };
         std::fs::write(&self.config_path, text)
             .with_context(|| format!("writing {}", self.config_path.display()))
-    }
-
-    fn render_nginx(&self) -> String {
-        let d = self.dir.path().display();
-        let mut c = String::new();
-        let _ = write!(
-            c,
-            "# Generated by certfleet-tests (webserver.rs).\n\
-             daemon off;\n\
-             master_process on;\n\
-             worker_processes 1;\n\
-             user {WORKER_USER};\n\
-             pid \"{d}/run/nginx.pid\";\n\
-             error_log \"{d}/logs/error.log\" notice;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{\n\
-             \x20   access_log \"{d}/logs/access.log\";\n\
-             \x20   client_body_temp_path \"{d}/tmp/client_body\";\n\
-             \x20   proxy_temp_path \"{d}/tmp/proxy\";\n\
-             \x20   fastcgi_temp_path \"{d}/tmp/fastcgi\";\n\
-             \x20   uwsgi_temp_path \"{d}/tmp/uwsgi\";\n\
-             \x20   scgi_temp_path \"{d}/tmp/scgi\";\n\
-             \x20   default_type text/plain;\n\
-             \x20   root \"{d}/htdocs\";\n"
-        );
-        if self.opts.serves_port80() {
-            for ip in &self.opts.ips {
-                let _ = writeln!(c, "    server {{\n        listen {}:80;", url_host(ip));
-                if self.opts.redirect != Redirect::All {
-                    match &self.opts.port80 {
-                        Port80::None => {}
-                        Port80::Webroot(root) => {
-                            let _ = writeln!(
-                                c,
-                                "        location ^~ {CHALLENGE_PREFIX} {{ root \"{}\"; }}",
-                                root.display()
-                            );
-                        }
-                        Port80::Proxy(to) => {
-                            let _ = writeln!(
-                                c,
-                                "        location ^~ {CHALLENGE_PREFIX} {{\n\
-                                 \x20           proxy_pass http://{to};\n\
-                                 \x20           proxy_set_header Host $http_host;\n\
-                                 \x20       }}"
-                            );
-                        }
-                    }
-                }
-                if self.opts.redirect != Redirect::Off {
-                    let _ = writeln!(
-                        c,
-                        "        location / {{ return 301 https://{}$request_uri; }}",
-                        url_host(ip)
-                    );
-                }
-                c.push_str("    }\n");
-            }
-        }
-        c.push_str("    server {\n");
-        for ip in &self.opts.ips {
-            let _ = writeln!(
-                c,
-                "        listen {}:{} ssl;",
-                url_host(ip),
-                self.opts.https_port
-            );
-        }
-        let _ = write!(
-            c,
-            "        ssl_certificate \"{}\";\n\
-             \x20       ssl_certificate_key \"{}\";\n\
-             \x20   }}\n\
-             }}\n",
-            self.opts.certs.fullchain.display(),
-            self.opts.certs.key.display()
-        );
-        c
-    }
-
-    fn render_apache(&self) -> String {
-        let d = self.dir.path().display();
-        let m = "/usr/lib/apache2/modules";
-        let mut c = String::new();
-        let _ = write!(
-            c,
-            "# Generated by certfleet-tests (webserver.rs).\n\
-             ServerRoot \"{d}\"\n\
-             ServerName localhost\n\
-             User {WORKER_USER}\n\
-             Group {WORKER_USER}\n\
-             PidFile \"{d}/run/apache2.pid\"\n\
-             DefaultRuntimeDir \"{d}/run\"\n\
-             Mutex file:{d}/run default\n\
-             ErrorLog \"{d}/logs/error.log\"\n\
-             LogLevel notice\n\
-             CustomLog \"{d}/logs/access.log\" \"%h %l %u %t \\\"%r\\\" %>s %b\"\n"
-        );
-        for (name, file) in [
-            ("mpm_event", "mod_mpm_event.so"),
-            ("authz_core", "mod_authz_core.so"),
-            ("mime", "mod_mime.so"),
-            ("alias", "mod_alias.so"),
-            ("dir", "mod_dir.so"),
-            ("socache_shmcb", "mod_socache_shmcb.so"),
-            ("ssl", "mod_ssl.so"),
-            ("proxy", "mod_proxy.so"),
-            ("proxy_http", "mod_proxy_http.so"),
-            ("rewrite", "mod_rewrite.so"),
-        ] {
-            let _ = writeln!(c, "LoadModule {name}_module {m}/{file}");
-        }
-        // A small event MPM: one child, room for a second during graceful restarts.
-        let _ = write!(
-            c,
-            "StartServers 1\n\
-             ServerLimit 4\n\
-             ThreadLimit 16\n\
-             ThreadsPerChild 16\n\
-             MaxRequestWorkers 64\n\
-             MinSpareThreads 4\n\
-             MaxSpareThreads 32\n\
-             TypesConfig /dev/null\n\
-             SSLSessionCache \"shmcb:{d}/run/ssl_scache(512000)\"\n\
-             DocumentRoot \"{d}/htdocs\"\n\
-             DirectoryIndex index.html\n\
-             <Directory />\n\
-             \x20   AllowOverride None\n\
-             \x20   Require all denied\n\
-             </Directory>\n\
-             <Directory \"{d}/htdocs\">\n\
-             \x20   Require all granted\n\
-             </Directory>\n"
-        );
-        if self.opts.serves_port80() {
-            if let Port80::Webroot(root) = &self.opts.port80 {
-                let _ = write!(
-                    c,
-                    "<Directory \"{}/.well-known/acme-challenge\">\n\
-                     \x20   Require all granted\n\
-                     \x20   ForceType text/plain\n\
-                     </Directory>\n",
-                    root.display()
-                );
-            }
-            for ip in &self.opts.ips {
-                let host = url_host(ip);
-                // An explicit ServerName: without one apache reverse-resolves the vhost's
-                // IP at every start and reload (10 s per address with no DNS). It rejects
-                // a bracketed IPv6 literal there, hence a name.
-                let _ = writeln!(
-                    c,
-                    "Listen {host}:80\n<VirtualHost {host}:80>\n    ServerName localhost"
-                );
-                if self.opts.redirect != Redirect::All {
-                    match &self.opts.port80 {
-                        Port80::None => {}
-                        Port80::Webroot(root) => {
-                            let _ = writeln!(
-                                c,
-                                "    Alias \"{CHALLENGE_PREFIX}\" \"{}{CHALLENGE_PREFIX}\"",
-                                root.display()
-                            );
-                        }
-                        Port80::Proxy(to) => {
-                            let _ = writeln!(
-                                c,
-                                "    ProxyPreserveHost On\n\
-                                 \x20   ProxyPass \"{CHALLENGE_PREFIX}\" \"http://{to}{CHALLENGE_PREFIX}\""
-                            );
-                        }
-                    }
-                }
-                // mod_rewrite with NE: mod_alias's Redirect/RedirectMatch percent-encode
-                // the brackets of an IPv6 literal in the target (`https://%5b...%5d/`).
-                if self.opts.redirect != Redirect::Off {
-                    c.push_str("    RewriteEngine On\n");
-                    if self.opts.redirect == Redirect::ExceptChallenge {
-                        let _ =
-                            writeln!(c, "    RewriteCond %{{REQUEST_URI}} !^{CHALLENGE_PREFIX}");
-                    }
-                    let _ = writeln!(
-                        c,
-                        "    RewriteRule ^ \"https://{host}%{{REQUEST_URI}}\" [R=301,L,NE]"
-                    );
-                }
-                c.push_str("</VirtualHost>\n");
-            }
-        }
-        for ip in &self.opts.ips {
-            let _ = writeln!(c, "Listen {}:{}", url_host(ip), self.opts.https_port);
-        }
-        let _ = write!(
-            c,
-            "<VirtualHost *:{}>\n\
-             \x20   ServerName localhost\n\
-             \x20   SSLEngine on\n\
-             \x20   SSLCertificateFile \"{}\"\n\
-             \x20   SSLCertificateChainFile \"{}\"\n\
-             \x20   SSLCertificateKeyFile \"{}\"\n\
-             </VirtualHost>\n",
-            self.opts.https_port,
-            self.opts.certs.cert.display(),
-            self.opts.certs.chain.display(),
-            self.opts.certs.key.display()
-        );
-        c
     }
 
     /// The flags every nginx invocation needs to find this instance.
@@ -836,7 +443,7 @@ impl WebServer {
     pub fn reconfigure(&mut self, f: impl FnOnce(&mut WebServerOptions)) -> anyhow::Result<()> {
         let mut opts = self.opts.clone();
         f(&mut opts);
-        anyhow::ensure!(!opts.ips.is_empty(), "no IPs to listen on");
+        opts.check()?;
         anyhow::ensure!(opts.kind == self.opts.kind, "cannot change the server kind");
         self.opts = opts;
         self.prepare_port80()?;
@@ -1087,44 +694,4 @@ fn read_lossy(path: &Path) -> String {
     std::fs::read(path)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()
-}
-
-/// One plain-HTTP response.
-#[derive(Debug, Clone)]
-pub struct HttpReply {
-    pub status: u16,
-    /// The `Location` header, if any.
-    pub location: Option<String>,
-    pub body: Bytes,
-}
-
-/// `GET http://<addr><path>` with `Host: <addr>` (port included, as pebble sends it),
-/// no redirects followed. From the calling process's namespace.
-pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<HttpReply> {
-    let fut = async {
-        let tcp = tokio::net::TcpStream::connect(addr).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-        let conn_task = tokio::spawn(conn);
-        let req = http::Request::get(path)
-            .header(http::header::HOST, addr.to_string())
-            .body(Empty::<Bytes>::new())?;
-        let resp = sender.send_request(req).await?;
-        let status = resp.status().as_u16();
-        let location = resp
-            .headers()
-            .get(http::header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = resp.into_body().collect().await?.to_bytes();
-        conn_task.abort();
-        anyhow::Ok(HttpReply {
-            status,
-            location,
-            body,
-        })
-    };
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .with_context(|| format!("GET http://{addr}{path} timed out"))?
-        .with_context(|| format!("GET http://{addr}{path}"))
 }
