@@ -156,7 +156,7 @@ pub(crate) async fn wait_served(w: &World, h: &mut FleetHost) -> CertRow {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wildcard_and_apex_by_rfc2136_are_served_by_nginx_and_apache() {
+async fn wildcard_and_apex_by_rfc2136_are_served_by_nginx_and_apache_and_renewed() {
     let Some(lan) = require_namespaces("wildcard::rfc2136") else {
         return;
     };
@@ -213,6 +213,35 @@ async fn wildcard_and_apex_by_rfc2136_are_served_by_nginx_and_apache() {
             "{records:#?}"
         );
     }
+    // A renewal of the wildcard goes the same way: a new certificate, served, by DNS-01.
+    let first = wait_served(&w, &mut hosts[0]).await;
+    let out = w.coord.renew(&[&first.cert_id]).await.expect("certs renew");
+    assert!(out.status.success(), "{out:?}");
+    let deadline = Instant::now() + SERVE_TIMEOUT;
+    let renewed = loop {
+        let row = w.coord.cert(&first.cert_id).await.expect("cert");
+        if row.state == "served" && row.serial != first.serial {
+            break row;
+        }
+        if Instant::now() > deadline {
+            w.coord.dump_logs();
+            panic!("the wildcard was not renewed and served: {row:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        renewed.validated_by.get(&wild).map(String::as_str),
+        Some("dns-01"),
+        "{renewed:?}"
+    );
+    let chain =
+        tlsutil::served_chain_for_name(hosts[0].https_addrs()[0], &format!("www.{ZONE}"), &w.root)
+            .await
+            .expect("served after renewal");
+    assert_eq!(
+        pki::leaf_info(&chain[0]).expect("leaf").serial_hex,
+        pki::normalize_serial(renewed.serial.as_deref().expect("serial"))
+    );
     // Every TXT record written was removed.
     let left = w
         .knot
