@@ -19,6 +19,10 @@ const ENV_SKIP: &[&str] = &[
 
 pub use certfleet_shared::configenv::ConfigError;
 
+mod dns;
+pub use dns::{
+    parse_nameserver, validate_providers, DnsProviderConfig, DnsProviderKind, TsigAlgorithmName,
+};
 mod policy;
 pub use policy::{
     CertificateConfig, ChallengeKind, IpSelection, NameTemplate, PolicyConfig, DEFAULT_CERT,
@@ -41,6 +45,9 @@ pub struct Config {
     pub policies: Vec<PolicyConfig>,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Who writes DNS-01 TXT records, per zone (`config/dns.rs`).
+    #[serde(rename = "dns_provider", default)]
+    pub dns_providers: Vec<DnsProviderConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -508,6 +515,7 @@ impl Config {
         {
             return Err("[issuance] validation_timeout_secs must be between 1 and 3600".into());
         }
+        validate_providers(&self.dns_providers)?;
         Ok(())
     }
 
