@@ -9,7 +9,8 @@
 //! Each instance runs `moto_server -H 127.0.0.1 -p <free port>` in its own temp dir, killed
 //! by PID on drop ([`ChildGuard`]). moto does not check request signatures: any dummy
 //! credentials do. The helpers here talk to it with a minimal HTTP/1.1 client (plain HTTP
-//! on loopback, `Connection: close`), unsigned — moto accepts that too.
+//! on loopback, `Connection: close`) with a dummy `Authorization` header: moto routes a
+//! request to a service by its credential scope and checks no signature.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,7 +24,7 @@ use crate::process::ChildGuard;
 use crate::workdir::WorkDir;
 
 /// The moto release the harness installs and checks for.
-pub const MOTO_VERSION: &str = "5.1.4";
+pub const MOTO_VERSION: &str = "5.2.5";
 
 /// Where the venv lives unless env `MOTO_VENV` says otherwise (shared by every test run on
 /// the machine; creation is serialised by a lock file next to it).
@@ -34,6 +35,11 @@ const VENV_MARKER: &str = ".certfleet-moto-ok";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const XMLNS: &str = "https://route53.amazonaws.com/doc/2013-04-01/";
+/// moto's server finds the service of a request by the credential scope of its
+/// `Authorization` header (it checks no signature): a dummy one naming route53.
+const UNSIGNED_AUTH: &str = "AWS4-HMAC-SHA256 \
+    Credential=AKIDEXAMPLE/20260101/us-east-1/route53/aws4_request, SignedHeaders=host, \
+    Signature=0";
 
 /// A running `moto_server`, stopped (by PID) when dropped.
 #[derive(Debug)]
@@ -174,6 +180,7 @@ impl MotoServer {
             let mut stream = tokio::net::TcpStream::connect(self.addr).await?;
             let head = format!(
                 "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
+                 Authorization: {UNSIGNED_AUTH}\r\n\
                  Content-Type: application/xml\r\nContent-Length: {}\r\n\r\n",
                 self.addr,
                 body.len()

@@ -184,3 +184,15 @@ fn host_port_and_nameservers_are_checked() {
     assert!(check_host_port("2001:db8::1:53").is_err());
     assert_eq!(parse_nameserver("::1").unwrap(), "[::1]:53".parse().unwrap());
 }
+
+#[test]
+fn the_example_config_in_deploy_has_a_provider() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/coordinator.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let cfg = Config::from_toml(&text, &path, Vec::new()).unwrap();
+    let [p] = &cfg.dns_providers[..] else {
+        panic!("one [[dns_provider]] expected")
+    };
+    assert_eq!((p.name.as_str(), p.kind), ("primary-dns", DnsProviderKind::Rfc2136));
+    assert_eq!(p.propagation_timeout(), Duration::from_secs(120));
+}
