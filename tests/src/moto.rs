@@ -80,7 +80,10 @@ impl MotoServer {
         let start = Instant::now();
         loop {
             if let Some(st) = self.child.try_wait()? {
-                anyhow::bail!("moto_server exited during startup ({st}); its log:\n{}", self.logs());
+                anyhow::bail!(
+                    "moto_server exited during startup ({st}); its log:\n{}",
+                    self.logs()
+                );
             }
             if let Ok((200, _)) = self.request("GET", "/2013-04-01/hostedzone", "").await {
                 return Ok(());
@@ -122,8 +125,13 @@ impl MotoServer {
              <CallerReference>certfleet-{}</CallerReference></CreateHostedZoneRequest>",
             rand::random::<u64>()
         );
-        let (status, reply) = self.request("POST", "/2013-04-01/hostedzone", &body).await?;
-        anyhow::ensure!(status == 201 || status == 200, "CreateHostedZone: HTTP {status}: {reply}");
+        let (status, reply) = self
+            .request("POST", "/2013-04-01/hostedzone", &body)
+            .await?;
+        anyhow::ensure!(
+            status == 201 || status == 200,
+            "CreateHostedZone: HTTP {status}: {reply}"
+        );
         let id = between(&reply, "<Id>", "</Id>")
             .with_context(|| format!("no <Id> in CreateHostedZone's answer: {reply}"))?;
         Ok(id.trim_start_matches("/hostedzone/").to_owned())
@@ -138,7 +146,10 @@ impl MotoServer {
                 "",
             )
             .await?;
-        anyhow::ensure!(status == 200, "ListResourceRecordSets: HTTP {status}: {reply}");
+        anyhow::ensure!(
+            status == 200,
+            "ListResourceRecordSets: HTTP {status}: {reply}"
+        );
         let mut values = Vec::new();
         for set in reply.split("<ResourceRecordSet>").skip(1) {
             let name = between(set, "<Name>", "</Name>").unwrap_or_default();
@@ -155,7 +166,12 @@ impl MotoServer {
     }
 
     /// UPSERTs the TXT RRset at `fqdn` to exactly `values` (a record someone else wrote).
-    pub async fn upsert_txt(&self, zone_id: &str, fqdn: &str, values: &[&str]) -> anyhow::Result<()> {
+    pub async fn upsert_txt(
+        &self,
+        zone_id: &str,
+        fqdn: &str,
+        values: &[&str],
+    ) -> anyhow::Result<()> {
         let records: String = values
             .iter()
             .map(|v| format!("<ResourceRecord><Value>&quot;{v}&quot;</Value></ResourceRecord>"))
@@ -168,9 +184,16 @@ impl MotoServer {
              </Change></Changes></ChangeBatch></ChangeResourceRecordSetsRequest>"
         );
         let (status, reply) = self
-            .request("POST", &format!("/2013-04-01/hostedzone/{zone_id}/rrset/"), &body)
+            .request(
+                "POST",
+                &format!("/2013-04-01/hostedzone/{zone_id}/rrset/"),
+                &body,
+            )
             .await?;
-        anyhow::ensure!(status == 200, "ChangeResourceRecordSets: HTTP {status}: {reply}");
+        anyhow::ensure!(
+            status == 200,
+            "ChangeResourceRecordSets: HTTP {status}: {reply}"
+        );
         Ok(())
     }
 
@@ -193,7 +216,9 @@ impl MotoServer {
         };
         tokio::time::timeout(REQUEST_TIMEOUT, run)
             .await
-            .with_context(|| format!("moto {method} {path}: no answer within {REQUEST_TIMEOUT:?}"))?
+            .with_context(|| {
+                format!("moto {method} {path}: no answer within {REQUEST_TIMEOUT:?}")
+            })?
     }
 }
 
@@ -210,14 +235,20 @@ fn parse_response(raw: &[u8]) -> anyhow::Result<(u16, String)> {
     let chunked = head
         .lines()
         .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.contains("chunked"));
-    let body = if chunked { dechunk(body) } else { body.to_owned() };
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
     Ok((status, body))
 }
 
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || rest.len() < n {
             break;
         }
@@ -275,7 +306,9 @@ pub fn ensure_venv() -> anyhow::Result<(PathBuf, Option<Duration>)> {
         .args(["-m", "venv"])
         .arg(&venv)
         .output()
-        .context("running `python3 -m venv` (install python3 and python3-venv; tests/run.sh does)")?;
+        .context(
+            "running `python3 -m venv` (install python3 and python3-venv; tests/run.sh does)",
+        )?;
     anyhow::ensure!(
         out.status.success(),
         "`python3 -m venv {}` failed (is python3-venv installed? tests/run.sh installs it): {}",
@@ -283,7 +316,14 @@ pub fn ensure_venv() -> anyhow::Result<(PathBuf, Option<Duration>)> {
         crate::process::describe_output(&out)
     );
     let out = Command::new(venv.join("bin/python"))
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-input",
+        ])
         .arg(format!("moto[server]=={MOTO_VERSION}"))
         .output()
         .context("running pip in the new venv")?;
@@ -330,13 +370,19 @@ mod tests {
         let plain = b"HTTP/1.1 201 CREATED\r\nContent-Length: 5\r\n\r\n<a/>\n";
         assert_eq!(parse_response(plain).unwrap(), (201, "<a/>\n".to_owned()));
         let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n<a>\r\n4\r\n</a>\r\n0\r\n\r\n";
-        assert_eq!(parse_response(chunked).unwrap(), (200, "<a></a>".to_owned()));
+        assert_eq!(
+            parse_response(chunked).unwrap(),
+            (200, "<a></a>".to_owned())
+        );
         assert!(parse_response(b"garbage").is_err());
     }
 
     #[test]
     fn xml_fields_are_found() {
-        assert_eq!(between("<Id>/hostedzone/Z1</Id>", "<Id>", "</Id>"), Some("/hostedzone/Z1"));
+        assert_eq!(
+            between("<Id>/hostedzone/Z1</Id>", "<Id>", "</Id>"),
+            Some("/hostedzone/Z1")
+        );
         assert_eq!(unescape_xml("&quot;v&quot;"), "\"v\"");
     }
 }

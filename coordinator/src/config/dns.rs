@@ -137,8 +137,7 @@ impl DnsProviderConfig {
     }
 
     pub fn propagation_timeout(&self) -> Duration {
-        parse_duration(self.propagation_timeout.as_deref())
-            .unwrap_or(DEFAULT_PROPAGATION_TIMEOUT)
+        parse_duration(self.propagation_timeout.as_deref()).unwrap_or(DEFAULT_PROPAGATION_TIMEOUT)
     }
 
     pub fn poll_interval(&self) -> Duration {
@@ -322,7 +321,9 @@ impl DnsProviderConfig {
         }
         if let Some(r) = &self.region {
             if r.is_empty() || !r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                return Err(format!("region {r:?} is not an AWS region (like us-east-1)"));
+                return Err(format!(
+                    "region {r:?} is not an AWS region (like us-east-1)"
+                ));
             }
         }
         Ok(())
@@ -411,9 +412,13 @@ fn check_host_port(s: &str) -> Result<(), String> {
     if s.parse::<SocketAddr>().is_ok() {
         return Ok(());
     }
-    let bad = || format!("{s:?} must be host:port, like \"ns1.example.net:53\" or \"192.0.2.1:53\"");
+    let bad =
+        || format!("{s:?} must be host:port, like \"ns1.example.net:53\" or \"192.0.2.1:53\"");
     let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
-    port.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad)?;
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(bad)?;
     if host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() {
         return Err(bad());
     }

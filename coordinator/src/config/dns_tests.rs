@@ -72,7 +72,10 @@ timeout = "10s"
     assert_eq!(knot.propagation_timeout(), Duration::from_secs(90));
     assert_eq!(knot.poll_interval(), Duration::from_millis(500));
     assert_eq!(
-        knot.zone_names().iter().map(|z| z.as_str()).collect::<Vec<_>>(),
+        knot.zone_names()
+            .iter()
+            .map(|z| z.as_str())
+            .collect::<Vec<_>>(),
         ["example.test", "certfleet.test"]
     );
     assert_eq!(
@@ -98,7 +101,10 @@ fn no_provider_is_fine() {
 #[test]
 fn unknown_keys_and_kinds_are_refused() {
     let e = refused(&format!("{KNOT}tsig_secret = \"c2VjcmV0\"\n"));
-    assert!(e.contains("unknown field") && e.contains("tsig_secret"), "{e}");
+    assert!(
+        e.contains("unknown field") && e.contains("tsig_secret"),
+        "{e}"
+    );
     let e = refused(&KNOT.replace("\"rfc2136\"", "\"cloudflare\""));
     assert!(e.contains("cloudflare"), "{e}");
     let e = refused(&KNOT.replace("hmac-sha512", "hmac-md5"));
@@ -108,20 +114,68 @@ fn unknown_keys_and_kinds_are_refused() {
 #[test]
 fn each_mistake_names_the_provider_and_the_fix() {
     let cases: &[(&str, &str, &[&str])] = &[
-        ("zones = [\"example.test\", \"Certfleet.Test.\"]", "zones = []", &["\"knot\"", "zones is empty"]),
-        ("zones = [\"example.test\", \"Certfleet.Test.\"]", "zones = [\"*.example.test\"]", &["\"knot\"", "apex"]),
-        ("server = \"127.0.0.53:5354\"\n", "", &["\"knot\"", "needs server"]),
-        ("server = \"127.0.0.53:5354\"", "server = \"127.0.0.53\"", &["host:port"]),
-        ("tsig_key_name = \"certfleet-update\"\n", "", &["needs tsig_key_name"]),
-        ("tsig_secret_file = \"/etc/certfleet/tsig.key\"\n", "", &["tsig_secret_file", "tsig_secret_env"]),
-        ("tsig_secret_file = \"/etc/certfleet/tsig.key\"", "tsig_secret_file = \"tsig.key\"", &["absolute"]),
-        ("tsig_secret_file = \"/etc/certfleet/tsig.key\"", "tsig_secret_file = \"/k\"\ntsig_secret_env = \"K\"", &["not both"]),
+        (
+            "zones = [\"example.test\", \"Certfleet.Test.\"]",
+            "zones = []",
+            &["\"knot\"", "zones is empty"],
+        ),
+        (
+            "zones = [\"example.test\", \"Certfleet.Test.\"]",
+            "zones = [\"*.example.test\"]",
+            &["\"knot\"", "apex"],
+        ),
+        (
+            "server = \"127.0.0.53:5354\"\n",
+            "",
+            &["\"knot\"", "needs server"],
+        ),
+        (
+            "server = \"127.0.0.53:5354\"",
+            "server = \"127.0.0.53\"",
+            &["host:port"],
+        ),
+        (
+            "tsig_key_name = \"certfleet-update\"\n",
+            "",
+            &["needs tsig_key_name"],
+        ),
+        (
+            "tsig_secret_file = \"/etc/certfleet/tsig.key\"\n",
+            "",
+            &["tsig_secret_file", "tsig_secret_env"],
+        ),
+        (
+            "tsig_secret_file = \"/etc/certfleet/tsig.key\"",
+            "tsig_secret_file = \"tsig.key\"",
+            &["absolute"],
+        ),
+        (
+            "tsig_secret_file = \"/etc/certfleet/tsig.key\"",
+            "tsig_secret_file = \"/k\"\ntsig_secret_env = \"K\"",
+            &["not both"],
+        ),
         ("ttl = 30", "ttl = 0", &["ttl = 0", "between 1 and 86400"]),
         ("\"90s\"", "\"ninety\"", &["propagation_timeout", "\"60s\""]),
-        ("\"500ms\"", "\"5m\"", &["poll_interval", "longer than propagation_timeout"]),
-        ("\"192.0.2.53\"", "\"ns1.example.test\"", &["check_nameservers", "not an address"]),
-        ("tsig_algorithm = \"hmac-sha512\"", "tsig_algorithm = \"hmac-sha512\"\ncommand = [\"/bin/x\"]", &["command is a setting of kind = \"exec\""]),
-        ("name = \"knot\"", "name = \"knot dns\"", &["letters, digits"]),
+        (
+            "\"500ms\"",
+            "\"5m\"",
+            &["poll_interval", "longer than propagation_timeout"],
+        ),
+        (
+            "\"192.0.2.53\"",
+            "\"ns1.example.test\"",
+            &["check_nameservers", "not an address"],
+        ),
+        (
+            "tsig_algorithm = \"hmac-sha512\"",
+            "tsig_algorithm = \"hmac-sha512\"\ncommand = [\"/bin/x\"]",
+            &["command is a setting of kind = \"exec\""],
+        ),
+        (
+            "name = \"knot\"",
+            "name = \"knot dns\"",
+            &["letters, digits"],
+        ),
     ];
     for (from, to, wanted) in cases {
         assert!(KNOT.contains(from), "case does not apply: {from}");
@@ -134,10 +188,14 @@ fn each_mistake_names_the_provider_and_the_fix() {
 
 #[test]
 fn kind_specific_mistakes_are_refused() {
-    let route53 = "[[dns_provider]]\nname = \"aws\"\nzones = [\"example.net\"]\nkind = \"route53\"\n";
+    let route53 =
+        "[[dns_provider]]\nname = \"aws\"\nzones = [\"example.net\"]\nkind = \"route53\"\n";
     assert!(parse(route53).is_ok());
     let e = refused(&format!("{route53}server = \"192.0.2.1:53\"\n"));
-    assert!(e.contains("server is a setting of kind = \"rfc2136\""), "{e}");
+    assert!(
+        e.contains("server is a setting of kind = \"rfc2136\""),
+        "{e}"
+    );
     let e = refused(&format!("{route53}endpoint = \"localhost:5000\"\n"));
     assert!(e.contains("http://"), "{e}");
     let e = refused(&format!("{route53}hosted_zone_id = \"Z/1\"\n"));
@@ -155,7 +213,8 @@ fn kind_specific_mistakes_are_refused() {
 
 #[test]
 fn two_providers_may_not_claim_one_zone_or_one_name() {
-    let second = "[[dns_provider]]\nname = \"other\"\nzones = [\"EXAMPLE.test\"]\nkind = \"exec\"\n\
+    let second =
+        "[[dns_provider]]\nname = \"other\"\nzones = [\"EXAMPLE.test\"]\nkind = \"exec\"\n\
                   command = [\"/bin/true\"]\n";
     let e = refused(&format!("{KNOT}{second}"));
     assert!(
@@ -163,8 +222,17 @@ fn two_providers_may_not_claim_one_zone_or_one_name() {
         "{e}"
     );
     // A zone below another provider's zone is allowed (the longest match wins).
-    assert!(parse(&format!("{KNOT}{}", second.replace("EXAMPLE.test", "sub.example.test"))).is_ok());
-    let e = refused(&format!("{KNOT}{}", second.replace("\"other\"", "\"knot\"").replace("EXAMPLE.test", "x.test")));
+    assert!(parse(&format!(
+        "{KNOT}{}",
+        second.replace("EXAMPLE.test", "sub.example.test")
+    ))
+    .is_ok());
+    let e = refused(&format!(
+        "{KNOT}{}",
+        second
+            .replace("\"other\"", "\"knot\"")
+            .replace("EXAMPLE.test", "x.test")
+    ));
     assert!(e.contains("used twice"), "{e}");
 }
 
@@ -182,7 +250,10 @@ fn host_port_and_nameservers_are_checked() {
     assert!(check_host_port("ns1.example.net").is_err());
     assert!(check_host_port("ns1.example.net:0").is_err());
     assert!(check_host_port("2001:db8::1:53").is_err());
-    assert_eq!(parse_nameserver("::1").unwrap(), "[::1]:53".parse().unwrap());
+    assert_eq!(
+        parse_nameserver("::1").unwrap(),
+        "[::1]:53".parse().unwrap()
+    );
 }
 
 #[test]
@@ -193,6 +264,9 @@ fn the_example_config_in_deploy_has_a_provider() {
     let [p] = &cfg.dns_providers[..] else {
         panic!("one [[dns_provider]] expected")
     };
-    assert_eq!((p.name.as_str(), p.kind), ("primary-dns", DnsProviderKind::Rfc2136));
+    assert_eq!(
+        (p.name.as_str(), p.kind),
+        ("primary-dns", DnsProviderKind::Rfc2136)
+    );
     assert_eq!(p.propagation_timeout(), Duration::from_secs(120));
 }

@@ -94,7 +94,8 @@ impl Exec {
                 )));
             }
         };
-        let status = status.map_err(|e| CallError::transient(format!("waiting for {shown}: {e}")))?;
+        let status =
+            status.map_err(|e| CallError::transient(format!("waiting for {shown}: {e}")))?;
         if status.success() {
             return Ok(());
         }
@@ -135,7 +136,11 @@ fn tail(bytes: &[u8]) -> String {
         .find(|i| text.is_char_boundary(*i))
         .unwrap_or(text.len());
     let cut = &text[start..];
-    let joined = cut.split('\n').map(str::trim_end).collect::<Vec<_>>().join(" | ");
+    let joined = cut
+        .split('\n')
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join(" | ");
     if start > 0 {
         format!("…{joined}")
     } else {

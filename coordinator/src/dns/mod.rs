@@ -80,7 +80,7 @@ impl PresentedSet {
 
 enum Backend {
     Rfc2136(rfc2136::Rfc2136),
-    Route53(route53::Route53),
+    Route53(Box<route53::Route53>),
     Exec(exec::Exec),
 }
 
@@ -147,9 +147,9 @@ impl DnsProviders {
                 DnsProviderKind::Rfc2136 => {
                     Backend::Rfc2136(rfc2136::Rfc2136::new(cfg, clock.clone()).map_err(fail)?)
                 }
-                DnsProviderKind::Route53 => {
-                    Backend::Route53(route53::Route53::new(cfg, clock.clone()).map_err(fail)?)
-                }
+                DnsProviderKind::Route53 => Backend::Route53(Box::new(
+                    route53::Route53::new(cfg, clock.clone()).map_err(fail)?,
+                )),
                 DnsProviderKind::Exec => {
                     Backend::Exec(exec::Exec::new(&cfg.command, cfg.timeout()).map_err(fail)?)
                 }
@@ -238,19 +238,23 @@ impl DnsProviders {
         let mut seen = HashSet::from([current.clone()]);
         for _ in 0..query::MAX_CNAME_HOPS {
             let (servers, recurse, provider, zone) = match self.provider_for_fqdn(&current) {
-                Some((p, z)) if !p.check_nameservers.is_empty() => {
-                    (p.check_nameservers.clone(), false, p.name.clone(), z.to_string())
-                }
+                Some((p, z)) if !p.check_nameservers.is_empty() => (
+                    p.check_nameservers.clone(),
+                    false,
+                    p.name.clone(),
+                    z.to_string(),
+                ),
                 found => {
                     let (p, z) = found
                         .map(|(p, z)| (p.name.clone(), z.to_string()))
                         .unwrap_or_else(|| ("-".into(), "-".into()));
-                    let servers = query::system_nameservers()
-                        .map_err(|e| call_error(&p, &z, &current, e))?;
+                    let servers =
+                        query::system_nameservers().map_err(|e| call_error(&p, &z, &current, e))?;
                     (servers, true, p, z)
                 }
             };
-            let wire = query::wire_name(&current).map_err(|e| call_error(&provider, &zone, &current, e))?;
+            let wire = query::wire_name(&current)
+                .map_err(|e| call_error(&provider, &zone, &current, e))?;
             let target = query::cname_target(&servers, &wire, recurse)
                 .await
                 .map_err(|e| {

@@ -31,9 +31,7 @@ pub(crate) fn wire_name(name: &str) -> Result<Name, CallError> {
 
 /// A name as text, lower case, without the trailing dot.
 pub(crate) fn text_name(name: &Name) -> String {
-    name.to_ascii()
-        .trim_end_matches('.')
-        .to_ascii_lowercase()
+    name.to_ascii().trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// Asks `server` one question. `recurse` sets RD (for a recursive resolver); without it the
@@ -57,8 +55,7 @@ pub(crate) async fn query(
     let bytes = msg
         .to_vec()
         .map_err(|e| CallError::transient(format!("cannot encode the question: {e}")))?;
-    let reply = match tokio::time::timeout(timeout, udp_exchange(server, &bytes, msg.id())).await
-    {
+    let reply = match tokio::time::timeout(timeout, udp_exchange(server, &bytes, msg.id())).await {
         Ok(r) => r?,
         Err(_) => {
             return Err(CallError::timeout(format!(

@@ -48,7 +48,10 @@ impl Rfc2136 {
     /// Reads the key's secret (file or environment) and checks it is base64.
     pub fn new(cfg: &DnsProviderConfig, clock: Arc<dyn Clock>) -> Result<Self, String> {
         let server = cfg.server.clone().ok_or("server is not set")?;
-        let key_name = cfg.tsig_key_name.clone().ok_or("tsig_key_name is not set")?;
+        let key_name = cfg
+            .tsig_key_name
+            .clone()
+            .ok_or("tsig_key_name is not set")?;
         let secret: Secret = match (&cfg.tsig_secret_file, &cfg.tsig_secret_env) {
             (Some(path), _) => read_secret_file(path, "tsig_secret_file")?,
             (None, Some(var)) => read_secret_env(var, "tsig_secret_env")?,
@@ -121,7 +124,9 @@ impl Rfc2136 {
         let addr = self.server_addr().await?;
         let raw = tcp_exchange(addr, &bytes, self.timeout)
             .await
-            .map_err(|e| CallError::new(e.kind, format!("update to {}: {}", self.server, e.cause)))?;
+            .map_err(|e| {
+                CallError::new(e.kind, format!("update to {}: {}", self.server, e.cause))
+            })?;
         let reply = Message::from_vec(&raw).map_err(|e| {
             CallError::transient(format!("{} sent an unreadable answer: {e}", self.server))
         })?;

@@ -236,7 +236,11 @@ impl Route53 {
             xml_escape(fqdn)
         );
         let reply = self
-            .call("POST", &format!("{API}/hostedzone/{zone_id}/rrset/"), Some(body))
+            .call(
+                "POST",
+                &format!("{API}/hostedzone/{zone_id}/rrset/"),
+                Some(body),
+            )
             .await?;
         let (id, _status) = parse_change(&reply)?;
         Ok(id)
@@ -245,7 +249,9 @@ impl Route53 {
     async fn wait_insync(&self, change_id: &str) -> Result<(), CallError> {
         let start = Instant::now();
         loop {
-            let body = self.call("GET", &format!("{API}/change/{change_id}"), None).await?;
+            let body = self
+                .call("GET", &format!("{API}/change/{change_id}"), None)
+                .await?;
             let (_, status) = parse_change(&body)?;
             if status == "INSYNC" {
                 return Ok(());
@@ -312,7 +318,12 @@ impl Route53 {
     }
 
     /// One signed API call; the body of a 2xx answer, else the API's error mapped.
-    async fn call(&self, method: &str, path: &str, body: Option<String>) -> Result<String, CallError> {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<String, CallError> {
         let creds = self.credentials()?;
         let url = format!("{}{path}", self.endpoint);
         let uri: hyper::Uri = url
@@ -336,9 +347,10 @@ impl Route53 {
         self.sign(&mut req, &creds, &body_bytes)?;
         let what = format!("Route53 {method} {path}");
         let send = async {
-            let resp = self.client.request(req).await.map_err(|e| {
-                CallError::transient(format!("{what} at {}: {e}", self.endpoint))
-            })?;
+            let resp =
+                self.client.request(req).await.map_err(|e| {
+                    CallError::transient(format!("{what} at {}: {e}", self.endpoint))
+                })?;
             let status = resp.status();
             let body = http_body_util::Limited::new(resp.into_body(), MAX_BODY)
                 .collect()
@@ -377,7 +389,8 @@ impl Route53 {
                 "certfleet",
             ),
         );
-        let now = UNIX_EPOCH + Duration::from_secs(u64::try_from(self.clock.now_unix()).unwrap_or(0));
+        let now =
+            UNIX_EPOCH + Duration::from_secs(u64::try_from(self.clock.now_unix()).unwrap_or(0));
         let bad = |e: String| CallError::config(format!("cannot sign the Route53 request: {e}"));
         let params = aws_sigv4::sign::v4::SigningParams::builder()
             .identity(&identity)
@@ -426,15 +439,21 @@ fn api_error(what: &str, status: u16, body: &str) -> CallError {
     };
     let kind = match code.as_str() {
         "Throttling" | "PriorRequestNotComplete" | "ServiceUnavailable" => DnsErrorKind::Transient,
-        "AccessDenied" | "InvalidClientTokenId" | "SignatureDoesNotMatch"
-        | "UnrecognizedClientException" | "NoSuchHostedZone" | "InvalidInput"
+        "AccessDenied"
+        | "InvalidClientTokenId"
+        | "SignatureDoesNotMatch"
+        | "UnrecognizedClientException"
+        | "NoSuchHostedZone"
+        | "InvalidInput"
         | "ExpiredToken" => DnsErrorKind::Config,
         _ if status >= 500 || status == 429 => DnsErrorKind::Transient,
         _ if status == 403 || status == 401 => DnsErrorKind::Config,
         _ => DnsErrorKind::Transient,
     };
     let hint = match kind {
-        DnsErrorKind::Config if status == 403 || code.contains("Signature") || code.contains("Token") => {
+        DnsErrorKind::Config
+            if status == 403 || code.contains("Signature") || code.contains("Token") =>
+        {
             "; check the AWS credentials and that they may change this hosted zone"
         }
         _ => "",
@@ -474,13 +493,16 @@ fn parse_rrset(body: &str, fqdn: &str) -> Result<Option<(u32, Vec<String>)>, Cal
         .descendants()
         .filter(|n| n.is_element() && n.tag_name().name() == "ResourceRecordSet")
         .find(|s| {
-            find_text(*s, "Name").is_some_and(|n| n.trim_end_matches('.').eq_ignore_ascii_case(fqdn))
+            find_text(*s, "Name")
+                .is_some_and(|n| n.trim_end_matches('.').eq_ignore_ascii_case(fqdn))
                 && find_text(*s, "Type").as_deref() == Some("TXT")
         })
     else {
         return Ok(None);
     };
-    let ttl = find_text(set, "TTL").and_then(|t| t.parse().ok()).unwrap_or(0);
+    let ttl = find_text(set, "TTL")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
     let values: Vec<String> = set
         .descendants()
         .filter(|n| n.is_element() && n.tag_name().name() == "Value")
@@ -499,8 +521,14 @@ fn parse_change(body: &str) -> Result<(String, String), CallError> {
     let id = find_text(info, "Id").unwrap_or_default();
     let id = id.trim_start_matches("/change/").to_owned();
     let status = find_text(info, "Status").unwrap_or_default();
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-        return Err(CallError::transient(format!("Route53 sent a change id {id:?}")));
+    if id.is_empty()
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(CallError::transient(format!(
+            "Route53 sent a change id {id:?}"
+        )));
     }
     Ok((id, status))
 }
@@ -561,7 +589,8 @@ fn parse_credentials(text: &str, profile: &str) -> Option<Creds> {
     Some(Creds {
         access_key_id: map.remove("aws_access_key_id").filter(|v| !v.is_empty())?,
         secret_access_key: Secret::new(
-            map.remove("aws_secret_access_key").filter(|v| !v.is_empty())?,
+            map.remove("aws_secret_access_key")
+                .filter(|v| !v.is_empty())?,
         ),
         session_token: map
             .remove("aws_session_token")

@@ -12,7 +12,10 @@ fn the_hosted_zone_of_that_exact_name_is_found() {
   <HostedZone><Id>/hostedzone/Z123ABC</Id><Name>example.net.</Name></HostedZone>
  </HostedZones><IsTruncated>false</IsTruncated><MaxItems>1</MaxItems>
 </ListHostedZonesByNameResponse>"#;
-    assert_eq!(parse_zone_id(body, "example.net").unwrap().as_deref(), Some("Z123ABC"));
+    assert_eq!(
+        parse_zone_id(body, "example.net").unwrap().as_deref(),
+        Some("Z123ABC")
+    );
     assert_eq!(parse_zone_id(body, "example.org").unwrap(), None);
     assert!(parse_zone_id("not xml", "example.net").is_err());
 }
@@ -29,7 +32,10 @@ fn the_txt_rrset_is_read_only_when_it_is_ours() {
         Some((60, vec!["AAA".to_owned(), "B\"BC".to_owned()]))
     );
     // The next name in order is not ours.
-    assert_eq!(parse_rrset(body, "_acme-challenge.a.example.net").unwrap(), None);
+    assert_eq!(
+        parse_rrset(body, "_acme-challenge.a.example.net").unwrap(),
+        None
+    );
 }
 
 #[test]
@@ -40,7 +46,8 @@ fn change_ids_and_status_are_read_and_checked() {
         parse_change(body).unwrap(),
         ("C2682N5HXP0BZ4".to_owned(), "PENDING".to_owned())
     );
-    let bad = "<GetChangeResponse><ChangeInfo><Id>/change/../x</Id></ChangeInfo></GetChangeResponse>";
+    let bad =
+        "<GetChangeResponse><ChangeInfo><Id>/change/../x</Id></ChangeInfo></GetChangeResponse>";
     assert!(parse_change(bad).is_err());
 }
 
@@ -50,7 +57,11 @@ fn api_errors_are_classified() {
 <Message>User is not authorized</Message></Error></ErrorResponse>"#;
     let e = api_error("Route53 POST /x", 403, denied);
     assert_eq!(e.kind, DnsErrorKind::Config);
-    assert!(e.cause.contains("AccessDenied") && e.cause.contains("not authorized"), "{}", e.cause);
+    assert!(
+        e.cause.contains("AccessDenied") && e.cause.contains("not authorized"),
+        "{}",
+        e.cause
+    );
     let throttled = "<ErrorResponse><Error><Code>Throttling</Code><Message>Rate exceeded</Message></Error></ErrorResponse>";
     assert_eq!(api_error("w", 400, throttled).kind, DnsErrorKind::Transient);
     assert_eq!(api_error("w", 503, "").kind, DnsErrorKind::Transient);
@@ -69,7 +80,10 @@ fn shared_credentials_are_read_by_profile() {
                 [profile dns]\n# comment\naws_access_key_id=AKIDDNS\naws_secret_access_key=s2\n\
                 aws_session_token = t2\n[empty]\naws_access_key_id = AKID\n";
     let d = parse_credentials(text, "default").unwrap();
-    assert_eq!((d.access_key_id.as_str(), d.secret_access_key.expose()), ("AKIDDEFAULT", "s1"));
+    assert_eq!(
+        (d.access_key_id.as_str(), d.secret_access_key.expose()),
+        ("AKIDDEFAULT", "s1")
+    );
     assert!(d.session_token.is_none());
     let p = parse_credentials(text, "dns").unwrap();
     assert_eq!(p.access_key_id, "AKIDDNS");

@@ -89,10 +89,7 @@ mod tests {
         let err = read_secret_file(&path, "tsig_secret_file").unwrap_err();
         assert!(err.contains("chmod 600"), "{err}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(
-            read_secret_file(&path, "x").unwrap().expose(),
-            "c2VjcmV0"
-        );
+        assert_eq!(read_secret_file(&path, "x").unwrap().expose(), "c2VjcmV0");
         std::fs::write(&path, "\n").unwrap();
         assert!(read_secret_file(&path, "x").unwrap_err().contains("empty"));
         let missing = read_secret_file(&dir.path().join("none"), "tsig_secret_file");

@@ -31,18 +31,35 @@ fn the_longest_zone_wins_and_unserved_names_have_none() {
         exec_cfg("inner", &["dev.example.net", "other.test"]),
     ])
     .unwrap();
-    let zone = |n: &str| p.zone_for(&name(n)).map(|(p, z)| (p.to_owned(), z.to_string()));
-    assert_eq!(zone("example.net"), Some(("outer".into(), "example.net".into())));
-    assert_eq!(zone("www.example.net"), Some(("outer".into(), "example.net".into())));
+    let zone = |n: &str| {
+        p.zone_for(&name(n))
+            .map(|(p, z)| (p.to_owned(), z.to_string()))
+    };
+    assert_eq!(
+        zone("example.net"),
+        Some(("outer".into(), "example.net".into()))
+    );
+    assert_eq!(
+        zone("www.example.net"),
+        Some(("outer".into(), "example.net".into()))
+    );
     assert_eq!(
         zone("a.dev.example.net"),
         Some(("inner".into(), "dev.example.net".into()))
     );
-    assert_eq!(zone("dev.example.net"), Some(("inner".into(), "dev.example.net".into())));
+    assert_eq!(
+        zone("dev.example.net"),
+        Some(("inner".into(), "dev.example.net".into()))
+    );
     assert_eq!(zone("badexample.net"), None);
     assert_eq!(zone("example.org"), None);
-    let (prov, z) = p.provider_for_fqdn("_acme-challenge.x.Dev.Example.NET.").unwrap();
-    assert_eq!((prov.name.as_str(), z.as_str()), ("inner", "dev.example.net"));
+    let (prov, z) = p
+        .provider_for_fqdn("_acme-challenge.x.Dev.Example.NET.")
+        .unwrap();
+    assert_eq!(
+        (prov.name.as_str(), z.as_str()),
+        ("inner", "dev.example.net")
+    );
     assert!(p.provider_for_fqdn("_acme-challenge.example.org").is_none());
 }
 
@@ -79,7 +96,11 @@ fn names_delegated_to_one_target_share_its_rrset() {
 
 #[test]
 fn the_stored_set_reads_back_the_same() {
-    let set = group_records(vec![record("_acme-challenge.example.net", "AAA", "example.net")]);
+    let set = group_records(vec![record(
+        "_acme-challenge.example.net",
+        "AAA",
+        "example.net",
+    )]);
     let json = serde_json::to_string(&set).unwrap();
     assert!(json.contains("\"provider\":\"p\""), "{json}");
     let back: PresentedSet = serde_json::from_str(&json).unwrap();
@@ -105,7 +126,12 @@ fn errors_name_provider_zone_record_and_say_if_retrying_helps() {
         "no answer",
     );
     let text = e.to_string();
-    for part in ["\"knot\"", "example.net", "_acme-challenge.example.net", "no answer"] {
+    for part in [
+        "\"knot\"",
+        "example.net",
+        "_acme-challenge.example.net",
+        "no answer",
+    ] {
         assert!(text.contains(part), "{text}");
     }
     assert!(e.is_retryable() && !e.is_config());
@@ -140,7 +166,10 @@ fn a_missing_secret_stops_the_build_naming_the_provider() {
     let err = DnsProviders::from_config(&[cfg]).unwrap_err();
     assert!(err.is_config());
     let text = err.to_string();
-    assert!(text.contains("\"knot\"") && text.contains("CERTFLEET_TEST_SURELY_UNSET_SECRET"), "{text}");
+    assert!(
+        text.contains("\"knot\"") && text.contains("CERTFLEET_TEST_SURELY_UNSET_SECRET"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -160,6 +189,9 @@ fn debug_output_shows_no_secret() {
     .unwrap();
     let p = DnsProviders::from_config(&[cfg]).unwrap();
     let debug = format!("{p:?}");
-    assert!(debug.contains("knot") && debug.contains("<redacted>"), "{debug}");
+    assert!(
+        debug.contains("knot") && debug.contains("<redacted>"),
+        "{debug}"
+    );
     assert!(!debug.contains("c2VjcmV0"), "{debug}");
 }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 fn script(dir: &Path, file: &str, body: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt as _;
     let path = dir.join(file);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).expect("chmod script");
     path
 }
 
@@ -34,7 +34,11 @@ async fn the_program_gets_lego_style_argv_for_each_value() {
     let prog = script(
         dir.path(),
         "hook.sh",
-        &format!("for a in \"$@\"; do printf '[%s]' \"$a\"; done >> '{}'; echo >> '{}'", log.display(), log.display()),
+        &format!(
+            "for a in \"$@\"; do printf '[%s]' \"$a\"; done >> '{}'; echo >> '{}'",
+            log.display(),
+            log.display()
+        ),
     );
     let dns = providers(&[exec_provider(
         vec![prog.display().to_string(), "--flag with space".into()],
@@ -103,10 +107,21 @@ async fn a_hanging_program_is_killed_at_the_timeout() {
         .present(&[(name("example.test"), "v".to_owned())])
         .await
         .expect_err("timeout");
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(err.kind, DnsErrorKind::Timeout, "{err}");
-    assert!(err.to_string().contains("did not finish within 1s"), "{err}");
-    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    assert!(
+        err.to_string().contains("did not finish within 1s"),
+        "{err}"
+    );
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     // Killed and reaped: no such process any more.
     assert!(
         !Path::new(&format!("/proc/{pid}")).exists(),

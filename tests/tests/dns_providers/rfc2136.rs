@@ -53,7 +53,14 @@ async fn wildcard_and_apex_share_one_rrset_and_cleanup_removes_only_ours() {
     .expect("knot");
     let dir = WorkDir::new("dns-rfc2136").unwrap();
     let secret = knot.tsig_key().secret.clone();
-    let dns = providers(&[knot_provider(&knot, &dir, "knot", &[ZONE, SECOND_ZONE], &secret, None)]);
+    let dns = providers(&[knot_provider(
+        &knot,
+        &dir,
+        "knot",
+        &[ZONE, SECOND_ZONE],
+        &secret,
+        None,
+    )]);
 
     let www = format!("www.{ZONE}");
     let values = vec![
@@ -71,7 +78,11 @@ async fn wildcard_and_apex_share_one_rrset_and_cleanup_removes_only_ours() {
     // Both values in the one RRset, beside the foreign one.
     assert_eq!(
         txt_at(&knot, &acme).await,
-        vec![quoted("apex-value"), quoted("not-ours"), quoted("wildcard-value")]
+        vec![
+            quoted("apex-value"),
+            quoted("not-ours"),
+            quoted("wildcard-value")
+        ]
     );
     assert_eq!(
         txt_at(&knot, &format!("_acme-challenge.{www}")).await,
@@ -84,7 +95,9 @@ async fn wildcard_and_apex_share_one_rrset_and_cleanup_removes_only_ours() {
     let set: certfleet_coordinator::dns::PresentedSet = serde_json::from_str(&stored).unwrap();
     dns.cleanup(&set).await.expect("cleanup");
     assert_eq!(txt_at(&knot, &acme).await, vec![quoted("not-ours")]);
-    assert!(txt_at(&knot, &format!("_acme-challenge.{www}")).await.is_empty());
+    assert!(txt_at(&knot, &format!("_acme-challenge.{www}"))
+        .await
+        .is_empty());
     // Idempotent: nothing left to remove is fine.
     dns.cleanup(&set).await.expect("second cleanup");
 }
@@ -113,15 +126,25 @@ async fn a_wrong_tsig_key_is_a_clear_config_error_and_leaves_nothing() {
         assert!(text.contains(part), "{text:?} lacks {part:?}");
     }
     assert!(!text.contains(&wrong), "the secret is in the error: {text}");
-    assert!(txt_at(&knot, &format!("_acme-challenge.{ZONE}")).await.is_empty());
+    assert!(txt_at(&knot, &format!("_acme-challenge.{ZONE}"))
+        .await
+        .is_empty());
 
     // A key name the server does not know: the same clear refusal.
     let mut cfg = knot_provider(&knot, &dir, "other", &[ZONE], &knot.tsig_key().secret, None);
     cfg["tsig_key_name"] = "no-such-key".into();
     let dns = providers(&[cfg]);
-    let err = dns.present(&[(name(ZONE), "v2".to_owned())]).await.unwrap_err();
-    assert!(err.is_config() && err.to_string().contains("no-such-key"), "{err}");
-    assert!(txt_at(&knot, &format!("_acme-challenge.{ZONE}")).await.is_empty());
+    let err = dns
+        .present(&[(name(ZONE), "v2".to_owned())])
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_config() && err.to_string().contains("no-such-key"),
+        "{err}"
+    );
+    assert!(txt_at(&knot, &format!("_acme-challenge.{ZONE}"))
+        .await
+        .is_empty());
 }
 
 #[tokio::test]
@@ -135,7 +158,10 @@ async fn an_unreachable_server_is_a_retryable_error_naming_it() {
     cfg["server"] = server.clone().into();
     cfg["timeout"] = "2s".into();
     let dns = providers(&[cfg]);
-    let err = dns.present(&[(name(ZONE), "v".to_owned())]).await.unwrap_err();
+    let err = dns
+        .present(&[(name(ZONE), "v".to_owned())])
+        .await
+        .unwrap_err();
     assert!(err.is_retryable(), "{err}");
     assert!(err.to_string().contains(&server), "{err}");
 }
@@ -155,19 +181,35 @@ async fn a_nameserver_that_never_gets_the_record_times_out_by_name() {
         &knot.tsig_key().secret,
         Some(check),
     )]);
-    let set = dns.present(&[(name(ZONE), "v1".to_owned())]).await.expect("present");
+    let set = dns
+        .present(&[(name(ZONE), "v1".to_owned())])
+        .await
+        .expect("present");
     let started = Instant::now();
     let err = dns.wait_propagated(&set).await.expect_err("must time out");
-    assert!(started.elapsed() >= Duration::from_secs(2), "{:?}", started.elapsed());
-    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
     let text = err.to_string();
     assert_eq!(err.kind, DnsErrorKind::NotPropagated, "{text}");
     assert!(err.is_retryable());
     assert!(text.contains(&lagging.addr().to_string()), "{text}");
-    assert!(!text.contains(&format!("{} (", knot.addr())), "the good server is not named: {text}");
+    assert!(
+        !text.contains(&format!("{} (", knot.addr())),
+        "the good server is not named: {text}"
+    );
     assert!(text.contains(&format!("_acme-challenge.{ZONE}")), "{text}");
     dns.cleanup(&set).await.expect("cleanup");
-    assert!(txt_at(&knot, &format!("_acme-challenge.{ZONE}")).await.is_empty());
+    assert!(txt_at(&knot, &format!("_acme-challenge.{ZONE}"))
+        .await
+        .is_empty());
 }
 
 #[tokio::test]
@@ -185,7 +227,14 @@ async fn a_cname_delegates_the_record_to_the_validation_zone() {
     let wrong = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
     let dns: DnsProviders = providers(&[
         knot_provider(&knot, &dir, "customer", &[ZONE], &wrong, None),
-        knot_provider(&knot, &dir, "validation", &[SECOND_ZONE], &knot.tsig_key().secret, None),
+        knot_provider(
+            &knot,
+            &dir,
+            "validation",
+            &[SECOND_ZONE],
+            &knot.tsig_key().secret,
+            None,
+        ),
     ]);
     assert_eq!(
         dns.zone_for(&name(&format!("www.{ZONE}"))).map(|(p, _)| p),
@@ -204,8 +253,14 @@ async fn a_cname_delegates_the_record_to_the_validation_zone() {
     );
     assert_eq!(txt_at(&knot, &target).await, vec![quoted("delegated")]);
     let at_name = knot.resolve(&acme, "CNAME").await.unwrap();
-    assert_eq!(at_name.values, vec![format!("{target}.")], "the CNAME is untouched");
-    dns.wait_propagated(&set).await.expect("propagated at the target");
+    assert_eq!(
+        at_name.values,
+        vec![format!("{target}.")],
+        "the CNAME is untouched"
+    );
+    dns.wait_propagated(&set)
+        .await
+        .expect("propagated at the target");
     dns.cleanup(&set).await.expect("cleanup");
     assert!(txt_at(&knot, &target).await.is_empty());
 }
@@ -214,7 +269,14 @@ async fn a_cname_delegates_the_record_to_the_validation_zone() {
 async fn a_name_no_provider_serves_is_refused_before_anything_is_written() {
     let knot = KnotServer::start().await.expect("knot");
     let dir = WorkDir::new("dns-noprovider").unwrap();
-    let dns = providers(&[knot_provider(&knot, &dir, "knot", &[ZONE], &knot.tsig_key().secret, None)]);
+    let dns = providers(&[knot_provider(
+        &knot,
+        &dir,
+        "knot",
+        &[ZONE],
+        &knot.tsig_key().secret,
+        None,
+    )]);
     assert!(dns.zone_for(&name(&format!("www.{SECOND_ZONE}"))).is_none());
     let err = dns
         .present(&[
@@ -224,6 +286,12 @@ async fn a_name_no_provider_serves_is_refused_before_anything_is_written() {
         .await
         .expect_err("no provider for certfleet.test");
     assert_eq!(err.kind, DnsErrorKind::NoProvider, "{err}");
-    assert!(err.to_string().contains(&format!("_acme-challenge.www.{SECOND_ZONE}")), "{err}");
-    assert!(txt_at(&knot, &format!("_acme-challenge.{ZONE}")).await.is_empty());
+    assert!(
+        err.to_string()
+            .contains(&format!("_acme-challenge.www.{SECOND_ZONE}")),
+        "{err}"
+    );
+    assert!(txt_at(&knot, &format!("_acme-challenge.{ZONE}"))
+        .await
+        .is_empty());
 }

@@ -32,10 +32,16 @@ async fn route53_upserts_both_values_and_removes_exactly_ours() {
     }
     let zone_id = moto.create_hosted_zone("example.test").await.expect("zone");
     let acme = "_acme-challenge.example.test";
-    moto.upsert_txt(&zone_id, acme, &["not-ours"]).await.expect("seed");
+    moto.upsert_txt(&zone_id, acme, &["not-ours"])
+        .await
+        .expect("seed");
 
     let dir = WorkDir::new("dns-route53").unwrap();
-    let dns = providers(&[route53_provider(&moto, &dir, &["example.test", "missing.test"])]);
+    let dns = providers(&[route53_provider(
+        &moto,
+        &dir,
+        &["example.test", "missing.test"],
+    )]);
     let set = dns
         .present(&[
             (name("example.test"), "wildcard-value".to_owned()),
@@ -50,7 +56,10 @@ async fn route53_upserts_both_values_and_removes_exactly_ours() {
     );
 
     dns.cleanup(&set).await.expect("cleanup");
-    assert_eq!(moto.txt_values(&zone_id, acme).await.unwrap(), vec!["not-ours"]);
+    assert_eq!(
+        moto.txt_values(&zone_id, acme).await.unwrap(),
+        vec!["not-ours"]
+    );
     dns.cleanup(&set).await.expect("idempotent cleanup");
 
     // Only ours left: the RRset is deleted, not left empty.
@@ -59,7 +68,9 @@ async fn route53_upserts_both_values_and_removes_exactly_ours() {
         .await
         .expect("present www");
     assert_eq!(
-        moto.txt_values(&zone_id, "_acme-challenge.www.example.test").await.unwrap(),
+        moto.txt_values(&zone_id, "_acme-challenge.www.example.test")
+            .await
+            .unwrap(),
         vec!["only"]
     );
     dns.cleanup(&set).await.expect("cleanup www");
@@ -75,7 +86,11 @@ async fn route53_upserts_both_values_and_removes_exactly_ours() {
         .await
         .expect_err("no hosted zone");
     assert_eq!(err.kind, DnsErrorKind::Config, "{err}");
-    assert!(err.to_string().contains("no Route53 hosted zone named missing.test"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("no Route53 hosted zone named missing.test"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -91,7 +106,9 @@ async fn route53_uses_a_configured_hosted_zone_id() {
         .await
         .expect("present");
     assert_eq!(
-        moto.txt_values(&zone_id, "_acme-challenge.a.example.test").await.unwrap(),
+        moto.txt_values(&zone_id, "_acme-challenge.a.example.test")
+            .await
+            .unwrap(),
         vec!["v"]
     );
     dns.cleanup(&set).await.expect("cleanup");
@@ -103,5 +120,8 @@ async fn route53_uses_a_configured_hosted_zone_id() {
         .present(&[(name("a.example.test"), "v".to_owned())])
         .await
         .expect_err("unknown zone id");
-    assert!(err.to_string().contains("ZNOSUCHZONE") || err.to_string().contains("NoSuchHostedZone"), "{err}");
+    assert!(
+        err.to_string().contains("ZNOSUCHZONE") || err.to_string().contains("NoSuchHostedZone"),
+        "{err}"
+    );
 }
