@@ -92,3 +92,44 @@ fn shared_credentials_are_read_by_profile() {
     assert!(parse_credentials(text, "nope").is_none());
     assert!(!format!("{p:?}").contains("s2"));
 }
+
+#[test]
+fn requests_are_signed_for_route53_at_the_clock_s_time() {
+    let cfg: DnsProviderConfig = toml::from_str(
+        "name = \"aws\"\nzones = [\"example.net\"]\nkind = \"route53\"\n\
+         endpoint = \"http://127.0.0.1:5000\"\n",
+    )
+    .unwrap();
+    // 2026-01-02T03:04:05Z
+    let clock = certfleet_shared::clock::ManualClock::new(1_767_323_045);
+    let r53 = Route53::new(&cfg, Arc::new(clock)).unwrap();
+    let creds = Creds {
+        access_key_id: "AKIDEXAMPLE".into(),
+        secret_access_key: Secret::new("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into()),
+        session_token: Some(Secret::new("session-token".into())),
+    };
+    let body = b"<x/>".to_vec();
+    let mut req = hyper::Request::builder()
+        .method("POST")
+        .uri("http://127.0.0.1:5000/2013-04-01/hostedzone/Z1/rrset/")
+        .header("host", "127.0.0.1:5000")
+        .header("content-type", "application/xml")
+        .body(Full::new(Bytes::from(body.clone())))
+        .unwrap();
+    r53.sign(&mut req, &creds, &body).unwrap();
+    let header = |n: &str| req.headers().get(n).unwrap().to_str().unwrap().to_owned();
+    let auth = header("authorization");
+    assert!(
+        auth.starts_with(
+            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20260102/us-east-1/route53/aws4_request, "
+        ),
+        "{auth}"
+    );
+    assert!(
+        auth.contains("SignedHeaders=content-type;host;x-amz-date"),
+        "{auth}"
+    );
+    assert!(!auth.contains("wJalr"), "{auth}");
+    assert_eq!(header("x-amz-date"), "20260102T030405Z");
+    assert_eq!(header("x-amz-security-token"), "session-token");
+}

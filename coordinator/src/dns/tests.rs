@@ -195,3 +195,17 @@ fn debug_output_shows_no_secret() {
     );
     assert!(!debug.contains("c2VjcmV0"), "{debug}");
 }
+
+#[test]
+fn the_providers_and_their_futures_can_go_to_other_tasks() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: T) {}
+    let p = DnsProviders::from_config(&[exec_cfg("p", &["example.net"])]).unwrap();
+    send_sync(&p);
+    let set = PresentedSet { records: vec![] };
+    send(p.plan(&[]));
+    send(p.present(&[]));
+    send(p.present_set(&set));
+    send(p.wait_propagated(&set));
+    send(p.cleanup(&set));
+}

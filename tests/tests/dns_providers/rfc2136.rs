@@ -295,3 +295,42 @@ async fn a_name_no_provider_serves_is_refused_before_anything_is_written() {
         .await
         .is_empty());
 }
+
+#[tokio::test]
+async fn hmac_sha384_and_sha512_keys_sign_updates_too() {
+    for alg in ["hmac-sha384", "hmac-sha512"] {
+        let knot = KnotServer::start_with(KnotOptions {
+            tsig_algorithm: alg,
+            ..KnotOptions::default()
+        })
+        .await
+        .expect("knot");
+        let dir = WorkDir::new("dns-alg").unwrap();
+        let cfg = knot_provider(&knot, &dir, "knot", &[ZONE], &knot.tsig_key().secret, None);
+        assert_eq!(cfg["tsig_algorithm"], alg);
+        let dns = providers(std::slice::from_ref(&cfg));
+        let set = dns
+            .present(&[(name(ZONE), format!("{alg}-value"))])
+            .await
+            .unwrap_or_else(|e| panic!("{alg}: {e}"));
+        let acme = format!("_acme-challenge.{ZONE}");
+        assert_eq!(
+            txt_at(&knot, &acme).await,
+            vec![quoted(&format!("{alg}-value"))]
+        );
+        dns.cleanup(&set).await.expect("cleanup");
+        assert!(txt_at(&knot, &acme).await.is_empty());
+
+        // The right secret under another algorithm than the server's: refused.
+        let mut other = cfg;
+        other["tsig_algorithm"] = "hmac-sha256".into();
+        let err = providers(&[other])
+            .present(&[(name(ZONE), "v".to_owned())])
+            .await
+            .expect_err("algorithm mismatch");
+        assert!(
+            err.is_config() && err.to_string().contains("NOTAUTH"),
+            "{alg}: {err}"
+        );
+    }
+}
