@@ -11,6 +11,8 @@
 //! - [`tokens`] — join token generation (stored only as hashes).
 //! - [`audit`] — the hash-chained, append-only audit trail and its indexed queries.
 //! - [`acme`] — ACME issuers (the only code that talks to a CA).
+//! - [`dns`] — DNS providers (rfc2136, route53, exec) writing the DNS-01 TXT records, CNAME
+//!   delegation, propagation checks.
 //! - [`metrics`] — Prometheus exposition, computed from the store at scrape time.
 //! - [`sessions`] — live agent streams and request/reply correlation.
 //! - [`spec`] — desired state: which certificate a host should have (policies by label).

@@ -19,6 +19,10 @@ const ENV_SKIP: &[&str] = &[
 
 pub use certfleet_shared::configenv::ConfigError;
 
+mod dns;
+pub use dns::{
+    parse_nameserver, validate_providers, DnsProviderConfig, DnsProviderKind, TsigAlgorithmName,
+};
 mod policy;
 pub use policy::{
     zone_of, CertificateConfig, ChallengeKind, IpSelection, NameTemplate, PolicyConfig,
@@ -41,9 +45,9 @@ pub struct Config {
     pub policies: Vec<PolicyConfig>,
     #[serde(default)]
     pub metrics: MetricsConfig,
-    /// DNS providers for DNS-01: the only holders of DNS credentials in the fleet.
+    /// Who writes DNS-01 TXT records, per zone (`config/dns.rs`).
     #[serde(rename = "dns_provider", default)]
-    pub dns_providers: Vec<crate::dns::DnsProviderConfig>,
+    pub dns_providers: Vec<DnsProviderConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -511,6 +515,7 @@ impl Config {
         {
             return Err("[issuance] validation_timeout_secs must be between 1 and 3600".into());
         }
+        validate_providers(&self.dns_providers)?;
         Ok(())
     }
 
