@@ -81,6 +81,14 @@ impl Case {
         }
     }
 
+    fn heading(self) -> &'static str {
+        match self {
+            Case::Ip => "IP certificate (IPv4 + IPv6), HTTP-01",
+            Case::NameHttp01 => "name certificate, HTTP-01",
+            Case::NameTlsAlpn01 => "name certificate, TLS-ALPN-01 (agent standalone)",
+        }
+    }
+
     /// The challenge type the certificate must have been validated by.
     fn challenge(self) -> &'static str {
         match self {
@@ -204,9 +212,13 @@ async fn run() -> anyhow::Result<()> {
             let b = direct_issuance(&w, *case, &fast_policy, seq)
                 .await
                 .with_context(|| format!("direct issuance ({}, fast policy)", case.title()))?;
-            let tag = if *case == Case::Ip { tag.as_str() } else { "" };
+            let (tag, sep) = if *case == Case::Ip {
+                (tag.as_str(), ':')
+            } else {
+                ("", ' ')
+            };
             println!(
-                "  {tag:>10}: {:<17} full {:>7.1} ms   direct-default {:>7.1} ms   direct-fast {:>7.1} ms",
+                "  {tag:>10}{sep} {:<17} full {:>7.1} ms   direct-default {:>7.1} ms   direct-fast {:>7.1} ms",
                 case.title(),
                 ms(t),
                 ms(a),
@@ -225,7 +237,7 @@ async fn run() -> anyhow::Result<()> {
         let sd = Stats::of(&s.direct_default);
         let sx = Stats::of(&s.direct_fast);
         println!();
-        println!("{} ({}):", case.title(), case.challenge());
+        println!("{}:", case.heading());
         println!("{:<38} {:>9} {:>9} {:>9}", "", "median", "min", "max");
         sf.print("certfleet full (enrolled->installed)");
         sd.print("direct instant-acme, default retry");

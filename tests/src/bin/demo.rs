@@ -129,12 +129,13 @@ async fn run() -> anyhow::Result<()> {
     step("waiting for certificates");
     let root = pebble.issuing_root_der().await?;
     for host in &mut hosts {
-        let rows = wait_installed(&coord, host, Duration::from_secs(90))
+        let mut rows = wait_installed(&coord, host, Duration::from_secs(90))
             .await
             .inspect_err(|_| {
                 host.agent.dump_logs();
                 coord.dump_logs();
             })?;
+        rows.sort_by_key(|r| (r.target != "default", r.target.clone()));
         let agent = &host.agent;
         let chain = certfleet_tests::tlsutil::certs_from_file(&agent.fullchain_path())?;
         for ip in agent.ips() {
