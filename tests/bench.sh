@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Benchmarks that drive the real binaries (release build):
-#   issuance — full certfleet issuance vs a direct instant-acme client, same pebble, same run;
+#   issuance — full certfleet issuance vs a direct instant-acme client, same pebble, same run:
+#              an IP certificate, and a name certificate via HTTP-01 and via TLS-ALPN-01;
 #   fleet    — N namespace hosts with nginx from enrollment to "served" on every host
-#              (N = 1 as the baseline, then FLEET_SIZES, default 10,50,100).
-# As root (adds addresses, makes network namespaces); installs pebble and nginx if missing.
+#              (N = 1 as the baseline, then FLEET_SIZES, default 10,50,100), each N with
+#              one IP certificate per host, then an IP and a name certificate per host.
+# As root (adds addresses, makes network namespaces); installs pebble, nginx and knot if
+# missing (knot serves the names pebble resolves).
 #
 #   tests/bench.sh              # both
 #   tests/bench.sh issuance     # one of them
@@ -16,6 +19,12 @@ missing=()
 command -v pebble >/dev/null || missing+=(pebble)
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
 command -v ip >/dev/null || missing+=(iproute2)
+# Knot DNS: the authoritative server (knotd) pebble resolves the benchmarks' names through,
+# and its tools (knsupdate for TSIG-signed dynamic updates, kdig for lookups).
+command -v knotd >/dev/null || [[ -x /usr/sbin/knotd ]] || missing+=(knot)
+if ! command -v kdig >/dev/null || ! command -v knsupdate >/dev/null; then
+    missing+=(knot-dnsutils)
+fi
 if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update

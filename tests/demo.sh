@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The certfleet demo: pebble + a coordinator + two agents (own IPv4 and IPv6 each) on
-# this machine; prints the fleet view and where the certificates are, then stops
-# everything. As root on Debian; installs pebble if missing. Exits non-zero on failure.
+# The certfleet demo: knot (DNS for demo.test) + pebble + a coordinator + two agents (own
+# IPv4 and IPv6 each) on this machine; web-1 gets an IP certificate, web-2 an IP and a name
+# certificate (web-2.demo.test); prints the fleet view and where the certificates are, then
+# stops everything. As root on Debian; installs pebble and knot if missing. Exits non-zero
+# on failure.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -14,6 +16,12 @@ fi
 missing=()
 command -v pebble >/dev/null || missing+=(pebble)
 command -v ip >/dev/null || missing+=(iproute2)
+# Knot DNS: the authoritative server pebble resolves the demo name through (knotd), and
+# its tools (knsupdate publishes the name, kdig checks it).
+command -v knotd >/dev/null || [[ -x /usr/sbin/knotd ]] || missing+=(knot)
+if ! command -v kdig >/dev/null || ! command -v knsupdate >/dev/null; then
+    missing+=(knot-dnsutils)
+fi
 if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update

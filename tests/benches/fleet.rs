@@ -2,9 +2,17 @@
 //! "served" on every host (the agent saw the new certificate presented on each of the
 //! host's IPv4 and IPv6 addresses), for N = 1 (the baseline, in the same run), 10, 50, 100.
 //!
-//! Printed per N: wall time from the first enrollment and from the *last* enrollment to
-//! the last host served, coordinator CPU time (user + system) and peak RSS over the run,
-//! and agent peak and idle RSS (idle: after everything is served and quiet). Targets from
+//! Two runs per N, in the same invocation:
+//! * IP only: each host gets one certificate for its addresses (the `[issuance]` default).
+//! * IP + name: each host gets two certificates from two `[[policy.certificate]]` entries —
+//!   its addresses into nginx on 443, and `<host>.example.test` (a `{hostname}` template,
+//!   published as A + AAAA in a real knot server that pebble resolves through) into a
+//!   second nginx on 8443 — and "served" means both are.
+//!
+//! Printed per N and run: wall time from the first enrollment and from the *last*
+//! enrollment to the last certificate served, coordinator CPU time (user + system) and
+//! peak RSS over the run, and agent peak and idle RSS (idle: after everything is served
+//! and quiet); for IP + name also its ratio to the IP-only run of the same N. Targets from
 //! the issue: 100 hosts served within 5 s of the last enrollment (pebble with
 //! `PEBBLE_VA_NOSLEEP=1`); agent idle RSS under 10 MB. Nothing is asserted on time.
 //!
@@ -12,7 +20,8 @@
 //! after their own enrollment, as on freshly booted VMs; enrollments run 8 at a time with
 //! one multi-use join token.
 //!
-//! Needs root, network namespaces and the release binaries (tests/bench.sh builds them):
+//! Needs root, network namespaces, knot (`knotd`, `knsupdate`, `kdig`) and the release
+//! binaries (tests/bench.sh installs and builds them):
 //!   cargo bench -p certfleet-tests --bench fleet
 //! Env: FLEET_SIZES (default "10,50,100").
 
@@ -21,14 +30,56 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use certfleet_tests::coordinator::CoordinatorOptions;
-use certfleet_tests::fleet::{wait_all_served, Challenge, FleetHost, HostSpec};
+use certfleet_tests::dns::{KnotServer, ZONE};
+use certfleet_tests::fleet::{wait_all_served_n, Challenge, FleetHost, HostSpec};
 use certfleet_tests::netns::Lan;
-use certfleet_tests::webserver::ServerKind;
+use certfleet_tests::webserver::{ServerKind, WebServer};
 use certfleet_tests::{require_root, Coordinator, Pebble, PebbleOptions};
 
 const TARGET_AFTER_LAST_ENROLL: Duration = Duration::from_secs(5);
 const TARGET_AGENT_IDLE_KIB: u64 = 10 * 1024;
 const IDLE_SETTLE: Duration = Duration::from_secs(3);
+/// The second nginx of an IP + name host, serving the name certificate.
+const SITE_PORT: u16 = 8443;
+
+/// Every host: its addresses into `default` (nginx on 443), its name into `site`.
+const IP_AND_NAME_POLICY: &str = r#"
+[[policy]]
+name = "ip-and-name"
+
+[[policy.certificate]]
+name = "ip"
+ips = "all"
+targets = ["default"]
+
+[[policy.certificate]]
+name = "site"
+names = ["{hostname}.example.test"]
+ips = "none"
+targets = ["site"]
+"#;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    IpOnly,
+    IpAndName,
+}
+
+impl Mode {
+    fn title(self) -> &'static str {
+        match self {
+            Mode::IpOnly => "IP certificate only (1 per host)",
+            Mode::IpAndName => "IP + name certificates (2 per host)",
+        }
+    }
+
+    fn certs_per_host(self) -> usize {
+        match self {
+            Mode::IpOnly => 1,
+            Mode::IpAndName => 2,
+        }
+    }
+}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
@@ -47,6 +98,7 @@ async fn main() -> ExitCode {
 
 struct Figures {
     n: usize,
+    mode: Mode,
     from_first: Duration,
     from_last: Duration,
     enroll_span: Duration,
@@ -66,12 +118,35 @@ async fn run() -> anyhow::Result<()> {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    println!("fleet benchmark: namespace hosts with nginx, pebble NOSLEEP, release binaries");
-    let baseline = one_run(1).await.context("baseline (N = 1)")?;
-    print(&baseline, None);
+    println!(
+        "fleet benchmark: namespace hosts with nginx, pebble NOSLEEP, release binaries; \
+         names in knot"
+    );
+    let baseline_ip = one_run(1, Mode::IpOnly)
+        .await
+        .context("baseline (N = 1, IP only)")?;
+    print(&baseline_ip, None);
+    let baseline_names = one_run(1, Mode::IpAndName)
+        .await
+        .context("baseline (N = 1, IP + name)")?;
+    print(&baseline_names, None);
     for n in sizes {
-        let f = one_run(n).await.with_context(|| format!("N = {n}"))?;
-        print(&f, Some(&baseline));
+        let ip = one_run(n, Mode::IpOnly)
+            .await
+            .with_context(|| format!("N = {n}, IP only"))?;
+        print(&ip, Some(&baseline_ip));
+        let names = one_run(n, Mode::IpAndName)
+            .await
+            .with_context(|| format!("N = {n}, IP + name"))?;
+        print(&names, Some(&baseline_names));
+        println!(
+            "  IP + name vs IP only (N = {n}): {:.2}x the time after the last enrollment, \
+             {:.2}x the coordinator CPU, {:.2}x its peak RSS, {:.2}x the agents' peak RSS",
+            names.from_last.as_secs_f64() / ip.from_last.as_secs_f64().max(1e-6),
+            names.coord_cpu.as_secs_f64() / ip.coord_cpu.as_secs_f64().max(1e-6),
+            names.coord_peak_kib as f64 / (ip.coord_peak_kib as f64).max(1.0),
+            names.agent_peak_kib as f64 / (ip.agent_peak_kib as f64).max(1.0),
+        );
     }
     Ok(())
 }
@@ -86,9 +161,9 @@ fn print(f: &Figures, baseline: Option<&Figures>) {
             )
         })
         .unwrap_or_else(|| " (baseline)".into());
-    println!("N = {}", f.n);
+    println!("N = {}, {}", f.n, f.mode.title());
     println!(
-        "  served on every host: {:.2} s after the last enrollment{ratio}; {:.2} s after the first (enrollments took {:.2} s)",
+        "  served on every host (every certificate): {:.2} s after the last enrollment{ratio}; {:.2} s after the first (enrollments took {:.2} s)",
         f.from_last.as_secs_f64(),
         f.from_first.as_secs_f64(),
         f.enroll_span.as_secs_f64()
@@ -122,10 +197,16 @@ fn print(f: &Figures, baseline: Option<&Figures>) {
     );
 }
 
-async fn one_run(n: usize) -> anyhow::Result<Figures> {
+async fn one_run(n: usize, mode: Mode) -> anyhow::Result<Figures> {
     let lan = Lan::new()?;
+    // Declared first, dropped last: pebble resolves the hosts' names through it.
+    let knot = match mode {
+        Mode::IpOnly => None,
+        Mode::IpAndName => Some(KnotServer::start().await.context("starting knot")?),
+    };
     let pebble = Pebble::start_with(PebbleOptions {
         validation_ports: Some((80, 443)),
+        dns_server: knot.as_ref().map(KnotServer::addr),
         ..Default::default()
     })
     .await?;
@@ -133,22 +214,39 @@ async fn one_run(n: usize) -> anyhow::Result<Figures> {
         &pebble,
         CoordinatorOptions {
             server_ips: vec![std::net::IpAddr::V4(lan.gateway_v4())],
+            extra_config: match mode {
+                Mode::IpOnly => String::new(),
+                Mode::IpAndName => IP_AND_NAME_POLICY.to_owned(),
+            },
             ..Default::default()
         },
     )
     .await?;
     let coord_pid = coord.child().context("coordinator running")?.pid();
 
-    // Set-up, not timed: namespaces, web servers, agent configs.
+    // Set-up, not timed: namespaces, web servers, agent configs, DNS records.
     let mut hosts = Vec::with_capacity(n);
+    // The IP + name hosts' second nginx (the name certificate's target); dropped before
+    // the hosts, whose namespaces they run in.
+    let mut site_servers: Vec<WebServer> = Vec::new();
     for i in 0..n {
         let challenge = match i % 3 {
             0 => Challenge::Webroot,
             1 => Challenge::Proxy,
             _ => Challenge::Standalone,
         };
-        let spec = HostSpec::new(&format!("b{i}"), ServerKind::Nginx, challenge);
-        hosts.push(FleetHost::new(&lan, spec).await?);
+        let name = format!("b{i}");
+        let spec = HostSpec::new(&name, ServerKind::Nginx, challenge);
+        let host = match &knot {
+            None => FleetHost::new(&lan, spec).await?,
+            Some(knot) => {
+                let spec = spec.with_names(&[format!("{name}.{ZONE}")]);
+                let mut host = FleetHost::new_with_dns(&lan, spec, knot).await?;
+                site_servers.push(host.add_second_target("site", SITE_PORT).await?);
+                host
+            }
+        };
+        hosts.push(host);
     }
     let token = coord
         .cli_ok(&["token", "create", "--uses", &n.to_string(), "--ttl", "1h"])
@@ -195,7 +293,13 @@ async fn one_run(n: usize) -> anyhow::Result<Figures> {
     let enroll_span = last_enrolled - first;
     {
         let mut refs: Vec<&mut FleetHost> = hosts.iter_mut().collect();
-        wait_all_served(&coord, &mut refs, Duration::from_secs(600)).await?;
+        wait_all_served_n(
+            &coord,
+            &mut refs,
+            mode.certs_per_host(),
+            Duration::from_secs(600),
+        )
+        .await?;
     }
     let done = Instant::now();
     let coord_cpu = cpu_time(coord_pid)? - cpu_before;
@@ -212,12 +316,14 @@ async fn one_run(n: usize) -> anyhow::Result<Figures> {
     }
     idle.sort_unstable();
     let coord_peak = status_kib(coord_pid, "VmHWM:")?;
+    drop(site_servers);
     drop(hosts);
     coord
         .stop_current(certfleet_tests::RestartMode::Term)
         .await?;
     Ok(Figures {
         n,
+        mode,
         from_first: done - first,
         from_last: done - last_enrolled,
         enroll_span,

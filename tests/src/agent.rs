@@ -76,11 +76,24 @@ impl Agent {
     /// HTTP-01 on `http01_port` (also free on them). With `http01_port != ca_port` the
     /// CA's validation connections are refused: a misconfigured host.
     pub fn new_with_port(name: &str, ca_port: u16, http01_port: u16) -> anyhow::Result<Self> {
+        Self::new_with_free_ports(name, http01_port, &[ca_port])
+    }
+
+    /// A new host `name` serving HTTP-01 on `http01_port`, whose addresses also have every
+    /// one of `also_free` free (e.g. pebble's `tlsPort`, for a `[tls_alpn01]` standalone
+    /// section added with [`Self::append_config`]).
+    pub fn new_with_free_ports(
+        name: &str,
+        http01_port: u16,
+        also_free: &[u16],
+    ) -> anyhow::Result<Self> {
         let bin = crate::bins::agent()?;
         let dir = WorkDir::new(&format!("agent-{name}"))?;
-        let mut ports = vec![ca_port];
-        if http01_port != ca_port {
-            ports.push(http01_port);
+        let mut ports = vec![http01_port];
+        for p in also_free {
+            if !ports.contains(p) {
+                ports.push(*p);
+            }
         }
         let addrs = HostAddrs::allocate_ports(&ports)?;
         let state_dir = dir.join("state");

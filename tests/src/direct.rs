@@ -1,24 +1,30 @@
-//! The baseline: a minimal direct instant-acme client that issues an IP certificate from
-//! pebble with nothing in between (its own HTTP-01 responder, its own key and CSR). The
-//! benchmark compares a full certfleet issuance against this, and a harness test uses it
-//! to prove pebble + addresses + checks work without the binaries under test.
-//! [`DirectClient::issue_for`] orders any identifiers (IPs or DNS names) and leaves
-//! answering HTTP-01 to the caller (e.g. a namespace host's web server webroot).
+//! The baseline: a minimal direct instant-acme client that issues a certificate from
+//! pebble with nothing in between (its own HTTP-01 or TLS-ALPN-01 responder, its own key
+//! and CSR). The benchmark compares a full certfleet issuance against this, and a harness
+//! test uses it to prove pebble + addresses + checks work without the binaries under test.
+//! [`DirectClient::issue`] is an IP certificate over HTTP-01; [`DirectClient::issue_http01_on`]
+//! and [`DirectClient::issue_tls_alpn01_on`] order any identifiers (IPs or DNS names that
+//! resolve, for pebble, to the given addresses) and answer on those addresses;
+//! [`DirectClient::issue_for`] leaves answering HTTP-01 to the caller (e.g. a namespace
+//! host's web server webroot).
 
 use std::net::IpAddr;
 
 use anyhow::Context as _;
 use instant_acme::{
-    Account, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+    Account, ChallengeType, Identifier, KeyAuthorization, NewAccount, NewOrder, OrderStatus,
+    RetryPolicy,
 };
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType};
 
 use crate::http01::Http01Responder;
 use crate::pebble::Pebble;
+use crate::tlsalpn01::TlsAlpn01Responder;
 
 pub struct DirectClient {
     account: Account,
     http_port: u16,
+    tls_port: u16,
 }
 
 /// What one direct issuance produced.
@@ -46,19 +52,54 @@ impl DirectClient {
         Ok(Self {
             account,
             http_port: pebble.http_port(),
+            tls_port: pebble.tls_port(),
         })
     }
 
     /// One certificate for exactly `ips`: serve HTTP-01 on each at pebble's httpPort,
     /// order, validate, finalize with a CN-less CSR, download.
     pub async fn issue(&self, ips: &[IpAddr], retry: &RetryPolicy) -> anyhow::Result<Issued> {
-        let responder = Http01Responder::bind(ips, self.http_port).await?;
         let identifiers: Vec<Identifier> = ips.iter().map(|ip| Identifier::Ip(*ip)).collect();
+        self.issue_http01_on(&identifiers, ips, retry).await
+    }
+
+    /// One certificate for exactly `identifiers` over HTTP-01, answered on `ips` at
+    /// pebble's httpPort (every name among `identifiers` must resolve, for pebble, to
+    /// addresses among `ips`). The responder is bound before the order and dropped after.
+    pub async fn issue_http01_on(
+        &self,
+        identifiers: &[Identifier],
+        ips: &[IpAddr],
+        retry: &RetryPolicy,
+    ) -> anyhow::Result<Issued> {
+        let responder = Http01Responder::bind(ips, self.http_port).await?;
         let issued = self
-            .issue_for(&identifiers, retry, |token, key_auth| {
+            .issue_for(identifiers, retry, |token, key_auth| {
                 responder.insert(token, key_auth);
                 Ok(())
             })
+            .await;
+        drop(responder);
+        issued
+    }
+
+    /// One certificate for exactly `identifiers` over TLS-ALPN-01, answered on `ips` at
+    /// pebble's tlsPort with a validation certificate per identifier (see
+    /// [`TlsAlpn01Responder`]); names must resolve, for pebble, to addresses among `ips`.
+    pub async fn issue_tls_alpn01_on(
+        &self,
+        identifiers: &[Identifier],
+        ips: &[IpAddr],
+        retry: &RetryPolicy,
+    ) -> anyhow::Result<Issued> {
+        let responder = TlsAlpn01Responder::bind(ips, self.tls_port).await?;
+        let issued = self
+            .issue_with(
+                identifiers,
+                ChallengeType::TlsAlpn01,
+                retry,
+                |id, _token, key_auth| responder.insert(id, key_auth.digest().as_ref()),
+            )
             .await;
         drop(responder);
         issued
@@ -74,6 +115,24 @@ impl DirectClient {
         identifiers: &[Identifier],
         retry: &RetryPolicy,
         mut present: impl FnMut(&str, &str) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Issued> {
+        self.issue_with(
+            identifiers,
+            ChallengeType::Http01,
+            retry,
+            |_id, token, key_auth| present(token, key_auth.as_str()),
+        )
+        .await
+    }
+
+    /// The order itself, for challenges of `kind`: `present(identifier, token,
+    /// key_authorization)` must make the challenge answerable before it returns.
+    async fn issue_with(
+        &self,
+        identifiers: &[Identifier],
+        kind: ChallengeType,
+        retry: &RetryPolicy,
+        mut present: impl FnMut(&Identifier, &str, &KeyAuthorization) -> anyhow::Result<()>,
     ) -> anyhow::Result<Issued> {
         let mut sans = Vec::new();
         for id in identifiers {
@@ -97,10 +156,11 @@ impl DirectClient {
             while let Some(auth) = auths.next().await {
                 let mut auth = auth.context("authorization")?;
                 let mut ch = auth
-                    .challenge(ChallengeType::Http01)
-                    .context("no http-01 challenge offered")?;
-                present(&ch.token, ch.key_authorization().as_str())
-                    .context("presenting the HTTP-01 challenge")?;
+                    .challenge(kind.clone())
+                    .with_context(|| format!("no {kind:?} challenge offered"))?;
+                let id = ch.identifier().identifier.clone();
+                present(&id, &ch.token, &ch.key_authorization())
+                    .with_context(|| format!("presenting the {kind:?} challenge for {id:?}"))?;
                 ch.set_ready().await.context("set_ready")?;
             }
         }

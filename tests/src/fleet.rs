@@ -13,6 +13,10 @@
 //! [`FleetHost::new_with_dns`], which publishes A + AAAA records for each name (pointing
 //! at the host's bridge addresses) in a [`KnotServer`] before it returns — so before the
 //! agent is enrolled or started.
+//!
+//! Several certificates: [`FleetHost::add_second_target`] starts a second web server in the
+//! namespace (another port) with its own agent target; [`wait_all_served_n`] waits for
+//! every certificate of every host.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -291,6 +295,47 @@ impl FleetHost {
         Ok(serials.remove(0))
     }
 
+    /// A second web server of the host's kind inside its namespace, on `port` of its
+    /// addresses, reading the files of a new agent target `target` (`<tls dir>/<target>/`,
+    /// the same preset, config test and reload of that server, verified on its
+    /// addresses) — for a second certificate on the host (a target holds one). The caller
+    /// keeps the returned server as long as the host. Before the agent starts.
+    pub async fn add_second_target(
+        &mut self,
+        target: &str,
+        port: u16,
+    ) -> anyhow::Result<WebServer> {
+        let dir = self.agent.tls_dir().join(target);
+        std::fs::create_dir_all(&dir)?;
+        let mut web = WebServer::new(
+            &self.ns,
+            WebServerOptions::new(self.spec.server, self.ns.ips(), CertPaths::in_dir(&dir))
+                .https_port(port),
+        )?;
+        web.start().await.with_context(|| {
+            format!(
+                "starting a second {:?} on {}:{port}",
+                self.spec.server, self.spec.name
+            )
+        })?;
+        let preset = match self.spec.server {
+            ServerKind::Nginx => "nginx",
+            ServerKind::Apache => "apache",
+        };
+        let verify: Vec<String> = web.https_addrs().iter().map(ToString::to_string).collect();
+        self.agent.append_config(&format!(
+            "\n[targets.{target}]\npreset = \"{preset}\"\ndir = {dir}\nkey = {key}\ncheck = {check}\n\
+             reload = {reload}\nverify = {verify}\nverify_grace_secs = {grace}\n",
+            dir = toml_path(&dir),
+            key = toml_path(&dir.join("key.pem")),
+            check = argv_toml(&web.check_argv()),
+            reload = argv_toml(&web.reload_argv()),
+            verify = argv_toml(&verify),
+            grace = self.spec.verify_grace_secs,
+        ))?;
+        Ok(web)
+    }
+
     /// Every address of the host serves `row`'s certificate, whose chain verifies against
     /// `root` for that address, and whose SANs are exactly the host's IPs.
     pub async fn check_serves(
@@ -394,6 +439,18 @@ pub async fn wait_all_served(
     hosts: &mut [&mut FleetHost],
     timeout: Duration,
 ) -> anyhow::Result<Vec<CertRow>> {
+    wait_all_served_n(coord, hosts, 1, timeout).await
+}
+
+/// Polls until every host has `per_host` certificates `served` (hosts with several
+/// certificates); returns those rows, `per_host` per host in host order. Fails early if
+/// an agent died; the error shows the rows not served yet.
+pub async fn wait_all_served_n(
+    coord: &Coordinator,
+    hosts: &mut [&mut FleetHost],
+    per_host: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<CertRow>> {
     let start = std::time::Instant::now();
     loop {
         for h in hosts.iter_mut() {
@@ -405,20 +462,27 @@ pub async fn wait_all_served(
         }
         let rows = coord.certs().await.unwrap_or_default();
         let mut out = Vec::new();
+        let mut done = 0;
         for h in hosts.iter() {
             let id = h.agent.host_id().unwrap_or_default();
-            if let Some(r) = rows.iter().find(|r| r.host_id == id && r.state == "served") {
-                out.push(r.clone());
+            let served: Vec<&CertRow> = rows
+                .iter()
+                .filter(|r| r.host_id == id && r.state == "served")
+                .take(per_host)
+                .collect();
+            if served.len() == per_host {
+                done += 1;
             }
+            out.extend(served.into_iter().cloned());
         }
-        if out.len() == hosts.len() {
+        if done == hosts.len() {
             return Ok(out);
         }
         if start.elapsed() > timeout {
             let mine: Vec<&CertRow> = rows.iter().filter(|r| r.state != "served").collect();
             anyhow::bail!(
-                "{} of {} hosts served after {timeout:?}; the others: {mine:#?}",
-                out.len(),
+                "{done} of {} hosts with {per_host} certificate(s) served after {timeout:?}; \
+                 the others: {mine:#?}",
                 hosts.len()
             );
         }

@@ -34,6 +34,7 @@
 //!   harness creates, for the coordinator's `route53` DNS provider.
 //! - [`direct`] — the baseline: a minimal direct instant-acme client.
 //! - [`http01`] — a minimal HTTP-01 responder for the direct-ACME baseline.
+//! - [`tlsalpn01`] — a minimal TLS-ALPN-01 responder (validation certificates by SNI) for it.
 //! - [`grpc`] — tonic channels over a hand-made tokio-rustls connector (mTLS tests).
 //! - [`workdir`] — temp dirs that can be kept for post-mortem (`CERTFLEET_KEEP_TMP=1`).
 
@@ -54,6 +55,7 @@ pub mod netns;
 pub mod pebble;
 pub mod pki;
 pub mod process;
+pub mod tlsalpn01;
 pub mod tlsutil;
 pub mod webserver;
 pub mod workdir;

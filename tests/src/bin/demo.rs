@@ -1,15 +1,45 @@
 //! `certfleet-demo`: a whole fleet on one machine, in about ten seconds.
 //!
-//! Starts pebble, a coordinator and two agents (each with its own IPv4 and IPv6
-//! address), lets the agents get their IP certificates, prints the operator's view
-//! (`hosts`, `certs`) and where each certificate landed, then stops everything.
-//! Needs root and the binaries built (`tests/demo.sh` does both).
+//! Starts knot (an authoritative DNS server for `demo.test`), pebble resolving names
+//! through it, a coordinator and two agents (each with its own IPv4 and IPv6 address).
+//! web-1 gets its IP certificate; web-2, labelled `role=site`, also gets a name
+//! certificate for `web-2.demo.test` (a `{hostname}.demo.test` template in the
+//! coordinator's policy, the name published in knot) into a second target. Prints the
+//! operator's view (`hosts`, `certs`) and where each certificate landed, then stops
+//! everything. Needs root, knot and the binaries built (`tests/demo.sh` does both).
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use certfleet_tests::{pki, require_root, Agent, Coordinator, Pebble, RestartMode};
+use certfleet_tests::coordinator::CoordinatorOptions;
+use certfleet_tests::dns::{KnotOptions, KnotServer, Record};
+use certfleet_tests::{
+    pki, require_root, Agent, CertRow, Coordinator, Pebble, PebbleOptions, RestartMode,
+};
+
+const ZONE: &str = "demo.test";
+/// The agent target web-2's name certificate goes into.
+const SITE_TARGET: &str = "site";
+
+/// Hosts labelled `role=site` get two certificates: their addresses into `default`, their
+/// name into `site`. Other hosts get the `[issuance]` default (their addresses).
+const POLICY: &str = r#"
+[[policy]]
+name = "site"
+match_labels = { role = "site" }
+
+[[policy.certificate]]
+name = "ip"
+ips = "all"
+targets = ["default"]
+
+[[policy.certificate]]
+name = "site"
+names = ["{hostname}.demo.test"]
+targets = ["site"]
+"#;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
@@ -22,50 +52,114 @@ async fn main() -> ExitCode {
     }
 }
 
+/// One demo host: its agent, and the DNS name it gets a certificate for (if any).
+struct DemoHost {
+    agent: Agent,
+    name: Option<String>,
+}
+
+impl DemoHost {
+    fn certs_expected(&self) -> usize {
+        1 + usize::from(self.name.is_some())
+    }
+}
+
 async fn run() -> anyhow::Result<()> {
     require_root()?;
     certfleet_tests::install_crypto_provider();
 
-    step("starting pebble (ACME test CA)");
-    let pebble = Pebble::start().await?;
+    step(&format!("starting knot (authoritative DNS for {ZONE})"));
+    let knot = KnotServer::start_with(KnotOptions {
+        zones: vec![ZONE.to_owned()],
+        ..Default::default()
+    })
+    .await?;
+    println!("  listening: {}", knot.addr());
+
+    step("starting pebble (ACME test CA, resolving names through knot)");
+    let pebble = Pebble::start_with(PebbleOptions {
+        dns_server: Some(knot.addr()),
+        ..Default::default()
+    })
+    .await?;
     println!("  directory: {}", pebble.directory_url());
 
     step("initialising and starting the coordinator");
-    let mut coord = Coordinator::start(&pebble).await?;
+    let mut coord = Coordinator::start_with(
+        &pebble,
+        CoordinatorOptions {
+            extra_config: POLICY.to_owned(),
+            ..Default::default()
+        },
+    )
+    .await?;
     println!("  listening: {}", coord.url());
     println!("  fleet CA sha256: {}", coord.ca_sha256());
+    println!("  policy: hosts labelled role=site also get {{hostname}}.{ZONE}");
 
-    let mut agents = Vec::new();
-    for name in ["web-1", "web-2"] {
-        step(&format!("enrolling host {name}"));
-        let mut agent = Agent::new(name, pebble.http_port())?;
+    let mut hosts = Vec::new();
+    for (host, site) in [("web-1", false), ("web-2", true)] {
+        step(&format!("enrolling host {host}"));
+        let mut agent = Agent::new(host, pebble.http_port())?;
         let ips: Vec<String> = agent.ips().iter().map(ToString::to_string).collect();
-        let id = agent.enroll_with(&coord).await?;
-        println!("  {name}: host {id}, addresses {}", ips.join(", "));
+        let name = if site {
+            let name = format!("{host}.{ZONE}");
+            knot.add_records(&Record::addresses(&name, &agent.ips()))
+                .await?;
+            println!("  {name}: A/AAAA {} (in knot)", ips.join(", "));
+            std::fs::create_dir_all(site_dir(&agent))?;
+            agent.append_config(&site_target(&agent))?;
+            Some(name)
+        } else {
+            None
+        };
+        let id = if site {
+            agent
+                .enroll_with_labels(&coord, &[("role", "site")])
+                .await?
+        } else {
+            agent.enroll_with(&coord).await?
+        };
+        let labels = if site { ", label role=site" } else { "" };
+        println!("  {host}: host {id}, addresses {}{labels}", ips.join(", "));
         agent.start()?;
-        agents.push(agent);
+        hosts.push(DemoHost { agent, name });
     }
 
     step("waiting for certificates");
     let root = pebble.issuing_root_der().await?;
-    for agent in &mut agents {
-        let row = agent
-            .wait_installed(&coord, Duration::from_secs(90))
+    for host in &mut hosts {
+        let mut rows = wait_installed(&coord, host, Duration::from_secs(90))
             .await
             .inspect_err(|_| {
-                agent.dump_logs();
+                host.agent.dump_logs();
                 coord.dump_logs();
             })?;
+        rows.sort_by_key(|r| (r.target != "default", r.target.clone()));
+        let agent = &host.agent;
         let chain = certfleet_tests::tlsutil::certs_from_file(&agent.fullchain_path())?;
         for ip in agent.ips() {
             pki::verify_chain_for_ip(&chain, &root, ip)
-                .with_context(|| format!("{}'s certificate", agent.name()))?;
+                .with_context(|| format!("{}'s IP certificate", agent.name()))?;
         }
-        println!(
-            "  {}: installed serial {} (verified against pebble's root for every IP)",
-            agent.name(),
-            row.serial.as_deref().unwrap_or("?")
-        );
+        for row in &rows {
+            let what = match (&host.name, row.target.as_str()) {
+                (Some(name), SITE_TARGET) => {
+                    let path = site_dir(agent).join("fullchain.pem");
+                    let chain = certfleet_tests::tlsutil::certs_from_file(&path)?;
+                    pki::verify_chain_for_name(&chain, &root, name)
+                        .with_context(|| format!("{}'s name certificate", agent.name()))?;
+                    format!("{name}, verified against pebble's root for the name")
+                }
+                _ => "its IPs, verified against pebble's root for every IP".to_owned(),
+            };
+            println!(
+                "  {}: installed serial {} into {} ({what})",
+                agent.name(),
+                row.serial.as_deref().unwrap_or("?"),
+                row.target
+            );
+        }
     }
 
     step("fleet view: certfleet-coordinator hosts");
@@ -74,32 +168,132 @@ async fn run() -> anyhow::Result<()> {
     print!("{}", coord.cli_ok(&["certs"]).await?);
 
     step("where the certificates are");
-    for agent in &agents {
-        let leaf = pki::leaf_info_from_file(&agent.fullchain_path())?;
+    for host in &hosts {
+        let agent = &host.agent;
         println!("  {} ({}):", agent.name(), agent.id()?);
-        println!("    fullchain  {}", agent.fullchain_path().display());
-        println!("    cert       {}", agent.cert_path().display());
-        println!("    chain      {}", agent.chain_path().display());
-        println!(
-            "    key (0600) {}  — made on the host, never sent",
-            agent.key_path().display()
-        );
-        let sans: Vec<String> = leaf.ip_sans.iter().map(ToString::to_string).collect();
-        println!("    IP SANs    {}", sans.join(", "));
+        print_target(
+            "default",
+            &agent.fullchain_path(),
+            &agent.cert_path(),
+            &agent.chain_path(),
+            &agent.key_path(),
+        )?;
+        if host.name.is_some() {
+            let dir = site_dir(agent);
+            print_target(
+                SITE_TARGET,
+                &dir.join("fullchain.pem"),
+                &dir.join("cert.pem"),
+                &dir.join("chain.pem"),
+                &dir.join("key.pem"),
+            )?;
+        }
         println!("    reloads    {}", agent.reload_count());
     }
 
     println!("  (host directories are temp dirs, removed when the demo stops)");
 
     step("stopping");
-    for agent in &mut agents {
-        agent.stop(Duration::from_secs(10)).await?;
+    for host in &mut hosts {
+        host.agent.stop(Duration::from_secs(10)).await?;
     }
     coord.stop_current(RestartMode::Term).await?;
-    drop(agents);
+    drop(hosts);
     drop(coord);
     drop(pebble);
+    drop(knot);
     println!("done.");
+    Ok(())
+}
+
+fn site_dir(agent: &Agent) -> PathBuf {
+    agent.tls_dir().join(SITE_TARGET)
+}
+
+/// The agent's second target, `site`: its own files beside `default`'s, the same reload
+/// log, nothing to check it is served (no web server on these loopback hosts).
+fn site_target(agent: &Agent) -> String {
+    let dir = site_dir(agent);
+    let q = |p: &Path| serde_json::Value::String(p.display().to_string()).to_string();
+    let reload = format!("echo reloaded >> {}", agent.reload_log_path().display());
+    format!(
+        "\n[targets.{SITE_TARGET}]\ncert = {}\nchain = {}\nfullchain = {}\nkey = {}\n\
+         reload = [\"/bin/sh\", \"-c\", {}]\nverify = []\n",
+        q(&dir.join("cert.pem")),
+        q(&dir.join("chain.pem")),
+        q(&dir.join("fullchain.pem")),
+        q(&dir.join("key.pem")),
+        serde_json::Value::String(reload),
+    )
+}
+
+/// Polls `certs` until every certificate the host should get is installed (and its
+/// fullchain file is there); returns those rows.
+async fn wait_installed(
+    coord: &Coordinator,
+    host: &mut DemoHost,
+    timeout: Duration,
+) -> anyhow::Result<Vec<CertRow>> {
+    let id = host.agent.id()?.to_owned();
+    let want = host.certs_expected();
+    let start = Instant::now();
+    loop {
+        if let Some(child) = host.agent.child() {
+            if let Some(st) = child.try_wait()? {
+                anyhow::bail!("agent {} exited: {st}", host.agent.name());
+            }
+        }
+        let rows: Vec<CertRow> = coord
+            .certs()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.host_id == id)
+            .collect();
+        let installed: Vec<CertRow> = rows
+            .iter()
+            .filter(|r| r.state == "installed" || r.state == "served")
+            .cloned()
+            .collect();
+        let files = host.agent.fullchain_path().is_file()
+            && (host.name.is_none() || site_dir(&host.agent).join("fullchain.pem").is_file());
+        if installed.len() >= want && files {
+            return Ok(installed);
+        }
+        if start.elapsed() > timeout {
+            anyhow::bail!(
+                "{}: {} of {want} certificates installed after {timeout:?}: {rows:#?}",
+                host.agent.name(),
+                installed.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn print_target(
+    target: &str,
+    fullchain: &Path,
+    cert: &Path,
+    chain: &Path,
+    key: &Path,
+) -> anyhow::Result<()> {
+    let leaf = pki::leaf_info_from_file(fullchain)?;
+    println!("    target {target}:");
+    println!("      fullchain  {}", fullchain.display());
+    println!("      cert       {}", cert.display());
+    println!("      chain      {}", chain.display());
+    println!(
+        "      key (0600) {}  — made on the host, never sent",
+        key.display()
+    );
+    if !leaf.ip_sans.is_empty() {
+        let sans: Vec<String> = leaf.ip_sans.iter().map(ToString::to_string).collect();
+        println!("      IP SANs    {}", sans.join(", "));
+    }
+    if !leaf.dns_sans.is_empty() {
+        println!("      DNS SANs   {}", leaf.dns_sans.join(", "));
+    }
     Ok(())
 }
 

@@ -6,9 +6,10 @@
 use std::net::IpAddr;
 
 use certfleet_tests::direct::DirectClient;
+use certfleet_tests::dns::{KnotServer, Record, ZONE};
 use certfleet_tests::net::HostAddrs;
-use certfleet_tests::{pki, require_root, tlsutil, Pebble};
-use instant_acme::RetryPolicy;
+use certfleet_tests::{pki, require_root, tlsutil, Pebble, PebbleOptions};
+use instant_acme::{Identifier, RetryPolicy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_acme_issuance_passes_the_harness_checks() {
@@ -57,4 +58,45 @@ async fn direct_acme_issuance_passes_the_harness_checks() {
     .expect("write");
     let (found, _) = pki::scan_for_needles(dir.path(), &[], &needles).expect("scan");
     assert!(found.is_empty(), "false positive: {found:?}");
+}
+
+/// The direct client the issuance benchmark compares against, for names: pebble resolves
+/// each name through knot to loopback addresses where the client answers HTTP-01 (its
+/// own responder) or TLS-ALPN-01 (its own validation certificates), and the certificate
+/// is for exactly the name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_acme_name_issuance_over_http01_and_tls_alpn01_through_knot() {
+    require_root().expect("root");
+    certfleet_tests::install_crypto_provider();
+    let knot = KnotServer::start().await.expect("knot");
+    let pebble = Pebble::start_with(PebbleOptions {
+        dns_server: Some(knot.addr()),
+        ..Default::default()
+    })
+    .await
+    .expect("start pebble");
+    let root = pebble.issuing_root_der().await.expect("issuing root");
+    let client = DirectClient::new(&pebble).await.expect("account");
+    for alpn in [false, true] {
+        let addrs =
+            HostAddrs::allocate_ports(&[pebble.http_port(), pebble.tls_port()]).expect("addrs");
+        let ips = addrs.ips();
+        let name = format!("direct-{}.{ZONE}", if alpn { "alpn" } else { "http" });
+        knot.add_records(&Record::addresses(&name, &ips))
+            .await
+            .expect("publish");
+        let ids = [Identifier::Dns(name.clone())];
+        let retry = RetryPolicy::default();
+        let issued = if alpn {
+            client.issue_tls_alpn01_on(&ids, &ips, &retry).await
+        } else {
+            client.issue_http01_on(&ids, &ips, &retry).await
+        }
+        .unwrap_or_else(|e| panic!("{name}: {e:#}\nknot:\n{}", knot.logs()));
+        let chain = tlsutil::certs_from_pem(&issued.chain_pem).expect("chain");
+        let leaf = pki::leaf_info(&chain[0]).expect("leaf");
+        assert_eq!(leaf.dns_sans, vec![name.clone()], "exactly the name");
+        assert!(leaf.ip_sans.is_empty(), "{:?}", leaf.ip_sans);
+        pki::verify_chain_for_name(&chain, &root, &name).expect("chain verifies");
+    }
 }
