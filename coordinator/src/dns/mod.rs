@@ -119,8 +119,9 @@ pub struct DnsProviders {
 }
 
 impl DnsProviders {
-    /// Builds every provider, reading its credentials now (a missing secret stops `serve`
-    /// at start, not the first order). The configs are validated again.
+    /// Builds every provider. TSIG secrets are read now (a missing or unreadable secret
+    /// stops `serve` at start, not the first order); AWS credentials are read on every
+    /// Route53 request (so rotated keys are picked up). The configs are validated again.
     pub fn from_config(configs: &[DnsProviderConfig]) -> Result<Self, DnsError> {
         Self::with_clock(configs, Arc::new(SystemClock))
     }
