@@ -93,6 +93,7 @@ else
     echo "==> unit tests (cargo test)"
     cargo test --workspace --exclude certfleet-tests "$@"
     cargo test -p certfleet-tests --lib --bins "$@"
+    cargo test -p certfleet-tests --test dns_providers "$@"
     echo "==> end-to-end tests (cargo test, ${e2e_threads} at a time)"
     cargo test -p certfleet-tests --test e2e -- --test-threads "${e2e_threads}" "$@"
 fi

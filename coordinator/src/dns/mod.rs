@@ -119,8 +119,9 @@ pub struct DnsProviders {
 }
 
 impl DnsProviders {
-    /// Builds every provider, reading its credentials now (a missing secret stops `serve`
-    /// at start, not the first order). The configs are validated again.
+    /// Builds every provider. TSIG secrets are read now (a missing or unreadable secret
+    /// stops `serve` at start, not the first order); AWS credentials are read on every
+    /// Route53 request (so rotated keys are picked up). The configs are validated again.
     pub fn from_config(configs: &[DnsProviderConfig]) -> Result<Self, DnsError> {
         Self::with_clock(configs, Arc::new(SystemClock))
     }
@@ -471,6 +472,28 @@ fn group_records(placed: Vec<PresentedRecord>) -> PresentedSet {
         }
     }
     PresentedSet { records }
+}
+
+/// Reads `data` the way the providers read what DNS servers and the Route53 API send
+/// them: as a DNS reply (TXT values, CNAME target, rcode) and as a Route53 XML answer
+/// (hosted zone, TXT RRset, change, error). For the fuzz target `coordinator_dns_answer`:
+/// nothing here may panic on any input.
+#[doc(hidden)]
+pub fn parse_untrusted_answer(data: &[u8]) {
+    if let Ok(reply) = hickory_proto::op::Message::from_vec(data) {
+        for name in ["_acme-challenge.example.net", "example.net"] {
+            if let Ok(n) = query::wire_name(name) {
+                std::hint::black_box(query::txt_answers(&reply, &n));
+                if let Some(target) = query::cname_answer(&reply, &n) {
+                    let text = query::text_name(&target);
+                    std::hint::black_box(in_zone(&text, "example.net"));
+                    std::hint::black_box(query::wire_name(&text).ok());
+                }
+            }
+        }
+        std::hint::black_box(reply.response_code());
+    }
+    route53::parse_untrusted(&String::from_utf8_lossy(data));
 }
 
 fn call_error(provider: &str, zone: &str, record: &str, e: CallError) -> DnsError {

@@ -165,7 +165,12 @@ pub(crate) async fn txt_values(server: SocketAddr, name: &Name) -> Result<Vec<St
             )))
         }
     }
-    Ok(reply
+    Ok(txt_answers(&reply, name))
+}
+
+/// The TXT values at `name` in an answer (each record's strings joined).
+pub(crate) fn txt_answers(reply: &Message, name: &Name) -> Vec<String> {
+    reply
         .answers()
         .iter()
         .filter(|r| r.name() == name)
@@ -178,7 +183,15 @@ pub(crate) async fn txt_values(server: SocketAddr, name: &Name) -> Result<Vec<St
             ),
             _ => None,
         })
-        .collect())
+        .collect()
+}
+
+/// The CNAME target of `name` in an answer.
+pub(crate) fn cname_answer(reply: &Message, name: &Name) -> Option<Name> {
+    reply.answers().iter().find_map(|r| match r.data() {
+        RData::CNAME(target) if r.name() == name => Some(target.0.clone()),
+        _ => None,
+    })
 }
 
 /// The CNAME target of `name` as the first answering server of `servers` sees it (`None`:
@@ -189,10 +202,7 @@ pub(crate) async fn cname_target(
     recurse: bool,
 ) -> Result<Option<Name>, CallError> {
     let reply = ask_first(servers, name, RecordType::CNAME, recurse).await?;
-    Ok(reply.answers().iter().find_map(|r| match r.data() {
-        RData::CNAME(target) if r.name() == name => Some(target.0.clone()),
-        _ => None,
-    }))
+    Ok(cname_answer(&reply, name))
 }
 
 /// Asks each server in turn until one answers (NOERROR or NXDOMAIN).

@@ -1,5 +1,6 @@
 //! The `route53` provider: the AWS Route53 REST API (version 2013-04-01), requests signed
-//! with SigV4 (`aws-sigv4`) and sent by the hyper client the coordinator already has.
+//! with SigV4 (`aws-sigv4`) and sent with hyper's HTTP/1.1 client, one connection per request
+//! driven inside the call (no spawned task, no pool).
 //!
 //! Present: read the TXT RRset (ListResourceRecordSets), UPSERT it with our values added,
 //! wait until the change is INSYNC (GetChange). Cleanup: read it again, UPSERT what remains
@@ -18,8 +19,6 @@ use crate::config::DnsProviderConfig;
 use certfleet_shared::clock::Clock;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -32,8 +31,6 @@ const XMLNS: &str = "https://route53.amazonaws.com/doc/2013-04-01/";
 /// Largest API answer read.
 const MAX_BODY: usize = 1024 * 1024;
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
-
 pub(crate) struct Route53 {
     endpoint: String,
     region: String,
@@ -44,7 +41,8 @@ pub(crate) struct Route53 {
     poll_interval: Duration,
     insync_timeout: Duration,
     clock: Arc<dyn Clock>,
-    client: HttpsClient,
+    /// TLS for an https endpoint (system roots).
+    tls: Arc<rustls::ClientConfig>,
     /// Zone apex → hosted zone id, found once.
     zone_ids: Mutex<HashMap<String, String>>,
 }
@@ -77,29 +75,7 @@ impl Route53 {
             .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned())
             .trim_end_matches('/')
             .to_owned();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = match hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(provider.clone())
-        {
-            Ok(b) => b,
-            // No system roots: fine for a plain-HTTP endpoint (a mock), fatal for HTTPS.
-            Err(_) if endpoint.starts_with("http://") => {
-                let tls = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| format!("TLS setup: {e}"))?
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth();
-                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls)
-            }
-            Err(e) => {
-                return Err(format!(
-                    "no system CA certificates to check {endpoint} ({e}); install the \
-                     ca-certificates package"
-                ))
-            }
-        };
-        let connector = builder.https_or_http().enable_http1().build();
-        let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+        let tls = tls_config(&endpoint)?;
         Ok(Self {
             endpoint,
             region: cfg
@@ -116,7 +92,7 @@ impl Route53 {
             poll_interval: cfg.poll_interval(),
             insync_timeout: cfg.propagation_timeout(),
             clock,
-            client,
+            tls,
             zone_ids: Mutex::new(HashMap::new()),
         })
     }
@@ -176,7 +152,7 @@ impl Route53 {
         let body = self
             .call(
                 "GET",
-                &format!("{API}/hostedzonesbyname?dnsname={zone}.&maxitems=1"),
+                &format!("{API}/hostedzonesbyname?dnsname={zone}.&maxitems=10"),
                 None,
             )
             .await?;
@@ -347,16 +323,10 @@ impl Route53 {
         self.sign(&mut req, &creds, &body_bytes)?;
         let what = format!("Route53 {method} {path}");
         let send = async {
-            let resp =
-                self.client.request(req).await.map_err(|e| {
-                    CallError::transient(format!("{what} at {}: {e}", self.endpoint))
-                })?;
-            let status = resp.status();
-            let body = http_body_util::Limited::new(resp.into_body(), MAX_BODY)
-                .collect()
+            let (status, body) = self
+                .exchange(req)
                 .await
-                .map_err(|e| CallError::transient(format!("{what}: reading the answer: {e}")))?
-                .to_bytes();
+                .map_err(|e| CallError::transient(format!("{what} at {}: {e}", self.endpoint)))?;
             Ok::<_, CallError>((status, String::from_utf8_lossy(&body).into_owned()))
         };
         let (status, text) = tokio::time::timeout(self.timeout, send)
@@ -371,6 +341,34 @@ impl Route53 {
             return Ok(text);
         }
         Err(api_error(&what, status.as_u16(), &text))
+    }
+
+    /// One request on its own connection (plain or TLS), driven inside this future: no
+    /// task is spawned, nothing outlives the call. Route53 calls are few per order, so
+    /// there is no pool to keep.
+    async fn exchange(
+        &self,
+        req: hyper::Request<Full<Bytes>>,
+    ) -> Result<(hyper::StatusCode, Bytes), String> {
+        let uri = req.uri().clone();
+        let host = uri.host().ok_or("no host in the URL")?.to_owned();
+        let bare = host.trim_matches(['[', ']']).to_owned();
+        let https = uri.scheme_str() == Some("https");
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let tcp = tokio::net::TcpStream::connect((bare.as_str(), port))
+            .await
+            .map_err(|e| format!("connecting: {e}"))?;
+        if https {
+            let name = rustls::pki_types::ServerName::try_from(bare)
+                .map_err(|e| format!("bad server name {host}: {e}"))?;
+            let stream = tokio_rustls::TlsConnector::from(self.tls.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            http1_exchange(hyper_util::rt::TokioIo::new(stream), req).await
+        } else {
+            http1_exchange(hyper_util::rt::TokioIo::new(tcp), req).await
+        }
     }
 
     fn sign(
@@ -419,6 +417,65 @@ impl Route53 {
             .into_parts();
         instructions.apply_to_request_http1x(req);
         Ok(())
+    }
+}
+
+/// TLS to an https endpoint, trusting the system's roots. Without any (no
+/// ca-certificates), only a plain-HTTP endpoint (a mock) works.
+fn tls_config(endpoint: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        // A system root rustls cannot use is skipped, as every rustls client does.
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() && endpoint.starts_with("https://") {
+        return Err(format!(
+            "no system CA certificates to check {endpoint}; install the ca-certificates \
+             package"
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Sends `req` over `io` (HTTP/1.1) and reads the whole answer (at most [`MAX_BODY`]),
+/// polling the connection in the same future.
+async fn http1_exchange<I>(
+    io: I,
+    req: hyper::Request<Full<Bytes>>,
+) -> Result<(hyper::StatusCode, Bytes), String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| format!("HTTP handshake: {e}"))?;
+    let work = async move {
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("sending: {e}"))?;
+        let status = resp.status();
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?
+            .to_bytes();
+        Ok((status, body))
+    };
+    let mut work = std::pin::pin!(work);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        result = &mut work => result,
+        closed = &mut conn => {
+            closed.map_err(|e| format!("connection: {e}"))?;
+            work.await
+        }
     }
 }
 
@@ -472,18 +529,25 @@ fn parse_xml(body: &str) -> Result<roxmltree::Document<'_>, CallError> {
         .map_err(|e| CallError::transient(format!("Route53 answered unreadable XML: {e}")))
 }
 
-/// The id of the hosted zone named exactly `zone` in a ListHostedZonesByName answer.
+/// The id of the hosted zone named exactly `zone` in a ListHostedZonesByName answer; a
+/// public zone before a private one of the same name (public resolvers see the public one).
 fn parse_zone_id(body: &str, zone: &str) -> Result<Option<String>, CallError> {
     let doc = parse_xml(body)?;
-    Ok(doc
+    let mut zones: Vec<(bool, String)> = doc
         .descendants()
         .filter(|n| n.is_element() && n.tag_name().name() == "HostedZone")
-        .find(|hz| {
+        .filter(|hz| {
             find_text(*hz, "Name")
                 .is_some_and(|n| n.trim_end_matches('.').eq_ignore_ascii_case(zone))
         })
-        .and_then(|hz| find_text(hz, "Id"))
-        .map(|id| id.trim_start_matches("/hostedzone/").to_owned()))
+        .filter_map(|hz| {
+            let private = find_text(hz, "PrivateZone").as_deref() == Some("true");
+            let id = find_text(hz, "Id")?;
+            Some((private, id.trim_start_matches("/hostedzone/").to_owned()))
+        })
+        .collect();
+    zones.sort_by_key(|(private, _)| *private);
+    Ok(zones.into_iter().next().map(|(_, id)| id))
 }
 
 /// The TTL and values of the TXT RRset named `fqdn` in a ListResourceRecordSets answer.
@@ -531,6 +595,15 @@ fn parse_change(body: &str) -> Result<(String, String), CallError> {
         )));
     }
     Ok((id, status))
+}
+
+/// Every reader of Route53 answers on one text (the fuzz target's entry).
+pub(crate) fn parse_untrusted(body: &str) {
+    std::hint::black_box(parse_zone_id(body, "example.net").ok());
+    std::hint::black_box(parse_rrset(body, "_acme-challenge.example.net").ok());
+    std::hint::black_box(parse_change(body).ok());
+    std::hint::black_box(api_error("Route53 GET /", 400, body));
+    std::hint::black_box(unquote_txt(body));
 }
 
 /// A TXT value in Route53's presentation form: one quoted string, `"` and `\` escaped.

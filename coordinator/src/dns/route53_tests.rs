@@ -4,12 +4,15 @@
 use super::*;
 
 #[test]
-fn the_hosted_zone_of_that_exact_name_is_found() {
+fn the_public_hosted_zone_of_that_exact_name_is_found() {
     let body = r#"<?xml version="1.0"?>
 <ListHostedZonesByNameResponse xmlns="https://route53.amazonaws.com/doc/2013-04-01/">
  <HostedZones>
   <HostedZone><Id>/hostedzone/ZOTHER</Id><Name>aexample.net.</Name></HostedZone>
-  <HostedZone><Id>/hostedzone/Z123ABC</Id><Name>example.net.</Name></HostedZone>
+  <HostedZone><Id>/hostedzone/ZPRIVATE</Id><Name>example.net.</Name>
+   <Config><PrivateZone>true</PrivateZone></Config></HostedZone>
+  <HostedZone><Id>/hostedzone/Z123ABC</Id><Name>example.net.</Name>
+   <Config><PrivateZone>false</PrivateZone></Config></HostedZone>
  </HostedZones><IsTruncated>false</IsTruncated><MaxItems>1</MaxItems>
 </ListHostedZonesByNameResponse>"#;
     assert_eq!(

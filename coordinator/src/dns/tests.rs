@@ -209,3 +209,49 @@ fn the_providers_and_their_futures_can_go_to_other_tasks() {
     send(p.wait_propagated(&set));
     send(p.cleanup(&set));
 }
+
+#[test]
+fn txt_values_and_cname_targets_are_read_from_a_reply() {
+    use hickory_proto::op::Message;
+    use hickory_proto::rr::rdata::{CNAME, TXT};
+    use hickory_proto::rr::{RData, Record};
+    let acme = query::wire_name("_acme-challenge.example.net").unwrap();
+    let mut reply = Message::new();
+    reply.add_answer(Record::from_rdata(
+        acme.clone(),
+        60,
+        RData::TXT(TXT::new(vec!["one".into()])),
+    ));
+    // A value split into two strings is one value.
+    reply.add_answer(Record::from_rdata(
+        acme.clone(),
+        60,
+        RData::TXT(TXT::new(vec!["tw".into(), "o".into()])),
+    ));
+    let other = query::wire_name("_acme-challenge.www.example.net").unwrap();
+    reply.add_answer(Record::from_rdata(
+        other.clone(),
+        60,
+        RData::TXT(TXT::new(vec!["not-here".into()])),
+    ));
+    let bytes = reply.to_vec().unwrap();
+    let back = Message::from_vec(&bytes).unwrap();
+    assert_eq!(query::txt_answers(&back, &acme), vec!["one", "two"]);
+    assert_eq!(query::cname_answer(&back, &acme), None);
+
+    let mut reply = Message::new();
+    let target = query::wire_name("x.acme-validation.example.org").unwrap();
+    reply.add_answer(Record::from_rdata(
+        acme.clone(),
+        60,
+        RData::CNAME(CNAME(target)),
+    ));
+    let back = Message::from_vec(&reply.to_vec().unwrap()).unwrap();
+    let found = query::cname_answer(&back, &acme).unwrap();
+    assert_eq!(query::text_name(&found), "x.acme-validation.example.org");
+    assert_eq!(query::cname_answer(&back, &other), None);
+    // The fuzz entry takes any bytes.
+    parse_untrusted_answer(&bytes);
+    parse_untrusted_answer(b"\x00\x01garbage");
+    parse_untrusted_answer(b"<ErrorResponse><Error><Code>X</Code></Error></ErrorResponse>");
+}

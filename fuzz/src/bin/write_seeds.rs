@@ -8,7 +8,8 @@ extern crate libfuzzer_sys;
 
 use certfleet_coordinator::audit::Kind;
 use certfleet_fuzz::{
-    ENV_MARKER, HOST_IPS, IDENTIFIER_SEEDS, LIVE_KEY_AUTHORIZATION, LIVE_TOKEN, TARGET,
+    DNS_ANSWER_SEEDS, ENV_MARKER, HOST_IPS, IDENTIFIER_SEEDS, LIVE_KEY_AUTHORIZATION, LIVE_TOKEN,
+    TARGET,
 };
 use certfleet_proto::v1::{self as pb, agent_message::Msg, coordinator_message::Cmd, reply};
 use prost::Message;
@@ -358,6 +359,11 @@ fn main() {
     // identifier
     for (name, text) in IDENTIFIER_SEEDS {
         w("identifier", name, text.as_bytes());
+    }
+
+    // coordinator_dns_answer
+    for (name, bytes) in DNS_ANSWER_SEEDS {
+        w("coordinator_dns_answer", name, bytes);
     }
 }
 
