@@ -16,6 +16,7 @@ mod chaos;
 mod cli;
 mod crash;
 mod dns01_errors;
+mod dns01_route53;
 mod dns_harness;
 mod eab;
 mod fallback;
