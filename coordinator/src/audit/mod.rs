@@ -62,6 +62,10 @@ pub enum Kind {
     CertificateRetired,
     /// A challenge type failed for a certificate and the next one in its order is tried.
     ChallengeFallback,
+    /// A target's deploy hook failed after an install (exit status, stderr tail); the
+    /// certificate stays installed. A hook that succeeded is `deploy_hook: "ok"` in the
+    /// `certificate_installed` record.
+    DeployHookFailed,
 }
 
 impl Kind {
