@@ -15,6 +15,7 @@ mod challenge_fallback;
 mod chaos;
 mod cli;
 mod crash;
+mod deploy_hooks;
 mod dns_harness;
 mod eab;
 mod fallback;
