@@ -623,7 +623,11 @@ pub fn run_envelope(data: &[u8]) {
     let n = take(1).first().copied().unwrap_or(0);
     let enc = take(usize::from(n));
     let n = take(2);
-    let n = if n.len() == 2 { u16::from_be_bytes([n[0], n[1]]) } else { 0 };
+    let n = if n.len() == 2 {
+        u16::from_be_bytes([n[0], n[1]])
+    } else {
+        0
+    };
     let key_sha256 = String::from_utf8_lossy(&take(usize::from(n))).into_owned();
     let ciphertext = take(usize::MAX);
     let env = Envelope {
