@@ -596,3 +596,88 @@ fn check_canonical_name(name: &str) {
         );
     }
 }
+
+// ------------------------------------------------------------------ key-group envelopes
+
+/// The recipient of the `envelope` target: a fixed P-256 identity key (fixed so the seeds,
+/// sealed to it, stay openable across runs; a fuzzing key, protecting nothing), its SPKI,
+/// and the context every input is opened for.
+pub struct EnvelopeFixture {
+    pub identity_key_pem: String,
+    pub identity_spki: Vec<u8>,
+    pub ctx: certfleet_shared::envelope::Context,
+}
+
+pub fn envelope_fixture() -> &'static EnvelopeFixture {
+    use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+    static F: OnceLock<EnvelopeFixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let sk = p256::SecretKey::from_slice(&[7u8; 32]).expect("scalar");
+        EnvelopeFixture {
+            identity_key_pem: sk.to_pkcs8_pem(LineEnding::LF).expect("pkcs8").to_string(),
+            identity_spki: sk
+                .public_key()
+                .to_public_key_der()
+                .expect("spki")
+                .as_bytes()
+                .to_vec(),
+            ctx: certfleet_shared::envelope::Context {
+                group: "www".into(),
+                recipient: "h-recipient".into(),
+                sender: "h-sender".into(),
+            },
+        }
+    })
+}
+
+/// An envelope as the `envelope` target reads it: suite id and enc behind a length byte
+/// each, `key_sha256` behind two length bytes (big-endian), the rest ciphertext.
+pub fn envelope_input(env: &certfleet_shared::envelope::Envelope) -> Vec<u8> {
+    let mut out = Vec::new();
+    for part in [&env.suite_id, &env.enc] {
+        out.push(u8::try_from(part.len()).unwrap_or(u8::MAX));
+        out.extend_from_slice(&part[..part.len().min(255)]);
+    }
+    let fp = env.key_sha256.as_bytes();
+    out.extend_from_slice(&u16::try_from(fp.len()).unwrap_or(u16::MAX).to_be_bytes());
+    out.extend_from_slice(&fp[..fp.len().min(usize::from(u16::MAX))]);
+    out.extend_from_slice(&env.ciphertext);
+    out
+}
+
+/// `shared::envelope::open` on hostile envelopes: never panics, and what it opens is a key
+/// whose fingerprint is the one the envelope names.
+pub fn run_envelope(data: &[u8]) {
+    use certfleet_shared::envelope::{key_fingerprint, open, Envelope};
+    let mut rest = data;
+    let mut take = |n: usize| {
+        let (a, b) = rest.split_at(n.min(rest.len()));
+        rest = b;
+        a.to_vec()
+    };
+    let n = take(1).first().copied().unwrap_or(0);
+    let suite_id = take(usize::from(n));
+    let n = take(1).first().copied().unwrap_or(0);
+    let enc = take(usize::from(n));
+    let n = take(2);
+    let n = if n.len() == 2 {
+        u16::from_be_bytes([n[0], n[1]])
+    } else {
+        0
+    };
+    let key_sha256 = String::from_utf8_lossy(&take(usize::from(n))).into_owned();
+    let ciphertext = take(usize::MAX);
+    let env = Envelope {
+        suite_id,
+        enc,
+        ciphertext,
+        key_sha256,
+    };
+    let f = envelope_fixture();
+    if let Ok(key) = open(&f.identity_key_pem, &f.ctx, &env) {
+        assert_eq!(
+            key_fingerprint(&key).as_deref(),
+            Some(env.key_sha256.as_str())
+        );
+    }
+}

@@ -15,6 +15,7 @@ mod challenge_fallback;
 mod chaos;
 mod cli;
 mod crash;
+mod deploy_hooks;
 mod dns01_errors;
 mod dns01_route53;
 mod dns_harness;
