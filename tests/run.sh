@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace: unit tests of each crate, then the end-to-end tests
-# (real pebble, real coordinator and agent binaries) from tests/tests/e2e.
+# Runs every test of the workspace: unit tests of each crate and the DNS provider tests
+# (tests/tests/dns_providers: knot, moto), then the end-to-end tests (real pebble, real
+# coordinator and agent binaries) from tests/tests/e2e.
 #
 # As root on Debian: installs what is missing (pebble, nginx and its stream module,
 # apache2, iproute2, python3-venv, knot, knot-dnsutils), builds the binaries the e2e tests
@@ -35,8 +36,9 @@ command -v knotd >/dev/null || [[ -x /usr/sbin/knotd ]] || missing+=(knot)
 if ! command -v kdig >/dev/null || ! command -v knsupdate >/dev/null; then
     missing+=(knot-dnsutils)
 fi
-# acme2certifier (the second ACME server, for ARI and profiles) runs from a venv the
-# harness creates on first use (from PyPI, cached in /var/cache/certfleet-tests).
+# acme2certifier (the second ACME server, for ARI and profiles) and moto (the Route53 mock
+# the DNS provider tests use) run from venvs the harness creates on first use (from PyPI,
+# cached in /var/cache/certfleet-tests).
 command -v python3 >/dev/null || missing+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if ((${#missing[@]})); then
@@ -91,6 +93,7 @@ else
     echo "==> unit tests (cargo test)"
     cargo test --workspace --exclude certfleet-tests "$@"
     cargo test -p certfleet-tests --lib --bins "$@"
+    cargo test -p certfleet-tests --test dns_providers "$@"
     echo "==> end-to-end tests (cargo test, ${e2e_threads} at a time)"
     cargo test -p certfleet-tests --test e2e -- --test-threads "${e2e_threads}" "$@"
 fi

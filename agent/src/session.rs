@@ -586,6 +586,13 @@ impl Agent {
             served_on: out.served_on.iter().map(|a| a.to_string()).collect(),
             verify_disabled: out.verify_disabled,
             warnings: Vec::new(),
+            deploy_hook: out.deploy_hook.map(|h| pb::DeployHookReport {
+                ok: h.ok,
+                status: h.status,
+                exit_code: h.exit_code,
+                stderr_tail: h.stderr_tail,
+                duration_ms: u64::try_from(h.duration.as_millis()).unwrap_or(u64::MAX),
+            }),
         }))
     }
 }

@@ -8,6 +8,7 @@
 //!
 //! This module owns no I/O beyond looking up user and group names; `install.rs` writes.
 
+use crate::install::hook::DeployHook;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -126,6 +127,11 @@ pub struct TargetConfig {
     /// rename. Default: `.certfleet-<target>` beside the certificate file. (Not used by
     /// the certbot preset, which keeps certbot's own `live/` → `archive/` links.)
     pub store_dir: Option<PathBuf>,
+    /// Run after a successful install, reload and served check (argv, no shell), with
+    /// the installed paths in its environment (see `install/hook.rs`).
+    pub deploy_hook: Option<Vec<String>>,
+    /// How long the deploy hook may run, e.g. "60s" (the default) or "2m".
+    pub deploy_hook_timeout: Option<String>,
 }
 
 fn default_reload_timeout() -> u64 {
@@ -168,6 +174,7 @@ pub struct Target {
     pub reload_timeout: Duration,
     pub verify: Vec<SocketAddr>,
     pub verify_grace: Duration,
+    pub deploy_hook: Option<DeployHook>,
 }
 
 const SIGNALS: &[&str] = &["HUP", "USR1", "USR2", "TERM", "QUIT", "WINCH"];
@@ -461,6 +468,10 @@ impl TargetConfig {
             reload_timeout: Duration::from_secs(self.reload_timeout_secs),
             verify,
             verify_grace: Duration::from_secs(self.verify_grace_secs),
+            deploy_hook: DeployHook::resolve(
+                self.deploy_hook.as_deref(),
+                self.deploy_hook_timeout.as_deref(),
+            )?,
         })
     }
 }

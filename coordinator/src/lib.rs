@@ -11,6 +11,8 @@
 //! - [`tokens`] — join token generation (stored only as hashes).
 //! - [`audit`] — the hash-chained, append-only audit trail and its indexed queries.
 //! - [`acme`] — ACME issuers (the only code that talks to a CA).
+//! - [`dns`] — DNS providers (rfc2136, route53, exec) writing the DNS-01 TXT records, CNAME
+//!   delegation, propagation checks.
 //! - [`metrics`] — Prometheus exposition, computed from the store at scrape time.
 //! - [`sessions`] — live agent streams and request/reply correlation.
 //! - [`spec`] — desired state: which certificate a host should have (policies by label).
@@ -31,6 +33,7 @@ pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod dns;
 pub mod engine;
 pub mod fleet_ca;
 pub mod metrics;
@@ -138,6 +141,8 @@ pub async fn serve(
     let server_key = dir.read(&dir.server_key())?;
     let sessions = Arc::new(sessions::Sessions::default());
     let metrics = Arc::new(metrics::Metrics::default());
+    // Credentials are read now: a provider that cannot work stops the start, named.
+    let dns = Arc::new(dns::DnsProviders::from_config(&config.dns_providers)?);
     let engine = engine::Engine::new(
         config.clone(),
         metrics.clone(),
@@ -147,6 +152,7 @@ pub async fn serve(
         clock.clone(),
         shutdown.clone(),
         tracker.clone(),
+        dns,
     );
     engine.start()?;
 

@@ -5,7 +5,8 @@
 //! when the policy's `allowed_names` covers it. Pure: no store, no network.
 
 use crate::config::{
-    CertificateConfig, Config, IpSelection, NameTemplate, PolicyConfig, REQUESTED,
+    zone_of, CertificateConfig, ChallengeKind, Config, IpSelection, NameTemplate, PolicyConfig,
+    REQUESTED,
 };
 use crate::model::{CertSpec, HostRecord};
 use certfleet_shared::identifier::{
@@ -113,9 +114,12 @@ fn one(
             host.ips, c.name
         )));
     }
+    if c.challenges.contains(&ChallengeKind::Dns01) {
+        check_zones(config, &names)?;
+    }
     let mut identifiers: Vec<Identifier> =
         canonical_set(ips).into_iter().map(Identifier::Ip).collect();
-    identifiers.extend(names.into_iter().map(Identifier::Dns));
+    identifiers.extend(names);
     let wanted_targets: Vec<String> = if !c.targets.is_empty() {
         c.targets.clone()
     } else {
@@ -185,15 +189,12 @@ fn names_for(
     policy: Option<&PolicyConfig>,
     c: &CertificateConfig,
     host: &HostRecord,
-) -> Result<(Vec<DnsName>, Option<RefusedNames>), SpecError> {
+) -> Result<(Vec<Identifier>, Option<RefusedNames>), SpecError> {
     let patterns: Vec<NamePattern> = policy
         .map(|p| p.allowed_name_patterns())
         .unwrap_or_default();
     let allowed_list = policy.map(|p| p.allowed_names.clone()).unwrap_or_default();
-    let covered = |n: &DnsName| {
-        let id = Identifier::Dns(n.clone());
-        patterns.iter().any(|p| p.matches(&id))
-    };
+    let covered = |id: &Identifier| patterns.iter().any(|p| p.matches(id));
     let mut names = Vec::new();
     let mut refused = Vec::new();
     for t in &c.names {
@@ -203,10 +204,11 @@ fn names_for(
                 // refused like one the policy does not allow.
                 match DnsName::parse(asked) {
                     Ok(n) => {
-                        if !covered(&n) {
-                            refused.push(n.to_string());
+                        let id = Identifier::Dns(n);
+                        if !covered(&id) {
+                            refused.push(id.to_string());
                         }
-                        names.push(n);
+                        names.push(id);
                     }
                     Err(e) => {
                         return Err(SpecError::Name(format!(
@@ -221,7 +223,16 @@ fn names_for(
         let text = tpl
             .render(&host.hostname, &host.labels)
             .map_err(|e| SpecError::Name(format!("names entry {t:?}: {e}")))?;
-        let n = DnsName::parse(&text).map_err(|e| {
+        // A wildcard template (`*.{hostname}.example.net`) makes a wildcard; anything
+        // else must be a name (an address written as a name is refused).
+        let n = if text.starts_with("*.") {
+            Identifier::parse(&text).map_err(|e| e.to_string())
+        } else {
+            DnsName::parse(&text)
+                .map(Identifier::Dns)
+                .map_err(|e| e.to_string())
+        }
+        .map_err(|e| {
             SpecError::Name(format!(
                 "names entry {t:?} makes {text:?} for this host, which is not a valid name: {e}; fix the template or the host's hostname/labels"
             ))
@@ -243,6 +254,30 @@ fn names_for(
         names: refused,
     });
     Ok((names, refused))
+}
+
+/// A certificate validated by DNS-01 names only what a `[[dns_provider]]` can write:
+/// each name (or wildcard's base) must be in a zone one serves.
+fn check_zones(config: &Config, names: &[Identifier]) -> Result<(), SpecError> {
+    let zones = config.dns_zones();
+    let outside: Vec<String> = names
+        .iter()
+        .filter(|id| id.dns_name().is_some_and(|n| zone_of(n, &zones).is_none()))
+        .map(|id| id.to_string())
+        .collect();
+    if outside.is_empty() {
+        return Ok(());
+    }
+    Err(SpecError::Name(format!(
+        "{} validated by DNS-01, but no [[dns_provider]] serves a zone for {} (zones served: {}); add the zone to a provider's zones or change the names",
+        outside.join(", "),
+        if outside.len() == 1 { "it" } else { "them" },
+        if zones.is_empty() {
+            "none".to_owned()
+        } else {
+            zones.iter().map(|z| z.as_str()).collect::<Vec<_>>().join(", ")
+        }
+    )))
 }
 
 /// Addresses the host claims that its policy's `allowed_ips` does not cover.
@@ -504,5 +539,32 @@ mod tests {
         // Without names the certificate is the IP one it always was.
         h.requested_names.clear();
         assert_eq!(desired_all(&cfg, &h)[0].refused_names, None);
+    }
+
+    /// DNS-01: a wildcard template makes a wildcard; a name no provider's zone holds
+    /// (here from a template, so only known per host) gives no spec, naming the zones.
+    #[test]
+    fn dns01_certificates_make_wildcards_and_need_a_zone() {
+        let cfg = config(
+            "[[dns_provider]]\nname = \"s\"\nzones = [\"example.net\"]\nkind = \"exec\"\ncommand = [\"/bin/true\"]\n\
+             [[policy]]\nname = \"p\"\n[[policy.certificate]]\nname = \"w\"\nnames = [\"*.{hostname}.example.net\", \"{hostname}.example.net\"]\nchallenges = [\"dns-01\"]\n\
+             [[policy.certificate]]\nname = \"o\"\nnames = [\"www.{label.zone}\"]\nchallenges = [\"dns-01\"]\n",
+        );
+        let h = host(&[("zone", "web.example.org")], &["8.8.8.8"], &["t"]);
+        let all = desired_all(&cfg, &h);
+        let w = all[0].spec.as_ref().expect("wildcard spec");
+        let ids: Vec<String> = w.identifiers.iter().map(|i| i.to_string()).collect();
+        assert_eq!(ids, vec!["*.h.example.net", "h.example.net"]);
+        assert!(w.identifiers[0].is_wildcard());
+        assert_eq!(w.challenge_order(), vec![ChallengeKind::Dns01]);
+        let err = all[1]
+            .spec
+            .clone()
+            .expect_err("outside every zone")
+            .to_string();
+        assert!(
+            err.contains("www.web.example.org validated by DNS-01, but no [[dns_provider]] serves a zone for it (zones served: example.net)"),
+            "{err}"
+        );
     }
 }

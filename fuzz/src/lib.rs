@@ -496,6 +496,43 @@ pub const IDENTIFIER_SEEDS: &[(&str, &str)] = &[
     ("underscore", "_acme-challenge.example.net"),
 ];
 
+/// Seeds of `coordinator_dns_answer`: DNS replies (wire format) and Route53 answers.
+pub const DNS_ANSWER_SEEDS: &[(&str, &[u8])] = &[
+    ("txt-two-values.dns", b"\x12\x34\x84\x00\x00\x01\x00\x02\x00\x00\x00\x00\x0f\x5f\x61\x63\x6d\x65\x2d\x63\x68\x61\x6c\x6c\x65\x6e\x67\x65\x07\x65\x78\x61\x6d\x70\x6c\x65\x03\x6e\x65\x74\x00\x00\x10\x00\x01\x0f\x5f\x61\x63\x6d\x65\x2d\x63\x68\x61\x6c\x6c\x65\x6e\x67\x65\x07\x65\x78\x61\x6d\x70\x6c\x65\x03\x6e\x65\x74\x00\x00\x10\x00\x01\x00\x00\x00\x3c\x00\x2c\x2b\x4c\x6f\x71\x58\x63\x59\x56\x38\x71\x35\x4f\x4e\x62\x4a\x51\x78\x62\x6d\x52\x37\x53\x43\x54\x4e\x6f\x33\x74\x69\x41\x58\x44\x66\x6f\x77\x79\x6a\x78\x41\x6a\x45\x75\x58\x30\x0f\x5f\x61\x63\x6d\x65\x2d\x63\x68\x61\x6c\x6c\x65\x6e\x67\x65\x07\x65\x78\x61\x6d\x70\x6c\x65\x03\x6e\x65\x74\x00\x00\x10\x00\x01\x00\x00\x00\x3c\x00\x12\x08\x70\x61\x72\x74\x2d\x6f\x6e\x65\x08\x70\x61\x72\x74\x2d\x74\x77\x6f"),
+    ("cname.dns", b"\x12\x34\x84\x00\x00\x01\x00\x01\x00\x00\x00\x00\x0f\x5f\x61\x63\x6d\x65\x2d\x63\x68\x61\x6c\x6c\x65\x6e\x67\x65\x07\x65\x78\x61\x6d\x70\x6c\x65\x03\x6e\x65\x74\x00\x00\x05\x00\x01\x0f\x5f\x61\x63\x6d\x65\x2d\x63\x68\x61\x6c\x6c\x65\x6e\x67\x65\x07\x65\x78\x61\x6d\x70\x6c\x65\x03\x6e\x65\x74\x00\x00\x05\x00\x01\x00\x00\x00\x3c\x00\x1f\x01\x78\x0f\x61\x63\x6d\x65\x2d\x76\x61\x6c\x69\x64\x61\x74\x69\x6f\x6e\x07\x65\x78\x61\x6d\x70\x6c\x65\x03\x6f\x72\x67\x00"),
+    ("nxdomain.dns", b"\x12\x34\x84\x03\x00\x01\x00\x00\x00\x00\x00\x00\x0f\x5f\x61\x63\x6d\x65\x2d\x63\x68\x61\x6c\x6c\x65\x6e\x67\x65\x07\x65\x78\x61\x6d\x70\x6c\x65\x03\x6e\x65\x74\x00\x00\x10\x00\x01"),
+    (
+        "route53-zones.xml",
+        b"<ListHostedZonesByNameResponse><HostedZones><HostedZone><Id>/hostedzone/Z1</Id>\
+          <Name>example.net.</Name><Config><PrivateZone>false</PrivateZone></Config>\
+          </HostedZone></HostedZones></ListHostedZonesByNameResponse>",
+    ),
+    (
+        "route53-rrset.xml",
+        b"<ListResourceRecordSetsResponse><ResourceRecordSets><ResourceRecordSet>\
+          <Name>_acme-challenge.example.net.</Name><Type>TXT</Type><TTL>60</TTL>\
+          <ResourceRecords><ResourceRecord><Value>\"a\\\"b\" \"c\"</Value></ResourceRecord>\
+          </ResourceRecords></ResourceRecordSet></ResourceRecordSets>\
+          </ListResourceRecordSetsResponse>",
+    ),
+    (
+        "route53-change.xml",
+        b"<GetChangeResponse><ChangeInfo><Id>/change/C1</Id><Status>INSYNC</Status>\
+          </ChangeInfo></GetChangeResponse>",
+    ),
+    (
+        "route53-error.xml",
+        b"<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code>\
+          <Message>Rate exceeded</Message></Error></ErrorResponse>",
+    ),
+];
+
+/// What a DNS server or the Route53 API sends the coordinator's DNS providers: a DNS
+/// reply (TXT values, CNAME target) or a Route53 XML answer (zone, RRset, change, error).
+pub fn run_coordinator_dns_answer(data: &[u8]) {
+    certfleet_coordinator::dns::parse_untrusted_answer(data);
+}
+
 /// `shared::identifier`: `Identifier::parse`, `DnsName::parse` and `NamePattern::parse`
 /// never panic; what parses is canonical (parsing its text gives it back, unchanged) and
 /// obeys the label and length rules; a pattern's `matches` and the registered domain and
@@ -556,6 +593,91 @@ fn check_canonical_name(name: &str) {
                 && !label.starts_with('-')
                 && !label.ends_with('-'),
             "{name:?}: label {label:?} is not canonical LDH"
+        );
+    }
+}
+
+// ------------------------------------------------------------------ key-group envelopes
+
+/// The recipient of the `envelope` target: a fixed P-256 identity key (fixed so the seeds,
+/// sealed to it, stay openable across runs; a fuzzing key, protecting nothing), its SPKI,
+/// and the context every input is opened for.
+pub struct EnvelopeFixture {
+    pub identity_key_pem: String,
+    pub identity_spki: Vec<u8>,
+    pub ctx: certfleet_shared::envelope::Context,
+}
+
+pub fn envelope_fixture() -> &'static EnvelopeFixture {
+    use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+    static F: OnceLock<EnvelopeFixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let sk = p256::SecretKey::from_slice(&[7u8; 32]).expect("scalar");
+        EnvelopeFixture {
+            identity_key_pem: sk.to_pkcs8_pem(LineEnding::LF).expect("pkcs8").to_string(),
+            identity_spki: sk
+                .public_key()
+                .to_public_key_der()
+                .expect("spki")
+                .as_bytes()
+                .to_vec(),
+            ctx: certfleet_shared::envelope::Context {
+                group: "www".into(),
+                recipient: "h-recipient".into(),
+                sender: "h-sender".into(),
+            },
+        }
+    })
+}
+
+/// An envelope as the `envelope` target reads it: suite id and enc behind a length byte
+/// each, `key_sha256` behind two length bytes (big-endian), the rest ciphertext.
+pub fn envelope_input(env: &certfleet_shared::envelope::Envelope) -> Vec<u8> {
+    let mut out = Vec::new();
+    for part in [&env.suite_id, &env.enc] {
+        out.push(u8::try_from(part.len()).unwrap_or(u8::MAX));
+        out.extend_from_slice(&part[..part.len().min(255)]);
+    }
+    let fp = env.key_sha256.as_bytes();
+    out.extend_from_slice(&u16::try_from(fp.len()).unwrap_or(u16::MAX).to_be_bytes());
+    out.extend_from_slice(&fp[..fp.len().min(usize::from(u16::MAX))]);
+    out.extend_from_slice(&env.ciphertext);
+    out
+}
+
+/// `shared::envelope::open` on hostile envelopes: never panics, and what it opens is a key
+/// whose fingerprint is the one the envelope names.
+pub fn run_envelope(data: &[u8]) {
+    use certfleet_shared::envelope::{key_fingerprint, open, Envelope};
+    let mut rest = data;
+    let mut take = |n: usize| {
+        let (a, b) = rest.split_at(n.min(rest.len()));
+        rest = b;
+        a.to_vec()
+    };
+    let n = take(1).first().copied().unwrap_or(0);
+    let suite_id = take(usize::from(n));
+    let n = take(1).first().copied().unwrap_or(0);
+    let enc = take(usize::from(n));
+    let n = take(2);
+    let n = if n.len() == 2 {
+        u16::from_be_bytes([n[0], n[1]])
+    } else {
+        0
+    };
+    let key_sha256 = String::from_utf8_lossy(&take(usize::from(n))).into_owned();
+    let ciphertext = take(usize::MAX);
+    let env = Envelope {
+        suite_id,
+        enc,
+        ciphertext,
+        key_sha256,
+    };
+    let f = envelope_fixture();
+    if let Ok(key) = open(&f.identity_key_pem, &f.ctx, &env) {
+        assert_eq!(
+            key_fingerprint(&key).as_deref(),
+            Some(env.key_sha256.as_str())
         );
     }
 }

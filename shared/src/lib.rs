@@ -19,6 +19,7 @@
 //! - [`renewal`] — when to renew: ARI window or lifetime fraction, with jitter; expiry risk.
 //! - [`ratelimit`] — Let's Encrypt rate limits counted as a budget before ordering.
 //! - [`metrics_http`] — the tiny `GET /metrics` server both daemons use.
+//! - [`envelope`] — a key group's private key sealed to a host's identity key (HPKE).
 //! - [`fsutil`] — crash-safe file writes (temp, fsync, rename, dir fsync) with modes.
 //! - [`timefmt`] — unix seconds ↔ RFC 3339 for humans and JSON.
 #![forbid(unsafe_code)]
@@ -27,6 +28,7 @@ pub mod backoff;
 pub mod clock;
 pub mod configenv;
 pub mod daemon;
+pub mod envelope;
 pub mod fsutil;
 pub mod identifier;
 pub mod ids;

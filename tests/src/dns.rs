@@ -2,9 +2,9 @@
 //!
 //! Each instance runs its own `knotd` in a temp dir, on a random `127.X.Y.Z` address and a
 //! free port (UDP and TCP), serving one or more zones (SOA, NS and the records given at
-//! start). A TSIG key (hmac-sha256, fresh per instance) may send dynamic updates (RFC 2136)
-//! to every zone; the changes live in Knot's journal (`zonefile-sync: -1`), the zone files
-//! are never rewritten.
+//! start). A TSIG key (fresh per instance; hmac-sha256 unless `tsig_algorithm` says
+//! otherwise) may send dynamic updates (RFC 2136) to every zone; the changes live in Knot's
+//! journal (`zonefile-sync: -1`), the zone files are never rewritten.
 //!
 //! Changes while running go through `knsupdate` (Debian `knot-dnsutils`) signed with that
 //! key — the same path an ACME DNS-01 client (RFC 2136 + TSIG) takes, so the key and the
@@ -134,7 +134,7 @@ impl Record {
 #[derive(Clone)]
 pub struct TsigKey {
     pub name: String,
-    /// `hmac-sha256`.
+    /// `hmac-sha256` unless [`KnotOptions::tsig_algorithm`] says otherwise.
     pub algorithm: &'static str,
     /// Base64 of 32 random bytes.
     pub secret: String,
@@ -161,6 +161,8 @@ pub struct KnotOptions {
     /// The `knotd` binary (default: env `KNOTD_BIN`, else `/usr/sbin/knotd` where it
     /// exists — not on every PATH — else `knotd` on PATH).
     pub binary: Option<PathBuf>,
+    /// The TSIG key's algorithm: `hmac-sha256` (default), `hmac-sha384` or `hmac-sha512`.
+    pub tsig_algorithm: &'static str,
 }
 
 impl Default for KnotOptions {
@@ -169,6 +171,7 @@ impl Default for KnotOptions {
             zones: vec![ZONE.to_owned(), SECOND_ZONE.to_owned()],
             records: Vec::new(),
             binary: None,
+            tsig_algorithm: "hmac-sha256",
         }
     }
 }
@@ -205,6 +208,11 @@ impl KnotServer {
 
     pub async fn start_with(opts: KnotOptions) -> anyhow::Result<Self> {
         anyhow::ensure!(!opts.zones.is_empty(), "KnotOptions: no zones");
+        anyhow::ensure!(
+            ["hmac-sha256", "hmac-sha384", "hmac-sha512"].contains(&opts.tsig_algorithm),
+            "KnotOptions: tsig_algorithm {:?} is not hmac-sha256/384/512",
+            opts.tsig_algorithm
+        );
         let zones: Vec<String> = opts
             .zones
             .iter()
@@ -214,7 +222,7 @@ impl KnotServer {
         let addr = pick_address()?;
         let tsig = TsigKey {
             name: TSIG_KEY_NAME.to_owned(),
-            algorithm: "hmac-sha256",
+            algorithm: opts.tsig_algorithm,
             secret: {
                 let mut raw = [0u8; 32];
                 rand::rng().fill_bytes(&mut raw);

@@ -30,6 +30,8 @@
 //! - [`pki`] — checks on issued certificates (SANs, chain, key match, key-leak scan).
 //! - [`dns`] — [`dns::KnotServer`]: a real authoritative DNS server (knotd) with its own
 //!   zones, a TSIG key for dynamic updates, `kdig` lookups; pebble resolves through it.
+//! - [`moto`] — [`moto::MotoServer`]: moto's mock AWS server (Route53 API) from a venv the
+//!   harness creates, for the coordinator's `route53` DNS provider.
 //! - [`direct`] — the baseline: a minimal direct instant-acme client.
 //! - [`http01`] — a minimal HTTP-01 responder for the direct-ACME baseline.
 //! - [`tlsalpn01`] — a minimal TLS-ALPN-01 responder (validation certificates by SNI) for it.
@@ -47,6 +49,7 @@ pub mod fake_coordinator;
 pub mod fleet;
 pub mod grpc;
 pub mod http01;
+pub mod moto;
 pub mod net;
 pub mod netns;
 pub mod pebble;

@@ -15,7 +15,9 @@
 //! 5. **reload** (command, or signal to a pid file): on failure, back + reload;
 //! 6. **served check**: TLS handshakes with each verify address until every one presents
 //!    the new leaf, three rounds in a row, within a grace window; otherwise `current` goes
-//!    back, the web server is reloaded again, and the failure is reported as rolled back.
+//!    back, the web server is reloaded again, and the failure is reported as rolled back;
+//! 7. **deploy hook** (if the target has one, once per serial): its result is reported
+//!    with the install, which it never undoes.
 //!
 //! The current and previous versions are kept; older ones are pruned.
 //!
@@ -37,11 +39,13 @@
 //! - [`certbot`] — certbot's `live/` → `archive/` layout, file by file.
 //! - [`journal`] — the journal, one enum variant per layout (JSON shape kept from the
 //!   flat journal older agents wrote).
+//! - [`hook`] — the target's deploy hook, run after a successful install.
 //! - `files` — file operations both layouts use; `commands` — config test and reload.
 
 mod certbot;
 mod commands;
 mod files;
+pub mod hook;
 mod journal;
 mod versioned;
 
@@ -149,6 +153,8 @@ pub struct InstallOutcome {
     /// Verify addresses that presented the new leaf.
     pub served_on: Vec<SocketAddr>,
     pub verify_disabled: bool,
+    /// The deploy hook's run (none: no hook, or it already ran for this serial).
+    pub deploy_hook: Option<hook::HookReport>,
 }
 
 /// Installs certificates and repairs interrupted installs.
@@ -314,12 +320,14 @@ impl Installer {
                 versioned::prune_versions(&v.store, &v.version, v.prev.as_deref());
             }
             pending.remove(&leaf.spki_der);
+            let deploy_hook = self.deploy_hook(target, &leaf).await;
             return Ok(InstallOutcome {
                 serial: leaf.serial_hex,
                 not_after: leaf.not_after,
                 reload_output,
                 served_on: target.verify.clone(),
                 verify_disabled: target.verify.is_empty(),
+                deploy_hook,
             });
         }
         // Already in place (a replayed command, or after a restart): prove it is served,
@@ -330,12 +338,14 @@ impl Installer {
             self.verify(target, leaf_der.as_ref(), &sni).await?;
         }
         pending.remove(&leaf.spki_der);
+        let deploy_hook = self.deploy_hook(target, &leaf).await;
         Ok(InstallOutcome {
             serial: leaf.serial_hex,
             not_after: leaf.not_after,
             reload_output,
             served_on: target.verify.clone(),
             verify_disabled: target.verify.is_empty(),
+            deploy_hook,
         })
     }
 

@@ -11,7 +11,7 @@ use rustls_pki_types::CertificateSigningRequestDer;
 use std::os::unix::fs::PermissionsExt;
 
 /// Signs the agent's CSR with a throwaway CA: a real chain for the install logic.
-fn sign(csr_der: &[u8]) -> String {
+pub(super) fn sign(csr_der: &[u8]) -> String {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::default();
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -32,12 +32,12 @@ fn target(toml_text: &str) -> Target {
     cfg.resolve("web", &["127.0.0.1".parse().unwrap()]).unwrap()
 }
 
-fn ips() -> Vec<IpAddr> {
+pub(super) fn ips() -> Vec<IpAddr> {
     vec!["127.0.0.1".parse().unwrap()]
 }
 
 /// A temp dir with the agent's state (pending keys, journal) under `state/`.
-fn fixture() -> (tempfile::TempDir, PendingKeys, Installer) {
+pub(super) fn fixture() -> (tempfile::TempDir, PendingKeys, Installer) {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let pending = PendingKeys::new(&state);

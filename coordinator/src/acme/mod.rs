@@ -34,6 +34,8 @@ pub struct PendingChallenge {
     /// `token.thumbprint` (RFC 8555 §8.1); for TLS-ALPN-01 the agent puts its SHA-256
     /// digest into the validation certificate (RFC 8737 §3).
     pub key_authorization: String,
+    /// For DNS-01: the TXT value, base64url(SHA-256(key authorization)) (RFC 8555 §8.4).
+    pub dns_value: String,
 }
 
 /// instant-acme's name for one of our challenge kinds.
@@ -41,6 +43,7 @@ fn acme_type(kind: ChallengeKind) -> ChallengeType {
     match kind {
         ChallengeKind::Http01 => ChallengeType::Http01,
         ChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,
+        ChallengeKind::Dns01 => ChallengeType::Dns01,
     }
 }
 
@@ -387,7 +390,7 @@ impl AcmeIssuer {
                 })?;
             let Some(next) = next else { break };
             let mut authz = next.map_err(|e| self.ca_err(&e))?;
-            let ident = identifier_text(&authz.identifier().identifier.clone());
+            let ident = identifier_text(&authz.identifier());
             match authz.status {
                 AuthorizationStatus::Pending => {}
                 AuthorizationStatus::Valid => continue,
@@ -406,6 +409,7 @@ impl AcmeIssuer {
                 identifier: ident,
                 token: ch.token.clone(),
                 key_authorization: ch.key_authorization().as_str().to_owned(),
+                dns_value: ch.key_authorization().dns_value(),
             });
         }
         Ok(OrderDriver {
@@ -565,7 +569,7 @@ impl OrderDriver<'_> {
             {
                 continue;
             }
-            let ident = identifier_text(&authz.identifier().identifier.clone());
+            let ident = identifier_text(&authz.identifier());
             for ch in &authz.challenges {
                 if let Some(problem) = &ch.error {
                     out.push((ident.clone(), problem_text(problem)));
@@ -609,11 +613,14 @@ impl OrderDriver<'_> {
     }
 }
 
-fn identifier_text(id: &Identifier) -> String {
-    match id {
-        Identifier::Ip(ip) => ip.to_string(),
-        Identifier::Dns(d) => d.clone(),
-        other => format!("{other:?}"),
+/// An authorization's identifier in our canonical text: a wildcard's authorization is
+/// for its base name with the wildcard flag (RFC 8555 §7.1.4), shown as `*.base`.
+fn identifier_text(id: &instant_acme::AuthorizedIdentifier<'_>) -> String {
+    match (id.wildcard, id.identifier) {
+        (_, Identifier::Ip(ip)) => ip.to_string(),
+        (true, Identifier::Dns(d)) => format!("*.{d}"),
+        (false, Identifier::Dns(d)) => d.clone(),
+        (_, other) => format!("{other:?}"),
     }
 }
 

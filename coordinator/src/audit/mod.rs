@@ -62,6 +62,12 @@ pub enum Kind {
     CertificateRetired,
     /// A challenge type failed for a certificate and the next one in its order is tried.
     ChallengeFallback,
+    /// DNS-01 TXT records could not be removed (kept, and tried again).
+    DnsCleanupFailed,
+    /// A target's deploy hook failed after an install (exit status, stderr tail); the
+    /// certificate stays installed. A hook that succeeded is `deploy_hook: "ok"` in the
+    /// `certificate_installed` record.
+    DeployHookFailed,
 }
 
 impl Kind {

@@ -19,10 +19,14 @@ const ENV_SKIP: &[&str] = &[
 
 pub use certfleet_shared::configenv::ConfigError;
 
+mod dns;
+pub use dns::{
+    parse_nameserver, validate_providers, DnsProviderConfig, DnsProviderKind, TsigAlgorithmName,
+};
 mod policy;
 pub use policy::{
-    CertificateConfig, ChallengeKind, IpSelection, NameTemplate, PolicyConfig, DEFAULT_CERT,
-    REQUESTED,
+    zone_of, CertificateConfig, ChallengeKind, IpSelection, NameTemplate, PolicyConfig,
+    DEFAULT_CERT, REQUESTED,
 };
 
 #[derive(Debug, Clone, Deserialize)]
@@ -41,6 +45,9 @@ pub struct Config {
     pub policies: Vec<PolicyConfig>,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Who writes DNS-01 TXT records, per zone (`config/dns.rs`).
+    #[serde(rename = "dns_provider", default)]
+    pub dns_providers: Vec<DnsProviderConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -498,7 +505,7 @@ impl Config {
                     p.name
                 ));
             }
-            p.validate(&self.issuers)?;
+            p.validate(&self.issuers, &self.dns_zones())?;
         }
         if self.issuance.retry_base_secs == 0 || self.issuance.retry_base_secs > 3600 {
             return Err("[issuance] retry_base_secs must be between 1 and 3600".into());
@@ -508,7 +515,18 @@ impl Config {
         {
             return Err("[issuance] validation_timeout_secs must be between 1 and 3600".into());
         }
+        validate_providers(&self.dns_providers)?;
         Ok(())
+    }
+
+    /// Every zone a `[[dns_provider]]` serves (those that parse; each provider's own
+    /// validation names a bad one).
+    pub fn dns_zones(&self) -> Vec<certfleet_shared::identifier::DnsName> {
+        self.dns_providers
+            .iter()
+            .flat_map(|p| p.zones.iter())
+            .filter_map(|z| certfleet_shared::identifier::DnsName::parse(z).ok())
+            .collect()
     }
 
     /// Reads every PEM file the config names (each `[[issuer]] trust_root`) and refuses

@@ -3,7 +3,7 @@
 //! validated, by whom, with which key, into which of the agent's targets.
 
 use super::{parse_net, IssuerConfig, KeyTypeName};
-use certfleet_shared::identifier::{DnsName, NamePattern};
+use certfleet_shared::identifier::{DnsName, Identifier, NamePattern};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -26,6 +26,9 @@ pub enum ChallengeKind {
     Http01,
     #[serde(rename = "tls-alpn-01")]
     TlsAlpn01,
+    /// Done by the coordinator through a `[[dns_provider]]`; the host takes no part.
+    #[serde(rename = "dns-01")]
+    Dns01,
 }
 
 impl ChallengeKind {
@@ -33,6 +36,7 @@ impl ChallengeKind {
         match self {
             ChallengeKind::Http01 => "http-01",
             ChallengeKind::TlsAlpn01 => "tls-alpn-01",
+            ChallengeKind::Dns01 => "dns-01",
         }
     }
 
@@ -258,7 +262,12 @@ impl PolicyConfig {
     }
 
     /// Everything `Config::validate` checks about one policy.
-    pub(super) fn validate(&self, issuers: &[IssuerConfig]) -> Result<(), String> {
+    /// `dns_zones`: every zone a `[[dns_provider]]` serves.
+    pub(super) fn validate(
+        &self,
+        issuers: &[IssuerConfig],
+        dns_zones: &[DnsName],
+    ) -> Result<(), String> {
         let ctx = |m: String| format!("[[policy]] {:?}: {m}", self.name);
         check_issuers(&self.issuer, &self.issuers, issuers).map_err(ctx)?;
         for n in &self.allowed_ips {
@@ -301,6 +310,7 @@ impl PolicyConfig {
                     return Err(ctx(format!("challenge {:?} is listed twice", ch.as_str())));
                 }
             }
+            check_dns01(c, ips, dns_zones).map_err(ctx)?;
             for t in &c.targets {
                 if let Some(other) = targets.insert(t, &c.name) {
                     return Err(ctx(format!(
@@ -342,6 +352,86 @@ fn check_issuers(
     Ok(())
 }
 
+/// DNS-01's rules: a wildcard is validated only by DNS-01, so a certificate with one lists
+/// exactly that; IP addresses are never validated by DNS-01 (Let's Encrypt refuses it); a
+/// literal name validated by DNS-01 must be in a zone a `[[dns_provider]]` serves (names
+/// from templates are checked when each host's spec is made).
+fn check_dns01(
+    c: &CertificateConfig,
+    ips: IpSelection,
+    dns_zones: &[DnsName],
+) -> Result<(), String> {
+    let dns01 = c.challenges.contains(&ChallengeKind::Dns01);
+    let wildcards: Vec<&str> = c
+        .names
+        .iter()
+        .filter(|t| t.starts_with("*."))
+        .map(String::as_str)
+        .collect();
+    if !wildcards.is_empty() && c.challenges != [ChallengeKind::Dns01] {
+        return Err(format!(
+            "{} is a wildcard, which only DNS-01 can validate; set challenges = [\"dns-01\"] \
+             (and a [[dns_provider]] serving its zone), or list the names instead",
+            wildcards.join(", ")
+        ));
+    }
+    if dns01 && ips != IpSelection::None {
+        return Err(
+            "challenges lists dns-01, but IP addresses are never validated by DNS-01 (Let's \
+             Encrypt refuses it); set ips = \"none\" and give the addresses a certificate of \
+             their own with http-01 or tls-alpn-01"
+                .into(),
+        );
+    }
+    if !dns01 {
+        return Ok(());
+    }
+    for t in &c.names {
+        let Ok(tpl) = NameTemplate::parse(t) else {
+            continue;
+        };
+        if t == REQUESTED || !tpl.is_literal() {
+            continue;
+        }
+        let Ok(id) = Identifier::parse(t) else {
+            continue; // check_template names the problem
+        };
+        let Some(name) = id.dns_name() else {
+            continue;
+        };
+        if zone_of(name, dns_zones).is_none() {
+            return Err(format!(
+                "{t:?} is validated by DNS-01, but no [[dns_provider]] serves a zone it is in \
+                 (zones served: {}); add its zone to a provider's zones",
+                if dns_zones.is_empty() {
+                    "none".to_owned()
+                } else {
+                    dns_zones
+                        .iter()
+                        .map(|z| z.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The longest of `zones` that `name` is in (the zone itself or below it).
+pub fn zone_of<'z>(name: &DnsName, zones: &'z [DnsName]) -> Option<&'z DnsName> {
+    zones
+        .iter()
+        .filter(|z| {
+            let (n, z) = (name.as_str(), z.as_str());
+            n == z
+                || (n.len() > z.len()
+                    && n.ends_with(z)
+                    && n.as_bytes()[n.len() - z.len() - 1] == b'.')
+        })
+        .max_by_key(|z| z.as_str().len())
+}
+
 /// A template is valid when it parses and, filled in with a plausible host, is a valid
 /// name; a literal name must be valid as it stands.
 fn check_template(t: &str) -> Result<(), String> {
@@ -363,7 +453,12 @@ fn check_template(t: &str) -> Result<(), String> {
         })
         .collect();
     let sample = tpl.render("host-1", &sample_labels)?;
-    DnsName::parse(&sample).map(|_| ()).map_err(|e| {
+    let parsed = match sample.strip_prefix("*.") {
+        // A wildcard: checked as one (its base a valid name, not a public suffix).
+        Some(_) => Identifier::parse(&sample).map(|_| ()),
+        None => DnsName::parse(&sample).map(|_| ()),
+    };
+    parsed.map_err(|e| {
         if tpl.is_literal() {
             format!("names entry {t:?}: {e}")
         } else {

@@ -316,3 +316,64 @@ fn same_names_for_every_host_are_warned_about() {
     assert!(cert("names = [\"api.example.net\", \"{requested}\"]\n").is_empty());
     assert!(cert("names = [\"api.example.net\"]\nips = \"public\"\n").is_empty());
 }
+
+/// DNS-01's rules at load: wildcards only by DNS-01, never addresses by DNS-01, literal
+/// names in a zone some `[[dns_provider]]` serves; each refusal names the fix.
+#[test]
+fn dns01_rules_are_checked_at_load() {
+    const PROVIDER: &str = "[[dns_provider]]\nname = \"script\"\nzones = [\"example.net\"]\nkind = \"exec\"\ncommand = [\"/bin/true\"]\n";
+    let cert = |body: &str| {
+        format!(
+            "{MINIMAL}{PROVIDER}[[policy]]\nname = \"web\"\n[[policy.certificate]]\nname = \"c\"\n{body}"
+        )
+    };
+    let good = cert(
+        "names = [\"*.example.net\", \"example.net\", \"*.{hostname}.example.net\"]\nchallenges = [\"dns-01\"]\n",
+    );
+    let cfg = parse(&good).expect("wildcards by dns-01 in a served zone");
+    assert_eq!(
+        cfg.policies[0].certificates[0].challenges,
+        vec![ChallengeKind::Dns01]
+    );
+    let cases: Vec<(String, &str)> = vec![
+        (
+            cert("names = [\"*.example.net\"]\nchallenges = [\"http-01\"]\n"),
+            "only DNS-01 can validate; set challenges = [\"dns-01\"]",
+        ),
+        (
+            cert("names = [\"*.example.net\"]\n"),
+            "only DNS-01 can validate",
+        ),
+        (
+            cert("names = [\"*.example.net\"]\nchallenges = [\"dns-01\", \"http-01\"]\n"),
+            "only DNS-01 can validate",
+        ),
+        (
+            cert("names = [\"a.example.net\"]\nips = \"all\"\nchallenges = [\"dns-01\"]\n"),
+            "IP addresses are never validated by DNS-01",
+        ),
+        (
+            cert("names = [\"a.example.org\"]\nchallenges = [\"dns-01\"]\n"),
+            "no [[dns_provider]] serves a zone it is in (zones served: example.net)",
+        ),
+        (
+            cert("names = [\"*.co.uk\"]\nchallenges = [\"dns-01\"]\n"),
+            "public suffix",
+        ),
+        (
+            cert("names = [\"*.*.example.net\"]\nchallenges = [\"dns-01\"]\n"),
+            "more than one wildcard",
+        ),
+    ];
+    for (text, want) in cases {
+        let err = parse(&text).expect_err(&text).to_string();
+        assert!(err.contains(want), "{want:?} not in: {err}");
+        assert!(err.contains("[[policy]] \"web\""), "policy named: {err}");
+    }
+    // No provider at all: the zone list says so.
+    let none = format!(
+        "{MINIMAL}[[policy]]\nname = \"web\"\n[[policy.certificate]]\nname = \"c\"\nnames = [\"a.example.net\"]\nchallenges = [\"dns-01\"]\n"
+    );
+    let err = parse(&none).expect_err("no provider").to_string();
+    assert!(err.contains("(zones served: none)"), "{err}");
+}

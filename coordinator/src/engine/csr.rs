@@ -187,6 +187,7 @@ mod tests {
             started: 0,
             challenges_announced: false,
             presented: Vec::new(),
+            dns_records: None,
         };
         let want = CsrWant::new(&r, &order);
         assert_eq!(

@@ -44,14 +44,18 @@ impl Engine {
         });
         match agent.request(cmd, "install", AGENT_INSTALL).await {
             Ok(reply::Result::Installed(report)) if report.serial == cur.serial => {
-                self.record(
-                    Kind::CertificateInstalled,
-                    rec,
-                    Entry::by(format!("host:{}", rec.host_id))
-                        .ids(&cur.identifiers)
-                        .serial(report.serial.clone())
-                        .detail("target", &report.target),
-                )?;
+                let mut installed = Entry::by(format!("host:{}", rec.host_id))
+                    .ids(&cur.identifiers)
+                    .serial(report.serial.clone())
+                    .detail("target", &report.target);
+                if let Some(hook) = &report.deploy_hook {
+                    installed =
+                        installed.detail("deploy_hook", if hook.ok { "ok" } else { "failed" });
+                }
+                self.record(Kind::CertificateInstalled, rec, installed)?;
+                if let Some(hook) = report.deploy_hook.as_ref().filter(|h| !h.ok) {
+                    self.deploy_hook_failed(rec, cur, target, hook)?;
+                }
                 rec.observed
                     .installed_in
                     .insert(target.to_owned(), report.serial.clone());
@@ -137,4 +141,41 @@ impl Engine {
             Err(e) => Err(e.into()),
         }
     }
+
+    /// Audits a deploy hook that failed after an install. The certificate is installed
+    /// (and served) all the same: nothing is rolled back or retried.
+    fn deploy_hook_failed(
+        &self,
+        rec: &CertRecord,
+        cur: &IssuedCert,
+        target: &str,
+        hook: &pb::DeployHookReport,
+    ) -> Result<(), IssueError> {
+        // The agent bounds these; an agent that does not is cut here.
+        let status: String = hook.status.chars().take(256).collect();
+        let stderr = tail_chars(&hook.stderr_tail, HOOK_STDERR_CHARS);
+        self.record(
+            Kind::DeployHookFailed,
+            rec,
+            Entry::by(format!("host:{}", rec.host_id))
+                .ids(&cur.identifiers)
+                .serial(cur.serial.clone())
+                .detail("target", target)
+                .detail("cert_name", &rec.spec.name)
+                .detail("status", &status)
+                .detail("exit_code", hook.exit_code)
+                .detail("stderr", &stderr),
+        )?;
+        tracing::warn!(host = %rec.host_id, cert = %rec.id, serial = %cur.serial, target, status = %status, stderr = %stderr, "deploy hook failed on the host; the certificate stays installed");
+        Ok(())
+    }
+}
+
+/// Characters of a failed deploy hook's stderr kept in the audit record.
+const HOOK_STDERR_CHARS: usize = 2048;
+
+/// The last `n` characters of `s`.
+fn tail_chars(s: &str, n: usize) -> String {
+    let skip = s.chars().count().saturating_sub(n);
+    s.chars().skip(skip).collect()
 }

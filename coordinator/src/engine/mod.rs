@@ -83,6 +83,8 @@ pub enum IssueError {
     BadCert(String),
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    #[error(transparent)]
+    Dns(#[from] crate::dns::DnsError),
 }
 
 pub struct Engine {
@@ -91,6 +93,8 @@ pub struct Engine {
     pub(crate) audit: Arc<AuditLog>,
     pub sessions: Arc<Sessions>,
     issuers: HashMap<String, Arc<AcmeIssuer>>,
+    /// DNS-01's providers (the fleet's only DNS credentials).
+    pub(crate) dns: Arc<crate::dns::DnsProviders>,
     budgets: Mutex<HashMap<String, Budget>>,
     pub(crate) config: Config,
     pub(crate) clock: SharedClock,
@@ -117,6 +121,7 @@ impl Engine {
         clock: SharedClock,
         shutdown: CancellationToken,
         tracker: TaskTracker,
+        dns: Arc<crate::dns::DnsProviders>,
     ) -> Arc<Self> {
         let issuers = config
             .issuers
@@ -139,6 +144,7 @@ impl Engine {
             audit,
             sessions,
             issuers,
+            dns,
             budgets: Mutex::default(),
             config,
             clock,

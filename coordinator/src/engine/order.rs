@@ -7,6 +7,7 @@ use super::csr::CsrWant;
 use super::{Engine, IssueError, AGENT_QUICK};
 use crate::acme::{AcmeError, AcmeIssuer};
 use crate::audit::{Entry, Kind};
+use crate::config::ChallengeKind;
 use crate::model::{CertRecord, CertState, HostRecord, IssuedCert, OrderInFlight};
 use crate::sessions::AgentHandle;
 use certfleet_proto::v1::{self as pb, coordinator_message::Cmd, reply};
@@ -40,17 +41,29 @@ impl Engine {
         rec.schedule.challenge_index = at;
         let names: Vec<&str> = spec.issuers().collect();
         let issuer = self.issuer(names[rec.schedule.issuer_index % names.len()])?;
+        let dns01 = challenge == ChallengeKind::Dns01;
         for id in &spec.identifiers {
             let refused = match id {
+                Identifier::Ip(_) if dns01 => Some(
+                    "an IP address is never validated by DNS-01 (Let's Encrypt refuses it); \
+                     give addresses a certificate with http-01 or tls-alpn-01"
+                        .to_owned(),
+                ),
                 Identifier::Ip(ip) => check_issuable(*ip, issuer.cfg.allow_private_ips)
                     .err()
                     .map(|e| e.to_string()),
+                Identifier::Dns(n) if dns01 => self.dns.zone_for(n).is_none().then(|| {
+                    format!("no [[dns_provider]] serves a zone {n} is in; add its zone to a provider's zones")
+                }),
                 Identifier::Dns(_) => None,
-                Identifier::Wildcard(_) => Some(
-                    "a wildcard is validated only by DNS-01, which this coordinator does not \
-                     offer yet; list the names instead"
-                        .to_owned(),
-                ),
+                Identifier::Wildcard(n) if dns01 => self.dns.zone_for(n).is_none().then(|| {
+                    format!("no [[dns_provider]] serves a zone {n} is in; add its zone to a provider's zones")
+                }),
+                Identifier::Wildcard(_) => Some(format!(
+                    "a wildcard is validated only by DNS-01, and this order answers {}; set \
+                     the certificate's challenges = [\"dns-01\"]",
+                    challenge.as_str()
+                )),
             };
             if let Some(why) = refused {
                 return Err(IssueError::Policy(format!(
@@ -129,6 +142,7 @@ impl Engine {
             started: now,
             challenges_announced: false,
             presented: Vec::new(),
+            dns_records: None,
         });
         rec.state = CertState::Ordering;
         rec.updated = now;
@@ -161,6 +175,7 @@ impl Engine {
             Ok(_) => {
                 tracing::info!(cert = %rec.id, order = %order.url, "order in flight is invalid; abandoning it");
                 clear_tokens(agent, order.presented.clone()).await;
+                self.remove_dns(rec).await;
                 rec.observed.order = None;
                 Err(IssueError::Acme(AcmeError::Validation(vec![(
                     String::new(),
@@ -177,6 +192,7 @@ impl Engine {
             Err(e) => {
                 tracing::info!(cert = %rec.id, order = %order.url, error = %e, "cannot resume order; abandoning it");
                 clear_tokens(agent, order.presented.clone()).await;
+                self.remove_dns(rec).await;
                 rec.observed.order = None;
                 Err(e.into())
             }
@@ -213,7 +229,13 @@ impl Engine {
         if !leftover.is_empty() {
             clear_tokens(agent, leftover).await;
         }
-        if !challenges.is_empty() {
+        // DNS-01 records written before a crash: removed; those still needed are written
+        // again (the values are the same) and waited for.
+        self.remove_dns(rec).await;
+        let on_host = challenges
+            .first()
+            .is_some_and(|c| c.kind != ChallengeKind::Dns01);
+        if on_host {
             // Durable before the agent serves them, so a crash cannot leave them behind.
             if let Some(o) = rec.observed.order.as_mut() {
                 for c in &challenges {

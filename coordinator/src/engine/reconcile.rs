@@ -75,6 +75,9 @@ pub fn decide(rec: &CertRecord, now: i64) -> Decision {
     Decision::Idle
 }
 
+/// How soon DNS-01 records whose removal failed are tried again.
+const DNS_CLEANUP_RETRY_SECS: i64 = 60;
+
 impl Engine {
     /// Writes the outcome and the next action.
     pub(super) fn finish(
@@ -276,6 +279,10 @@ impl Engine {
         if let Some(d) = &rec.observed.deferred_clear {
             next = next.min(d.at);
         }
+        if !rec.observed.dns_cleanup.is_empty() {
+            // DNS-01 records whose removal failed: tried again soon.
+            next = next.min(now + DNS_CLEANUP_RETRY_SECS);
+        }
         rec.schedule.next_action = Some(next.max(now));
         rec.updated = now;
         self.store.put_cert(&rec)?;
@@ -354,6 +361,7 @@ fn failure_reason(e: &IssueError) -> &'static str {
         IssueError::WaitingForAgent => "waiting_for_agent",
         IssueError::Store(_) => "store",
         IssueError::Audit(_) => "audit",
+        IssueError::Dns(_) => "dns",
     }
 }
 
@@ -517,6 +525,7 @@ mod tests {
             started: 0,
             challenges_announced: false,
             presented: Vec::new(),
+            dns_records: None,
         });
         assert_eq!(decide(&r, 1), Decision::Resume);
         r.observed.current = None;

@@ -132,6 +132,9 @@ impl Engine {
                 }
             }
         }
+        if !rec.observed.dns_cleanup.is_empty() {
+            self.retry_dns_cleanup(rec).await;
+        }
         let decision = decide(rec, now);
         if decision == Decision::Idle {
             return Ok(());

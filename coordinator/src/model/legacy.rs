@@ -105,6 +105,7 @@ impl From<StoredCertRecord> for CertRecord {
                 key_history: f.key_history,
                 blocked: f.blocked,
                 deferred_clear: f.deferred_clear,
+                dns_cleanup: Vec::new(),
             }),
             schedule: f.schedule.unwrap_or(Schedule {
                 next_action: f.next_action,
@@ -174,6 +175,7 @@ mod tests {
                 started: 990,
                 challenges_announced: true,
                 presented: vec!["tok".into()],
+                dns_records: None,
             }),
             last_order_url: Some("https://ca/order/0".into()),
             installed_serial: Some("0a".into()),
@@ -202,6 +204,7 @@ mod tests {
                 at: 7,
                 tokens: vec!["t".into()],
             }),
+            dns_cleanup: Vec::new(),
         };
         rec.schedule = Schedule {
             challenge_index: Default::default(),

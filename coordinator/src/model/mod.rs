@@ -211,6 +211,10 @@ pub struct OrderInFlight {
     /// recorded, when every order was HTTP-01). A resumed order keeps it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub challenge: Option<ChallengeKind>,
+    /// DNS-01: the TXT records written for this order (stored before they are written),
+    /// so they are removed on every path, after a crash too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_records: Option<crate::dns::PresentedSet>,
 }
 
 impl OrderInFlight {
@@ -325,6 +329,10 @@ pub struct Observed {
     /// so another crash cannot leave the listener bound.
     #[serde(default)]
     pub deferred_clear: Option<DeferredClear>,
+    /// DNS-01 records whose removal failed (the provider erred or was unreachable): tried
+    /// again at every run of this certificate, which comes back soon while any are left.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_cleanup: Vec<crate::dns::PresentedSet>,
 }
 
 impl Observed {

@@ -8,7 +8,8 @@ extern crate libfuzzer_sys;
 
 use certfleet_coordinator::audit::Kind;
 use certfleet_fuzz::{
-    ENV_MARKER, HOST_IPS, IDENTIFIER_SEEDS, LIVE_KEY_AUTHORIZATION, LIVE_TOKEN, TARGET,
+    DNS_ANSWER_SEEDS, ENV_MARKER, HOST_IPS, IDENTIFIER_SEEDS, LIVE_KEY_AUTHORIZATION, LIVE_TOKEN,
+    TARGET,
 };
 use certfleet_proto::v1::{self as pb, agent_message::Msg, coordinator_message::Cmd, reply};
 use prost::Message;
@@ -102,6 +103,13 @@ fn main() {
         t,
         "reply-installed",
         &reply_msg(reply::Result::Installed(pb::InstallReport {
+            deploy_hook: Some(pb::DeployHookReport {
+                ok: false,
+                status: "exit status 3".into(),
+                exit_code: Some(3),
+                stderr_tail: "push failed".into(),
+                duration_ms: 12,
+            }),
             target: TARGET.into(),
             serial: "0a1b".into(),
             not_after_unix: 1_900_000_000,
@@ -359,6 +367,22 @@ fn main() {
     for (name, text) in IDENTIFIER_SEEDS {
         w("identifier", name, text.as_bytes());
     }
+
+    // coordinator_dns_answer
+    for (name, bytes) in DNS_ANSWER_SEEDS {
+        w("coordinator_dns_answer", name, bytes);
+    }
+    // envelope: sealed to the fixture's identity (opens), and the same with a bit flipped.
+    let f = certfleet_fuzz::envelope_fixture();
+    let sealed =
+        certfleet_shared::envelope::seal(&f.identity_spki, &f.ctx, &key_pem).expect("seal");
+    let good = certfleet_fuzz::envelope_input(&sealed);
+    w("envelope", "sealed", &good);
+    let mut flipped = good.clone();
+    if let Some(last) = flipped.last_mut() {
+        *last ^= 1;
+    }
+    w("envelope", "tampered", &flipped);
 }
 
 /// A CSR for `ips` (IP SANs, no subject) with a fresh key of `alg`.

@@ -19,8 +19,13 @@ use crate::sessions::SessionError;
 use certfleet_proto::v1::FailureCode;
 
 /// Whether a host with these modes (from its Hello) serves `kind`. A host that reported
-/// none (an agent from before `challenge_modes`) serves HTTP-01 only.
+/// none (an agent from before `challenge_modes`) serves HTTP-01 only. DNS-01 needs
+/// nothing of the host.
 pub(crate) fn offers(modes: &[String], kind: ChallengeKind) -> bool {
+    if kind == ChallengeKind::Dns01 {
+        // The coordinator's own: every host "offers" it.
+        return true;
+    }
     if modes.is_empty() {
         return kind == ChallengeKind::Http01;
     }
@@ -74,6 +79,8 @@ pub(crate) fn choose(
 pub(crate) fn is_challenge_failure(e: &IssueError) -> bool {
     match e {
         IssueError::Acme(AcmeError::Validation(_) | AcmeError::NoChallenge { .. }) => true,
+        // DNS-01's records could not be written or did not propagate.
+        IssueError::Dns(_) => true,
         IssueError::Agent(SessionError::Failed { kind, .. }) => matches!(
             kind,
             FailureCode::ChallengeModeUnavailable | FailureCode::BindFailed
@@ -215,6 +222,7 @@ mod tests {
             started: 0,
             challenges_announced: false,
             presented: vec!["old".into()],
+            dns_records: None,
         }
     }
 

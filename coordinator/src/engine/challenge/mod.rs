@@ -5,6 +5,7 @@
 //! ([`http01`], [`tlsalpn01`]).
 
 pub mod choice;
+pub mod dns01;
 pub mod http01;
 pub mod tlsalpn01;
 
@@ -20,7 +21,7 @@ use certfleet_shared::ratelimit::Event;
 use std::time::Duration;
 
 /// Asks the agent to serve `challenges` (one command, all or nothing on the agent's side),
-/// each in its kind's form.
+/// each in its kind's form. DNS-01 is the coordinator's ([`dns01`]): nothing for the agent.
 pub(crate) async fn present(
     agent: &AgentHandle,
     challenges: &[PendingChallenge],
@@ -30,7 +31,11 @@ pub(crate) async fn present(
         match c.kind {
             ChallengeKind::Http01 => cmd.challenges.push(http01::wire(c)),
             ChallengeKind::TlsAlpn01 => cmd.tls_alpn01.push(tlsalpn01::wire(c)),
+            ChallengeKind::Dns01 => {}
         }
+    }
+    if cmd.challenges.is_empty() && cmd.tls_alpn01.is_empty() {
+        return Ok(());
     }
     let reply = agent
         .request(
@@ -89,17 +94,27 @@ impl Engine {
     /// Has the agent serve `challenges`. A refusal that concerns only this challenge type
     /// (not configured on the host, its port held) is audited as a `challenge_failed` of
     /// that type, so the fallback to the next type shows in the trail.
+    /// DNS-01 records are written by the coordinator and waited for ([`dns01`]).
     pub(super) async fn present(
         &self,
         agent: &AgentHandle,
-        rec: &CertRecord,
+        rec: &mut CertRecord,
         challenges: &[PendingChallenge],
     ) -> Result<(), IssueError> {
-        let Err(e) = present(agent, challenges).await else {
+        let r = if kind_of(challenges) == ChallengeKind::Dns01 {
+            self.present_dns(rec, challenges).await
+        } else {
+            match present(agent, challenges).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    clear(agent, challenges).await;
+                    Err(IssueError::from(e))
+                }
+            }
+        };
+        let Err(e) = r else {
             return Ok(());
         };
-        clear(agent, challenges).await;
-        let e = IssueError::from(e);
         if choice::is_challenge_failure(&e) {
             let order_url = rec.observed.order.as_ref().map(|o| o.url.clone());
             self.record(
@@ -158,7 +173,10 @@ impl Engine {
             Ok(()) => driver.validate(timeout).await.map_err(IssueError::from),
             Err(e) => Err(e),
         };
-        if announced_before {
+        if kind == ChallengeKind::Dns01 {
+            // Nothing on the host to keep serving; the CA has what it needs (or failed).
+            self.remove_dns(rec).await;
+        } else if announced_before {
             // Kept served a while after a resumed validation (success or not: a CA may
             // still run a validation of the earlier announcement, and fail the order if
             // nobody answers); the clear is stored and done by the scheduler, so another
