@@ -99,6 +99,7 @@ pub fn coordinator() -> &'static Coordinator {
         let sessions = Arc::new(Sessions::default());
         let shutdown = tokio_util::sync::CancellationToken::new();
         let tracker = tokio_util::task::TaskTracker::new();
+        let config_providers = config.dns_providers.clone();
         let engine = certfleet_coordinator::engine::Engine::new(
             config,
             Arc::default(),
@@ -108,6 +109,11 @@ pub fn coordinator() -> &'static Coordinator {
             clock.clone(),
             shutdown.clone(),
             tracker.clone(),
+            // No DNS provider: the fuzzed sessions never reach DNS-01.
+            Arc::new(
+                certfleet_coordinator::dns::DnsProviders::from_config(&config_providers)
+                    .expect("no providers"),
+            ),
         );
         let host = HostId::parse("h-fuzz0000000000").expect("host id");
         // From JSON, so fields added to the record later (with defaults) need no change here.

@@ -6,7 +6,8 @@
 //! and [`DirectClient::issue_tls_alpn01_on`] order any identifiers (IPs or DNS names that
 //! resolve, for pebble, to the given addresses) and answer on those addresses;
 //! [`DirectClient::issue_for`] leaves answering HTTP-01 to the caller (e.g. a namespace
-//! host's web server webroot).
+//! host's web server webroot); [`DirectClient::issue_dns01_via`] answers DNS-01 (wildcards
+//! too) by writing every TXT value of the order into a knot server in one update.
 
 use std::net::IpAddr;
 
@@ -17,6 +18,7 @@ use instant_acme::{
 };
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType};
 
+use crate::dns::{KnotServer, Record};
 use crate::http01::Http01Responder;
 use crate::pebble::Pebble;
 use crate::tlsalpn01::TlsAlpn01Responder;
@@ -123,6 +125,87 @@ impl DirectClient {
             |_id, token, key_auth| present(token, key_auth.as_str()),
         )
         .await
+    }
+
+    /// One certificate for `names` (DNS names and `*.` wildcards) by DNS-01: every TXT
+    /// value of the order is written into `knot` in one TSIG-signed update (a wildcard and
+    /// its apex share `_acme-challenge.<base>`), then every challenge is set ready;
+    /// finalize, download, and the records are removed again.
+    pub async fn issue_dns01_via(
+        &self,
+        knot: &KnotServer,
+        names: &[String],
+        retry: &RetryPolicy,
+    ) -> anyhow::Result<Issued> {
+        let identifiers: Vec<Identifier> = names.iter().cloned().map(Identifier::Dns).collect();
+        let mut sans = Vec::new();
+        for n in names {
+            sans.push(SanType::DnsName(
+                n.clone()
+                    .try_into()
+                    .with_context(|| format!("not a DNS name: {n:?}"))?,
+            ));
+        }
+        let mut order = self
+            .account
+            .new_order(&NewOrder::new(&identifiers))
+            .await
+            .context("new order")?;
+        let mut records = Vec::new();
+        {
+            let mut auths = order.authorizations();
+            while let Some(auth) = auths.next().await {
+                let mut auth = auth.context("authorization")?;
+                let base = match &auth.identifier().identifier {
+                    Identifier::Dns(d) => d.clone(),
+                    other => anyhow::bail!("DNS-01 for {other:?}"),
+                };
+                let ch = auth
+                    .challenge(ChallengeType::Dns01)
+                    .context("no dns-01 challenge offered")?;
+                records.push(Record::txt(
+                    &format!("_acme-challenge.{base}"),
+                    &ch.key_authorization().dns_value(),
+                ));
+            }
+        }
+        knot.add_records(&records)
+            .await
+            .context("writing the TXT records")?;
+        let result = async {
+            let mut auths = order.authorizations();
+            while let Some(auth) = auths.next().await {
+                let mut auth = auth.context("authorization")?;
+                let mut ch = auth
+                    .challenge(ChallengeType::Dns01)
+                    .context("no dns-01 challenge offered")?;
+                ch.set_ready().await.context("set_ready")?;
+            }
+            let status = order.poll_ready(retry).await.context("poll_ready")?;
+            anyhow::ensure!(
+                status == OrderStatus::Ready,
+                "order is {status:?}, not ready"
+            );
+            let key = KeyPair::generate()?;
+            let mut params = CertificateParams::default();
+            params.distinguished_name = DistinguishedName::new();
+            params.subject_alt_names = sans;
+            let csr = params.serialize_request(&key)?;
+            order.finalize_csr(csr.der()).await.context("finalize")?;
+            let chain_pem = order
+                .poll_certificate(retry)
+                .await
+                .context("poll_certificate")?;
+            Ok(Issued {
+                chain_pem,
+                key_pem: key.serialize_pem(),
+            })
+        }
+        .await;
+        knot.remove_records(&records)
+            .await
+            .context("removing the TXT records")?;
+        result
     }
 
     /// The order itself, for challenges of `kind`: `present(identifier, token,

@@ -197,7 +197,9 @@ poll_interval = "200ms"
     // environment, which has none of them).
     assert!(
         !env.contains_key("AWS_ACCESS_KEY_ID")
-            && !env.values().any(|v| v.contains("certfleet-test-secret-access-key")),
+            && !env
+                .values()
+                .any(|v| v.contains("certfleet-test-secret-access-key")),
         "an AWS credential reached the host: {env:?}"
     );
 
