@@ -5,8 +5,8 @@
 //! when the policy's `allowed_names` covers it. Pure: no store, no network.
 
 use crate::config::{
-    zone_of, CertificateConfig, ChallengeKind, Config, IpSelection, NameTemplate, PolicyConfig,
-    REQUESTED,
+    in_some_zone, CertificateConfig, ChallengeKind, Config, IpSelection, NameTemplate,
+    PolicyConfig, REQUESTED,
 };
 use crate::model::{CertSpec, HostRecord};
 use certfleet_shared::identifier::{
@@ -262,7 +262,7 @@ fn check_zones(config: &Config, names: &[Identifier]) -> Result<(), SpecError> {
     let zones = config.dns_zones();
     let outside: Vec<String> = names
         .iter()
-        .filter(|id| id.dns_name().is_some_and(|n| zone_of(n, &zones).is_none()))
+        .filter(|id| id.dns_name().is_some_and(|n| !in_some_zone(n, &zones)))
         .map(|id| id.to_string())
         .collect();
     if outside.is_empty() {

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 
 use anyhow::Context as _;
 use instant_acme::{
-    Account, ChallengeType, Identifier, KeyAuthorization, NewAccount, NewOrder, OrderStatus,
+    Account, ChallengeType, Identifier, KeyAuthorization, NewAccount, NewOrder, Order, OrderStatus,
     RetryPolicy,
 };
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType};
@@ -138,14 +138,7 @@ impl DirectClient {
         retry: &RetryPolicy,
     ) -> anyhow::Result<Issued> {
         let identifiers: Vec<Identifier> = names.iter().cloned().map(Identifier::Dns).collect();
-        let mut sans = Vec::new();
-        for n in names {
-            sans.push(SanType::DnsName(
-                n.clone()
-                    .try_into()
-                    .with_context(|| format!("not a DNS name: {n:?}"))?,
-            ));
-        }
+        let sans = sans_of(&identifiers)?;
         let mut order = self
             .account
             .new_order(&NewOrder::new(&identifiers))
@@ -181,25 +174,7 @@ impl DirectClient {
                     .context("no dns-01 challenge offered")?;
                 ch.set_ready().await.context("set_ready")?;
             }
-            let status = order.poll_ready(retry).await.context("poll_ready")?;
-            anyhow::ensure!(
-                status == OrderStatus::Ready,
-                "order is {status:?}, not ready"
-            );
-            let key = KeyPair::generate()?;
-            let mut params = CertificateParams::default();
-            params.distinguished_name = DistinguishedName::new();
-            params.subject_alt_names = sans;
-            let csr = params.serialize_request(&key)?;
-            order.finalize_csr(csr.der()).await.context("finalize")?;
-            let chain_pem = order
-                .poll_certificate(retry)
-                .await
-                .context("poll_certificate")?;
-            Ok(Issued {
-                chain_pem,
-                key_pem: key.serialize_pem(),
-            })
+            finish(&mut order, sans, retry).await
         }
         .await;
         knot.remove_records(&records)
@@ -217,18 +192,7 @@ impl DirectClient {
         retry: &RetryPolicy,
         mut present: impl FnMut(&Identifier, &str, &KeyAuthorization) -> anyhow::Result<()>,
     ) -> anyhow::Result<Issued> {
-        let mut sans = Vec::new();
-        for id in identifiers {
-            sans.push(match id {
-                Identifier::Ip(ip) => SanType::IpAddress(*ip),
-                Identifier::Dns(name) => SanType::DnsName(
-                    name.clone()
-                        .try_into()
-                        .with_context(|| format!("not a DNS name: {name:?}"))?,
-                ),
-                other => anyhow::bail!("the direct client cannot order {other:?}"),
-            });
-        }
+        let sans = sans_of(identifiers)?;
         let mut order = self
             .account
             .new_order(&NewOrder::new(identifiers))
@@ -247,25 +211,52 @@ impl DirectClient {
                 ch.set_ready().await.context("set_ready")?;
             }
         }
-        let status = order.poll_ready(retry).await.context("poll_ready")?;
-        anyhow::ensure!(
-            status == OrderStatus::Ready,
-            "order is {status:?}, not ready"
-        );
-
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names = sans;
-        let csr = params.serialize_request(&key)?;
-        order.finalize_csr(csr.der()).await.context("finalize")?;
-        let chain_pem = order
-            .poll_certificate(retry)
-            .await
-            .context("poll_certificate")?;
-        Ok(Issued {
-            chain_pem,
-            key_pem: key.serialize_pem(),
-        })
+        finish(&mut order, sans, retry).await
     }
+}
+
+/// The CSR's SANs for `identifiers`: iPAddress for IPs, dNSName for names and wildcards.
+fn sans_of(identifiers: &[Identifier]) -> anyhow::Result<Vec<SanType>> {
+    identifiers
+        .iter()
+        .map(|id| {
+            Ok(match id {
+                Identifier::Ip(ip) => SanType::IpAddress(*ip),
+                Identifier::Dns(name) => SanType::DnsName(
+                    name.clone()
+                        .try_into()
+                        .with_context(|| format!("not a DNS name: {name:?}"))?,
+                ),
+                other => anyhow::bail!("the direct client cannot order {other:?}"),
+            })
+        })
+        .collect()
+}
+
+/// Every challenge is set ready: wait until the order is ready, finalize with a fresh key
+/// and a CN-less CSR naming exactly `sans`, download the chain.
+async fn finish(
+    order: &mut Order,
+    sans: Vec<SanType>,
+    retry: &RetryPolicy,
+) -> anyhow::Result<Issued> {
+    let status = order.poll_ready(retry).await.context("poll_ready")?;
+    anyhow::ensure!(
+        status == OrderStatus::Ready,
+        "order is {status:?}, not ready"
+    );
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = sans;
+    let csr = params.serialize_request(&key)?;
+    order.finalize_csr(csr.der()).await.context("finalize")?;
+    let chain_pem = order
+        .poll_certificate(retry)
+        .await
+        .context("poll_certificate")?;
+    Ok(Issued {
+        chain_pem,
+        key_pem: key.serialize_pem(),
+    })
 }

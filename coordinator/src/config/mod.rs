@@ -25,7 +25,7 @@ pub use dns::{
 };
 mod policy;
 pub use policy::{
-    zone_of, CertificateConfig, ChallengeKind, IpSelection, NameTemplate, PolicyConfig,
+    in_some_zone, CertificateConfig, ChallengeKind, IpSelection, NameTemplate, PolicyConfig,
     DEFAULT_CERT, REQUESTED,
 };
 

@@ -399,7 +399,7 @@ fn check_dns01(
         let Some(name) = id.dns_name() else {
             continue;
         };
-        if zone_of(name, dns_zones).is_none() {
+        if !in_some_zone(name, dns_zones) {
             return Err(format!(
                 "{t:?} is validated by DNS-01, but no [[dns_provider]] serves a zone it is in \
                  (zones served: {}); add its zone to a provider's zones",
@@ -418,18 +418,9 @@ fn check_dns01(
     Ok(())
 }
 
-/// The longest of `zones` that `name` is in (the zone itself or below it).
-pub fn zone_of<'z>(name: &DnsName, zones: &'z [DnsName]) -> Option<&'z DnsName> {
-    zones
-        .iter()
-        .filter(|z| {
-            let (n, z) = (name.as_str(), z.as_str());
-            n == z
-                || (n.len() > z.len()
-                    && n.ends_with(z)
-                    && n.as_bytes()[n.len() - z.len() - 1] == b'.')
-        })
-        .max_by_key(|z| z.as_str().len())
+/// Whether `name` is one of `zones` or below one of them.
+pub fn in_some_zone(name: &DnsName, zones: &[DnsName]) -> bool {
+    zones.iter().any(|z| name.is_at_or_under(z))
 }
 
 /// A template is valid when it parses and, filled in with a plausible host, is a valid

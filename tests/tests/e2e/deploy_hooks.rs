@@ -199,12 +199,18 @@ async fn a_failing_deploy_hook_is_audited_and_the_certificate_stays() {
         .await
         .is_empty());
 
-    // Nothing retries it: a moment later the record is alone and the row unchanged.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(records_of(&coord, "deploy_hook_failed", &id).await.len(), 1);
+    // Nothing retries it: the schedule holds no retry or immediate action (only the
+    // renewal or an ARI check), no error is recorded, and the row is unchanged.
     let again = coord.cert(&row.cert_id).await.expect("row");
     assert_eq!(
         (again.state.as_str(), &again.serial),
         ("served", &row.serial)
     );
+    let next = again.next_reason.as_deref().unwrap_or_default();
+    assert!(
+        next != "retry" && next != "act now",
+        "a failed hook must not be retried: next action {next:?} ({again:?})"
+    );
+    assert!(again.last_error.is_none(), "{again:?}");
+    assert_eq!(records_of(&coord, "deploy_hook_failed", &id).await.len(), 1);
 }

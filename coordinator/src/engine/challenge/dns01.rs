@@ -85,13 +85,17 @@ impl Engine {
             Ok(()) => {}
             Err(e) => {
                 tracing::warn!(cert = %rec.id, error = %e, "could not remove DNS-01 records; will try again");
-                let _ = self.record(
+                if let Err(audit) = self.record(
                     Kind::DnsCleanupFailed,
                     rec,
                     Entry::by("coordinator")
                         .detail("records", &set)
                         .detail("problem", e.to_string()),
-                );
+                ) {
+                    // The records are still kept for the retry below; only the trail
+                    // misses this entry, which the log says.
+                    tracing::error!(cert = %rec.id, error = %audit, "could not audit the failed DNS-01 cleanup");
+                }
                 if !rec.observed.dns_cleanup.contains(&set) {
                     rec.observed.dns_cleanup.push(set);
                 }
