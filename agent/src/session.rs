@@ -402,6 +402,10 @@ impl Agent {
             Some(Cmd::CreateCsr(c)) => self.create_csr(c).await,
             Some(Cmd::DiscardPendingKeys(d)) => self.discard_pending_keys(d),
             Some(Cmd::Install(i)) => self.install(i).await,
+            Some(Cmd::SealKey(_)) | Some(Cmd::ImportKey(_)) => Err(AgentFailure::new(
+                "key_group_not_allowed",
+                "this agent takes part in no key group; list the group in the agent's key_groups to share its key",
+            )),
         };
         let result = match result {
             Ok(r) => r,

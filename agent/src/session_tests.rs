@@ -36,6 +36,7 @@ fn csr_cmd() -> Cmd {
         key_type: pb::KeyType::EcdsaP256 as i32,
         target: "t".into(),
         cert_id: "c-abc".into(),
+        key_group: String::new(),
     })
 }
 
@@ -268,6 +269,7 @@ async fn hello_asks_for_the_configured_names_and_csrs_name_what_the_coordinator_
                 key_type,
                 target: "t".into(),
                 cert_id: "c-abc".into(),
+                key_group: String::new(),
             }),
         )
     };

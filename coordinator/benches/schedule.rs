@@ -33,6 +33,7 @@ fn record(i: usize, now: i64, due: bool) -> CertRecord {
         required_profile: None,
         key_type: KeyTypeName::EcdsaP256,
         targets: vec!["nginx".into()],
+        key_group: None,
     };
     // Due ones now; the rest spread over the next 80 hours.
     let next = if due {

@@ -172,6 +172,8 @@ pub fn answers(cmd: &Cmd, result: &reply::Result) -> bool {
             | (Cmd::DiscardPendingKeys(_), reply::Result::Done(_))
             | (Cmd::CreateCsr(_), reply::Result::Csr(_))
             | (Cmd::Install(_), reply::Result::Installed(_))
+            | (Cmd::SealKey(_), reply::Result::SealedKey(_))
+            | (Cmd::ImportKey(_), reply::Result::Done(_))
     )
 }
 
@@ -181,6 +183,7 @@ fn reply_kind(result: &reply::Result) -> &'static str {
         reply::Result::Failure(_) => "failure",
         reply::Result::Csr(_) => "csr",
         reply::Result::Installed(_) => "installed",
+        reply::Result::SealedKey(_) => "sealed_key",
     }
 }
 

@@ -165,6 +165,7 @@ fn one(
                 .or_else(|| policy.and_then(|p| p.key_type))
                 .unwrap_or(config.issuance.key_type),
             targets,
+            key_group: c.key_group.clone(),
         },
         refused,
     ))

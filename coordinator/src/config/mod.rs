@@ -4,7 +4,7 @@
 
 use base64::Engine;
 use serde::Deserialize;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -506,6 +506,19 @@ impl Config {
                 ));
             }
             p.validate(&self.issuers, &self.dns_zones())?;
+        }
+        // A key group is one certificate: given by one [[policy.certificate]] only.
+        let mut groups: HashMap<&str, (&str, &str)> = HashMap::new();
+        for p in &self.policies {
+            for c in &p.certificates {
+                let Some(g) = &c.key_group else { continue };
+                if let Some((op, oc)) = groups.insert(g, (&p.name, &c.name)) {
+                    return Err(format!(
+                        "[[policy]] {:?}, [[policy.certificate]] {:?}: key_group {g:?} is also given by [[policy]] {op:?}, [[policy.certificate]] {oc:?}; a key group is one certificate, so give each its own group name",
+                        p.name, c.name
+                    ));
+                }
+            }
         }
         if self.issuance.retry_base_secs == 0 || self.issuance.retry_base_secs > 3600 {
             return Err("[issuance] retry_base_secs must be between 1 and 3600".into());

@@ -111,6 +111,13 @@ pub struct CertificateConfig {
     /// only target.
     #[serde(default)]
     pub targets: Vec<String>,
+    /// A key group: every host this certificate goes to serves one and the same
+    /// certificate and key (a wildcard behind a load balancer). One member makes the key
+    /// and CSR; each other member gets the key sealed to its own identity key, relayed by
+    /// the coordinator, which never sees it in clear. One order per renewal for the group.
+    /// Each member's agent must list the group in its own `key_groups`. Default: none
+    /// (one key per host, which never leaves it).
+    pub key_group: Option<String>,
 }
 
 impl CertificateConfig {
@@ -127,6 +134,7 @@ impl CertificateConfig {
             profile: None,
             key_type: None,
             targets: Vec::new(),
+            key_group: None,
         }
     }
 }
@@ -311,6 +319,7 @@ impl PolicyConfig {
                 }
             }
             check_dns01(c, ips, dns_zones).map_err(ctx)?;
+            check_key_group(c).map_err(ctx)?;
             for t in &c.targets {
                 if let Some(other) = targets.insert(t, &c.name) {
                     return Err(ctx(format!(
@@ -414,6 +423,42 @@ fn check_dns01(
                 }
             ));
         }
+    }
+    Ok(())
+}
+
+/// A key group's rules: a valid name; every member's certificate must be the same one, so
+/// only literal names (no `{hostname}`, `{label.…}` or `{requested}`) and no addresses;
+/// validated by DNS-01 only, because behind a load balancer the CA's HTTP-01 or
+/// TLS-ALPN-01 request may reach any member, and only the one that made the key would
+/// answer.
+fn check_key_group(c: &CertificateConfig) -> Result<(), String> {
+    let Some(g) = &c.key_group else {
+        return Ok(());
+    };
+    if !valid_cert_name(g) {
+        return Err(format!(
+            "key_group {g:?}: a group name is letters, digits, - or _ (up to 64)"
+        ));
+    }
+    if c.names.is_empty() {
+        return Err(format!(
+            "key_group {g:?} needs names: a key group shares one certificate for names, never for addresses"
+        ));
+    }
+    if let Some(t) = c
+        .names
+        .iter()
+        .find(|t| *t == REQUESTED || !NameTemplate::parse(t).is_ok_and(|p| p.is_literal()))
+    {
+        return Err(format!(
+            "key_group {g:?}: {t:?} would differ from host to host, but every member of a key group serves the same certificate; list the names literally"
+        ));
+    }
+    if c.challenges != [ChallengeKind::Dns01] {
+        return Err(format!(
+            "key_group {g:?} needs challenges = [\"dns-01\"]: behind a load balancer the CA's HTTP-01 or TLS-ALPN-01 request may reach any member, and only the one that made the key answers it"
+        ));
     }
     Ok(())
 }

@@ -73,6 +73,7 @@ impl CsrWant {
                 // The key is made once for the certificate, whichever target it goes to.
                 target: rec.spec.targets.first().cloned().unwrap_or_default(),
                 cert_id: rec.id.to_string(),
+                key_group: rec.spec.key_group.clone().unwrap_or_default(),
             },
             identifiers: order.identifiers.clone(),
             key_type: rec.spec.key_type,

@@ -237,6 +237,7 @@ pub(crate) mod testutil {
             required_profile: None,
             key_type: KeyTypeName::EcdsaP256,
             targets: vec!["t".into()],
+            key_group: None,
         }
     }
 

@@ -143,6 +143,7 @@ mod tests {
             required_profile: Some("shortlived".into()),
             key_type: KeyTypeName::EcdsaP384,
             targets: vec!["nginx".into()],
+            key_group: None,
         };
         let mut rec = CertRecord::new(CertId::generate(), HostId::generate(), spec, 1_000);
         rec.state = CertState::Served;

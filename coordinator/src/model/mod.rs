@@ -39,6 +39,11 @@ pub struct CertSpec {
     /// were possible stored one, as `target`).
     #[serde(alias = "target", deserialize_with = "one_or_many")]
     pub targets: Vec<String>,
+    /// The key group (`key_group` in the policy's certificate): every host given this
+    /// certificate serves one certificate and one key, made by one member and sealed to
+    /// each other member's identity key. `None`: the host's own key (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_group: Option<String>,
 }
 
 fn default_cert_name() -> String {

@@ -635,6 +635,7 @@ mod tests {
             required_profile: None,
             key_type: Default::default(),
             targets: vec!["t".into()],
+            key_group: None,
         };
         let mut rec = CertRecord::new(CertId::generate(), host.clone(), spec, 1);
         rec.schedule.next_action = next;

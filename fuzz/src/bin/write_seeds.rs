@@ -299,6 +299,7 @@ fn main() {
             key_type: key_type as i32,
             target: TARGET.into(),
             cert_id: "c-abcdefghijk23456".into(),
+            key_group: String::new(),
         }))
     };
     w(
