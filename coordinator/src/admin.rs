@@ -20,7 +20,7 @@ pub async fn revoke(
     by: &str,
     reissue: bool,
 ) -> Result<Option<String>, IssueError> {
-    let Some(mut rec) = engine.store.cert(id)? else {
+    let Some(rec) = engine.store.cert(id)? else {
         return Err(IssueError::Policy(format!("no such certificate: {id}")));
     };
     let Some(cur) = rec.observed.current.clone() else {
@@ -40,18 +40,41 @@ pub async fn revoke(
     )?;
     tracing::warn!(cert = %id, serial = %cur.serial, reason = reason_name, by, "certificate revoked");
     if reissue {
-        rec.observed.current = None;
-        rec.observed.ari = None;
-        rec.schedule.ari_retry_at = None;
-        rec.schedule.last_renewal_reason = Some(format!("revoked ({reason_name}) by {by}"));
-        rec.observed.revoked_serial = Some(cur.serial.clone());
-        rec.schedule.next_action = Some(engine.clock.now_unix());
-        rec.schedule.next_reason = Some("replace the revoked certificate".into());
-        rec.state = state_of(&rec, engine.clock.now_unix());
-        engine.store.put_cert(&rec)?;
+        // A key group's certificate is every member's: all of them drop it, and the
+        // group orders one replacement.
+        let mut records = vec![rec.clone()];
+        if let Some(g) = &rec.spec.key_group {
+            records.extend(engine.store.certs_in_group(g)?.into_iter().filter(|m| {
+                m.id != rec.id
+                    && m.observed.current.as_ref().map(|c| &c.serial) == Some(&cur.serial)
+            }));
+        }
+        for mut rec in records {
+            rec.observed.current = None;
+            rec.observed.ari = None;
+            rec.schedule.ari_retry_at = None;
+            rec.schedule.last_renewal_reason = Some(format!("revoked ({reason_name}) by {by}"));
+            rec.observed.revoked_serial = Some(cur.serial.clone());
+            rec.schedule.next_action = Some(engine.clock.now_unix());
+            rec.schedule.next_reason = Some("replace the revoked certificate".into());
+            rec.state = state_of(&rec, engine.clock.now_unix());
+            engine.store.put_cert(&rec)?;
+        }
         engine.wake.notify_one();
     }
     Ok(Some(cur.serial))
+}
+
+/// Whether another member of `rec`'s key group still has the same certificate (so removing
+/// this host must not revoke it).
+fn shared_with_group(engine: &Engine, rec: &crate::model::CertRecord) -> Result<bool, StoreError> {
+    let (Some(g), Some(cur)) = (&rec.spec.key_group, &rec.observed.current) else {
+        return Ok(false);
+    };
+    Ok(engine.store.certs_in_group(g)?.iter().any(|m| {
+        m.host_id != rec.host_id
+            && m.observed.current.as_ref().map(|c| &c.serial) == Some(&cur.serial)
+    }))
 }
 
 /// Removes a host: revokes its certificates (cessationOfOperation) unless told not to,
@@ -63,8 +86,14 @@ pub async fn remove_host(
     revoke_certs: bool,
 ) -> Result<Vec<String>, IssueError> {
     let mut revoked = Vec::new();
+    let mut kept = Vec::new();
     for rec in engine.store.certs_for_host(host)? {
-        if revoke_certs
+        if revoke_certs && shared_with_group(engine, &rec)? {
+            // The group's other members still serve it: not revoked.
+            if let Some(c) = &rec.observed.current {
+                kept.push(c.serial.clone());
+            }
+        } else if revoke_certs
             && rec
                 .observed
                 .current
@@ -92,6 +121,7 @@ pub async fn remove_host(
         Entry::by(by)
             .host(host)
             .detail("revoked_serials", &revoked)
+            .detail("kept_for_key_group", &kept)
             .detail("revoked", revoke_certs),
     )?;
     engine.store.delete_host(host)?;

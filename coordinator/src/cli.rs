@@ -131,7 +131,7 @@ pub async fn certs(
                 json!({
                     "cert_id": c.cert_id, "host_id": c.host_id, "identifiers": c.identifiers,
                     "issuer": c.issuer, "profile": opt_str(&c.profile), "required_profile": opt_str(&c.required_profile),
-                    "policy": opt_str(&c.policy), "name": c.name, "target": c.target,
+                    "policy": opt_str(&c.policy), "name": c.name, "key_group": opt_str(&c.key_group), "target": c.target,
                     "targets": c.targets, "state": c.state,
                     "serial": opt_str(&c.serial), "installed_serial": opt_str(&c.installed_serial),
                     "served_serial": opt_str(&c.served_serial), "served_on": c.served_on,
@@ -178,10 +178,10 @@ pub async fn certs(
                 c.host_id.clone(),
                 c.identifiers.join(","),
                 validated_by(&c.identifiers, &c.validated_by),
-                if c.name.is_empty() {
-                    "-".into()
-                } else {
-                    c.name.clone()
+                match (c.name.is_empty(), c.key_group.is_empty()) {
+                    (true, _) => "-".into(),
+                    (false, true) => c.name.clone(),
+                    (false, false) => format!("{} (key group {})", c.name, c.key_group),
                 },
                 c.targets.join(","),
                 if c.at_risk {

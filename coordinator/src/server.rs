@@ -131,6 +131,7 @@ impl Enrollment for Api {
             enrolled_from: from.clone(),
             identity_not_after: Some(info.not_after),
             identity_rotated: None,
+            identity_spki: Some(hex::encode(&info.spki_der)),
             identity_serial: info.serial_hex,
             ips: vec![],
             targets: vec![],
@@ -213,6 +214,12 @@ impl AgentSession for Api {
         req: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
         let host = host_identity(&req, self.store.as_ref())?;
+        // The identity key this session proves: key groups seal to it.
+        let identity_spki = req
+            .peer_certs()
+            .and_then(|c| c.first().cloned())
+            .and_then(|c| CertInfo::from_der(&c).ok())
+            .map(|i| hex::encode(&i.spki_der));
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.next())
             .await
@@ -231,6 +238,14 @@ impl AgentSession for Api {
         self.apply_hello(&host.id, hello).inspect_err(|e| {
             tracing::warn!(host = %host.id, error = %e.message(), "bad Hello");
         })?;
+        if let Some(spki) = identity_spki {
+            if let Some(mut rec) = self.store.host(&host.id).map_err(internal)? {
+                if rec.identity_spki.as_deref() != Some(spki.as_str()) {
+                    rec.identity_spki = Some(spki);
+                    self.store.put_host(&rec).map_err(internal)?;
+                }
+            }
+        }
 
         let (tx, rx) = mpsc::channel(32);
         let handle = self.sessions.open(host.id.clone(), tx);
@@ -316,6 +331,7 @@ impl AgentSession for Api {
         // Re-read: the session may have written the host since we looked.
         let mut rec = self.store.host(&host.id).map_err(internal)?.unwrap_or(host);
         rec.identity_serial = info.serial_hex.clone();
+        rec.identity_spki = Some(hex::encode(&info.spki_der));
         rec.identity_not_after = Some(info.not_after);
         rec.identity_rotated = Some(now);
         self.store.put_host(&rec).map_err(internal)?;
@@ -772,6 +788,7 @@ fn cert_view(c: crate::model::CertRecord, now: i64) -> pb::CertView {
         renew_at_unix: renew_at,
         last_renewal_reason: c.schedule.last_renewal_reason.clone().unwrap_or_default(),
         required_profile: c.spec.required_profile.clone().unwrap_or_default(),
+        key_group: c.spec.key_group.clone().unwrap_or_default(),
         validated_by: cur
             .map(|x| {
                 x.validated_by

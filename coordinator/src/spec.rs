@@ -398,6 +398,7 @@ mod tests {
             enrolled: 0,
             enrolled_from: String::new(),
             identity_serial: String::new(),
+            identity_spki: None,
             identity_not_after: None,
             identity_rotated: None,
             ips: ips.iter().map(|s| s.parse().unwrap()).collect(),

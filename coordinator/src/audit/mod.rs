@@ -68,6 +68,10 @@ pub enum Kind {
     /// certificate stays installed. A hook that succeeded is `deploy_hook: "ok"` in the
     /// `certificate_installed` record.
     DeployHookFailed,
+    /// A key group's key was sealed by one member to another member's identity key and
+    /// imported there (`key_group`, `key_sha256`, `from_host`, `recipient_identity_sha256`;
+    /// the record's host is the one that received it). The coordinator relayed ciphertext.
+    KeyShared,
 }
 
 impl Kind {

@@ -247,7 +247,8 @@ impl PolicyConfig {
 
     /// Certificates that give every matching host the very same identifiers: with Let's
     /// Encrypt's limit of 5 certificates per identifier set per week, more than 5 such
-    /// hosts (or frequent re-issues) get refused. Said once at start, naming the fix.
+    /// hosts (or frequent re-issues) get refused. Said once at start, naming the fix. A key
+    /// group is exempt: it orders one certificate for all its hosts.
     pub fn shared_set_warnings(&self) -> Vec<String> {
         self.certificates
             .iter()
@@ -256,11 +257,12 @@ impl PolicyConfig {
                     t == REQUESTED || NameTemplate::parse(t).is_ok_and(|tpl| !tpl.is_literal())
                 });
                 let ips = c.ips.unwrap_or(IpSelection::None) != IpSelection::None;
-                !c.names.is_empty() && !host_specific && !ips
+                // A key group is one certificate for all its hosts: that is its point.
+                !c.names.is_empty() && !host_specific && !ips && c.key_group.is_none()
             })
             .map(|c| {
                 format!(
-                    "[[policy]] {:?}, certificate {:?}: every host the policy matches gets the same names ({}); Let's Encrypt issues at most 5 certificates per identifier set per week, so a 6th host (or a 6th re-issue) waits for the budget. Add a host-specific name, e.g. \"{{hostname}}.example.net\", so each host's set differs, or terminate the shared name on a load balancer that holds one certificate",
+                    "[[policy]] {:?}, certificate {:?}: every host the policy matches gets the same names ({}); Let's Encrypt issues at most 5 certificates per identifier set per week, so a 6th host (or a 6th re-issue) waits for the budget. Add a host-specific name, e.g. \"{{hostname}}.example.net\", so each host's set differs, give the certificate a key_group (one certificate and key shared by every host, for names by dns-01), or terminate the shared name on a load balancer that holds one certificate",
                     self.name,
                     c.name,
                     c.names.join(", ")

@@ -315,6 +315,11 @@ fn same_names_for_every_host_are_warned_about() {
     assert!(cert("names = [\"api.example.net\", \"{hostname}.example.net\"]\n").is_empty());
     assert!(cert("names = [\"api.example.net\", \"{requested}\"]\n").is_empty());
     assert!(cert("names = [\"api.example.net\"]\nips = \"public\"\n").is_empty());
+    assert!(
+        w[0].contains("key_group"),
+        "the key group is offered: {}",
+        w[0]
+    );
 }
 
 /// DNS-01's rules at load: wildcards only by DNS-01, never addresses by DNS-01, literal
@@ -376,4 +381,65 @@ fn dns01_rules_are_checked_at_load() {
     );
     let err = parse(&none).expect_err("no provider").to_string();
     assert!(err.contains("(zones served: none)"), "{err}");
+}
+
+/// A key group's rules at load: literal names only, DNS-01 only, a valid name, one
+/// certificate per group; each refusal names the fix.
+#[test]
+fn key_group_rules_are_checked_at_load() {
+    const PROVIDER: &str = "[[dns_provider]]\nname = \"script\"\nzones = [\"example.net\"]\nkind = \"exec\"\ncommand = [\"/bin/true\"]\n";
+    let cert = |body: &str| {
+        format!(
+            "{MINIMAL}{PROVIDER}[[policy]]\nname = \"web\"\n[[policy.certificate]]\nname = \"c\"\n{body}"
+        )
+    };
+    let good = cert(
+        "names = [\"*.example.net\", \"example.net\"]\nchallenges = [\"dns-01\"]\nkey_group = \"edge\"\n",
+    );
+    let cfg = parse(&good).expect("a key group for literal names by dns-01");
+    assert_eq!(
+        cfg.policies[0].certificates[0].key_group.as_deref(),
+        Some("edge")
+    );
+    assert!(
+        cfg.policies[0].shared_set_warnings().is_empty(),
+        "one certificate for the whole group is the point, not a warning"
+    );
+    let cases: Vec<(String, &str)> = vec![
+        (
+            cert("names = [\"{hostname}.example.net\"]\nchallenges = [\"dns-01\"]\nkey_group = \"edge\"\n"),
+            "would differ from host to host",
+        ),
+        (
+            cert("names = [\"{requested}\"]\nchallenges = [\"dns-01\"]\nkey_group = \"edge\"\n"),
+            "list the names literally",
+        ),
+        (
+            cert("names = [\"a.example.net\"]\nkey_group = \"edge\"\n"),
+            "needs challenges = [\"dns-01\"]",
+        ),
+        (
+            cert("names = [\"a.example.net\"]\nchallenges = [\"dns-01\"]\nkey_group = \"no spaces\"\n"),
+            "a group name is letters, digits",
+        ),
+        (
+            cert("ips = \"public\"\nkey_group = \"edge\"\n"),
+            "never for addresses",
+        ),
+    ];
+    for (text, want) in cases {
+        let err = parse(&text).expect_err(&text).to_string();
+        assert!(err.contains(want), "{want:?} not in: {err}");
+        assert!(err.contains("[[policy]] \"web\""), "policy named: {err}");
+    }
+    let twice = format!(
+        "{good}[[policy]]\nname = \"api\"\n[[policy.certificate]]\nname = \"d\"\nnames = [\"api.example.net\"]\nchallenges = [\"dns-01\"]\nkey_group = \"edge\"\n"
+    );
+    let err = parse(&twice)
+        .expect_err("one group, two certificates")
+        .to_string();
+    assert!(
+        err.contains("key_group \"edge\" is also given by [[policy]] \"web\""),
+        "{err}"
+    );
 }

@@ -19,6 +19,9 @@ impl Engine {
         let Some(cur) = rec.observed.current.clone() else {
             return Ok(());
         };
+        if rec.spec.key_group.is_some() {
+            self.ensure_group_key(agent, rec).await?;
+        }
         let targets = rec.spec.targets.clone();
         for target in &targets {
             if rec.observed.done_in(target, &cur.serial) {
@@ -105,7 +108,12 @@ impl Engine {
                 else {
                     return Err(e.into());
                 };
-                if *kind == pb::FailureCode::NoMatchingKey {
+                if *kind == pb::FailureCode::NoMatchingKey && rec.spec.key_group.is_some() {
+                    // A key-group member without the key: it is fetched from a member
+                    // again before the next attempt (the certificate stays the group's).
+                    tracing::warn!(host = %rec.host_id, cert = %rec.id, error = %message, "host lacks the key group's key; fetching it again");
+                    rec.observed.group_key = None;
+                } else if *kind == pb::FailureCode::NoMatchingKey {
                     // The key for this certificate is gone from the host: the certificate
                     // is useless there, so the next attempt issues a new one.
                     tracing::warn!(host = %rec.host_id, cert = %rec.id, error = %message, "host lost the key; re-issuing");

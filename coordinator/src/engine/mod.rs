@@ -22,6 +22,8 @@
 //!   challenge kind ([`challenge::http01`]).
 //! - [`csr`] — what the agent's CSR must be, and asking for it.
 //! - [`install`] — asking the agent to install, and what its answer means.
+//! - [`keygroup`] — one certificate and key for a group of hosts: one order per renewal,
+//!   the others take it; the key sealed by a member to each other member.
 //! - [`hosts`] — a host's facts changed: IP ownership, its desired certificate.
 //! - [`budget`] — the rate-limit budget per issuer (cached, persisted in the store).
 //!
@@ -34,6 +36,7 @@ pub mod challenge;
 pub mod csr;
 pub mod hosts;
 pub mod install;
+pub mod keygroup;
 pub mod order;
 pub mod reconcile;
 pub mod scheduler;
@@ -85,6 +88,10 @@ pub enum IssueError {
     Audit(#[from] crate::audit::AuditError),
     #[error(transparent)]
     Dns(#[from] crate::dns::DnsError),
+    /// A key-group member waits for its group (another member ordering, a key holder to
+    /// connect) or must order anew (the group's key is lost): looked at again shortly.
+    #[error("{0}")]
+    KeyGroup(String),
 }
 
 pub struct Engine {
@@ -99,6 +106,8 @@ pub struct Engine {
     pub(crate) config: Config,
     pub(crate) clock: SharedClock,
     running: Mutex<HashSet<CertId>>,
+    /// One lock per key group: one member decides at a time (see [`keygroup`]).
+    group_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub(crate) wake: Notify,
     permits: Arc<Semaphore>,
     shutdown: CancellationToken,
@@ -149,6 +158,7 @@ impl Engine {
             config,
             clock,
             running: Mutex::default(),
+            group_locks: Mutex::default(),
             wake: Notify::new(),
             permits: Arc::new(Semaphore::new(MAX_PARALLEL)),
             shutdown,
@@ -217,6 +227,7 @@ pub(crate) mod testutil {
             enrolled: 0,
             enrolled_from: String::new(),
             identity_serial: String::new(),
+            identity_spki: None,
             identity_not_after: None,
             identity_rotated: None,
             ips: vec![],

@@ -305,6 +305,10 @@ impl Engine {
         });
         rec.observed.order = None;
         rec.observed.ari = None;
+        if rec.spec.key_group.is_some() {
+            // This host made the group's key: the other members get it from here.
+            rec.observed.group_key = Some(super::csr::key_digest(&leaf.spki_der));
+        }
         rec.schedule.ari_retry_at = None;
         rec.schedule.forced_by = None;
         if renewed {
@@ -351,7 +355,9 @@ impl Engine {
                         .as_ref()
                         .and_then(|c| c.profile.clone()),
                 )
-                .detail("reason", &order.reason),
+                .detail("reason", &order.reason)
+                .detail("key_group", &rec.spec.key_group)
+                .detail("key_sha256", super::csr::key_digest(&leaf.spki_der)),
         )?;
         // Durable before the install is asked for.
         self.store.put_cert(rec)?;

@@ -150,6 +150,10 @@ impl Engine {
                 rec.schedule.last_error = Some("waiting for the host to connect".into());
                 next = next.min(now + WAIT_FOR_AGENT_SECS);
             }
+            Err(IssueError::KeyGroup(why)) => {
+                rec.schedule.last_error = Some(why.clone());
+                next = now + super::keygroup::GROUP_WAIT_SECS;
+            }
             Err(IssueError::Budget(refusal)) => {
                 let _ = self.record(
                     Kind::RateLimitRefused,
@@ -235,7 +239,10 @@ impl Engine {
             }
         }
         if let Err(e) = &outcome {
-            if !matches!(e, IssueError::WaitingForAgent | IssueError::Store(_)) {
+            if !matches!(
+                e,
+                IssueError::WaitingForAgent | IssueError::Store(_) | IssueError::KeyGroup(_)
+            ) {
                 self.metrics
                     .failures
                     .get_or_create(&crate::metrics::IssuerReason {
@@ -244,7 +251,7 @@ impl Engine {
                     })
                     .inc();
             }
-            if !matches!(e, IssueError::WaitingForAgent) {
+            if !matches!(e, IssueError::WaitingForAgent | IssueError::KeyGroup(_)) {
                 tracing::warn!(cert = %rec.id, host = %rec.host_id, error = %e, next_action = next, "certificate not reconciled");
             }
         }
@@ -362,6 +369,7 @@ fn failure_reason(e: &IssueError) -> &'static str {
         IssueError::Store(_) => "store",
         IssueError::Audit(_) => "audit",
         IssueError::Dns(_) => "dns",
+        IssueError::KeyGroup(_) => "key_group",
     }
 }
 
@@ -398,6 +406,7 @@ fn next_reason(rec: &CertRecord, next: i64, now: i64, failure: Option<&IssueErro
         return match e {
             IssueError::Budget(_) => "rate limit frees",
             IssueError::WaitingForAgent => "host reconnects",
+            IssueError::KeyGroup(_) => "key group",
             _ => "retry",
         }
         .into();

@@ -110,7 +110,10 @@ impl Engine {
         };
         let now = self.clock.now_unix();
         self.refresh_ari(&mut rec, now).await;
-        let outcome = self.act(&mut rec, &host, now).await;
+        let outcome = match rec.spec.key_group.clone() {
+            Some(group) => self.act_in_group(&group, &mut rec, &host, now).await,
+            None => self.act(&mut rec, &host, now).await,
+        };
         self.finish(rec, outcome)
     }
 

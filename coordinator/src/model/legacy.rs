@@ -106,6 +106,7 @@ impl From<StoredCertRecord> for CertRecord {
                 blocked: f.blocked,
                 deferred_clear: f.deferred_clear,
                 dns_cleanup: Vec::new(),
+                group_key: None,
             }),
             schedule: f.schedule.unwrap_or(Schedule {
                 next_action: f.next_action,
@@ -206,6 +207,7 @@ mod tests {
                 tokens: vec!["t".into()],
             }),
             dns_cleanup: Vec::new(),
+            group_key: None,
         };
         rec.schedule = Schedule {
             challenge_index: Default::default(),

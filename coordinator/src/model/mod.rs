@@ -108,6 +108,11 @@ pub struct HostRecord {
     pub enrolled_from: String,
     /// Serial of the host's current identity certificate (enrollment, then rotations).
     pub identity_serial: String,
+    /// SubjectPublicKeyInfo (DER, hex) of the host's current identity certificate: set at
+    /// enrollment and rotation, and from the certificate each session presents. Key groups
+    /// seal the group's key to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_spki: Option<String>,
     #[serde(default)]
     pub identity_not_after: Option<i64>,
     #[serde(default)]
@@ -338,6 +343,11 @@ pub struct Observed {
     /// again at every run of this certificate, which comes back soon while any are left.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns_cleanup: Vec<crate::dns::PresentedSet>,
+    /// Key groups: SHA-256 (hex) of the public key of the group key this host holds —
+    /// made here for an order, or sealed to it by another member and imported. A member
+    /// whose value differs from the current certificate's key gets the key before installing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_key: Option<String>,
 }
 
 impl Observed {

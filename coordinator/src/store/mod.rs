@@ -109,6 +109,9 @@ pub trait Store: Send + Sync + 'static {
         f: &mut dyn FnMut(CertRecord) -> Result<(), StoreError>,
     ) -> Result<(), StoreError>;
     fn certs_for_host(&self, host: &HostId) -> Result<Vec<CertRecord>, StoreError>;
+    /// The certificates (one per member host) of a key group, kept in step by `put_cert`
+    /// in the same transaction.
+    fn certs_in_group(&self, group: &str) -> Result<Vec<CertRecord>, StoreError>;
     /// Certificates whose next action is at or before `now`, soonest first (at most `limit`).
     fn due(&self, now: i64, limit: usize) -> Result<Vec<CertId>, StoreError>;
     /// The soonest next action of all certificates.

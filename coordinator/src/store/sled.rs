@@ -1,7 +1,7 @@
 //! [`SledStore`]: the [`Store`] and [`AuditStore`] traits on sled, one database directory
 //! with a tree per kind of record.
 //!
-//! Trees: `accounts`, `tokens`, `hosts`, `certs`, `host_certs`, `schedule`, `budgets`,
+//! Trees: `accounts`, `tokens`, `hosts`, `certs`, `host_certs`, `group_certs`, `schedule`, `budgets`,
 //! `ip_holders`, `meta` (schema version), and the audit trail's `audit` (seq, 8 bytes
 //! big-endian → record JSON), `audit_by_host` (`host id ++ 0 ++ seq`), `audit_by_serial`
 //! (`serial ++ 0 ++ seq`) and `audit_by_ip` (16-byte address key `++ seq`), all → ().
@@ -32,6 +32,8 @@ pub struct SledStore {
     certs: sled::Tree,
     /// `host id / cert id` → ()
     host_certs: sled::Tree,
+    /// `key group / cert id` → (): the members of each key group.
+    group_certs: sled::Tree,
     /// `next_action (i64 BE, sign flipped) ++ cert id` → ()
     schedule: sled::Tree,
     budgets: sled::Tree,
@@ -58,6 +60,10 @@ fn schedule_time(key: &[u8]) -> Option<i64> {
 
 fn host_cert_key(host: &HostId, cert: &CertId) -> Vec<u8> {
     format!("{}/{}", host.as_str(), cert.as_str()).into_bytes()
+}
+
+fn group_cert_key(group: &str, cert: &CertId) -> Vec<u8> {
+    format!("{group}/{}", cert.as_str()).into_bytes()
 }
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
@@ -101,6 +107,7 @@ impl SledStore {
             hosts: db.open_tree("hosts")?,
             certs: db.open_tree("certs")?,
             host_certs: db.open_tree("host_certs")?,
+            group_certs: db.open_tree("group_certs")?,
             schedule: db.open_tree("schedule")?,
             budgets: db.open_tree("budgets")?,
             ip_holders: db.open_tree("ip_holders")?,
@@ -249,6 +256,9 @@ impl Store for SledStore {
         self.certs.remove(rec.id.as_str().as_bytes())?;
         self.host_certs
             .remove(host_cert_key(&rec.host_id, &rec.id))?;
+        if let Some(g) = &rec.spec.key_group {
+            self.group_certs.remove(group_cert_key(g, &rec.id))?;
+        }
         self.flush()
     }
 
@@ -271,23 +281,35 @@ impl Store for SledStore {
         };
         let bytes = serde_json::to_vec(rec)?;
         let key = rec.id.as_str().as_bytes();
-        let result = (&self.certs, &self.schedule, &self.host_certs).transaction(
-            |(certs, schedule, host_certs)| {
-                if let Some(old) = certs.get(key)? {
-                    let old: CertRecord =
-                        serde_json::from_slice(&old).map_err(|e| Cte::Abort(e.to_string()))?;
-                    if let Some(at) = old.schedule.next_action {
-                        schedule.remove(schedule_key(at, &old.id))?;
+        let trees = (
+            &self.certs,
+            &self.schedule,
+            &self.host_certs,
+            &self.group_certs,
+        );
+        let result = trees.transaction(|(certs, schedule, host_certs, group_certs)| {
+            if let Some(old) = certs.get(key)? {
+                let old: CertRecord =
+                    serde_json::from_slice(&old).map_err(|e| Cte::Abort(e.to_string()))?;
+                if let Some(at) = old.schedule.next_action {
+                    schedule.remove(schedule_key(at, &old.id))?;
+                }
+                if let Some(g) = old.spec.key_group.as_ref() {
+                    if rec.spec.key_group.as_ref() != Some(g) {
+                        group_certs.remove(group_cert_key(g, &old.id))?;
                     }
                 }
-                certs.insert(key, bytes.clone())?;
-                if let Some(at) = rec.schedule.next_action {
-                    schedule.insert(schedule_key(at, &rec.id), &[])?;
-                }
-                host_certs.insert(host_cert_key(&rec.host_id, &rec.id), &[])?;
-                Ok(())
-            },
-        );
+            }
+            certs.insert(key, bytes.clone())?;
+            if let Some(at) = rec.schedule.next_action {
+                schedule.insert(schedule_key(at, &rec.id), &[])?;
+            }
+            host_certs.insert(host_cert_key(&rec.host_id, &rec.id), &[])?;
+            if let Some(g) = &rec.spec.key_group {
+                group_certs.insert(group_cert_key(g, &rec.id), &[])?;
+            }
+            Ok(())
+        });
         match result {
             Ok(()) => Ok(()),
             Err(TransactionError::Abort(detail)) => Err(StoreError::Corrupt {
@@ -317,6 +339,19 @@ impl Store for SledStore {
         let prefix = format!("{}/", host.as_str());
         let mut out = Vec::new();
         for kv in self.host_certs.scan_prefix(prefix.as_bytes()) {
+            let (k, _) = kv?;
+            let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            if let Some(rec) = Self::get::<CertRecord>(&self.certs, &id)? {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    fn certs_in_group(&self, group: &str) -> Result<Vec<CertRecord>, StoreError> {
+        let prefix = format!("{group}/");
+        let mut out = Vec::new();
+        for kv in self.group_certs.scan_prefix(prefix.as_bytes()) {
             let (k, _) = kv?;
             let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
             if let Some(rec) = Self::get::<CertRecord>(&self.certs, &id)? {
@@ -567,6 +602,7 @@ mod tests {
             enrolled: 10,
             enrolled_from: "127.0.0.1:5000".into(),
             identity_serial: "01".into(),
+            identity_spki: None,
             identity_not_after: None,
             identity_rotated: None,
             ips: vec![],
@@ -640,6 +676,49 @@ mod tests {
         let mut rec = CertRecord::new(CertId::generate(), host.clone(), spec, 1);
         rec.schedule.next_action = next;
         rec
+    }
+
+    #[test]
+    fn key_group_members_follow_put_and_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let (a, b) = (HostId::generate(), HostId::generate());
+        let mut ra = cert(&a, Some(5));
+        ra.spec.key_group = Some("edge".into());
+        let mut rb = cert(&b, Some(6));
+        rb.spec.key_group = Some("edge".into());
+        let mut other = cert(&b, Some(7));
+        other.spec.key_group = Some("edge-2".into());
+        for r in [&ra, &rb, &other] {
+            store.put_cert(r).unwrap();
+        }
+        let ids = |g: &str| {
+            let mut v: Vec<String> = store
+                .certs_in_group(g)
+                .unwrap()
+                .iter()
+                .map(|r| r.id.to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        let mut both = vec![ra.id.to_string(), rb.id.to_string()];
+        both.sort();
+        assert_eq!(
+            ids("edge"),
+            both,
+            "a prefix of another group is not a member"
+        );
+        assert_eq!(ids("edge-2"), vec![other.id.to_string()]);
+        // Leaving the group (the policy changed) and deletion take the entry away.
+        rb.spec.key_group = None;
+        store.put_cert(&rb).unwrap();
+        assert_eq!(ids("edge"), vec![ra.id.to_string()]);
+        store.delete_cert(&ra).unwrap();
+        assert!(ids("edge").is_empty());
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.certs_in_group("edge-2").unwrap().len(), 1, "durable");
     }
 
     #[test]
