@@ -290,6 +290,7 @@ impl Agent {
             challenge_modes: self.challenge_modes(),
             inventory,
             requested_names: self.config.names.clone(),
+            key_groups: Vec::new(),
         }
     }
 

@@ -124,6 +124,7 @@ impl Enrollment for Api {
         let host = HostRecord {
             requested_names: Default::default(),
             challenge_modes: Default::default(),
+            key_groups: Default::default(),
             id: host_id.clone(),
             hostname,
             labels: r.labels.into_iter().collect::<BTreeMap<_, _>>(),
@@ -367,11 +368,23 @@ impl Services {
                 bad.chars().take(80).collect::<String>()
             )));
         }
+        if hello.key_groups.len() > MAX_TARGETS {
+            return Err(Status::invalid_argument(format!(
+                "Hello: at most {MAX_TARGETS} key groups"
+            )));
+        }
+        if let Some(bad) = hello.key_groups.iter().find(|g| !valid_name(g, 64)) {
+            return Err(Status::invalid_argument(format!(
+                "Hello: key group name {:?} is not valid",
+                bad.chars().take(80).collect::<String>()
+            )));
+        }
         let mut rec = self
             .store
             .host(host)
             .map_err(internal)?
             .ok_or_else(|| Status::permission_denied("host not enrolled"))?;
+        rec.key_groups = hello.key_groups;
         rec.ips = certfleet_shared::identifier::canonical_set(ips);
         rec.targets = hello.targets;
         // What the host can answer, for choosing a challenge type; unknown modes are kept

@@ -389,6 +389,7 @@ mod tests {
         HostRecord {
             requested_names: Default::default(),
             challenge_modes: Default::default(),
+            key_groups: Default::default(),
             id: HostId::generate(),
             hostname: "h".into(),
             labels: labels

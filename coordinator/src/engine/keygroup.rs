@@ -2,8 +2,12 @@
 //! certificate and one key (a wildcard behind a load balancer). Each member host keeps its
 //! own record (installs and served checks stay per host); the group adds three rules:
 //!
+//! - **Members by both sides' consent.** The policy puts a host in the group; its agent
+//!   must list the group too (`key_groups`, sent in Hello), or the host's certificate
+//!   stops with an error naming that setting, and the host is never asked for the key.
 //! - **One order per renewal.** A member's run takes the group's lock (one decision at a
-//!   time per group); while another member has an order in flight, the others wait for it.
+//!   time per group), kept while it orders; while another member has an order in flight,
+//!   the others wait for it.
 //!   Before deciding, a member takes the group's newest certificate when it is newer than
 //!   its own ([`adopt_newest`], pure), so only the member whose renewal comes first orders,
 //!   and the others install what it got. A member that orders makes the key and CSR on its
@@ -55,6 +59,13 @@ impl Engine {
         host: &HostRecord,
         now: i64,
     ) -> Result<(), IssueError> {
+        if !host.key_groups.iter().any(|g| g == group) {
+            // Its agent would refuse to make, seal or take the group's key.
+            return Err(IssueError::Policy(format!(
+                "host {} is given the certificate of key group {group}, but its agent does not take part in it: add key_groups = [\"{group}\"] to the agent's config on that host and restart the agent",
+                host.id
+            )));
+        }
         let lock = self.group_lock(group);
         let Ok(guard) = lock.try_lock_owned() else {
             return Err(IssueError::KeyGroup(format!(
@@ -79,6 +90,13 @@ impl Engine {
                     serial = ?rec.observed.current.as_ref().map(|c| &c.serial), "taking the key group's newest certificate");
             }
         }
+        // The lock is kept only while this member orders (so no other member orders
+        // meanwhile); installing what the group has needs no lock.
+        let ordering = matches!(
+            super::decide(rec, now),
+            super::Decision::Issue(_) | super::Decision::Resume
+        );
+        let guard = ordering.then_some(guard);
         let before = rec.observed.current.as_ref().map(|c| c.serial.clone());
         let outcome = self.act(rec, host, now).await;
         drop(guard);
@@ -152,6 +170,7 @@ impl Engine {
             // Nobody has the key of this certificate: the group needs a new one.
             tracing::warn!(cert = %rec.id, host = %rec.host_id, group = %group, key = %digest,
                 "no member of the key group holds the certificate's key; ordering a new certificate for the group");
+            rec.observed.group_key_lost = Some(cur.serial.clone());
             rec.observed.current = None;
             rec.observed.ari = None;
             return Err(IssueError::KeyGroup(format!(
@@ -233,6 +252,7 @@ impl Engine {
         if all_lost && offline.is_empty() {
             tracing::warn!(cert = %rec.id, group = %group, key = %digest,
                 "every member said it no longer has the key; ordering a new certificate for the group");
+            rec.observed.group_key_lost = Some(cur.serial.clone());
             rec.observed.current = None;
             rec.observed.ari = None;
             return Err(IssueError::KeyGroup(format!(
@@ -257,7 +277,8 @@ pub(super) fn leaf_key_digest(cert: &IssuedCert) -> Result<String, IssueError> {
 }
 
 /// Takes the group's newest certificate into `rec` when it is newer than `rec`'s own
-/// (same identifiers, not expired, not the one an operator revoked here). Returns the
+/// (same identifiers, not expired, not the one an operator revoked here, not one whose key
+/// the group lost). Returns the
 /// member it came from. Pure.
 pub(super) fn adopt_newest(
     rec: &mut CertRecord,
@@ -271,6 +292,7 @@ pub(super) fn adopt_newest(
             c.identifiers == rec.spec.identifiers
                 && c.not_after > now
                 && rec.observed.revoked_serial.as_ref() != Some(&c.serial)
+                && rec.observed.group_key_lost.as_ref() != Some(&c.serial)
         })
         .max_by_key(|(_, c)| c.issued_at)?;
     if rec
@@ -341,8 +363,15 @@ mod tests {
         assert_eq!(adopt_newest(&mut mine, &[other_names], 160), None);
         assert!(mine.observed.current.is_none());
         // A fresh member (nothing yet) takes what the group has.
-        let good = member("05", 500, 10_000);
-        assert!(adopt_newest(&mut mine, &[good], 600).is_some());
+        // One whose key no member holds any more is not taken either.
+        mine.observed.group_key_lost = Some("05".into());
+        let lost = member("05", 500, 10_000);
+        assert_eq!(
+            adopt_newest(&mut mine, std::slice::from_ref(&lost), 600),
+            None
+        );
+        mine.observed.group_key_lost = None;
+        assert!(adopt_newest(&mut mine, &[lost], 600).is_some());
         assert_eq!(mine.observed.revoked_serial, None);
     }
 }

@@ -221,6 +221,7 @@ pub(crate) mod testutil {
         HostRecord {
             requested_names: Default::default(),
             challenge_modes: Default::default(),
+            key_groups: Default::default(),
             id: HostId::generate(),
             hostname: "h".into(),
             labels: Default::default(),

@@ -107,6 +107,7 @@ impl From<StoredCertRecord> for CertRecord {
                 deferred_clear: f.deferred_clear,
                 dns_cleanup: Vec::new(),
                 group_key: None,
+                group_key_lost: None,
             }),
             schedule: f.schedule.unwrap_or(Schedule {
                 next_action: f.next_action,
@@ -208,6 +209,7 @@ mod tests {
             }),
             dns_cleanup: Vec::new(),
             group_key: None,
+            group_key_lost: None,
         };
         rec.schedule = Schedule {
             challenge_index: Default::default(),

@@ -129,6 +129,9 @@ pub struct HostRecord {
     /// Names the agent asks for (its own config); the policy's `allowed_names` decides.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requested_names: Vec<String>,
+    /// Key groups the agent's own config lets it take part in (Hello).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_groups: Vec<String>,
     /// Challenge modes the agent offers, e.g. "http-01/standalone", "tls-alpn-01/loopback".
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub challenge_modes: Vec<String>,
@@ -348,6 +351,10 @@ pub struct Observed {
     /// whose value differs from the current certificate's key gets the key before installing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_key: Option<String>,
+    /// Key groups: a serial of the group whose key no member holds any more; this member
+    /// never takes it again (it orders a new certificate for the group instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_key_lost: Option<String>,
 }
 
 impl Observed {

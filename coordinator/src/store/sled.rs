@@ -596,6 +596,7 @@ mod tests {
         HostRecord {
             requested_names: Default::default(),
             challenge_modes: Default::default(),
+            key_groups: Default::default(),
             id: id.clone(),
             hostname: "web-1".into(),
             labels: BTreeMap::new(),

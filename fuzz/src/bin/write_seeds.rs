@@ -52,6 +52,7 @@ fn main() {
             identifiers: vec![HOST_IPS[0].into()],
         }],
         requested_names: vec!["api.example.net".into()],
+        key_groups: vec!["edge".into()],
     };
     w(t, "hello", &agent_msg(Msg::Hello(hello.clone())));
     let bad_hello = pb::Hello {

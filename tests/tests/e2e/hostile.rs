@@ -70,6 +70,7 @@ fn hello(ips: Vec<String>) -> AgentMessage {
             challenge_modes: vec!["http-01/standalone".into()],
             inventory: vec![],
             requested_names: vec![],
+            key_groups: vec![],
         })),
     }
 }

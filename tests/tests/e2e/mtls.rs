@@ -86,6 +86,7 @@ async fn mtls_decides_who_may_call_what() {
             challenge_modes: vec!["http-01/standalone".into()],
             inventory: vec![],
             requested_names: vec![],
+            key_groups: vec![],
         })),
     };
     let outbound = futures::stream::iter(vec![hello]).chain(futures::stream::pending());
