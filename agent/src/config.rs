@@ -413,7 +413,10 @@ reload = ["/bin/true"]
         let text = text.replace("# names = [", "names = [");
         let cfg = AgentConfig::from_toml(&text, &path, Vec::new()).unwrap();
         assert_eq!(cfg.names, ["web-1.example.net", "api.example.net"]);
-        assert!(cfg.key_groups.is_empty(), "key_groups is a commented example");
+        assert!(
+            cfg.key_groups.is_empty(),
+            "key_groups is a commented example"
+        );
         let text = text.replace("# key_groups = [", "key_groups = [");
         let cfg = AgentConfig::from_toml(&text, &path, Vec::new()).unwrap();
         assert_eq!(cfg.key_groups, ["edge-wildcard"]);

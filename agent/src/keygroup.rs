@@ -16,7 +16,7 @@
 //! marker whose key is neither a pending key nor the key a target holds. It runs at start
 //! and after every `DiscardPendingKeys` (the coordinator sends one when an order ends,
 //! installed or not), so the marker of a key a renewal replaced goes at the next order's
-//! end.
+//! end; and before each new marker is written, so markers never outnumber the keys here.
 //!
 //! Key material is never logged; the keys this module handles are zeroized when dropped.
 
@@ -140,10 +140,14 @@ impl KeyGroups {
         csr_der: &[u8],
         group: &str,
         pending: &PendingKeys,
+        targets: &BTreeMap<String, Target>,
     ) -> Result<(), AgentFailure> {
         let spki = CsrInfo::from_der(csr_der)
             .map_err(|e| AgentFailure::new("internal", format!("reading our own CSR: {e}")))?
             .spki_der;
+        // Markers never outnumber the keys here (pending keys are capped), whatever the
+        // coordinator sends between two orders' ends.
+        self.sweep(pending, targets);
         self.mark(&sha256_hex(&spki), group)
             .inspect_err(|_| pending.remove(&spki))
     }
@@ -242,7 +246,12 @@ impl KeyGroups {
     /// `ImportKey`: opens a member's envelope with this host's identity key and files the
     /// key as a pending key of the certificate, marked as the group's. Importing a key
     /// again writes the same file: a success.
-    pub fn import(&self, i: pb::ImportKey, pending: &PendingKeys) -> Result<(), AgentFailure> {
+    pub fn import(
+        &self,
+        i: pb::ImportKey,
+        pending: &PendingKeys,
+        targets: &BTreeMap<String, Target>,
+    ) -> Result<(), AgentFailure> {
         self.allow(&i.key_group)?;
         let group = i.key_group;
         let cert = CertId::parse(&i.cert_id).map_err(|e| {
@@ -303,6 +312,7 @@ impl KeyGroups {
             ));
         }
         pending.keep(&key, &env.key_sha256, Some(&cert))?;
+        self.sweep(pending, targets);
         self.mark(&env.key_sha256, &ctx.group)?;
         tracing::info!(group = %ctx.group, key_sha256 = %env.key_sha256, sender = %sender, cert = %cert, "key group key imported");
         Ok(())

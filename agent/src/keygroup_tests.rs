@@ -423,8 +423,8 @@ async fn import_is_refused_for_another_identity_group_or_key_and_writes_nothing(
     assert!(matches!(r, reply::Result::Done(_)), "{r:?}");
 }
 
-#[test]
-fn sweep_removes_only_markers_of_keys_not_here_and_interrupted_writes() {
+#[tokio::test]
+async fn sweep_removes_only_markers_of_keys_not_here_and_interrupted_writes() {
     let dir = tempfile::tempdir().unwrap();
     let m = member(dir.path(), &["edge"]);
     let groups = &m.agent.key_groups;
@@ -448,4 +448,10 @@ fn sweep_removes_only_markers_of_keys_not_here_and_interrupted_writes() {
     assert_eq!(groups.group_of(&kept_sha).as_deref(), Some("edge"));
     assert_eq!(groups.group_of(&gone), None);
     assert!(!half.exists() && foreign.exists());
+    // A new group key sweeps first: a marker left over never stays beside it.
+    groups.mark(&gone, "edge").unwrap();
+    let (_, new) = make_key(&m, "edge").await;
+    assert_eq!(groups.group_of(&gone), None);
+    assert_eq!(groups.group_of(&new).as_deref(), Some("edge"));
+    assert_eq!(groups.group_of(&kept_sha).as_deref(), Some("edge"));
 }

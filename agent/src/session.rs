@@ -417,7 +417,7 @@ impl Agent {
                 .map(reply::Result::SealedKey),
             Some(Cmd::ImportKey(i)) => self
                 .key_groups
-                .import(i, &self.pending)
+                .import(i, &self.pending, &self.targets)
                 .map(|()| reply::Result::Done(pb::Done::default())),
         };
         let result = match result {
@@ -540,7 +540,7 @@ impl Agent {
                 })??;
         if !c.key_group.is_empty() {
             self.key_groups
-                .mark_new_key(&der, &c.key_group, &self.pending)?;
+                .mark_new_key(&der, &c.key_group, &self.pending, &self.targets)?;
         }
         let shown: Vec<String> = identifiers.iter().map(|i| i.to_string()).collect();
         tracing::info!(target = %c.target, identifiers = ?shown, key_type = key_type.as_str_name(), cert = c.cert_id, key_group = c.key_group, "new key and CSR made");
