@@ -33,6 +33,10 @@ pub struct AgentConfig {
     /// case A-labels, no trailing dot.
     #[serde(default)]
     pub names: Vec<String>,
+    /// Key groups this host takes part in (`crate::keygroup`): only for these may a key
+    /// made here be sealed to another member, or a member's key be imported. Default none.
+    #[serde(default)]
+    pub key_groups: Vec<String>,
     #[serde(default)]
     pub http01: Http01Config,
     /// `[tls_alpn01]`: absent = this host answers no TLS-ALPN-01.
@@ -291,6 +295,7 @@ impl AgentConfig {
                 "names: {given:?} is not in canonical form; write it as {canonical:?}"
             ));
         }
+        crate::keygroup::check_config(&self.key_groups)?;
         self.http01.validate()?;
         if let Some(t) = &self.tls_alpn01 {
             t.validate()?;
@@ -408,6 +413,13 @@ reload = ["/bin/true"]
         let text = text.replace("# names = [", "names = [");
         let cfg = AgentConfig::from_toml(&text, &path, Vec::new()).unwrap();
         assert_eq!(cfg.names, ["web-1.example.net", "api.example.net"]);
+        assert!(
+            cfg.key_groups.is_empty(),
+            "key_groups is a commented example"
+        );
+        let text = text.replace("# key_groups = [", "key_groups = [");
+        let cfg = AgentConfig::from_toml(&text, &path, Vec::new()).unwrap();
+        assert_eq!(cfg.key_groups, ["edge-wildcard"]);
     }
 
     #[test]

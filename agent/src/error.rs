@@ -69,6 +69,8 @@ mod tests {
                 "challenge_mode_unavailable",
                 FailureCode::ChallengeModeUnavailable,
             ),
+            ("key_group_not_allowed", FailureCode::KeyGroupNotAllowed),
+            ("envelope_not_opened", FailureCode::EnvelopeNotOpened),
         ] {
             let f: Failure = AgentFailure::new(word, "m").into();
             assert_eq!((f.code.as_str(), f.kind()), (word, kind));

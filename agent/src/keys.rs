@@ -91,18 +91,37 @@ impl PendingKeys {
             .map(|id| san(&id.clone().into()))
             .collect::<Result<_, _>>()?;
         let csr = params.serialize_request(&key).map_err(internal)?;
+        let pem = zeroize::Zeroizing::new(key.serialize_pem());
+        self.keep(&pem, &sha256_hex(&key.subject_public_key_info()), cert)?;
+        Ok(csr.der().to_vec())
+    }
+
+    /// Files `key_pem` (PKCS#8 PEM, public key's SHA-256 `spki_sha256` in hex) as a
+    /// pending key under `cert`: `<sha256[..32]>.<cert>.key`, 0600, written atomically.
+    /// What `create_csr` does with the key it makes, and what a key group's `ImportKey`
+    /// does with the key it opened; filing the same key again rewrites the same file.
+    pub fn keep(
+        &self,
+        key_pem: &str,
+        spki_sha256: &str,
+        cert: Option<&CertId>,
+    ) -> Result<(), AgentFailure> {
+        let Some(hash) = spki_sha256.get(..32) else {
+            return Err(AgentFailure::new(
+                "internal",
+                "a pending key needs the SHA-256 of its public key",
+            ));
+        };
         self.prune();
         create_dir_with_mode(&self.dir, 0o700).map_err(|e| {
             AgentFailure::new("write_failed", format!("{}: {e}", self.dir.display()))
         })?;
-        let hash = &sha256_hex(&key.subject_public_key_info())[..32];
         let path = match cert {
             Some(c) => self.dir.join(format!("{hash}.{c}.key")),
             None => self.dir.join(format!("{hash}.key")),
         };
-        write_atomic(&path, key.serialize_pem().as_bytes(), 0o600)
-            .map_err(|e| AgentFailure::new("write_failed", format!("{}: {e}", path.display())))?;
-        Ok(csr.der().to_vec())
+        write_atomic(&path, key_pem.as_bytes(), 0o600)
+            .map_err(|e| AgentFailure::new("write_failed", format!("{}: {e}", path.display())))
     }
 
     /// Pending key files as (path, public-key hash prefix, certificate id if filed under one).
@@ -128,8 +147,12 @@ impl PendingKeys {
             .collect()
     }
 
-    fn paths_for(&self, spki: &[u8]) -> Vec<PathBuf> {
-        let hash = &sha256_hex(spki)[..32];
+    /// The pending key files (not temp files) of the public key whose SHA-256 (hex) is
+    /// `spki_sha256`, by their name.
+    fn paths_for_sha256(&self, spki_sha256: &str) -> Vec<PathBuf> {
+        let Some(hash) = spki_sha256.get(..32) else {
+            return Vec::new();
+        };
         self.entries()
             .into_iter()
             .filter(|(p, h, _)| h == hash && !is_temp(p))
@@ -137,13 +160,32 @@ impl PendingKeys {
             .collect()
     }
 
+    fn paths_for(&self, spki: &[u8]) -> Vec<PathBuf> {
+        self.paths_for_sha256(&sha256_hex(spki))
+    }
+
     /// The pending key for this public key, if it is here.
     pub fn find(&self, spki: &[u8]) -> Option<KeyPem> {
-        self.paths_for(spki).into_iter().find_map(|path| {
-            let bytes = read_limited(&path, 64 * 1024).ok()?;
-            let pem = String::from_utf8(bytes).ok()?;
-            certfleet_shared::x509::key_matches_spki(&pem, spki).then_some(KeyPem(pem))
-        })
+        self.find_sha256(&sha256_hex(spki))
+    }
+
+    /// The pending key whose public key has SHA-256 (hex, lower case) `spki_sha256`, if
+    /// it is here (its content checked, not only its name).
+    pub fn find_sha256(&self, spki_sha256: &str) -> Option<KeyPem> {
+        self.paths_for_sha256(spki_sha256)
+            .into_iter()
+            .find_map(|path| {
+                let bytes = read_limited(&path, 64 * 1024).ok()?;
+                let pem = String::from_utf8(bytes).ok()?;
+                (certfleet_shared::envelope::key_fingerprint(&pem).as_deref() == Some(spki_sha256))
+                    .then_some(KeyPem(pem))
+            })
+    }
+
+    /// Whether a pending key (by its file name: the first 32 hex digits of its public
+    /// key's SHA-256) is here for `spki_sha256`. Cheap: nothing is read.
+    pub fn holds_sha256(&self, spki_sha256: &str) -> bool {
+        !self.paths_for_sha256(spki_sha256).is_empty()
     }
 
     pub fn remove(&self, spki: &[u8]) {

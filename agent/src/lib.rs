@@ -1,7 +1,7 @@
 //! # certfleet-agent
 //!
 //! Runs on every host. Answers HTTP-01 (and, when configured, TLS-ALPN-01) for the host's own addresses and names, makes the host's keys
-//! and CSRs (keys never leave the host), installs certificates into targets named in its
+//! and CSRs (keys never leave the host, except a key group's, sealed to a member), installs certificates into targets named in its
 //! own config, tests the web server's config, reloads it and checks the new certificate is
 //! served, rolling back if not. No ACME, no database.
 //!
@@ -14,6 +14,8 @@
 //! - [`tlsalpn01`] — the TLS-ALPN-01 responder: standalone on port 443 or loopback behind
 //!   an ALPN-routing front.
 //! - [`resolve`] — whether a challenge's name resolves to this host (warnings only).
+//! - [`keygroup`] — key groups: a group's key sealed to another member's identity
+//!   (`SealKey`) or imported from one (`ImportKey`), only for groups the config lists.
 //! - [`keys`] — certificate keys (ECDSA, RSA) and CSRs (IPs, names); pending keys wait in
 //!   `state_dir/pending`.
 //! - [`target`] — `[targets.*]` resolved: preset layouts, perms, commands, verify addresses.
@@ -28,6 +30,7 @@ pub mod error;
 pub mod http01;
 pub mod identity;
 pub mod install;
+pub mod keygroup;
 pub mod keys;
 mod live_listener;
 pub mod metrics;

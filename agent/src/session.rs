@@ -10,6 +10,7 @@ use crate::error::AgentFailure;
 use crate::http01::{Challenge, Responder};
 use crate::identity::Files;
 use crate::install::{self, Installer};
+use crate::keygroup::KeyGroups;
 use crate::keys::PendingKeys;
 use crate::target::Target;
 use crate::tlsalpn01;
@@ -51,7 +52,9 @@ pub struct Agent {
     responder: Responder,
     /// `Some` when `[tls_alpn01]` is configured.
     tls_alpn01: Option<tlsalpn01::Responder>,
-    pending: PendingKeys,
+    pub(crate) pending: PendingKeys,
+    /// The key groups the config lists, and the markers of their keys.
+    pub(crate) key_groups: KeyGroups,
     install_lock: tokio::sync::Mutex<()>,
     /// Wall-clock time (identity rotation, age limits).
     clock: SharedClock,
@@ -104,8 +107,12 @@ impl Agent {
             .resolve_targets()
             .map_err(|e| anyhow::anyhow!("config: {e}"))?;
         let metrics = Arc::new(crate::metrics::AgentMetrics::default());
+        let pending = PendingKeys::with_clock(&config.state_dir, clock.clone());
+        let swept = pending.sweep_interrupted();
+        if swept > 0 {
+            tracing::info!(swept, "removed half-written pending keys a crash left");
+        }
         Ok(Arc::new(Self {
-            targets,
             installer: Installer::new(&config.state_dir)?,
             responder: Responder::with_clock(
                 ips.clone(),
@@ -121,14 +128,16 @@ impl Agent {
                 None => None,
             },
             metrics,
-            pending: {
-                let pending = PendingKeys::with_clock(&config.state_dir, clock.clone());
-                let swept = pending.sweep_interrupted();
+            key_groups: {
+                let groups = KeyGroups::new(&config);
+                let swept = groups.sweep(&pending, &targets);
                 if swept > 0 {
-                    tracing::info!(swept, "removed half-written pending keys a crash left");
+                    tracing::info!(swept, "removed key-group markers of keys no longer here");
                 }
-                pending
+                groups
             },
+            targets,
+            pending,
             ips,
             config,
             install_lock: tokio::sync::Mutex::new(()),
@@ -290,7 +299,7 @@ impl Agent {
             challenge_modes: self.challenge_modes(),
             inventory,
             requested_names: self.config.names.clone(),
-            key_groups: Vec::new(),
+            key_groups: self.config.key_groups.clone(),
         }
     }
 
@@ -403,10 +412,14 @@ impl Agent {
             Some(Cmd::CreateCsr(c)) => self.create_csr(c).await,
             Some(Cmd::DiscardPendingKeys(d)) => self.discard_pending_keys(d),
             Some(Cmd::Install(i)) => self.install(i).await,
-            Some(Cmd::SealKey(_)) | Some(Cmd::ImportKey(_)) => Err(AgentFailure::new(
-                "key_group_not_allowed",
-                "this agent takes part in no key group; list the group in the agent's key_groups to share its key",
-            )),
+            Some(Cmd::SealKey(s)) => self
+                .key_groups
+                .seal(s, &self.pending, &self.targets)
+                .map(reply::Result::SealedKey),
+            Some(Cmd::ImportKey(i)) => self
+                .key_groups
+                .import(i, &self.pending, &self.targets)
+                .map(|()| reply::Result::Done(pb::Done::default())),
         };
         let result = match result {
             Ok(r) => r,
@@ -508,6 +521,9 @@ impl Agent {
         }
         let identifiers = crate::keys::csr_identifiers(&c.identifiers, &self.ips)?;
         let cert = parse_cert_id(&c.cert_id)?;
+        if !c.key_group.is_empty() {
+            self.key_groups.allow(&c.key_group)?;
+        }
         let key_type = pb::KeyType::try_from(c.key_type).map_err(|_| {
             AgentFailure::bad_request(format!(
                 "key type {} is unknown to this agent (it makes ECDSA P-256/P-384 and RSA 2048/3072/4096 keys); update the agent",
@@ -523,8 +539,12 @@ impl Agent {
                 .map_err(|e| {
                     AgentFailure::new("internal", format!("key generation stopped: {e}"))
                 })??;
+        if !c.key_group.is_empty() {
+            self.key_groups
+                .mark_new_key(&der, &c.key_group, &self.pending, &self.targets)?;
+        }
         let shown: Vec<String> = identifiers.iter().map(|i| i.to_string()).collect();
-        tracing::info!(target = %c.target, identifiers = ?shown, key_type = key_type.as_str_name(), cert = c.cert_id, "new key and CSR made");
+        tracing::info!(target = %c.target, identifiers = ?shown, key_type = key_type.as_str_name(), cert = c.cert_id, key_group = c.key_group, "new key and CSR made");
         Ok(reply::Result::Csr(pb::Csr { csr_der: der }))
     }
 
@@ -549,6 +569,10 @@ impl Agent {
         let discarded = self.pending.discard(&cert, &d.keep_spki_sha256);
         if discarded > 0 {
             tracing::info!(cert = %cert, discarded, "pending keys of an ended order removed");
+        }
+        let unmarked = self.key_groups.sweep(&self.pending, &self.targets);
+        if unmarked > 0 {
+            tracing::info!(unmarked, "key-group markers of keys no longer here removed");
         }
         Ok(reply::Result::Done(pb::Done {
             discarded,

@@ -371,11 +371,34 @@ pub fn agent() -> &'static AgentFixture {
             .map(|s| format!("{s:?}"))
             .collect::<Vec<_>>()
             .join(", ");
+        // Enrolled as the envelope fixture's recipient, with its identity key, in its
+        // group: the key-group commands get past enrollment and open real envelopes.
+        let env = envelope_fixture();
+        let state = root.join("state");
+        std::fs::create_dir_all(&state).expect("state dir");
+        certfleet_shared::fsutil::write_atomic(
+            &state.join("identity.key"),
+            env.identity_key_pem.as_bytes(),
+            0o600,
+        )
+        .expect("identity key");
+        let enrollment = certfleet_agent::identity::Enrollment {
+            host_id: HostId::parse(&env.ctx.recipient).expect("recipient host id"),
+            coordinator: "https://127.0.0.1:1".into(),
+            ca_sha256: "0".repeat(64),
+            enrolled: 0,
+        };
+        std::fs::write(
+            state.join("enrollment.json"),
+            serde_json::to_vec(&enrollment).expect("enrollment"),
+        )
+        .expect("enrollment file");
         let text = format!(
             r#"
 version = 1
 state_dir = "{root}/state"
 ips = [{ips}]
+key_groups = [{group:?}]
 [http01]
 mode = "webroot"
 webroot = "{root}/webroot"
@@ -389,6 +412,7 @@ verify = []
 "#,
             root = root.display(),
             web = web.display(),
+            group = env.ctx.group,
         );
         let config = certfleet_agent::config::AgentConfig::from_toml(
             &text,
@@ -405,12 +429,21 @@ verify = []
 static CLEANUP: AtomicU64 = AtomicU64::new(0);
 
 /// `CoordinatorMessage` bytes, as the agent's session gets them, through `Agent::handle`
-/// (present / clear challenges, create a key and CSR, install). Challenges it presented
-/// are cleared again through the same handler, so the table and webroot stay small.
+/// (present / clear challenges, create a key and CSR, install, seal and import a key
+/// group's key: the agent is enrolled as the envelope fixture's recipient and lists its
+/// group). Challenges it presented are cleared again through the same handler, so the
+/// table and webroot stay small.
 pub fn run_agent_command(data: &[u8]) {
-    let Ok(msg) = pb::CoordinatorMessage::decode(data) else {
+    let Ok(mut msg) = pb::CoordinatorMessage::decode(data) else {
         return;
     };
+    // Generating an RSA-3072/4096 key takes seconds in this instrumented build (past
+    // libFuzzer's timeout): key generation parses nothing, so such CSRs get RSA-2048 keys.
+    if let Some(Cmd::CreateCsr(c)) = &mut msg.cmd {
+        if c.key_type == pb::KeyType::Rsa3072 as i32 || c.key_type == pb::KeyType::Rsa4096 as i32 {
+            c.key_type = pb::KeyType::Rsa2048 as i32;
+        }
+    }
     let a = agent();
     let tokens: Vec<String> = match &msg.cmd {
         Some(Cmd::PresentChallenges(p)) => p.challenges.iter().map(|c| c.token.clone()).collect(),

@@ -53,8 +53,9 @@ use crate::error::AgentFailure;
 use crate::keys::{KeyPem, PendingKeys};
 use crate::served::{self, Seen};
 use crate::target::{FileRole, Target, TargetFile};
+use certfleet_shared::envelope::key_fingerprint;
 use certfleet_shared::fsutil::{read_limited, sync_dir, write_atomic};
-use certfleet_shared::x509::{chain_to_pem, key_matches_spki, parse_pem_chain, CertInfo};
+use certfleet_shared::x509::{chain_to_pem, parse_pem_chain, sha256_hex, CertInfo};
 use commands::{reload, run_check};
 use files::write_failed;
 use journal::Journal;
@@ -97,7 +98,7 @@ pub fn inspect(target: &Target) -> Option<Installed> {
     let pem = String::from_utf8(read_limited(&leaf_file.path, 256 * 1024).ok()?).ok()?;
     let chain = parse_pem_chain(&pem).ok()?;
     let leaf = CertInfo::from_der(chain.first()?).ok()?;
-    installed_key(target, &leaf.spki_der)?;
+    installed_key(target, &sha256_hex(&leaf.spki_der))?;
     Some(Installed {
         serial: leaf.serial_hex,
         not_after: leaf.not_after,
@@ -106,31 +107,38 @@ pub fn inspect(target: &Target) -> Option<Installed> {
     })
 }
 
-/// The key `target` holds now, if it is the private key of `spki`.
-fn installed_key(target: &Target, spki: &[u8]) -> Option<KeyPem> {
+/// The private key `target` holds now (the PKCS#8 block of its key file), whatever it is.
+pub(crate) fn held_key(target: &Target) -> Option<KeyPem> {
     let key_file = target.key_source()?;
     let key = String::from_utf8(read_limited(&key_file.path, 256 * 1024).ok()?).ok()?;
     let key = private_key_block(&key)?;
-    key_matches_spki(key, spki).then(|| KeyPem(format!("{key}\n")))
+    Some(KeyPem(format!("{key}\n")))
 }
 
-/// The key for a certificate whose public key is `spki`: the pending key made for it, or
-/// (the same certificate going into one more target, also after a restart, when the
-/// pending key was removed by the first install) the key another target holds for the
-/// same public key. Either way the key stays on this host.
-fn find_key(
-    spki: &[u8],
+/// The key `target` holds now, if it is the private key whose public key has SHA-256
+/// (hex) `spki_sha256`.
+fn installed_key(target: &Target, spki_sha256: &str) -> Option<KeyPem> {
+    held_key(target).filter(|k| key_fingerprint(&k.0).as_deref() == Some(spki_sha256))
+}
+
+/// The key this host holds for the public key whose SHA-256 (hex) is `spki_sha256`: the
+/// pending key made (or imported) for it, or (the same certificate going into one more
+/// target, also after a restart, when the pending key was removed by the first install)
+/// the key a target other than `except` holds for the same public key. Either way the
+/// key stays on this host; a key group's `SealKey` looks here too (`except` = none).
+pub(crate) fn find_key(
+    spki_sha256: &str,
     pending: &PendingKeys,
     targets: &BTreeMap<String, Target>,
-    installing: &str,
+    except: Option<&str>,
 ) -> Option<KeyPem> {
-    pending.find(spki).or_else(|| {
+    pending.find_sha256(spki_sha256).or_else(|| {
         targets
             .iter()
-            .filter(|(name, _)| name.as_str() != installing)
+            .filter(|(name, _)| Some(name.as_str()) != except)
             .find_map(|(name, t)| {
-                let key = installed_key(t, spki)?;
-                tracing::info!(target = installing, from = %name, "key for this certificate taken from another target that holds it");
+                let key = installed_key(t, spki_sha256)?;
+                tracing::info!(target = except.unwrap_or(""), from = %name, "key for this certificate taken from a target that holds it");
                 Some(key)
             })
     })
@@ -288,7 +296,7 @@ impl Installer {
         {
             tracing::info!(target = name, serial = %leaf.serial_hex, "certificate already installed; checking it is served");
         } else {
-            let key = find_key(&leaf.spki_der, pending, targets, name).ok_or_else(|| {
+            let key = find_key(&sha256_hex(&leaf.spki_der), pending, targets, Some(name)).ok_or_else(|| {
                 AgentFailure::new(
                     "no_matching_key",
                     "no key on this host matches the certificate's public key (no pending key, and no other target holds it: pending key lost?); a new certificate is needed",

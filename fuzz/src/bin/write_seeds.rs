@@ -330,6 +330,46 @@ fn main() {
         "discard-pending-keys",
         &command("r1-7", Some(Cmd::DiscardPendingKeys(discard))),
     );
+    // Key groups: a CSR for the fixture's group, the fixture's envelope imported (it opens
+    // with the agent's identity key), and the imported key sealed to another member.
+    let f = certfleet_fuzz::envelope_fixture();
+    let group_csr = pb::CreateCsr {
+        identifiers: vec!["*.example.net".into(), "example.net".into()],
+        key_type: pb::KeyType::EcdsaP256 as i32,
+        target: TARGET.into(),
+        cert_id: "c-abcdefghijk23456".into(),
+        key_group: f.ctx.group.clone(),
+    };
+    w(
+        t,
+        "create-csr-key-group",
+        &command("r1-8", Some(Cmd::CreateCsr(group_csr))),
+    );
+    let sealed =
+        certfleet_shared::envelope::seal(&f.identity_spki, &f.ctx, &key_pem).expect("seal");
+    let import = pb::ImportKey {
+        key_group: f.ctx.group.clone(),
+        cert_id: "c-abcdefghijk23456".into(),
+        envelope: Some(pb::SealedKey {
+            suite_id: sealed.suite_id.clone(),
+            enc: sealed.enc.clone(),
+            ciphertext: sealed.ciphertext.clone(),
+            key_spki_sha256: sealed.key_sha256.clone(),
+            sender_host_id: f.ctx.sender.clone(),
+        }),
+    };
+    w(
+        t,
+        "import-key",
+        &command("r1-9", Some(Cmd::ImportKey(import))),
+    );
+    let seal = pb::SealKey {
+        key_group: f.ctx.group.clone(),
+        key_spki_sha256: sealed.key_sha256.clone(),
+        recipient_host_id: f.ctx.sender.clone(),
+        recipient_identity_spki_der: f.identity_spki.clone(),
+    };
+    w(t, "seal-key", &command("r1-10", Some(Cmd::SealKey(seal))));
 
     // agent_http01
     let t = "agent_http01";
