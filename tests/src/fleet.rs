@@ -79,6 +79,8 @@ pub struct HostSpec {
     /// DNS names (e.g. `host-1.example.test`) that get A + AAAA records for the host's
     /// addresses; needs [`FleetHost::new_with_dns`].
     pub names: Vec<String>,
+    /// Key groups the agent takes part in (its `key_groups`).
+    pub key_groups: Vec<String>,
     /// The web server's TLS port (443); the target's `verify` addresses follow it.
     pub https_port: u16,
     /// The agent's `[tls_alpn01]`.
@@ -95,6 +97,7 @@ impl HostSpec {
             verify_grace_secs: 10,
             redirect: Redirect::Off,
             names: Vec::new(),
+            key_groups: Vec::new(),
             https_port: 443,
             tls_alpn: TlsAlpn::Off,
         }
@@ -110,6 +113,12 @@ impl HostSpec {
     /// The agent answers TLS-ALPN-01 this way.
     pub fn with_tls_alpn(mut self, tls_alpn: TlsAlpn) -> Self {
         self.tls_alpn = tls_alpn;
+        self
+    }
+
+    /// Lets the agent share keys in these key groups (`key_groups` in its config).
+    pub fn with_key_groups<S: AsRef<str>>(mut self, groups: &[S]) -> Self {
+        self.key_groups = groups.iter().map(|g| g.as_ref().to_owned()).collect();
         self
     }
 
@@ -421,8 +430,14 @@ fn agent_config_body(
         let addrs: Vec<String> = web.https_addrs().iter().map(|a| a.to_string()).collect();
         format!("verify = {}\n", argv_toml(&addrs))
     };
+    // Top-level keys come before the first table.
+    let key_groups = if spec.key_groups.is_empty() {
+        String::new()
+    } else {
+        format!("key_groups = {}\n\n", argv_toml(&spec.key_groups))
+    };
     format!(
-        "[http01]\n{http01}\n{tls_alpn}[targets.default]\npreset = \"{preset}\"\ndir = {dir}\nkey = {key}\n\
+        "{key_groups}[http01]\n{http01}\n{tls_alpn}[targets.default]\npreset = \"{preset}\"\ndir = {dir}\nkey = {key}\n\
          check = {check}\nreload = {reload}\n{verify}verify_grace_secs = {grace}\n",
         dir = toml_path(tls_dir),
         key = toml_path(&tls_dir.join("key.pem")),

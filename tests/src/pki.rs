@@ -29,6 +29,12 @@ pub struct LeafInfo {
     pub spki_der: Vec<u8>,
 }
 
+/// SHA-256 of `bytes`, lowercase hex (how certfleet names keys by their SPKI).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
 /// Normalises a hex serial for comparison: lowercase, no colons, no leading zeros.
 pub fn normalize_serial(s: &str) -> String {
     let s: String = s

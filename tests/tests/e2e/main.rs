@@ -27,6 +27,7 @@ mod harness;
 mod hostile;
 mod identity;
 mod ip_ownership;
+mod key_group;
 mod metrics;
 mod mtls;
 mod names;
