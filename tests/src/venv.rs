@@ -19,7 +19,6 @@ use anyhow::Context as _;
 /// Where the venvs live unless a spec's env override says otherwise.
 pub const CACHE_DIR: &str = "/var/cache/certfleet-tests";
 
-
 /// One venv: what goes into it and how to tell that it is whole.
 #[derive(Debug, Clone, Copy)]
 pub struct VenvSpec {
