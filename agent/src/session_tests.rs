@@ -36,8 +36,13 @@ fn msg(id: &str, cmd: Cmd) -> CoordinatorMessage {
 }
 
 fn csr_cmd() -> Cmd {
+    csr_cmd_for("192.0.2.10")
+}
+
+/// A CSR for the address `ip`, target `t`.
+fn csr_cmd_for(ip: &str) -> Cmd {
     Cmd::CreateCsr(pb::CreateCsr {
-        identifiers: vec!["192.0.2.10".into()],
+        identifiers: vec![ip.into()],
         key_type: pb::KeyType::EcdsaP256 as i32,
         target: "t".into(),
         cert_id: "c-abc".into(),
@@ -329,19 +334,7 @@ async fn the_shutdown_drain_waits_for_a_running_deploy_hook_and_its_result_is_ke
         runs.display()
     );
     let a = agent_on(dir.path(), "127.0.0.1", &hook_toml);
-    let reply::Result::Csr(csr) = a
-        .handle(msg(
-            "r-csr",
-            Cmd::CreateCsr(pb::CreateCsr {
-                identifiers: vec!["127.0.0.1".into()],
-                key_type: pb::KeyType::EcdsaP256 as i32,
-                target: "t".into(),
-                cert_id: "c-abc".into(),
-                key_group: String::new(),
-            }),
-        ))
-        .await
-    else {
+    let reply::Result::Csr(csr) = a.handle(msg("r-csr", csr_cmd_for("127.0.0.1"))).await else {
         panic!("a CSR");
     };
     let install = |id: &str| {

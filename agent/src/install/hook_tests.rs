@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::install::tests::{fixture, ips, sign};
+use crate::keys::PendingKeys;
 use crate::target::TargetConfig;
 use certfleet_proto::v1::KeyType;
 use std::collections::{BTreeMap, HashMap};
@@ -334,35 +335,61 @@ fn summary(r: &HookReport) -> (bool, &str, Option<i32>, &str, u128) {
     )
 }
 
+/// A target whose hook appends a line to `runs` and then runs `script` (sh), and a signed
+/// chain for a pending key, not installed yet.
+struct Hooked {
+    dir: tempfile::TempDir,
+    pending: PendingKeys,
+    inst: Installer,
+    t: Target,
+    chain: String,
+    runs: std::path::PathBuf,
+}
+
+impl Hooked {
+    fn new(script: &str) -> Self {
+        let (dir, pending, inst) = fixture();
+        let d = dir.path().display();
+        let runs = dir.path().join("runs");
+        let t = target(&format!(
+            "fullchain = \"{d}/tls/fullchain.pem\"\nkey = \"{d}/tls/key.pem\"\nverify = []\n\
+             deploy_hook = [\"/bin/sh\", \"-c\", \"echo run >> {runs}; {script}\"]\n",
+            runs = runs.display()
+        ));
+        let csr = pending
+            .create_csr(&ips(), KeyType::EcdsaP256, None)
+            .unwrap();
+        let chain = sign(&csr);
+        Hooked {
+            dir,
+            pending,
+            inst,
+            t,
+            chain,
+            runs,
+        }
+    }
+}
+
 /// A failed run is recorded with the marker: after a restart (a new installer on the same
 /// state), a repeated install reports that failure again, with the same status and stderr,
 /// without running the hook again. A marker an older agent wrote (the bare serial) still
 /// counts as "ran", with nothing to report.
 #[tokio::test]
 async fn a_repeated_install_reports_the_recorded_failure_of_the_one_run() {
-    let (dir, pending, inst) = fixture();
-    let d = dir.path().display();
-    let runs = dir.path().join("runs");
-    let t = target(&format!(
-        "fullchain = \"{d}/tls/fullchain.pem\"\nkey = \"{d}/tls/key.pem\"\nverify = []\n\
-         deploy_hook = [\"/bin/sh\", \"-c\", \"echo run >> {runs}; echo cannot push >&2; exit 3\"]\n",
-        runs = runs.display()
-    ));
-    let csr = pending
-        .create_csr(&ips(), KeyType::EcdsaP256, None)
-        .unwrap();
-    let chain = sign(&csr);
-    let first = inst
-        .install(&t, &chain, &ips(), &pending, &BTreeMap::new())
+    let h = Hooked::new("echo cannot push >&2; exit 3");
+    let first = h
+        .inst
+        .install(&h.t, &h.chain, &ips(), &h.pending, &BTreeMap::new())
         .await
         .unwrap()
         .deploy_hook
         .expect("the hook ran");
     assert_eq!((first.ok, first.exit_code), (false, Some(3)));
 
-    let restarted = Installer::new(&dir.path().join("state")).unwrap();
+    let restarted = Installer::new(&h.dir.path().join("state")).unwrap();
     let again = restarted
-        .install(&t, &chain, &ips(), &pending, &BTreeMap::new())
+        .install(&h.t, &h.chain, &ips(), &h.pending, &BTreeMap::new())
         .await
         .unwrap()
         .deploy_hook
@@ -372,19 +399,19 @@ async fn a_repeated_install_reports_the_recorded_failure_of_the_one_run() {
         (again.status.as_str(), again.stderr_tail.as_str()),
         ("exit status 3", "cannot push")
     );
-    assert_eq!(std::fs::read_to_string(&runs).unwrap().lines().count(), 1);
-    let marker = dir.path().join("state/installs/web.hook");
+    assert_eq!(std::fs::read_to_string(&h.runs).unwrap().lines().count(), 1);
+    let marker = h.dir.path().join("state/installs/web.hook");
     assert_eq!(crate::install::tests::mode(&marker), 0o600);
 
     // The marker of an older agent: the serial alone.
-    let serial = crate::install::inspect(&t).unwrap().serial;
+    let serial = crate::install::inspect(&h.t).unwrap().serial;
     std::fs::write(&marker, format!("{serial}\n")).unwrap();
     let old = restarted
-        .install(&t, &chain, &ips(), &pending, &BTreeMap::new())
+        .install(&h.t, &h.chain, &ips(), &h.pending, &BTreeMap::new())
         .await
         .unwrap();
     assert_eq!(old.deploy_hook, None);
-    assert_eq!(std::fs::read_to_string(&runs).unwrap().lines().count(), 1);
+    assert_eq!(std::fs::read_to_string(&h.runs).unwrap().lines().count(), 1);
 }
 
 /// Once the agent is stopping, an install that gets to its hook does not start it (the
@@ -392,38 +419,28 @@ async fn a_repeated_install_reports_the_recorded_failure_of_the_one_run() {
 /// it.
 #[tokio::test]
 async fn a_stopping_agent_starts_no_hook_and_the_repeat_after_the_restart_runs_it() {
-    let (dir, pending, inst) = fixture();
-    let d = dir.path().display();
-    let runs = dir.path().join("runs");
-    let t = target(&format!(
-        "fullchain = \"{d}/tls/fullchain.pem\"\nkey = \"{d}/tls/key.pem\"\nverify = []\n\
-         deploy_hook = [\"/bin/sh\", \"-c\", \"echo run >> {runs}\"]\n",
-        runs = runs.display()
-    ));
-    let csr = pending
-        .create_csr(&ips(), KeyType::EcdsaP256, None)
-        .unwrap();
-    let chain = sign(&csr);
-    inst.hooks.stop_starting();
-    let out = inst
-        .install(&t, &chain, &ips(), &pending, &BTreeMap::new())
+    let h = Hooked::new("true");
+    h.inst.hooks.stop_starting();
+    let out = h
+        .inst
+        .install(&h.t, &h.chain, &ips(), &h.pending, &BTreeMap::new())
         .await
         .unwrap();
     assert_eq!(out.deploy_hook, None);
     assert_eq!(
-        crate::install::inspect(&t).map(|i| i.serial),
+        crate::install::inspect(&h.t).map(|i| i.serial),
         Some(out.serial)
     );
-    assert!(!runs.exists(), "the hook must not have run");
-    assert!(inst.hooks.running_until().is_none());
+    assert!(!h.runs.exists(), "the hook must not have run");
+    assert!(h.inst.hooks.running_until().is_none());
 
-    let restarted = Installer::new(&dir.path().join("state")).unwrap();
+    let restarted = Installer::new(&h.dir.path().join("state")).unwrap();
     let again = restarted
-        .install(&t, &chain, &ips(), &pending, &BTreeMap::new())
+        .install(&h.t, &h.chain, &ips(), &h.pending, &BTreeMap::new())
         .await
         .unwrap();
     assert!(again.deploy_hook.expect("the hook ran now").ok);
-    assert_eq!(std::fs::read_to_string(&runs).unwrap().lines().count(), 1);
+    assert_eq!(std::fs::read_to_string(&h.runs).unwrap().lines().count(), 1);
 }
 
 /// A hook that fails does not undo the install: the outcome is Ok, with the failure in it.
