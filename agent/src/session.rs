@@ -3,7 +3,11 @@
 //!
 //! Every task the agent spawns (rotation loop, challenge sweeper, metrics server, one
 //! task per command) is tracked; on shutdown no further command is taken and running
-//! ones get [`SHUTDOWN_DRAIN`] to finish (an install is crash-safe if cut, but better not).
+//! ones get [`SHUTDOWN_DRAIN`] to finish (an install is crash-safe if cut, but better not),
+//! or longer while a deploy hook runs: up to that hook's own timeout (at most
+//! `install::hook::MAX_TIMEOUT` plus the time to kill it), so a hook is never cut halfway;
+//! no new hook starts once shutdown is asked for (see `install::hook`). The systemd unit's
+//! `TimeoutStopSec` allows for that.
 
 use crate::config::AgentConfig;
 use crate::error::AgentFailure;
@@ -37,7 +41,8 @@ const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 const REPLAY_CACHE: usize = 64;
 /// How often challenges the coordinator never cleared are looked at for expiry.
 const CHALLENGE_SWEEP: Duration = Duration::from_secs(30);
-/// How long running commands may take to finish once shutdown is asked for.
+/// How long running commands may take to finish once shutdown is asked for (longer while
+/// a deploy hook runs, see [`Agent::drain`]).
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
 /// When the identity certificate cannot be read, it is read again after this long.
 const IDENTITY_UNREADABLE_RECHECK: Duration = Duration::from_secs(60);
@@ -146,8 +151,8 @@ impl Agent {
         }))
     }
 
-    /// Keeps a session open until `shutdown`, then drains the agent's tasks (at most
-    /// [`SHUTDOWN_DRAIN`] for running commands).
+    /// Keeps a session open until `shutdown`, then drains the agent's tasks (see
+    /// [`Agent::drain`]).
     pub async fn run(self: &Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
         let tasks = TaskTracker::new();
         // The background tasks stop on `shutdown`, and also when `run` returns an error.
@@ -155,17 +160,9 @@ impl Agent {
         let _stop_on_return = stop.clone().drop_guard();
         let result = self.run_tracked(&tasks, &stop).await;
         stop.cancel();
+        self.installer.hooks.stop_starting();
         tasks.close();
-        if tokio::time::timeout(SHUTDOWN_DRAIN, tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                running = tasks.len(),
-                drain_s = SHUTDOWN_DRAIN.as_secs(),
-                "commands still running after the shutdown drain; stopping anyway (an install is finished or rolled back at the next start)"
-            );
-        }
+        self.drain(&tasks, SHUTDOWN_DRAIN).await;
         // Challenges stay answerable while commands drain; then the listeners close.
         match &self.tls_alpn01 {
             Some(t) => {
@@ -180,6 +177,37 @@ impl Agent {
             tracing::info!("agent stopped");
         }
         result
+    }
+
+    /// Waits for the closed `tasks` to finish: `drain` long, or longer while a deploy hook
+    /// runs — until it has ended at the latest (its timeout, then killed). A hook cut
+    /// halfway may have done half of what it does (copied a file, not restarted the
+    /// service); one that ends records its result for the coordinator's repeat of the
+    /// install. Hooks do not start once stopping (`HookRuns::stop_starting`).
+    async fn drain(&self, tasks: &TaskTracker, drain: Duration) {
+        let base = tokio::time::Instant::now() + drain;
+        loop {
+            let hooks = self.installer.hooks.running_until();
+            let until = hooks.map_or(base, |h| base.max(tokio::time::Instant::from_std(h)));
+            if tokio::time::timeout_at(until, tasks.wait()).await.is_ok() {
+                return;
+            }
+            // A hook started while waiting moves the end further.
+            if self
+                .installer
+                .hooks
+                .running_until()
+                .is_some_and(|h| h > Instant::now())
+            {
+                continue;
+            }
+            tracing::warn!(
+                running = tasks.len(),
+                drain_s = drain.as_secs(),
+                "commands still running after the shutdown drain; stopping anyway (an install is finished or rolled back at the next start)"
+            );
+            return;
+        }
     }
 
     /// [`Agent::run`] until `stop`, every task spawned on `tasks`.

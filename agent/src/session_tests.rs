@@ -10,10 +10,15 @@ fn agent(dir: &std::path::Path) -> Arc<Agent> {
 
 /// [`agent`] with `extra` appended to its config.
 fn agent_with(dir: &std::path::Path, extra: &str) -> Arc<Agent> {
+    agent_on(dir, "192.0.2.10", extra)
+}
+
+/// [`agent_with`] on the address `ip`.
+fn agent_on(dir: &std::path::Path, ip: &str, extra: &str) -> Arc<Agent> {
     let root = dir.join("www");
     std::fs::create_dir_all(&root).unwrap();
     let text = format!(
-        "version = 1\nstate_dir = \"{d}/state\"\nips = [\"192.0.2.10\"]\n\
+        "version = 1\nstate_dir = \"{d}/state\"\nips = [\"{ip}\"]\n\
          [http01]\nmode = \"webroot\"\nwebroot = \"{d}/www\"\nself_check = false\n\
          [targets.t]\ncert = \"{d}/cert.pem\"\nkey = \"{d}/key.pem\"\nverify = []\n{extra}",
         d = dir.display()
@@ -31,8 +36,13 @@ fn msg(id: &str, cmd: Cmd) -> CoordinatorMessage {
 }
 
 fn csr_cmd() -> Cmd {
+    csr_cmd_for("192.0.2.10")
+}
+
+/// A CSR for the address `ip`, target `t`.
+fn csr_cmd_for(ip: &str) -> Cmd {
     Cmd::CreateCsr(pb::CreateCsr {
-        identifiers: vec!["192.0.2.10".into()],
+        identifiers: vec![ip.into()],
         key_type: pb::KeyType::EcdsaP256 as i32,
         target: "t".into(),
         cert_id: "c-abc".into(),
@@ -309,4 +319,74 @@ async fn hello_asks_for_the_configured_names_and_csrs_name_what_the_coordinator_
             f.message
         );
     }
+}
+
+/// Shutdown while a deploy hook runs: the drain outlasts its usual length for the hook,
+/// which finishes; its result is in the (undeliverable) reply and recorded, so the
+/// coordinator's repeat of the install after the restart reports it, without a second run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shutdown_drain_waits_for_a_running_deploy_hook_and_its_result_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let hook_toml = format!(
+        "deploy_hook = [\"/bin/sh\", \"-c\", \"sleep 2; echo run >> {}; echo late >&2; exit 4\"]\n\
+         deploy_hook_timeout = \"30s\"\n",
+        runs.display()
+    );
+    let a = agent_on(dir.path(), "127.0.0.1", &hook_toml);
+    let reply::Result::Csr(csr) = a.handle(msg("r-csr", csr_cmd_for("127.0.0.1"))).await else {
+        panic!("a CSR");
+    };
+    let install = |id: &str| {
+        msg(
+            id,
+            Cmd::Install(pb::InstallCertificate {
+                target: "t".into(),
+                chain_pem: crate::install::tests::sign(&csr.csr_der),
+            }),
+        )
+    };
+    let tasks = TaskTracker::new();
+    let running = {
+        let a = a.clone();
+        let m = install("r-install");
+        tasks.spawn(async move { a.handle(m).await })
+    };
+    let started = Instant::now();
+    while a.installer.hooks.running_until().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the hook never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Shutdown, as `run` does it, with a drain far shorter than the hook.
+    let asked = Instant::now();
+    a.installer.hooks.stop_starting();
+    tasks.close();
+    a.drain(&tasks, Duration::from_millis(100)).await;
+    assert!(tasks.is_empty(), "the drain ended before the hook");
+    assert!(
+        asked.elapsed() >= Duration::from_millis(500),
+        "the hook ran on after the drain's usual length ({:?})",
+        asked.elapsed()
+    );
+    let reply::Result::Installed(report) = running.await.unwrap() else {
+        panic!("installed");
+    };
+    let hook = report.deploy_hook.expect("the hook's result");
+    assert_eq!(
+        (hook.ok, hook.exit_code, hook.stderr_tail.as_str()),
+        (false, Some(4), "late")
+    );
+    assert_eq!(std::fs::read_to_string(&runs).unwrap(), "run\n");
+
+    // The restarted agent, asked again under a new id: the recorded result, no new run.
+    let restarted = agent_on(dir.path(), "127.0.0.1", &hook_toml);
+    let reply::Result::Installed(again) = restarted.handle(install("r-again")).await else {
+        panic!("installed");
+    };
+    assert_eq!(again.serial, report.serial);
+    assert_eq!(again.deploy_hook, Some(hook));
+    assert_eq!(std::fs::read_to_string(&runs).unwrap(), "run\n");
 }

@@ -1,11 +1,9 @@
 //! [`A2c`]: a real acme2certifier ACME server for one test — the second CA, with what
 //! pebble 2.4.0 lacks: ARI (`renewalInfo`) and profiles (`meta.profiles`).
 //!
-//! acme2certifier is a Python WSGI app (PyPI `acme2certifier`, pinned to [`A2C_VERSION`]).
-//! The harness installs it once per machine into a venv ([`ensure_venv`]; default
-//! [`DEFAULT_VENV`], override with env `A2C_VENV`), reused while it imports and reports
-//! the pinned version. Creating it needs PyPI and `python3-venv` (tests/run.sh installs
-//! the latter).
+//! acme2certifier is a Python WSGI app (PyPI `acme2certifier`, pinned in [`VENV`]). The
+//! harness installs it once per machine into that venv (`/var/cache/certfleet-tests/a2c-venv`,
+//! override with env `A2C_VENV`; see [`crate::venv`]).
 //!
 //! Each instance owns a temp dir with:
 //! - a local issuing CA (rcgen: a CA:TRUE root with a subject key identifier, ECDSA P-256)
@@ -35,17 +33,17 @@ use rustls::pki_types::CertificateDer;
 
 use crate::process::ChildGuard;
 use crate::tlsutil;
+use crate::venv::VenvSpec;
 use crate::workdir::WorkDir;
 
-/// The acme2certifier release the harness installs and checks for.
-pub const A2C_VERSION: &str = "0.46.3";
-
-/// Where the venv lives unless env `A2C_VENV` says otherwise (shared by every test run on
-/// the machine; creation is serialised by a lock file next to it).
-pub const DEFAULT_VENV: &str = "/var/cache/certfleet-tests/a2c-venv";
-
-/// Written into the venv after a complete install; a venv without it is rebuilt.
-const VENV_MARKER: &str = ".certfleet-a2c-ok";
+/// The venv acme2certifier runs from (shared by every test run on the machine).
+pub const VENV: VenvSpec = VenvSpec {
+    name: "a2c",
+    dir_env: "A2C_VENV",
+    requirements: &["acme2certifier==0.46.3"],
+    imports: &["acme2certifier.cahandlers.openssl_ca_handler"],
+    files: &[],
+};
 
 /// Knobs for one acme2certifier instance.
 #[derive(Debug, Clone)]
@@ -112,7 +110,7 @@ impl A2c {
     /// temp dir, starts the launcher on a free port and waits until the directory answers.
     pub async fn start(opts: A2cOptions) -> anyhow::Result<Self> {
         crate::install_crypto_provider();
-        let (venv, venv_created_in) = tokio::task::spawn_blocking(ensure_venv)
+        let (venv, venv_created_in) = tokio::task::spawn_blocking(|| VENV.ensure())
             .await
             .context("venv task panicked")??;
         let python = venv.join("bin/python");
@@ -350,100 +348,6 @@ fn spawn_launcher(
 /// `tests/acme2certifier/a2c_serve.py` in this crate.
 pub fn launcher_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("acme2certifier/a2c_serve.py")
-}
-
-/// The venv directory: env `A2C_VENV`, else [`DEFAULT_VENV`].
-pub fn venv_dir() -> PathBuf {
-    std::env::var_os("A2C_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_VENV))
-}
-
-/// Returns the venv with acme2certifier [`A2C_VERSION`], creating it first if it is
-/// missing or broken (then also how long that took). Blocking; serialised across test
-/// processes by an exclusive lock on `<venv>.lock`.
-pub fn ensure_venv() -> anyhow::Result<(PathBuf, Option<Duration>)> {
-    let venv = venv_dir();
-    let parent = venv
-        .parent()
-        .context("the venv path has no parent directory")?;
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let lock_path = venv.with_extension("lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("opening {}", lock_path.display()))?;
-    lock.lock()
-        .with_context(|| format!("locking {}", lock_path.display()))?;
-
-    if venv_works(&venv) {
-        return Ok((venv, None));
-    }
-    let started = Instant::now();
-    if venv.exists() {
-        std::fs::remove_dir_all(&venv)
-            .with_context(|| format!("removing the broken venv {}", venv.display()))?;
-    }
-    let out = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .output()
-        .context(
-            "running `python3 -m venv` (install python3 and python3-venv; tests/run.sh does)",
-        )?;
-    anyhow::ensure!(
-        out.status.success(),
-        "`python3 -m venv {}` failed (is python3-venv installed? tests/run.sh installs it): {}",
-        venv.display(),
-        crate::process::describe_output(&out)
-    );
-    let out = Command::new(venv.join("bin/python"))
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-input",
-        ])
-        .arg(format!("acme2certifier=={A2C_VERSION}"))
-        .output()
-        .context("running pip in the new venv")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "pip install acme2certifier=={A2C_VERSION} into {} failed (needs PyPI): {}",
-        venv.display(),
-        crate::process::describe_output(&out)
-    );
-    anyhow::ensure!(
-        installed_version(&venv).as_deref() == Some(A2C_VERSION),
-        "the new venv {} does not report acme2certifier {A2C_VERSION}",
-        venv.display()
-    );
-    std::fs::write(venv.join(VENV_MARKER), A2C_VERSION)?;
-    Ok((venv, Some(started.elapsed())))
-}
-
-fn venv_works(venv: &Path) -> bool {
-    venv.join(VENV_MARKER).is_file() && installed_version(venv).as_deref() == Some(A2C_VERSION)
-}
-
-/// The acme2certifier version the venv's python imports, if it does.
-fn installed_version(venv: &Path) -> Option<String> {
-    let out = Command::new(venv.join("bin/python"))
-        .args([
-            "-c",
-            "import importlib.metadata as m, acme2certifier.cahandlers.openssl_ca_handler; \
-             print(m.version('acme2certifier'))",
-        ])
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// `acme_srv.cfg` for an instance whose files live in `dir`.

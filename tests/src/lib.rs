@@ -32,6 +32,8 @@
 //!   zones, a TSIG key for dynamic updates, `kdig` lookups; pebble resolves through it.
 //! - [`moto`] — [`moto::MotoServer`]: moto's mock AWS server (Route53 API) from a venv the
 //!   harness creates, for the coordinator's `route53` DNS provider.
+//! - [`venv`] — [`venv::VenvSpec`]: the Python venvs (acme2certifier, moto) made once per
+//!   machine under `/var/cache/certfleet-tests`, rebuilt when a pin changes.
 //! - [`direct`] — the baseline: a minimal direct instant-acme client.
 //! - [`http01`] — a minimal HTTP-01 responder for the direct-ACME baseline.
 //! - [`tlsalpn01`] — a minimal TLS-ALPN-01 responder (validation certificates by SNI) for it.
@@ -57,6 +59,7 @@ pub mod pki;
 pub mod process;
 pub mod tlsalpn01;
 pub mod tlsutil;
+pub mod venv;
 pub mod webserver;
 pub mod workdir;
 

@@ -1,10 +1,9 @@
 //! [`MotoServer`]: moto's mock AWS server for one test, to drive the coordinator's
 //! `route53` DNS provider against a real HTTP API (the Route53 REST/XML protocol).
 //!
-//! moto is Python (PyPI `moto[server]`, pinned to [`MOTO_VERSION`]). The harness installs
-//! it once per machine into a venv ([`ensure_venv`]; default [`DEFAULT_VENV`], override with
-//! env `MOTO_VENV`), reused while it imports and reports the pinned version. Creating it
-//! needs PyPI and `python3-venv` (tests/run.sh installs the latter).
+//! moto is Python (PyPI `moto[server]`, pinned in [`VENV`]). The harness installs it once
+//! per machine into that venv (`/var/cache/certfleet-tests/moto-venv`,
+//! override with env `MOTO_VENV`; see [`crate::venv`]).
 //!
 //! Each instance runs `moto_server -H 127.0.0.1 -p <free port>` in its own temp dir, killed
 //! by PID on drop ([`ChildGuard`]). moto does not check request signatures: any dummy
@@ -13,7 +12,7 @@
 //! request to a service by its credential scope and checks no signature.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -21,17 +20,17 @@ use anyhow::Context as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::process::ChildGuard;
+use crate::venv::VenvSpec;
 use crate::workdir::WorkDir;
 
-/// The moto release the harness installs and checks for.
-pub const MOTO_VERSION: &str = "5.2.5";
-
-/// Where the venv lives unless env `MOTO_VENV` says otherwise (shared by every test run on
-/// the machine; creation is serialised by a lock file next to it).
-pub const DEFAULT_VENV: &str = "/var/cache/certfleet-tests/moto-venv";
-
-/// Written into the venv after a complete install; a venv without it is rebuilt.
-const VENV_MARKER: &str = ".certfleet-moto-ok";
+/// The venv moto runs from (shared by every test run on the machine).
+pub const VENV: VenvSpec = VenvSpec {
+    name: "moto",
+    dir_env: "MOTO_VENV",
+    requirements: &["moto[server]==5.2.5"],
+    imports: &["moto.server"],
+    files: &["bin/moto_server"],
+};
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const XMLNS: &str = "https://route53.amazonaws.com/doc/2013-04-01/";
@@ -55,7 +54,7 @@ impl MotoServer {
     /// Makes sure the venv exists, starts moto on a free loopback port and waits until it
     /// answers Route53 requests.
     pub async fn start() -> anyhow::Result<Self> {
-        let (venv, venv_created_in) = tokio::task::spawn_blocking(ensure_venv)
+        let (venv, venv_created_in) = tokio::task::spawn_blocking(|| VENV.ensure())
             .await
             .context("venv task panicked")??;
         let dir = WorkDir::new("moto")?;
@@ -269,96 +268,6 @@ fn unescape_xml(s: &str) -> String {
         .replace("&lt;", "<")
         .replace("&gt;", ">")
         .replace("&amp;", "&")
-}
-
-fn venv_dir() -> PathBuf {
-    std::env::var_os("MOTO_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_VENV))
-}
-
-/// Creates (once per machine) the venv with `moto[server]` [`MOTO_VERSION`]; returns its
-/// path and, when this call created it, how long that took.
-pub fn ensure_venv() -> anyhow::Result<(PathBuf, Option<Duration>)> {
-    let venv = venv_dir();
-    let parent = venv
-        .parent()
-        .context("the venv path has no parent directory")?;
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let lock_path = venv.with_extension("lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("opening {}", lock_path.display()))?;
-    lock.lock()
-        .with_context(|| format!("locking {}", lock_path.display()))?;
-    if venv_works(&venv) {
-        return Ok((venv, None));
-    }
-    let started = Instant::now();
-    if venv.exists() {
-        std::fs::remove_dir_all(&venv)
-            .with_context(|| format!("removing the broken venv {}", venv.display()))?;
-    }
-    let out = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .output()
-        .context(
-            "running `python3 -m venv` (install python3 and python3-venv; tests/run.sh does)",
-        )?;
-    anyhow::ensure!(
-        out.status.success(),
-        "`python3 -m venv {}` failed (is python3-venv installed? tests/run.sh installs it): {}",
-        venv.display(),
-        crate::process::describe_output(&out)
-    );
-    let out = Command::new(venv.join("bin/python"))
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-input",
-        ])
-        .arg(format!("moto[server]=={MOTO_VERSION}"))
-        .output()
-        .context("running pip in the new venv")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "pip install moto[server]=={MOTO_VERSION} into {} failed (needs PyPI): {}",
-        venv.display(),
-        crate::process::describe_output(&out)
-    );
-    anyhow::ensure!(
-        venv_reports_version(&venv),
-        "the new venv {} does not report moto {MOTO_VERSION} with its server",
-        venv.display()
-    );
-    std::fs::write(venv.join(VENV_MARKER), MOTO_VERSION)?;
-    Ok((venv, Some(started.elapsed())))
-}
-
-fn venv_works(venv: &Path) -> bool {
-    venv.join(VENV_MARKER).is_file() && venv_reports_version(venv)
-}
-
-/// Whether the venv's python imports moto's server at the pinned version.
-fn venv_reports_version(venv: &Path) -> bool {
-    Command::new(venv.join("bin/python"))
-        .args([
-            "-c",
-            "import importlib.metadata as m, moto.server; print(m.version('moto'))",
-        ])
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .is_some_and(|o| String::from_utf8_lossy(&o.stdout).trim() == MOTO_VERSION)
-        && venv.join("bin/moto_server").is_file()
 }
 
 #[cfg(test)]

@@ -9,9 +9,19 @@
 //! and `LEGO_*` variable is removed first, so an unset name really means "no such file".
 //!
 //! It runs once per serial and target: `state_dir/installs/<target>.hook` records the
-//! serial it last ran for (written when it finishes, whatever its result), so a repeated
-//! install command does not run it twice, and one cut off by a crash runs again when the
-//! coordinator repeats the install.
+//! serial it last ran for and how that run ended (written when it finishes, whatever its
+//! result), so a repeated install command does not run it twice, and one cut off by a
+//! crash runs again when the coordinator repeats the install. A repeat of an install that
+//! is complete (the coordinator lost the answer and asks again) reports the recorded
+//! result again: it is the only answer with the result that reaches the coordinator, which
+//! audits it then. A certificate switched in again later (something else had replaced it)
+//! does not run the hook again and reports none.
+//!
+//! When the agent is stopping, a hook that is running is waited for up to its own timeout
+//! ([`HookRuns::running_until`], used by the session's shutdown drain), and no hook is
+//! started any more ([`HookRuns::stop_starting`]): an install finishing then leaves the
+//! hook to the repeat of the install after the restart (its answer cannot reach the
+//! coordinator anyway, the stream is gone).
 //!
 //! A hook that fails — exits non-zero, is killed, runs past its timeout (its whole process
 //! group is then killed) or cannot be started — is reported with its status and the tail
@@ -23,7 +33,10 @@ use super::Installer;
 use crate::target::{FileRole, Target};
 use certfleet_shared::fsutil::{read_limited, write_atomic};
 use certfleet_shared::x509::CertInfo;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 
@@ -39,6 +52,10 @@ pub const STDERR_TAIL: usize = 2048;
 const PIPE_GRACE: Duration = Duration::from_secs(1);
 /// Prefixes of the variables the hook gets from us and never from the agent's environment.
 const OWN_PREFIXES: [&str; 3] = ["CERTFLEET_", "RENEWED_", "LEGO_"];
+/// How long a hook killed at its timeout may take to be reaped.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+/// What a run may take beyond its timeout: killing and reaping it, recording its result.
+pub const PAST_TIMEOUT: Duration = Duration::from_secs(KILL_WAIT.as_secs() + 2);
 
 /// `deploy_hook` + `deploy_hook_timeout` of a target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +109,99 @@ pub struct HookReport {
     pub exit_code: Option<i32>,
     pub stderr_tail: String,
     pub duration: Duration,
+}
+
+/// `installs/<target>.hook`: the serial the hook last ran for and how that run ended.
+/// (Agents before this kept only the serial, as plain text; such a marker still counts as
+/// "ran", with no result to report again.)
+#[derive(Debug, Serialize, Deserialize)]
+struct HookRecord {
+    serial: String,
+    ok: bool,
+    status: String,
+    exit_code: Option<i32>,
+    stderr_tail: String,
+    duration_ms: u64,
+}
+
+impl HookRecord {
+    fn new(serial: &str, r: &HookReport) -> Self {
+        HookRecord {
+            serial: serial.to_owned(),
+            ok: r.ok,
+            status: r.status.clone(),
+            exit_code: r.exit_code,
+            stderr_tail: r.stderr_tail.clone(),
+            duration_ms: u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    fn report(self) -> HookReport {
+        HookReport {
+            ok: self.ok,
+            status: self.status,
+            exit_code: self.exit_code,
+            stderr_tail: self.stderr_tail,
+            duration: Duration::from_millis(self.duration_ms),
+        }
+    }
+}
+
+/// What the marker says about `serial`: not run for it (`None`), run with the recorded
+/// result, or run by an older agent that kept no result (`Some(None)`).
+fn recorded_run(marker: &[u8], serial: &str) -> Option<Option<HookReport>> {
+    match serde_json::from_slice::<HookRecord>(marker) {
+        Ok(r) if r.serial == serial => Some(Some(r.report())),
+        Ok(_) => None,
+        Err(_) => (String::from_utf8_lossy(marker).trim() == serial).then_some(None),
+    }
+}
+
+/// The deploy hooks running now (by when each will have ended, timeout and kill
+/// included), and whether new ones may start.
+#[derive(Debug, Default)]
+pub struct HookRuns {
+    running: Mutex<Vec<(u64, Instant)>>,
+    next_id: AtomicU64,
+    stopping: AtomicBool,
+}
+
+impl HookRuns {
+    /// No hook starts from now on (the agent is stopping); running ones go on.
+    pub fn stop_starting(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// When the last running hook will have ended at the latest; `None` when none runs.
+    pub fn running_until(&self) -> Option<Instant> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.iter().map(|(_, until)| *until).max()
+    }
+
+    /// Registers a run of `hook` until the returned guard is dropped; `None` when the
+    /// agent is stopping.
+    fn start(&self, hook: &DeployHook) -> Option<RunGuard<'_>> {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked under the lock: a stop either sees this run or prevents it.
+        if self.stopping.load(Ordering::SeqCst) {
+            return None;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        running.push((id, Instant::now() + hook.timeout + PAST_TIMEOUT));
+        Some(RunGuard { runs: self, id })
+    }
+}
+
+struct RunGuard<'a> {
+    runs: &'a HookRuns,
+    id: u64,
+}
+
+impl Drop for RunGuard<'_> {
+    fn drop(&mut self) {
+        let mut running = self.runs.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.retain(|(id, _)| *id != self.id);
+    }
 }
 
 /// The hook's environment for `leaf` installed into `target`: name → value, only for
@@ -157,27 +267,55 @@ fn identifiers(leaf: &CertInfo) -> Vec<String> {
 
 impl Installer {
     /// Runs `target`'s deploy hook for `leaf` unless it already ran for this serial.
-    pub(super) async fn deploy_hook(&self, target: &Target, leaf: &CertInfo) -> Option<HookReport> {
+    /// `repeat`: the install found the certificate in place and did nothing (a repeated
+    /// command) — then the recorded result of the run is reported again.
+    pub(super) async fn deploy_hook(
+        &self,
+        target: &Target,
+        leaf: &CertInfo,
+        repeat: bool,
+    ) -> Option<HookReport> {
         let hook = target.deploy_hook.as_ref()?;
         let marker = self.journal_dir.join(format!("{}.hook", target.name));
-        let done = read_limited(&marker, 1024)
+        let name = target.name.as_str();
+        let serial = leaf.serial_hex.as_str();
+        let earlier = read_limited(&marker, 16 * 1024)
             .ok()
-            .is_some_and(|b| String::from_utf8_lossy(&b).trim() == leaf.serial_hex);
-        if done {
-            tracing::info!(target = %target.name, serial = %leaf.serial_hex, "deploy hook already ran for this certificate");
-            return None;
+            .and_then(|b| recorded_run(&b, serial));
+        if let Some(earlier) = earlier {
+            return match earlier {
+                Some(report) if repeat => {
+                    tracing::info!(target = name, serial, status = %report.status, "deploy hook already ran for this certificate; reporting that run again");
+                    Some(report)
+                }
+                _ => {
+                    tracing::info!(
+                        target = name,
+                        serial,
+                        "deploy hook already ran for this certificate"
+                    );
+                    None
+                }
+            };
         }
+        let Some(_running) = self.hooks.start(hook) else {
+            tracing::warn!(target = name, serial, "the agent is stopping: the deploy hook runs when the coordinator repeats the install after the restart");
+            return None;
+        };
         let report = run(hook, &hook_env(target, leaf)).await;
         if report.ok {
-            tracing::info!(target = %target.name, serial = %leaf.serial_hex, status = %report.status, ms = report.duration.as_millis() as u64, "deploy hook succeeded");
+            tracing::info!(target = name, serial, status = %report.status, ms = report.duration.as_millis() as u64, "deploy hook succeeded");
         } else {
-            tracing::warn!(target = %target.name, serial = %leaf.serial_hex, status = %report.status, stderr = %report.stderr_tail, "deploy hook failed; the certificate stays installed");
+            tracing::warn!(target = name, serial, status = %report.status, stderr = %report.stderr_tail, "deploy hook failed; the certificate stays installed");
         }
-        let recorded = std::fs::create_dir_all(&self.journal_dir).and_then(|_| {
-            write_atomic(&marker, leaf.serial_hex.as_bytes(), 0o600).map_err(std::io::Error::other)
-        });
-        if let Err(e) = recorded {
-            tracing::warn!(target = %target.name, path = %marker.display(), error = %e, "cannot record that the deploy hook ran; a repeated install will run it again");
+        let record = serde_json::to_vec(&HookRecord::new(serial, &report))
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                std::fs::create_dir_all(&self.journal_dir)?;
+                write_atomic(&marker, &bytes, 0o600).map_err(std::io::Error::other)
+            });
+        if let Err(e) = record {
+            tracing::warn!(target = name, path = %marker.display(), error = %e, "cannot record that the deploy hook ran; a repeated install will run it again");
         }
         Some(report)
     }
@@ -246,7 +384,7 @@ pub async fn run(hook: &DeployHook, env: &[(&'static str, String)]) -> HookRepor
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
-            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+            let _ = tokio::time::timeout(KILL_WAIT, child.wait()).await;
             return failed(
                 format!(
                     "timed out after {} s; its process group was killed",

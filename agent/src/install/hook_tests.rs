@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::install::tests::{fixture, ips, sign};
+use crate::keys::PendingKeys;
 use crate::target::TargetConfig;
 use certfleet_proto::v1::KeyType;
 use std::collections::{BTreeMap, HashMap};
@@ -310,15 +311,136 @@ async fn an_install_runs_the_hook_once_with_the_installed_paths() {
     let installed = std::fs::read_to_string(&env["CERTFLEET_FULLCHAIN_PATH"]).unwrap();
     assert!(installed.starts_with("-----BEGIN CERTIFICATE-----"));
 
-    // The same certificate again (a repeated command): checked, not hooked again.
+    // The same certificate again (a repeated command): checked, not hooked again, and the
+    // first run's result reported again (the coordinator may have lost the first answer).
     let again = inst
         .install(&t, &chain, &ips(), &pending, &BTreeMap::new())
         .await
         .unwrap();
     assert_eq!(again.serial, out.serial);
-    assert!(again.deploy_hook.is_none());
+    let again = again.deploy_hook.expect("the first run's result");
+    assert_eq!(summary(&again), summary(&report));
     let runs = std::fs::read_to_string(format!("{}.runs", record.display())).unwrap();
     assert_eq!(runs.lines().count(), 1);
+}
+
+/// What is reported of a run (its duration in whole milliseconds, as the proto has it).
+fn summary(r: &HookReport) -> (bool, &str, Option<i32>, &str, u128) {
+    (
+        r.ok,
+        &r.status,
+        r.exit_code,
+        &r.stderr_tail,
+        r.duration.as_millis(),
+    )
+}
+
+/// A target whose hook appends a line to `runs` and then runs `script` (sh), and a signed
+/// chain for a pending key, not installed yet.
+struct Hooked {
+    dir: tempfile::TempDir,
+    pending: PendingKeys,
+    inst: Installer,
+    t: Target,
+    chain: String,
+    runs: std::path::PathBuf,
+}
+
+impl Hooked {
+    fn new(script: &str) -> Self {
+        let (dir, pending, inst) = fixture();
+        let d = dir.path().display();
+        let runs = dir.path().join("runs");
+        let t = target(&format!(
+            "fullchain = \"{d}/tls/fullchain.pem\"\nkey = \"{d}/tls/key.pem\"\nverify = []\n\
+             deploy_hook = [\"/bin/sh\", \"-c\", \"echo run >> {runs}; {script}\"]\n",
+            runs = runs.display()
+        ));
+        let csr = pending
+            .create_csr(&ips(), KeyType::EcdsaP256, None)
+            .unwrap();
+        let chain = sign(&csr);
+        Hooked {
+            dir,
+            pending,
+            inst,
+            t,
+            chain,
+            runs,
+        }
+    }
+}
+
+/// A failed run is recorded with the marker: after a restart (a new installer on the same
+/// state), a repeated install reports that failure again, with the same status and stderr,
+/// without running the hook again. A marker an older agent wrote (the bare serial) still
+/// counts as "ran", with nothing to report.
+#[tokio::test]
+async fn a_repeated_install_reports_the_recorded_failure_of_the_one_run() {
+    let h = Hooked::new("echo cannot push >&2; exit 3");
+    let first = h
+        .inst
+        .install(&h.t, &h.chain, &ips(), &h.pending, &BTreeMap::new())
+        .await
+        .unwrap()
+        .deploy_hook
+        .expect("the hook ran");
+    assert_eq!((first.ok, first.exit_code), (false, Some(3)));
+
+    let restarted = Installer::new(&h.dir.path().join("state")).unwrap();
+    let again = restarted
+        .install(&h.t, &h.chain, &ips(), &h.pending, &BTreeMap::new())
+        .await
+        .unwrap()
+        .deploy_hook
+        .expect("the recorded result");
+    assert_eq!(summary(&again), summary(&first));
+    assert_eq!(
+        (again.status.as_str(), again.stderr_tail.as_str()),
+        ("exit status 3", "cannot push")
+    );
+    assert_eq!(std::fs::read_to_string(&h.runs).unwrap().lines().count(), 1);
+    let marker = h.dir.path().join("state/installs/web.hook");
+    assert_eq!(crate::install::tests::mode(&marker), 0o600);
+
+    // The marker of an older agent: the serial alone.
+    let serial = crate::install::inspect(&h.t).unwrap().serial;
+    std::fs::write(&marker, format!("{serial}\n")).unwrap();
+    let old = restarted
+        .install(&h.t, &h.chain, &ips(), &h.pending, &BTreeMap::new())
+        .await
+        .unwrap();
+    assert_eq!(old.deploy_hook, None);
+    assert_eq!(std::fs::read_to_string(&h.runs).unwrap().lines().count(), 1);
+}
+
+/// Once the agent is stopping, an install that gets to its hook does not start it (the
+/// install stands, nothing is recorded); the repeat of the install after the restart runs
+/// it.
+#[tokio::test]
+async fn a_stopping_agent_starts_no_hook_and_the_repeat_after_the_restart_runs_it() {
+    let h = Hooked::new("true");
+    h.inst.hooks.stop_starting();
+    let out = h
+        .inst
+        .install(&h.t, &h.chain, &ips(), &h.pending, &BTreeMap::new())
+        .await
+        .unwrap();
+    assert_eq!(out.deploy_hook, None);
+    assert_eq!(
+        crate::install::inspect(&h.t).map(|i| i.serial),
+        Some(out.serial)
+    );
+    assert!(!h.runs.exists(), "the hook must not have run");
+    assert!(h.inst.hooks.running_until().is_none());
+
+    let restarted = Installer::new(&h.dir.path().join("state")).unwrap();
+    let again = restarted
+        .install(&h.t, &h.chain, &ips(), &h.pending, &BTreeMap::new())
+        .await
+        .unwrap();
+    assert!(again.deploy_hook.expect("the hook ran now").ok);
+    assert_eq!(std::fs::read_to_string(&h.runs).unwrap().lines().count(), 1);
 }
 
 /// A hook that fails does not undo the install: the outcome is Ok, with the failure in it.

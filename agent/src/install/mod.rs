@@ -17,7 +17,8 @@
 //!    the new leaf, three rounds in a row, within a grace window; otherwise `current` goes
 //!    back, the web server is reloaded again, and the failure is reported as rolled back;
 //! 7. **deploy hook** (if the target has one, once per serial): its result is reported
-//!    with the install, which it never undoes.
+//!    with the install, which it never undoes, and recorded, so a repeated install
+//!    command reports it again.
 //!
 //! The current and previous versions are kept; older ones are pruned.
 //!
@@ -161,7 +162,9 @@ pub struct InstallOutcome {
     /// Verify addresses that presented the new leaf.
     pub served_on: Vec<SocketAddr>,
     pub verify_disabled: bool,
-    /// The deploy hook's run (none: no hook, or it already ran for this serial).
+    /// The deploy hook's run (none: no hook, it already ran for this serial and this
+    /// install switched the certificate in again, or the agent is stopping). A repeated
+    /// install of a certificate in place carries the recorded result of its run.
     pub deploy_hook: Option<hook::HookReport>,
 }
 
@@ -170,6 +173,8 @@ pub struct Installer {
     journal_dir: PathBuf,
     pause_at: Option<String>,
     observer: std::sync::Arc<rustls::ClientConfig>,
+    /// Deploy hooks running now; stopped from starting at shutdown.
+    pub hooks: hook::HookRuns,
 }
 
 impl Installer {
@@ -178,6 +183,7 @@ impl Installer {
             journal_dir: state_dir.join("installs"),
             pause_at: std::env::var(PAUSE_ENV).ok().filter(|s| !s.is_empty()),
             observer: certfleet_shared::tls::observer_client_config()?,
+            hooks: hook::HookRuns::default(),
         })
     }
 
@@ -328,7 +334,7 @@ impl Installer {
                 versioned::prune_versions(&v.store, &v.version, v.prev.as_deref());
             }
             pending.remove(&leaf.spki_der);
-            let deploy_hook = self.deploy_hook(target, &leaf).await;
+            let deploy_hook = self.deploy_hook(target, &leaf, false).await;
             return Ok(InstallOutcome {
                 serial: leaf.serial_hex,
                 not_after: leaf.not_after,
@@ -346,7 +352,7 @@ impl Installer {
             self.verify(target, leaf_der.as_ref(), &sni).await?;
         }
         pending.remove(&leaf.spki_der);
-        let deploy_hook = self.deploy_hook(target, &leaf).await;
+        let deploy_hook = self.deploy_hook(target, &leaf, true).await;
         Ok(InstallOutcome {
             serial: leaf.serial_hex,
             not_after: leaf.not_after,
@@ -599,6 +605,6 @@ fn lego_meta(leaf: &CertInfo) -> Result<Vec<u8>, AgentFailure> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 #[cfg(test)]
 mod tests_names;

@@ -11,7 +11,7 @@ use rustls_pki_types::CertificateSigningRequestDer;
 use std::os::unix::fs::PermissionsExt;
 
 /// Signs the agent's CSR with a throwaway CA: a real chain for the install logic.
-pub(super) fn sign(csr_der: &[u8]) -> String {
+pub(crate) fn sign(csr_der: &[u8]) -> String {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::default();
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -32,7 +32,7 @@ fn target(toml_text: &str) -> Target {
     cfg.resolve("web", &["127.0.0.1".parse().unwrap()]).unwrap()
 }
 
-pub(super) fn ips() -> Vec<IpAddr> {
+pub(crate) fn ips() -> Vec<IpAddr> {
     vec!["127.0.0.1".parse().unwrap()]
 }
 
@@ -57,7 +57,7 @@ async fn issue_and_install(
         .await
 }
 
-fn mode(p: &Path) -> u32 {
+pub(crate) fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
 

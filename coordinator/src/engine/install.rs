@@ -51,6 +51,9 @@ impl Engine {
                     .ids(&cur.identifiers)
                     .serial(report.serial.clone())
                     .detail("target", &report.target);
+                // An install is asked again only when its answer never arrived, so the
+                // hook result a repeat carries (the agent's record of the one run) is
+                // audited here once.
                 if let Some(hook) = &report.deploy_hook {
                     installed =
                         installed.detail("deploy_hook", if hook.ok { "ok" } else { "failed" });

@@ -7,14 +7,14 @@
 //! pebble's `tlsPort` is the agent's `[tls_alpn01] port` (8443) rather than 443, because
 //! nginx holds 443 on the host's addresses to serve the certificate afterwards.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
-use certfleet_tests::coordinator::CoordinatorOptions;
 use certfleet_tests::fleet::{wait_all_served, Challenge, FleetHost, HostSpec};
 use certfleet_tests::netns::{require_namespaces, Lan};
 use certfleet_tests::webserver::ServerKind;
 use certfleet_tests::{Coordinator, Pebble, PebbleOptions};
+
+use crate::world::lan_pebble_and_coordinator;
 
 const SERVE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Where pebble validates HTTP-01: no one listens there.
@@ -23,23 +23,11 @@ const DEAD_HTTP_PORT: u16 = 5002;
 const ALPN_PORT: u16 = 8443;
 
 async fn pebble_and_coordinator(lan: &Lan) -> (Pebble, Coordinator) {
-    certfleet_tests::install_crypto_provider();
-    let pebble = Pebble::start_with(PebbleOptions {
+    let pebble_opts = PebbleOptions {
         validation_ports: Some((DEAD_HTTP_PORT, ALPN_PORT)),
         ..Default::default()
-    })
-    .await
-    .expect("pebble");
-    let coord = Coordinator::start_with(
-        &pebble,
-        CoordinatorOptions {
-            server_ips: vec![IpAddr::V4(lan.gateway_v4())],
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("coordinator");
-    (pebble, coord)
+    };
+    lan_pebble_and_coordinator(lan, pebble_opts, Default::default()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,37 +4,17 @@
 //! `deploy_hook_failed` while the certificate stays installed and served.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 use std::time::Duration;
 
-use certfleet_tests::coordinator::CoordinatorOptions;
 use certfleet_tests::fleet::{wait_all_served, Challenge, FleetHost, HostSpec};
 use certfleet_tests::netns::{require_namespaces, Lan};
 use certfleet_tests::webserver::ServerKind;
 use certfleet_tests::workdir::WorkDir;
-use certfleet_tests::{pki, CertRow, Coordinator, Pebble, PebbleOptions};
+use certfleet_tests::{pki, CertRow, Coordinator};
+
+use crate::world::{lan_pebble_and_coordinator, pebble_on_80_443};
 
 const SERVE_TIMEOUT: Duration = Duration::from_secs(120);
-
-async fn pebble_and_coordinator(lan: &Lan) -> (Pebble, Coordinator) {
-    certfleet_tests::install_crypto_provider();
-    let pebble = Pebble::start_with(PebbleOptions {
-        validation_ports: Some((80, 443)),
-        ..Default::default()
-    })
-    .await
-    .expect("pebble");
-    let coord = Coordinator::start_with(
-        &pebble,
-        CoordinatorOptions {
-            server_ips: vec![IpAddr::V4(lan.gateway_v4())],
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("coordinator");
-    (pebble, coord)
-}
 
 /// One nginx host whose `[targets.default]` has `deploy_hook = argv`; enrolled, started,
 /// and waited for until its certificate is served.
@@ -88,7 +68,8 @@ async fn a_deploy_hook_sees_what_was_installed() {
     let Some(lan) = require_namespaces("deploy_hooks::records_env") else {
         return;
     };
-    let (pebble, coord) = pebble_and_coordinator(&lan).await;
+    let (pebble, coord) =
+        lan_pebble_and_coordinator(&lan, pebble_on_80_443(), Default::default()).await;
     let root = pebble.issuing_root_der().await.expect("root");
     let work = WorkDir::new("hook").expect("work dir");
     let out = work.join("hook-env");
@@ -160,7 +141,8 @@ async fn a_failing_deploy_hook_is_audited_and_the_certificate_stays() {
     let Some(lan) = require_namespaces("deploy_hooks::failing") else {
         return;
     };
-    let (pebble, coord) = pebble_and_coordinator(&lan).await;
+    let (pebble, coord) =
+        lan_pebble_and_coordinator(&lan, pebble_on_80_443(), Default::default()).await;
     let root = pebble.issuing_root_der().await.expect("root");
     let (h, row) = served_host_with_hook(
         &lan,

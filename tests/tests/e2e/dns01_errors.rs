@@ -3,8 +3,6 @@
 //! with the provider's own message, nothing written left behind, no validation asked of
 //! the CA (so none is spent), and a retry planned; the coordinator keeps running.
 
-use std::time::{Duration, Instant};
-
 use certfleet_tests::dns::{KnotServer, ZONE};
 use certfleet_tests::fleet::{Challenge, FleetHost, HostSpec};
 use certfleet_tests::netns::{require_namespaces, Lan};
@@ -13,8 +11,6 @@ use certfleet_tests::CertRow;
 use serde_json::Value;
 
 use crate::wildcard::{rfc2136_provider, secret_file, world_with, World, WILDCARD_POLICY};
-
-const FAIL_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Enrolls one nginx host and waits until its certificate has failed with an error
 /// containing every one of `wants`; returns that row.
@@ -27,32 +23,17 @@ async fn first_failure(w: &World, lan: &Lan, name: &str, wants: &[&str]) -> Cert
     .expect("host");
     h.enroll(&w.coord, lan).await.expect("enroll");
     h.agent.start().expect("agent start");
-    let id = h.agent.host_id().expect("enrolled").to_owned();
-    let deadline = Instant::now() + FAIL_TIMEOUT;
-    loop {
-        let rows: Vec<CertRow> = w
-            .coord
-            .certs()
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|r| r.host_id == id)
-            .collect();
-        if let Some(r) = rows.iter().find(|r| {
+    let what = format!("failed with {wants:?}");
+    let row = w
+        .wait_rows(&mut h, 1, &what, |r| {
             r.last_error
                 .as_deref()
                 .is_some_and(|e| wants.iter().all(|w| e.contains(w)))
-        }) {
-            assert!(r.serial.is_none(), "nothing may be issued: {r:?}");
-            return r.clone();
-        }
-        if Instant::now() > deadline {
-            h.agent.dump_logs();
-            w.coord.dump_logs();
-            panic!("{name}: no failure with {wants:?} after {FAIL_TIMEOUT:?}: {rows:#?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        })
+        .await
+        .remove(0);
+    assert!(row.serial.is_none(), "nothing may be issued: {row:?}");
+    row
 }
 
 /// Nothing left in the zone, no validation asked of the CA, a retry planned, the daemon up.

@@ -15,31 +15,20 @@ use certfleet_tests::coordinator::CoordinatorOptions;
 use certfleet_tests::fleet::{wait_all_served, Challenge, FleetHost, HostSpec};
 use certfleet_tests::netns::{require_namespaces, Lan};
 use certfleet_tests::webserver::{Redirect, ServerKind};
-use certfleet_tests::{pki, CertRow, Coordinator, Pebble, PebbleOptions};
+use certfleet_tests::{pki, CertRow, Coordinator, Pebble};
+
+use crate::world::{lan_pebble_and_coordinator, pebble_on_80_443};
 
 const SERVE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the coordinator stays down in the outage test (hosts are watched throughout).
 const OUTAGE: Duration = Duration::from_secs(3);
 
 async fn pebble_and_coordinator(lan: &Lan, retry_base_secs: Option<u64>) -> (Pebble, Coordinator) {
-    certfleet_tests::install_crypto_provider();
-    let pebble = Pebble::start_with(PebbleOptions {
-        validation_ports: Some((80, 443)),
+    let coord_opts = CoordinatorOptions {
+        retry_base_secs,
         ..Default::default()
-    })
-    .await
-    .expect("pebble");
-    let coord = Coordinator::start_with(
-        &pebble,
-        CoordinatorOptions {
-            server_ips: vec![IpAddr::V4(lan.gateway_v4())],
-            retry_base_secs,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("coordinator");
-    (pebble, coord)
+    };
+    lan_pebble_and_coordinator(lan, pebble_on_80_443(), coord_opts).await
 }
 
 async fn start_hosts(lan: &Lan, coord: &Coordinator, specs: Vec<HostSpec>) -> Vec<FleetHost> {

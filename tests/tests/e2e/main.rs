@@ -46,3 +46,4 @@ mod support;
 mod tls_alpn;
 mod validation;
 mod wildcard;
+mod world;

@@ -6,65 +6,31 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use certfleet_tests::coordinator::CoordinatorOptions;
-use certfleet_tests::dns::{KnotServer, ZONE};
+use certfleet_tests::dns::ZONE;
 use certfleet_tests::fleet::{Challenge, FleetHost, HostSpec};
 use certfleet_tests::netns::{require_namespaces, Lan};
 use certfleet_tests::webserver::{CertPaths, ServerKind, WebServer, WebServerOptions};
-use certfleet_tests::{pki, tlsutil, CertRow, Coordinator, Pebble, PebbleOptions};
+use certfleet_tests::{pki, tlsutil, CertRow, Coordinator};
 use rustls_pki_types::CertificateDer;
 use serde_json::Value;
 
 use crate::support::QUIET_PERIOD;
+use crate::world::{served, World};
 
 /// A TOML basic string (JSON string escaping is valid TOML for these inputs).
 pub(crate) fn toml_str(s: &str) -> String {
     Value::String(s.to_owned()).to_string()
 }
 
-pub(crate) const SERVE_TIMEOUT: Duration = Duration::from_secs(120);
 /// The second TLS server of the two-targets test (nginx holds 443 for the first).
 pub(crate) const SECOND_PORT: u16 = 8443;
 
-/// knot, pebble validating on the hosts' ports 80/443 and resolving through knot, and a
-/// coordinator reachable from the namespaces whose config ends with `policy`.
-pub(crate) struct World {
-    pub(crate) coord: Coordinator,
-    pub(crate) root: CertificateDer<'static>,
-    _pebble: Pebble,
-    pub(crate) knot: KnotServer,
-}
-
+/// The shared [`World`] (knot, pebble, coordinator) whose coordinator config ends with
+/// `policy`.
 pub(crate) async fn world(lan: &Lan, policy: &str) -> World {
-    certfleet_tests::install_crypto_provider();
-    let knot = KnotServer::start().await.expect("knot");
-    let pebble = Pebble::start_with(PebbleOptions {
-        validation_ports: Some((80, 443)),
-        dns_server: Some(knot.addr()),
-        ..Default::default()
-    })
-    .await
-    .expect("pebble");
-    let root = pebble.issuing_root_der().await.expect("root");
-    let coord = Coordinator::start_with(
-        &pebble,
-        CoordinatorOptions {
-            server_ips: vec![IpAddr::V4(lan.gateway_v4())],
-            retry_base_secs: Some(2),
-            extra_config: policy.to_owned(),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("coordinator");
-    World {
-        coord,
-        root,
-        _pebble: pebble,
-        knot,
-    }
+    World::start(lan, |_, _| policy.to_owned()).await
 }
 
 /// An nginx webroot host named `name` whose DNS names (`names`, published in knot) point
@@ -100,61 +66,6 @@ pub(crate) fn set_asked_names(h: &mut FleetHost, asks: &[&str]) {
 pub(crate) async fn enroll_and_start(h: &mut FleetHost, w: &World, lan: &Lan) {
     h.enroll(&w.coord, lan).await.expect("enroll");
     h.agent.start().expect("agent start");
-}
-
-pub(crate) fn dump(w: &World, hosts: &[&FleetHost]) {
-    for h in hosts {
-        h.agent.dump_logs();
-        eprintln!("--- {} error log:\n{}", h.spec.name, h.web.error_log());
-        eprintln!("--- {} access log:\n{}", h.spec.name, h.web.access_log());
-    }
-    w.coord.dump_logs();
-    eprintln!("--- knotd log:\n{}", w.knot.logs());
-}
-
-/// Waits for `n` rows of `h` for which `want` holds; panics with every row of the host
-/// (and the logs) after [`SERVE_TIMEOUT`].
-pub(crate) async fn wait_rows(
-    w: &World,
-    h: &mut FleetHost,
-    n: usize,
-    what: &str,
-    want: impl Fn(&CertRow) -> bool,
-) -> Vec<CertRow> {
-    let id = h.agent.host_id().expect("enrolled").to_owned();
-    let deadline = Instant::now() + SERVE_TIMEOUT;
-    loop {
-        if let Some(child) = h.agent.child() {
-            if let Some(st) = child.try_wait().expect("try_wait") {
-                dump(w, &[&*h]);
-                panic!("agent {} exited: {st}", h.spec.name);
-            }
-        }
-        let rows: Vec<CertRow> = w
-            .coord
-            .certs()
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|r| r.host_id == id)
-            .collect();
-        let good: Vec<CertRow> = rows.iter().filter(|r| want(r)).cloned().collect();
-        if good.len() >= n {
-            return good;
-        }
-        if Instant::now() > deadline {
-            dump(w, &[&*h]);
-            panic!(
-                "{}: no {n} rows {what} after {SERVE_TIMEOUT:?}: {rows:#?}",
-                h.spec.name
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-pub(crate) fn served(r: &CertRow) -> bool {
-    r.state == "served"
 }
 
 /// The audit records about certificate `cert_id`.
@@ -246,7 +157,7 @@ async fn names_http01_certificate_is_issued_installed_served_and_audited() {
     let name = format!("nweb1.{ZONE}");
     let mut h = host(&w, &lan, "nweb1", &[&name], &[]).await;
     enroll_and_start(&mut h, &w, &lan).await;
-    let row = wait_rows(&w, &mut h, 1, "served", served).await.remove(0);
+    let row = w.wait_served(&mut h).await;
 
     assert_eq!(row.identifiers, vec![name.clone()], "{row:?}");
     assert_eq!(row.target, "default", "{row:?}");
@@ -306,7 +217,7 @@ async fn names_with_addresses_make_one_certificate_with_both() {
     let name = format!("nmix1.{ZONE}");
     let mut h = host(&w, &lan, "nmix1", &[&name], &[]).await;
     enroll_and_start(&mut h, &w, &lan).await;
-    let row = wait_rows(&w, &mut h, 1, "served", served).await.remove(0);
+    let row = w.wait_served(&mut h).await;
 
     let ips: BTreeSet<IpAddr> = h.ns.ips().into_iter().collect();
     let mut want: BTreeSet<String> = ips.iter().map(|ip| ip.to_string()).collect();
@@ -363,7 +274,8 @@ ips = "none"
     let good = format!("nask1.ok.{ZONE}");
     let mut h = host(&w, &lan, "nask1", &[&bad, &good], &[&bad]).await;
     enroll_and_start(&mut h, &w, &lan).await;
-    let row = wait_rows(&w, &mut h, 1, "refused", |r| r.state == "refused")
+    let row = w
+        .wait_rows(&mut h, 1, "refused", |r| r.state == "refused")
         .await
         .remove(0);
     let err = row.last_error.clone().unwrap_or_default();
@@ -404,11 +316,12 @@ ips = "none"
     h.agent.stop(Duration::from_secs(10)).await.expect("stop");
     set_asked_names(&mut h, &[&good]);
     h.agent.start().expect("agent restart");
-    let row = wait_rows(&w, &mut h, 1, "served for the covered name", |r| {
-        served(r) && r.identifiers == [good.clone()]
-    })
-    .await
-    .remove(0);
+    let row = w
+        .wait_rows(&mut h, 1, "served for the covered name", |r| {
+            served(r) && r.identifiers == [good.clone()]
+        })
+        .await
+        .remove(0);
     assert_served_for_name(&h.https_addrs(), &good, &row, &w.root).await;
     let records = audit_of(&w.coord, &row.cert_id).await;
     assert_audited(
@@ -450,7 +363,7 @@ targets = ["second"]
     let mut h = host(&w, &lan, "ntwo1", &[&name], &[]).await;
     let second = second_nginx_target(&mut h, "second").await;
     enroll_and_start(&mut h, &w, &lan).await;
-    let rows = wait_rows(&w, &mut h, 2, "served", served).await;
+    let rows = w.wait_rows(&mut h, 2, "served", served).await;
     let ip_row = rows.iter().find(|r| r.target == "default").expect("ip row");
     let name_row = rows
         .iter()
@@ -517,7 +430,7 @@ async fn names_rsa_2048_certificate_installs_a_matching_rsa_key() {
     let name = format!("nrsa1.{ZONE}");
     let mut h = host(&w, &lan, "nrsa1", &[&name], &[]).await;
     enroll_and_start(&mut h, &w, &lan).await;
-    let row = wait_rows(&w, &mut h, 1, "served", served).await.remove(0);
+    let row = w.wait_served(&mut h).await;
     let leaf = assert_served_for_name(&h.https_addrs(), &name, &row, &w.root).await;
 
     let certs = &h.web.options().certs;

@@ -20,8 +20,9 @@ use serde_json::Value;
 
 use crate::names::{
     assert_audited, assert_served_for_name, audit_of, enroll_and_start, host_with,
-    second_nginx_target, served, strings, wait_rows, world, World, SECOND_PORT,
+    second_nginx_target, strings, world, SECOND_PORT,
 };
+use crate::world::World;
 
 /// nginx's TLS port while the agent answers TLS-ALPN-01 standalone on 443.
 const WEB_TLS_PORT: u16 = 8444;
@@ -117,7 +118,7 @@ async fn names_tls_alpn01_standalone_first_choice_issues_installs_and_serves() {
     .await;
     let name = format!("nals1.{ZONE}");
     let mut h = standalone_host(&w, &lan, "nals1", &[&name]).await;
-    let row = wait_rows(&w, &mut h, 1, "served", served).await.remove(0);
+    let row = w.wait_served(&mut h).await;
 
     assert_eq!(row.identifiers, vec![name.clone()], "{row:?}");
     assert_validated_by(&row, &BTreeSet::from([name.clone()]), "tls-alpn-01");
@@ -209,7 +210,7 @@ async fn names_tls_alpn01_behind_the_nginx_front_with_the_real_coordinator() {
         );
     }
     enroll_and_start(&mut h, &w, &lan).await;
-    let row = wait_rows(&w, &mut h, 1, "served", served).await.remove(0);
+    let row = w.wait_served(&mut h).await;
 
     assert_eq!(row.identifiers, vec![name.clone()], "{row:?}");
     assert_validated_by(&row, &BTreeSet::from([name.clone()]), "tls-alpn-01");
@@ -257,7 +258,7 @@ async fn names_ip_certificate_via_tls_alpn01_first_choice_v4_and_v6() {
     // RFC 8738: the CA connects to each address with its reverse name as SNI.
     let w = world(&lan, &policy("", "all", "\"tls-alpn-01\", \"http-01\"")).await;
     let mut h = standalone_host(&w, &lan, "naip1", &[]).await;
-    let row = wait_rows(&w, &mut h, 1, "served", served).await.remove(0);
+    let row = w.wait_served(&mut h).await;
 
     let ips: BTreeSet<IpAddr> = h.ns.ips().into_iter().collect();
     assert!(
@@ -316,7 +317,7 @@ async fn names_one_certificate_into_two_targets_serves_the_same_leaf_and_key_on_
     let mut h = host_with(&w, &lan, spec, &[&name], &[]).await;
     let second = second_nginx_target(&mut h, "second").await;
     enroll_and_start(&mut h, &w, &lan).await;
-    let row = wait_rows(&w, &mut h, 1, "served", served).await.remove(0);
+    let row = w.wait_served(&mut h).await;
 
     assert_eq!(
         row.target, "default,second",

@@ -3,28 +3,19 @@
 //! `_acme-challenge` through it, and the namespace hosts (nginx on one, apache on the
 //! other) only make their keys, install and serve. No host holds a DNS credential.
 
-use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use certfleet_tests::coordinator::CoordinatorOptions;
 use certfleet_tests::dns::{KnotServer, ZONE};
 use certfleet_tests::fleet::{Challenge, FleetHost, HostSpec};
 use certfleet_tests::netns::{require_namespaces, Lan};
 use certfleet_tests::webserver::ServerKind;
-use certfleet_tests::{pki, tlsutil, CertRow, Coordinator, Pebble, PebbleOptions};
-use rustls_pki_types::CertificateDer;
+use certfleet_tests::{pki, tlsutil};
 use serde_json::Value;
 
-const SERVE_TIMEOUT: Duration = Duration::from_secs(120);
+use crate::world::SERVE_TIMEOUT;
 
-pub(crate) struct World {
-    pub coord: Coordinator,
-    pub root: CertificateDer<'static>,
-    pub _pebble: Pebble,
-    pub knot: KnotServer,
-    pub _secrets: tempfile::TempDir,
-}
+pub(crate) use crate::world::World;
 
 /// The `[[dns_provider]]` for knot's zones, its TSIG secret in a 0600 file; propagation
 /// checked on `check` (default: knot itself).
@@ -66,43 +57,14 @@ pub(crate) fn secret_file(dir: &Path, secret: &str) -> std::path::PathBuf {
     file
 }
 
-/// knot, pebble resolving through it, and a coordinator whose config ends with the
-/// providers `providers(knot, secrets dir)` returns and `policy`.
+/// The shared [`World`] whose coordinator config ends with the providers
+/// `providers(knot, secrets dir)` returns and `policy`.
 pub(crate) async fn world_with(
     lan: &Lan,
     providers: impl FnOnce(&KnotServer, &Path) -> String,
     policy: &str,
 ) -> World {
-    certfleet_tests::install_crypto_provider();
-    let knot = KnotServer::start().await.expect("knot");
-    let secrets = tempfile::tempdir().expect("tempdir");
-    let providers = providers(&knot, secrets.path());
-    let pebble = Pebble::start_with(PebbleOptions {
-        validation_ports: Some((80, 443)),
-        dns_server: Some(knot.addr()),
-        ..Default::default()
-    })
-    .await
-    .expect("pebble");
-    let root = pebble.issuing_root_der().await.expect("root");
-    let coord = Coordinator::start_with(
-        &pebble,
-        CoordinatorOptions {
-            server_ips: vec![IpAddr::V4(lan.gateway_v4())],
-            retry_base_secs: Some(2),
-            extra_config: format!("{providers}{policy}"),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("coordinator");
-    World {
-        coord,
-        root,
-        _pebble: pebble,
-        knot,
-        _secrets: secrets,
-    }
+    World::start(lan, |knot, dir| format!("{}{policy}", providers(knot, dir))).await
 }
 
 async fn world(lan: &Lan, policy: &str) -> World {
@@ -127,34 +89,6 @@ names = ["*.example.test", "example.test"]
 challenges = ["dns-01"]
 "#;
 
-pub(crate) async fn wait_served(w: &World, h: &mut FleetHost) -> CertRow {
-    let id = h.agent.host_id().expect("enrolled").to_owned();
-    let deadline = Instant::now() + SERVE_TIMEOUT;
-    loop {
-        let rows: Vec<CertRow> = w
-            .coord
-            .certs()
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|r| r.host_id == id)
-            .collect();
-        if let Some(r) = rows.iter().find(|r| r.state == "served") {
-            return r.clone();
-        }
-        if Instant::now() > deadline {
-            h.agent.dump_logs();
-            w.coord.dump_logs();
-            eprintln!("--- knotd log:\n{}", w.knot.logs());
-            panic!(
-                "{}: not served after {SERVE_TIMEOUT:?}: {rows:#?}",
-                h.spec.name
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wildcard_and_apex_by_rfc2136_are_served_by_nginx_and_apache_and_renewed() {
     let Some(lan) = require_namespaces("wildcard::rfc2136") else {
@@ -175,7 +109,7 @@ async fn wildcard_and_apex_by_rfc2136_are_served_by_nginx_and_apache_and_renewed
     }
     let wild = format!("*.{ZONE}");
     for h in &mut hosts {
-        let row = wait_served(&w, h).await;
+        let row = w.wait_served(h).await;
         let mut ids = row.identifiers.clone();
         ids.sort();
         assert_eq!(ids, vec![wild.clone(), ZONE.to_owned()], "{row:?}");
@@ -214,7 +148,7 @@ async fn wildcard_and_apex_by_rfc2136_are_served_by_nginx_and_apache_and_renewed
         );
     }
     // A renewal of the wildcard goes the same way: a new certificate, served, by DNS-01.
-    let first = wait_served(&w, &mut hosts[0]).await;
+    let first = w.wait_served(&mut hosts[0]).await;
     let out = w.coord.renew(&[&first.cert_id]).await.expect("certs renew");
     assert!(out.status.success(), "{out:?}");
     let deadline = Instant::now() + SERVE_TIMEOUT;
