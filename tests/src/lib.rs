@@ -30,6 +30,8 @@
 //! - [`pki`] — checks on issued certificates (SANs, chain, key match, key-leak scan).
 //! - [`dns`] — [`dns::KnotServer`]: a real authoritative DNS server (knotd) with its own
 //!   zones, a TSIG key for dynamic updates, `kdig` lookups; pebble resolves through it.
+//! - [`resolver`] — [`resolver::Resolver`]: a real recursive resolver (unbound) in front of
+//!   knot, so a CA follows an `_acme-challenge` CNAME into another zone.
 //! - [`moto`] — [`moto::MotoServer`]: moto's mock AWS server (Route53 API) from a venv the
 //!   harness creates, for the coordinator's `route53` DNS provider.
 //! - [`direct`] — the baseline: a minimal direct instant-acme client.
@@ -55,6 +57,7 @@ pub mod netns;
 pub mod pebble;
 pub mod pki;
 pub mod process;
+pub mod resolver;
 pub mod tlsalpn01;
 pub mod tlsutil;
 pub mod webserver;

@@ -20,8 +20,10 @@ const SERVE_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub(crate) struct World {
     pub coord: Coordinator,
+    /// The CA's issuing root (what served chains are checked against).
     pub root: CertificateDer<'static>,
-    pub _pebble: Pebble,
+    /// The ACME server (pebble, or acme2certifier), kept running.
+    pub _ca: Box<dyn std::any::Any + Send + Sync>,
     pub knot: KnotServer,
     pub _secrets: tempfile::TempDir,
 }
@@ -75,11 +77,25 @@ pub(crate) async fn world_with(
 ) -> World {
     certfleet_tests::install_crypto_provider();
     let knot = KnotServer::start().await.expect("knot");
+    let dns = knot.addr();
+    world_on(lan, knot, dns, providers, policy).await
+}
+
+/// [`world_with`] on a `knot` the caller started, pebble resolving through `ca_dns` (knot,
+/// or a resolver in front of it).
+pub(crate) async fn world_on(
+    lan: &Lan,
+    knot: KnotServer,
+    ca_dns: std::net::SocketAddr,
+    providers: impl FnOnce(&KnotServer, &Path) -> String,
+    policy: &str,
+) -> World {
+    certfleet_tests::install_crypto_provider();
     let secrets = tempfile::tempdir().expect("tempdir");
     let providers = providers(&knot, secrets.path());
     let pebble = Pebble::start_with(PebbleOptions {
         validation_ports: Some((80, 443)),
-        dns_server: Some(knot.addr()),
+        dns_server: Some(ca_dns),
         ..Default::default()
     })
     .await
@@ -99,7 +115,7 @@ pub(crate) async fn world_with(
     World {
         coord,
         root,
-        _pebble: pebble,
+        _ca: Box::new(pebble),
         knot,
         _secrets: secrets,
     }
