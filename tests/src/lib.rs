@@ -36,6 +36,8 @@
 //!   harness creates, for the coordinator's `route53` DNS provider.
 //! - [`direct`] — the baseline: a minimal direct instant-acme client.
 //! - [`http01`] — a minimal HTTP-01 responder for the direct-ACME baseline.
+//! - [`file_tls`] — a TLS server presenting a target's current files (the demo's served
+//!   check, on hosts without a web server).
 //! - [`tlsalpn01`] — a minimal TLS-ALPN-01 responder (validation certificates by SNI) for it.
 //! - [`grpc`] — tonic channels over a hand-made tokio-rustls connector (mTLS tests).
 //! - [`workdir`] — temp dirs that can be kept for post-mortem (`CERTFLEET_KEEP_TMP=1`).
@@ -48,6 +50,7 @@ pub mod coordinator;
 pub mod direct;
 pub mod dns;
 pub mod fake_coordinator;
+pub mod file_tls;
 pub mod fleet;
 pub mod grpc;
 pub mod http01;
