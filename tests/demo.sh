@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The certfleet demo: knot (DNS for demo.test) + pebble + a coordinator + two agents (own
 # IPv4 and IPv6 each) on this machine; web-1 gets an IP certificate, web-2 an IP and a name
-# certificate (web-2.demo.test); prints the fleet view and where the certificates are, then
-# stops everything. As root on Debian; installs pebble and knot if missing. Exits non-zero
+# certificate (web-2.demo.test) and a wildcard *.demo.test + demo.test by DNS-01 (TXT
+# records written into knot by the coordinator); prints the fleet view and where the
+# certificates are, then stops everything. As root on Debian; installs pebble and knot if missing. Exits non-zero
 # on failure.
 set -euo pipefail
 

@@ -4,7 +4,7 @@
 # coordinator and agent binaries) from tests/tests/e2e.
 #
 # As root on Debian: installs what is missing (pebble, nginx and its stream module,
-# apache2, iproute2, python3-venv, knot, knot-dnsutils), builds the binaries the e2e tests
+# apache2, iproute2, python3-venv, knot, knot-dnsutils, unbound), builds the binaries the e2e tests
 # drive, runs the tests. Exits non-zero on any failure. Multi-host tests (network
 # namespaces) must not skip here: CERTFLEET_REQUIRE_NETNS=1 turns "namespaces
 # unavailable" into a failure.
@@ -36,6 +36,9 @@ command -v knotd >/dev/null || [[ -x /usr/sbin/knotd ]] || missing+=(knot)
 if ! command -v kdig >/dev/null || ! command -v knsupdate >/dev/null; then
     missing+=(knot-dnsutils)
 fi
+# unbound: the recursive resolver the CNAME-delegation test puts in front of knot (the CA
+# must follow _acme-challenge's CNAME into another zone, which knot does not chase).
+command -v unbound >/dev/null || [[ -x /usr/sbin/unbound ]] || missing+=(unbound)
 # acme2certifier (the second ACME server, for ARI and profiles) and moto (the Route53 mock
 # the DNS provider tests use) run from venvs the harness creates on first use (from PyPI,
 # cached in /var/cache/certfleet-tests).
@@ -57,8 +60,9 @@ fi
 # on a random loopback address and port, so the system one only confuses. Stop them all
 # (they are not ours to keep running here). The stop commands only address the system
 # instance (its unit, /run/nginx.pid, /var/run/apache2/apache2.pid, /run/knot/knot.pid);
-# the tests' own servers keep their pid files, sockets and logs in temp dirs.
-for svc in apache2 nginx knot; do
+# the tests' own servers keep their pid files, sockets and logs in temp dirs. The same
+# for Debian's unbound (a system resolver on 127.0.0.1:53; the tests run their own).
+for svc in apache2 nginx knot unbound; do
     if [[ -f /etc/init.d/$svc || -f /lib/systemd/system/$svc.service ]]; then
         systemctl stop "$svc" >/dev/null 2>&1 || service "$svc" stop >/dev/null 2>&1 || true
         systemctl disable "$svc" >/dev/null 2>&1 || true

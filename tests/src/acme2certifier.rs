@@ -60,6 +60,10 @@ pub struct A2cOptions {
     pub retry_after_secs: u64,
     /// `[DEFAULT] debug`: acme2certifier's verbose logging. Default false.
     pub debug: bool,
+    /// `[DEFAULT] dns_server_list`: the nameservers its DNS-01 validation (and its name
+    /// lookups) ask, port 53 always (dnspython takes no port here). Default: none, the
+    /// system resolver.
+    pub dns_servers: Vec<IpAddr>,
 }
 
 impl Default for A2cOptions {
@@ -70,6 +74,7 @@ impl Default for A2cOptions {
             renewal_threshold_pctg: 85,
             retry_after_secs: 3600,
             debug: false,
+            dns_servers: Vec::new(),
         }
     }
 }
@@ -374,9 +379,17 @@ fn render_config(dir: &Path, opts: &A2cOptions) -> String {
     });
     let mut s = String::new();
     s.push_str(&format!(
-        "[DEFAULT]\ndebug: {}\n\n",
+        "[DEFAULT]\ndebug: {}\n",
         if opts.debug { "True" } else { "False" }
     ));
+    if !opts.dns_servers.is_empty() {
+        let list: Vec<String> = opts.dns_servers.iter().map(IpAddr::to_string).collect();
+        s.push_str(&format!(
+            "dns_server_list: {}\n",
+            serde_json::Value::from(list)
+        ));
+    }
+    s.push('\n');
     s.push_str("[Nonce]\nnonce_check_disable: False\n\n");
     s.push_str("[Account]\ncontact_check_disable: True\n\n");
     s.push_str(&format!(

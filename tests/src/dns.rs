@@ -3,7 +3,8 @@
 //! Each instance runs its own `knotd` in a temp dir, on a random `127.X.Y.Z` address and a
 //! free port (UDP and TCP), serving one or more zones (SOA, NS and the records given at
 //! start). A TSIG key (fresh per instance; hmac-sha256 unless `tsig_algorithm` says
-//! otherwise) may send dynamic updates (RFC 2136) to every zone; the changes live in Knot's
+//! otherwise) may send dynamic updates (RFC 2136) to every zone (or to `update_zones`
+//! only); the changes live in Knot's
 //! journal (`zonefile-sync: -1`), the zone files are never rewritten.
 //!
 //! Changes while running go through `knsupdate` (Debian `knot-dnsutils`) signed with that
@@ -163,6 +164,12 @@ pub struct KnotOptions {
     pub binary: Option<PathBuf>,
     /// The TSIG key's algorithm: `hmac-sha256` (default), `hmac-sha384` or `hmac-sha512`.
     pub tsig_algorithm: &'static str,
+    /// The port (UDP and TCP) on its random `127.X.Y.Z`; default a free one. Port 53 is
+    /// for clients that cannot be given a port (acme2certifier's `dns_server_list`).
+    pub port: Option<u16>,
+    /// The zones the TSIG key may update; default all. Updates to the others are refused
+    /// (NOTAUTH), as for a DNS-01 client whose key is limited to a validation zone.
+    pub update_zones: Option<Vec<String>>,
 }
 
 impl Default for KnotOptions {
@@ -172,6 +179,8 @@ impl Default for KnotOptions {
             records: Vec::new(),
             binary: None,
             tsig_algorithm: "hmac-sha256",
+            port: None,
+            update_zones: None,
         }
     }
 }
@@ -219,7 +228,7 @@ impl KnotServer {
             .map(|z| Ok(fqdn(z)?.trim_end_matches('.').to_ascii_lowercase()))
             .collect::<anyhow::Result<_>>()?;
         let dir = WorkDir::new("knot")?;
-        let addr = pick_address()?;
+        let addr = pick_address(opts.port)?;
         let tsig = TsigKey {
             name: TSIG_KEY_NAME.to_owned(),
             algorithm: opts.tsig_algorithm,
@@ -240,7 +249,23 @@ impl KnotServer {
         }
         std::fs::create_dir(dir.join("db"))?;
         let conf = dir.join("knot.conf");
-        write_secret_file(&conf, &knot_conf(dir.path(), addr, &zones, &tsig))?;
+        let updatable: Vec<String> = match &opts.update_zones {
+            None => zones.clone(),
+            Some(u) => u
+                .iter()
+                .map(|z| Ok(fqdn(z)?.trim_end_matches('.').to_ascii_lowercase()))
+                .collect::<anyhow::Result<_>>()?,
+        };
+        for z in &updatable {
+            anyhow::ensure!(
+                zones.contains(z),
+                "KnotOptions: update zone {z} is not served"
+            );
+        }
+        write_secret_file(
+            &conf,
+            &knot_conf(dir.path(), addr, &zones, &updatable, &tsig),
+        )?;
         let key_file = dir.join("update.tsig");
         write_secret_file(
             &key_file,
@@ -446,10 +471,13 @@ fn zone_index(zones: &[String], name: &str) -> anyhow::Result<usize> {
         .with_context(|| format!("{name} is in none of the served zones {zones:?}"))
 }
 
-/// A free port on a random `127.X.Y.Z` that can be bound for both UDP and TCP.
-fn pick_address() -> anyhow::Result<SocketAddr> {
+/// `port` (default a free one) on a random `127.X.Y.Z`, bindable for both UDP and TCP.
+pub(crate) fn pick_address(port: Option<u16>) -> anyhow::Result<SocketAddr> {
     for _ in 0..16 {
-        let port = crate::net::free_port()?;
+        let port = match port {
+            Some(p) => p,
+            None => crate::net::free_port()?,
+        };
         let ip = crate::net::random_loopback_v4(port)?;
         if UdpSocket::bind((ip, port)).is_ok() {
             return Ok(SocketAddr::new(IpAddr::V4(ip), port));
@@ -473,7 +501,13 @@ fn zone_file(zone: &str, ns_ip: IpAddr, records: &[&Record]) -> anyhow::Result<S
     Ok(text)
 }
 
-fn knot_conf(dir: &Path, addr: SocketAddr, zones: &[String], tsig: &TsigKey) -> String {
+fn knot_conf(
+    dir: &Path,
+    addr: SocketAddr,
+    zones: &[String],
+    updatable: &[String],
+    tsig: &TsigKey,
+) -> String {
     let d = dir.display();
     let mut conf = format!(
         "server:\n    listen: {ip}@{port}\n    rundir: \"{d}\"\n\
@@ -481,7 +515,7 @@ fn knot_conf(dir: &Path, addr: SocketAddr, zones: &[String], tsig: &TsigKey) -> 
          database:\n    storage: \"{d}/db\"\n\
          key:\n  - id: {key}\n    algorithm: {alg}\n    secret: {secret}\n\
          acl:\n  - id: update\n    key: {key}\n    action: update\n\
-         template:\n  - id: default\n    storage: \"{d}\"\n    acl: update\n    \
+         template:\n  - id: default\n    storage: \"{d}\"\n    \
          zonefile-sync: -1\n    zonefile-load: whole\n    journal-content: all\n\
          zone:\n",
         ip = addr.ip(),
@@ -492,6 +526,9 @@ fn knot_conf(dir: &Path, addr: SocketAddr, zones: &[String], tsig: &TsigKey) -> 
     );
     for z in zones {
         conf.push_str(&format!("  - domain: {z}\n    file: \"{z}.zone\"\n"));
+        if updatable.contains(z) {
+            conf.push_str("    acl: update\n");
+        }
     }
     conf
 }

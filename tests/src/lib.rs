@@ -30,12 +30,16 @@
 //! - [`pki`] — checks on issued certificates (SANs, chain, key match, key-leak scan).
 //! - [`dns`] — [`dns::KnotServer`]: a real authoritative DNS server (knotd) with its own
 //!   zones, a TSIG key for dynamic updates, `kdig` lookups; pebble resolves through it.
+//! - [`resolver`] — [`resolver::Resolver`]: a real recursive resolver (unbound) in front of
+//!   knot, so a CA follows an `_acme-challenge` CNAME into another zone.
 //! - [`moto`] — [`moto::MotoServer`]: moto's mock AWS server (Route53 API) from a venv the
 //!   harness creates, for the coordinator's `route53` DNS provider.
 //! - [`venv`] — [`venv::VenvSpec`]: the Python venvs (acme2certifier, moto) made once per
 //!   machine under `/var/cache/certfleet-tests`, rebuilt when a pin changes.
 //! - [`direct`] — the baseline: a minimal direct instant-acme client.
 //! - [`http01`] — a minimal HTTP-01 responder for the direct-ACME baseline.
+//! - [`file_tls`] — a TLS server presenting a target's current files (the demo's served
+//!   check, on hosts without a web server).
 //! - [`tlsalpn01`] — a minimal TLS-ALPN-01 responder (validation certificates by SNI) for it.
 //! - [`grpc`] — tonic channels over a hand-made tokio-rustls connector (mTLS tests).
 //! - [`workdir`] — temp dirs that can be kept for post-mortem (`CERTFLEET_KEEP_TMP=1`).
@@ -48,6 +52,7 @@ pub mod coordinator;
 pub mod direct;
 pub mod dns;
 pub mod fake_coordinator;
+pub mod file_tls;
 pub mod fleet;
 pub mod grpc;
 pub mod http01;
@@ -57,6 +62,7 @@ pub mod netns;
 pub mod pebble;
 pub mod pki;
 pub mod process;
+pub mod resolver;
 pub mod tlsalpn01;
 pub mod tlsutil;
 pub mod venv;

@@ -67,6 +67,12 @@ pub struct DnsProviderConfig {
     /// Zone apexes this provider writes to (`example.net`); a record goes to the provider
     /// with the longest zone containing it. Two providers may not claim the same zone.
     pub zones: Vec<String>,
+    /// Zones whose `_acme-challenge` names are CNAMEs into this provider's `zones` (CNAME
+    /// delegation): their names may be validated by DNS-01, but nothing is written in them,
+    /// so the provider needs no credential for them. Their CNAMEs are asked at
+    /// `check_nameservers` when given, else through the system resolver.
+    #[serde(default)]
+    pub delegated_zones: Vec<String>,
     pub kind: DnsProviderKind,
     /// TTL of the TXT records (seconds, 1..=86400). Default 60.
     pub ttl: Option<u32>,
@@ -156,6 +162,14 @@ impl DnsProviderConfig {
             .collect()
     }
 
+    /// The delegated zones, canonical (validated by [`DnsProviderConfig::validate`]).
+    pub fn delegated_zone_names(&self) -> Vec<DnsName> {
+        self.delegated_zones
+            .iter()
+            .filter_map(|z| DnsName::parse(z).ok())
+            .collect()
+    }
+
     /// `check_nameservers` as socket addresses (port 53 when none is given).
     pub fn check_nameserver_addrs(&self) -> Vec<SocketAddr> {
         self.check_nameservers
@@ -211,6 +225,20 @@ impl DnsProviderConfig {
                     "zones: {z:?} is not a zone name ({e}); give the apex, like \"example.net\""
                 ))
             })?;
+        }
+        for z in &self.delegated_zones {
+            let name = DnsName::parse(z).map_err(|e| {
+                ctx(format!(
+                    "delegated_zones: {z:?} is not a zone name ({e}); give the apex, like \"example.net\""
+                ))
+            })?;
+            if self.zone_names().contains(&name) {
+                return Err(ctx(format!(
+                    "{name} is in both zones and delegated_zones; keep it in zones if this \
+                     provider writes to it, in delegated_zones if its _acme-challenge names are \
+                     CNAMEs into the other zones"
+                )));
+            }
         }
         if let Some(ttl) = self.ttl {
             if !(1..=86400).contains(&ttl) {
@@ -358,11 +386,11 @@ pub fn validate_providers(providers: &[DnsProviderConfig]) -> Result<(), String>
                 p.name
             ));
         }
-        for z in p.zone_names() {
+        for z in p.zone_names().into_iter().chain(p.delegated_zone_names()) {
             if let Some(other) = zones.insert(z.clone(), p.name.as_str()) {
                 return Err(format!(
-                    "zone {z} is claimed by [[dns_provider]] {other:?} and {:?}; a zone has \
-                     one provider — remove it from one of them",
+                    "zone {z} is claimed by [[dns_provider]] {other:?} and {:?} (in zones or \
+                     delegated_zones); a zone has one provider — remove it from one of them",
                     p.name
                 ));
             }

@@ -236,6 +236,38 @@ fn two_providers_may_not_claim_one_zone_or_one_name() {
     assert!(e.contains("used twice"), "{e}");
 }
 
+/// CNAME delegation: a provider of the validation zone only, with the zones whose
+/// `_acme-challenge` names point into it; DNS-01 names there are accepted, and a
+/// delegated zone is checked like a zone (a name, not also written to, not claimed twice).
+#[test]
+fn delegated_zones_are_checked_and_make_names_dns01_ready() {
+    let validation = "[[dns_provider]]\nname = \"v\"\nzones = [\"validation.test\"]\n\
+                      delegated_zones = [\"Example.ORG\"]\nkind = \"exec\"\ncommand = [\"/bin/true\"]\n";
+    let cfg = parse(&format!(
+        "{validation}[[policy]]\nname = \"p\"\n[[policy.certificate]]\nname = \"c\"\n\
+         names = [\"*.example.org\", \"example.org\"]\nchallenges = [\"dns-01\"]\n"
+    ))
+    .expect("names in a delegated zone");
+    let p = &cfg.dns_providers[0];
+    assert_eq!(p.delegated_zone_names()[0].as_str(), "example.org");
+    assert!(cfg.dns_zones().iter().any(|z| z.as_str() == "example.org"));
+    let e = refused(&validation.replace("Example.ORG", "exa mple.org"));
+    assert!(
+        e.contains("delegated_zones") && e.contains("not a zone name"),
+        "{e}"
+    );
+    let e = refused(&validation.replace("Example.ORG", "validation.test"));
+    assert!(e.contains("both zones and delegated_zones"), "{e}");
+    let e = refused(&format!(
+        "{KNOT}{}",
+        validation.replace("Example.ORG", "example.test")
+    ));
+    assert!(
+        e.contains("example.test") && e.contains("\"knot\"") && e.contains("\"v\""),
+        "{e}"
+    );
+}
+
 #[test]
 fn the_config_holds_no_secret_to_show() {
     let cfg = parse(KNOT).unwrap();

@@ -532,12 +532,12 @@ impl Config {
         Ok(())
     }
 
-    /// Every zone a `[[dns_provider]]` serves (those that parse; each provider's own
-    /// validation names a bad one).
+    /// Every zone a `[[dns_provider]]` serves, its `delegated_zones` included (those that
+    /// parse; each provider's own validation names a bad one).
     pub fn dns_zones(&self) -> Vec<certfleet_shared::identifier::DnsName> {
         self.dns_providers
             .iter()
-            .flat_map(|p| p.zones.iter())
+            .flat_map(|p| p.zones.iter().chain(&p.delegated_zones))
             .filter_map(|z| certfleet_shared::identifier::DnsName::parse(z).ok())
             .collect()
     }

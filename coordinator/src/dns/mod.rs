@@ -87,6 +87,8 @@ enum Backend {
 struct Provider {
     name: String,
     zones: Vec<DnsName>,
+    /// Zones whose `_acme-challenge` names are CNAMEs into `zones`; never written to.
+    delegated: Vec<DnsName>,
     ttl: u32,
     propagation_timeout: Duration,
     poll_interval: Duration,
@@ -99,6 +101,7 @@ impl std::fmt::Debug for Provider {
         let mut d = f.debug_struct("Provider");
         d.field("name", &self.name)
             .field("zones", &self.zones)
+            .field("delegated_zones", &self.delegated)
             .field("ttl", &self.ttl)
             .field("propagation_timeout", &self.propagation_timeout)
             .field("poll_interval", &self.poll_interval)
@@ -158,6 +161,7 @@ impl DnsProviders {
             providers.push(Provider {
                 name: cfg.name.clone(),
                 zones: cfg.zone_names(),
+                delegated: cfg.delegated_zone_names(),
                 ttl: cfg.ttl(),
                 propagation_timeout: cfg.propagation_timeout(),
                 poll_interval: cfg.poll_interval(),
@@ -174,11 +178,11 @@ impl DnsProviders {
     }
 
     /// The provider name and zone serving `name` (longest zone that is `name` or above
-    /// it), before any CNAME is followed. Pure.
+    /// it, a delegated zone included), before any CNAME is followed. Pure.
     pub fn zone_for(&self, name: &DnsName) -> Option<(&str, &DnsName)> {
         self.providers
             .iter()
-            .flat_map(|p| p.zones.iter().map(move |z| (p, z)))
+            .flat_map(|p| p.zones.iter().chain(&p.delegated).map(move |z| (p, z)))
             .filter(|(_, z)| name.is_at_or_under(z))
             .max_by_key(|(_, z)| z.as_str().len())
             .map(|(p, z)| (p.name.as_str(), z))
@@ -189,6 +193,15 @@ impl DnsProviders {
         self.providers
             .iter()
             .flat_map(|p| p.zones.iter().map(move |z| (p, z)))
+            .filter(|(_, z)| in_zone(fqdn, z.as_str()))
+            .max_by_key(|(_, z)| z.as_str().len())
+    }
+
+    /// The provider whose zone or delegated zone holds `fqdn` (where its CNAME is asked).
+    fn delegation_for_fqdn(&self, fqdn: &str) -> Option<(&Provider, &DnsName)> {
+        self.providers
+            .iter()
+            .flat_map(|p| p.zones.iter().chain(&p.delegated).map(move |z| (p, z)))
             .filter(|(_, z)| in_zone(fqdn, z.as_str()))
             .max_by_key(|(_, z)| z.as_str().len())
     }
@@ -205,6 +218,25 @@ impl DnsProviders {
             let fqdn = self.challenge_target(name).await?;
             let (provider, zone) = self.provider_for_fqdn(&fqdn).ok_or_else(|| {
                 let start = format!("{CHALLENGE_LABEL}.{name}");
+                if let Some((p, z)) = self.delegation_for_fqdn(&fqdn) {
+                    return DnsError::new(
+                        DnsErrorKind::Config,
+                        p.name.as_str(),
+                        z.as_str(),
+                        fqdn.as_str(),
+                        format!(
+                            "{fqdn} is in {z}, which [[dns_provider]] {:?} lists in \
+                             delegated_zones, but it is not a CNAME into a zone the provider \
+                             writes to ({}); add `{fqdn}. CNAME <name in one of them>.` to {z}",
+                            p.name,
+                            p.zones
+                                .iter()
+                                .map(|z| z.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    );
+                }
                 let via = if fqdn == start {
                     String::new()
                 } else {
@@ -238,7 +270,7 @@ impl DnsProviders {
         let mut current = start.clone();
         let mut seen = HashSet::from([current.clone()]);
         for _ in 0..query::MAX_CNAME_HOPS {
-            let (servers, recurse, provider, zone) = match self.provider_for_fqdn(&current) {
+            let (servers, recurse, provider, zone) = match self.delegation_for_fqdn(&current) {
                 Some((p, z)) if !p.check_nameservers.is_empty() => (
                     p.check_nameservers.clone(),
                     false,

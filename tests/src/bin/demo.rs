@@ -4,9 +4,13 @@
 //! through it, a coordinator and two agents (each with its own IPv4 and IPv6 address).
 //! web-1 gets its IP certificate; web-2, labelled `role=site`, also gets a name
 //! certificate for `web-2.demo.test` (a `{hostname}.demo.test` template in the
-//! coordinator's policy, the name published in knot) into a second target. Prints the
-//! operator's view (`hosts`, `certs`) and where each certificate landed, then stops
-//! everything. Needs root, knot and the binaries built (`tests/demo.sh` does both).
+//! coordinator's policy, the name published in knot) into a second target, and a wildcard
+//! certificate `*.demo.test` + `demo.test` by DNS-01 into a third: the coordinator alone
+//! writes the TXT records into knot (`[[dns_provider]]` rfc2136, its TSIG secret in a 0600
+//! file), the agent installs it, and a TLS listener presenting that target's files shows it
+//! served for a name under the wildcard. Prints the operator's view (`hosts`, `certs`) and
+//! where each certificate landed, then stops everything. Needs root, knot and the binaries
+//! built (`tests/demo.sh` does both).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,6 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use certfleet_tests::coordinator::CoordinatorOptions;
 use certfleet_tests::dns::{KnotOptions, KnotServer, Record};
+use certfleet_tests::file_tls::FileTlsServer;
+use certfleet_tests::workdir::WorkDir;
 use certfleet_tests::{
     pki, require_root, Agent, CertRow, Coordinator, Pebble, PebbleOptions, RestartMode,
 };
@@ -22,9 +28,14 @@ use certfleet_tests::{
 const ZONE: &str = "demo.test";
 /// The agent target web-2's name certificate goes into.
 const SITE_TARGET: &str = "site";
+/// The agent target web-2's wildcard certificate (by DNS-01) goes into.
+const WILD_TARGET: &str = "wild";
+/// The SNI the wildcard is checked with: a name only the wildcard covers.
+const WILD_SNI: &str = "www.demo.test";
 
-/// Hosts labelled `role=site` get two certificates: their addresses into `default`, their
-/// name into `site`. Other hosts get the `[issuance]` default (their addresses).
+/// Hosts labelled `role=site` get three certificates: their addresses into `default`,
+/// their name into `site`, the zone's wildcard and apex (by DNS-01) into `wild`. Other
+/// hosts get the `[issuance]` default (their addresses).
 const POLICY: &str = r#"
 [[policy]]
 name = "site"
@@ -39,6 +50,12 @@ targets = ["default"]
 name = "site"
 names = ["{hostname}.demo.test"]
 targets = ["site"]
+
+[[policy.certificate]]
+name = "wildcard"
+names = ["*.demo.test", "demo.test"]
+challenges = ["dns-01"]
+targets = ["wild"]
 "#;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -52,15 +69,17 @@ async fn main() -> ExitCode {
     }
 }
 
-/// One demo host: its agent, and the DNS name it gets a certificate for (if any).
+/// One demo host: its agent, the DNS name it gets a certificate for (if any), and the
+/// listener serving its wildcard target (if it has one).
 struct DemoHost {
     agent: Agent,
     name: Option<String>,
+    wild: Option<FileTlsServer>,
 }
 
 impl DemoHost {
     fn certs_expected(&self) -> usize {
-        1 + usize::from(self.name.is_some())
+        1 + usize::from(self.name.is_some()) + usize::from(self.wild.is_some())
     }
 }
 
@@ -75,6 +94,25 @@ async fn run() -> anyhow::Result<()> {
     })
     .await?;
     println!("  listening: {}", knot.addr());
+    // The coordinator's DNS credential: the TSIG secret, in a file only it may read.
+    let secrets = WorkDir::new("demo-dns")?;
+    let secret_file = secrets.join("tsig.secret");
+    std::fs::write(&secret_file, format!("{}\n", knot.tsig_key().secret))?;
+    std::fs::set_permissions(
+        &secret_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
+    let key = knot.tsig_key();
+    let provider = format!(
+        "\n[[dns_provider]]\nname = \"knot\"\nzones = [\"{ZONE}\"]\nkind = \"rfc2136\"\n\
+         server = \"{addr}\"\ntsig_key_name = \"{name}\"\ntsig_algorithm = \"{alg}\"\n\
+         tsig_secret_file = \"{file}\"\ncheck_nameservers = [\"{addr}\"]\n\
+         propagation_timeout = \"20s\"\npoll_interval = \"200ms\"\n",
+        addr = knot.addr(),
+        name = key.name,
+        alg = key.algorithm,
+        file = secret_file.display(),
+    );
 
     step("starting pebble (ACME test CA, resolving names through knot)");
     let pebble = Pebble::start_with(PebbleOptions {
@@ -88,7 +126,7 @@ async fn run() -> anyhow::Result<()> {
     let mut coord = Coordinator::start_with(
         &pebble,
         CoordinatorOptions {
-            extra_config: POLICY.to_owned(),
+            extra_config: format!("{provider}{POLICY}"),
             ..Default::default()
         },
     )
@@ -96,6 +134,10 @@ async fn run() -> anyhow::Result<()> {
     println!("  listening: {}", coord.url());
     println!("  fleet CA sha256: {}", coord.ca_sha256());
     println!("  policy: hosts labelled role=site also get {{hostname}}.{ZONE}");
+    println!(
+        "  policy: ... and *.{ZONE} + {ZONE} by DNS-01 (TSIG key in {}, mode 0600)",
+        secret_file.display()
+    );
 
     let mut hosts = Vec::new();
     for (host, site) in [("web-1", false), ("web-2", true)] {
@@ -113,6 +155,21 @@ async fn run() -> anyhow::Result<()> {
         } else {
             None
         };
+        let wild = if site {
+            let listener = tokio::net::TcpListener::bind((agent.ips()[0], 0)).await?;
+            let dir = agent.tls_dir().join(WILD_TARGET);
+            std::fs::create_dir_all(&dir)?;
+            let server =
+                FileTlsServer::start(listener, dir.join("fullchain.pem"), dir.join("key.pem"))?;
+            agent.append_config(&file_target(&agent, WILD_TARGET, Some(server.addr())))?;
+            println!(
+                "  {host}: target {WILD_TARGET} served by a TLS listener on {}",
+                server.addr()
+            );
+            Some(server)
+        } else {
+            None
+        };
         let id = if site {
             agent
                 .enroll_with_labels(&coord, &[("role", "site")])
@@ -123,7 +180,7 @@ async fn run() -> anyhow::Result<()> {
         let labels = if site { ", label role=site" } else { "" };
         println!("  {host}: host {id}, addresses {}{labels}", ips.join(", "));
         agent.start()?;
-        hosts.push(DemoHost { agent, name });
+        hosts.push(DemoHost { agent, name, wild });
     }
 
     step("waiting for certificates");
@@ -135,7 +192,13 @@ async fn run() -> anyhow::Result<()> {
                 host.agent.dump_logs();
                 coord.dump_logs();
             })?;
-        rows.sort_by_key(|r| (r.target != "default", r.target.clone()));
+        rows.sort_by_key(|r| {
+            (
+                r.target != "default",
+                r.target != SITE_TARGET,
+                r.target.clone(),
+            )
+        });
         let agent = &host.agent;
         let chain = certfleet_tests::tlsutil::certs_from_file(&agent.fullchain_path())?;
         for ip in agent.ips() {
@@ -144,6 +207,33 @@ async fn run() -> anyhow::Result<()> {
         }
         for row in &rows {
             let what = match (&host.name, row.target.as_str()) {
+                (_, WILD_TARGET) => {
+                    let server = host.wild.as_ref().context("no wildcard listener")?;
+                    let chain = certfleet_tests::tlsutil::served_chain_for_name(
+                        server.addr(),
+                        WILD_SNI,
+                        &root,
+                    )
+                    .await?;
+                    let leaf = pki::leaf_info(&chain[0])?;
+                    anyhow::ensure!(
+                        Some(leaf.serial_hex.as_str())
+                            == row.serial.as_deref().map(pki::normalize_serial).as_deref(),
+                        "{} serves serial {} for {WILD_SNI}, not the installed one",
+                        server.addr(),
+                        leaf.serial_hex
+                    );
+                    let by: Vec<String> = row
+                        .validated_by
+                        .iter()
+                        .map(|(id, how)| format!("{id} by {how}"))
+                        .collect();
+                    format!(
+                        "{}; served on {} for SNI {WILD_SNI}, verified against pebble's root",
+                        by.join(", "),
+                        server.addr()
+                    )
+                }
                 (Some(name), SITE_TARGET) => {
                     let path = site_dir(agent).join("fullchain.pem");
                     let chain = certfleet_tests::tlsutil::certs_from_file(&path)?;
@@ -178,10 +268,17 @@ async fn run() -> anyhow::Result<()> {
             &agent.chain_path(),
             &agent.key_path(),
         )?;
+        let mut more = Vec::new();
         if host.name.is_some() {
-            let dir = site_dir(agent);
+            more.push(SITE_TARGET);
+        }
+        if host.wild.is_some() {
+            more.push(WILD_TARGET);
+        }
+        for target in more {
+            let dir = agent.tls_dir().join(target);
             print_target(
-                SITE_TARGET,
+                target,
                 &dir.join("fullchain.pem"),
                 &dir.join("cert.pem"),
                 &dir.join("chain.pem"),
@@ -191,6 +288,15 @@ async fn run() -> anyhow::Result<()> {
         println!("    reloads    {}", agent.reload_count());
     }
 
+    let left = knot
+        .resolve(&format!("_acme-challenge.{ZONE}"), "TXT")
+        .await?;
+    anyhow::ensure!(
+        left.values.is_empty(),
+        "DNS-01 TXT records left in knot: {:?}",
+        left.values
+    );
+    println!("  _acme-challenge.{ZONE}: no TXT record left in knot (removed after validation)");
     println!("  (host directories are temp dirs, removed when the demo stops)");
 
     step("stopping");
@@ -202,6 +308,7 @@ async fn run() -> anyhow::Result<()> {
     drop(coord);
     drop(pebble);
     drop(knot);
+    drop(secrets);
     println!("done.");
     Ok(())
 }
@@ -213,12 +320,19 @@ fn site_dir(agent: &Agent) -> PathBuf {
 /// The agent's second target, `site`: its own files beside `default`'s, the same reload
 /// log, nothing to check it is served (no web server on these loopback hosts).
 fn site_target(agent: &Agent) -> String {
-    let dir = site_dir(agent);
+    file_target(agent, SITE_TARGET, None)
+}
+
+/// A target with its own files under `<tls dir>/<target>/` and the same reload log; seen
+/// served at `verify` (the agent's served check), or not checked.
+fn file_target(agent: &Agent, target: &str, verify: Option<std::net::SocketAddr>) -> String {
+    let dir = agent.tls_dir().join(target);
     let q = |p: &Path| serde_json::Value::String(p.display().to_string()).to_string();
     let reload = format!("echo reloaded >> {}", agent.reload_log_path().display());
+    let verify = verify.map(|a| format!("\"{a}\"")).unwrap_or_default();
     format!(
-        "\n[targets.{SITE_TARGET}]\ncert = {}\nchain = {}\nfullchain = {}\nkey = {}\n\
-         reload = [\"/bin/sh\", \"-c\", {}]\nverify = []\n",
+        "\n[targets.{target}]\ncert = {}\nchain = {}\nfullchain = {}\nkey = {}\n\
+         reload = [\"/bin/sh\", \"-c\", {}]\nverify = [{verify}]\n",
         q(&dir.join("cert.pem")),
         q(&dir.join("chain.pem")),
         q(&dir.join("fullchain.pem")),
@@ -250,13 +364,16 @@ async fn wait_installed(
             .into_iter()
             .filter(|r| r.host_id == id)
             .collect();
+        // The wildcard target has a listener: it must be seen served, not only installed.
         let installed: Vec<CertRow> = rows
             .iter()
-            .filter(|r| r.state == "installed" || r.state == "served")
+            .filter(|r| r.state == "served" || (r.state == "installed" && r.target != WILD_TARGET))
             .cloned()
             .collect();
+        let wild_file = host.agent.tls_dir().join(WILD_TARGET).join("fullchain.pem");
         let files = host.agent.fullchain_path().is_file()
-            && (host.name.is_none() || site_dir(&host.agent).join("fullchain.pem").is_file());
+            && (host.name.is_none() || site_dir(&host.agent).join("fullchain.pem").is_file())
+            && (host.wild.is_none() || wild_file.is_file());
         if installed.len() >= want && files {
             return Ok(installed);
         }

@@ -265,6 +265,66 @@ async fn a_cname_delegates_the_record_to_the_validation_zone() {
     assert!(txt_at(&knot, &target).await.is_empty());
 }
 
+/// CNAME delegation with no credential for the name's zone: the only provider writes to
+/// the validation zone and lists the customer zone in `delegated_zones`.
+#[tokio::test]
+async fn a_delegated_zone_needs_no_provider_of_its_own() {
+    let target = format!("www.{ZONE}.{SECOND_ZONE}");
+    let acme = format!("_acme-challenge.www.{ZONE}");
+    let knot = KnotServer::start_with(KnotOptions {
+        records: vec![Record::new(&acme, RData::Cname(target.clone()))],
+        ..KnotOptions::default()
+    })
+    .await
+    .expect("knot");
+    let dir = WorkDir::new("dns-delegated").unwrap();
+    let mut validation = knot_provider(
+        &knot,
+        &dir,
+        "validation",
+        &[SECOND_ZONE],
+        &knot.tsig_key().secret,
+        None,
+    );
+    validation["delegated_zones"] = serde_json::json!([ZONE]);
+    let dns = providers(&[validation]);
+    assert_eq!(
+        dns.zone_for(&name(&format!("www.{ZONE}")))
+            .map(|(p, z)| (p, z.to_string())),
+        Some(("validation", ZONE.to_owned())),
+        "a name in a delegated zone can be validated by DNS-01"
+    );
+    let set = dns
+        .present(&[(name(&format!("www.{ZONE}")), "delegated".to_owned())])
+        .await
+        .expect("present through the CNAME");
+    let rec = &set.records[0];
+    assert_eq!(
+        (rec.provider.as_str(), rec.zone.as_str(), rec.fqdn.as_str()),
+        ("validation", SECOND_ZONE, target.as_str())
+    );
+    assert_eq!(txt_at(&knot, &target).await, vec![quoted("delegated")]);
+    dns.wait_propagated(&set).await.expect("propagated");
+    dns.cleanup(&set).await.expect("cleanup");
+    assert!(txt_at(&knot, &target).await.is_empty());
+    // A name of the delegated zone without the CNAME: refused, naming the record to add;
+    // nothing is written in the delegated zone.
+    let err = dns
+        .present(&[(name(&format!("api.{ZONE}")), "x".to_owned())])
+        .await
+        .expect_err("no CNAME at _acme-challenge.api");
+    assert_eq!(err.kind, DnsErrorKind::Config, "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("delegated_zones")
+            && msg.contains(&format!("_acme-challenge.api.{ZONE}. CNAME")),
+        "{msg}"
+    );
+    assert!(txt_at(&knot, &format!("_acme-challenge.api.{ZONE}"))
+        .await
+        .is_empty());
+}
+
 #[tokio::test]
 async fn a_name_no_provider_serves_is_refused_before_anything_is_written() {
     let knot = KnotServer::start().await.expect("knot");

@@ -17,6 +17,7 @@ mod cli;
 mod crash;
 mod deploy_hooks;
 mod dns01_errors;
+mod dns01_paths;
 mod dns01_route53;
 mod dns_harness;
 mod eab;

@@ -67,6 +67,21 @@ pub(crate) async fn world_with(
     World::start(lan, |knot, dir| format!("{}{policy}", providers(knot, dir))).await
 }
 
+/// [`world_with`] on a `knot` the caller started, pebble resolving through `ca_dns` (knot,
+/// or a resolver in front of it).
+pub(crate) async fn world_on(
+    lan: &Lan,
+    knot: KnotServer,
+    ca_dns: std::net::SocketAddr,
+    providers: impl FnOnce(&KnotServer, &Path) -> String,
+    policy: &str,
+) -> World {
+    World::start_on(lan, knot, ca_dns, |knot, dir| {
+        format!("{}{policy}", providers(knot, dir))
+    })
+    .await
+}
+
 async fn world(lan: &Lan, policy: &str) -> World {
     world_with(
         lan,

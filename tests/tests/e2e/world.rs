@@ -51,11 +51,13 @@ pub(crate) fn pebble_on_80_443() -> PebbleOptions {
 /// what `extra_config` returns.
 pub(crate) struct World {
     pub(crate) coord: Coordinator,
+    /// The CA's issuing root (what served chains are checked against).
     pub(crate) root: CertificateDer<'static>,
     pub(crate) knot: KnotServer,
-    _pebble: Pebble,
+    /// The ACME server (pebble, or acme2certifier), kept running.
+    pub(crate) _ca: Box<dyn std::any::Any + Send + Sync>,
     /// Where `extra_config` may write secret files (removed with the world).
-    _secrets: tempfile::TempDir,
+    pub(crate) _secrets: tempfile::TempDir,
 }
 
 impl World {
@@ -67,12 +69,25 @@ impl World {
     ) -> World {
         certfleet_tests::install_crypto_provider();
         let knot = KnotServer::start().await.expect("knot");
+        let dns = knot.addr();
+        Self::start_on(lan, knot, dns, extra_config).await
+    }
+
+    /// [`World::start`] on a `knot` the caller started, pebble resolving through `ca_dns`
+    /// (knot, or a resolver in front of it).
+    pub(crate) async fn start_on(
+        lan: &Lan,
+        knot: KnotServer,
+        ca_dns: std::net::SocketAddr,
+        extra_config: impl FnOnce(&KnotServer, &Path) -> String,
+    ) -> World {
+        certfleet_tests::install_crypto_provider();
         let secrets = tempfile::tempdir().expect("tempdir");
         let extra_config = extra_config(&knot, secrets.path());
         let (pebble, coord) = lan_pebble_and_coordinator(
             lan,
             PebbleOptions {
-                dns_server: Some(knot.addr()),
+                dns_server: Some(ca_dns),
                 ..pebble_on_80_443()
             },
             CoordinatorOptions {
@@ -87,7 +102,7 @@ impl World {
             coord,
             root,
             knot,
-            _pebble: pebble,
+            _ca: Box::new(pebble),
             _secrets: secrets,
         }
     }
