@@ -270,7 +270,7 @@ fn check_zones(config: &Config, names: &[Identifier]) -> Result<(), SpecError> {
         return Ok(());
     }
     Err(SpecError::Name(format!(
-        "{} validated by DNS-01, but no [[dns_provider]] serves a zone for {} (zones served: {}); add the zone to a provider's zones or change the names",
+        "{} validated by DNS-01, but no [[dns_provider]] serves a zone for {} (zones served: {}); add the zone to a provider's zones (or delegated_zones, when its _acme-challenge is a CNAME into a zone a provider serves) or change the names",
         outside.join(", "),
         if outside.len() == 1 { "it" } else { "them" },
         if zones.is_empty() {

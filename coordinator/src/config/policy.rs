@@ -413,7 +413,7 @@ fn check_dns01(
         if !in_some_zone(name, dns_zones) {
             return Err(format!(
                 "{t:?} is validated by DNS-01, but no [[dns_provider]] serves a zone it is in \
-                 (zones served: {}); add its zone to a provider's zones",
+                 (zones served: {}); add its zone to a provider's zones (or, when its _acme-challenge is a CNAME into a zone a provider serves, to that provider's delegated_zones)",
                 if dns_zones.is_empty() {
                     "none".to_owned()
                 } else {

@@ -53,11 +53,11 @@ impl Engine {
                     .err()
                     .map(|e| e.to_string()),
                 Identifier::Dns(n) if dns01 => self.dns.zone_for(n).is_none().then(|| {
-                    format!("no [[dns_provider]] serves a zone {n} is in; add its zone to a provider's zones")
+                    format!("no [[dns_provider]] serves a zone {n} is in; add its zone to a provider's zones or delegated_zones")
                 }),
                 Identifier::Dns(_) => None,
                 Identifier::Wildcard(n) if dns01 => self.dns.zone_for(n).is_none().then(|| {
-                    format!("no [[dns_provider]] serves a zone {n} is in; add its zone to a provider's zones")
+                    format!("no [[dns_provider]] serves a zone {n} is in; add its zone to a provider's zones or delegated_zones")
                 }),
                 Identifier::Wildcard(_) => Some(format!(
                     "a wildcard is validated only by DNS-01, and this order answers {}; set \
