@@ -224,6 +224,36 @@ pub async fn served_chain_verifies(
         .map(|_| ())
 }
 
+/// How long [`served_leaf_for_name`] waits for the leaf a reload just put in place: nginx's
+/// and apache's old workers may still take a connection for a moment after a reload.
+pub const RELOAD_SETTLE: Duration = Duration::from_secs(10);
+
+/// The chain `addr` serves for `name` (verified as [`served_chain_for_name`] does) once its
+/// leaf has the serial `want` (hex, any case, colons and leading zeros ignored); asked
+/// again every 100 ms for up to [`RELOAD_SETTLE`]. An error says what was served instead.
+pub async fn served_leaf_for_name(
+    addr: SocketAddr,
+    name: &str,
+    root: &CertificateDer<'static>,
+    want: &str,
+) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let want = crate::pki::normalize_serial(want);
+    let deadline = std::time::Instant::now() + RELOAD_SETTLE;
+    loop {
+        let chain = served_chain_for_name(addr, name, root).await?;
+        let got = crate::pki::leaf_info(&chain[0])?.serial_hex;
+        if got == want {
+            return Ok(chain);
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "{addr} ({name}) still serves serial {got} after {RELOAD_SETTLE:?}, not {want}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The chain `addr` serves to a client that sends `name` as SNI and verifies the chain
 /// against `root` for that name (what a browser asking for the name checks); leaf first.
 pub async fn served_chain_for_name(

@@ -79,14 +79,9 @@ async fn check_dns01_served(
     let want = pki::normalize_serial(row.serial.as_deref().expect("serial"));
     for addr in addrs {
         for sni in snis {
-            let chain = tlsutil::served_chain_for_name(*addr, sni, &w.root)
+            tlsutil::served_leaf_for_name(*addr, sni, &w.root, &want)
                 .await
                 .unwrap_or_else(|e| panic!("{addr} ({sni}): {e:#}"));
-            assert_eq!(
-                pki::leaf_info(&chain[0]).expect("leaf").serial_hex,
-                want,
-                "{addr} ({sni})"
-            );
         }
     }
     let records: Vec<Value> = w

@@ -95,25 +95,9 @@ async fn check_members_serve(w: &World, hosts: &[&FleetHost], serial: &str) -> S
     for h in hosts {
         for addr in h.https_addrs() {
             for sni in [ZONE.to_owned(), format!("www.{ZONE}")] {
-                // nginx's old workers may still take a connection for a moment after a
-                // reload: the new leaf must be what every connection gets within seconds.
-                let deadline = Instant::now() + Duration::from_secs(10);
-                loop {
-                    let chain = tlsutil::served_chain_for_name(addr, &sni, &w.root)
-                        .await
-                        .unwrap_or_else(|e| panic!("{}: {e:#}", h.spec.name));
-                    let leaf = pki::leaf_info(&chain[0]).expect("leaf");
-                    if leaf.serial_hex == want {
-                        break;
-                    }
-                    assert!(
-                        Instant::now() < deadline,
-                        "{} {addr} ({sni}) serves {} instead of {want}",
-                        h.spec.name,
-                        leaf.serial_hex
-                    );
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                tlsutil::served_leaf_for_name(addr, &sni, &w.root, &want)
+                    .await
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", h.spec.name));
             }
         }
         let key_path = h.agent.tls_dir().join("key.pem");
