@@ -246,6 +246,58 @@ async fn a_key_group_serves_one_certificate_and_key_that_the_coordinator_never_s
     );
     assert_eq!(of_kind(&records, "order_created").len(), 2);
 
+    // Removing a member does not revoke the certificate the others still serve.
+    let d_id = d.agent.host_id().expect("enrolled").to_owned();
+    w.coord
+        .cli_ok(&["hosts", "remove", &d_id])
+        .await
+        .expect("hosts remove");
+    let records = w.coord.audit_records().await.expect("audit");
+    assert!(
+        of_kind(&records, "certificate_revoked").is_empty(),
+        "nothing revoked"
+    );
+    let removed = of_kind(&records, "host_removed");
+    assert_eq!(removed.len(), 1);
+    let kept: Vec<String> = removed[0]["details"]["kept_for_key_group"]
+        .as_array()
+        .expect("kept_for_key_group")
+        .iter()
+        .map(|v| pki::normalize_serial(v.as_str().expect("serial")))
+        .collect();
+    assert_eq!(
+        kept,
+        vec![pki::normalize_serial(&new_serial)],
+        "{removed:?}"
+    );
+    check_members_serve(&w, &[&a, &b, &c], &new_serial).await;
+
+    // Revoking the group's certificate replaces it on every member with one new order.
+    let out = w
+        .coord
+        .cli_ok(&["certs", "revoke", &a_row.cert_id, "--reason", "superseded"])
+        .await
+        .expect("certs revoke");
+    assert!(
+        out.contains(&new_serial) || out.contains(&pki::normalize_serial(&new_serial)),
+        "{out}"
+    );
+    let revoked = new_serial.clone();
+    let replaced = wait_group_served(&w, &[&a, &b, &c], |s| s != revoked).await;
+    let third = replaced
+        .values()
+        .next()
+        .and_then(|r| r.serial.clone())
+        .expect("serial");
+    check_members_serve(&w, &[&a, &b, &c], &third).await;
+    let records = w.coord.audit_records().await.expect("audit");
+    assert_eq!(of_kind(&records, "certificate_revoked").len(), 1);
+    assert_eq!(
+        of_kind(&records, "certificate_issued").len(),
+        3,
+        "one replacement for the whole group"
+    );
+
     // The coordinator never held a group key (nor any host key) in clear: not in its
     // state dir (the sled store included), not in its logs.
     let mut needles = Vec::new();
