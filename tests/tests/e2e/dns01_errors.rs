@@ -4,7 +4,7 @@
 //! the CA (so none is spent), and a retry planned; the coordinator keeps running.
 
 use certfleet_tests::dns::{KnotServer, ZONE};
-use certfleet_tests::fleet::{Challenge, FleetHost, HostSpec};
+use certfleet_tests::fleet::{Challenge, HostSpec};
 use certfleet_tests::netns::{require_namespaces, Lan};
 use certfleet_tests::webserver::ServerKind;
 use certfleet_tests::CertRow;
@@ -15,14 +15,12 @@ use crate::wildcard::{rfc2136_provider, secret_file, world_with, World, WILDCARD
 /// Enrolls one nginx host and waits until its certificate has failed with an error
 /// containing every one of `wants`; returns that row.
 async fn first_failure(w: &World, lan: &Lan, name: &str, wants: &[&str]) -> CertRow {
-    let mut h = FleetHost::new(
-        lan,
-        HostSpec::new(name, ServerKind::Nginx, Challenge::Webroot),
-    )
-    .await
-    .expect("host");
-    h.enroll(&w.coord, lan).await.expect("enroll");
-    h.agent.start().expect("agent start");
+    let mut h = w
+        .enrolled_host(
+            lan,
+            HostSpec::new(name, ServerKind::Nginx, Challenge::Webroot),
+        )
+        .await;
     let what = format!("failed with {wants:?}");
     let row = w
         .wait_rows(&mut h, 1, &what, |r| {

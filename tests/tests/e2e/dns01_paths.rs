@@ -22,7 +22,6 @@ use certfleet_tests::netns::{require_namespaces, Lan};
 use certfleet_tests::resolver::Resolver;
 use certfleet_tests::webserver::ServerKind;
 use certfleet_tests::{pki, tlsutil, CertRow, Coordinator};
-use serde_json::Value;
 
 use crate::wildcard::{rfc2136_provider, secret_file, world_on, World, WILDCARD_POLICY};
 
@@ -50,15 +49,11 @@ targets = ["wild"]
 
 /// One nginx host, enrolled and running.
 async fn nginx_host(w: &World, lan: &Lan, name: &str) -> FleetHost {
-    let mut h = FleetHost::new(
+    w.enrolled_host(
         lan,
         HostSpec::new(name, ServerKind::Nginx, Challenge::Webroot),
     )
     .await
-    .expect("host");
-    h.enroll(&w.coord, lan).await.expect("enroll");
-    h.agent.start().expect("agent start");
-    h
 }
 
 /// `row` was validated by DNS-01 for every identifier (row and audit), and each of `addrs`
@@ -84,20 +79,7 @@ async fn check_dns01_served(
                 .unwrap_or_else(|e| panic!("{addr} ({sni}): {e:#}"));
         }
     }
-    let records: Vec<Value> = w
-        .coord
-        .audit_records()
-        .await
-        .expect("audit")
-        .into_iter()
-        .filter(|r| r["cert_id"] == row.cert_id.as_str())
-        .collect();
-    assert!(
-        records
-            .iter()
-            .any(|r| r["kind"] == "challenge_validated" && r["details"]["type"] == "dns-01"),
-        "{records:#?}"
-    );
+    w.assert_validated_by_dns01(&row.cert_id).await;
 }
 
 /// No TXT record at any of `names` in knot.

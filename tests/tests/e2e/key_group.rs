@@ -30,11 +30,11 @@ key_group = "edge"
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 async fn member(w: &World, lan: &Lan, name: &str, kind: ServerKind, groups: &[&str]) -> FleetHost {
-    let spec = HostSpec::new(name, kind, Challenge::Webroot).with_key_groups(groups);
-    let mut h = FleetHost::new(lan, spec).await.expect("host");
-    h.enroll(&w.coord, lan).await.expect("enroll");
-    h.agent.start().expect("agent start");
-    h
+    w.enrolled_host(
+        lan,
+        HostSpec::new(name, kind, Challenge::Webroot).with_key_groups(groups),
+    )
+    .await
 }
 
 /// Waits until every host in `hosts` has its certificate served with one serial that

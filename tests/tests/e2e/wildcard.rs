@@ -11,7 +11,6 @@ use certfleet_tests::fleet::{Challenge, FleetHost, HostSpec};
 use certfleet_tests::netns::{require_namespaces, Lan};
 use certfleet_tests::webserver::ServerKind;
 use certfleet_tests::{pki, tlsutil};
-use serde_json::Value;
 
 use crate::world::SERVE_TIMEOUT;
 
@@ -145,20 +144,7 @@ async fn wildcard_and_apex_by_rfc2136_are_served_by_nginx_and_apache_and_renewed
             }
         }
         // The audit says DNS-01 validated it, and names no address.
-        let records: Vec<Value> = w
-            .coord
-            .audit_records()
-            .await
-            .expect("audit")
-            .into_iter()
-            .filter(|r| r["cert_id"] == row.cert_id.as_str())
-            .collect();
-        assert!(
-            records
-                .iter()
-                .any(|r| r["kind"] == "challenge_validated" && r["details"]["type"] == "dns-01"),
-            "{records:#?}"
-        );
+        w.assert_validated_by_dns01(&row.cert_id).await;
     }
     // A renewal of the wildcard goes the same way: a new certificate, served, by DNS-01.
     let first = w.wait_served(&mut hosts[0]).await;

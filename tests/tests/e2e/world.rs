@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use certfleet_tests::coordinator::CoordinatorOptions;
 use certfleet_tests::dns::KnotServer;
-use certfleet_tests::fleet::FleetHost;
+use certfleet_tests::fleet::{FleetHost, HostSpec};
 use certfleet_tests::netns::Lan;
 use certfleet_tests::{CertRow, Coordinator, Pebble, PebbleOptions};
 use rustls_pki_types::CertificateDer;
@@ -105,6 +105,33 @@ impl World {
             _ca: Box::new(pebble),
             _secrets: secrets,
         }
+    }
+
+    /// A namespace host made from `spec` (webroot HTTP-01 unless the spec says otherwise),
+    /// enrolled, its agent running.
+    pub(crate) async fn enrolled_host(&self, lan: &Lan, spec: HostSpec) -> FleetHost {
+        let mut h = FleetHost::new(lan, spec).await.expect("host");
+        h.enroll(&self.coord, lan).await.expect("enroll");
+        h.agent.start().expect("agent start");
+        h
+    }
+
+    /// Panics unless the audit has a `challenge_validated` of type dns-01 for `cert_id`.
+    pub(crate) async fn assert_validated_by_dns01(&self, cert_id: &str) {
+        let records: Vec<serde_json::Value> = self
+            .coord
+            .audit_records()
+            .await
+            .expect("audit")
+            .into_iter()
+            .filter(|r| r["cert_id"] == cert_id)
+            .collect();
+        assert!(
+            records
+                .iter()
+                .any(|r| r["kind"] == "challenge_validated" && r["details"]["type"] == "dns-01"),
+            "{records:#?}"
+        );
     }
 
     /// Prints the hosts' agent and web server logs, the coordinator's and knot's.
