@@ -62,7 +62,7 @@ impl Engine {
                     rec.schedule.next_action = Some(now);
                     rec.schedule.next_reason = Some("host connected".into());
                     rec.updated = now;
-                    self.store.put_cert(&rec)?;
+                    self.save(&rec)?;
                 }
                 Err(e) => {
                     tracing::warn!(host = %host_id, certificate = %wanted.name, error = %e, "no certificate for this host");
@@ -70,7 +70,7 @@ impl Engine {
                         rec.schedule.last_error = Some(e.to_string());
                         rec.schedule.next_action = Some(now + RECHECK_SECS);
                         rec.schedule.next_reason = Some("configuration error".into());
-                        self.store.put_cert(&rec)?;
+                        self.save(&rec)?;
                     }
                 }
             }

@@ -119,7 +119,7 @@ impl Engine {
                 if let Some(mut fresh) = self.store.cert(id)? {
                     fresh.schedule.next_action = Some(now);
                     fresh.schedule.next_reason = Some("the key group has a new certificate".into());
-                    self.store.put_cert(&fresh)?;
+                    self.save(&fresh)?;
                 }
                 Ok(())
             };
@@ -246,7 +246,7 @@ impl Engine {
                 "key-group key sealed by a member and imported on this host");
             rec.observed.group_key = Some(digest);
             // Durable before the install that uses it.
-            self.store.put_cert(rec)?;
+            self.save(rec)?;
             return Ok(());
         }
         if all_lost && offline.is_empty() {

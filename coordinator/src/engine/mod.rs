@@ -106,6 +106,8 @@ pub struct Engine {
     pub(crate) config: Config,
     pub(crate) clock: SharedClock,
     running: Mutex<HashSet<CertId>>,
+    /// This coordinator process, as the holder of certificate leases (random per start).
+    pub(crate) node: String,
     /// One lock per key group: one member decides at a time (see [`keygroup`]).
     group_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub(crate) wake: Notify,
@@ -158,6 +160,7 @@ impl Engine {
             config,
             clock,
             running: Mutex::default(),
+            node: format!("coordinator-{}", certfleet_shared::ids::request_id()),
             group_locks: Mutex::default(),
             wake: Notify::new(),
             permits: Arc::new(Semaphore::new(MAX_PARALLEL)),

@@ -146,7 +146,7 @@ impl Engine {
         });
         rec.state = CertState::Ordering;
         rec.updated = now;
-        self.store.put_cert(rec)?;
+        self.save(rec)?;
         tracing::info!(host = %rec.host_id, cert = %rec.id, order = %driver.url(), ids = ?spec.identifiers,
             profile = ?profile, challenge = challenge.as_str(), reason = %reason, "order created");
         self.drive(agent, rec, &issuer, driver).await
@@ -244,7 +244,7 @@ impl Engine {
                     }
                 }
             }
-            self.store.put_cert(rec)?;
+            self.save(rec)?;
         }
         let csr = if challenges.is_empty() {
             match want {
@@ -360,7 +360,7 @@ impl Engine {
                 .detail("key_sha256", super::csr::key_digest(&leaf.spki_der)),
         )?;
         // Durable before the install is asked for.
-        self.store.put_cert(rec)?;
+        self.save(rec)?;
         self.budget_record(
             issuer,
             &[Event::CertIssued {

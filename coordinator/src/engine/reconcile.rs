@@ -292,7 +292,7 @@ impl Engine {
         }
         rec.schedule.next_action = Some(next.max(now));
         rec.updated = now;
-        self.store.put_cert(&rec)?;
+        self.save(&rec)?;
         match outcome {
             Err(IssueError::Store(e)) => Err(IssueError::Store(e)),
             _ => Ok(()),

@@ -1,16 +1,29 @@
 //! When work happens: the scheduler wakes for the soonest next action (or a `Notify`), pops
 //! what is due from the store's index, and runs one task per certificate, leased and
 //! bounded by a semaphore. `recover()` at start resumes interrupted orders.
+//!
+//! The lease is the store's ([`crate::store::Lease`]): taken before a task starts (another
+//! holder: not started), kept alive every [`LEASE_SECS`]/3 while it runs (lost: the task
+//! stops), given back at the end; every write of the task's certificate is fenced by it
+//! ([`Engine::save`]), so a coordinator whose lease ran out cannot overwrite what the
+//! next holder did. A coordinator that dies leaves its leases to expire: another one
+//! (with a shared store) takes the work over after at most [`LEASE_SECS`].
 
 use super::{decide, lock, Decision, Engine, IssueError};
 use crate::model::{CertRecord, HostRecord};
-use crate::store::StoreError;
+use crate::store::{Lease, StoreError};
 use certfleet_shared::ids::CertId;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A certificate being worked on is re-looked at after this if the coordinator dies.
-const LEASE_SECS: i64 = 15 * 60;
+/// How long a lease lasts without being kept alive (and so how soon another coordinator
+/// takes over the work of one that died).
+pub(super) const LEASE_SECS: i64 = 20;
+
+tokio::task_local! {
+    /// The lease of the certificate the current task works on.
+    static LEASE: Lease;
+}
 const TICK_BATCH: usize = 512;
 
 impl Engine {
@@ -37,7 +50,7 @@ impl Engine {
             tracing::info!(cert = %rec.id, reason, "recovering");
             rec.schedule.next_action = Some(now);
             rec.schedule.next_reason = Some(reason.into());
-            self.store.put_cert(&rec)?;
+            self.save(&rec)?;
         }
         Ok(())
     }
@@ -75,20 +88,41 @@ impl Engine {
         if self.shutdown.is_cancelled() || !lock(&self.running).insert(id.clone()) {
             return false;
         }
-        // Lease it so the scheduler does not pick it again while it runs; a crash leaves the
-        // lease, which expires and retries. Not flushed: recovery at start covers a lost lease.
+        let now = self.clock.now_unix();
+        let lease = match self.store.take_lease(&id, &self.node, now, LEASE_SECS) {
+            Ok(Some(lease)) => lease,
+            Ok(None) => {
+                // Another coordinator works on it (and has moved its next action on).
+                lock(&self.running).remove(&id);
+                return true;
+            }
+            Err(e) => {
+                tracing::error!(cert = %id, error = %e, "cannot take the certificate's lease; trying again later");
+                lock(&self.running).remove(&id);
+                return true;
+            }
+        };
+        // The scheduler (here and elsewhere) does not pick it again while it runs; a
+        // crash leaves this, and the lease expires.
         if let Ok(Some(mut rec)) = self.store.cert(&id) {
-            rec.schedule.next_action = Some(self.clock.now_unix() + LEASE_SECS);
-            let _ = self.store.put_cert_unflushed(&rec);
+            rec.schedule.next_action = Some(now + LEASE_SECS);
+            let _ = self.store.put_cert_fenced(&rec, &lease, now);
         }
         let engine = self.clone();
         self.tracker.spawn(async move {
             let permit = engine.permits.clone().acquire_owned().await;
             let token = engine.shutdown.clone();
-            let result = tokio::select! {
-                r = engine.reconcile(&id) => r,
-                _ = token.cancelled() => Ok(()),
+            let work = async {
+                tokio::select! {
+                    r = engine.reconcile(&id) => r,
+                    lost = engine.keep_lease(&lease) => Err(lost.into()),
+                    _ = token.cancelled() => Ok(()),
+                }
             };
+            let result = LEASE.scope(lease.clone(), work).await;
+            if let Err(e) = engine.store.release_lease(&lease) {
+                tracing::warn!(cert = %id, error = %e, "cannot give the lease back; it expires by itself");
+            }
             drop(permit);
             lock(&engine.running).remove(&id);
             if let Err(e) = result {
@@ -99,13 +133,51 @@ impl Engine {
         true
     }
 
+    /// Keeps `lease` alive while the task runs; returns when it is lost (taken over after
+    /// it expired). A store that fails is retried at the next beat: the fenced writes
+    /// protect the record meanwhile.
+    async fn keep_lease(&self, lease: &Lease) -> StoreError {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs((LEASE_SECS / 3) as u64)).await;
+            let now = self.clock.now_unix();
+            match self
+                .store
+                .take_lease(&lease.cert, &lease.holder, now, LEASE_SECS)
+            {
+                Ok(Some(l)) if l.token == lease.token => {}
+                Ok(_) => {
+                    tracing::error!(cert = %lease.cert, holder = %lease.holder, "lease lost (another coordinator took the certificate over); stopping this work");
+                    return StoreError::LeaseLost {
+                        cert: lease.cert.to_string(),
+                        holder: lease.holder.clone(),
+                    };
+                }
+                Err(e) => {
+                    tracing::warn!(cert = %lease.cert, error = %e, "cannot renew the lease; trying again")
+                }
+            }
+        }
+    }
+
+    /// Writes a certificate: fenced by the current task's lease when the task works on
+    /// that certificate, otherwise as is (a Hello, an operator, another key-group member).
+    pub(crate) fn save(&self, rec: &CertRecord) -> Result<(), StoreError> {
+        match LEASE.try_with(Lease::clone) {
+            Ok(lease) if lease.cert == rec.id => {
+                self.store
+                    .put_cert_fenced(rec, &lease, self.clock.now_unix())
+            }
+            _ => self.store.put_cert(rec),
+        }
+    }
+
     pub(super) async fn reconcile(&self, id: &CertId) -> Result<(), IssueError> {
         let Some(mut rec) = self.store.cert(id)? else {
             return Ok(());
         };
         let Some(host) = self.store.host(&rec.host_id)? else {
             rec.schedule.next_action = None;
-            self.store.put_cert(&rec)?;
+            self.save(&rec)?;
             return Ok(());
         };
         let now = self.clock.now_unix();

@@ -30,6 +30,22 @@ pub enum StoreError {
     Corrupt { key: String, detail: String },
     #[error("cannot encode record: {0}")]
     Encode(#[from] serde_json::Error),
+    /// A fenced write by a worker whose lease on the certificate expired or was taken
+    /// over: nothing was written.
+    #[error("the lease on certificate {cert} is no longer held by {holder} (it expired or another coordinator took it); nothing was written")]
+    LeaseLost { cert: String, holder: String },
+}
+
+/// The right to work on one certificate, until `until` (unix seconds on the store's
+/// clock). `token` grows with every new lease on the certificate, so a holder whose lease
+/// was taken over is told apart from the new one (fencing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub cert: CertId,
+    /// Who holds it: a coordinator process (`Engine::node`).
+    pub holder: String,
+    pub token: u64,
+    pub until: i64,
 }
 
 /// Why an enrollment was refused. Shown to the agent's operator as is.
@@ -112,6 +128,23 @@ pub trait Store: Send + Sync + 'static {
     /// The certificates (one per member host) of a key group, kept in step by `put_cert`
     /// in the same transaction.
     fn certs_in_group(&self, group: &str) -> Result<Vec<CertRecord>, StoreError>;
+    /// Takes the lease on `cert` for `holder` for `secs` seconds when it is free, expired,
+    /// or `holder`'s already (then it is extended, same token). `now` is the caller's
+    /// clock; a backend with a clock of its own (a database shared by several
+    /// coordinators) measures with that instead. `None`: someone else holds it.
+    fn take_lease(
+        &self,
+        cert: &CertId,
+        holder: &str,
+        now: i64,
+        secs: i64,
+    ) -> Result<Option<Lease>, StoreError>;
+    /// Gives the lease back (nothing when it is no longer `lease`'s).
+    fn release_lease(&self, lease: &Lease) -> Result<(), StoreError>;
+    /// [`Store::put_cert`] only while `lease` is still held at `now` (same holder and
+    /// token, not expired), checked in the same transaction: otherwise
+    /// [`StoreError::LeaseLost`] and nothing is written.
+    fn put_cert_fenced(&self, rec: &CertRecord, lease: &Lease, now: i64) -> Result<(), StoreError>;
     /// Certificates whose next action is at or before `now`, soonest first (at most `limit`).
     fn due(&self, now: i64, limit: usize) -> Result<Vec<CertId>, StoreError>;
     /// The soonest next action of all certificates.

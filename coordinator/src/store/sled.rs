@@ -1,14 +1,14 @@
 //! [`SledStore`]: the [`Store`] and [`AuditStore`] traits on sled, one database directory
 //! with a tree per kind of record.
 //!
-//! Trees: `accounts`, `tokens`, `hosts`, `certs`, `host_certs`, `group_certs`, `schedule`, `budgets`,
+//! Trees: `accounts`, `tokens`, `hosts`, `certs`, `host_certs`, `group_certs`, `leases`, `schedule`, `budgets`,
 //! `ip_holders`, `meta` (schema version), and the audit trail's `audit` (seq, 8 bytes
 //! big-endian → record JSON), `audit_by_host` (`host id ++ 0 ++ seq`), `audit_by_serial`
 //! (`serial ++ 0 ++ seq`) and `audit_by_ip` (16-byte address key `++ seq`), all → ().
 
 use super::{
-    AccountRecord, AuditRecordIter, AuditRow, AuditStore, EnrollError, EnrollRefusal, SeqIter,
-    Store, StoreError, StoredAuditRecord, TokenRecord,
+    AccountRecord, AuditRecordIter, AuditRow, AuditStore, EnrollError, EnrollRefusal, Lease,
+    SeqIter, Store, StoreError, StoredAuditRecord, TokenRecord,
 };
 use crate::model::{CertRecord, HostRecord};
 use certfleet_shared::ids::{CertId, HostId};
@@ -34,6 +34,8 @@ pub struct SledStore {
     host_certs: sled::Tree,
     /// `key group / cert id` → (): the members of each key group.
     group_certs: sled::Tree,
+    /// cert id → [`Lease`] JSON: who works on the certificate, until when.
+    leases: sled::Tree,
     /// `next_action (i64 BE, sign flipped) ++ cert id` → ()
     schedule: sled::Tree,
     budgets: sled::Tree,
@@ -101,6 +103,10 @@ impl SledStore {
                 })
             }
         }
+        // sled lets one process open the database at a time (it locks the directory), so
+        // every lease in it belongs to a process that is gone: none holds any more.
+        let leases = db.open_tree("leases")?;
+        leases.clear()?;
         Ok(Self {
             accounts: db.open_tree("accounts")?,
             tokens: db.open_tree("tokens")?,
@@ -108,6 +114,7 @@ impl SledStore {
             certs: db.open_tree("certs")?,
             host_certs: db.open_tree("host_certs")?,
             group_certs: db.open_tree("group_certs")?,
+            leases,
             schedule: db.open_tree("schedule")?,
             budgets: db.open_tree("budgets")?,
             ip_holders: db.open_tree("ip_holders")?,
@@ -117,6 +124,73 @@ impl SledStore {
             audit_by_serial: db.open_tree("audit_by_serial")?,
             db,
         })
+    }
+
+    /// Writes a certificate with its index entries in one transaction; with a fence, only
+    /// while that lease is held (checked in the same transaction).
+    fn write_cert(&self, rec: &CertRecord, fence: Option<(&Lease, i64)>) -> Result<(), StoreError> {
+        use sled::transaction::{
+            ConflictableTransactionError as Cte, TransactionError, Transactional,
+        };
+        enum Abort {
+            Corrupt(String),
+            LeaseLost,
+        }
+        let bytes = serde_json::to_vec(rec)?;
+        let key = rec.id.as_str().as_bytes();
+        let trees = (
+            &self.certs,
+            &self.schedule,
+            &self.host_certs,
+            &self.group_certs,
+            &self.leases,
+        );
+        let result = trees.transaction(|(certs, schedule, host_certs, group_certs, leases)| {
+            if let Some((lease, now)) = fence {
+                let held: Option<Lease> = leases
+                    .get(key)?
+                    .and_then(|v| serde_json::from_slice(&v).ok());
+                let ok = held.is_some_and(|l| {
+                    l.holder == lease.holder && l.token == lease.token && l.until > now
+                });
+                if !ok {
+                    return Err(Cte::Abort(Abort::LeaseLost));
+                }
+            }
+            if let Some(old) = certs.get(key)? {
+                let old: CertRecord = serde_json::from_slice(&old)
+                    .map_err(|e| Cte::Abort(Abort::Corrupt(e.to_string())))?;
+                if let Some(at) = old.schedule.next_action {
+                    schedule.remove(schedule_key(at, &old.id))?;
+                }
+                if let Some(g) = old.spec.key_group.as_ref() {
+                    if rec.spec.key_group.as_ref() != Some(g) {
+                        group_certs.remove(group_cert_key(g, &old.id))?;
+                    }
+                }
+            }
+            certs.insert(key, bytes.clone())?;
+            if let Some(at) = rec.schedule.next_action {
+                schedule.insert(schedule_key(at, &rec.id), &[])?;
+            }
+            host_certs.insert(host_cert_key(&rec.host_id, &rec.id), &[])?;
+            if let Some(g) = &rec.spec.key_group {
+                group_certs.insert(group_cert_key(g, &rec.id), &[])?;
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Abort(Abort::Corrupt(detail))) => Err(StoreError::Corrupt {
+                key: rec.id.to_string(),
+                detail,
+            }),
+            Err(TransactionError::Abort(Abort::LeaseLost)) => Err(StoreError::LeaseLost {
+                cert: rec.id.to_string(),
+                holder: fence.map(|(l, _)| l.holder.clone()).unwrap_or_default(),
+            }),
+            Err(TransactionError::Storage(e)) => Err(StoreError::from(e)),
+        }
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -259,6 +333,7 @@ impl Store for SledStore {
         if let Some(g) = &rec.spec.key_group {
             self.group_certs.remove(group_cert_key(g, &rec.id))?;
         }
+        self.leases.remove(rec.id.as_str().as_bytes())?;
         self.flush()
     }
 
@@ -276,48 +351,72 @@ impl Store for SledStore {
     }
 
     fn put_cert_unflushed(&self, rec: &CertRecord) -> Result<(), StoreError> {
-        use sled::transaction::{
-            ConflictableTransactionError as Cte, TransactionError, Transactional,
-        };
-        let bytes = serde_json::to_vec(rec)?;
-        let key = rec.id.as_str().as_bytes();
-        let trees = (
-            &self.certs,
-            &self.schedule,
-            &self.host_certs,
-            &self.group_certs,
-        );
-        let result = trees.transaction(|(certs, schedule, host_certs, group_certs)| {
-            if let Some(old) = certs.get(key)? {
-                let old: CertRecord =
-                    serde_json::from_slice(&old).map_err(|e| Cte::Abort(e.to_string()))?;
-                if let Some(at) = old.schedule.next_action {
-                    schedule.remove(schedule_key(at, &old.id))?;
-                }
-                if let Some(g) = old.spec.key_group.as_ref() {
-                    if rec.spec.key_group.as_ref() != Some(g) {
-                        group_certs.remove(group_cert_key(g, &old.id))?;
-                    }
-                }
+        self.write_cert(rec, None)
+    }
+
+    fn take_lease(
+        &self,
+        cert: &CertId,
+        holder: &str,
+        now: i64,
+        secs: i64,
+    ) -> Result<Option<Lease>, StoreError> {
+        let key = cert.as_str().as_bytes();
+        loop {
+            let old = self.leases.get(key)?;
+            let current: Option<Lease> = old
+                .as_ref()
+                .map(|v| serde_json::from_slice(v))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt {
+                    key: format!("leases/{cert}"),
+                    detail: e.to_string(),
+                })?;
+            let token = match &current {
+                Some(l) if l.holder == holder && l.until > now => l.token,
+                Some(l) if l.until > now => return Ok(None),
+                Some(l) => l.token + 1,
+                None => 1,
+            };
+            let lease = Lease {
+                cert: cert.clone(),
+                holder: holder.to_owned(),
+                token,
+                until: now + secs,
+            };
+            let new = serde_json::to_vec(&lease)?;
+            if self.leases.compare_and_swap(key, old, Some(new))?.is_ok() {
+                // Not flushed: a crash ends every lease of this process anyway.
+                return Ok(Some(lease));
             }
-            certs.insert(key, bytes.clone())?;
-            if let Some(at) = rec.schedule.next_action {
-                schedule.insert(schedule_key(at, &rec.id), &[])?;
-            }
-            host_certs.insert(host_cert_key(&rec.host_id, &rec.id), &[])?;
-            if let Some(g) = &rec.spec.key_group {
-                group_certs.insert(group_cert_key(g, &rec.id), &[])?;
-            }
-            Ok(())
-        });
-        match result {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Abort(detail)) => Err(StoreError::Corrupt {
-                key: rec.id.to_string(),
-                detail,
-            }),
-            Err(TransactionError::Storage(e)) => Err(StoreError::from(e)),
         }
+    }
+
+    fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        let key = lease.cert.as_str().as_bytes();
+        let Some(old) = self.leases.get(key)? else {
+            return Ok(());
+        };
+        let held: Option<Lease> = serde_json::from_slice(&old).ok();
+        if held
+            .as_ref()
+            .is_some_and(|l| l.holder == lease.holder && l.token == lease.token)
+        {
+            // Expired at once, token kept (the next lease gets a higher one).
+            let done = Lease {
+                until: i64::MIN,
+                ..lease.clone()
+            };
+            let _ =
+                self.leases
+                    .compare_and_swap(key, Some(old), Some(serde_json::to_vec(&done)?))?;
+        }
+        Ok(())
+    }
+
+    fn put_cert_fenced(&self, rec: &CertRecord, lease: &Lease, now: i64) -> Result<(), StoreError> {
+        self.write_cert(rec, Some((lease, now)))?;
+        self.flush()
     }
 
     fn certs(&self) -> Result<Vec<CertRecord>, StoreError> {
@@ -677,6 +776,75 @@ mod tests {
         let mut rec = CertRecord::new(CertId::generate(), host.clone(), spec, 1);
         rec.schedule.next_action = next;
         rec
+    }
+
+    #[test]
+    fn a_lease_has_one_holder_until_it_expires_and_fences_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut rec = cert(&HostId::generate(), Some(5));
+        store.put_cert(&rec).unwrap();
+        let a = store
+            .take_lease(&rec.id, "node-a", 100, 20)
+            .unwrap()
+            .expect("free");
+        assert_eq!((a.token, a.until), (1, 120));
+        assert_eq!(
+            store.take_lease(&rec.id, "node-b", 110, 20).unwrap(),
+            None,
+            "held"
+        );
+        // The holder extends it under the same token.
+        let a2 = store
+            .take_lease(&rec.id, "node-a", 110, 20)
+            .unwrap()
+            .expect("mine");
+        assert_eq!((a2.token, a2.until), (1, 130));
+        rec.schedule.next_action = Some(7);
+        store.put_cert_fenced(&rec, &a2, 125).unwrap();
+        // Expired: another node takes it with a higher token, and the old holder's
+        // writes are refused and change nothing.
+        let b = store
+            .take_lease(&rec.id, "node-b", 131, 20)
+            .unwrap()
+            .expect("expired");
+        assert_eq!(b.token, 2);
+        rec.schedule.next_action = Some(9);
+        assert!(matches!(
+            store.put_cert_fenced(&rec, &a2, 131),
+            Err(StoreError::LeaseLost { .. })
+        ));
+        assert_eq!(
+            store.cert(&rec.id).unwrap().unwrap().schedule.next_action,
+            Some(7)
+        );
+        assert_eq!(
+            store.due(8, 10).unwrap(),
+            vec![rec.id.clone()],
+            "index untouched"
+        );
+        store.put_cert_fenced(&rec, &b, 140).unwrap();
+        // Released: free at once, and the next lease is told apart from the last.
+        store.release_lease(&a2).unwrap();
+        assert_eq!(
+            store.take_lease(&rec.id, "node-c", 141, 20).unwrap(),
+            None,
+            "a's release is a no-op"
+        );
+        store.release_lease(&b).unwrap();
+        let c = store
+            .take_lease(&rec.id, "node-c", 141, 20)
+            .unwrap()
+            .expect("released");
+        assert_eq!(c.token, 3);
+        assert!(matches!(
+            store.put_cert_fenced(&rec, &b, 142),
+            Err(StoreError::LeaseLost { .. })
+        ));
+        // Only one process opens a sled store: on reopening, no lease is held.
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(store.take_lease(&rec.id, "node-d", 142, 20).unwrap().is_some());
     }
 
     #[test]

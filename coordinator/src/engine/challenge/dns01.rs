@@ -52,7 +52,7 @@ impl Engine {
             o.dns_records = Some(set.clone());
         }
         // Durable before anything is written, so a crash cannot leave records behind.
-        self.store.put_cert(rec)?;
+        self.save(rec)?;
         let written = async {
             self.dns.present_set(&set).await?;
             self.dns.wait_propagated(&set).await

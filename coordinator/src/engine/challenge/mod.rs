@@ -164,7 +164,7 @@ impl Engine {
                 if let Some(o) = rec.observed.order.as_mut() {
                     o.challenges_announced = true;
                 }
-                self.store.put_cert(rec).map_err(IssueError::from)
+                self.save(rec).map_err(IssueError::from)
             }
             Ok(()) => Ok(()),
             Err(e) => Err(e.into()),
