@@ -144,11 +144,11 @@ pub type Current = Arc<Mutex<Option<Endpoint>>>;
 /// on to the next, unless `stop(error)` says the failure must not be tried elsewhere
 /// (e.g. a CA fingerprint that does not match at enrollment). All failing: one error
 /// naming each.
-pub async fn first_reachable<'a>(
-    endpoints: &'a [Endpoint],
+pub async fn first_reachable(
+    endpoints: &[Endpoint],
     tls: Arc<rustls::ClientConfig>,
     stop: impl Fn(&TransportError) -> bool,
-) -> anyhow::Result<(Channel, &'a Endpoint)> {
+) -> anyhow::Result<(Channel, &Endpoint)> {
     let mut failed = Vec::new();
     for ep in endpoints {
         match certfleet_shared::transport::connect_at(&ep.url, ep.addr, tls.clone()).await {
