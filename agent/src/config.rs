@@ -37,6 +37,10 @@ pub struct AgentConfig {
     /// made here be sealed to another member, or a member's key be imported. Default none.
     #[serde(default)]
     pub key_groups: Vec<String>,
+    /// Coordinator URLs (`https://HOST:PORT`) used instead of those given at enrollment
+    /// (`crate::coordinators`); empty = the enrolled ones. Trimmed, no trailing `/`.
+    #[serde(default)]
+    pub coordinators: Vec<String>,
     #[serde(default)]
     pub http01: Http01Config,
     /// `[tls_alpn01]`: absent = this host answers no TLS-ALPN-01.
@@ -260,6 +264,10 @@ impl AgentConfig {
             detail,
         };
         cfg.names = canonical_names(&cfg.names).map_err(invalid)?;
+        if !cfg.coordinators.is_empty() {
+            cfg.coordinators = crate::coordinators::check_urls(&cfg.coordinators, "coordinators")
+                .map_err(invalid)?;
+        }
         cfg.validate().map_err(invalid)?;
         Ok(cfg)
     }
@@ -296,6 +304,9 @@ impl AgentConfig {
             ));
         }
         crate::keygroup::check_config(&self.key_groups)?;
+        if !self.coordinators.is_empty() {
+            crate::coordinators::check_urls(&self.coordinators, "coordinators")?;
+        }
         self.http01.validate()?;
         if let Some(t) = &self.tls_alpn01 {
             t.validate()?;

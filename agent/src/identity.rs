@@ -20,9 +20,25 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Enrollment {
     pub host_id: HostId,
+    /// The first coordinator URL (an older agent reads only this one).
     pub coordinator: String,
+    /// Every coordinator URL given at enrollment; absent from files older agents wrote
+    /// (then [`Enrollment::coordinator`] alone). See [`Enrollment::coordinator_urls`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub coordinators: Vec<String>,
     pub ca_sha256: String,
     pub enrolled: i64,
+}
+
+impl Enrollment {
+    /// The coordinators to talk to, as enrolled (one URL in an older file).
+    pub fn coordinator_urls(&self) -> Vec<String> {
+        if self.coordinators.is_empty() {
+            vec![self.coordinator.clone()]
+        } else {
+            self.coordinators.clone()
+        }
+    }
 }
 
 pub struct Files {
@@ -58,7 +74,7 @@ impl Files {
     pub fn load(&self) -> anyhow::Result<Enrollment> {
         let path = self.enrollment();
         if !path.exists() {
-            bail!("this agent is not enrolled ({} is missing); run `certfleet-agent enroll --coordinator URL --token T --ca-sha256 FP`", path.display());
+            bail!("this agent is not enrolled ({} is missing); run `certfleet-agent enroll --coordinator URL [--coordinator URL …] --token T --ca-sha256 FP`", path.display());
         }
         serde_json::from_str(&self.read(&path)?)
             .with_context(|| format!("{} is corrupt; enroll again", path.display()))
@@ -74,10 +90,13 @@ impl Files {
     }
 }
 
-/// Enrolls with the coordinator at `url`. On any failure nothing is written.
+/// Enrolls with one of the coordinators at `urls`: tried in the order given, each address
+/// of each, moving on only when one cannot be reached (a refusal, or a CA that does not
+/// match the pin, is the answer). All of `urls` are recorded for the session. On any
+/// failure nothing is written.
 pub async fn enroll(
     state_dir: &Path,
-    url: &str,
+    urls: &[String],
     token: &str,
     ca_sha256: &str,
     hostname: &str,
@@ -89,10 +108,12 @@ pub async fn enroll(
         bail!(
             "already enrolled as host {} with {}; to enroll again, stop the agent and remove {}",
             existing.host_id,
-            existing.coordinator,
+            existing.coordinator_urls().join(", "),
             files.enrollment().display()
         );
     }
+    let urls =
+        crate::coordinators::check_urls(urls, "--coordinator").map_err(anyhow::Error::msg)?;
     let pin = parse_fingerprint(ca_sha256)?;
     let token = token.trim();
     if token.is_empty() {
@@ -105,14 +126,27 @@ pub async fn enroll(
     params.distinguished_name.push(DnType::CommonName, hostname);
     let csr = params.serialize_request(&key)?;
 
-    let channel = certfleet_shared::transport::connect(url, pinned_client_config(pin)?).await.map_err(|e| {
-        let text = e.to_string();
-        if text.contains("fingerprint") {
-            anyhow::anyhow!("refusing to enroll: the coordinator at {url} presented a CA whose fingerprint does not match --ca-sha256 (check the value printed by `certfleet-coordinator ca-fingerprint`)")
+    let (endpoints, unresolved) = crate::coordinators::resolve_all(&urls).await;
+    for e in &unresolved {
+        tracing::warn!("{e}");
+    }
+    if endpoints.is_empty() {
+        bail!("no coordinator address: {}", unresolved.join("; "));
+    }
+    let (channel, at) = crate::coordinators::first_reachable(
+        &endpoints,
+        pinned_client_config(pin)?,
+        |e| e.to_string().contains("fingerprint"),
+    )
+    .await
+    .map_err(|e| {
+        if e.to_string().contains("fingerprint") {
+            anyhow::anyhow!("refusing to enroll: {e} (check the value printed by `certfleet-coordinator ca-fingerprint`)")
         } else {
-            anyhow::Error::new(e)
+            e
         }
     })?;
+    tracing::info!(coordinator = %at, "enrolling");
     let mut client = EnrollmentClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let resp = client
         .enroll(EnrollRequest {
@@ -148,7 +182,8 @@ pub async fn enroll(
 
     let record = Enrollment {
         host_id,
-        coordinator: url.to_owned(),
+        coordinator: urls[0].clone(),
+        coordinators: if urls.len() > 1 { urls } else { Vec::new() },
         ca_sha256: hex_of(&pin),
         enrolled: now,
     };
@@ -236,10 +271,16 @@ pub fn rotation_due(info: &CertInfo) -> i64 {
     info.not_after - (info.not_after - info.not_before) / 3
 }
 
-/// Asks the coordinator, over mutual TLS with the current identity, for a certificate for
+/// Asks a coordinator, over mutual TLS with the current identity, for a certificate for
 /// a new key made here, checks it, and puts it in place. The old key is replaced only
-/// once the new certificate is in hand.
-pub async fn rotate(files: &Files) -> anyhow::Result<CertInfo> {
+/// once the new certificate is in hand. `urls` are the agent's coordinators: the one of
+/// the session now open (`current`) is asked first, then the others from a random point;
+/// one that cannot be reached is passed over.
+pub async fn rotate(
+    files: &Files,
+    urls: &[String],
+    current: Option<crate::coordinators::Endpoint>,
+) -> anyhow::Result<CertInfo> {
     let enrollment = files.load()?;
     let tls = files.session_tls()?;
     let key = KeyPair::generate()?;
@@ -249,7 +290,17 @@ pub async fn rotate(files: &Files) -> anyhow::Result<CertInfo> {
         .distinguished_name
         .push(DnType::CommonName, enrollment.host_id.as_str());
     let csr = params.serialize_request(&key)?;
-    let channel = certfleet_shared::transport::connect(&enrollment.coordinator, tls).await?;
+    let (mut endpoints, unresolved) = crate::coordinators::resolve_all(urls).await;
+    if endpoints.is_empty() {
+        bail!("no coordinator address: {}", unresolved.join("; "));
+    }
+    let first = crate::coordinators::Failover::random().current(endpoints.len());
+    endpoints.rotate_left(first);
+    if let Some(at) = current.and_then(|c| endpoints.iter().position(|e| *e == c)) {
+        let preferred = endpoints.remove(at);
+        endpoints.insert(0, preferred);
+    }
+    let (channel, _) = crate::coordinators::first_reachable(&endpoints, tls, |_| false).await?;
     let mut client = certfleet_proto::v1::agent_session_client::AgentSessionClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let resp = client
@@ -282,6 +333,36 @@ pub async fn rotate(files: &Files) -> anyhow::Result<CertInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_older_single_coordinator_enrollment_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Files::new(dir.path());
+        let id = HostId::generate();
+        // As agents before several coordinators wrote it.
+        let old = format!(
+            r#"{{"host_id": "{id}", "coordinator": "https://c.example:7443", "ca_sha256": "{}", "enrolled": 1}}"#,
+            "ab".repeat(32)
+        );
+        std::fs::write(files.enrollment(), old).unwrap();
+        let e = files.load().unwrap();
+        assert_eq!(e.coordinator_urls(), ["https://c.example:7443"]);
+
+        // A new record keeps `coordinator` (the first) for older agents, and the list.
+        let both = Enrollment {
+            coordinators: vec!["https://a:1".into(), "https://b:2".into()],
+            coordinator: "https://a:1".into(),
+            ..e
+        };
+        let json: serde_json::Value = serde_json::to_value(&both).unwrap();
+        assert_eq!(json["coordinator"], "https://a:1");
+        assert_eq!(json["coordinators"][1], "https://b:2");
+        std::fs::write(files.enrollment(), json.to_string()).unwrap();
+        assert_eq!(
+            files.load().unwrap().coordinator_urls(),
+            ["https://a:1", "https://b:2"]
+        );
+    }
 
     fn pair() -> (String, String) {
         let key = KeyPair::generate().unwrap();

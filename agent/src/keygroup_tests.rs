@@ -39,6 +39,7 @@ fn member(dir: &Path, groups: &[&str]) -> Member {
     let enrollment = Enrollment {
         host_id: id.clone(),
         coordinator: "https://127.0.0.1:1".into(),
+        coordinators: Vec::new(),
         ca_sha256: "0".repeat(64),
         enrolled: 0,
     };

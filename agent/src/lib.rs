@@ -8,6 +8,8 @@
 //! ## Layout
 //! - [`config`] — the local config: addresses, names asked for, HTTP-01 port, targets (the
 //!   only source of paths and commands).
+//! - [`coordinators`] — the coordinator addresses: spreading, failover order and delay,
+//!   what `status` shows about the session.
 //! - [`identity`] — enrollment (token + pinned CA) and the identity files.
 //! - [`session`] — the mTLS stream to the coordinator and command handling.
 //! - [`http01`] — the HTTP-01 responder: standalone, webroot or proxy, with a self-check.
@@ -26,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod coordinators;
 pub mod error;
 pub mod http01;
 pub mod identity;

@@ -2,6 +2,7 @@
 //! calls the library.
 
 use anyhow::Context;
+use certfleet_agent::coordinators::SessionStatus;
 use certfleet_agent::{config::AgentConfig, identity, install, session::Agent};
 use certfleet_shared::clock::{Clock, SharedClock, SystemClock};
 use certfleet_shared::timefmt::{relative, rfc3339};
@@ -42,9 +43,10 @@ struct Args {
 enum Cmd {
     /// Enroll with a coordinator using a join token.
     Enroll {
-        /// Coordinator URL, https://HOST:PORT.
-        #[arg(long)]
-        coordinator: String,
+        /// Coordinator URL, https://HOST:PORT; repeat it (or give a comma list) for several
+        /// coordinators of one fleet. Default: the config's `coordinators`.
+        #[arg(long = "coordinator", value_delimiter = ',')]
+        coordinators: Vec<String>,
         /// Join token from `certfleet-coordinator token create`.
         #[arg(long, env = "CERTFLEET_JOIN_TOKEN")]
         token: String,
@@ -110,7 +112,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let config = AgentConfig::load(&args.config)?;
     match args.cmd {
         Cmd::Enroll {
-            coordinator,
+            coordinators,
             token,
             ca_sha256,
             name,
@@ -123,9 +125,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     .unwrap_or_else(|_| "unnamed".into()),
             };
             let labels: BTreeMap<String, String> = labels.into_iter().collect();
+            let coordinators = if coordinators.is_empty() {
+                config.coordinators.clone()
+            } else {
+                coordinators
+            };
+            anyhow::ensure!(
+                !coordinators.is_empty(),
+                "give --coordinator https://HOST:PORT (repeatable), or list `coordinators = [...]` in {}",
+                args.config.display()
+            );
             let e = identity::enroll(
                 &config.state_dir,
-                &coordinator,
+                &coordinators,
                 &token,
                 &ca_sha256,
                 &hostname,
@@ -155,6 +167,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 fn status(config: &AgentConfig, json: bool) -> anyhow::Result<()> {
     let enrollment = identity::Files::new(&config.state_dir).load().ok();
+    let coordinators = match (&enrollment, config.coordinators.is_empty()) {
+        (_, false) => config.coordinators.clone(),
+        (Some(e), true) => e.coordinator_urls(),
+        (None, true) => Vec::new(),
+    };
+    let session = SessionStatus::read(&config.state_dir)?;
+    let running = session.as_ref().is_some_and(SessionStatus::writer_running);
     let now = SystemClock.now_unix();
     let resolved = config
         .resolve_targets()
@@ -172,14 +191,53 @@ fn status(config: &AgentConfig, json: bool) -> anyhow::Result<()> {
             "enrolled": enrollment.is_some(),
             "host_id": enrollment.as_ref().map(|e| e.host_id.to_string()),
             "coordinator": enrollment.as_ref().map(|e| e.coordinator.clone()),
+            "coordinators": coordinators,
+            "session": session.as_ref().map(|s| serde_json::json!({
+                "agent_running": running,
+                "connected": s.connected && running,
+                "coordinator": s.coordinator,
+                "address": s.address,
+                "since": rfc3339(s.since),
+                "last_error": s.last_error,
+            })),
             "targets": targets,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     match &enrollment {
-        Some(e) => println!("enrolled as host {} with {}", e.host_id, e.coordinator),
+        Some(e) => println!(
+            "enrolled as host {} with {}",
+            e.host_id,
+            coordinators.join(", ")
+        ),
         None => println!("not enrolled"),
+    }
+    match &session {
+        None => println!("session: none yet (the agent has not run)"),
+        Some(s) if !running => println!(
+            "session: the agent is not running (last: {} at {})",
+            if s.connected {
+                "connected"
+            } else {
+                "not connected"
+            },
+            rfc3339(s.since)
+        ),
+        Some(s) if s.connected => println!(
+            "session: connected to {} ({}) since {}",
+            s.coordinator.as_deref().unwrap_or("?"),
+            s.address.as_deref().unwrap_or("?"),
+            rfc3339(s.since)
+        ),
+        Some(s) => println!(
+            "session: not connected since {}{}",
+            rfc3339(s.since),
+            s.last_error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        ),
     }
     for (name, t) in &resolved {
         match install::inspect(t) {

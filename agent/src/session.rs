@@ -10,6 +10,7 @@
 //! `TimeoutStopSec` allows for that.
 
 use crate::config::AgentConfig;
+use crate::coordinators::{Endpoint, Failover, SessionStatus};
 use crate::error::AgentFailure;
 use crate::http01::{Challenge, Responder};
 use crate::identity::Files;
@@ -66,6 +67,8 @@ pub struct Agent {
     /// Recent replies by request id and the digest of the command's content: a replayed
     /// command (same id, same content) gets the same answer; nothing else does.
     replies: Mutex<VecDeque<CachedReply>>,
+    /// The coordinator endpoint of the session now open (identity rotation asks it first).
+    current: crate::coordinators::Current,
 }
 
 struct CachedReply {
@@ -148,6 +151,7 @@ impl Agent {
             install_lock: tokio::sync::Mutex::new(()),
             clock,
             replies: Mutex::new(VecDeque::new()),
+            current: Default::default(),
         }))
     }
 
@@ -222,14 +226,24 @@ impl Agent {
         // Fail early on unreadable identity files; each connection reloads them, so a
         // rotated identity is used from the next connection on.
         files.session_tls()?;
+        // The config's list, when it has one, overrides the enrolled one.
+        let urls = if self.config.coordinators.is_empty() {
+            enrollment.coordinator_urls()
+        } else {
+            self.config.coordinators.clone()
+        };
         let rotated = Arc::new(tokio::sync::Notify::new());
         tasks.spawn(rotation_loop(
-            Files::new(&self.config.state_dir),
+            Rotation {
+                files: Files::new(&self.config.state_dir),
+                urls: urls.clone(),
+                current: self.current.clone(),
+            },
             self.clock.clone(),
             stop.clone(),
             rotated.clone(),
         ));
-        tracing::info!(host = %enrollment.host_id, coordinator = %enrollment.coordinator, "agent starting");
+        tracing::info!(host = %enrollment.host_id, coordinators = %urls.join(", "), "agent starting");
         // Interrupted installs are finished or rolled back before anything else happens.
         self.installer.recover(&self.targets).await;
         {
@@ -262,39 +276,75 @@ impl Agent {
             tracing::info!(listen = %addr, "metrics on /metrics");
         }
         let shutdown = stop;
-        let mut attempt = 0u32;
+        let mut failover = Failover::random();
         while !shutdown.is_cancelled() {
-            let started = Instant::now();
-            let tls = files.session_tls()?;
-            let result = tokio::select! {
-                r = self.session(&enrollment.coordinator, tls, tasks) => r,
-                _ = rotated.notified() => {
-                    tracing::info!("identity rotated; reconnecting with the new one");
-                    attempt = 0;
-                    continue;
-                }
+            let (endpoints, unresolved) = tokio::select! {
+                r = crate::coordinators::resolve_all(&urls) => r,
                 _ = shutdown.cancelled() => break,
             };
-            if started.elapsed() >= HEALTHY_SESSION {
-                attempt = 0;
+            for e in &unresolved {
+                tracing::warn!("{e}");
             }
-            let delay = Backoff::RECONNECT.delay_random(attempt);
-            attempt = attempt.saturating_add(1);
-            match result {
+            let started = Instant::now();
+            let tls = files.session_tls()?;
+            let (endpoint, result) = if endpoints.is_empty() {
+                let e = anyhow::anyhow!("no coordinator address: {}", unresolved.join("; "));
+                (None, Err(e))
+            } else {
+                let ep = &endpoints[failover.current(endpoints.len())];
+                let r = tokio::select! {
+                    r = self.session(ep, tls, tasks) => r,
+                    _ = rotated.notified() => {
+                        tracing::info!("identity rotated; reconnecting with the new one");
+                        continue;
+                    }
+                    _ = shutdown.cancelled() => break,
+                };
+                (Some(ep), r)
+            };
+            *lock(&self.current) = None;
+            let healthy = started.elapsed() >= HEALTHY_SESSION;
+            let delay = failover.ended(healthy, endpoints.len(), rand::random::<f64>());
+            let shown = endpoint.map(ToString::to_string).unwrap_or_default();
+            match &result {
                 Ok(()) => tracing::info!(
+                    coordinator = %shown,
                     retry_in_ms = delay.as_millis() as u64,
-                    "session closed by the coordinator; reconnecting"
+                    "session closed by the coordinator; reconnecting (next coordinator)"
                 ),
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "session failed; reconnecting")
+                    tracing::warn!(coordinator = %shown, error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "session failed; reconnecting (next coordinator)")
                 }
             }
+            self.write_status(
+                endpoint,
+                false,
+                Some(match result {
+                    Ok(()) => "session closed by the coordinator".to_owned(),
+                    Err(e) => format!("{e:#}"),
+                }),
+            );
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.cancelled() => break,
             }
         }
+        *lock(&self.current) = None;
+        self.write_status(None, false, Some("the agent stopped".into()));
         Ok(())
+    }
+
+    /// Records the session's state for `certfleet-agent status` (`session.json`).
+    fn write_status(&self, at: Option<&Endpoint>, connected: bool, error: Option<String>) {
+        SessionStatus {
+            pid: std::process::id(),
+            connected,
+            coordinator: at.map(|e| e.url.clone()),
+            address: at.map(|e| e.addr.to_string()),
+            since: self.clock.now_unix(),
+            last_error: error,
+        }
+        .write(&self.config.state_dir);
     }
 
     /// What Hello says the host can answer: "http-01/<mode>" and, when configured,
@@ -333,11 +383,11 @@ impl Agent {
 
     async fn session(
         self: &Arc<Self>,
-        url: &str,
+        at: &Endpoint,
         tls: Arc<rustls::ClientConfig>,
         tasks: &TaskTracker,
     ) -> anyhow::Result<()> {
-        let channel = certfleet_shared::transport::connect(url, tls).await?;
+        let channel = certfleet_shared::transport::connect_at(&at.url, at.addr, tls).await?;
         let mut client = AgentSessionClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -357,7 +407,9 @@ impl Agent {
                 )
             })?
             .into_inner();
-        tracing::info!("session established");
+        tracing::info!(coordinator = %at, "session established");
+        *lock(&self.current) = Some(at.clone());
+        self.write_status(Some(at), true, None);
         self.metrics.session_connected.set(1);
         let _connected = Connected(self.metrics.clone());
         while let Some(msg) = inbound
@@ -664,16 +716,24 @@ fn parse_cert_id(s: &str) -> Result<Option<certfleet_shared::ids::CertId>, Agent
         .map_err(|e| AgentFailure::bad_request(e.to_string()))
 }
 
+/// What identity rotation needs: the files, the coordinators, the session's endpoint.
+struct Rotation {
+    files: Files,
+    urls: Vec<String>,
+    current: crate::coordinators::Current,
+}
+
 /// Rotates the agent's identity certificate when a third of its lifetime is left, and
 /// tells the session to reconnect with the new one. Failures are retried with
 /// [`Backoff::IDENTITY_ROTATION`] (2 s doubling to 5 min); the old identity stays in use
 /// until a new one is in place.
 async fn rotation_loop(
-    files: Files,
+    rotation: Rotation,
     clock: SharedClock,
     shutdown: CancellationToken,
     rotated: Arc<tokio::sync::Notify>,
 ) {
+    let files = &rotation.files;
     let mut failures = 0u32;
     loop {
         let wait = match files.identity_info() {
@@ -694,7 +754,8 @@ async fn rotation_loop(
                 _ = shutdown.cancelled() => return,
             }
         }
-        let delay = match crate::identity::rotate(&files).await {
+        let current = lock(&rotation.current).clone();
+        let delay = match crate::identity::rotate(files, &rotation.urls, current).await {
             Ok(info) => {
                 tracing::info!(serial = %info.serial_hex, not_after = info.not_after, "identity certificate rotated");
                 failures = 0;

@@ -94,7 +94,7 @@ impl StateDir {
             .map_err(|_| CaError::Invalid(format!("{} is not UTF-8 PEM", path.display())))
     }
 
-    fn write(&self, path: &Path, content: &str, mode: u32) -> Result<(), CaError> {
+    pub(crate) fn write(&self, path: &Path, content: &str, mode: u32) -> Result<(), CaError> {
         write_atomic(path, content.as_bytes(), mode).map_err(|source| CaError::Io {
             path: path.into(),
             source,
@@ -132,6 +132,7 @@ fn random_serial(params: &mut CertificateParams) {
 
 /// Creates the state directory: fleet CA, server certificate for `names`/`ips`, operator
 /// credential, all valid from `now` (unix seconds). Refuses to overwrite an existing CA.
+/// A second coordinator of the fleet is made from this one by `crate::node` instead.
 pub fn init(dir: &StateDir, names: &[String], ips: &[IpAddr], now: i64) -> Result<String, CaError> {
     if dir.ca_key().exists() {
         return Err(CaError::AlreadyInitialised(dir.root.clone()));
@@ -162,43 +163,73 @@ pub fn init(dir: &StateDir, names: &[String], ips: &[IpAddr], now: i64) -> Resul
     random_serial(&mut ca);
     let ca_cert = ca.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca, ca_key);
-
-    let server_key = KeyPair::generate()?;
-    let mut server = CertificateParams::default();
-    server.distinguished_name = DistinguishedName::new();
-    server
-        .distinguished_name
-        .push(DnType::CommonName, "certfleet coordinator");
-    server.subject_alt_names = names
-        .iter()
-        .map(|n| n.clone().try_into().map(SanType::DnsName))
-        .collect::<Result<Vec<_>, _>>()?;
-    server
-        .subject_alt_names
-        .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
-    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    validity(&mut server, SERVER_LIFETIME_DAYS, now)?;
-    random_serial(&mut server);
-    let server_cert = server.signed_by(&server_key, &issuer)?;
-
-    let admin_key = KeyPair::generate()?;
-    let admin_cert = client_params(
-        "operator",
-        &format!("{ADMIN_URI_PREFIX}operator"),
-        ADMIN_LIFETIME_DAYS * 24 * 3600,
-        now,
-    )?
-    .signed_by(&admin_key, &issuer)?;
-
+    let node = NodeCredentials::make(&issuer, names, ips, now)?;
     // Keys first, CA key last: its presence marks a complete init.
-    dir.write(&dir.server_key(), &server_key.serialize_pem(), 0o600)?;
-    dir.write(&dir.server_cert(), &server_cert.pem(), 0o644)?;
-    dir.write(&dir.admin_key(), &admin_key.serialize_pem(), 0o600)?;
-    dir.write(&dir.admin_cert(), &admin_cert.pem(), 0o644)?;
+    node.write(dir)?;
     dir.write(&dir.ca_cert(), &ca_cert.pem(), 0o644)?;
     dir.write(&dir.ca_key(), &issuer.key().serialize_pem(), 0o600)?;
     Ok(sha256_hex(ca_cert.der()))
+}
+
+/// One node's own credentials, signed by the fleet CA: its server certificate for its
+/// `names`/`ips`, and an operator credential for its admin API.
+pub(crate) struct NodeCredentials {
+    server_key: String,
+    server_cert: String,
+    admin_key: String,
+    admin_cert: String,
+}
+
+impl NodeCredentials {
+    /// Fresh keys and certificates valid from `now`.
+    pub(crate) fn make(
+        issuer: &Issuer<'_, KeyPair>,
+        names: &[String],
+        ips: &[IpAddr],
+        now: i64,
+    ) -> Result<Self, CaError> {
+        let server_key = KeyPair::generate()?;
+        let mut server = CertificateParams::default();
+        server.distinguished_name = DistinguishedName::new();
+        server
+            .distinguished_name
+            .push(DnType::CommonName, "certfleet coordinator");
+        server.subject_alt_names = names
+            .iter()
+            .map(|n| n.clone().try_into().map(SanType::DnsName))
+            .collect::<Result<Vec<_>, _>>()?;
+        server
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        validity(&mut server, SERVER_LIFETIME_DAYS, now)?;
+        random_serial(&mut server);
+        let server_cert = server.signed_by(&server_key, issuer)?;
+
+        let admin_key = KeyPair::generate()?;
+        let admin_cert = client_params(
+            "operator",
+            &format!("{ADMIN_URI_PREFIX}operator"),
+            ADMIN_LIFETIME_DAYS * 24 * 3600,
+            now,
+        )?
+        .signed_by(&admin_key, issuer)?;
+        Ok(Self {
+            server_key: server_key.serialize_pem(),
+            server_cert: server_cert.pem(),
+            admin_key: admin_key.serialize_pem(),
+            admin_cert: admin_cert.pem(),
+        })
+    }
+
+    /// Writes them into `dir` (keys 0600).
+    pub(crate) fn write(&self, dir: &StateDir) -> Result<(), CaError> {
+        dir.write(&dir.server_key(), &self.server_key, 0o600)?;
+        dir.write(&dir.server_cert(), &self.server_cert, 0o644)?;
+        dir.write(&dir.admin_key(), &self.admin_key, 0o600)?;
+        dir.write(&dir.admin_cert(), &self.admin_cert, 0o644)
+    }
 }
 
 fn client_params(cn: &str, uri: &str, secs: i64, now: i64) -> Result<CertificateParams, CaError> {

@@ -38,6 +38,7 @@ pub mod engine;
 pub mod fleet_ca;
 pub mod metrics;
 pub mod model;
+pub mod node;
 pub mod requests;
 pub mod server;
 pub mod sessions;

@@ -2,7 +2,7 @@
 //! then calls the library.
 
 use anyhow::Context;
-use certfleet_coordinator::{cli, config::Config, fleet_ca};
+use certfleet_coordinator::{cli, config::Config, fleet_ca, node};
 use certfleet_shared::clock::{Clock, SystemClock};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -44,6 +44,12 @@ enum Cmd {
     Init,
     /// Print the fleet CA fingerprint agents pin with --ca-sha256.
     CaFingerprint,
+    /// Several coordinators of one fleet: export the fleet CA for another node, or join
+    /// from such a bundle.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
     /// Run the coordinator.
     Serve,
     /// Join tokens.
@@ -104,6 +110,23 @@ enum Cmd {
         json: bool,
         #[command(subcommand)]
         cmd: Option<CertsCmd>,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Write the fleet CA (certificate and private key) to FILE (0600) for `node join` on
+    /// another coordinator. Move it like a secret and delete it after the join.
+    Export {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Make this node a coordinator of the fleet in BUNDLE: the fleet CA into the state
+    /// directory, and this node's own server certificate (for [server] names and ips) and
+    /// operator credential signed by it. Refuses a state directory of another fleet.
+    Join {
+        #[arg(long)]
+        bundle: PathBuf,
     },
 }
 
@@ -217,6 +240,48 @@ async fn run(args: Args) -> anyhow::Result<()> {
             println!("initialised {}", config.state_dir.display());
             println!("agents enroll with: certfleet-agent enroll --coordinator {} --token <token> --ca-sha256 {fp}", config.local_url());
             println!("ca-sha256: {fp}");
+        }
+        Cmd::Node {
+            cmd: NodeCmd::Export { out },
+        } => {
+            let dir = fleet_ca::StateDir::new(&config.state_dir);
+            let b = node::export(&dir, &out, now)?;
+            println!(
+                "wrote {} (fleet CA {}, mode 0600)",
+                out.display(),
+                b.ca_sha256
+            );
+            println!("it holds the fleet CA's private key: copy it to the new node like a secret (scp, not email or tickets), run `certfleet-coordinator node join --bundle FILE` there, then delete every copy");
+        }
+        Cmd::Node {
+            cmd: NodeCmd::Join { bundle },
+        } => {
+            let dir = fleet_ca::StateDir::new(&config.state_dir);
+            let b = node::read_bundle(&bundle)?;
+            match node::join(&dir, &b, &config.server.names, &config.server.ips, now)? {
+                node::Joined::Joined { .. } => println!(
+                    "joined the fleet in {}: fleet CA written, own server certificate for {} made",
+                    config.state_dir.display(),
+                    config
+                        .server
+                        .names
+                        .iter()
+                        .cloned()
+                        .chain(config.server.ips.iter().map(ToString::to_string))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                node::Joined::AlreadyMember { .. } => println!(
+                    "{} already holds this fleet CA and its own credentials; nothing changed",
+                    config.state_dir.display()
+                ),
+            }
+            println!(
+                "now delete {} (it holds the fleet CA's private key)",
+                bundle.display()
+            );
+            println!("agents reach this node at {}", config.local_url());
+            println!("ca-sha256: {}", b.ca_sha256);
         }
         Cmd::CaFingerprint => println!(
             "{}",

@@ -385,6 +385,7 @@ pub fn agent() -> &'static AgentFixture {
         let enrollment = certfleet_agent::identity::Enrollment {
             host_id: HostId::parse(&env.ctx.recipient).expect("recipient host id"),
             coordinator: "https://127.0.0.1:1".into(),
+            coordinators: Vec::new(),
             ca_sha256: "0".repeat(64),
             enrolled: 0,
         };

@@ -349,20 +349,23 @@ ips = [{ips}]
     /// `enroll --coordinator URL --token T --ca-sha256 FP --name NAME`. Returns the raw
     /// output; on success also records the host id from `enrolled as host <id>`.
     pub async fn enroll(&mut self, url: &str, token: &str, fp: &str) -> anyhow::Result<Output> {
+        self.enroll_many(&[url], token, fp).await
+    }
+
+    /// [`Self::enroll`] with one `--coordinator URL` for each of `urls`.
+    pub async fn enroll_many(
+        &mut self,
+        urls: &[&str],
+        token: &str,
+        fp: &str,
+    ) -> anyhow::Result<Output> {
         let name = self.name.clone();
-        let out = self
-            .cli(&[
-                "enroll",
-                "--coordinator",
-                url,
-                "--token",
-                token,
-                "--ca-sha256",
-                fp,
-                "--name",
-                &name,
-            ])
-            .await?;
+        let mut args = vec!["enroll"];
+        for url in urls {
+            args.extend(["--coordinator", url]);
+        }
+        args.extend(["--token", token, "--ca-sha256", fp, "--name", &name]);
+        let out = self.cli(&args).await?;
         if out.status.success() {
             let stdout = String::from_utf8_lossy(&out.stdout);
             let id = stdout

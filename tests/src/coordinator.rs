@@ -1,6 +1,7 @@
 //! [`Coordinator`]: a real `certfleet-coordinator` for one test.
 //!
-//! Writes a config (pebble as the only issuer) into its own temp dir, runs `init`, starts
+//! Writes a config (pebble as the only issuer) into its own temp dir, runs `init` (or
+//! `node join` for a second node of a fleet, [`Coordinator::join_with`]), starts
 //! `serve` as a [`ChildGuard`] and waits for its port. Operator subcommands run through
 //! [`Coordinator::cli`]. [`Coordinator::restart`] stops the server (SIGKILL or SIGTERM)
 //! and serves again on the same port and state dir; every run keeps its own log file.
@@ -191,6 +192,33 @@ impl Coordinator {
         pebble: &impl AcmeServer,
         opts: CoordinatorOptions,
     ) -> anyhow::Result<Self> {
+        Self::setup(pebble, opts, None).await
+    }
+
+    /// A second node of `bundle`'s fleet (from [`Coordinator::export_bundle`]): config +
+    /// `node join --bundle` (instead of `init`) + `serve`, with its own port, state dir and
+    /// sled store.
+    pub async fn join_with(
+        pebble: &impl AcmeServer,
+        opts: CoordinatorOptions,
+        bundle: &Path,
+    ) -> anyhow::Result<Self> {
+        Self::setup(pebble, opts, Some(bundle)).await
+    }
+
+    /// `node export --out FILE` into this coordinator's work dir: the bundle's path.
+    pub async fn export_bundle(&self) -> anyhow::Result<PathBuf> {
+        let out = self.dir.join("node.bundle");
+        let out_s = out.to_string_lossy().into_owned();
+        self.cli_ok(&["node", "export", "--out", &out_s]).await?;
+        Ok(out)
+    }
+
+    async fn setup(
+        pebble: &impl AcmeServer,
+        opts: CoordinatorOptions,
+        bundle: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let bin = crate::bins::coordinator()?;
         let dir = WorkDir::new("coordinator")?;
         let state_dir = dir.join("state");
@@ -199,12 +227,21 @@ impl Coordinator {
         std::fs::write(&config_path, render_config(&state_dir, port, pebble, &opts))?;
 
         let mut cmd = tokio::process::Command::new(&bin);
-        cmd.arg("--config").arg(&config_path).arg("init");
+        cmd.arg("--config").arg(&config_path);
+        match bundle {
+            None => cmd.arg("init"),
+            Some(b) => cmd.args(["node", "join", "--bundle"]).arg(b),
+        };
         scrub_env_tokio(&mut cmd);
         let init_output = run_output(&mut cmd, CLI_TIMEOUT).await?;
         anyhow::ensure!(
             init_output.status.success(),
-            "coordinator init failed: {}",
+            "coordinator {} failed: {}",
+            if bundle.is_some() {
+                "node join"
+            } else {
+                "init"
+            },
             describe_output(&init_output)
         );
         let stdout = String::from_utf8_lossy(&init_output.stdout);
@@ -212,7 +249,7 @@ impl Coordinator {
             .lines()
             .find_map(|l| l.trim().strip_prefix("ca-sha256:"))
             .map(|s| s.trim().to_owned())
-            .with_context(|| format!("no `ca-sha256: HEX` line in init output: {stdout:?}"))?;
+            .with_context(|| format!("no `ca-sha256: HEX` line in the output: {stdout:?}"))?;
         anyhow::ensure!(
             ca_sha256.len() == 64
                 && ca_sha256
@@ -317,11 +354,12 @@ impl Coordinator {
         format!("https://127.0.0.1:{}", self.port)
     }
 
-    /// The fleet CA fingerprint printed by `init`.
+    /// The fleet CA fingerprint printed by `init` (or `node join`).
     pub fn ca_sha256(&self) -> &str {
         &self.ca_sha256
     }
 
+    /// The output of `init` (or `node join`).
     pub fn init_output(&self) -> &Output {
         &self.init_output
     }

@@ -31,6 +31,7 @@ mod ip_ownership;
 mod key_group;
 mod metrics;
 mod mtls;
+mod multi_coord;
 mod names;
 mod names_alpn;
 mod names_refusals;
