@@ -513,6 +513,10 @@ impl AuditStore for SledStore {
             &self.audit_by_serial,
         )
             .transaction(|(records, by_host, by_ip, by_serial)| {
+                // Never replace a record: another log on this store got there first.
+                if records.get(key)?.is_some() {
+                    return Err(ConflictableTransactionError::Abort(true));
+                }
                 records.insert(&key, row.json.as_bytes())?;
                 if let Some(k) = &host_key {
                     by_host.insert(k.as_slice(), &[])?;
@@ -523,11 +527,12 @@ impl AuditStore for SledStore {
                 if let Some(k) = &serial_key {
                     by_serial.insert(k.as_slice(), &[])?;
                 }
-                Ok::<(), ConflictableTransactionError<()>>(())
+                Ok::<(), ConflictableTransactionError<bool>>(())
             })
             .map_err(|e| match e {
                 TransactionError::Storage(e) => StoreError::from(e),
-                TransactionError::Abort(()) => StoreError::Corrupt {
+                TransactionError::Abort(true) => StoreError::AuditConflict { seq: row.seq },
+                TransactionError::Abort(false) => StoreError::Corrupt {
                     key: format!("audit/{}", row.seq),
                     detail: "append aborted".into(),
                 },

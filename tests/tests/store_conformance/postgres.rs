@@ -1,0 +1,207 @@
+//! What only the PostgreSQL store has: several writers on one database, schema versions,
+//! and a server that goes away and comes back.
+
+use super::*;
+
+/// Two coordinators (two stores, two pools, two audit logs) appending at once make one
+/// chain: no record lost or replaced, no fork, `verify()` intact.
+#[test]
+fn concurrent_appenders_make_one_chain() {
+    let Some(b) = postgres("concurrent_appenders_make_one_chain") else {
+        return;
+    };
+    const EACH: usize = 60;
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let store = b.open();
+            std::thread::spawn(move || {
+                let log = AuditLog::open(store).unwrap();
+                (0..EACH)
+                    .map(|i| {
+                        log.append(
+                            Kind::OperatorAction,
+                            i as i64,
+                            Entry::by(format!("operator:w{w}")),
+                        )
+                        .unwrap()
+                        .seq
+                    })
+                    .collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = writers
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..2 * EACH as u64).collect::<Vec<_>>(),
+        "each seq taken once"
+    );
+    let s = b.open();
+    let log = AuditLog::open(s.clone()).unwrap();
+    assert_eq!(log.len(), 2 * EACH as u64);
+    assert_eq!(log.verify().unwrap(), None, "one chain, intact");
+    let (server, _) = b.pg.as_ref().unwrap();
+    let forks = server
+        .psql(
+            "conformance",
+            "SELECT count(*) FROM audit a JOIN audit b ON a.prev = b.prev AND a.seq <> b.seq",
+        )
+        .unwrap();
+    assert_eq!(forks.trim(), "0");
+}
+
+/// The schema itself refuses a fork: a row whose `prev` is not the hash of the record
+/// before it, or a second successor of one record.
+#[test]
+fn the_schema_refuses_a_fork() {
+    let Some(b) = postgres("the_schema_refuses_a_fork") else {
+        return;
+    };
+    let s = b.open();
+    let log = AuditLog::open(s.clone()).unwrap();
+    let r0 = log
+        .append(Kind::TokenCreated, 1, Entry::by("operator:a"))
+        .unwrap();
+    let r1 = log
+        .append(Kind::TokenCreated, 2, Entry::by("operator:a"))
+        .unwrap();
+    let row = |seq, prev| AuditRow {
+        seq,
+        json: "{}",
+        prev,
+        hash: "h",
+        host_id: None,
+        ips: &[],
+        serial: None,
+    };
+    // Extends record 1 but claims another predecessor.
+    assert!(matches!(
+        s.append_audit(&row(2, "bogus")),
+        Err(StoreError::AuditConflict { seq: 2 })
+    ));
+    // A second successor of record 0 (under a new seq): prev is unique.
+    assert!(matches!(
+        s.append_audit(&row(3, &r1.prev)),
+        Err(StoreError::AuditConflict { .. })
+    ));
+    // A second record 0.
+    assert!(matches!(
+        s.append_audit(&row(0, "")),
+        Err(StoreError::AuditConflict { seq: 0 })
+    ));
+    assert_eq!(r1.prev, r0.hash);
+    assert_eq!(log.verify().unwrap(), None);
+    assert_eq!(s.last_audit_record().unwrap().unwrap().seq, 1);
+}
+
+/// Several coordinators starting on a new database at once: one migrates under the
+/// advisory lock, the others find the schema current.
+#[test]
+fn simultaneous_starts_migrate_once() {
+    let Some(b) = postgres("simultaneous_starts_migrate_once") else {
+        return;
+    };
+    let (server, _) = b.pg.as_ref().unwrap();
+    let url = server.create_database("fresh").unwrap();
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || PgSyncStore::open(pg_options(&url)).map(drop))
+        })
+        .collect();
+    for t in opens {
+        t.join().unwrap().unwrap();
+    }
+    let versions = server
+        .psql(
+            "fresh",
+            "SELECT string_agg(version::text, ',') FROM certfleet_schema",
+        )
+        .unwrap();
+    assert_eq!(
+        versions.trim(),
+        certfleet_coordinator::store::pg::SCHEMA_VERSION.to_string()
+    );
+}
+
+#[test]
+fn a_schema_newer_than_the_binary_is_refused() {
+    let Some(b) = postgres("a_schema_newer_than_the_binary_is_refused") else {
+        return;
+    };
+    drop(b.open());
+    let (server, url) = b.pg.as_ref().unwrap();
+    server
+        .psql(
+            "conformance",
+            "INSERT INTO certfleet_schema (version) VALUES (99)",
+        )
+        .unwrap();
+    let err = PgSyncStore::open(pg_options(url)).unwrap_err();
+    let known = certfleet_coordinator::store::pg::SCHEMA_VERSION;
+    assert!(
+        matches!(err, StoreError::SchemaTooNew { found: 99, known: k } if k == known),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("version 99") && msg.contains(&format!("version {known}")),
+        "{msg}"
+    );
+}
+
+/// A call while the server is down is an error (no panic, no hang beyond the timeouts);
+/// once it is back the pool replaces its dead connections and the next call succeeds.
+#[test]
+fn a_server_restart_is_survived() {
+    let Some(mut b) = postgres("a_server_restart_is_survived") else {
+        return;
+    };
+    let s = b.open();
+    let h = HostId::generate();
+    s.put_host(&host(&h, "before")).unwrap();
+    let log = AuditLog::open(s.clone()).unwrap();
+    log.append(Kind::TokenCreated, 1, Entry::by("operator:a"))
+        .unwrap();
+    let (server, _) = b.pg.as_mut().unwrap();
+    server.stop().unwrap();
+    let down = s.host(&h);
+    assert!(matches!(down, Err(StoreError::Io(_))), "{down:?}");
+    let msg = down.unwrap_err().to_string();
+    assert!(msg.contains("127.0.0.1"), "names the database: {msg}");
+    assert!(log
+        .append(Kind::TokenCreated, 2, Entry::by("operator:a"))
+        .is_err());
+    server.start_again().unwrap();
+    assert_eq!(s.host(&h).unwrap().unwrap().hostname, "before");
+    s.put_host(&host(&h, "after")).unwrap();
+    log.append(Kind::TokenCreated, 3, Entry::by("operator:a"))
+        .unwrap();
+    assert_eq!(log.verify().unwrap(), None);
+    assert_eq!(log.len(), 2);
+}
+
+/// The server's certificate decides under `verify-full`; `require` encrypts without it,
+/// and a server without TLS is refused by both (never a silent plain connection).
+#[test]
+fn tls_modes_refuse_a_server_without_tls() {
+    let Some(b) = postgres("tls_modes_refuse_a_server_without_tls") else {
+        return;
+    };
+    let (_, url) = b.pg.as_ref().unwrap();
+    for tls in [PgTls::Require, PgTls::VerifyFull] {
+        let opts = PgOptions {
+            tls,
+            ..pg_options(url)
+        };
+        let err = PgSyncStore::open(opts).unwrap_err().to_string();
+        assert!(
+            err.contains("tls") || err.contains("TLS") || err.contains("SSL"),
+            "{tls:?}: {err}"
+        );
+    }
+}
