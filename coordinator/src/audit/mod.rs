@@ -512,6 +512,44 @@ impl AuditLog {
         Ok(out)
     }
 
+    /// Copies every record, byte for byte and with its index entries, into `target` (an
+    /// empty store: `store migrate`); returns how many. The records are re-indexed from
+    /// their own fields, so the copy answers the same queries. A record that no longer
+    /// parses stops the copy (`verify()` first says where).
+    pub fn copy_to(&self, target: &dyn AuditStore) -> Result<u64, AuditError> {
+        let mut n = 0;
+        for stored in self.store.audit_records_from(0) {
+            let stored = stored?;
+            let rec = parse_record(stored.seq, &stored.json)?;
+            let json = std::str::from_utf8(&stored.json).map_err(|e| AuditError::Corrupt {
+                seq: stored.seq,
+                detail: e.to_string(),
+            })?;
+            let ips: Vec<[u8; 16]> = rec.entry.identifiers.iter().map(|ip| ip_key(*ip)).collect();
+            target.append_audit_unflushed(&AuditRow {
+                seq: rec.seq,
+                json,
+                prev: &rec.prev,
+                hash: &rec.hash,
+                host_id: rec.entry.host_id.as_deref(),
+                ips: &ips,
+                serial: rec.entry.serial.as_deref(),
+            })?;
+            n += 1;
+        }
+        target.flush_audit()?;
+        Ok(n)
+    }
+
+    /// The hash of the newest record ("" when empty), as this log last saw it.
+    pub fn head_hash(&self) -> String {
+        self.head
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    }
+
     /// Walks the whole chain; `Ok(None)` when every link holds.
     pub fn verify(&self) -> Result<Option<BrokenLink>, AuditError> {
         let mut prev = String::new();

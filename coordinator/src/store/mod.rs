@@ -11,6 +11,7 @@
 //!
 //! This module owns *what is stored*; it never talks to a CA or an agent.
 
+pub mod migrate;
 pub mod pg;
 mod sled;
 

@@ -124,6 +124,33 @@ impl SledStore {
         Ok(())
     }
 
+    /// Every issuer with a stored ACME account, and every issuer with a stored budget
+    /// (the traits look them up by name only; `store migrate` needs them all).
+    pub fn issuers(&self) -> Result<(Vec<String>, Vec<String>), StoreError> {
+        let keys = |tree: &sled::Tree| -> Result<Vec<String>, StoreError> {
+            tree.iter()
+                .keys()
+                .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+                .collect()
+        };
+        Ok((keys(&self.accounts)?, keys(&self.budgets)?))
+    }
+
+    /// Every address with its holder, for `store migrate`.
+    pub fn ip_holders(&self) -> Result<Vec<(IpAddr, HostId)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.ip_holders.iter() {
+            let (k, v) = kv?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let ip = key.parse().map_err(|_| StoreError::Corrupt {
+                key: format!("ip_holders/{key}"),
+                detail: "not an address".into(),
+            })?;
+            out.push((ip, holder_of(&key, &v)?));
+        }
+        Ok(out)
+    }
+
     fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &str) -> Result<Option<T>, StoreError> {
         tree.get(key.as_bytes())?
             .map(|v| decode(key, &v))

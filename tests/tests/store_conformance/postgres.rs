@@ -205,3 +205,93 @@ fn tls_modes_refuse_a_server_without_tls() {
         );
     }
 }
+
+/// `store migrate`: a sled store with something of every kind, copied into PostgreSQL,
+/// reads back the same; a second copy into the now non-empty database is refused.
+#[test]
+fn a_sled_store_migrates_whole() {
+    use certfleet_coordinator::store::migrate::{sled_to_postgres, MigrateError};
+    let Some(b) = postgres("a_sled_store_migrates_whole") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sled = Arc::new(SledStore::open(&dir.path().join("db")).unwrap());
+    let h = HostId::generate();
+    sled.put_host(&host(&h, "web")).unwrap();
+    sled.put_token("t1", &token(100, 1)).unwrap();
+    let acct = AccountRecord {
+        directory: "https://ca.test/dir".into(),
+        account_id: "acct-1".into(),
+        created: 1,
+        credentials: serde_json::json!({"k": "v"}),
+    };
+    sled.put_account("le", &acct).unwrap();
+    let mut budget = Budget::new();
+    budget.record(&Event::OrderCreated, 5);
+    sled.put_budget("le", &budget).unwrap();
+    let certs: Vec<CertRecord> = (0..3)
+        .map(|i| cert(&h, Some(i * 10), Some("edge")))
+        .collect();
+    for c in &certs {
+        sled.put_cert(c).unwrap();
+    }
+    let ip: IpAddr = "192.0.2.1".parse().unwrap();
+    sled.claim_ip(ip, &h, None).unwrap();
+    let log = AuditLog::open(sled.clone()).unwrap();
+    for i in 0..20 {
+        log.append(
+            Kind::OrderCreated,
+            i,
+            Entry::by("coordinator")
+                .host(h.as_str())
+                .ips(&[ip])
+                .serial(format!("{i:02x}")),
+        )
+        .unwrap();
+    }
+    let pg = Arc::new(PgSyncStore::open(pg_options(&b.pg.as_ref().unwrap().1)).unwrap());
+    let report = sled_to_postgres(sled.clone(), pg.clone()).unwrap();
+    assert_eq!(
+        (
+            report.hosts,
+            report.certs,
+            report.tokens,
+            report.accounts,
+            report.budgets,
+            report.ip_holders,
+            report.audit_records
+        ),
+        (1, 3, 1, 1, 1, 1, 20)
+    );
+    assert_eq!(pg.account("le").unwrap().unwrap().account_id, "acct-1");
+    assert_eq!(pg.budget("le").unwrap(), Some(budget));
+    assert_eq!(pg.ip_holder(ip).unwrap(), Some(h.clone()));
+    assert_eq!(pg.certs_in_group("edge").unwrap().len(), 3);
+    let due = pg.due(10, 10).unwrap();
+    assert_eq!(due.len(), 2);
+    assert_eq!(due, sled.due(10, 10).unwrap(), "the schedule index rebuilt");
+    for seq in 0..20 {
+        assert_eq!(
+            pg.audit_record(seq).unwrap(),
+            sled.audit_record(seq).unwrap(),
+            "byte for byte"
+        );
+    }
+    let copied = AuditLog::open(pg.clone()).unwrap();
+    assert_eq!(copied.verify().unwrap(), None);
+    let by_serial = copied
+        .query(&Query {
+            serial: Some("0a".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        by_serial.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![10],
+        "indexes rebuilt"
+    );
+    assert!(matches!(
+        sled_to_postgres(sled, pg),
+        Err(MigrateError::NotEmpty(_))
+    ));
+}

@@ -16,6 +16,7 @@ use futures::future::BoxFuture;
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Rows per page of the lazy audit iterators.
@@ -33,6 +34,9 @@ fn stopped() -> StoreError {
 /// holding the pool and its connections; each call is sent there and waited for.
 pub struct PgSyncStore {
     store: PgStore,
+    /// A call with no answer by then is an error (a database that accepts connections but
+    /// never answers must not hang the engine): a few statements' worth.
+    call_timeout: Duration,
     jobs: Option<mpsc::UnboundedSender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -49,6 +53,7 @@ impl PgSyncStore {
     /// Starts the store's thread, connects and migrates there. Blocks the calling thread
     /// (call it from `spawn_blocking` or outside a runtime when that matters).
     pub fn open(opts: PgOptions) -> Result<Self, StoreError> {
+        let call_timeout = opts.statement_timeout * 3 + Duration::from_secs(5);
         let (jobs, mut rx) = mpsc::unbounded_channel::<Job>();
         let (opened_tx, opened_rx) = std_mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
@@ -92,6 +97,7 @@ impl PgSyncStore {
         let store = opened_rx.recv().map_err(|_| stopped())??;
         Ok(Self {
             store,
+            call_timeout,
             jobs: Some(jobs),
             thread: Some(thread),
         })
@@ -117,9 +123,20 @@ impl PgSyncStore {
         F: std::future::Future<Output = T> + Send + 'static,
     {
         let (tx, rx) = std_mpsc::sync_channel(1);
+        let limit = self.call_timeout;
         let job: Job = Box::new(move |store| {
             Box::pin(async move {
-                let _ = tx.send(f(store).await);
+                let target = store.target().to_owned();
+                let answer = tokio::time::timeout(limit, f(store)).await.map_err(|_| {
+                    StoreError::Io(
+                        format!(
+                            "PostgreSQL at {target} did not answer within {limit:?} \
+                             (statement_timeout x3 + 5s); is it overloaded or unreachable?"
+                        )
+                        .into(),
+                    )
+                });
+                let _ = tx.send(answer);
             })
         });
         self.jobs
@@ -127,7 +144,7 @@ impl PgSyncStore {
             .ok_or_else(stopped)?
             .send(job)
             .map_err(|_| stopped())?;
-        rx.recv().map_err(|_| stopped())
+        rx.recv().map_err(|_| stopped())?
     }
 
     /// A lazy iterator over pages fetched on the store's runtime.

@@ -107,7 +107,8 @@ impl PgStore {
             .await
             .map_err(|e| db_error("taking the migration lock", e))?;
         tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS certfleet_schema (
+            "SET LOCAL client_min_messages = warning;
+            CREATE TABLE IF NOT EXISTS certfleet_schema (
                 version    bigint PRIMARY KEY,
                 applied_at timestamptz NOT NULL DEFAULT now()
             )",
