@@ -203,6 +203,35 @@ impl PostgresServer {
         Ok(())
     }
 
+    /// Turns TLS on (without a restart): the server presents `cert_pem` (its chain) with
+    /// `key_pem`. Plain connections stay allowed, so a client's TLS mode decides.
+    pub fn enable_tls(&self, cert_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let (cert, key) = (
+            self.data().join("server.crt"),
+            self.data().join("server.key"),
+        );
+        std::fs::write(&cert, cert_pem)?;
+        std::fs::write(&key, key_pem)?;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+        if nix::unistd::Uid::effective().is_root() {
+            let user = nix::unistd::User::from_name("postgres")?.context("no `postgres` user")?;
+            for f in [&cert, &key] {
+                nix::unistd::chown(f, Some(user.uid), Some(user.gid))?;
+            }
+        }
+        self.psql("postgres", "ALTER SYSTEM SET ssl = on")?;
+        self.psql("postgres", "SELECT pg_reload_conf()")?;
+        // The reload is asynchronous: wait until new sessions see it.
+        for _ in 0..50 {
+            if self.psql("postgres", "SHOW ssl")?.trim() == "on" {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        anyhow::bail!("ssl did not turn on; server log:\n{}", self.logs())
+    }
+
     /// Runs SQL as the superuser in `db` (psql, stops at the first error).
     pub fn psql(&self, db: &str, sql: &str) -> anyhow::Result<String> {
         self.tool(

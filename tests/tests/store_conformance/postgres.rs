@@ -295,3 +295,57 @@ fn a_sled_store_migrates_whole() {
         Err(MigrateError::NotEmpty(_))
     ));
 }
+
+/// With TLS on the server: `verify-full` connects only when the certificate chains to
+/// `ca_file` and names the URL's host; `require` connects to any; the session is TLS.
+#[test]
+fn verify_full_checks_the_servers_certificate() {
+    use certfleet_tests::webserver::TestPki;
+    let Some(b) = postgres("verify_full_checks_the_servers_certificate") else {
+        return;
+    };
+    let (server, url) = b.pg.as_ref().unwrap();
+    let local: IpAddr = "127.0.0.1".parse().unwrap();
+    let pki = TestPki::generate("postgres", &[local]).unwrap();
+    server
+        .enable_tls(&pki.fullchain_pem(), &pki.key_pem)
+        .unwrap();
+    let with = |tls, ca: Vec<_>| PgOptions {
+        tls,
+        ca_certs: ca,
+        ..pg_options(url)
+    };
+    let s = PgSyncStore::open(with(PgTls::VerifyFull, vec![pki.ca_der.clone()])).unwrap();
+    let h = HostId::generate();
+    s.put_host(&host(&h, "tls")).unwrap();
+    let tls_sessions = server
+        .psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid)
+             WHERE application_name = 'certfleet-coordinator' AND ssl",
+        )
+        .unwrap();
+    assert_ne!(tls_sessions.trim(), "0", "the pool's session is TLS");
+    drop(s);
+    let other = TestPki::generate("other", &[local]).unwrap();
+    let err = PgSyncStore::open(with(PgTls::VerifyFull, vec![other.ca_der.clone()]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("certificate") || err.contains("Certificate"),
+        "{err}"
+    );
+    // Right CA, wrong name: the certificate is for 127.0.0.2.
+    let misnamed = TestPki::generate("postgres", &["127.0.0.2".parse().unwrap()]).unwrap();
+    server
+        .enable_tls(&misnamed.fullchain_pem(), &misnamed.key_pem)
+        .unwrap();
+    server.psql("postgres", "SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let err = PgSyncStore::open(with(PgTls::VerifyFull, vec![misnamed.ca_der.clone()]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not valid for name"), "{err}");
+    let s = PgSyncStore::open(with(PgTls::Require, vec![])).unwrap();
+    assert_eq!(s.host(&h).unwrap().unwrap().hostname, "tls");
+}
