@@ -103,7 +103,7 @@ impl PgSyncStore {
         })
     }
 
-    /// The async store, for code that runs on the store's own runtime (none yet).
+    /// `host:port/database` of the store, for logs (no user, no password).
     pub fn target(&self) -> &str {
         self.store.target()
     }
