@@ -4,7 +4,7 @@
 # coordinator and agent binaries) from tests/tests/e2e.
 #
 # As root on Debian: installs what is missing (pebble, nginx and its stream module,
-# apache2, iproute2, python3-venv, knot, knot-dnsutils, unbound), builds the binaries the e2e tests
+# apache2, iproute2, python3-venv, knot, knot-dnsutils, unbound, postgresql), builds the binaries the e2e tests
 # drive, runs the tests. Exits non-zero on any failure. Multi-host tests (network
 # namespaces) must not skip here: CERTFLEET_REQUIRE_NETNS=1 turns "namespaces
 # unavailable" into a failure.
@@ -39,6 +39,10 @@ fi
 # unbound: the recursive resolver the CNAME-delegation test puts in front of knot (the CA
 # must follow _acme-challenge's CNAME into another zone, which knot does not chase).
 command -v unbound >/dev/null || [[ -x /usr/sbin/unbound ]] || missing+=(unbound)
+# PostgreSQL: the store conformance suite (tests/tests/store_conformance) runs a private
+# server per test (initdb in a temp dir as the `postgres` user, its own port and socket
+# dir). A packaged cluster on 5432 is left alone: the tests never use it or its port.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 # acme2certifier (the second ACME server, for ARI and profiles) and moto (the Route53 mock
 # the DNS provider tests use) run from venvs the harness creates on first use (from PyPI,
 # cached in /var/cache/certfleet-tests).
@@ -72,8 +76,10 @@ if [[ -f /var/run/apache2/apache2.pid ]] && command -v apache2ctl >/dev/null; th
     apache2ctl stop >/dev/null 2>&1 || true
 fi
 
-# Running as root: the multi-host tests must run, never skip silently.
+# Running as root: the multi-host tests must run, never skip silently; so must the
+# PostgreSQL half of the store conformance suite.
 export CERTFLEET_REQUIRE_NETNS=1
+export CERTFLEET_REQUIRE_POSTGRES=1
 # The chaos tests draw their kill moments from a seed: fixed here so a CI run can be
 # replayed exactly; tests/chaos.sh runs many random seeds (long mode).
 export CERTFLEET_CHAOS_SEED=${CERTFLEET_CHAOS_SEED:-20261201}
@@ -98,6 +104,7 @@ else
     cargo test --workspace --exclude certfleet-tests "$@"
     cargo test -p certfleet-tests --lib --bins "$@"
     cargo test -p certfleet-tests --test dns_providers "$@"
+    cargo test -p certfleet-tests --test store_conformance "$@"
     echo "==> end-to-end tests (cargo test, ${e2e_threads} at a time)"
     cargo test -p certfleet-tests --test e2e -- --test-threads "${e2e_threads}" "$@"
 fi

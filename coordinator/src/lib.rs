@@ -6,8 +6,8 @@
 //! ## Layout
 //! - [`config`] — strict TOML config, env overrides, `validate()`.
 //! - [`fleet_ca`] — state directory, fleet CA, server/operator certificates, agent identities.
-//! - [`store`] — the `Store` and `AuditStore` traits and their sled engine: accounts, tokens,
-//!   hosts, certificates, the audit trail's records and indexes.
+//! - [`store`] — the `Store` and `AuditStore` traits and their engines (sled, PostgreSQL):
+//!   accounts, tokens, hosts, certificates, the audit trail's records and indexes.
 //! - [`tokens`] — join token generation (stored only as hashes).
 //! - [`audit`] — the hash-chained, append-only audit trail and its indexed queries.
 //! - [`acme`] — ACME issuers (the only code that talks to a CA).
@@ -82,23 +82,47 @@ pub struct Deps {
 }
 
 impl Deps {
-    /// The production set: the system clock, the sled store in the state directory (with
-    /// its audit log), and the configured listeners, bound now.
+    /// The production set: the system clock, the configured store (`[store]`: sled in the
+    /// state directory, or PostgreSQL) with its audit log, and the configured listeners,
+    /// bound now.
     pub async fn open(config: &config::Config) -> anyhow::Result<Self> {
         let dir = fleet_ca::StateDir::new(&config.state_dir);
         // Not before `init`: opening the store would create the directory `init` makes.
         if !dir.ca_key().exists() {
             return Err(fleet_ca::CaError::NotInitialised(dir.root.clone()).into());
         }
-        let store_path = dir.store();
-        let sled_store = Arc::new(store::SledStore::open(&store_path).with_context(|| {
-            format!(
-                "opening the store at {} (is another coordinator running?)",
-                store_path.display()
-            )
-        })?);
-        let audit =
-            Arc::new(audit::AuditLog::open(sled_store.clone()).context("opening the audit log")?);
+        let (store, audit_store): (Arc<dyn store::Store>, Arc<dyn store::AuditStore>) =
+            match config.store.backend {
+                config::StoreBackend::Sled => {
+                    let store_path = dir.store();
+                    let sled_store =
+                        Arc::new(store::SledStore::open(&store_path).with_context(|| {
+                            format!(
+                                "opening the store at {} (is another coordinator running?)",
+                                store_path.display()
+                            )
+                        })?);
+                    tracing::info!(backend = "sled", path = %store_path.display(), "store opened");
+                    (sled_store.clone(), sled_store)
+                }
+                config::StoreBackend::Postgres => {
+                    let opts = config.store.pg_options().map_err(anyhow::Error::msg)?;
+                    // Connecting and migrating block: not on this runtime's worker.
+                    let pg = tokio::task::spawn_blocking(move || store::PgSyncStore::open(opts))
+                        .await
+                        .context("opening the PostgreSQL store")?
+                        .context("opening the PostgreSQL store ([store] in the config)")?;
+                    tracing::info!(
+                        backend = "postgres",
+                        database = pg.target(),
+                        schema = store::pg::SCHEMA_VERSION,
+                        "store opened"
+                    );
+                    let pg = Arc::new(pg);
+                    (pg.clone(), pg)
+                }
+            };
+        let audit = Arc::new(audit::AuditLog::open(audit_store).context("opening the audit log")?);
         let metrics_listener = match config.metrics.listen {
             Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
                 format!("cannot listen on {addr} for metrics ([metrics] listen)")
@@ -110,7 +134,7 @@ impl Deps {
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         Ok(Self {
             clock: Arc::new(SystemClock),
-            store: sled_store,
+            store,
             audit,
             listener,
             metrics_listener,

@@ -2,6 +2,7 @@
 //! then calls the library.
 
 use anyhow::Context;
+use certfleet_coordinator::config::{StoreBackend, StoreConfig};
 use certfleet_coordinator::{cli, config::Config, fleet_ca, node};
 use certfleet_shared::clock::{Clock, SystemClock};
 use clap::{Parser, Subcommand};
@@ -104,6 +105,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The store itself (run with the coordinator stopped).
+    Store {
+        #[command(subcommand)]
+        cmd: StoreCmd,
+    },
     /// List certificates, or act on them.
     Certs {
         #[arg(long)]
@@ -158,6 +164,26 @@ enum TokensCmd {
     },
     /// Revoke a token by its id (at least 8 hex digits, from `tokens list`).
     Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum StoreCmd {
+    /// Copy this coordinator's sled store (audit trail included) into an empty PostgreSQL
+    /// database and verify the copy; then set `[store] backend = "postgres"`.
+    Migrate {
+        /// postgres://user@host:port/db (a URL with a password: use --to-file).
+        #[arg(long, required_unless_present = "to_file", conflicts_with = "to_file")]
+        to: Option<String>,
+        /// A file (0600) holding the URL.
+        #[arg(long)]
+        to_file: Option<PathBuf>,
+        /// TLS to the database: disable, require or verify-full.
+        #[arg(long, default_value = "verify-full")]
+        tls: String,
+        /// Roots for verify-full (PEM); default the system's.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -305,6 +331,43 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
             serve.await?;
+        }
+        Cmd::Store {
+            cmd:
+                StoreCmd::Migrate {
+                    to,
+                    to_file,
+                    tls,
+                    ca_file,
+                },
+        } => {
+            if let Some(url) = &to {
+                let has_password = url
+                    .parse::<tokio_postgres::Config>()
+                    .is_ok_and(|c| c.get_password().is_some());
+                anyhow::ensure!(
+                    !has_password,
+                    "--to holds a password, which every user can see in the process list; \
+                     put the URL in a file only you can read (chmod 600) and pass --to-file"
+                );
+            }
+            let target = StoreConfig {
+                backend: StoreBackend::Postgres,
+                url: to,
+                url_file: to_file,
+                tls: toml::Value::String(tls).try_into().map_err(|_| {
+                    anyhow::anyhow!("--tls must be disable, require or verify-full")
+                })?,
+                ca_file,
+                ..StoreConfig::default()
+            };
+            let opts = target.pg_options().map_err(anyhow::Error::msg)?;
+            let report = tokio::task::spawn_blocking(move || {
+                certfleet_coordinator::store::migrate::sled_to_postgres_at(&config, opts)
+            })
+            .await??;
+            println!("copied {report}");
+            println!("now set [store] backend = \"postgres\" (with url_file or url_env) and start the coordinator");
         }
         Cmd::Token {
             cmd: TokenCmd::Create { ttl, uses },

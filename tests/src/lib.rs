@@ -21,6 +21,9 @@
 //!   with the check and reload commands to give the agent.
 //! - [`net`] — free ports and per-host addresses: a random `127.X.Y.Z` and an IPv6 address
 //!   added to `lo` by [`net::Ipv6Guard`] and removed on drop.
+//! - [`postgres`] — [`postgres::PostgresServer`]: a private PostgreSQL server (initdb in a
+//!   temp dir, its own port), a database per test, stopped by a guard; `SKIPPED:` where it
+//!   is not installed (a failure with `CERTFLEET_REQUIRE_POSTGRES=1`).
 //! - [`pebble`] — [`Pebble`]: its own listener CA (rcgen), config, process, readiness.
 //! - [`tlsutil`] — rustls client configs, PEM helpers, a tiny HTTPS GET, and what a TLS
 //!   server serves ([`tlsutil::served_leaf`], [`tlsutil::served_chain_verifies`]).
@@ -61,6 +64,7 @@ pub mod net;
 pub mod netns;
 pub mod pebble;
 pub mod pki;
+pub mod postgres;
 pub mod process;
 pub mod resolver;
 pub mod tlsalpn01;

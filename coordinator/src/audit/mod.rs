@@ -305,15 +305,24 @@ pub struct AuditLog {
     head: Mutex<(u64, String)>,
 }
 
+/// How often an append re-reads the head after another writer appended first before it
+/// gives up (each retry means another writer succeeded, so the log moves on meanwhile).
+const APPEND_RETRIES: usize = 64;
+
+/// (next seq, hash of the last record) as stored now.
+fn read_head(store: &dyn AuditStore) -> Result<(u64, String), AuditError> {
+    Ok(match store.last_audit_record()? {
+        Some(last) => {
+            let r = parse_record(u64::MAX, &last.json)?;
+            (r.seq + 1, r.hash)
+        }
+        None => (0, String::new()),
+    })
+}
+
 impl AuditLog {
     pub fn open(store: Arc<dyn AuditStore>) -> Result<Self, AuditError> {
-        let head = match store.last_audit_record()? {
-            Some(last) => {
-                let r = parse_record(u64::MAX, &last.json)?;
-                (r.seq + 1, r.hash)
-            }
-            None => (0, String::new()),
-        };
+        let head = read_head(store.as_ref())?;
         Ok(Self {
             store,
             head: Mutex::new(head),
@@ -341,6 +350,11 @@ impl AuditLog {
         Ok(self.store.flush_audit()?)
     }
 
+    /// Seals the entry onto the cached head and stores it. The cache is only a guess when
+    /// other processes append to the same store (several coordinators on one database):
+    /// the store refuses a record that does not extend its head
+    /// ([`StoreError::AuditConflict`]), and the entry is sealed again onto the head read
+    /// back — so every writer's records join one chain in one total order.
     fn seal_and_store(
         &self,
         kind: Kind,
@@ -349,39 +363,55 @@ impl AuditLog {
         durable: bool,
     ) -> Result<Record, AuditError> {
         let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
-        let seq = head.0;
-        let hash = seal(seq, time, kind, &entry, &head.1);
-        let rec = Record {
-            seq,
-            time,
-            kind,
-            entry,
-            prev: head.1.clone(),
-            hash: hash.clone(),
-        };
-        let json = serde_json::to_string(&rec).map_err(|e| AuditError::Corrupt {
-            seq,
-            detail: e.to_string(),
-        })?;
-        let ips: Vec<[u8; 16]> = rec.entry.identifiers.iter().map(|ip| ip_key(*ip)).collect();
-        let row = AuditRow {
-            seq,
-            json: &json,
-            host_id: rec.entry.host_id.as_deref(),
-            ips: &ips,
-            serial: rec.entry.serial.as_deref(),
-        };
-        // The store writes the record and its index entries together or not at all, so an
-        // indexed query never misses a record.
-        if durable {
-            self.store.append_audit(&row)?;
-        } else {
-            self.store.append_audit_unflushed(&row)?;
+        let ips: Vec<[u8; 16]> = entry.identifiers.iter().map(|ip| ip_key(*ip)).collect();
+        let mut attempt = 0;
+        loop {
+            let seq = head.0;
+            let hash = seal(seq, time, kind, &entry, &head.1);
+            let rec = Record {
+                seq,
+                time,
+                kind,
+                entry: entry.clone(),
+                prev: head.1.clone(),
+                hash: hash.clone(),
+            };
+            let json = serde_json::to_string(&rec).map_err(|e| AuditError::Corrupt {
+                seq,
+                detail: e.to_string(),
+            })?;
+            let row = AuditRow {
+                seq,
+                json: &json,
+                prev: &rec.prev,
+                hash: &rec.hash,
+                host_id: rec.entry.host_id.as_deref(),
+                ips: &ips,
+                serial: rec.entry.serial.as_deref(),
+            };
+            // The store writes the record and its index entries together or not at all, so
+            // an indexed query never misses a record.
+            let stored = if durable {
+                self.store.append_audit(&row)
+            } else {
+                self.store.append_audit_unflushed(&row)
+            };
+            match stored {
+                Ok(()) => {
+                    *head = (seq + 1, hash);
+                    return Ok(rec);
+                }
+                Err(StoreError::AuditConflict { .. }) if attempt < APPEND_RETRIES => {
+                    attempt += 1;
+                    *head = read_head(self.store.as_ref())?;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        *head = (seq + 1, hash);
-        Ok(rec)
     }
 
+    /// The number of records as this log last saw them (other writers on the same store
+    /// may have appended since).
     pub fn len(&self) -> u64 {
         self.head.lock().unwrap_or_else(|p| p.into_inner()).0
     }
@@ -480,6 +510,44 @@ impl AuditLog {
             }
         }
         Ok(out)
+    }
+
+    /// Copies every record, byte for byte and with its index entries, into `target` (an
+    /// empty store: `store migrate`); returns how many. The records are re-indexed from
+    /// their own fields, so the copy answers the same queries. A record that no longer
+    /// parses stops the copy (`verify()` first says where).
+    pub fn copy_to(&self, target: &dyn AuditStore) -> Result<u64, AuditError> {
+        let mut n = 0;
+        for stored in self.store.audit_records_from(0) {
+            let stored = stored?;
+            let rec = parse_record(stored.seq, &stored.json)?;
+            let json = std::str::from_utf8(&stored.json).map_err(|e| AuditError::Corrupt {
+                seq: stored.seq,
+                detail: e.to_string(),
+            })?;
+            let ips: Vec<[u8; 16]> = rec.entry.identifiers.iter().map(|ip| ip_key(*ip)).collect();
+            target.append_audit_unflushed(&AuditRow {
+                seq: rec.seq,
+                json,
+                prev: &rec.prev,
+                hash: &rec.hash,
+                host_id: rec.entry.host_id.as_deref(),
+                ips: &ips,
+                serial: rec.entry.serial.as_deref(),
+            })?;
+            n += 1;
+        }
+        target.flush_audit()?;
+        Ok(n)
+    }
+
+    /// The hash of the newest record ("" when empty), as this log last saw it.
+    pub fn head_hash(&self) -> String {
+        self.head
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
     }
 
     /// Walks the whole chain; `Ok(None)` when every link holds.

@@ -296,3 +296,43 @@ fn queries_use_host_cidr_serial_kind_and_time() {
     assert!(parse_network("10.0.0.0/33").is_err());
     assert!(parse_network("nope").is_err());
 }
+
+/// Two logs on one store (as two coordinators on one database): each log's cached head is
+/// stale after the other appends; the store refuses the stale record and the log seals it
+/// again onto the real head, so the records form one chain in one order.
+#[test]
+fn two_logs_on_one_store_keep_one_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, a) = open(&dir);
+    let b = AuditLog::open(store.clone()).unwrap();
+    let mut seqs = Vec::new();
+    for i in 0..5 {
+        seqs.push(a.append(Kind::OrderCreated, i, Entry::by("a")).unwrap().seq);
+        seqs.push(b.append(Kind::OrderCreated, i, Entry::by("b")).unwrap().seq);
+    }
+    assert_eq!(
+        seqs,
+        (0..10).collect::<Vec<u64>>(),
+        "no record replaced another"
+    );
+    assert_eq!(a.verify().unwrap(), None);
+    let all = a.query(&Query::default()).unwrap();
+    assert_eq!(all.len(), 10);
+    let actors: Vec<&str> = all.iter().map(|r| r.entry.actor.as_str()).collect();
+    assert_eq!(actors.iter().filter(|a| **a == "b").count(), 5);
+    // A record already stored is never replaced.
+    let row = AuditRow {
+        seq: 3,
+        json: "{}",
+        prev: "",
+        hash: "",
+        host_id: None,
+        ips: &[],
+        serial: None,
+    };
+    assert!(matches!(
+        store.append_audit(&row),
+        Err(StoreError::AuditConflict { seq: 3 })
+    ));
+    assert_eq!(a.verify().unwrap(), None);
+}

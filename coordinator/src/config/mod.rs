@@ -23,6 +23,8 @@ mod dns;
 pub use dns::{
     parse_nameserver, validate_providers, DnsProviderConfig, DnsProviderKind, TsigAlgorithmName,
 };
+mod store;
+pub use store::{StoreBackend, StoreConfig};
 mod policy;
 pub use policy::{
     in_some_zone, CertificateConfig, ChallengeKind, IpSelection, NameTemplate, PolicyConfig,
@@ -48,6 +50,10 @@ pub struct Config {
     /// Who writes DNS-01 TXT records, per zone (`config/dns.rs`).
     #[serde(rename = "dns_provider", default)]
     pub dns_providers: Vec<DnsProviderConfig>,
+    /// Where the state lives: sled in `state_dir` (default) or PostgreSQL
+    /// (`config/store.rs`).
+    #[serde(default)]
+    pub store: StoreConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -412,6 +418,7 @@ impl Config {
                 self.server.identity_lifetime_secs
             ));
         }
+        self.store.validate()?;
         if !self.state_dir.is_absolute() {
             return Err(format!(
                 "state_dir {:?} must be an absolute path",

@@ -28,7 +28,7 @@ mod exec;
 mod query;
 mod rfc2136;
 mod route53;
-mod secret;
+pub(crate) mod secret;
 
 pub use error::{DnsError, DnsErrorKind};
 

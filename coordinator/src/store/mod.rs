@@ -11,8 +11,11 @@
 //!
 //! This module owns *what is stored*; it never talks to a CA or an agent.
 
+pub mod migrate;
+pub mod pg;
 mod sled;
 
+pub use self::pg::{PgOptions, PgStore, PgSyncStore, PgTls};
 pub use self::sled::SledStore;
 
 use crate::model::{CertRecord, HostRecord};
@@ -34,6 +37,17 @@ pub enum StoreError {
     /// over: nothing was written.
     #[error("the lease on certificate {cert} is no longer held by {holder} (it expired or another coordinator took it); nothing was written")]
     LeaseLost { cert: String, holder: String },
+    /// Another writer stored audit record `seq` first (or the record no longer extends the
+    /// head): the audit log re-reads the head and seals the record again.
+    #[error("audit record {seq} was appended by another writer first")]
+    AuditConflict { seq: u64 },
+    /// The database was migrated by a newer coordinator.
+    #[error(
+        "the database schema is version {found}, newer than this coordinator knows \
+         (version {known}): a newer certfleet-coordinator migrated it; run that version or a \
+         later one"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
 }
 
 /// The right to work on one certificate, until `until` (unix seconds on the store's
@@ -179,6 +193,11 @@ pub struct AuditRow<'a> {
     pub seq: u64,
     /// The sealed record, as JSON text.
     pub json: &'a str,
+    /// The hash of the record it extends ("" for the first): a backend may refuse a row
+    /// that does not extend its current head ([`StoreError::AuditConflict`]).
+    pub prev: &'a str,
+    /// This record's hash.
+    pub hash: &'a str,
     /// Index by host (exact match).
     pub host_id: Option<&'a str>,
     /// Index by address: each identifier as 16 bytes (IPv4 as IPv4-mapped IPv6), so an
@@ -209,7 +228,10 @@ pub type AuditRecordIter<'a> = Box<dyn Iterator<Item = Result<StoredAuditRecord,
 /// the JSON as text, plus one index table per lookup, is enough to implement it.
 pub trait AuditStore: Send + Sync + 'static {
     /// Stores the record and its index entries atomically (all or nothing, so an indexed
-    /// query never misses a record); durable when it returns.
+    /// query never misses a record); durable when it returns. A record already stored
+    /// under `row.seq` is never replaced: that is [`StoreError::AuditConflict`] (another
+    /// writer got there first), as is, where the backend checks it, a `prev` that is not
+    /// the hash of record `seq - 1`.
     fn append_audit(&self, row: &AuditRow<'_>) -> Result<(), StoreError>;
     /// [`AuditStore::append_audit`] without making it durable, for bulk loads that call
     /// [`AuditStore::flush_audit`] once at the end.
