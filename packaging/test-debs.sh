@@ -103,6 +103,7 @@ expect_eq "$(mode_of /var/lib/certfleet-agent)" "700 root root" "agent state dir
 expect_eq "$(mode_of /etc/certfleet/coordinator.toml)" "640 root certfleet" "coordinator config"
 expect_eq "$(mode_of /etc/certfleet/agent.toml)" "644 root root" "agent config"
 for p in coordinator agent; do
+    # shellcheck disable=SC2016 # dpkg-query's own ${field} syntax
     in_root dpkg-query -W -f '${Conffiles}\n' "certfleet-$p" | grep -q "/etc/certfleet/$p.toml" ||
         fail "/etc/certfleet/$p.toml is not a conffile of certfleet-$p"
     unit=/usr/lib/systemd/system/certfleet-$p.service
@@ -143,7 +144,7 @@ sed -i -e 's/^names = \["certfleet.example.net"\]/names = ["coordinator.fleet.te
     -e 's/ops@example.net/pki@fleet.test/g' "$root/etc/certfleet/coordinator.toml"
 grep -q 'coordinator.fleet.test' "$root/etc/certfleet/coordinator.toml" || fail "README edit did not apply"
 init_out=$(in_root runuser -u certfleet -- certfleet-coordinator --config /etc/certfleet/coordinator.toml init)
-echo "$init_out" | sed 's/^/    /'
+printf '    %s\n' "${init_out//$'\n'/$'\n'    }"
 fp=$(sed -n 's/^ca-sha256: //p' <<<"$init_out")
 [[ ${#fp} -eq 64 ]] || fail "init printed no ca-sha256"
 expect_eq "$(in_root runuser -u certfleet -- certfleet-coordinator ca-fingerprint)" "$fp" "ca-fingerprint"
@@ -166,6 +167,7 @@ echo "==> dpkg -r"
 in_root dpkg -r certfleet-agent certfleet-coordinator >/dev/null
 for p in coordinator agent; do
     [[ ! -e $root/usr/bin/certfleet-$p ]] || fail "dpkg -r left /usr/bin/certfleet-$p"
+    # shellcheck disable=SC2016 # dpkg-query's own ${field} syntax
     expect_eq "$(in_root dpkg-query -W -f '${Status}' "certfleet-$p")" "deinstall ok config-files" "certfleet-$p after -r"
     [[ -f $root/etc/certfleet/$p.toml ]] || fail "dpkg -r removed the conffile $p.toml"
     [[ -d $root/var/lib/certfleet-$p ]] || fail "dpkg -r removed /var/lib/certfleet-$p"
