@@ -76,7 +76,8 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
+    // `Args::parse()`, plus the hidden `generate-assets` (completions, man pages).
+    let args = certfleet_shared::cli_assets::parse::<Args>();
     if let Err(e) = certfleet_shared::daemon::init_tracing(
         &args.log_format,
         "info,h2=warn,hyper=warn,tower=warn",
@@ -156,7 +157,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             // No task for the signal: it is awaited here, beside the daemon.
             tokio::select! {
                 r = &mut run => return r,
-                _ = certfleet_shared::daemon::wait_for_signal() => shutdown.cancel(),
+                _ = certfleet_shared::daemon::wait_for_signal() => {
+                    certfleet_shared::daemon::notify_systemd(certfleet_shared::daemon::Notify::Stopping);
+                    shutdown.cancel();
+                }
             }
             run.await?;
         }

@@ -268,13 +268,26 @@ impl Agent {
                 anyhow::anyhow!("cannot listen on {addr} for metrics ([metrics] listen): {e}")
             })?;
             let agent = self.clone();
+            let session = self.metrics.clone();
             tasks.spawn(certfleet_shared::metrics_http::serve(
                 listener,
                 move || agent.metrics.render(&agent.targets),
+                move || match session.session_connected.get() {
+                    1 => Ok("session with the coordinator established".into()),
+                    _ => Err(
+                        "no session with the coordinator (connecting; see the agent's log)".into(),
+                    ),
+                },
                 stop.clone(),
             ));
-            tracing::info!(listen = %addr, "metrics on /metrics");
+            tracing::info!(listen = %addr, "metrics on /metrics, /healthz, /readyz");
         }
+        // Identity loaded, interrupted installs settled, challenge responders and metrics
+        // listening: the agent runs. Readiness does not wait for the coordinator (an outage
+        // there must not fail the agent's start); `/readyz` and STATUS= tell the session.
+        certfleet_shared::daemon::notify_systemd(certfleet_shared::daemon::Notify::Ready(
+            &format!("running; connecting to {}", urls.join(", ")),
+        ));
         let shutdown = stop;
         let mut failover = Failover::random();
         while !shutdown.is_cancelled() {
@@ -313,7 +326,12 @@ impl Agent {
                     "session closed by the coordinator; reconnecting (next coordinator)"
                 ),
                 Err(e) => {
-                    tracing::warn!(coordinator = %shown, error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "session failed; reconnecting (next coordinator)")
+                    tracing::warn!(coordinator = %shown, error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "session failed; reconnecting (next coordinator)");
+                    certfleet_shared::daemon::notify_systemd(
+                        certfleet_shared::daemon::Notify::Status(
+                            "no session; reconnecting (see the log)",
+                        ),
+                    );
                 }
             }
             self.write_status(
@@ -410,6 +428,9 @@ impl Agent {
         tracing::info!(coordinator = %at, "session established");
         *lock(&self.current) = Some(at.clone());
         self.write_status(Some(at), true, None);
+        certfleet_shared::daemon::notify_systemd(certfleet_shared::daemon::Notify::Status(
+            &format!("session with {at} established"),
+        ));
         self.metrics.session_connected.set(1);
         let _connected = Connected(self.metrics.clone());
         while let Some(msg) = inbound

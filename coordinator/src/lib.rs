@@ -143,6 +143,22 @@ impl Deps {
     }
 }
 
+/// `/readyz`: the store answers a read (the next-action index) and the gRPC server runs.
+fn readiness(
+    store: Arc<dyn store::Store>,
+    serving: Arc<std::sync::atomic::AtomicBool>,
+) -> impl Fn() -> certfleet_shared::metrics_http::Readiness + Send + Sync + 'static {
+    move || {
+        if !serving.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("the gRPC server is not serving (starting or stopping)".into());
+        }
+        match store.next_due() {
+            Ok(_) => Ok("serving; store readable".into()),
+            Err(e) => Err(format!("store unreadable: {e}")),
+        }
+    }
+}
+
 /// Runs the coordinator on `deps` until `shutdown` is cancelled, then drains: connections
 /// and every task on `deps.tasks` get [`DRAIN`] each.
 pub async fn serve(
@@ -202,8 +218,11 @@ pub async fn serve(
         .client_auth_optional(true)
         .timeout(Duration::from_secs(10));
 
+    // Set once the gRPC server runs, cleared when stopping: half of `/readyz`.
+    let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(listener) = metrics_listener {
         let addr = listener.local_addr().context("the metrics listener")?;
+        let ready = readiness(store.clone(), serving.clone());
         let (store, sessions, engine, metrics) = (
             store.clone(),
             sessions.clone(),
@@ -220,8 +239,8 @@ pub async fn serve(
                 )
                 .map_err(|e| e.to_string())
         };
-        tracker.spawn(metrics::serve(listener, render, shutdown.clone()));
-        tracing::info!(listen = %addr, "metrics on /metrics");
+        tracker.spawn(metrics::serve(listener, render, ready, shutdown.clone()));
+        tracing::info!(listen = %addr, "metrics on /metrics, /healthz, /readyz");
     }
 
     let addr = listener.local_addr().context("the gRPC listener")?;
@@ -248,11 +267,21 @@ pub async fn serve(
 
     let stop = shutdown.clone();
     let sessions_for_stop = sessions.clone();
+    let serving_for_stop = serving.clone();
     let server = router.serve_with_incoming_shutdown(incoming, async move {
         stop.cancelled().await;
+        serving_for_stop.store(false, std::sync::atomic::Ordering::SeqCst);
         sessions_for_stop.close_all();
     });
     tokio::pin!(server);
+    // The listener is bound (connections queue from here on), the engine is started and
+    // the server is polled from the next line on: ready for systemd and `/readyz`.
+    if !shutdown.is_cancelled() {
+        serving.store(true, std::sync::atomic::Ordering::SeqCst);
+        certfleet_shared::daemon::notify_systemd(certfleet_shared::daemon::Notify::Ready(
+            &format!("serving on {addr}"),
+        ));
+    }
     tokio::select! {
         r = &mut server => r.context("gRPC server failed")?,
         _ = async { shutdown.cancelled().await; tokio::time::sleep(DRAIN).await } => {

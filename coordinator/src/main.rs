@@ -226,7 +226,8 @@ enum TokenCmd {
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
+    // `Args::parse()`, plus the hidden `generate-assets` (completions, man pages).
+    let args = certfleet_shared::cli_assets::parse::<Args>();
     if let Err(e) = certfleet_shared::daemon::init_tracing(
         &args.log_format,
         "info,h2=warn,hyper=warn,tower=warn,sled=warn",
@@ -327,6 +328,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 r = &mut serve => return r,
                 _ = certfleet_shared::daemon::wait_for_signal() => {
                     tracing::info!("stopping");
+                    certfleet_shared::daemon::notify_systemd(certfleet_shared::daemon::Notify::Stopping);
                     shutdown.cancel();
                 }
             }

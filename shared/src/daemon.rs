@@ -1,5 +1,6 @@
-//! What both daemons' thin `main`s share: logging set-up, waiting for a stop signal, and
-//! the one line a failed command prints.
+//! What both daemons' thin `main`s share: logging set-up, waiting for a stop signal,
+//! systemd notifications (readiness, status, stopping), and the one line a failed command
+//! prints.
 
 use std::io::IsTerminal;
 
@@ -33,6 +34,31 @@ pub async fn wait_for_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+/// What a daemon tells systemd (`Type=notify`) over `$NOTIFY_SOCKET`; nothing without it.
+/// A failure to tell is logged, never fatal: the daemon works the same without systemd.
+#[derive(Clone, Copy, Debug)]
+pub enum Notify<'a> {
+    /// READY=1 with a STATUS= line: the daemon really serves now.
+    Ready(&'a str),
+    /// STATUS= only: what the daemon is doing, shown by `systemctl status`.
+    Status(&'a str),
+    /// STOPPING=1: shutdown has begun.
+    Stopping,
+}
+
+pub fn notify_systemd(what: Notify<'_>) {
+    use sd_notify::NotifyState;
+    let states = match what {
+        Notify::Ready(status) => vec![NotifyState::Ready, NotifyState::Status(status)],
+        Notify::Status(status) => vec![NotifyState::Status(status)],
+        Notify::Stopping => vec![NotifyState::Stopping],
+    };
+    // The variable stays set: unsetting the environment is unsound while other threads run.
+    if let Err(e) = sd_notify::notify(false, &states) {
+        tracing::warn!(error = %e, socket = ?std::env::var_os("NOTIFY_SOCKET"), "cannot notify systemd ({what:?})");
     }
 }
 

@@ -13,18 +13,20 @@
 //!   observe-only config for checking which certificate a server presents).
 //! - [`transport`] — a tonic `Channel` over our own rustls config.
 //! - [`configenv`] — environment overrides for TOML config (`PREFIX_SECTION__KEY`).
-//! - [`daemon`] — logging set-up and stop signals for the binaries.
+//! - [`daemon`] — logging set-up, stop signals and systemd notifications for the binaries.
+//! - [`cli_assets`] — shell completions and man pages from the binaries' clap definitions.
 //! - [`clock`] — the `Clock` every time decision goes through.
 //! - [`backoff`] — jittered exponential backoff.
 //! - [`renewal`] — when to renew: ARI window or lifetime fraction, with jitter; expiry risk.
 //! - [`ratelimit`] — Let's Encrypt rate limits counted as a budget before ordering.
-//! - [`metrics_http`] — the tiny `GET /metrics` server both daemons use.
+//! - [`metrics_http`] — the tiny `GET /metrics`, `/healthz`, `/readyz` server both daemons use.
 //! - [`envelope`] — a key group's private key sealed to a host's identity key (HPKE).
 //! - [`fsutil`] — crash-safe file writes (temp, fsync, rename, dir fsync) with modes.
 //! - [`timefmt`] — unix seconds ↔ RFC 3339 for humans and JSON.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod cli_assets;
 pub mod clock;
 pub mod configenv;
 pub mod daemon;

@@ -39,6 +39,7 @@ mod netns_smoke;
 mod operator;
 mod pending_keys;
 mod policy;
+mod readiness;
 mod refusals;
 mod renewal;
 mod restart;
