@@ -38,6 +38,7 @@ pub mod keys;
 mod live_listener;
 pub mod metrics;
 pub mod resolve;
+mod rotation;
 pub mod served;
 pub mod session;
 pub mod target;

@@ -24,7 +24,6 @@ use certfleet_proto::v1::{
     coordinator_message::Cmd, reply, AgentMessage, CoordinatorMessage,
 };
 use certfleet_proto::MAX_MESSAGE_BYTES;
-use certfleet_shared::backoff::Backoff;
 use certfleet_shared::clock::{SharedClock, SystemClock};
 use certfleet_shared::identifier::Identifier;
 use std::collections::BTreeMap;
@@ -45,8 +44,6 @@ const CHALLENGE_SWEEP: Duration = Duration::from_secs(30);
 /// How long running commands may take to finish once shutdown is asked for (longer while
 /// a deploy hook runs, see [`Agent::drain`]).
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
-/// When the identity certificate cannot be read, it is read again after this long.
-const IDENTITY_UNREADABLE_RECHECK: Duration = Duration::from_secs(60);
 
 pub struct Agent {
     pub config: AgentConfig,
@@ -233,8 +230,8 @@ impl Agent {
             self.config.coordinators.clone()
         };
         let rotated = Arc::new(tokio::sync::Notify::new());
-        tasks.spawn(rotation_loop(
-            Rotation {
+        tasks.spawn(crate::rotation::rotation_loop(
+            crate::rotation::Rotation {
                 files: Files::new(&self.config.state_dir),
                 urls: urls.clone(),
                 current: self.current.clone(),
@@ -735,67 +732,6 @@ fn parse_cert_id(s: &str) -> Result<Option<certfleet_shared::ids::CertId>, Agent
     certfleet_shared::ids::CertId::parse(s)
         .map(Some)
         .map_err(|e| AgentFailure::bad_request(e.to_string()))
-}
-
-/// What identity rotation needs: the files, the coordinators, the session's endpoint.
-struct Rotation {
-    files: Files,
-    urls: Vec<String>,
-    current: crate::coordinators::Current,
-}
-
-/// Rotates the agent's identity certificate when a third of its lifetime is left, and
-/// tells the session to reconnect with the new one. Failures are retried with
-/// [`Backoff::IDENTITY_ROTATION`] (2 s doubling to 5 min); the old identity stays in use
-/// until a new one is in place.
-async fn rotation_loop(
-    rotation: Rotation,
-    clock: SharedClock,
-    shutdown: CancellationToken,
-    rotated: Arc<tokio::sync::Notify>,
-) {
-    let files = &rotation.files;
-    let mut failures = 0u32;
-    loop {
-        let wait = match files.identity_info() {
-            Ok(info) => {
-                let due = crate::identity::rotation_due(&info);
-                let now = clock.now_unix();
-                (now < due)
-                    .then(|| Duration::from_secs((due - now) as u64).min(Duration::from_secs(3600)))
-            }
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "cannot read the identity certificate");
-                Some(IDENTITY_UNREADABLE_RECHECK)
-            }
-        };
-        if let Some(wait) = wait {
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => continue,
-                _ = shutdown.cancelled() => return,
-            }
-        }
-        let current = lock(&rotation.current).clone();
-        let delay = match crate::identity::rotate(files, &rotation.urls, current).await {
-            Ok(info) => {
-                tracing::info!(serial = %info.serial_hex, not_after = info.not_after, "identity certificate rotated");
-                failures = 0;
-                rotated.notify_one();
-                continue;
-            }
-            Err(e) => {
-                failures = failures.saturating_add(1);
-                // Without jitter, as before this used `shared::backoff`.
-                let delay = Backoff::IDENTITY_ROTATION.ceiling(failures);
-                tracing::warn!(error = %format!("{e:#}"), retry_in_s = delay.as_secs(), "identity rotation failed; the current identity stays in use");
-                delay
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.cancelled() => return,
-        }
-    }
 }
 
 #[cfg(test)]
