@@ -7,6 +7,19 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The coordinator binary with no `CERTFLEET_*` variable of ours: the test runner's
+/// environment (e.g. `CERTFLEET_CHAOS_SEED` from tests/run.sh) would otherwise override
+/// the config the test writes.
+fn coordinator(bin: &str) -> Command {
+    let mut cmd = Command::new(bin);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("CERTFLEET_") {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -74,7 +87,7 @@ allow_private_ips = true
     )
     .expect("config");
     let bin = env!("CARGO_BIN_EXE_certfleet-coordinator");
-    let init = Command::new(bin)
+    let init = coordinator(bin)
         .arg("--config")
         .arg(&config)
         .arg("init")
@@ -87,7 +100,7 @@ allow_private_ips = true
     sock.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
     let started = Instant::now();
-    let mut child = Command::new(bin)
+    let mut child = coordinator(bin)
         .arg("--config")
         .arg(&config)
         .arg("serve")
@@ -138,14 +151,14 @@ fn without_notify_socket_nothing_is_sent_and_serve_runs() {
     )
     .expect("config");
     let bin = env!("CARGO_BIN_EXE_certfleet-coordinator");
-    let init = Command::new(bin)
+    let init = coordinator(bin)
         .args(["--config"])
         .arg(&config)
         .arg("init")
         .output()
         .expect("init");
     assert!(init.status.success(), "init: {init:?}");
-    let child = Command::new(bin)
+    let child = coordinator(bin)
         .arg("--config")
         .arg(&config)
         .arg("serve")
