@@ -10,8 +10,8 @@
 use crate::audit::{Entry, Kind};
 use crate::engine::Engine;
 use crate::fleet_ca::FleetCa;
-use crate::model::{HostRecord, InstalledRecord};
-use crate::requests::{self, valid_name};
+use crate::model::HostRecord;
+use crate::requests;
 use crate::sessions::Sessions;
 use crate::store::{EnrollError, Store, TokenRecord};
 use certfleet_proto::v1::{
@@ -19,7 +19,6 @@ use certfleet_proto::v1::{
     enrollment_server::Enrollment, AgentMessage, CoordinatorMessage,
 };
 use certfleet_shared::clock::SharedClock;
-use certfleet_shared::identifier::{parse_host_ip, DnsName};
 use certfleet_shared::ids::{CertId, HostId};
 use certfleet_shared::x509::{sha256_hex, CertInfo};
 use certfleet_shared::{ADMIN_URI_PREFIX, HOST_URI_PREFIX};
@@ -36,6 +35,8 @@ use tonic::{Request, Response, Status, Streaming};
 const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 const MAX_IPS: usize = 64;
 const MAX_TARGETS: usize = 32;
+
+mod hello;
 
 pub struct Services {
     pub store: Arc<dyn Store>,
@@ -341,90 +342,6 @@ impl AgentSession for Api {
             client_cert_pem: cert_pem,
             not_after_unix: info.not_after,
         }))
-    }
-}
-
-impl Services {
-    /// Validates and records what the agent says about itself. `pub` for the fuzz targets
-    /// (`fuzz/`), which feed it decoded messages; not an API.
-    #[doc(hidden)]
-    pub fn apply_hello(&self, host: &HostId, hello: pb::Hello) -> Result<(), Status> {
-        if hello.ips.len() > MAX_IPS
-            || hello.targets.len() > MAX_TARGETS
-            || hello.inventory.len() > MAX_TARGETS
-        {
-            return Err(Status::invalid_argument(format!(
-                "Hello: at most {MAX_IPS} IPs and {MAX_TARGETS} targets"
-            )));
-        }
-        let ips = hello
-            .ips
-            .iter()
-            .map(|s| parse_host_ip(s).map_err(|e| Status::invalid_argument(format!("Hello: {e}"))))
-            .collect::<Result<Vec<_>, _>>()?;
-        if let Some(bad) = hello.targets.iter().find(|t| !valid_name(t, 64)) {
-            return Err(Status::invalid_argument(format!(
-                "Hello: target name {:?} is not valid",
-                bad.chars().take(80).collect::<String>()
-            )));
-        }
-        if hello.key_groups.len() > MAX_TARGETS {
-            return Err(Status::invalid_argument(format!(
-                "Hello: at most {MAX_TARGETS} key groups"
-            )));
-        }
-        if let Some(bad) = hello.key_groups.iter().find(|g| !valid_name(g, 64)) {
-            return Err(Status::invalid_argument(format!(
-                "Hello: key group name {:?} is not valid",
-                bad.chars().take(80).collect::<String>()
-            )));
-        }
-        let mut rec = self
-            .store
-            .host(host)
-            .map_err(internal)?
-            .ok_or_else(|| Status::permission_denied("host not enrolled"))?;
-        rec.key_groups = hello.key_groups;
-        rec.ips = certfleet_shared::identifier::canonical_set(ips);
-        rec.targets = hello.targets;
-        // What the host can answer, for choosing a challenge type; unknown modes are kept
-        // (a newer agent) but bounded.
-        // Names the agent asks for: canonical names only (the agent canonicalises at load),
-        // bounded; whether the host gets them is the policy's decision (`spec`).
-        if hello.requested_names.len() > MAX_IPS {
-            return Err(Status::invalid_argument(format!(
-                "Hello: at most {MAX_IPS} requested names"
-            )));
-        }
-        rec.requested_names = hello
-            .requested_names
-            .iter()
-            .map(|n| match DnsName::parse(n) {
-                Ok(name) if name.as_str() == n => Ok(n.clone()),
-                Ok(name) => Err(format!("{n:?} is not canonical; the agent sends {name}")),
-                Err(e) => Err(e.to_string()),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Status::invalid_argument(format!("Hello: requested name: {e}")))?;
-        rec.challenge_modes = hello
-            .challenge_modes
-            .into_iter()
-            .filter(|m| m.len() <= 64)
-            .take(MAX_TARGETS)
-            .collect();
-        rec.inventory = hello
-            .inventory
-            .into_iter()
-            .filter(|i| valid_name(&i.target, 64) && i.serial.len() <= 64)
-            .map(|i| InstalledRecord {
-                target: i.target,
-                serial: i.serial,
-                not_after: i.not_after_unix,
-                identifiers: i.identifiers.into_iter().take(MAX_IPS).collect(),
-            })
-            .collect();
-        rec.last_seen = Some(self.clock.now_unix());
-        self.store.put_host(&rec).map_err(internal)
     }
 }
 
