@@ -204,6 +204,9 @@ async fn reply_to_pending(c: &'static Coordinator, r: pb::Reply) {
     let cmd = match &result {
         reply::Result::Csr(_) => Cmd::CreateCsr(pb::CreateCsr::default()),
         reply::Result::Installed(_) => Cmd::Install(pb::InstallCertificate::default()),
+        // The command each reply kind answers, so the request takes it (a reply of another
+        // kind is discarded and the command asked again until its timeout).
+        reply::Result::SealedKey(_) => Cmd::SealKey(pb::SealKey::default()),
         _ => Cmd::ClearChallenges(pb::ClearChallenges::default()),
     };
     let handle = c.handle.clone();
