@@ -5,8 +5,7 @@ use super::*;
 use crate::identity::Enrollment;
 use crate::session::Agent;
 use certfleet_proto::v1::{coordinator_message::Cmd, reply, CoordinatorMessage};
-use rcgen::{CertificateParams, Issuer, KeyPair, PublicKeyData, SanType};
-use rustls_pki_types::CertificateSigningRequestDer;
+use rcgen::{KeyPair, PublicKeyData};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -147,26 +146,6 @@ fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
 
-/// Signs `csr_der` for [`NAMES`] with a throwaway CA: leaf then CA, PEM.
-fn sign(csr_der: &[u8]) -> String {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::default();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let csr = rcgen::CertificateSigningRequestParams::from_der(
-        &CertificateSigningRequestDer::from(csr_der),
-    )
-    .unwrap();
-    let mut params = CertificateParams::default();
-    params.subject_alt_names = NAMES
-        .iter()
-        .map(|n| SanType::DnsName((*n).try_into().unwrap()))
-        .collect();
-    let leaf = params.signed_by(&csr.public_key, &issuer).unwrap();
-    format!("{}{}", leaf.pem(), ca_cert.pem())
-}
-
 #[test]
 fn key_groups_in_the_config_are_names_listed_once() {
     let base = "version = 1\nstate_dir = \"/var/lib/cfa\"\nips = [\"192.0.2.10\"]\n";
@@ -257,7 +236,7 @@ async fn a_member_seals_its_key_to_another_which_imports_and_installs_it() {
     // The certificate for A's CSR goes into B's target with the imported key.
     let install = Cmd::Install(pb::InstallCertificate {
         target: "t".into(),
-        chain_pem: sign(&csr),
+        chain_pem: crate::install::tests_names::sign(&csr),
     });
     let r = run(&b, install).await;
     assert!(matches!(r, reply::Result::Installed(_)), "{r:?}");

@@ -607,4 +607,4 @@ fn lego_meta(leaf: &CertInfo) -> Result<Vec<u8>, AgentFailure> {
 #[cfg(test)]
 pub(crate) mod tests;
 #[cfg(test)]
-mod tests_names;
+pub(crate) mod tests_names;

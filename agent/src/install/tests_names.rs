@@ -14,7 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 
 /// Signs a CSR with a throwaway CA, the leaf naming what the CSR asks for.
-fn sign(csr_der: &[u8]) -> String {
+pub(crate) fn sign(csr_der: &[u8]) -> String {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::default();
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);

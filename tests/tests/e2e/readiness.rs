@@ -6,31 +6,17 @@
 use std::time::Duration;
 
 use certfleet_tests::coordinator::{CoordinatorOptions, RestartMode};
+use certfleet_tests::webserver::http_get;
 use certfleet_tests::Agent;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixDatagram;
 
 use crate::support::pebble_and_coordinator_with;
 
 async fn get(port: u16, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    let r = http_get(([127, 0, 0, 1], port).into(), path)
         .await
-        .expect("connect metrics listener");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .expect("send");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+        .expect("GET on the metrics listener");
+    (r.status, String::from_utf8_lossy(&r.body).into_owned())
 }
 
 /// The next notification's lines.
