@@ -75,7 +75,8 @@ pub async fn hosts(
             .map(|h| {
                 json!({
                     "host_id": h.host_id, "hostname": h.hostname, "ips": h.ips, "targets": h.targets,
-                    "connected": h.connected, "enrolled": rfc3339(h.enrolled_unix),
+                    "connected": h.connected, "node": opt_str(&h.node),
+                    "enrolled": rfc3339(h.enrolled_unix),
                     "last_seen": opt_time(h.last_seen_unix), "labels": h.labels,
                     "identity_serial": opt_str(&h.identity_serial),
                     "identity_not_after": opt_time(h.identity_not_after_unix),
@@ -85,13 +86,22 @@ pub async fn hosts(
             .collect();
         return Ok(serde_json::to_string_pretty(&v)?);
     }
+    // Which node holds a session is worth a column only when there are several.
+    let nodes: std::collections::HashSet<&str> = hosts
+        .iter()
+        .filter(|h| h.connected)
+        .map(|h| h.node.as_str())
+        .collect();
+    let several_nodes = nodes.len() > 1;
     let rows: Vec<Vec<String>> = hosts
         .iter()
         .map(|h| {
             vec![
                 h.host_id.clone(),
                 h.hostname.clone(),
-                if h.connected {
+                if h.connected && !h.node.is_empty() && several_nodes {
+                    format!("connected ({})", h.node)
+                } else if h.connected {
                     "connected".into()
                 } else {
                     "offline".into()
@@ -422,6 +432,12 @@ pub async fn status(
         .map_err(status_err)?
         .into_inner()
         .certs;
+    // A coordinator older than the call has no cluster view: left out, not an error.
+    let cluster = match client.cluster_status(pb::ClusterStatusRequest {}).await {
+        Ok(r) => Some(r.into_inner()),
+        Err(s) if s.code() == tonic::Code::Unimplemented => None,
+        Err(s) => return Err(status_err(s)),
+    };
     let connected = hosts.iter().filter(|h| h.connected).count();
     let mut by_state: std::collections::BTreeMap<&str, usize> = Default::default();
     for c in &certs {
@@ -450,10 +466,21 @@ pub async fn status(
             "soonest_action": soonest_action.map(brief),
             "at_risk": at_risk.iter().map(|c| brief(c)).collect::<Vec<_>>(),
             "failing": failing.iter().map(|c| brief(c)).collect::<Vec<_>>(),
+            "store": cluster.as_ref().map(|c| json!({"backend": c.backend, "ok": c.store_ok,
+                "latency_ms": c.store_latency_ms, "error": opt_str(&c.store_error)})),
+            "nodes": cluster.as_ref().map(|c| c.nodes.iter().map(|n| json!({"node": n.node,
+                "name": n.name, "alive": n.alive, "this_node": n.this_node,
+                "last_beat": opt_time(n.beat_unix), "started": opt_time(n.started_unix),
+                "sessions": n.sessions, "leases": n.leases})).collect::<Vec<_>>()),
+            "leases": cluster.as_ref().map(|c| c.leases.iter().map(|l| json!({"cert_id": l.cert_id,
+                "holder": l.holder, "until": opt_time(l.until_unix)})).collect::<Vec<_>>()),
         });
         return Ok(serde_json::to_string_pretty(&v)? + "\n");
     }
     let mut out = String::new();
+    if let Some(c) = &cluster {
+        out.push_str(&cluster_lines(c, now));
+    }
     out.push_str(&format!(
         "hosts         {} ({} connected, {} offline)\n",
         hosts.len(),
@@ -515,6 +542,42 @@ pub async fn status(
         }
     }
     Ok(out)
+}
+
+/// `status`'s store and node lines.
+fn cluster_lines(c: &pb::ClusterStatusResponse, now: i64) -> String {
+    let mut out = String::new();
+    if c.store_ok {
+        out.push_str(&format!(
+            "store         {} (read in {} ms)\n",
+            c.backend, c.store_latency_ms
+        ));
+    } else {
+        out.push_str(&format!(
+            "store         {} UNREACHABLE: {}\n",
+            c.backend, c.store_error
+        ));
+    }
+    let alive = c.nodes.iter().filter(|n| n.alive).count();
+    out.push_str(&format!(
+        "nodes         {} ({} alive, {} leases held)\n",
+        c.nodes.len(),
+        alive,
+        c.leases.len()
+    ));
+    for n in &c.nodes {
+        out.push_str(&format!(
+            "  {}{} {}: {} sessions, {} leases, last beat {}{}\n",
+            if n.this_node { "*" } else { " " },
+            n.name,
+            n.node,
+            n.sessions,
+            n.leases,
+            relative(n.beat_unix, now),
+            if n.alive { "" } else { " (DEAD)" }
+        ));
+    }
+    out
 }
 
 /// Audit filters from the command line.

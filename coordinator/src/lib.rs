@@ -32,6 +32,7 @@ pub mod acme;
 pub mod admin;
 pub mod audit;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod dns;
 pub mod engine;
@@ -147,10 +148,14 @@ impl Deps {
 fn readiness(
     store: Arc<dyn store::Store>,
     serving: Arc<std::sync::atomic::AtomicBool>,
+    sessions: Arc<sessions::Sessions>,
 ) -> impl Fn() -> certfleet_shared::metrics_http::Readiness + Send + Sync + 'static {
     move || {
         if !serving.load(std::sync::atomic::Ordering::SeqCst) {
             return Err("the gRPC server is not serving (starting or stopping)".into());
+        }
+        if !sessions.accepting() {
+            return Err("cut off from the shared database: agent sessions are refused".into());
         }
         match store.next_due() {
             Ok(_) => Ok("serving; store readable".into()),
@@ -180,7 +185,26 @@ pub async fn serve(
     let ca = Arc::new(ca);
     let server_cert = dir.read(&dir.server_cert())?;
     let server_key = dir.read(&dir.server_key())?;
-    let sessions = Arc::new(sessions::Sessions::default());
+    let sessions = Arc::new(sessions::Sessions::new(
+        store.clone(),
+        sessions::new_node_id(),
+        clock.clone(),
+    ));
+    // For people: the first server name and the listen address.
+    let node_name = format!(
+        "{}@{}",
+        config
+            .server
+            .names
+            .first()
+            .map(String::as_str)
+            .unwrap_or("coordinator"),
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
+    cluster::start(sessions.clone(), node_name, shutdown.clone(), &tracker);
     let metrics = Arc::new(metrics::Metrics::default());
     // Credentials are read now: a provider that cannot work stops the start, named.
     let dns = Arc::new(dns::DnsProviders::from_config(&config.dns_providers)?);
@@ -222,7 +246,7 @@ pub async fn serve(
     let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(listener) = metrics_listener {
         let addr = listener.local_addr().context("the metrics listener")?;
-        let ready = readiness(store.clone(), serving.clone());
+        let ready = readiness(store.clone(), serving.clone(), sessions.clone());
         let (store, sessions, engine, metrics) = (
             store.clone(),
             sessions.clone(),

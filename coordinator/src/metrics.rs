@@ -17,6 +17,19 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeStateLabel {
+    state: String,
+}
+
+impl NodeStateLabel {
+    fn of(alive: bool) -> Self {
+        Self {
+            state: if alive { "alive" } else { "dead" }.into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct IssuerReason {
     pub issuer: String,
     pub reason: String,
@@ -151,9 +164,12 @@ impl Metrics {
         let agents = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
         let connected = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
         let last_seen = Family::<HostLabel, Gauge>::default();
+        // Fleet-wide (every node's sessions when the store is shared): each node reports
+        // the same figure, so aggregate with max, not sum.
+        let anywhere = sessions.connected();
         for h in store.hosts()? {
             agents.inc();
-            let is_connected = sessions.is_connected(&h.id);
+            let is_connected = anywhere.contains_key(&h.id);
             if is_connected {
                 connected.inc();
             }
@@ -166,6 +182,25 @@ impl Metrics {
                     .set(t);
             }
         }
+        // This node and its view of the others.
+        let node_sessions = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        node_sessions.set(sessions.local_count() as i64);
+        let store_up = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        store_up.set(i64::from(sessions.accepting()));
+        let nodes = Family::<NodeStateLabel, Gauge>::default();
+        for alive in [true, false] {
+            nodes.get_or_create(&NodeStateLabel::of(alive)).set(0);
+        }
+        for n in store.nodes(now)? {
+            nodes.get_or_create(&NodeStateLabel::of(n.alive)).inc();
+        }
+        let leases_held = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        let held = store
+            .live_leases(now)?
+            .iter()
+            .filter(|l| l.holder == sessions.node())
+            .count();
+        leases_held.set(held as i64);
         let remaining_orders = Family::<LimitLabels, Gauge>::default();
         for (issuer, left) in budgets {
             remaining_orders
@@ -206,6 +241,26 @@ impl Metrics {
             "certfleet_agents_connected",
             "Agents with a live session",
             connected,
+        );
+        reg.register(
+            "certfleet_node_sessions",
+            "Agent sessions this coordinator node holds",
+            node_sessions,
+        );
+        reg.register(
+            "certfleet_node_store_up",
+            "1 while this node reaches its store (0: cut off from a shared database, sessions refused)",
+            store_up,
+        );
+        reg.register(
+            "certfleet_node_leases",
+            "Certificate leases this node holds (work in progress)",
+            leases_held,
+        );
+        reg.register(
+            "certfleet_cluster_nodes",
+            "Coordinator nodes sharing the store, by state (alive: heartbeat within 15 s)",
+            nodes,
         );
         reg.register(
             "certfleet_agent_last_seen_timestamp_seconds",

@@ -249,6 +249,11 @@ impl AgentSession for Api {
             }
         }
 
+        if !self.sessions.accepting() {
+            return Err(Status::unavailable(
+                "this coordinator cannot reach its database; connect to another coordinator",
+            ));
+        }
         let (tx, rx) = mpsc::channel(32);
         let handle = self.sessions.open(host.id.clone(), tx);
         tracing::info!(host = %host.id, session = handle.session_id, "agent connected");
@@ -260,6 +265,7 @@ impl AgentSession for Api {
                 let next = tokio::select! {
                     n = inbound.next() => n,
                     _ = svc.shutdown.cancelled() => break,
+                    _ = handle.ended() => break,
                 };
                 match next {
                     Some(Ok(AgentMessage {
@@ -388,14 +394,18 @@ impl Admin for Api {
     ) -> Result<Response<pb::ListHostsResponse>, Status> {
         admin_identity(&req)?;
         let now = self.clock.now_unix();
+        let where_connected =
+            crate::cluster::connected_by_name(&self.sessions, self.store.as_ref());
         let hosts = self
             .store
             .hosts()
             .map_err(internal)?
             .into_iter()
-            .map(|h| (self.sessions.is_connected(&h.id), h))
-            .map(|(connected, h)| pb::HostView {
+            .map(|h| (where_connected.get(&h.id).cloned(), h))
+            .map(|(node, h)| (node.is_some(), node.unwrap_or_default(), h))
+            .map(|(connected, node, h)| pb::HostView {
                 connected,
+                node,
                 host_id: h.id.to_string(),
                 hostname: h.hostname,
                 ips: h.ips.iter().map(|i| i.to_string()).collect(),
@@ -480,6 +490,19 @@ impl Admin for Api {
             Ok(revoked_serials) => Ok(Response::new(pb::RemoveHostResponse { revoked_serials })),
             Err(e) => Err(Status::unavailable(format!("host not removed: {e}"))),
         }
+    }
+
+    async fn cluster_status(
+        &self,
+        req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        admin_identity(&req)?;
+        let (sessions, store) = (self.sessions.clone(), self.store.clone());
+        let r =
+            tokio::task::spawn_blocking(move || crate::cluster::status(&sessions, store.as_ref()))
+                .await
+                .map_err(internal)?;
+        Ok(Response::new(r))
     }
 
     async fn release_ip(

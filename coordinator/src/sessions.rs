@@ -6,18 +6,21 @@
 //!
 //! This module moves messages; it decides nothing about issuance.
 
+use crate::store::Store;
+use certfleet_shared::clock::{Clock, SystemClock};
 use certfleet_proto::v1::{
     coordinator_message::Cmd, reply, CoordinatorMessage, Failure, FailureCode, Reply,
 };
 use certfleet_shared::ids::HostId;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// How often a command is asked again after a reply of the wrong kind.
 const WRONG_KIND_RETRIES: u32 = 2;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -51,13 +54,25 @@ pub enum SessionError {
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<reply::Result>>>>;
 
-/// Sending side of one agent's session.
+/// Sending side of one agent's session: on this coordinator, or on another node sharing
+/// the store (then each command goes through the store's relay to that node).
 #[derive(Clone)]
 pub struct AgentHandle {
     pub host: HostId,
     pub session_id: u64,
-    tx: mpsc::Sender<Result<CoordinatorMessage, Status>>,
-    pending: Pending,
+    route: Route,
+}
+
+#[derive(Clone)]
+enum Route {
+    Local {
+        tx: mpsc::Sender<Result<CoordinatorMessage, Status>>,
+        pending: Pending,
+        /// Cancelled when the coordinator ends the session (host removed, cut off from
+        /// the store): the session's task then closes the stream.
+        ended: CancellationToken,
+    },
+    Remote(Arc<crate::cluster::Remote>),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -112,37 +127,88 @@ impl AgentHandle {
         timeout: Duration,
     ) -> Result<(String, reply::Result), SessionError> {
         let request_id = certfleet_shared::ids::request_id();
+        let started = std::time::Instant::now();
+        let result = match &self.route {
+            Route::Local { .. } => self.ask_with_id(&request_id, cmd, what, timeout).await?,
+            Route::Remote(remote) => {
+                remote
+                    .ask(&self.host, &request_id, cmd, what, timeout)
+                    .await?
+            }
+        };
+        let failed = matches!(result, reply::Result::Failure(_));
+        tracing::info!(host = %self.host, request_id = %request_id, what, failed,
+            via = self.via(), elapsed_ms = started.elapsed().as_millis() as u64, "agent answered");
+        Ok((request_id, result))
+    }
+
+    /// Where the session is: "local", or the node that holds it.
+    pub fn via(&self) -> &str {
+        match &self.route {
+            Route::Local { .. } => "local",
+            Route::Remote(r) => r.to_node(),
+        }
+    }
+
+    /// One round trip on this coordinator's own session under `request_id` (a relayed
+    /// command keeps the id its sender gave it).
+    pub(crate) async fn ask_with_id(
+        &self,
+        request_id: &str,
+        cmd: Cmd,
+        what: &'static str,
+        timeout: Duration,
+    ) -> Result<reply::Result, SessionError> {
+        let Route::Local {
+            tx: sender,
+            pending,
+            ..
+        } = &self.route
+        else {
+            return Err(SessionError::NotConnected(self.host.clone()));
+        };
         let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(request_id.clone(), tx);
+        lock(pending).insert(request_id.to_owned(), tx);
         let msg = CoordinatorMessage {
-            request_id: request_id.clone(),
+            request_id: request_id.to_owned(),
             cmd: Some(cmd),
         };
         let ended = || SessionError::Ended {
             host: self.host.clone(),
             what,
         };
-        if self.tx.send(Ok(msg)).await.is_err() {
-            lock(&self.pending).remove(&request_id);
+        if sender.send(Ok(msg)).await.is_err() {
+            lock(pending).remove(request_id);
             return Err(ended());
         }
-        let started = std::time::Instant::now();
-        let result = match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => return Err(ended()),
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(ended()),
             Err(_) => {
-                lock(&self.pending).remove(&request_id);
-                return Err(SessionError::Timeout {
+                lock(pending).remove(request_id);
+                Err(SessionError::Timeout {
                     host: self.host.clone(),
                     what,
                     secs: timeout.as_secs(),
-                });
+                })
             }
-        };
-        let failed = matches!(result, reply::Result::Failure(_));
-        tracing::info!(host = %self.host, request_id = %request_id, what, failed,
-            elapsed_ms = started.elapsed().as_millis() as u64, "agent answered");
-        Ok((request_id, result))
+        }
+    }
+
+    /// Fails every request waiting on this session and tells its task to close it.
+    fn clear_pending(&self) {
+        if let Route::Local { pending, ended, .. } = &self.route {
+            lock(pending).clear();
+            ended.cancel();
+        }
+    }
+
+    /// Resolves once the coordinator has ended this session (never for a remote one).
+    pub async fn ended(&self) {
+        match &self.route {
+            Route::Local { ended, .. } => ended.cancelled().await,
+            Route::Remote(_) => std::future::pending().await,
+        }
     }
 
     /// Routes a reply from the agent to whoever waits for it. Unknown ids (late replies
@@ -152,7 +218,10 @@ impl AgentHandle {
             tracing::warn!(host = %self.host, request_id = %reply.request_id, "reply without a result; ignored");
             return;
         };
-        match lock(&self.pending).remove(&reply.request_id) {
+        let Route::Local { pending, .. } = &self.route else {
+            return;
+        };
+        match lock(pending).remove(&reply.request_id) {
             Some(waiter) => {
                 let _ = waiter.send(result);
             }
@@ -187,14 +256,84 @@ fn reply_kind(result: &reply::Result) -> &'static str {
     }
 }
 
-/// All live sessions.
-#[derive(Default)]
+/// All live sessions of this coordinator, and — when the store is shared by several
+/// coordinators — the way to the sessions other nodes hold.
 pub struct Sessions {
     map: Mutex<HashMap<HostId, AgentHandle>>,
     next_session: AtomicU64,
+    /// This process, as holder of leases and sessions in the store.
+    node: String,
+    store: Option<Arc<dyn Store>>,
+    /// Set while this node cannot reach a shared store: no session is accepted (agents go
+    /// to a node that can work for them).
+    cut_off: AtomicBool,
+    clock: Arc<dyn Clock>,
 }
 
+impl Default for Sessions {
+    /// Sessions of a coordinator on its own (tests): nothing is recorded in a store.
+    fn default() -> Self {
+        Self {
+            map: Mutex::default(),
+            next_session: AtomicU64::default(),
+            node: new_node_id(),
+            store: None,
+            cut_off: AtomicBool::new(false),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// A random id for this coordinator process.
+pub fn new_node_id() -> String {
+    format!("coordinator-{}", certfleet_shared::ids::request_id())
+}
+
+
 impl Sessions {
+    /// Sessions recorded in `store` under `node`, so other coordinators sharing the store
+    /// can route commands to them.
+    pub fn new(store: Arc<dyn Store>, node: String, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            node,
+            store: Some(store),
+            clock,
+            ..Self::default()
+        }
+    }
+
+    /// Now, by this coordinator's clock (a shared store measures with its own).
+    pub fn now(&self) -> i64 {
+        self.clock.now_unix()
+    }
+
+    /// This process's node id.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub(crate) fn store(&self) -> Option<&Arc<dyn Store>> {
+        self.store.as_ref()
+    }
+
+    /// Whether new sessions are accepted (false while a shared store is out of reach).
+    pub fn accepting(&self) -> bool {
+        !self.cut_off.load(Ordering::SeqCst)
+    }
+
+    /// Cut off from the shared store (every session is ended: its agents move to another
+    /// node), or back.
+    pub(crate) fn set_cut_off(&self, cut: bool) {
+        let was = self.cut_off.swap(cut, Ordering::SeqCst);
+        if cut && !was {
+            let n = lock(&self.map).len();
+            tracing::error!(sessions = n, "this coordinator cannot reach its database: ending its agent sessions so the agents move to another coordinator");
+            self.close_all();
+        } else if !cut && was {
+            tracing::info!("the database is reachable again: agent sessions are accepted");
+        }
+    }
+
     /// Registers a new session for `host`, replacing (and so ending) an older one.
     pub fn open(
         &self,
@@ -204,11 +343,19 @@ impl Sessions {
         let handle = AgentHandle {
             host: host.clone(),
             session_id: self.next_session.fetch_add(1, Ordering::Relaxed) + 1,
-            tx,
-            pending: Arc::default(),
+            route: Route::Local {
+                tx,
+                pending: Arc::default(),
+                ended: CancellationToken::new(),
+            },
         };
-        if let Some(old) = lock(&self.map).insert(host, handle.clone()) {
-            lock(&old.pending).clear();
+        if let Some(old) = lock(&self.map).insert(host.clone(), handle.clone()) {
+            old.clear_pending();
+        }
+        if let Some(store) = &self.store {
+            if let Err(e) = store.put_session(&host, &self.node, handle.session_id, self.now()) {
+                tracing::warn!(host = %host, error = %e, "cannot record the session in the store; other coordinators cannot send this agent commands until it reconnects");
+            }
         }
         handle
     }
@@ -222,28 +369,93 @@ impl Sessions {
         {
             map.remove(&handle.host);
         }
-        lock(&handle.pending).clear();
+        drop(map);
+        handle.clear_pending();
+        self.forget(&handle.host, handle.session_id);
     }
 
+    fn forget(&self, host: &HostId, session: u64) {
+        if let Some(store) = &self.store {
+            if let Err(e) = store.end_session(host, &self.node, session) {
+                tracing::debug!(host = %host, error = %e, "cannot remove the session from the store; it lapses with this node's heartbeat");
+            }
+        }
+    }
+
+    /// The agent's session: this coordinator's, or (shared store) the live node's that
+    /// holds it.
     pub fn get(&self, host: &HostId) -> Option<AgentHandle> {
+        if let Some(h) = lock(&self.map).get(host).cloned() {
+            return Some(h);
+        }
+        let store = self.store.as_ref().filter(|s| s.shared())?;
+        match store.session_node(host, self.now()) {
+            Ok(Some(node)) if node != self.node => Some(AgentHandle {
+                host: host.clone(),
+                session_id: 0,
+                route: Route::Remote(Arc::new(crate::cluster::Remote::new(
+                    store.clone(),
+                    self.node.clone(),
+                    node,
+                ))),
+            }),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(host = %host, error = %e, "cannot look up which coordinator holds the agent's session");
+                None
+            }
+        }
+    }
+
+    /// This coordinator's own session for `host`.
+    pub(crate) fn local(&self, host: &HostId) -> Option<AgentHandle> {
         lock(&self.map).get(host).cloned()
     }
 
+    /// Whether this coordinator holds `host`'s session.
     pub fn is_connected(&self, host: &HostId) -> bool {
         lock(&self.map).contains_key(host)
     }
 
+    /// Sessions this coordinator holds.
+    pub fn local_count(&self) -> usize {
+        lock(&self.map).len()
+    }
+
+    /// Every connected host with the node holding its session (`node()` for this one's):
+    /// from the store when it is shared, else this coordinator's own.
+    pub fn connected(&self) -> HashMap<HostId, String> {
+        let mut all: HashMap<HostId, String> = HashMap::new();
+        if let Some(store) = self.store.as_ref().filter(|s| s.shared()) {
+            match store.sessions(self.now()) {
+                Ok(rows) => all.extend(rows),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list the sessions of other coordinators")
+                }
+            }
+        }
+        for host in lock(&self.map).keys() {
+            all.insert(host.clone(), self.node.clone());
+        }
+        all
+    }
+
     /// Forgets a host's session (it was removed): nothing more is sent to it.
     pub fn disconnect(&self, host: &HostId) {
-        if let Some(h) = lock(&self.map).remove(host) {
-            lock(&h.pending).clear();
+        let removed = lock(&self.map).remove(host);
+        if let Some(h) = removed {
+            h.clear_pending();
+            self.forget(host, h.session_id);
         }
     }
 
-    /// Ends every session (shutdown): their outbound streams finish once the handles drop.
+    /// Ends every session (shutdown, or cut off from the store): their outbound streams
+    /// finish once the handles drop.
     pub fn close_all(&self) {
-        for (_, h) in lock(&self.map).drain() {
-            lock(&h.pending).clear();
+        let all: Vec<AgentHandle> = lock(&self.map).drain().map(|(_, h)| h).collect();
+        for h in all {
+            h.clear_pending();
+            self.forget(&h.host, h.session_id);
         }
     }
 }

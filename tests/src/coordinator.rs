@@ -34,6 +34,9 @@ pub struct HostRow {
     pub ips: Vec<String>,
     pub targets: Vec<String>,
     pub connected: bool,
+    /// The coordinator node holding the session (name), when connected.
+    #[serde(default)]
+    pub node: Option<String>,
     pub enrolled: String,
     pub last_seen: Option<String>,
     #[serde(default)]
@@ -120,6 +123,46 @@ pub struct CoordinatorOptions {
     pub server_ips: Vec<IpAddr>,
     /// `[server] identity_lifetime_secs` (written only when set).
     pub identity_lifetime_secs: Option<u64>,
+    /// `[store]` on PostgreSQL (several nodes share one by passing the same). `None`:
+    /// sled, unless `CERTFLEET_TEST_STORE=postgres` (then a server of the coordinator's own).
+    pub postgres: Option<PgChoice>,
+}
+
+/// A PostgreSQL database for a coordinator's `[store]`; the server lives while any
+/// coordinator (or test) holds it.
+#[derive(Debug, Clone)]
+pub struct PgChoice {
+    /// Locked to stop and start it again (a database restart).
+    pub server: std::sync::Arc<std::sync::Mutex<crate::postgres::PostgresServer>>,
+    pub url: String,
+}
+
+impl PgChoice {
+    /// A new server with one database.
+    pub fn start() -> anyhow::Result<Self> {
+        let server = crate::postgres::PostgresServer::start()?;
+        let url = server.create_database("certfleet")?;
+        Ok(Self {
+            server: std::sync::Arc::new(std::sync::Mutex::new(server)),
+            url,
+        })
+    }
+
+    /// The same database reached through `127.0.0.1:port` (e.g. a [`crate::tcp_cut::TcpCut`]).
+    pub fn via_port(&self, port: u16) -> anyhow::Result<Self> {
+        let server = self.server.lock().unwrap_or_else(|p| p.into_inner());
+        let direct = format!(":{}/", server.port());
+        anyhow::ensure!(self.url.contains(&direct), "unexpected URL {}", self.url);
+        Ok(Self {
+            server: self.server.clone(),
+            url: self.url.replacen(&direct, &format!(":{port}/"), 1),
+        })
+    }
+}
+
+/// Whether the e2e suite runs its coordinators on PostgreSQL (`CERTFLEET_TEST_STORE`).
+pub fn test_store_is_postgres() -> bool {
+    std::env::var("CERTFLEET_TEST_STORE").is_ok_and(|v| v == "postgres")
 }
 
 /// An ACME server a coordinator's only `[[issuer]]` points at: pebble, acme2certifier.
@@ -216,9 +259,18 @@ impl Coordinator {
 
     async fn setup(
         pebble: &impl AcmeServer,
-        opts: CoordinatorOptions,
+        mut opts: CoordinatorOptions,
         bundle: Option<&Path>,
     ) -> anyhow::Result<Self> {
+        if opts.postgres.is_none() && test_store_is_postgres() {
+            opts.postgres = Some(
+                tokio::task::spawn_blocking(PgChoice::start)
+                    .await?
+                    .context(
+                        "CERTFLEET_TEST_STORE=postgres: a PostgreSQL server for the coordinator",
+                    )?,
+            );
+        }
         let bin = crate::bins::coordinator()?;
         let dir = WorkDir::new("coordinator")?;
         let state_dir = dir.join("state");
@@ -596,6 +648,11 @@ fn render_config(
         s.push_str(&format!("identity_lifetime_secs = {secs}\n"));
     }
     s.push('\n');
+    if let Some(pg) = &opts.postgres {
+        s.push_str("[store]\nbackend = \"postgres\"\n");
+        s.push_str(&format!("url = {}\n", toml_str(&pg.url)));
+        s.push_str("tls = \"disable\"\n\n");
+    }
     s.push_str("[issuance]\n");
     s.push_str(&format!("issuer = {}\n", toml_str(pebble.issuer_name())));
     s.push_str("target = \"default\"\n");

@@ -67,6 +67,7 @@ pub mod pki;
 pub mod postgres;
 pub mod process;
 pub mod resolver;
+pub mod tcp_cut;
 pub mod tlsalpn01;
 pub mod tlsutil;
 pub mod venv;

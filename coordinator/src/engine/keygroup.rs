@@ -22,8 +22,8 @@
 //! - **Nothing is lost.** A member whose key is gone gets it again; when no member holds
 //!   the key any more, the member orders a new certificate (and key) for the group.
 //!
-//! The lock is this coordinator's; with several coordinators (a shared database) the
-//! per-certificate lease will have to cover the group too.
+//! The lock is this coordinator's, and with several coordinators (a shared database) also
+//! a lease on the group in the store (`c-keygroup-…`), kept alive while the member orders.
 
 use super::csr::key_digest;
 use super::{Engine, IssueError, AGENT_QUICK};
@@ -34,6 +34,13 @@ use certfleet_proto::v1::{self as pb, coordinator_message::Cmd, reply, FailureCo
 use certfleet_shared::ids::CertId;
 use certfleet_shared::x509::{parse_pem_chain, sha256_hex, CertInfo};
 use std::sync::Arc;
+
+/// The key of a key group's lease in a shared store (leases are keyed by certificate id;
+/// this one names no certificate).
+fn group_lease_key(group: &str) -> CertId {
+    let digest = sha256_hex(group.as_bytes());
+    CertId::parse(&format!("c-keygroup-{}", &digest[..32])).expect("a hex digest makes a valid id")
+}
 
 /// How soon a member that waits for its group (another member ordering or being worked
 /// on, a key holder to connect) looks again.
@@ -72,6 +79,28 @@ impl Engine {
                 "key group {group}: another member is being worked on; this host takes its result"
             )));
         };
+        // Several coordinators: the group's lock is a lease in the shared store, taken
+        // before the members are read (so two nodes never both find no order in flight).
+        let group_lease = if self.store.shared() {
+            let key = group_lease_key(group);
+            match self.store.take_lease(&key, &self.node, now, super::scheduler::LEASE_SECS)? {
+                Some(l) => Some(l),
+                None => {
+                    return Err(IssueError::KeyGroup(format!(
+                        "key group {group}: another coordinator works on a member; this host takes its result"
+                    )))
+                }
+            }
+        } else {
+            None
+        };
+        let give_back = |lease: Option<crate::store::Lease>| {
+            if let Some(l) = lease {
+                if let Err(e) = self.store.release_lease(&l) {
+                    tracing::warn!(group, error = %e, "cannot give the key group's lease back; it expires by itself");
+                }
+            }
+        };
         let members: Vec<CertRecord> = self
             .store
             .certs_in_group(group)?
@@ -80,6 +109,7 @@ impl Engine {
             .collect();
         if rec.observed.order.is_none() {
             if let Some(m) = members.iter().find(|m| m.observed.order.is_some()) {
+                give_back(group_lease);
                 return Err(IssueError::KeyGroup(format!(
                     "key group {group}: host {} has an order in flight; this host installs its certificate",
                     m.host_id
@@ -97,8 +127,24 @@ impl Engine {
             super::Decision::Issue(_) | super::Decision::Resume
         );
         let guard = ordering.then_some(guard);
+        let group_lease = match ordering {
+            true => group_lease,
+            false => {
+                give_back(group_lease);
+                None
+            }
+        };
         let before = rec.observed.current.as_ref().map(|c| c.serial.clone());
-        let outcome = self.act(rec, host, now).await;
+        let outcome = match &group_lease {
+            Some(l) => {
+                tokio::select! {
+                    outcome = self.act(rec, host, now) => outcome,
+                    lost = self.keep_lease(l) => Err(lost.into()),
+                }
+            }
+            None => self.act(rec, host, now).await,
+        };
+        give_back(group_lease);
         drop(guard);
         let after = rec.observed.current.as_ref().map(|c| &c.serial);
         if after.is_some() && after != before.as_ref() {

@@ -149,6 +149,7 @@ impl Engine {
                 )
             })
             .collect();
+        let node = sessions.node().to_owned();
         Arc::new(Self {
             store,
             metrics,
@@ -160,7 +161,7 @@ impl Engine {
             config,
             clock,
             running: Mutex::default(),
-            node: format!("coordinator-{}", certfleet_shared::ids::request_id()),
+            node,
             group_locks: Mutex::default(),
             wake: Notify::new(),
             permits: Arc::new(Semaphore::new(MAX_PARALLEL)),

@@ -19,6 +19,12 @@ use std::time::Duration;
 /// How long a lease lasts without being kept alive (and so how soon another coordinator
 /// takes over the work of one that died).
 pub(super) const LEASE_SECS: i64 = 20;
+/// A holder that could not renew its lease stops this long before it would run out (the
+/// store's clock and this machine's may differ a little, and a call takes time).
+const LEASE_MARGIN: i64 = 4;
+/// With a store shared by several coordinators, the scheduler looks at the schedule at
+/// least this often (others may have made work due, or left it behind when they died).
+const SHARED_POLL_SECS: i64 = 3;
 
 tokio::task_local! {
     /// The lease of the certificate the current task works on.
@@ -67,11 +73,16 @@ impl Engine {
                 }
                 Err(e) => tracing::error!(error = %e, "reading the schedule failed"),
             }
+            let longest = if self.store.shared() {
+                SHARED_POLL_SECS
+            } else {
+                60
+            };
             let wait = match self.store.next_due() {
-                Ok(Some(at)) if at > now => Duration::from_secs((at - now).min(60) as u64),
+                Ok(Some(at)) if at > now => Duration::from_secs((at - now).min(longest) as u64),
                 Ok(Some(_)) if busy => Duration::from_millis(200),
                 Ok(Some(_)) => Duration::from_millis(20),
-                Ok(None) => Duration::from_secs(60),
+                Ok(None) => Duration::from_secs(longest as u64),
                 Err(_) => Duration::from_secs(5),
             };
             tokio::select! {
@@ -83,7 +94,7 @@ impl Engine {
     }
 
     /// Starts the task for one certificate unless one runs already. Returns false when it
-    /// was already running.
+    /// was already running, here or (its lease held) on another coordinator.
     pub(super) fn run_cert(self: &Arc<Self>, id: CertId) -> bool {
         if self.shutdown.is_cancelled() || !lock(&self.running).insert(id.clone()) {
             return false;
@@ -92,9 +103,11 @@ impl Engine {
         let lease = match self.store.take_lease(&id, &self.node, now, LEASE_SECS) {
             Ok(Some(lease)) => lease,
             Ok(None) => {
-                // Another coordinator works on it (and has moved its next action on).
+                // Another coordinator works on it (and normally has moved its next action
+                // on; a Hello here may have made it due again meanwhile): busy, so the
+                // scheduler looks again in a while rather than at once.
                 lock(&self.running).remove(&id);
-                return true;
+                return false;
             }
             Err(e) => {
                 tracing::error!(cert = %id, error = %e, "cannot take the certificate's lease; trying again later");
@@ -136,17 +149,32 @@ impl Engine {
     /// Keeps `lease` alive while the task runs; returns when it is lost (taken over after
     /// it expired). A store that fails is retried at the next beat: the fenced writes
     /// protect the record meanwhile.
-    async fn keep_lease(&self, lease: &Lease) -> StoreError {
+    pub(super) async fn keep_lease(&self, lease: &Lease) -> StoreError {
+        // Measured on this machine's monotonic clock from the last renewal the store
+        // confirmed: past this, the lease may have expired on the store's clock and another
+        // coordinator may have taken the work, so this one stops (it cannot even ask).
+        let mut held_until =
+            std::time::Instant::now() + Duration::from_secs((LEASE_SECS - LEASE_MARGIN) as u64);
         loop {
             tokio::time::sleep(std::time::Duration::from_secs((LEASE_SECS / 3) as u64)).await;
             let now = self.clock.now_unix();
+            let asked = std::time::Instant::now();
             match self
                 .store
                 .take_lease(&lease.cert, &lease.holder, now, LEASE_SECS)
             {
-                Ok(Some(l)) if l.token == lease.token => {}
+                Ok(Some(l)) if l.token == lease.token => {
+                    held_until = asked + Duration::from_secs((LEASE_SECS - LEASE_MARGIN) as u64);
+                }
                 Ok(_) => {
                     tracing::error!(cert = %lease.cert, holder = %lease.holder, "lease lost (another coordinator took the certificate over); stopping this work");
+                    return StoreError::LeaseLost {
+                        cert: lease.cert.to_string(),
+                        holder: lease.holder.clone(),
+                    };
+                }
+                Err(e) if std::time::Instant::now() >= held_until => {
+                    tracing::error!(cert = %lease.cert, error = %e, "the lease could not be renewed before it ran out; stopping this work (another coordinator may take it)");
                     return StoreError::LeaseLost {
                         cert: lease.cert.to_string(),
                         holder: lease.holder.clone(),

@@ -11,6 +11,7 @@
 //!
 //! This module owns *what is stored*; it never talks to a CA or an agent.
 
+pub mod cluster;
 pub mod migrate;
 pub mod pg;
 mod sled;
@@ -109,7 +110,7 @@ pub struct TokenRecord {
 }
 
 /// The coordinator's durable state.
-pub trait Store: Send + Sync + 'static {
+pub trait Store: cluster::ClusterStore + Send + Sync + 'static {
     fn account(&self, issuer: &str) -> Result<Option<AccountRecord>, StoreError>;
     fn put_account(&self, issuer: &str, rec: &AccountRecord) -> Result<(), StoreError>;
     fn delete_account(&self, issuer: &str) -> Result<(), StoreError>;

@@ -46,6 +46,9 @@ pub struct SledStore {
     audit_by_host: sled::Tree,
     audit_by_ip: sled::Tree,
     audit_by_serial: sled::Tree,
+    /// Nodes and sessions: this process only (see [`super::cluster`]).
+    cluster: super::cluster::MemCluster,
+    path: std::path::PathBuf,
 }
 
 /// Index key: big-endian with the sign bit flipped, so byte order is numeric order.
@@ -122,6 +125,8 @@ impl SledStore {
             audit_by_host: db.open_tree("audit_by_host")?,
             audit_by_ip: db.open_tree("audit_by_ip")?,
             audit_by_serial: db.open_tree("audit_by_serial")?,
+            cluster: Default::default(),
+            path: path.to_owned(),
             db,
         })
     }
@@ -718,6 +723,7 @@ impl AuditStore for SledStore {
     }
 }
 
+mod cluster;
 #[cfg(test)]
 mod tests;
 

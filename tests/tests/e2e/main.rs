@@ -23,6 +23,7 @@ mod dns_harness;
 mod eab;
 mod fallback;
 mod fleet;
+mod ha;
 mod happy_path;
 mod harness;
 mod hostile;

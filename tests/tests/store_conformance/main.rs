@@ -5,6 +5,7 @@
 //! server restart.
 #![allow(clippy::unwrap_used)]
 
+mod cluster;
 mod postgres;
 
 use certfleet_coordinator::audit::{AuditLog, Entry, Kind, Query};
@@ -50,7 +51,7 @@ pub fn pg_options(url: &str) -> PgOptions {
     }
 }
 
-fn sled() -> Backend {
+pub fn sled() -> Backend {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     Backend {

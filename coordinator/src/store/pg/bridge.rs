@@ -6,6 +6,7 @@ use super::audit::{SeqCursor, SeqIndex};
 use super::records::SCAN_PAGE;
 use super::{PgOptions, PgStore};
 use crate::model::{CertRecord, HostRecord};
+use crate::store::cluster::{NodeRow, RelayRequest};
 use crate::store::{
     AccountRecord, AuditRecordIter, AuditRow, AuditStore, EnrollError, Lease, SeqIter, Store,
     StoreError, StoredAuditRecord, TokenRecord,
@@ -462,5 +463,90 @@ impl AuditStore for PgSyncStore {
     #[cfg(any(test, feature = "test-support"))]
     fn remove_audit_record_for_test(&self, seq: u64) -> Result<(), StoreError> {
         self.call(move |s| async move { s.remove_audit_record_for_test(seq).await })
+    }
+}
+
+impl crate::store::cluster::ClusterStore for PgSyncStore {
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn backend(&self) -> String {
+        format!("postgres ({})", self.store.target())
+    }
+
+    fn node_beat(
+        &self,
+        node: &str,
+        name: &str,
+        started: i64,
+        sessions: u64,
+        _now: i64,
+    ) -> Result<(), StoreError> {
+        let (node, name) = (node.to_owned(), name.to_owned());
+        self.call(move |s| async move { s.node_beat(&node, &name, started, sessions).await })
+    }
+
+    fn nodes(&self, _now: i64) -> Result<Vec<NodeRow>, StoreError> {
+        self.call(move |s| async move { s.nodes().await })
+    }
+
+    fn remove_node(&self, node: &str) -> Result<(), StoreError> {
+        let node = node.to_owned();
+        self.call(move |s| async move { s.remove_node(&node).await })
+    }
+
+    fn put_session(
+        &self,
+        host: &HostId,
+        node: &str,
+        session: u64,
+        _now: i64,
+    ) -> Result<(), StoreError> {
+        let (host, node) = (host.clone(), node.to_owned());
+        self.call(move |s| async move { s.put_session(&host, &node, session).await })
+    }
+
+    fn end_session(&self, host: &HostId, node: &str, session: u64) -> Result<(), StoreError> {
+        let (host, node) = (host.clone(), node.to_owned());
+        self.call(move |s| async move { s.end_session(&host, &node, session).await })
+    }
+
+    fn session_node(&self, host: &HostId, _now: i64) -> Result<Option<String>, StoreError> {
+        let host = host.clone();
+        self.call(move |s| async move { s.session_node(&host).await })
+    }
+
+    fn sessions(&self, _now: i64) -> Result<Vec<(HostId, String)>, StoreError> {
+        self.call(move |s| async move { s.sessions().await })
+    }
+
+    fn live_leases(&self, _now: i64) -> Result<Vec<Lease>, StoreError> {
+        self.call(move |s| async move { s.live_leases().await })
+    }
+
+    fn relay_send(&self, req: &RelayRequest) -> Result<(), StoreError> {
+        let req = req.clone();
+        self.call(move |s| async move { s.relay_send(&req).await })
+    }
+
+    fn relay_inbox(&self, node: &str, limit: usize) -> Result<Vec<RelayRequest>, StoreError> {
+        let node = node.to_owned();
+        self.call(move |s| async move { s.relay_inbox(&node, limit).await })
+    }
+
+    fn relay_answer(&self, id: &str, reply: &[u8]) -> Result<(), StoreError> {
+        let (id, reply) = (id.to_owned(), reply.to_vec());
+        self.call(move |s| async move { s.relay_answer(&id, &reply).await })
+    }
+
+    fn relay_reply(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let id = id.to_owned();
+        self.call(move |s| async move { s.relay_reply(&id).await })
+    }
+
+    fn relay_cancel(&self, id: &str) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.call(move |s| async move { s.relay_cancel(&id).await })
     }
 }

@@ -22,6 +22,7 @@
 
 mod audit;
 mod bridge;
+mod cluster;
 mod leases;
 mod records;
 mod schema;

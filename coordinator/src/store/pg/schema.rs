@@ -100,6 +100,34 @@ CREATE TABLE leases (
     until   timestamptz NOT NULL
 );
 "#,
+    r#"
+CREATE TABLE nodes (
+    node     text COLLATE "C" PRIMARY KEY,
+    name     text NOT NULL,
+    started  bigint NOT NULL,
+    beat     timestamptz NOT NULL,
+    sessions bigint NOT NULL
+);
+CREATE TABLE sessions (
+    host_id text COLLATE "C" PRIMARY KEY,
+    node    text COLLATE "C" NOT NULL,
+    session bigint NOT NULL,
+    since   timestamptz NOT NULL
+);
+CREATE INDEX sessions_by_node ON sessions (node);
+CREATE TABLE relay (
+    id         text COLLATE "C" PRIMARY KEY,
+    host_id    text COLLATE "C" NOT NULL,
+    from_node  text COLLATE "C" NOT NULL,
+    to_node    text COLLATE "C" NOT NULL,
+    message    bytea NOT NULL,
+    timeout_ms bigint NOT NULL,
+    posted     timestamptz NOT NULL DEFAULT now(),
+    taken      boolean NOT NULL DEFAULT false,
+    reply      bytea
+);
+CREATE INDEX relay_inbox ON relay (to_node, posted) WHERE NOT taken;
+"#,
 ];
 
 /// The schema version this coordinator writes.
