@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use certfleet_tests::coordinator::CoordinatorOptions;
+use certfleet_tests::coordinator::{run_with_config, CoordinatorOptions};
 use certfleet_tests::fleet::{Challenge, FleetHost, HostSpec};
 use certfleet_tests::netns::require_namespaces;
 use certfleet_tests::webserver::ServerKind;
@@ -240,34 +240,40 @@ async fn sighup_reloads_both_daemons() {
         "the agent connected again"
     );
 
-    // --- A bad coordinator config: refused, the old one keeps running.
+    // --- A bad coordinator config: refused, the old one keeps running. (The operator
+    // commands read the file too, so they run on a copy of the good one meanwhile.)
+    let before = coord.audit_records().await.expect("audit").len();
+    let good = std::fs::read_to_string(coord.config_path()).expect("config");
+    let good_copy = coord.dir().join("good.toml");
+    std::fs::write(&good_copy, &good).expect("copy");
     coord
         .append_config("\n[[policy.certificate]]\nname = \"broken\"\nissuer = \"nope\"\n")
         .expect("config");
-    let before = coord.audit_records().await.expect("audit").len();
     coord.sighup().expect("SIGHUP coordinator");
+    certfleet_tests::wait_for(
+        "the coordinator refuses its bad config",
+        TIMEOUT,
+        Duration::from_millis(100),
+        || async {
+            let refused = coord.log_lines_containing("configuration reload refused");
+            Ok((!refused.is_empty()).then_some(()))
+        },
+    )
+    .await
+    .expect("refusal logged");
+    let running = coord.child().expect("running").try_wait().expect("wait");
+    assert!(running.is_none(), "the coordinator exited on a bad config");
+    let status = run_with_config(&good_copy, &["status"], Duration::from_secs(60))
+        .await
+        .expect("status");
+    assert!(status.status.success(), "status: {status:?}");
+    std::fs::write(coord.config_path(), &good).expect("config");
     let failed = wait_audit(&coord, "config_reload_failed", |r| {
         r["kind"] == "config_reload_failed"
     })
     .await;
     let why = failed["details"]["error"].as_str().unwrap_or_default();
     assert!(why.contains("nope"), "{failed:#}");
-    assert!(
-        coord
-            .child()
-            .expect("running")
-            .try_wait()
-            .expect("wait")
-            .is_none(),
-        "the coordinator exited on a bad config"
-    );
-    assert!(
-        !coord
-            .log_lines_containing("configuration reload refused")
-            .is_empty(),
-        "the refusal is logged"
-    );
-    coord.cli_ok(&["status"]).await.expect("status");
     let records = coord.audit_records().await.expect("audit");
     assert!(
         !records[before..]
