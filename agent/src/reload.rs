@@ -30,7 +30,7 @@ pub enum Decision {
     /// Why the new file cannot be put in force (the old one keeps running).
     Refused(String),
     /// Put this in force; the settings that changed, for the log.
-    Apply(AgentConfig, Vec<String>),
+    Apply(Box<AgentConfig>, Vec<String>),
 }
 
 /// Reads and checks the file at `path` against the config in force.
@@ -62,7 +62,7 @@ pub fn decide(old: &AgentConfig, path: &Path) -> Decision {
     if changed.is_empty() {
         Decision::Unchanged
     } else {
-        Decision::Apply(new, changed)
+        Decision::Apply(Box::new(new), changed)
     }
 }
 
@@ -173,7 +173,7 @@ pub async fn run(
         drop(idle);
         // One queued behind it ends on the old config before the new agent starts.
         let _ = agent.wait_idle(INSTALL_WAIT).await;
-        previous = Some(std::mem::replace(&mut config, next));
+        previous = Some(std::mem::replace(&mut config, *next));
         // The new agent's run sends READY=1 once it runs, which ends the reload for systemd.
     }
 }

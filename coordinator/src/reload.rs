@@ -38,7 +38,7 @@ pub struct Reloads {
 /// What a reload did.
 #[derive(Debug)]
 pub enum Outcome {
-    Applied(diff::Summary),
+    Applied(Box<diff::Summary>),
     Refused(String),
 }
 
@@ -84,7 +84,7 @@ pub async fn reload(engine: &Arc<Engine>, path: &std::path::Path) -> Outcome {
             if !summary.is_empty() {
                 rederive_all(engine).await;
             }
-            Outcome::Applied(summary)
+            Outcome::Applied(Box::new(summary))
         }
     };
     let status = match &outcome {
