@@ -38,11 +38,13 @@ pub fn decide(old: &AgentConfig, path: &Path) -> Decision {
     let new = match AgentConfig::load(path) {
         Ok(c) => c,
         Err(e) => {
-            return Decision::Refused(certfleet_shared::daemon::error_message(
+            let chain =
                 std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
                     e.source()
-                }),
-            ))
+                });
+            return Decision::Refused(certfleet_shared::configenv::without_source_excerpt(
+                &certfleet_shared::daemon::error_message(chain),
+            ));
         }
     };
     if new.state_dir != old.state_dir {

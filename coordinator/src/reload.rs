@@ -103,8 +103,13 @@ fn check(
     engine: &Engine,
     path: &std::path::Path,
 ) -> Result<(Config, Arc<crate::dns::DnsProviders>), String> {
+    // No source excerpt: the log and the audit trail never get a value from the file.
     let message = |e: &(dyn std::error::Error + 'static)| {
-        certfleet_shared::daemon::error_message(std::iter::successors(Some(e), |e| e.source()))
+        certfleet_shared::configenv::without_source_excerpt(
+            &certfleet_shared::daemon::error_message(std::iter::successors(Some(e), |e| {
+                e.source()
+            })),
+        )
     };
     let config = Config::load(path).map_err(|e| message(&e))?;
     config.check_files(path).map_err(|e| message(&e))?;

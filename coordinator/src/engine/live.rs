@@ -8,7 +8,7 @@
 
 use super::Engine;
 use crate::acme::AcmeIssuer;
-use crate::config::Config;
+use crate::config::{Config, IssuerConfig};
 use crate::dns::DnsProviders;
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,14 +27,14 @@ tokio::task_local! {
     static SNAPSHOT: Arc<Live>;
 }
 
-impl Engine {
-    /// Builds what `config` describes, reusing from `previous` every issuer whose settings
-    /// are the same. Returns the issuers that are new (to warm up).
-    pub(super) fn build_live(
-        &self,
+impl Live {
+    /// What `config` describes, reusing from `previous` every issuer whose settings are
+    /// the same (`make` makes the others). Returns the issuers that are new (to warm up).
+    pub(super) fn build(
         config: Config,
         dns: Arc<DnsProviders>,
         previous: Option<&Live>,
+        make: impl Fn(&IssuerConfig) -> AcmeIssuer,
     ) -> (Live, Vec<Arc<AcmeIssuer>>) {
         let mut fresh = Vec::new();
         let issuers = config
@@ -43,20 +43,13 @@ impl Engine {
             .map(|c| {
                 let kept = previous
                     .and_then(|p| p.issuers.get(&c.name))
-                    .filter(|i| i.cfg == *c);
-                let issuer = match kept {
-                    Some(i) => i.clone(),
-                    None => {
-                        let i = Arc::new(AcmeIssuer::new(
-                            c.clone(),
-                            self.store.clone(),
-                            self.clock.clone(),
-                            self.metrics.clone(),
-                        ));
-                        fresh.push(i.clone());
-                        i
-                    }
-                };
+                    .filter(|i| i.cfg == *c)
+                    .cloned();
+                let issuer = kept.unwrap_or_else(|| {
+                    let i = Arc::new(make(c));
+                    fresh.push(i.clone());
+                    i
+                });
                 (c.name.clone(), issuer)
             })
             .collect();
@@ -66,6 +59,18 @@ impl Engine {
             dns,
         };
         (live, fresh)
+    }
+}
+
+impl Engine {
+    /// A new issuer on the engine's store, clock and metrics.
+    fn make_issuer(&self, cfg: &IssuerConfig) -> AcmeIssuer {
+        AcmeIssuer::new(
+            cfg.clone(),
+            self.store.clone(),
+            self.clock.clone(),
+            self.metrics.clone(),
+        )
     }
 
     /// The configuration of the current unit of work: the certificate task's snapshot, or
@@ -91,7 +96,7 @@ impl Engine {
     /// configuration it replaced.
     pub fn swap_config(self: &Arc<Self>, config: Config, dns: Arc<DnsProviders>) -> Arc<Config> {
         let mut guard = self.live.write().unwrap_or_else(|p| p.into_inner());
-        let (live, fresh) = self.build_live(config, dns, Some(&guard));
+        let (live, fresh) = Live::build(config, dns, Some(&guard), |c| self.make_issuer(c));
         let old = std::mem::replace(&mut *guard, Arc::new(live));
         drop(guard);
         for issuer in fresh {
@@ -120,5 +125,56 @@ impl Engine {
                 _ = shutdown.cancelled() => {}
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SledStore;
+    use certfleet_shared::clock::ManualClock;
+
+    fn config(extra: &str) -> Config {
+        let text = format!(
+            "version = 1\nstate_dir = \"/var/lib/c\"\n[server]\nlisten = \"127.0.0.1:7443\"\n\
+             [issuance]\nissuer = \"a\"\n\
+             [[issuer]]\nname = \"a\"\ndirectory = \"https://a.example/dir\"\n{extra}"
+        );
+        Config::from_toml(&text, std::path::Path::new("t.toml"), std::iter::empty())
+            .expect("config")
+    }
+
+    #[test]
+    fn an_unchanged_issuer_is_kept_across_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn crate::store::Store> =
+            Arc::new(SledStore::open(&dir.path().join("db")).unwrap());
+        let clock: certfleet_shared::clock::SharedClock = Arc::new(ManualClock::new(0));
+        let make = |c: &IssuerConfig| {
+            AcmeIssuer::new(c.clone(), store.clone(), clock.clone(), Arc::default())
+        };
+        let dns = Arc::new(DnsProviders::from_config(&[]).unwrap());
+        let (first, fresh) = Live::build(config(""), dns.clone(), None, make);
+        assert_eq!(fresh.len(), 1);
+
+        // `a` unchanged, `b` added: `a` is the same issuer (its account stays cached).
+        let b = "[[issuer]]\nname = \"b\"\ndirectory = \"https://b.example/dir\"\n";
+        let (second, fresh) = Live::build(config(b), dns.clone(), Some(&first), make);
+        assert!(Arc::ptr_eq(&first.issuers["a"], &second.issuers["a"]));
+        assert_eq!(
+            fresh
+                .iter()
+                .map(|i| i.cfg.name.as_str())
+                .collect::<Vec<_>>(),
+            ["b"]
+        );
+
+        // `a` changed (its contact): a new issuer; the old one lives on with whoever holds it.
+        let contact = "contact = [\"mailto:ops@example.org\"]\n";
+        let (third, fresh) = Live::build(config(contact), dns, Some(&second), make);
+        assert!(!Arc::ptr_eq(&second.issuers["a"], &third.issuers["a"]));
+        assert_eq!(fresh.len(), 1);
+        assert!(!third.issuers.contains_key("b"));
+        assert_eq!(second.issuers["a"].cfg.contact, Vec::<String>::new());
     }
 }

@@ -137,16 +137,15 @@ impl Engine {
         tracker: TaskTracker,
         dns: Arc<crate::dns::DnsProviders>,
     ) -> Arc<Self> {
-        let engine = Arc::new(Self {
+        let (live, _) = Live::build(config, dns, None, |c| {
+            AcmeIssuer::new(c.clone(), store.clone(), clock.clone(), metrics.clone())
+        });
+        Arc::new(Self {
             store,
             metrics,
             audit,
             sessions,
-            live: RwLock::new(Arc::new(Live {
-                config: Arc::new(config.clone()),
-                issuers: HashMap::new(),
-                dns: dns.clone(),
-            })),
+            live: RwLock::new(Arc::new(live)),
             budgets: Mutex::default(),
             clock,
             running: Mutex::default(),
@@ -156,10 +155,7 @@ impl Engine {
             permits: Arc::new(Semaphore::new(MAX_PARALLEL)),
             shutdown,
             tracker,
-        });
-        let (live, _) = engine.build_live(config, dns, None);
-        *engine.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
-        engine
+        })
     }
 
     /// Warms up the ACME accounts, reschedules what a crash interrupted, starts the
