@@ -37,6 +37,7 @@ pub mod keygroup;
 pub mod keys;
 mod live_listener;
 pub mod metrics;
+pub mod reload;
 pub mod resolve;
 mod rotation;
 pub mod served;

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use certfleet_agent::coordinators::SessionStatus;
-use certfleet_agent::{config::AgentConfig, identity, install, session::Agent};
+use certfleet_agent::{config::AgentConfig, identity, install};
 use certfleet_shared::clock::{Clock, SharedClock, SystemClock};
 use certfleet_shared::timefmt::{relative, rfc3339};
 use clap::{Parser, Subcommand};
@@ -149,10 +149,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
             println!("enrolled as host {}", e.host_id);
         }
         Cmd::Run => {
+            // From here on a SIGHUP asks for a reload instead of ending the process.
+            let hangups = certfleet_shared::daemon::Hangups::new();
             let clock: SharedClock = Arc::new(SystemClock);
-            let agent = Agent::with_clock(config, clock)?;
             let shutdown = CancellationToken::new();
-            let run = agent.run(shutdown.clone());
+            let run = certfleet_agent::reload::run(
+                config,
+                args.config.clone(),
+                clock,
+                hangups,
+                shutdown.clone(),
+            );
             tokio::pin!(run);
             // No task for the signal: it is awaited here, beside the daemon.
             tokio::select! {

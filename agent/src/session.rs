@@ -152,6 +152,27 @@ impl Agent {
         }))
     }
 
+    /// What [`Agent::with_clock`] would refuse in `config` (targets that do not resolve, a
+    /// `[tls_alpn01]` that cannot be set up), without touching the state directory.
+    pub fn check_config(config: &AgentConfig) -> Result<(), String> {
+        config
+            .resolve_targets()
+            .map_err(|e| format!("config: {e}"))?;
+        if let Some(t) = &config.tls_alpn01 {
+            tlsalpn01::Responder::new(config.ip_addrs(), t, Default::default())
+                .map_err(|e| format!("TLS-ALPN-01 responder: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Waits (at most `limit`) until no install runs, and keeps the next one from starting
+    /// while the guard is held; `None` when one still ran at the limit.
+    pub async fn wait_idle(&self, limit: Duration) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        tokio::time::timeout(limit, self.install_lock.lock())
+            .await
+            .ok()
+    }
+
     /// Keeps a session open until `shutdown`, then drains the agent's tasks (see
     /// [`Agent::drain`]).
     pub async fn run(self: &Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -23,6 +23,8 @@
 //!   release an address.
 //! - [`server`] — gRPC services and the per-call identity checks.
 //! - [`cli`] — operator commands that talk to a running coordinator.
+//! - [`reload`] — SIGHUP: the configuration read again, refused whole or swapped in,
+//!   audited, every host's certificates derived again.
 //!
 //! The binary (`src/main.rs`) only parses arguments, loads config, starts tracing, opens
 //! the daemon's [`Deps`] and calls [`serve`], or calls a [`cli`] function.
@@ -40,6 +42,7 @@ pub mod fleet_ca;
 pub mod metrics;
 pub mod model;
 pub mod node;
+pub mod reload;
 pub mod requests;
 pub mod server;
 pub mod sessions;
@@ -171,6 +174,17 @@ pub async fn serve(
     deps: Deps,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_with_reload(config, deps, shutdown, None).await
+}
+
+/// [`serve`], and a reload of the configuration for every request on `reloads`
+/// ([`reload::reload`]; the binary sends one per SIGHUP).
+pub async fn serve_with_reload(
+    config: config::Config,
+    deps: Deps,
+    shutdown: CancellationToken,
+    reloads: Option<reload::Reloads>,
+) -> anyhow::Result<()> {
     let Deps {
         clock,
         store,
@@ -220,6 +234,13 @@ pub async fn serve(
         dns,
     );
     engine.start()?;
+    if let Some(reloads) = reloads {
+        tracker.spawn(reload::serve_requests(
+            engine.clone(),
+            reloads,
+            shutdown.clone(),
+        ));
+    }
 
     let services = Arc::new(server::Services {
         store: store.clone(),

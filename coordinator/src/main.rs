@@ -319,17 +319,39 @@ async fn run(args: Args) -> anyhow::Result<()> {
             for w in config.warnings() {
                 tracing::warn!("{w}");
             }
+            // From here on a SIGHUP asks for a reload instead of ending the process.
+            let mut hangups = certfleet_shared::daemon::Hangups::new();
             let deps = certfleet_coordinator::Deps::open(&config).await?;
             let shutdown = CancellationToken::new();
-            let serve = certfleet_coordinator::serve(config, deps, shutdown.clone());
+            // One reload waiting is enough: SIGHUPs while one waits are the same request.
+            let (reload, requests) = tokio::sync::mpsc::channel(1);
+            let reloads = certfleet_coordinator::reload::Reloads {
+                path: args.config.clone(),
+                requests,
+            };
+            let serve = certfleet_coordinator::serve_with_reload(
+                config,
+                deps,
+                shutdown.clone(),
+                Some(reloads),
+            );
             tokio::pin!(serve);
-            // No task for the signal: it is awaited here, beside the daemon.
-            tokio::select! {
-                r = &mut serve => return r,
-                _ = certfleet_shared::daemon::wait_for_signal() => {
-                    tracing::info!("stopping");
-                    certfleet_shared::daemon::notify_systemd(certfleet_shared::daemon::Notify::Stopping);
-                    shutdown.cancel();
+            // No task for the signals: they are awaited here, beside the daemon.
+            let stop = certfleet_shared::daemon::wait_for_signal();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    r = &mut serve => return r,
+                    _ = &mut stop => {
+                        tracing::info!("stopping");
+                        certfleet_shared::daemon::notify_systemd(certfleet_shared::daemon::Notify::Stopping);
+                        shutdown.cancel();
+                        break;
+                    }
+                    _ = hangups.recv() => {
+                        tracing::info!(config = %args.config.display(), "SIGHUP: reloading the configuration");
+                        let _ = reload.try_send(());
+                    }
                 }
             }
             serve.await?;

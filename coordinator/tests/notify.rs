@@ -1,6 +1,8 @@
 //! The coordinator binary under a fake systemd: `serve` with `$NOTIFY_SOCKET` pointing at a
 //! datagram socket the test bound sends READY=1 only once it serves (the gRPC port accepts,
-//! `/readyz` says ready), and STOPPING=1 when asked to stop; `/healthz` answers meanwhile.
+//! `/readyz` says ready), RELOADING=1 (with MONOTONIC_USEC) … READY=1 around a SIGHUP
+//! reload, good or refused, and STOPPING=1 when asked to stop; `/healthz` answers
+//! meanwhile.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixDatagram;
@@ -125,6 +127,45 @@ allow_private_ips = true
         (200, "ready: serving; store readable\n".into())
     );
     eprintln!("READY=1 after {:?}", started.elapsed());
+
+    // SIGHUP: a reload, told to systemd as RELOADING=1 + MONOTONIC_USEC … READY=1; the
+    // daemon goes on serving. The same file: applied, no change.
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let hup = || nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    let reloading = |msg: &[String]| {
+        assert_eq!(msg[0], "RELOADING=1", "{msg:?}");
+        let usec = msg[1]
+            .strip_prefix("MONOTONIC_USEC=")
+            .expect("MONOTONIC_USEC");
+        assert!(usec.parse::<u64>().expect("a number") > 0, "{msg:?}");
+        assert_eq!(msg[2], "STATUS=reloading the configuration");
+    };
+    hup();
+    reloading(&next_message(&sock));
+    assert_eq!(
+        next_message(&sock),
+        [
+            "READY=1",
+            "STATUS=serving; configuration reloaded (no change)"
+        ]
+    );
+    // A setting read only at start changed: the reload is refused, the daemon serves on.
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace(&format!("127.0.0.1:{grpc}"), "127.0.0.1:1"),
+    )
+    .expect("config");
+    hup();
+    reloading(&next_message(&sock));
+    let refused = next_message(&sock);
+    assert_eq!(refused[0], "READY=1");
+    assert!(
+        refused[1].contains("the last reload was refused"),
+        "{refused:?}"
+    );
+    std::net::TcpStream::connect(("127.0.0.1", grpc)).expect("still serving on the old port");
+    assert!(child.try_wait().expect("try_wait").is_none());
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),

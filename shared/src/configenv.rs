@@ -20,6 +20,23 @@ pub enum ConfigError {
     Invalid { path: PathBuf, detail: String },
 }
 
+/// `message` without the source excerpt a TOML parse error carries (the ` 5 | key = …`
+/// lines and their `^` markers), on one line: what a reload logs and audits, so a value
+/// from the file (an inline secret such as an EAB HMAC key) is never copied there.
+pub fn without_source_excerpt(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            let rest = l
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start();
+            !l.is_empty() && !rest.starts_with('|')
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Applies every `prefix*` variable of `vars` (except the names in `skip`) to `doc`.
 /// Returns the names applied, for logging.
 pub fn apply_overrides(
@@ -90,6 +107,26 @@ fn set_path(doc: &mut Value, path: &[String], value: Value) -> Result<(), String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parse_error_loses_its_source_excerpt() {
+        let text = "version = 1\neab_hmac_key = \"s3cr3t-value\nlisten = 1\n";
+        let err = parse_with_env::<Value>(text, "CF_", &[], Vec::new()).unwrap_err();
+        assert!(err.contains("s3cr3t-value"), "the excerpt is there: {err}");
+        let shown = without_source_excerpt(&format!("config /etc/x.toml is not valid: {err}"));
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(!shown.contains('\n'), "{shown}");
+        assert!(shown.contains("line 2"), "{shown}");
+        assert!(
+            shown.starts_with("config /etc/x.toml is not valid: "),
+            "{shown}"
+        );
+        // A message without an excerpt stays as it is.
+        assert_eq!(
+            without_source_excerpt("issuer \"nope\" is unknown"),
+            "issuer \"nope\" is unknown"
+        );
+    }
 
     #[test]
     fn overrides_nested_keys_with_typed_values() {

@@ -1,6 +1,6 @@
 //! What both daemons' thin `main`s share: logging set-up, waiting for a stop signal,
-//! systemd notifications (readiness, status, stopping), and the one line a failed command
-//! prints.
+//! reload requests (SIGHUP), systemd notifications (readiness, reloading, status,
+//! stopping), and the one line a failed command prints.
 
 use std::io::IsTerminal;
 
@@ -37,12 +37,49 @@ pub async fn wait_for_signal() {
     }
 }
 
+/// SIGHUP, the reload request (`systemctl reload`: `ExecReload=/bin/kill -HUP $MAINPID`).
+/// Make it early: from then on a SIGHUP no longer ends the process (its default action)
+/// but is queued here until [`Hangups::recv`] takes it; several queued are one.
+pub struct Hangups(Option<tokio::signal::unix::Signal>);
+
+impl Hangups {
+    /// Must run inside a tokio runtime.
+    pub fn new() -> Self {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Self(Some(s)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reloading the configuration needs a restart");
+                Self(None)
+            }
+        }
+    }
+
+    /// The next SIGHUP (never, when it could not be listened for).
+    pub async fn recv(&mut self) {
+        if let Some(s) = &mut self.0 {
+            if s.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending().await
+    }
+}
+
+impl Default for Hangups {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// What a daemon tells systemd (`Type=notify`) over `$NOTIFY_SOCKET`; nothing without it.
 /// A failure to tell is logged, never fatal: the daemon works the same without systemd.
 #[derive(Clone, Copy, Debug)]
 pub enum Notify<'a> {
     /// READY=1 with a STATUS= line: the daemon really serves now.
     Ready(&'a str),
+    /// RELOADING=1 with MONOTONIC_USEC= (systemd ≥ 253 wants both in one message) and a
+    /// STATUS= line: a reload began; [`Notify::Ready`] ends it, whatever its outcome.
+    Reloading(&'a str),
     /// STATUS= only: what the daemon is doing, shown by `systemctl status`.
     Status(&'a str),
     /// STOPPING=1: shutdown has begun.
@@ -53,6 +90,18 @@ pub fn notify_systemd(what: Notify<'_>) {
     use sd_notify::NotifyState;
     let states = match what {
         Notify::Ready(status) => vec![NotifyState::Ready, NotifyState::Status(status)],
+        Notify::Reloading(status) => {
+            let mut states = vec![NotifyState::Reloading];
+            // CLOCK_MONOTONIC, not the wall clock: systemd matches it to the reload job.
+            match NotifyState::monotonic_usec_now() {
+                Ok(now) => states.push(now),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read CLOCK_MONOTONIC for MONOTONIC_USEC=")
+                }
+            }
+            states.push(NotifyState::Status(status));
+            states
+        }
         Notify::Status(status) => vec![NotifyState::Status(status)],
         Notify::Stopping => vec![NotifyState::Stopping],
     };

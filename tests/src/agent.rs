@@ -497,6 +497,14 @@ ips = [{ips}]
         self.child.as_mut()
     }
 
+    /// SIGHUP to the running agent (a reload of its config), without waiting.
+    pub fn sighup(&self) -> anyhow::Result<()> {
+        self.child
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("agent {} is not running", self.name))?
+            .sighup()
+    }
+
     /// stdout+stderr of every `run`, in order.
     pub fn logs(&self) -> String {
         self.past_runs

@@ -474,6 +474,23 @@ impl Coordinator {
         }
     }
 
+    /// Appends TOML to the config file (the running server reads it at its next start or
+    /// [`Coordinator::sighup`]).
+    pub fn append_config(&self, toml: &str) -> anyhow::Result<()> {
+        let mut text = std::fs::read_to_string(&self.config_path)?;
+        text.push_str(toml);
+        std::fs::write(&self.config_path, text)?;
+        Ok(())
+    }
+
+    /// SIGHUP to the running server (a reload of its config), without waiting.
+    pub fn sighup(&self) -> anyhow::Result<()> {
+        self.child
+            .as_ref()
+            .context("the coordinator is not running")?
+            .sighup()
+    }
+
     /// Runs `certfleet-coordinator --config CFG ARGS...` and returns its output.
     pub async fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
         let mut cmd = tokio::process::Command::new(&self.bin);

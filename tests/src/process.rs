@@ -117,6 +117,11 @@ impl ChildGuard {
         self.signal(Signal::SIGTERM)
     }
 
+    /// Sends SIGHUP (does not wait): a daemon's reload request.
+    pub fn sighup(&self) -> anyhow::Result<()> {
+        self.signal(Signal::SIGHUP)
+    }
+
     /// Sends SIGKILL (does not wait).
     pub fn sigkill(&self) -> anyhow::Result<()> {
         self.signal(Signal::SIGKILL)

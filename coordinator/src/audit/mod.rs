@@ -72,6 +72,13 @@ pub enum Kind {
     /// imported there (`key_group`, `key_sha256`, `from_host`, `recipient_identity_sha256`;
     /// the record's host is the one that received it). The coordinator relayed ciphertext.
     KeyShared,
+    /// The configuration file was read again (SIGHUP) and put in force: `summary` (one
+    /// line) and `changes` (policies, issuers, DNS providers added, removed, changed).
+    ConfigReloaded,
+    /// A reload was refused (the file does not parse or validate, a DNS credential cannot
+    /// be read, or a setting that needs a restart changed): `error`; the previous
+    /// configuration keeps running.
+    ConfigReloadFailed,
 }
 
 impl Kind {

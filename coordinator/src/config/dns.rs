@@ -59,7 +59,7 @@ pub enum TsigAlgorithmName {
 
 /// One `[[dns_provider]]` table. Holds no secret (file paths and variable names only), so
 /// its derived `Debug` shows nothing sensitive.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DnsProviderConfig {
     /// Letters, digits, `-`, `_`; unique.

@@ -19,6 +19,7 @@ const ENV_SKIP: &[&str] = &[
 
 pub use certfleet_shared::configenv::ConfigError;
 
+pub mod diff;
 mod dns;
 pub use dns::{
     parse_nameserver, validate_providers, DnsProviderConfig, DnsProviderKind, TsigAlgorithmName,
@@ -56,7 +57,7 @@ pub struct Config {
     pub store: StoreConfig,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Serve Prometheus metrics on `http://<listen>/metrics`; off when unset. Bind it to a
@@ -92,7 +93,7 @@ pub enum RateLimits {
     None,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -153,7 +154,7 @@ pub enum KeyTypeName {
     Rsa4096,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssuanceConfig {
     /// Issuer for host certificates; defaults to the only issuer when there is one.
@@ -199,7 +200,7 @@ fn default_validation_timeout() -> u64 {
     90
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerConfig {
     pub name: String,

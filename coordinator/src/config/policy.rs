@@ -46,7 +46,7 @@ impl ChallengeKind {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     pub name: String,
@@ -82,7 +82,7 @@ pub struct PolicyConfig {
 }
 
 /// `[[policy.certificate]]`: one certificate every matching host gets.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateConfig {
     /// Unique in the policy; the certificate keeps its identity (and history) under it.

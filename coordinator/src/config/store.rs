@@ -29,7 +29,7 @@ impl StoreBackend {
 const DEFAULT_POOL_SIZE: usize = 8;
 const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
-#[derive(Clone, Default, Deserialize)]
+#[derive(Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     #[serde(default)]

@@ -17,7 +17,7 @@ impl Engine {
     }
 
     pub(super) fn issuer_has_ari(&self, name: &str) -> bool {
-        self.issuers.get(name).is_some_and(|i| i.has_ari())
+        self.live().issuers.get(name).is_some_and(|i| i.has_ari())
     }
 
     /// Fetches the ARI window when it is time to (at least twice a day).
@@ -37,7 +37,7 @@ impl Engine {
         {
             return;
         }
-        let Some(issuer) = self.issuers.get(&cur.issuer) else {
+        let Some(issuer) = self.live().issuers.get(&cur.issuer).cloned() else {
             return;
         };
         if !issuer.has_ari() {

@@ -12,7 +12,8 @@ impl Engine {
     /// New orders left per issuer that counts Let's Encrypt's limits (for metrics).
     pub fn budget_remaining(&self) -> Vec<(String, u32)> {
         let now = self.clock.now_unix();
-        self.issuers
+        self.live()
+            .issuers
             .values()
             .filter(|i| i.cfg.rate_limits() == RateLimits::Letsencrypt)
             .filter_map(|i| {

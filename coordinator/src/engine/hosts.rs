@@ -18,11 +18,19 @@ impl Engine {
     /// The host's facts changed (it said Hello): claim its addresses, recompute its desired
     /// certificate and look at it now.
     pub fn host_changed(&self, host_id: &HostId) -> Result<(), StoreError> {
+        self.rederive(host_id, "host connected")
+    }
+
+    /// Recomputes the host's desired certificates from the configuration in force (its
+    /// addresses claimed, records made, changed or retired) and looks at each now, for
+    /// `reason` (a Hello, a reload of the configuration, an address released).
+    pub fn rederive(&self, host_id: &HostId, reason: &str) -> Result<(), StoreError> {
         let Some(host) = self.store.host(host_id)? else {
             return Ok(());
         };
         let now = self.clock.now_unix();
-        let disallowed = spec::disallowed(&self.config, &host);
+        let live = self.live();
+        let disallowed = spec::disallowed(&live.config, &host);
         let conflicts = self.claim_addresses(&host, disallowed.as_ref())?;
         let mut existing: BTreeMap<String, CertRecord> = self
             .store
@@ -30,7 +38,7 @@ impl Engine {
             .into_iter()
             .map(|r| (r.spec.name.clone(), r))
             .collect();
-        for wanted in spec::desired_all(&self.config, &host) {
+        for wanted in spec::desired_all(&live.config, &host) {
             let found = existing.remove(&wanted.name);
             match wanted.spec {
                 Ok(spec) => {
@@ -60,7 +68,7 @@ impl Engine {
                     self.set_blocked(&mut rec, blocked)?;
                     rec.state = state_of(&rec, now);
                     rec.schedule.next_action = Some(now);
-                    rec.schedule.next_reason = Some("host connected".into());
+                    rec.schedule.next_reason = Some(reason.into());
                     rec.updated = now;
                     self.save(&rec)?;
                 }

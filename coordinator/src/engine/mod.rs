@@ -10,8 +10,10 @@
 //! Every state change is flushed to the store before the next step acts on it.
 //!
 //! ## Layout
-//! - `mod.rs` — [`Engine`] (wiring: store, audit, sessions, issuers, clock, tasks) and
+//! - `mod.rs` — [`Engine`] (wiring: store, audit, sessions, clock, tasks) and
 //!   [`IssueError`].
+//! - [`live`] — the configuration, issuers and DNS providers in force, swapped whole at a
+//!   reload; one snapshot per certificate task.
 //! - [`scheduler`] — the next-action loop, leases, wake-ups, `recover()` at start.
 //! - [`reconcile`] — pure `decide` / `state_of` / `next_reason` / `planned_at` /
 //!   `retry_at`, and `finish` / `planned` (the outcome and the next action).
@@ -37,6 +39,7 @@ pub mod csr;
 pub mod hosts;
 pub mod install;
 pub mod keygroup;
+pub mod live;
 pub mod order;
 pub mod reconcile;
 pub mod scheduler;
@@ -55,8 +58,9 @@ use crate::store::{Store, StoreError};
 use certfleet_shared::clock::SharedClock;
 use certfleet_shared::ids::CertId;
 use certfleet_shared::ratelimit::{Budget, Refusal};
+pub use live::Live;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -99,11 +103,10 @@ pub struct Engine {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub(crate) audit: Arc<AuditLog>,
     pub sessions: Arc<Sessions>,
-    issuers: HashMap<String, Arc<AcmeIssuer>>,
-    /// DNS-01's providers (the fleet's only DNS credentials).
-    pub(crate) dns: Arc<crate::dns::DnsProviders>,
+    /// The configuration, issuers and DNS providers in force ([`live`]); read through
+    /// [`Engine::live`], replaced whole by [`Engine::swap_config`].
+    live: RwLock<Arc<Live>>,
     budgets: Mutex<HashMap<String, Budget>>,
-    pub(crate) config: Config,
     pub(crate) clock: SharedClock,
     running: Mutex<HashSet<CertId>>,
     /// This coordinator process, as the holder of certificate leases (random per start).
@@ -134,31 +137,17 @@ impl Engine {
         tracker: TaskTracker,
         dns: Arc<crate::dns::DnsProviders>,
     ) -> Arc<Self> {
-        let issuers = config
-            .issuers
-            .iter()
-            .map(|c| {
-                (
-                    c.name.clone(),
-                    Arc::new(AcmeIssuer::new(
-                        c.clone(),
-                        store.clone(),
-                        clock.clone(),
-                        metrics.clone(),
-                    )),
-                )
-            })
-            .collect();
+        let (live, _) = Live::build(config, dns, None, |c| {
+            AcmeIssuer::new(c.clone(), store.clone(), clock.clone(), metrics.clone())
+        });
         let node = sessions.node().to_owned();
         Arc::new(Self {
             store,
             metrics,
             audit,
             sessions,
-            issuers,
-            dns,
+            live: RwLock::new(Arc::new(live)),
             budgets: Mutex::default(),
-            config,
             clock,
             running: Mutex::default(),
             node,
@@ -173,21 +162,26 @@ impl Engine {
     /// Warms up the ACME accounts, reschedules what a crash interrupted, starts the
     /// scheduler.
     pub fn start(self: &Arc<Self>) -> Result<(), StoreError> {
-        for issuer in self.issuers.values().cloned() {
-            let shutdown = self.shutdown.clone();
-            self.tracker.spawn(async move {
-                tokio::select! {
-                    r = issuer.account() => if let Err(e) = r {
-                        tracing::error!(issuer = %issuer.cfg.name, error = %e, "ACME account not ready; will retry at first issuance");
-                    },
-                    _ = shutdown.cancelled() => {}
-                }
-            });
+        for issuer in self.live().issuers.values().cloned() {
+            self.warm_up(issuer);
         }
         self.recover()?;
         let engine = self.clone();
         self.tracker.spawn(async move { engine.scheduler().await });
         Ok(())
+    }
+
+    /// Loads (or creates) the issuer's ACME account in the background.
+    fn warm_up(&self, issuer: Arc<AcmeIssuer>) {
+        let shutdown = self.shutdown.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                r = issuer.account() => if let Err(e) = r {
+                    tracing::error!(issuer = %issuer.cfg.name, error = %e, "ACME account not ready; will retry at first issuance");
+                },
+                _ = shutdown.cancelled() => {}
+            }
+        });
     }
 
     /// Appends to the audit trail (durable when it returns).
@@ -207,7 +201,8 @@ impl Engine {
     }
 
     pub(crate) fn issuer(&self, name: &str) -> Result<Arc<AcmeIssuer>, IssueError> {
-        self.issuers
+        self.live()
+            .issuers
             .get(name)
             .cloned()
             .ok_or_else(|| IssueError::Policy(format!("issuer {name:?} is not configured")))

@@ -42,6 +42,7 @@ impl Engine {
         let names: Vec<&str> = spec.issuers().collect();
         let issuer = self.issuer(names[rec.schedule.issuer_index % names.len()])?;
         let dns01 = challenge == ChallengeKind::Dns01;
+        let dns = self.live().dns.clone();
         for id in &spec.identifiers {
             let refused = match id {
                 Identifier::Ip(_) if dns01 => Some(
@@ -52,11 +53,11 @@ impl Engine {
                 Identifier::Ip(ip) => check_issuable(*ip, issuer.cfg.allow_private_ips)
                     .err()
                     .map(|e| e.to_string()),
-                Identifier::Dns(n) if dns01 => self.dns.zone_for(n).is_none().then(|| {
+                Identifier::Dns(n) if dns01 => dns.zone_for(n).is_none().then(|| {
                     format!("no [[dns_provider]] serves a zone {n} is in; add its zone to a provider's zones or delegated_zones")
                 }),
                 Identifier::Dns(_) => None,
-                Identifier::Wildcard(n) if dns01 => self.dns.zone_for(n).is_none().then(|| {
+                Identifier::Wildcard(n) if dns01 => dns.zone_for(n).is_none().then(|| {
                     format!("no [[dns_provider]] serves a zone {n} is in; add its zone to a provider's zones or delegated_zones")
                 }),
                 Identifier::Wildcard(_) => Some(format!(
@@ -212,7 +213,7 @@ impl Engine {
         };
         let status = driver.status();
         let needs_csr = matches!(status, OrderStatus::Pending | OrderStatus::Ready);
-        let timeout = Duration::from_secs(self.config.issuance.validation_timeout_secs);
+        let timeout = Duration::from_secs(self.live().config.issuance.validation_timeout_secs);
         let want = needs_csr.then(|| CsrWant::new(rec, &order));
         let challenges = if status == OrderStatus::Pending {
             driver.challenges()

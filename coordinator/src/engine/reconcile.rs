@@ -228,7 +228,7 @@ impl Engine {
                     _ => None,
                 };
                 next = retry_at(
-                    &self.config.issuance.retry_backoff(),
+                    &self.live().config.issuance.retry_backoff(),
                     rec.schedule.attempts,
                     rand::random::<f64>(),
                     ca_says,

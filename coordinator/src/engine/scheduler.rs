@@ -132,7 +132,7 @@ impl Engine {
                     _ = token.cancelled() => Ok(()),
                 }
             };
-            let result = LEASE.scope(lease.clone(), work).await;
+            let result = LEASE.scope(lease.clone(), engine.with_snapshot(work)).await;
             if let Err(e) = engine.store.release_lease(&lease) {
                 tracing::warn!(cert = %id, error = %e, "cannot give the lease back; it expires by itself");
             }

@@ -42,6 +42,7 @@ mod pending_keys;
 mod policy;
 mod readiness;
 mod refusals;
+mod reload;
 mod renewal;
 mod restart;
 mod revocation;

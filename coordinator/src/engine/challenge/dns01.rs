@@ -47,15 +47,15 @@ impl Engine {
         challenges: &[PendingChallenge],
     ) -> Result<(), IssueError> {
         let values = txt_values(challenges)?;
-        let set = self.dns.plan(&values).await?;
+        let set = self.live().dns.plan(&values).await?;
         if let Some(o) = rec.observed.order.as_mut() {
             o.dns_records = Some(set.clone());
         }
         // Durable before anything is written, so a crash cannot leave records behind.
         self.save(rec)?;
         let written = async {
-            self.dns.present_set(&set).await?;
-            self.dns.wait_propagated(&set).await
+            self.live().dns.present_set(&set).await?;
+            self.live().dns.wait_propagated(&set).await
         }
         .await;
         if let Err(e) = written {
@@ -81,7 +81,7 @@ impl Engine {
 
     /// Removes `set`'s records now or keeps them for a later try (audited).
     pub(crate) async fn cleanup_dns_set(&self, rec: &mut CertRecord, set: PresentedSet) {
-        match self.dns.cleanup(&set).await {
+        match self.live().dns.cleanup(&set).await {
             Ok(()) => {}
             Err(e) => {
                 tracing::warn!(cert = %rec.id, error = %e, "could not remove DNS-01 records; will try again");
