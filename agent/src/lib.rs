@@ -6,6 +6,7 @@
 //! served, rolling back if not. No ACME, no database.
 //!
 //! ## Layout
+//! - [`addresses`] — `ips = "auto"`: the host's addresses from its interfaces, filtered, followed.
 //! - [`config`] — the local config: addresses, names asked for, HTTP-01 port, targets (the
 //!   only source of paths and commands).
 //! - [`coordinators`] — the coordinator addresses: spreading, failover order and delay,
@@ -27,6 +28,7 @@
 //! - [`error`] — failures reported to the coordinator (code + message).
 #![forbid(unsafe_code)]
 
+pub mod addresses;
 pub mod config;
 pub mod coordinators;
 pub mod error;

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use certfleet_agent::coordinators::SessionStatus;
-use certfleet_agent::{config::AgentConfig, identity, install, session::Agent};
+use certfleet_agent::{config::AgentConfig, identity, install};
 use certfleet_shared::clock::{Clock, SharedClock, SystemClock};
 use certfleet_shared::timefmt::{relative, rfc3339};
 use clap::{Parser, Subcommand};
@@ -150,9 +150,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         Cmd::Run => {
             let clock: SharedClock = Arc::new(SystemClock);
-            let agent = Agent::with_clock(config, clock)?;
             let shutdown = CancellationToken::new();
-            let run = agent.run(shutdown.clone());
+            let run = certfleet_agent::addresses::run_agent(config, clock, shutdown.clone());
             tokio::pin!(run);
             // No task for the signal: it is awaited here, beside the daemon.
             tokio::select! {
