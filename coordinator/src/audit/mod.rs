@@ -72,6 +72,15 @@ pub enum Kind {
     /// imported there (`key_group`, `key_sha256`, `from_host`, `recipient_identity_sha256`;
     /// the record's host is the one that received it). The coordinator relayed ciphertext.
     KeyShared,
+    /// A host not seen for `[fleet] decommission_after` was removed by the coordinator
+    /// (its certificates revoked, cessationOfOperation); `last_seen`, `revoked_serials`.
+    HostDecommissioned,
+    /// A host asked to leave (`certfleet-agent leave`) and was removed, its certificates
+    /// revoked; by `host:<id>`.
+    HostLeft,
+    /// A host no longer reports addresses it had (`ips = "auto"`, or a changed list);
+    /// certificates covering them are revoked when `[fleet] revoke_on_address_loss`.
+    AddressesLost,
 }
 
 impl Kind {
