@@ -12,6 +12,8 @@
 //! - [`coordinators`] — the coordinator addresses: spreading, failover order and delay,
 //!   what `status` shows about the session.
 //! - [`identity`] — enrollment (token + pinned CA) and the identity files.
+//! - [`leave`] — `certfleet-agent leave`: the host asks to be removed, then forgets its
+//!   identity.
 //! - [`session`] — the mTLS stream to the coordinator and command handling.
 //! - [`http01`] — the HTTP-01 responder: standalone, webroot or proxy, with a self-check.
 //! - [`tlsalpn01`] — the TLS-ALPN-01 responder: standalone on port 443 or loopback behind
@@ -37,6 +39,7 @@ pub mod identity;
 pub mod install;
 pub mod keygroup;
 pub mod keys;
+pub mod leave;
 mod live_listener;
 pub mod metrics;
 pub mod resolve;
