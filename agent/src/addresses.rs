@@ -384,6 +384,23 @@ mod tests {
     }
 
     #[test]
+    fn the_commented_auto_example_parses() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let on = text
+            .replace("ips = [\"203.0.113.10\", \"2001:db8:10::10\"]\n", "")
+            .replace("# ips = \"auto\"", "ips = \"auto\"")
+            .replace("# ips_", "ips_");
+        let cfg = crate::config::AgentConfig::from_toml(&on, &path, Vec::new()).unwrap();
+        let auto = cfg.auto_ips().unwrap();
+        assert_eq!(
+            (auto.include, auto.exclude),
+            (nets(&["10.20.0.0/16"]), nets(&["203.0.113.99"]))
+        );
+    }
+
+    #[test]
     fn the_interfaces_can_be_listed() {
         // Every Linux host has loopback up; it is never picked by default.
         let all = interface_addresses().unwrap();
