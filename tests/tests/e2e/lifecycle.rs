@@ -177,6 +177,13 @@ async fn addresses_added_and_removed_under_a_running_agent_with_ips_auto() {
     .expect("host b");
     b.ns.add_ip(IpAddr::V4(old_v4))
         .expect("b takes the address");
+    // The bridge still maps the address to the first host's link (a cloud moving an
+    // address announces it): forget that, so the CA reaches the new holder now.
+    let flushed = std::process::Command::new("ip")
+        .args(["neigh", "flush", "to", &old_v4.to_string()])
+        .status()
+        .expect("ip neigh flush");
+    assert!(flushed.success());
     b.web.set_ips(b.ns.ips()).expect("web ips");
     b.web.reload().await.expect("web reload");
     let body = b.config_body();
