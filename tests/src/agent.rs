@@ -305,17 +305,13 @@ impl Agent {
         config_body: &str,
     ) -> anyhow::Result<()> {
         anyhow::ensure!(self.netns.is_some(), "only for namespace hosts");
-        let include = include
-            .iter()
-            .map(|c| toml_str((*c).to_owned()))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let include = include.iter().map(toml_str).collect::<Vec<_>>().join(", ");
         std::fs::write(
             &self.config_path,
             format!(
                 "version = 1\nstate_dir = {}\nips = \"auto\"\nips_include = [{include}]\nips_rescan = {}\n\n{config_body}",
                 toml_path(&self.state_dir),
-                toml_str(rescan.to_owned()),
+                toml_str(rescan),
             ),
         )?;
         Ok(())

@@ -131,9 +131,11 @@ async fn addresses_added_and_removed_under_a_running_agent_with_ips_auto() {
     // named the lost address is revoked (superseded), audited.
     // As systemd-networkd sets on real hosts: removing the primary IPv4 address promotes
     // the added one instead of deleting it with it (and the LAN route stays).
-    let out = a
-        .ns
-        .exec("sysctl", &["-w", "net.ipv4.conf.eth0.promote_secondaries=1"])
+    let out =
+        a.ns.exec(
+            "sysctl",
+            &["-w", "net.ipv4.conf.eth0.promote_secondaries=1"],
+        )
         .await
         .expect("sysctl");
     assert!(out.status.success(), "{out:?}");
