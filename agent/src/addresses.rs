@@ -107,6 +107,25 @@ impl AutoIps {
     }
 }
 
+impl crate::config::AgentConfig {
+    /// `ips = "auto"`'s filter and rescan interval (`None` for a list; checked at load).
+    pub fn auto_ips(&self) -> Option<AutoIps> {
+        (self.ips_setting == IpsSetting::Auto).then(|| {
+            AutoIps::parse(
+                &self.ips_include,
+                &self.ips_exclude,
+                self.ips_rescan.as_deref(),
+            )
+            .unwrap_or_default()
+        })
+    }
+
+    /// Sets the host's current addresses (what `ips = "auto"` found).
+    pub fn set_ips(&mut self, ips: &[IpAddr]) {
+        self.ips = ips.iter().map(ToString::to_string).collect();
+    }
+}
+
 /// A CIDR block or a single address; a block with host bits set is refused (a typo for
 /// its network, almost always).
 fn parse_net(s: &str) -> Result<IpNet, String> {

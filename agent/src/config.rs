@@ -272,23 +272,6 @@ impl AgentConfig {
         Ok(cfg)
     }
 
-    /// `ips = "auto"`'s filter and rescan interval (`None` for a list; checked at load).
-    pub fn auto_ips(&self) -> Option<AutoIps> {
-        (self.ips_setting == IpsSetting::Auto).then(|| {
-            AutoIps::parse(
-                &self.ips_include,
-                &self.ips_exclude,
-                self.ips_rescan.as_deref(),
-            )
-            .unwrap_or_default()
-        })
-    }
-
-    /// Sets the host's current addresses (what `ips = "auto"` found).
-    pub fn set_ips(&mut self, ips: &[IpAddr]) {
-        self.ips = ips.iter().map(ToString::to_string).collect();
-    }
-
     pub fn from_toml(
         text: &str,
         path: &Path,
