@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use crate::addresses::AutoIps;
+pub use crate::addresses::IpsSetting;
 use crate::target::Target;
 pub use crate::target::TargetConfig;
 
@@ -26,7 +28,22 @@ pub use certfleet_shared::configenv::ConfigError;
 pub struct AgentConfig {
     pub version: u32,
     pub state_dir: PathBuf,
-    /// Canonical IP addresses of this host.
+    /// `ips`: this host's addresses, a list or `"auto"` (`crate::addresses`: taken from
+    /// the interfaces, followed while the agent runs).
+    #[serde(rename = "ips")]
+    pub ips_setting: IpsSetting,
+    /// `ips = "auto"` only: ranges taken although not public (CIDR or address).
+    #[serde(default)]
+    pub ips_include: Vec<String>,
+    /// `ips = "auto"` only: ranges never taken.
+    #[serde(default)]
+    pub ips_exclude: Vec<String>,
+    /// `ips = "auto"` only: how often the interfaces are looked at (humantime, 1s-1h,
+    /// default 10s).
+    pub ips_rescan: Option<String>,
+    /// Canonical IP addresses of this host: the list, or what `"auto"` found (at
+    /// [`AgentConfig::load`], and again on each change while the agent runs).
+    #[serde(skip)]
     pub ips: Vec<String>,
     /// DNS names this host asks to have certificates for (sent in Hello as
     /// `requested_names`; the coordinator's policy decides). Canonical after load: lower
@@ -244,7 +261,15 @@ impl AgentConfig {
             path: path.into(),
             source,
         })?;
-        Self::from_toml(&text, path, std::env::vars())
+        let mut cfg = Self::from_toml(&text, path, std::env::vars())?;
+        if let Some(auto) = cfg.auto_ips() {
+            let found = auto.scan().map_err(|detail| ConfigError::Invalid {
+                path: path.into(),
+                detail,
+            })?;
+            cfg.set_ips(&found);
+        }
+        Ok(cfg)
     }
 
     pub fn from_toml(
@@ -259,6 +284,9 @@ impl AgentConfig {
         let mut cfg: AgentConfig =
             certfleet_shared::configenv::parse_with_env(text, ENV_PREFIX, ENV_SKIP, env)
                 .map_err(parse_err)?;
+        if let IpsSetting::List(list) = &cfg.ips_setting {
+            cfg.ips = list.clone();
+        }
         let invalid = |detail| ConfigError::Invalid {
             path: path.into(),
             detail,
@@ -285,9 +313,20 @@ impl AgentConfig {
                 self.state_dir
             ));
         }
-        if self.ips.is_empty() {
+        if self.ips_setting == IpsSetting::Auto {
+            AutoIps::parse(
+                &self.ips_include,
+                &self.ips_exclude,
+                self.ips_rescan.as_deref(),
+            )?;
+        } else if !self.ips_include.is_empty()
+            || !self.ips_exclude.is_empty()
+            || self.ips_rescan.is_some()
+        {
+            return Err("ips_include, ips_exclude and ips_rescan are only used with ips = \"auto\"; remove them or set ips = \"auto\"".into());
+        } else if self.ips.is_empty() {
             return Err(
-                "ips is empty; list this host's addresses, e.g. ips = [\"203.0.113.10\"]".into(),
+                "ips is empty; list this host's addresses, e.g. ips = [\"203.0.113.10\"], or write ips = \"auto\"".into(),
             );
         }
         let mut seen = HashSet::new();

@@ -6,11 +6,14 @@
 //! served, rolling back if not. No ACME, no database.
 //!
 //! ## Layout
+//! - [`addresses`] — `ips = "auto"`: the host's addresses from its interfaces, filtered, followed.
 //! - [`config`] — the local config: addresses, names asked for, HTTP-01 port, targets (the
 //!   only source of paths and commands).
 //! - [`coordinators`] — the coordinator addresses: spreading, failover order and delay,
 //!   what `status` shows about the session.
 //! - [`identity`] — enrollment (token + pinned CA) and the identity files.
+//! - [`leave`] — `certfleet-agent leave`: the host asks to be removed, then forgets its
+//!   identity.
 //! - [`session`] — the mTLS stream to the coordinator and command handling.
 //! - [`http01`] — the HTTP-01 responder: standalone, webroot or proxy, with a self-check.
 //! - [`tlsalpn01`] — the TLS-ALPN-01 responder: standalone on port 443 or loopback behind
@@ -27,6 +30,7 @@
 //! - [`error`] — failures reported to the coordinator (code + message).
 #![forbid(unsafe_code)]
 
+pub mod addresses;
 pub mod config;
 pub mod coordinators;
 pub mod error;
@@ -35,6 +39,7 @@ pub mod identity;
 pub mod install;
 pub mod keygroup;
 pub mod keys;
+pub mod leave;
 mod live_listener;
 pub mod metrics;
 pub mod reload;

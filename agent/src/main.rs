@@ -62,6 +62,14 @@ enum Cmd {
     },
     /// Run the agent.
     Run,
+    /// Leave the fleet now: the coordinator revokes this host's certificates and removes
+    /// it, then the local identity is deleted (installed certificate files stay). For a
+    /// VM's shutdown: deploy/systemd/certfleet-agent-leave.service.
+    Leave {
+        /// Give up after this long (nothing is deleted then).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Show enrollment and installed certificates.
     Status {
         #[arg(long)]
@@ -170,6 +178,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
             run.await?;
+        }
+        Cmd::Leave { timeout } => {
+            use certfleet_agent::leave::Left;
+            match certfleet_agent::leave::leave(&config, timeout).await? {
+                Left::Removed {
+                    host,
+                    revoked_serials,
+                } => println!(
+                    "host {host} left the fleet; revoked: {}; identity deleted (installed certificate files are left in place)",
+                    if revoked_serials.is_empty() { "none".to_owned() } else { revoked_serials.join(", ") }
+                ),
+                Left::AlreadyRemoved { host } => println!(
+                    "host {host} was already removed by the coordinator; identity deleted"
+                ),
+                Left::NotEnrolled => println!("not enrolled; nothing to leave"),
+            }
         }
         Cmd::Status { json } => status(&config, json).context("status")?,
     }

@@ -127,19 +127,32 @@ pub async fn run(
     // The config that ran before the one being started, to go back to if it cannot start.
     let mut previous: Option<AgentConfig> = None;
     loop {
-        let agent = match Agent::with_clock(config.clone(), clock.clone()) {
-            Ok(a) => a,
-            Err(e) => match previous.take() {
-                Some(prev) => {
-                    tracing::error!(config = %path.display(), error = %format!("{e:#}"), "the reloaded config cannot start; going back to the previous one");
-                    config = prev;
-                    continue;
-                }
-                None => return Err(e),
+        // `ips = "auto"`: the address follower runs (and restarts) the agent itself.
+        let agent = match config.auto_ips() {
+            Some(_) => None,
+            None => match Agent::with_clock(config.clone(), clock.clone()) {
+                Ok(a) => Some(a),
+                Err(e) => match previous.take() {
+                    Some(prev) => {
+                        tracing::error!(config = %path.display(), error = %format!("{e:#}"), "the reloaded config cannot start; going back to the previous one");
+                        config = prev;
+                        continue;
+                    }
+                    None => return Err(e),
+                },
             },
         };
         let stop = shutdown.child_token();
-        let running = agent.run(stop.clone());
+        let running: std::pin::Pin<
+            Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send + '_>,
+        > = match &agent {
+            Some(a) => Box::pin(a.run(stop.clone())),
+            None => Box::pin(crate::addresses::run_agent(
+                config.clone(),
+                clock.clone(),
+                stop.clone(),
+            )),
+        };
         tokio::pin!(running);
         let (next, changed) = loop {
             tokio::select! {
@@ -163,8 +176,12 @@ pub async fn run(
         tracing::info!(config = %path.display(), changed = %changed.join(", "), "configuration reload: applying (the session starts again with a new Hello)");
         // An install in progress finishes first, its deploy hook included (hooks do not
         // start once the agent stops); none starts until the session is closed.
-        let idle = agent.wait_idle(INSTALL_WAIT).await;
-        if idle.is_none() {
+        // (With `ips = "auto"` the follower's agent drains its install when stopped.)
+        let idle = match &agent {
+            Some(a) => a.wait_idle(INSTALL_WAIT).await,
+            None => None,
+        };
+        if agent.is_some() && idle.is_none() {
             tracing::warn!(
                 wait_s = INSTALL_WAIT.as_secs(),
                 "an install was still running after the reload's wait; applying the new config anyway"
@@ -174,7 +191,9 @@ pub async fn run(
         running.await?;
         drop(idle);
         // One queued behind it ends on the old config before the new agent starts.
-        let _ = agent.wait_idle(INSTALL_WAIT).await;
+        if let Some(a) = &agent {
+            let _ = a.wait_idle(INSTALL_WAIT).await;
+        }
         previous = Some(std::mem::replace(&mut config, *next));
         // The new agent's run sends READY=1 once it runs, which ends the reload for systemd.
     }

@@ -85,6 +85,19 @@ pub async fn remove_host(
     by: &str,
     revoke_certs: bool,
 ) -> Result<Vec<String>, IssueError> {
+    remove_host_as(engine, host, by, revoke_certs, Kind::HostRemoved, None).await
+}
+
+/// [`remove_host`], audited as `kind` (`host_removed`, `host_decommissioned`,
+/// `host_left`) with `why` as its `reason` detail.
+pub async fn remove_host_as(
+    engine: &Engine,
+    host: &HostId,
+    by: &str,
+    revoke_certs: bool,
+    kind: Kind,
+    why: Option<&str>,
+) -> Result<Vec<String>, IssueError> {
     let mut revoked = Vec::new();
     let mut kept = Vec::new();
     for rec in engine.store.certs_for_host(host)? {
@@ -115,15 +128,15 @@ pub async fn remove_host(
         }
         engine.store.delete_cert(&rec)?;
     }
-    engine.audit.append(
-        Kind::HostRemoved,
-        engine.clock.now_unix(),
-        Entry::by(by)
-            .host(host)
-            .detail("revoked_serials", &revoked)
-            .detail("kept_for_key_group", &kept)
-            .detail("revoked", revoke_certs),
-    )?;
+    let mut entry = Entry::by(by)
+        .host(host)
+        .detail("revoked_serials", &revoked)
+        .detail("kept_for_key_group", &kept)
+        .detail("revoked", revoke_certs);
+    if let Some(why) = why {
+        entry = entry.detail("reason", why);
+    }
+    engine.audit.append(kind, engine.clock.now_unix(), entry)?;
     engine.store.delete_host(host)?;
     engine.sessions.disconnect(host);
     tracing::warn!(host = %host, by, revoked = ?revoked, "host removed");

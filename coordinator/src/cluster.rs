@@ -211,10 +211,8 @@ pub fn start(
                     s.local_count() as u64,
                     s.now(),
                 );
-                tokio::task::spawn_blocking(move || {
-                    st.node_beat(&node, &name, started, n, now)
-                })
-                .await
+                tokio::task::spawn_blocking(move || st.node_beat(&node, &name, started, n, now))
+                    .await
             };
             match beat {
                 Ok(Ok(())) => {
@@ -327,7 +325,6 @@ pub fn connected_by_name(
         })
         .collect()
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -21,6 +21,8 @@
 //!   challenge / CSR / install, the rate-limit budget, IP ownership.
 //! - [`admin`] — operator actions outside the engine: revoke, remove host, force renewal,
 //!   release an address.
+//! - [`lifecycle`] — addresses a host lost (revocation), decommissioning silent hosts,
+//!   a host leaving.
 //! - [`server`] — gRPC services and the per-call identity checks.
 //! - [`cli`] — operator commands that talk to a running coordinator.
 //! - [`reload`] — SIGHUP: the configuration read again, refused whole or swapped in,
@@ -39,6 +41,7 @@ pub mod config;
 pub mod dns;
 pub mod engine;
 pub mod fleet_ca;
+pub mod lifecycle;
 pub mod metrics;
 pub mod model;
 pub mod node;
@@ -241,6 +244,7 @@ pub async fn serve_with_reload(
             shutdown.clone(),
         ));
     }
+    tracker.spawn(lifecycle::sweep_loop(engine.clone(), shutdown.clone()));
 
     let services = Arc::new(server::Services {
         store: store.clone(),
@@ -280,6 +284,7 @@ pub async fn serve_with_reload(
                     store.as_ref(),
                     &sessions,
                     &engine.budget_remaining(),
+                    engine.decommission_after_secs(),
                     clock.now_unix(),
                 )
                 .map_err(|e| e.to_string())

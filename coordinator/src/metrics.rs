@@ -112,6 +112,7 @@ impl Metrics {
         store: &dyn Store,
         sessions: &Sessions,
         budgets: &[(String, u32)],
+        decommission_after: Option<i64>,
         now: i64,
     ) -> Result<String, crate::store::StoreError> {
         let mut reg = Registry::default();
@@ -167,7 +168,19 @@ impl Metrics {
         // Fleet-wide (every node's sessions when the store is shared): each node reports
         // the same figure, so aggregate with max, not sum.
         let anywhere = sessions.connected();
-        for h in store.hosts()? {
+        let decommission_in = Family::<HostLabel, Gauge>::default();
+        let hosts = store.hosts()?;
+        if let Some(after) = decommission_after {
+            let connected = |h: &certfleet_shared::ids::HostId| anywhere.contains_key(h);
+            for (id, left) in crate::lifecycle::countdown(&hosts, &connected, after, now) {
+                decommission_in
+                    .get_or_create(&HostLabel {
+                        host_id: id.to_string(),
+                    })
+                    .set(left.max(0));
+            }
+        }
+        for h in hosts {
             agents.inc();
             let is_connected = anywhere.contains_key(&h.id);
             if is_connected {
@@ -266,6 +279,11 @@ impl Metrics {
             "certfleet_agent_last_seen_timestamp_seconds",
             "Last time each agent was seen",
             last_seen,
+        );
+        reg.register(
+            "certfleet_host_decommission_in_seconds",
+            "Seconds until a host without a session is decommissioned ([fleet] decommission_after; only hosts not connected to this coordinator)",
+            decommission_in,
         );
         reg.register(
             "certfleet_rate_limit_remaining",

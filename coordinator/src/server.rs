@@ -258,6 +258,7 @@ impl AgentSession for Api {
         let handle = self.sessions.open(host.id.clone(), tx);
         tracing::info!(host = %host.id, session = handle.session_id, "agent connected");
         self.engine.host_changed(&host.id).map_err(internal)?;
+        self.after_hello(&host.id, &host.ips);
 
         let svc = self.0.clone();
         self.tracker.spawn(async move {
@@ -273,16 +274,19 @@ impl AgentSession for Api {
                     })) => handle.deliver(reply),
                     Some(Ok(AgentMessage {
                         msg: Some(Msg::Hello(h)),
-                    })) => match svc.apply_hello(&handle.host, h) {
+                    })) => {
+                        let before = svc.store.host(&handle.host).ok().flatten().map(|h| h.ips).unwrap_or_default();
+                        match svc.apply_hello(&handle.host, h) {
                         Ok(()) => {
                             if let Err(e) = svc.engine.host_changed(&handle.host) {
                                 tracing::error!(host = %handle.host, error = %e, "cannot record host change");
                             }
+                            svc.after_hello(&handle.host, &before);
                         }
                         Err(e) => {
                             tracing::warn!(host = %handle.host, error = %e.message(), "bad Hello ignored")
                         }
-                    },
+                    }},
                     Some(Ok(AgentMessage { msg: None })) => {
                         tracing::warn!(host = %handle.host, "empty message ignored")
                     }
@@ -302,6 +306,24 @@ impl AgentSession for Api {
             tracing::info!(host = %handle.host, session = handle.session_id, "agent disconnected");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn leave(
+        &self,
+        req: Request<pb::LeaveRequest>,
+    ) -> Result<Response<pb::LeaveResponse>, Status> {
+        // Only the host itself, by its identity: removal revokes its certificates.
+        let host = host_identity(&req, self.store.as_ref())?;
+        match crate::lifecycle::leave(&self.engine, &host.id).await {
+            Ok(revoked_serials) => {
+                tracing::warn!(host = %host.id, revoked = ?revoked_serials, "host left the fleet");
+                Ok(Response::new(pb::LeaveResponse { revoked_serials }))
+            }
+            Err(e) => Err(Status::unavailable(format!(
+                "host {} not removed: {e}; run `certfleet-agent leave` again",
+                host.id
+            ))),
+        }
     }
 
     async fn rotate_identity(

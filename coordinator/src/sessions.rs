@@ -7,10 +7,10 @@
 //! This module moves messages; it decides nothing about issuance.
 
 use crate::store::Store;
-use certfleet_shared::clock::{Clock, SystemClock};
 use certfleet_proto::v1::{
     coordinator_message::Cmd, reply, CoordinatorMessage, Failure, FailureCode, Reply,
 };
+use certfleet_shared::clock::{Clock, SystemClock};
 use certfleet_shared::ids::HostId;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -289,7 +289,6 @@ pub fn new_node_id() -> String {
     format!("coordinator-{}", certfleet_shared::ids::request_id())
 }
 
-
 impl Sessions {
     /// Sessions recorded in `store` under `node`, so other coordinators sharing the store
     /// can route commands to them.
@@ -424,22 +423,29 @@ impl Sessions {
 
     /// Every connected host with the node holding its session (`node()` for this one's):
     /// from the store when it is shared, else this coordinator's own.
+    /// A store that cannot be read gives this coordinator's own (logged).
     pub fn connected(&self) -> HashMap<HostId, String> {
+        self.connected_checked().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot list the sessions of other coordinators");
+            lock(&self.map)
+                .keys()
+                .map(|h| (h.clone(), self.node.clone()))
+                .collect()
+        })
+    }
+
+    /// [`Sessions::connected`], or the store's error (for decisions that must not take a
+    /// host connected elsewhere for a lost one).
+    pub fn connected_checked(&self) -> Result<HashMap<HostId, String>, crate::store::StoreError> {
         let mut all: HashMap<HostId, String> = HashMap::new();
         if let Some(store) = self.store.as_ref().filter(|s| s.shared()) {
-            match store.sessions(self.now()) {
-                Ok(rows) => all.extend(rows),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot list the sessions of other coordinators")
-                }
-            }
+            all.extend(store.sessions(self.now())?);
         }
         for host in lock(&self.map).keys() {
             all.insert(host.clone(), self.node.clone());
         }
-        all
+        Ok(all)
     }
-
     /// Forgets a host's session (it was removed): nothing more is sent to it.
     pub fn disconnect(&self, host: &HostId) {
         let removed = lock(&self.map).remove(host);

@@ -295,6 +295,28 @@ impl Agent {
         self.write_netns_config(config_body)
     }
 
+    /// Rewrites a namespace host's config with `ips = "auto"`: the agent takes the
+    /// namespace's addresses in `include` (CIDRs; the LAN's are private) from its
+    /// interfaces, looked at every `rescan` (humantime).
+    pub fn set_netns_auto_ips(
+        &mut self,
+        include: &[&str],
+        rescan: &str,
+        config_body: &str,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(self.netns.is_some(), "only for namespace hosts");
+        let include = include.iter().map(toml_str).collect::<Vec<_>>().join(", ");
+        std::fs::write(
+            &self.config_path,
+            format!(
+                "version = 1\nstate_dir = {}\nips = \"auto\"\nips_include = [{include}]\nips_rescan = {}\n\n{config_body}",
+                toml_path(&self.state_dir),
+                toml_str(rescan),
+            ),
+        )?;
+        Ok(())
+    }
+
     fn write_netns_config(&self, body: &str) -> anyhow::Result<()> {
         let ips = self
             .ips

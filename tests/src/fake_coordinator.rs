@@ -65,6 +65,15 @@ impl AgentSession for Service {
             "the stand-in coordinator rotates nothing",
         ))
     }
+
+    async fn leave(
+        &self,
+        _: Request<certfleet_proto::v1::LeaveRequest>,
+    ) -> Result<Response<certfleet_proto::v1::LeaveResponse>, Status> {
+        Err(Status::unimplemented(
+            "the stand-in coordinator removes no host",
+        ))
+    }
 }
 
 /// See the module documentation. Stops serving when dropped.

@@ -79,6 +79,15 @@ pub enum Kind {
     /// be read, or a setting that needs a restart changed): `error`; the previous
     /// configuration keeps running.
     ConfigReloadFailed,
+    /// A host not seen for `[fleet] decommission_after` was removed by the coordinator
+    /// (its certificates revoked, cessationOfOperation); `last_seen`, `revoked_serials`.
+    HostDecommissioned,
+    /// A host asked to leave (`certfleet-agent leave`) and was removed, its certificates
+    /// revoked; by `host:<id>`.
+    HostLeft,
+    /// A host no longer reports addresses it had (`ips = "auto"`, or a changed list);
+    /// certificates covering them are revoked when `[fleet] revoke_on_address_loss`.
+    AddressesLost,
 }
 
 impl Kind {

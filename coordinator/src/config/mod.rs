@@ -26,6 +26,8 @@ pub use dns::{
 };
 mod store;
 pub use store::{StoreBackend, StoreConfig};
+mod fleet;
+pub use fleet::FleetConfig;
 mod policy;
 pub use policy::{
     in_some_zone, CertificateConfig, ChallengeKind, IpSelection, NameTemplate, PolicyConfig,
@@ -55,6 +57,10 @@ pub struct Config {
     /// (`config/store.rs`).
     #[serde(default)]
     pub store: StoreConfig,
+    /// Host life: decommissioning silent hosts, revocation on address loss
+    /// (`config/fleet.rs`).
+    #[serde(default)]
+    pub fleet: FleetConfig,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -420,6 +426,7 @@ impl Config {
             ));
         }
         self.store.validate()?;
+        self.fleet.validate()?;
         if !self.state_dir.is_absolute() {
             return Err(format!(
                 "state_dir {:?} must be an absolute path",

@@ -30,6 +30,14 @@ fn example_config_in_deploy_parses() {
     assert_eq!(cfg.policies.len(), 1);
     assert_eq!(cfg.metrics.listen.map(|a| a.port()), Some(9464));
     assert_eq!(cfg.policies[0].ips, IpSelection::Public);
+    assert!(cfg.fleet.revoke_on_address_loss);
+    assert_eq!(cfg.fleet.decommission_after(), None, "off unless set");
+    let on = text.replace("# decommission_after = ", "decommission_after = ");
+    let cfg2 = Config::from_toml(&on, &path, Vec::new()).unwrap();
+    assert_eq!(
+        cfg2.fleet.decommission_after(),
+        Some(std::time::Duration::from_secs(86400))
+    );
     assert!(
         !format!("{:?}", cfg.issuers[1]).contains("REPLACE-WITH-BASE64URL"),
         "EAB key redacted in Debug"

@@ -184,6 +184,15 @@ impl Engine {
         });
     }
 
+    /// `[fleet] decommission_after` in seconds, when set (for the metrics).
+    pub fn decommission_after_secs(&self) -> Option<i64> {
+        self.live()
+            .config
+            .fleet
+            .decommission_after()
+            .map(|d| d.as_secs() as i64)
+    }
+
     /// Appends to the audit trail (durable when it returns).
     pub(crate) fn record(
         &self,

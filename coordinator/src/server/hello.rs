@@ -9,6 +9,32 @@ use certfleet_shared::ids::HostId;
 use tonic::Status;
 
 impl Services {
+    /// After a Hello was recorded: addresses of `before` the host no longer has are
+    /// handed to [`crate::lifecycle::addresses_lost`] (audit, revocation at the CA) in a
+    /// tracked task, so the session does not wait for the CA.
+    pub(super) fn after_hello(&self, host: &HostId, before: &[std::net::IpAddr]) {
+        let after = match self.store.host(host) {
+            Ok(Some(h)) => h.ips,
+            _ => return,
+        };
+        let gone = crate::lifecycle::lost(before, &after);
+        if gone.is_empty() {
+            return;
+        }
+        let (engine, host) = (self.engine.clone(), host.clone());
+        self.tracker.spawn(async move {
+            match crate::lifecycle::addresses_lost(&engine, &host, &gone).await {
+                Ok(revoked) if !revoked.is_empty() => {
+                    tracing::warn!(host = %host, ips = ?gone, revoked = ?revoked, "certificates for addresses the host lost revoked")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(host = %host, ips = ?gone, error = %e, "revoking the certificates of lost addresses failed; revoke them with `certs revoke`")
+                }
+            }
+        });
+    }
+
     /// Validates and records what the agent says about itself. `pub` for the fuzz targets
     /// (`fuzz/`), which feed it decoded messages; not an API.
     #[doc(hidden)]

@@ -30,6 +30,7 @@ mod hostile;
 mod identity;
 mod ip_ownership;
 mod key_group;
+mod lifecycle;
 mod metrics;
 mod mtls;
 mod multi_coord;
