@@ -27,6 +27,7 @@
 //! - [`error`] — failures reported to the coordinator (code + message).
 #![forbid(unsafe_code)]
 
+pub mod bootstrap;
 pub mod config;
 pub mod coordinators;
 pub mod error;
