@@ -99,6 +99,8 @@ impl Files {
             certfleet_shared::daemon::notify_systemd(certfleet_shared::daemon::Notify::Ready(
                 "not enrolled yet; waiting for `certfleet-agent enroll`",
             ));
+            create_dir_with_mode(&self.dir, 0o700)
+                .with_context(|| format!("creating the state directory {}", self.dir.display()))?;
             crate::coordinators::SessionStatus {
                 pid: std::process::id(),
                 connected: false,
