@@ -227,26 +227,26 @@ pub async fn enroll(state_dir: &Path, p: &EnrollParams, now: i64) -> anyhow::Res
     let deadline = started + p.timeout;
     let mut failures = 0u32;
     let resp = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let attempt = tokio::time::timeout(
-            left.min(ATTEMPT_TIMEOUT),
-            attempt(&urls, pin, request.clone()),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(Attempt::Unreachable(anyhow::anyhow!(
-                "no answer within {} s",
-                left.min(ATTEMPT_TIMEOUT).as_secs()
-            )))
-        });
+        // The last attempt, at the deadline, still gets a moment.
+        let budget = deadline
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_secs(2), ATTEMPT_TIMEOUT);
+        let attempt = tokio::time::timeout(budget, attempt(&urls, pin, request.clone()))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Attempt::Unreachable(anyhow::anyhow!(
+                    "no answer within {} s",
+                    budget.as_secs()
+                )))
+            });
         let error = match attempt {
             Ok(resp) => break resp,
             Err(Attempt::Final(e)) => return Err(e),
             Err(Attempt::Unreachable(e)) => e,
         };
-        let delay = Backoff::RECONNECT.delay_random(failures);
         failures += 1;
-        if Instant::now() + delay >= deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             bail!(
                 "no coordinator could be reached for {} s ({failures} attempts): {error:#}; \
                  check the coordinator runs and this host can reach {} (or give a longer --timeout)",
@@ -254,6 +254,7 @@ pub async fn enroll(state_dir: &Path, p: &EnrollParams, now: i64) -> anyhow::Res
                 urls.join(", ")
             );
         }
+        let delay = Backoff::RECONNECT.delay_random(failures - 1).min(left);
         tracing::warn!(error = %format!("{error:#}"), retry_in_ms = delay.as_millis() as u64, "coordinator unreachable; enrollment tries again");
         tokio::time::sleep(delay).await;
     };

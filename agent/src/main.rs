@@ -189,7 +189,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .await?;
                 let t = &first.install;
                 println!(
-                    "certificate {} installed in target {} and {} after {:.1} s",
+                    "certificate {} installed in target {} and {} after {:.2} s",
                     t.serial,
                     first.target,
                     if t.verify_disabled {
