@@ -224,4 +224,39 @@ mod tests {
         s.write(dir.path());
         assert!(diagnose(dir.path()).contains("not running"));
     }
+
+    #[test]
+    fn the_agent_config_in_the_cloud_init_user_data_parses() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/cloud-init/user-data.yaml");
+        let yaml = std::fs::read_to_string(&path).unwrap();
+        // The `content: |` block of the agent.toml entry, de-indented.
+        let after = yaml
+            .split_once("- path: /etc/certfleet/agent.toml")
+            .unwrap()
+            .1;
+        let block = after.split_once("content: |\n").unwrap().1;
+        let indent = "      ";
+        let toml: String = block
+            .lines()
+            .take_while(|l| l.is_empty() || l.starts_with(indent))
+            .map(|l| format!("{}\n", l.strip_prefix(indent).unwrap_or("")))
+            .collect();
+        assert!(toml.contains("{{ ds.meta_data.public_ipv4 }}"), "{toml}");
+        // cloud-init renders the jinja before the agent sees it.
+        let toml = toml.replace("{{ ds.meta_data.public_ipv4 }}", "203.0.113.10");
+        let cfg = AgentConfig::from_toml(&toml, &path, Vec::new()).unwrap();
+        let targets = cfg.resolve_targets().unwrap();
+        let web = targets.get("web").unwrap();
+        assert_eq!(web.verify, ["203.0.113.10:443".parse().unwrap()]);
+        // The script's default web server files are that target's files.
+        let script = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../deploy/cloud-init/certfleet-bootstrap.sh"),
+        )
+        .unwrap();
+        assert!(script.contains("/etc/ssl/certfleet/web/fullchain.pem"));
+        assert!(script.contains("/etc/ssl/certfleet/web/privkey.pem"));
+        assert!(yaml.contains("ssl_certificate /etc/ssl/certfleet/web/fullchain.pem;"));
+    }
 }
