@@ -48,6 +48,10 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql
 # cached in /var/cache/certfleet-tests).
 command -v python3 >/dev/null || missing+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+# The cloud-init bootstrap script (deploy/cloud-init/certfleet-bootstrap.sh, run by the e2e
+# test on a namespace host) makes a placeholder certificate with openssl; the test probes
+# the served certificate with it too.
+command -v openssl >/dev/null || missing+=(openssl)
 if ((${#missing[@]})); then
     echo "==> installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -6,6 +6,7 @@
 use anyhow::{bail, Context};
 use certfleet_proto::v1::{enrollment_client::EnrollmentClient, EnrollRequest};
 use certfleet_proto::MAX_MESSAGE_BYTES;
+use certfleet_shared::backoff::Backoff;
 use certfleet_shared::fsutil::{create_dir_with_mode, read_limited, write_atomic};
 use certfleet_shared::ids::HostId;
 use certfleet_shared::tls::{fleet_client_config, parse_fingerprint, pinned_client_config};
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Enrollment {
@@ -80,6 +82,44 @@ impl Files {
             .with_context(|| format!("{} is corrupt; enroll again", path.display()))
     }
 
+    /// The enrollment; when there is none yet (the daemon started before `certfleet-agent
+    /// enroll`, as cloud-init does it) waits for one: READY=1 to systemd (so a
+    /// `systemctl start` does not block the enrollment that follows it), a status saying
+    /// why, a `session.json` for `status` and `enroll --wait`. `None`: stopped meanwhile.
+    pub async fn wait_enrolled(
+        &self,
+        now: i64,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<Option<Enrollment>> {
+        if !self.enrollment().exists() {
+            tracing::info!(
+                "not enrolled yet; waiting for `certfleet-agent enroll` (for {} to appear)",
+                self.enrollment().display()
+            );
+            certfleet_shared::daemon::notify_systemd(certfleet_shared::daemon::Notify::Ready(
+                "not enrolled yet; waiting for `certfleet-agent enroll`",
+            ));
+            create_dir_with_mode(&self.dir, 0o700)
+                .with_context(|| format!("creating the state directory {}", self.dir.display()))?;
+            crate::coordinators::SessionStatus {
+                pid: std::process::id(),
+                connected: false,
+                coordinator: None,
+                address: None,
+                since: now,
+                last_error: Some("not enrolled yet; waiting for `certfleet-agent enroll`".into()),
+            }
+            .write(&self.dir);
+        }
+        while !self.enrollment().exists() {
+            tokio::select! {
+                _ = tokio::time::sleep(ENROLLMENT_POLL) => {}
+                _ = stop.cancelled() => return Ok(None),
+            }
+        }
+        self.load().map(Some)
+    }
+
     /// rustls config for the session: trust the fleet CA, present the identity.
     pub fn session_tls(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
         Ok(fleet_client_config(
@@ -90,74 +130,134 @@ impl Files {
     }
 }
 
-/// Enrolls with one of the coordinators at `urls`: tried in the order given, each address
+/// What `certfleet-agent enroll` asks for.
+#[derive(Debug, Clone)]
+pub struct EnrollParams {
+    /// Coordinator URLs, tried in this order; all are recorded for the session.
+    pub urls: Vec<String>,
+    pub token: String,
+    /// The fleet CA's SHA-256 (`certfleet-coordinator ca-fingerprint`).
+    pub ca_sha256: String,
+    pub hostname: String,
+    pub labels: BTreeMap<String, String>,
+    /// How long to keep trying while no coordinator can be reached.
+    pub timeout: Duration,
+}
+
+/// What [`enroll`] did.
+#[derive(Debug, Clone)]
+pub enum Enrolled {
+    /// A new identity, written.
+    New(Enrollment),
+    /// The host was already enrolled in the fleet of the same CA: nothing was asked of a
+    /// coordinator, no token use taken (cloud-init running its steps again).
+    Already(Enrollment),
+}
+
+impl Enrolled {
+    pub fn enrollment(&self) -> &Enrollment {
+        match self {
+            Enrolled::New(e) | Enrolled::Already(e) => e,
+        }
+    }
+}
+
+/// One enrollment attempt's failure: worth another try later, or final.
+enum Attempt {
+    /// No coordinator answered (resolution, connection, an unavailable service).
+    Unreachable(anyhow::Error),
+    /// An answer that will not change: a refusal, a CA that does not match the pin.
+    Final(anyhow::Error),
+}
+
+/// How often a daemon started before enrollment looks for `enrollment.json`.
+const ENROLLMENT_POLL: Duration = Duration::from_millis(100);
+
+/// Most one attempt may take (a connection is bounded by 10 s on its own).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Enrolls with one of the coordinators of `p`: tried in the order given, each address
 /// of each, moving on only when one cannot be reached (a refusal, or a CA that does not
-/// match the pin, is the answer). All of `urls` are recorded for the session. On any
+/// match the pin, is the answer). While none can be reached, tries again with jittered
+/// backoff ([`Backoff::RECONNECT`]) until `p.timeout`; a refusal is not retried. On any
 /// failure nothing is written.
-pub async fn enroll(
-    state_dir: &Path,
-    urls: &[String],
-    token: &str,
-    ca_sha256: &str,
-    hostname: &str,
-    labels: BTreeMap<String, String>,
-    now: i64,
-) -> anyhow::Result<Enrollment> {
+///
+/// Already enrolled with the same fleet CA: [`Enrolled::Already`], nothing asked; with
+/// another CA: an error naming the fix.
+pub async fn enroll(state_dir: &Path, p: &EnrollParams, now: i64) -> anyhow::Result<Enrolled> {
     let files = Files::new(state_dir);
+    let pin = parse_fingerprint(&p.ca_sha256)?;
     if let Ok(existing) = files.load() {
+        if existing.ca_sha256.eq_ignore_ascii_case(&hex_of(&pin)) {
+            return Ok(Enrolled::Already(existing));
+        }
         bail!(
-            "already enrolled as host {} with {}; to enroll again, stop the agent and remove {}",
+            "this host is already enrolled as host {} in the fleet whose CA has SHA-256 {}, \
+             and --ca-sha256 names another CA: check --ca-sha256 (`certfleet-coordinator \
+             ca-fingerprint`); to move the host to another fleet, stop the agent, remove {} \
+             and enroll again",
             existing.host_id,
-            existing.coordinator_urls().join(", "),
+            existing.ca_sha256,
             files.enrollment().display()
         );
     }
     let urls =
-        crate::coordinators::check_urls(urls, "--coordinator").map_err(anyhow::Error::msg)?;
-    let pin = parse_fingerprint(ca_sha256)?;
-    let token = token.trim();
+        crate::coordinators::check_urls(&p.urls, "--coordinator").map_err(anyhow::Error::msg)?;
+    let token = p.token.trim();
     if token.is_empty() {
         bail!("--token is empty");
     }
 
+    // One key and CSR for every attempt.
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, hostname);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, p.hostname.as_str());
     let csr = params.serialize_request(&key)?;
+    let request = EnrollRequest {
+        token: token.to_owned(),
+        csr_der: csr.der().to_vec(),
+        hostname: p.hostname.clone(),
+        labels: p.labels.clone().into_iter().collect(),
+    };
 
-    let (endpoints, unresolved) = crate::coordinators::resolve_all(&urls).await;
-    for e in &unresolved {
-        tracing::warn!("{e}");
-    }
-    if endpoints.is_empty() {
-        bail!("no coordinator address: {}", unresolved.join("; "));
-    }
-    let (channel, at) = crate::coordinators::first_reachable(
-        &endpoints,
-        pinned_client_config(pin)?,
-        |e| e.to_string().contains("fingerprint"),
-    )
-    .await
-    .map_err(|e| {
-        if e.to_string().contains("fingerprint") {
-            anyhow::anyhow!("refusing to enroll: {e} (check the value printed by `certfleet-coordinator ca-fingerprint`)")
-        } else {
-            e
+    let started = Instant::now();
+    let deadline = started + p.timeout;
+    let mut failures = 0u32;
+    let resp = loop {
+        // The last attempt, at the deadline, still gets a moment.
+        let budget = deadline
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_secs(2), ATTEMPT_TIMEOUT);
+        let attempt = tokio::time::timeout(budget, attempt(&urls, pin, request.clone()))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Attempt::Unreachable(anyhow::anyhow!(
+                    "no answer within {} s",
+                    budget.as_secs()
+                )))
+            });
+        let error = match attempt {
+            Ok(resp) => break resp,
+            Err(Attempt::Final(e)) => return Err(e),
+            Err(Attempt::Unreachable(e)) => e,
+        };
+        failures += 1;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!(
+                "no coordinator could be reached for {} s ({failures} attempts): {error:#}; \
+                 check the coordinator runs and this host can reach {} (or give a longer --timeout)",
+                started.elapsed().as_secs(),
+                urls.join(", ")
+            );
         }
-    })?;
-    tracing::info!(coordinator = %at, "enrolling");
-    let mut client = EnrollmentClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let resp = client
-        .enroll(EnrollRequest {
-            token: token.to_owned(),
-            csr_der: csr.der().to_vec(),
-            hostname: hostname.to_owned(),
-            labels: labels.into_iter().collect(),
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!("enrollment refused: {}", s.message()))?
-        .into_inner();
+        let delay = Backoff::RECONNECT.delay_random(failures - 1).min(left);
+        tracing::warn!(error = %format!("{error:#}"), retry_in_ms = delay.as_millis() as u64, "coordinator unreachable; enrollment tries again");
+        tokio::time::sleep(delay).await;
+    };
 
     // Check what came back before keeping any of it.
     let ca_chain =
@@ -205,7 +305,66 @@ pub async fn enroll(
         }
         return Err(e.context(format!("writing the identity into {}", state_dir.display())));
     }
-    Ok(record)
+    Ok(Enrolled::New(record))
+}
+
+/// One round over the coordinators' addresses: resolve, connect (pinned), ask.
+async fn attempt(
+    urls: &[String],
+    pin: [u8; 32],
+    request: EnrollRequest,
+) -> Result<certfleet_proto::v1::EnrollResponse, Attempt> {
+    let (endpoints, unresolved) = crate::coordinators::resolve_all(urls).await;
+    for e in &unresolved {
+        tracing::warn!("{e}");
+    }
+    if endpoints.is_empty() {
+        return Err(Attempt::Unreachable(anyhow::anyhow!(
+            "no coordinator address: {}",
+            unresolved.join("; ")
+        )));
+    }
+    let tls = pinned_client_config(pin).map_err(|e| Attempt::Final(e.into()))?;
+    let (channel, at) = crate::coordinators::first_reachable(&endpoints, tls, |e| {
+        e.to_string().contains("fingerprint")
+    })
+    .await
+    .map_err(|e| {
+        if e.to_string().contains("fingerprint") {
+            Attempt::Final(anyhow::anyhow!("refusing to enroll: {e} (check the value printed by `certfleet-coordinator ca-fingerprint`)"))
+        } else {
+            Attempt::Unreachable(e)
+        }
+    })?;
+    tracing::info!(coordinator = %at, "enrolling");
+    let mut client = EnrollmentClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    match client.enroll(request).await {
+        Ok(resp) => Ok(resp.into_inner()),
+        Err(s) if retryable(s.code()) => Err(Attempt::Unreachable(anyhow::anyhow!(
+            "{at}: {} ({:?})",
+            s.message(),
+            s.code()
+        ))),
+        Err(s) => Err(Attempt::Final(anyhow::anyhow!(
+            "enrollment refused: {}",
+            s.message()
+        ))),
+    }
+}
+
+/// Answers that say the coordinator could not decide now (not a refusal).
+fn retryable(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::Internal
+            | Code::ResourceExhausted
+            | Code::Aborted
+            | Code::Cancelled
+    )
 }
 
 fn hex_of(b: &[u8; 32]) -> String {

@@ -31,6 +31,7 @@
 #![forbid(unsafe_code)]
 
 pub mod addresses;
+pub mod bootstrap;
 pub mod config;
 pub mod coordinators;
 pub mod error;

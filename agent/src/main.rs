@@ -47,18 +47,28 @@ enum Cmd {
         /// coordinators of one fleet. Default: the config's `coordinators`.
         #[arg(long = "coordinator", value_delimiter = ',')]
         coordinators: Vec<String>,
-        /// Join token from `certfleet-coordinator token create`.
-        #[arg(long, env = "CERTFLEET_JOIN_TOKEN")]
-        token: String,
+        /// Join token from `certfleet-coordinator token create` (not needed when the host
+        /// is already enrolled: then nothing is asked of the coordinator).
+        #[arg(long, env = "CERTFLEET_JOIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         /// SHA-256 of the coordinator's fleet CA (`certfleet-coordinator ca-fingerprint`).
         #[arg(long)]
         ca_sha256: String,
         /// Host name shown to operators (default: this machine's hostname).
         #[arg(long)]
         name: Option<String>,
-        /// Labels, key=value (repeatable).
+        /// Labels, key=value (repeatable). A token that fixes labels gives the host its
+        /// own; asking for any other is refused.
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        /// Then wait until the running agent daemon has installed the host's first
+        /// certificate and proved it served (exit 0), e.g. to hold a VM's service.
+        #[arg(long)]
+        wait: bool,
+        /// Give up after this long (e.g. 90s, 5m): retries while no coordinator is
+        /// reachable, and with --wait the wait for the first certificate.
+        #[arg(long, default_value = "5m")]
+        timeout: String,
     },
     /// Run the agent.
     Run,
@@ -126,7 +136,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ca_sha256,
             name,
             labels,
+            wait,
+            timeout,
         } => {
+            let started = std::time::Instant::now();
+            let timeout = certfleet_shared::timefmt::parse_duration_secs(&timeout)
+                .map_err(anyhow::Error::msg)
+                .context("--timeout")?;
+            let timeout = std::time::Duration::from_secs(timeout);
             let hostname = match name {
                 Some(n) => n,
                 None => std::fs::read_to_string("/etc/hostname")
@@ -139,22 +156,58 @@ async fn run(args: Args) -> anyhow::Result<()> {
             } else {
                 coordinators
             };
+            let enrolled = identity::Files::new(&config.state_dir).load().is_ok();
+            if !enrolled {
+                anyhow::ensure!(
+                    !coordinators.is_empty(),
+                    "give --coordinator https://HOST:PORT (repeatable), or list `coordinators = [...]` in {}",
+                    args.config.display()
+                );
+            }
+            let token = token.unwrap_or_default();
             anyhow::ensure!(
-                !coordinators.is_empty(),
-                "give --coordinator https://HOST:PORT (repeatable), or list `coordinators = [...]` in {}",
-                args.config.display()
+                enrolled || !token.trim().is_empty(),
+                "give the join token: --token T or CERTFLEET_JOIN_TOKEN (from `certfleet-coordinator token create`)"
             );
-            let e = identity::enroll(
-                &config.state_dir,
-                &coordinators,
-                &token,
-                &ca_sha256,
-                &hostname,
+            let params = identity::EnrollParams {
+                urls: coordinators,
+                token,
+                ca_sha256,
+                hostname,
                 labels,
-                SystemClock.now_unix(),
-            )
-            .await?;
-            println!("enrolled as host {}", e.host_id);
+                timeout,
+            };
+            let e = identity::enroll(&config.state_dir, &params, SystemClock.now_unix()).await?;
+            match &e {
+                identity::Enrolled::New(e) => println!("enrolled as host {}", e.host_id),
+                identity::Enrolled::Already(e) => println!(
+                    "already enrolled as host {}\n(same fleet CA, with {}; the token was not used)",
+                    e.host_id,
+                    e.coordinator_urls().join(", ")
+                ),
+            }
+            if wait {
+                let host_id = e.enrollment().host_id.to_string();
+                let first = certfleet_agent::bootstrap::wait_first_certificate(
+                    &config,
+                    &host_id,
+                    started,
+                    started + timeout,
+                )
+                .await?;
+                let t = &first.install;
+                println!(
+                    "certificate {} installed in target {} and {} after {:.2} s",
+                    t.serial,
+                    first.target,
+                    if t.verify_disabled {
+                        "its reload done (the target has no served check)".to_owned()
+                    } else {
+                        format!("served on {}", t.served_on.join(", "))
+                    },
+                    started.elapsed().as_secs_f64()
+                );
+            }
         }
         Cmd::Run => {
             // From here on a SIGHUP asks for a reload instead of ending the process.

@@ -239,7 +239,10 @@ impl Agent {
         stop: &CancellationToken,
     ) -> anyhow::Result<()> {
         let files = Files::new(&self.config.state_dir);
-        let enrollment = files.load()?;
+        // Started before `enroll` (cloud-init: start the service, then enroll): wait.
+        let Some(enrollment) = files.wait_enrolled(self.clock.now_unix(), stop).await? else {
+            return Ok(());
+        };
         files.recover_rotation()?;
         // Fail early on unreadable identity files; each connection reloads them, so a
         // rotated identity is used from the next connection on.
@@ -726,6 +729,22 @@ impl Agent {
         };
         self.metrics.installs.get_or_create(&label).inc();
         let out = result?;
+        // For `enroll --wait`: installed, and served where the target checks.
+        crate::bootstrap::InstallStatus::record(
+            &self.config.state_dir,
+            Files::new(&self.config.state_dir)
+                .load()
+                .ok()
+                .map(|e| e.host_id.to_string()),
+            &i.target,
+            crate::bootstrap::TargetInstall {
+                serial: out.serial.clone(),
+                not_after: out.not_after,
+                served_on: out.served_on.iter().map(|a| a.to_string()).collect(),
+                verify_disabled: out.verify_disabled,
+                at: self.clock.now_unix(),
+            },
+        );
         Ok(reply::Result::Installed(pb::InstallReport {
             target: i.target,
             serial: out.serial,

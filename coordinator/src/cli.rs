@@ -31,11 +31,10 @@ fn status_err(s: tonic::Status) -> anyhow::Error {
 
 pub async fn token_create(
     client: &mut AdminClient<Channel>,
-    ttl_seconds: u64,
-    uses: u32,
+    req: pb::CreateTokenRequest,
 ) -> anyhow::Result<pb::CreateTokenResponse> {
     Ok(client
-        .create_token(pb::CreateTokenRequest { ttl_seconds, uses })
+        .create_token(req)
         .await
         .map_err(status_err)?
         .into_inner())
@@ -319,12 +318,31 @@ pub async fn tokens(
             "usable"
         }
     };
+    let from = |t: &pb::TokenView| -> String {
+        if t.cidrs.is_empty() {
+            "any".into()
+        } else {
+            t.cidrs.join(",")
+        }
+    };
+    let labels = |t: &pb::TokenView| -> String {
+        if !t.labels_fixed {
+            "agent's".into()
+        } else if t.labels.is_empty() {
+            "none".into()
+        } else {
+            let mut l: Vec<String> = t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            l.sort();
+            l.join(",")
+        }
+    };
     if as_json {
         let v: Vec<Value> = tokens
             .iter()
             .map(|t| {
                 json!({"id": t.id, "state": state(t), "created": rfc3339(t.created_unix), "expires": rfc3339(t.expires_unix),
-                       "uses_left": t.uses_left, "used_by": t.used_by, "revoked": t.revoked})
+                       "uses_left": t.uses_left, "used_by": t.used_by, "revoked": t.revoked,
+                       "cidrs": t.cidrs, "labels": t.labels_fixed.then(|| t.labels.iter().collect::<std::collections::BTreeMap<_, _>>())})
             })
             .collect();
         return Ok(serde_json::to_string_pretty(&v)? + "\n");
@@ -342,6 +360,8 @@ pub async fn tokens(
                     relative(t.expires_unix, now)
                 ),
                 t.uses_left.to_string(),
+                from(t),
+                labels(t),
                 if t.used_by.is_empty() {
                     "-".into()
                 } else {
@@ -357,6 +377,8 @@ pub async fn tokens(
             "CREATED",
             "EXPIRES",
             "USES LEFT",
+            "FROM",
+            "LABELS",
             "USED BY",
         ],
         &rows,

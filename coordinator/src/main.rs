@@ -4,6 +4,7 @@
 use anyhow::Context;
 use certfleet_coordinator::config::{StoreBackend, StoreConfig};
 use certfleet_coordinator::{cli, config::Config, fleet_ca, node};
+use certfleet_proto::v1 as pb;
 use certfleet_shared::clock::{Clock, SystemClock};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -156,12 +157,7 @@ enum TokensCmd {
     /// List tokens (ids, state, expiry, who used them).
     List,
     /// Create a join token and print it (same as `token create`).
-    Create {
-        #[arg(long, default_value = "1h")]
-        ttl: String,
-        #[arg(long, default_value_t = 1)]
-        uses: u32,
-    },
+    Create(NewTokenArgs),
     /// Revoke a token by its id (at least 8 hex digits, from `tokens list`).
     Revoke { id: String },
 }
@@ -215,14 +211,36 @@ enum CertsCmd {
 #[derive(Subcommand)]
 enum TokenCmd {
     /// Create a join token and print it.
-    Create {
-        /// Lifetime, e.g. 30m, 1h, 7d.
-        #[arg(long, default_value = "1h")]
-        ttl: String,
-        /// How many enrollments it allows.
-        #[arg(long, default_value_t = 1)]
-        uses: u32,
-    },
+    Create(NewTokenArgs),
+}
+
+/// A join token's lifetime, uses and constraints.
+#[derive(clap::Args)]
+struct NewTokenArgs {
+    /// Lifetime, e.g. 30m, 1h, 7d.
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+    /// How many enrollments it allows.
+    #[arg(long, default_value_t = 1)]
+    uses: u32,
+    /// Source addresses allowed to enroll with it: a CIDR block or one address
+    /// (repeatable; default any).
+    #[arg(long = "cidr")]
+    cidrs: Vec<String>,
+    /// A label the host gets, key=value (repeatable). With any --label the token fixes the
+    /// host's labels: it gets exactly these, and an agent asking for another label or
+    /// value is refused.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Fix the host's labels to none: an agent asking for any label is refused.
+    #[arg(long, conflicts_with = "labels")]
+    no_labels: bool,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?}: use key=value"))
 }
 
 fn main() -> std::process::ExitCode {
@@ -394,17 +412,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
             println!("now set [store] backend = \"postgres\" (with url_file or url_env) and start the coordinator");
         }
         Cmd::Token {
-            cmd: TokenCmd::Create { ttl, uses },
+            cmd: TokenCmd::Create(new),
         }
         | Cmd::Tokens {
-            cmd: Some(TokensCmd::Create { ttl, uses }),
+            cmd: Some(TokensCmd::Create(new)),
             ..
         } => {
-            let ttl = certfleet_shared::timefmt::parse_duration_secs(&ttl)
+            let ttl = certfleet_shared::timefmt::parse_duration_secs(&new.ttl)
                 .map_err(anyhow::Error::msg)
                 .context("--ttl")?;
+            let req = pb::CreateTokenRequest {
+                ttl_seconds: ttl,
+                uses: new.uses,
+                cidrs: new.cidrs,
+                fix_labels: new.no_labels || !new.labels.is_empty(),
+                labels: new.labels.into_iter().collect(),
+            };
             let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
-            let t = cli::token_create(&mut client, ttl, uses).await?;
+            let t = cli::token_create(&mut client, req).await?;
             println!("{}", t.token);
         }
         Cmd::Tokens {

@@ -9,6 +9,7 @@ use crate::audit::{Kind, Query};
 use certfleet_proto::v1 as pb;
 use certfleet_shared::identifier::NamePattern;
 use certfleet_shared::ids::{CertId, HostId};
+use std::collections::BTreeMap;
 use tonic::Status;
 
 pub const MAX_LABELS: usize = 32;
@@ -58,8 +59,18 @@ pub fn enroll(r: &pb::EnrollRequest) -> Result<String, Status> {
     Ok(hostname)
 }
 
-/// `CreateToken`: (ttl seconds, uses) with the defaults applied.
-pub fn create_token(r: &pb::CreateTokenRequest) -> Result<(u64, u32), Status> {
+/// A join token's settings from `CreateToken`, with the defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewToken {
+    pub ttl: u64,
+    pub uses: u32,
+    pub cidrs: Vec<ipnet::IpNet>,
+    /// `Some`: the labels fixed by the token (possibly none at all).
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// `CreateToken`: ttl, uses and the constraints, checked, with the defaults applied.
+pub fn create_token(r: &pb::CreateTokenRequest) -> Result<NewToken, Status> {
     let ttl = if r.ttl_seconds == 0 {
         DEFAULT_TOKEN_TTL
     } else {
@@ -69,7 +80,46 @@ pub fn create_token(r: &pb::CreateTokenRequest) -> Result<(u64, u32), Status> {
         return Err(bad("token ttl is at most 30 days"));
     }
     let uses = if r.uses == 0 { 1 } else { r.uses };
-    Ok((ttl, uses))
+    if r.cidrs.len() > crate::tokens::MAX_CIDRS {
+        return Err(bad(format!(
+            "at most {} --cidr blocks per token",
+            crate::tokens::MAX_CIDRS
+        )));
+    }
+    let cidrs = r
+        .cidrs
+        .iter()
+        .map(|c| {
+            if c.len() > 64 {
+                return Err(bad("--cidr: not an address or CIDR block (too long)"));
+            }
+            crate::config::parse_net(c).map_err(|e| bad(format!("--cidr: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if !r.fix_labels && !r.labels.is_empty() {
+        return Err(bad("labels given without fix_labels"));
+    }
+    if r.labels.len() > MAX_LABELS
+        || r.labels
+            .iter()
+            .any(|(k, v)| !valid_name(k, 63) || v.len() > 253)
+    {
+        return Err(bad(
+            "--label: at most 32, keys letters/digits/-_. up to 63, values up to 253 bytes",
+        ));
+    }
+    let labels = r.fix_labels.then(|| {
+        r.labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    });
+    Ok(NewToken {
+        ttl,
+        uses,
+        cidrs,
+        labels,
+    })
 }
 
 /// `RevokeCert`: the certificate id, the reason's name (default "unspecified") and the reason.
@@ -182,11 +232,16 @@ mod tests {
     fn defaults_and_limits() {
         assert_eq!(
             create_token(&pb::CreateTokenRequest::default()).unwrap(),
-            (DEFAULT_TOKEN_TTL, 1)
+            NewToken {
+                ttl: DEFAULT_TOKEN_TTL,
+                uses: 1,
+                cidrs: vec![],
+                labels: None
+            }
         );
         assert!(create_token(&pb::CreateTokenRequest {
             ttl_seconds: u64::MAX,
-            uses: 0
+            ..Default::default()
         })
         .is_err());
         let (_, name, _) = revoke_cert(&pb::RevokeCertRequest {
@@ -201,5 +256,36 @@ mod tests {
         .is_err());
         assert!(renew_certs(&pb::RenewCertsRequest::default()).is_err());
         assert!(enroll(&pb::EnrollRequest::default()).is_err());
+    }
+
+    #[test]
+    fn token_constraints_are_checked() {
+        let with = |cidrs: &[&str], labels: &[(&str, &str)], fix: bool| {
+            create_token(&pb::CreateTokenRequest {
+                cidrs: cidrs.iter().map(|c| (*c).to_owned()).collect(),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                fix_labels: fix,
+                ..Default::default()
+            })
+        };
+        let t = with(&["10.0.0.0/8", "2001:db8::1"], &[("role", "web")], true).unwrap();
+        assert_eq!(t.cidrs[1].to_string(), "2001:db8::1/128");
+        assert_eq!(
+            t.labels,
+            Some(BTreeMap::from([("role".to_owned(), "web".to_owned())]))
+        );
+        assert_eq!(with(&[], &[], true).unwrap().labels, Some(BTreeMap::new()));
+        let e = with(&["10.0.0.1/8"], &[], false).unwrap_err();
+        assert!(e.message().contains("did you mean 10.0.0.0/8"), "{e:?}");
+        assert!(with(&["web"], &[], false).is_err());
+        assert!(with(&[&"1".repeat(100)], &[], false).is_err());
+        assert!(with(&[], &[("role", "web")], false).is_err());
+        assert!(with(&[], &[("bad key", "x")], true).is_err());
+        let many: Vec<String> = (0..33).map(|i| format!("10.{i}.0.0/16")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(with(&many, &[], false).is_err());
     }
 }

@@ -13,16 +13,15 @@ use crate::fleet_ca::FleetCa;
 use crate::model::HostRecord;
 use crate::requests;
 use crate::sessions::Sessions;
-use crate::store::{EnrollError, Store, TokenRecord};
+use crate::store::{Store, TokenRecord};
 use certfleet_proto::v1::{
     self as pb, admin_server::Admin, agent_message::Msg, agent_session_server::AgentSession,
-    enrollment_server::Enrollment, AgentMessage, CoordinatorMessage,
+    AgentMessage, CoordinatorMessage,
 };
 use certfleet_shared::clock::SharedClock;
 use certfleet_shared::ids::{CertId, HostId};
 use certfleet_shared::x509::{sha256_hex, CertInfo};
 use certfleet_shared::{ADMIN_URI_PREFIX, HOST_URI_PREFIX};
-use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +35,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 const MAX_IPS: usize = 64;
 const MAX_TARGETS: usize = 32;
 
+mod enroll;
 mod hello;
 
 pub struct Services {
@@ -105,104 +105,6 @@ fn admin_identity<T>(req: &Request<T>) -> Result<String, Status> {
                 "this call is for operators; the client certificate is not an operator credential",
             )
         })
-}
-
-#[tonic::async_trait]
-impl Enrollment for Api {
-    async fn enroll(
-        &self,
-        req: Request<pb::EnrollRequest>,
-    ) -> Result<Response<pb::EnrollResponse>, Status> {
-        let from = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
-        let r = req.into_inner();
-        let hostname = requests::enroll(&r)?;
-        let host_id = HostId::generate();
-        let now = self.clock.now_unix();
-        let (cert_pem, info) = self
-            .ca
-            .sign_agent(&r.csr_der, &host_id, now)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let host = HostRecord {
-            requested_names: Default::default(),
-            challenge_modes: Default::default(),
-            key_groups: Default::default(),
-            id: host_id.clone(),
-            hostname,
-            labels: r.labels.into_iter().collect::<BTreeMap<_, _>>(),
-            enrolled: now,
-            enrolled_from: from.clone(),
-            identity_not_after: Some(info.not_after),
-            identity_rotated: None,
-            identity_spki: Some(hex::encode(&info.spki_der)),
-            identity_serial: info.serial_hex,
-            ips: vec![],
-            targets: vec![],
-            last_seen: None,
-            inventory: vec![],
-        };
-        let token_hash = sha256_hex(r.token.as_bytes());
-        let token_ref = token_hash[..16].to_owned();
-        let (hostname, labels, identity_serial) = (
-            host.hostname.clone(),
-            host.labels.clone(),
-            host.identity_serial.clone(),
-        );
-        let store = self.store.clone();
-        let result = tokio::task::spawn_blocking(move || store.enroll(&token_hash, now, &host))
-            .await
-            .map_err(internal)?;
-        match result {
-            Ok(()) => {
-                let by = format!("host:{host_id}");
-                self.audit
-                    .append(
-                        Kind::TokenUsed,
-                        now,
-                        Entry::by(&by)
-                            .host(&host_id)
-                            .detail("token_sha256_prefix", &token_ref),
-                    )
-                    .and_then(|_| {
-                        self.audit.append(
-                            Kind::HostEnrolled,
-                            now,
-                            Entry::by(&by)
-                                .host(&host_id)
-                                .detail("from", &from)
-                                .detail("hostname", &hostname)
-                                .detail("labels", &labels)
-                                .detail("identity_serial", &identity_serial)
-                                .detail("token_sha256_prefix", &token_ref),
-                        )
-                    })
-                    .map_err(internal)?;
-                tracing::info!(host = %host_id, from = %from, "agent enrolled");
-                Ok(Response::new(pb::EnrollResponse {
-                    host_id: host_id.to_string(),
-                    client_cert_pem: cert_pem,
-                    ca_cert_pem: self.ca.ca_pem.clone(),
-                }))
-            }
-            Err(EnrollError::Refused(refusal)) => {
-                let used_by = match &refusal {
-                    crate::store::EnrollRefusal::AlreadyUsed(h) => h.as_str(),
-                    _ => "",
-                };
-                tracing::warn!(from = %from, reason = %refusal, used_by, "enrollment refused");
-                let _ = self.audit.append(
-                    Kind::EnrollmentRefused,
-                    now,
-                    Entry::by("unauthenticated")
-                        .detail("from", &from)
-                        .detail("reason", refusal.to_string())
-                        .detail("token_sha256_prefix", &token_ref)
-                        .detail("used_by", used_by),
-                );
-                Err(Status::permission_denied(refusal.to_string()))
-            }
-            Err(EnrollError::Store(e)) => Err(internal(e)),
-        }
-    }
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
@@ -380,7 +282,12 @@ impl Admin for Api {
         req: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         let operator = admin_identity(&req)?;
-        let (ttl, uses) = requests::create_token(&req.into_inner())?;
+        let requests::NewToken {
+            ttl,
+            uses,
+            cidrs,
+            labels,
+        } = requests::create_token(&req.into_inner())?;
         let token = crate::tokens::generate();
         let now = self.clock.now_unix();
         let rec = TokenRecord {
@@ -389,6 +296,8 @@ impl Admin for Api {
             uses_left: uses,
             used_by: vec![],
             revoked: false,
+            cidrs,
+            labels,
         };
         let token_hash = sha256_hex(token.as_bytes());
         // Recorded before the token is handed out; only a hash prefix ever appears.
@@ -399,7 +308,15 @@ impl Admin for Api {
                 Entry::by(format!("operator:{operator}"))
                     .detail("token_sha256_prefix", &token_hash[..16])
                     .detail("expires", rec.expires)
-                    .detail("uses", uses),
+                    .detail("uses", uses)
+                    .detail(
+                        "cidrs",
+                        rec.cidrs
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>(),
+                    )
+                    .detail("labels_fixed", &rec.labels),
             )
             .map_err(internal)?;
         self.store.put_token(&token_hash, &rec).map_err(internal)?;
@@ -571,6 +488,9 @@ impl Admin for Api {
                 uses_left: t.uses_left,
                 used_by: t.used_by.iter().map(|h| h.to_string()).collect(),
                 revoked: t.revoked,
+                cidrs: t.cidrs.iter().map(ToString::to_string).collect(),
+                labels_fixed: t.labels.is_some(),
+                labels: t.labels.unwrap_or_default().into_iter().collect(),
             })
             .collect();
         tokens.sort_by_key(|t| t.created_unix);

@@ -119,8 +119,17 @@ async fn serve_runs_on_the_given_clock_store_and_listener_and_drains_on_shutdown
     let daemon = tokio::spawn(serve(config.clone(), deps, shutdown.clone()));
 
     let mut admin = cli::connect(&config, Some(&url)).await.expect("admin");
-    let first = cli::token_create(&mut admin, 3600, 1).await.expect("token");
-    let second = cli::token_create(&mut admin, 3600, 1).await.expect("token");
+    let one_hour = || certfleet_proto::v1::CreateTokenRequest {
+        ttl_seconds: 3600,
+        uses: 1,
+        ..Default::default()
+    };
+    let first = cli::token_create(&mut admin, one_hour())
+        .await
+        .expect("token");
+    let second = cli::token_create(&mut admin, one_hour())
+        .await
+        .expect("token");
     assert_eq!(
         first.expires_unix,
         t0 + 3600,

@@ -51,6 +51,7 @@ pub mod acme2certifier;
 pub mod agent;
 pub mod alpn_front;
 pub mod bins;
+pub mod bootstrap;
 pub mod coordinator;
 pub mod direct;
 pub mod dns;

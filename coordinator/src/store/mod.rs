@@ -23,6 +23,7 @@ use crate::model::{CertRecord, HostRecord};
 use certfleet_shared::ids::{CertId, HostId};
 use certfleet_shared::ratelimit::Budget;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 #[derive(Debug, thiserror::Error)]
@@ -75,8 +76,39 @@ pub enum EnrollRefusal {
     /// Carries the host that used it, for the coordinator's log only.
     #[error("join token was already used; tokens are single-use unless created with --uses")]
     AlreadyUsed(String),
-    #[error("join token was revoked")]
+    #[error("join token was revoked; create a new one with `certfleet-coordinator token create`")]
     Revoked,
+    /// The connection came from outside the token's `--cidr` blocks.
+    #[error(
+        "join token may only be used from {allowed}, and this enrollment came from {from}: \
+         enroll from an allowed address, or create a token whose --cidr covers {from}"
+    )]
+    SourceNotAllowed { from: String, allowed: String },
+    /// The agent asked for a label the token does not fix (or another value).
+    #[error(
+        "join token fixes this host's labels to {fixed}, and the agent asked for {key}={asked}: \
+         enroll without that --label (the host gets the token's labels), or create a token \
+         with --label {key}={asked}"
+    )]
+    LabelNotAllowed {
+        key: String,
+        asked: String,
+        fixed: String,
+    },
+}
+
+impl EnrollRefusal {
+    /// The constraint that refused, as one word for the audit trail.
+    pub fn constraint(&self) -> &'static str {
+        match self {
+            EnrollRefusal::UnknownToken => "unknown_token",
+            EnrollRefusal::Expired(_) => "expiry",
+            EnrollRefusal::AlreadyUsed(_) => "uses",
+            EnrollRefusal::Revoked => "revoked",
+            EnrollRefusal::SourceNotAllowed { .. } => "cidr",
+            EnrollRefusal::LabelNotAllowed { .. } => "labels",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +139,14 @@ pub struct TokenRecord {
     pub used_by: Vec<HostId>,
     #[serde(default)]
     pub revoked: bool,
+    /// Source addresses allowed to enroll with it (none: any). Absent from records
+    /// written before tokens had constraints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cidrs: Vec<ipnet::IpNet>,
+    /// The labels a host enrolled with it gets, exactly; an agent asking for any other
+    /// label (or value) is refused. `None`: the agent's own labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
 }
 
 /// The coordinator's durable state.
@@ -118,8 +158,17 @@ pub trait Store: cluster::ClusterStore + Send + Sync + 'static {
     fn put_token(&self, token_hash: &str, rec: &TokenRecord) -> Result<(), StoreError>;
     /// Every token record with its hash.
     fn tokens(&self) -> Result<Vec<(String, TokenRecord)>, StoreError>;
-    /// Atomically: check the token, consume one use, and record the host.
-    fn enroll(&self, token_hash: &str, now: i64, host: &HostRecord) -> Result<(), EnrollError>;
+    /// Atomically: check the token ([`TokenRecord::admit`]: uses, expiry, revocation,
+    /// `source` against its CIDRs, the host's labels against the ones it fixes), consume
+    /// one use, and record the host with the labels the token gives it. Returns the host
+    /// as recorded.
+    fn enroll(
+        &self,
+        token_hash: &str,
+        now: i64,
+        source: Option<IpAddr>,
+        host: &HostRecord,
+    ) -> Result<HostRecord, EnrollError>;
 
     fn host(&self, id: &HostId) -> Result<Option<HostRecord>, StoreError>;
     fn put_host(&self, rec: &HostRecord) -> Result<(), StoreError>;

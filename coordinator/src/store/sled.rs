@@ -295,45 +295,35 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn enroll(&self, token_hash: &str, now: i64, host: &HostRecord) -> Result<(), EnrollError> {
+    fn enroll(
+        &self,
+        token_hash: &str,
+        now: i64,
+        source: Option<IpAddr>,
+        host: &HostRecord,
+    ) -> Result<HostRecord, EnrollError> {
         use sled::transaction::{
             ConflictableTransactionError as Cte, TransactionError, Transactional,
         };
-        let host_bytes = serde_json::to_vec(host).map_err(StoreError::from)?;
         let result = (&self.tokens, &self.hosts).transaction(|(tokens, hosts)| {
             let raw = tokens
                 .get(token_hash.as_bytes())?
                 .ok_or(Cte::Abort(EnrollRefusal::UnknownToken))?;
             let mut tok: TokenRecord = serde_json::from_slice(&raw)
                 .map_err(|_| Cte::Abort(EnrollRefusal::UnknownToken))?;
-            if tok.revoked {
-                return Err(Cte::Abort(EnrollRefusal::Revoked));
-            }
-            if tok.uses_left == 0 {
-                let by = tok
-                    .used_by
-                    .last()
-                    .map(|h| h.to_string())
-                    .unwrap_or_default();
-                return Err(Cte::Abort(EnrollRefusal::AlreadyUsed(by)));
-            }
-            if now >= tok.expires {
-                return Err(Cte::Abort(EnrollRefusal::Expired(
-                    certfleet_shared::timefmt::rfc3339(tok.expires),
-                )));
-            }
-            tok.uses_left -= 1;
-            tok.used_by.push(host.id.clone());
+            let admitted = tok.admit(now, source, host).map_err(Cte::Abort)?;
             let tok_bytes =
                 serde_json::to_vec(&tok).map_err(|_| Cte::Abort(EnrollRefusal::UnknownToken))?;
+            let host_bytes = serde_json::to_vec(&admitted)
+                .map_err(|_| Cte::Abort(EnrollRefusal::UnknownToken))?;
             tokens.insert(token_hash.as_bytes(), tok_bytes)?;
-            hosts.insert(host.id.as_str().as_bytes(), host_bytes.clone())?;
-            Ok(())
+            hosts.insert(admitted.id.as_str().as_bytes(), host_bytes)?;
+            Ok(admitted)
         });
         match result {
-            Ok(()) => {
+            Ok(admitted) => {
                 self.flush()?;
-                Ok(())
+                Ok(admitted)
             }
             Err(TransactionError::Abort(refusal)) => Err(EnrollError::Refused(refusal)),
             Err(TransactionError::Storage(e)) => Err(EnrollError::Store(StoreError::from(e))),

@@ -11,6 +11,7 @@
 
 mod ari;
 mod audit;
+mod bootstrap;
 mod challenge_fallback;
 mod chaos;
 mod cli;

@@ -129,6 +129,8 @@ fn token(expires: i64, uses: u32) -> TokenRecord {
         uses_left: uses,
         used_by: vec![],
         revoked: false,
+        cidrs: vec![],
+        labels: None,
     }
 }
 
@@ -199,9 +201,9 @@ fn join_tokens_are_single_use_expire_and_can_be_revoked() {
         s.put_token("t1", &token(100, 1)).unwrap();
         s.put_token("t0", &token(100, 2)).unwrap();
         let (a, c) = (HostId::generate(), HostId::generate());
-        s.enroll("t1", 50, &host(&a, "a")).unwrap();
+        s.enroll("t1", 50, None, &host(&a, "a")).unwrap();
         assert!(
-            matches!(s.enroll("t1", 50, &host(&c, "c")), Err(EnrollError::Refused(EnrollRefusal::AlreadyUsed(h))) if h == a.as_str()),
+            matches!(s.enroll("t1", 50, None, &host(&c, "c")), Err(EnrollError::Refused(EnrollRefusal::AlreadyUsed(h))) if h == a.as_str()),
             "{}",
             b.name
         );
@@ -210,22 +212,22 @@ fn join_tokens_are_single_use_expire_and_can_be_revoked() {
             "a refused enrollment records nothing"
         );
         assert!(matches!(
-            s.enroll("nope", 50, &host(&c, "c")),
+            s.enroll("nope", 50, None, &host(&c, "c")),
             Err(EnrollError::Refused(EnrollRefusal::UnknownToken))
         ));
         assert!(matches!(
-            s.enroll("t0", 100, &host(&c, "c")),
+            s.enroll("t0", 100, None, &host(&c, "c")),
             Err(EnrollError::Refused(EnrollRefusal::Expired(_)))
         ));
         let mut revoked = token(100, 1);
         revoked.revoked = true;
         s.put_token("t2", &revoked).unwrap();
         assert!(matches!(
-            s.enroll("t2", 50, &host(&c, "c")),
+            s.enroll("t2", 50, None, &host(&c, "c")),
             Err(EnrollError::Refused(EnrollRefusal::Revoked))
         ));
         // A two-use token: two hosts, then refused.
-        s.enroll("t0", 60, &host(&c, "c")).unwrap();
+        s.enroll("t0", 60, None, &host(&c, "c")).unwrap();
         let tokens = s.tokens().unwrap();
         let names: Vec<&str> = tokens.iter().map(|(h, _)| h.as_str()).collect();
         assert_eq!(names, vec!["t0", "t1", "t2"], "{}: in hash order", b.name);
@@ -233,6 +235,77 @@ fn join_tokens_are_single_use_expire_and_can_be_revoked() {
         assert_eq!(tokens[0].1.used_by, vec![c.clone()]);
         assert_eq!(tokens[1].1.used_by, vec![a.clone()]);
         assert!(s.host(&a).unwrap().is_some() && s.host(&c).unwrap().is_some());
+    });
+}
+
+#[test]
+fn constrained_tokens_are_checked_inside_the_enrollment() {
+    each_backend("constrained_tokens", |b| {
+        let s = b.open();
+        let mut t = token(100, 3);
+        t.cidrs = vec!["10.0.0.0/8".parse().unwrap()];
+        t.labels = Some(BTreeMap::from([("pool".to_owned(), "edge".to_owned())]));
+        s.put_token("tc", &t).unwrap();
+        let inside: Option<IpAddr> = Some("10.1.2.3".parse().unwrap());
+        let outside: Option<IpAddr> = Some("192.0.2.1".parse().unwrap());
+        let (a, c) = (HostId::generate(), HostId::generate());
+
+        // From outside the CIDR: refused, nothing recorded, no use taken.
+        let mut plain = host(&c, "c");
+        plain.labels.clear();
+        let r = s.enroll("tc", 50, outside, &plain);
+        assert!(
+            matches!(&r, Err(EnrollError::Refused(e @ EnrollRefusal::SourceNotAllowed { .. })) if e.constraint() == "cidr"),
+            "{}: {r:?}",
+            b.name
+        );
+        // A label the token does not fix (`host()` asks for role=web): refused.
+        let r = s.enroll("tc", 50, inside, &host(&c, "c"));
+        assert!(
+            matches!(&r, Err(EnrollError::Refused(EnrollRefusal::LabelNotAllowed { key, .. })) if key == "role"),
+            "{}: {r:?}",
+            b.name
+        );
+        assert!(
+            s.host(&c).unwrap().is_none(),
+            "{}: refusals record no host",
+            b.name
+        );
+        let (_, stored) = s
+            .tokens()
+            .unwrap()
+            .into_iter()
+            .find(|(h, _)| h == "tc")
+            .unwrap();
+        assert_eq!(stored.uses_left, 3, "{}: refusals take no use", b.name);
+
+        // Inside, asking for nothing: the host gets exactly the token's labels.
+        let mut asked = host(&a, "a");
+        asked.labels.clear();
+        let got = s.enroll("tc", 50, inside, &asked).unwrap();
+        let want = BTreeMap::from([("pool".to_owned(), "edge".to_owned())]);
+        assert_eq!(got.labels, want, "{}", b.name);
+        assert_eq!(
+            s.host(&a).unwrap().unwrap().labels,
+            want,
+            "{}: as stored",
+            b.name
+        );
+        // A v4-mapped peer address (a dual-stack listener) counts as its IPv4 address.
+        let mapped: Option<IpAddr> = Some("::ffff:10.9.9.9".parse().unwrap());
+        s.enroll("tc", 50, mapped, &plain).unwrap();
+
+        // The constraints survive the round trip through the store.
+        let (_, stored) = s
+            .tokens()
+            .unwrap()
+            .into_iter()
+            .find(|(h, _)| h == "tc")
+            .unwrap();
+        assert_eq!(stored.uses_left, 1);
+        assert_eq!(stored.cidrs, t.cidrs);
+        assert_eq!(stored.labels, t.labels);
+        assert_eq!(stored.used_by, vec![a.clone(), c.clone()]);
     });
 }
 

@@ -225,9 +225,15 @@ impl Store for PgSyncStore {
         self.call(move |s| async move { s.tokens().await })
     }
 
-    fn enroll(&self, token_hash: &str, now: i64, host: &HostRecord) -> Result<(), EnrollError> {
+    fn enroll(
+        &self,
+        token_hash: &str,
+        now: i64,
+        source: Option<IpAddr>,
+        host: &HostRecord,
+    ) -> Result<HostRecord, EnrollError> {
         let (hash, host) = (token_hash.to_owned(), host.clone());
-        self.call_any(move |s| async move { s.enroll(&hash, now, &host).await })?
+        self.call_any(move |s| async move { s.enroll(&hash, now, source, &host).await })?
     }
 
     fn host(&self, id: &HostId) -> Result<Option<HostRecord>, StoreError> {

@@ -182,9 +182,9 @@ impl PgStore {
         &self,
         token_hash: &str,
         now: i64,
+        source: Option<IpAddr>,
         host: &HostRecord,
-    ) -> Result<(), EnrollError> {
-        let host_json = serde_json::to_string(host).map_err(StoreError::from)?;
+    ) -> Result<HostRecord, EnrollError> {
         let mut client = self.client().await?;
         let tx = client
             .transaction()
@@ -200,35 +200,20 @@ impl PgStore {
         let row = row.ok_or(EnrollRefusal::UnknownToken)?;
         let mut tok: TokenRecord =
             serde_json::from_str(row.get(0)).map_err(|_| EnrollRefusal::UnknownToken)?;
-        if tok.revoked {
-            return Err(EnrollRefusal::Revoked.into());
-        }
-        if tok.uses_left == 0 {
-            let by = tok
-                .used_by
-                .last()
-                .map(|h| h.to_string())
-                .unwrap_or_default();
-            return Err(EnrollRefusal::AlreadyUsed(by).into());
-        }
-        if now >= tok.expires {
-            return Err(
-                EnrollRefusal::Expired(certfleet_shared::timefmt::rfc3339(tok.expires)).into(),
-            );
-        }
-        tok.uses_left -= 1;
-        tok.used_by.push(host.id.clone());
+        // Refused: the transaction is dropped (rolled back), the row lock released.
+        let admitted = tok.admit(now, source, host)?;
         let tok_json = serde_json::to_string(&tok).map_err(StoreError::from)?;
+        let host_json = serde_json::to_string(&admitted).map_err(StoreError::from)?;
         tx.execute(Kv::Tokens.put_sql(), &[&token_hash, &tok_json])
             .await
             .map_err(|e| db_error("consuming a join token", e))?;
-        tx.execute(Kv::Hosts.put_sql(), &[&host.id.as_str(), &host_json])
+        tx.execute(Kv::Hosts.put_sql(), &[&admitted.id.as_str(), &host_json])
             .await
             .map_err(|e| db_error("recording an enrolled host", e))?;
         tx.commit()
             .await
             .map_err(|e| db_error("committing an enrollment", e))?;
-        Ok(())
+        Ok(admitted)
     }
 
     pub async fn host(&self, id: &HostId) -> Result<Option<HostRecord>, StoreError> {

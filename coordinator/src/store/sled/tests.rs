@@ -37,20 +37,22 @@ fn tokens_are_single_use_and_expire() {
                 uses_left: 1,
                 used_by: vec![],
                 revoked: false,
+                cidrs: vec![],
+                labels: None,
             },
         )
         .unwrap();
     let (a, b) = (HostId::generate(), HostId::generate());
-    store.enroll("t1", 50, &host(&a)).unwrap();
+    store.enroll("t1", 50, None, &host(&a)).unwrap();
     assert!(
-        matches!(store.enroll("t1", 50, &host(&b)), Err(EnrollError::Refused(EnrollRefusal::AlreadyUsed(h))) if h == a.as_str())
+        matches!(store.enroll("t1", 50, None, &host(&b)), Err(EnrollError::Refused(EnrollRefusal::AlreadyUsed(h))) if h == a.as_str())
     );
     assert!(
         store.host(&b).unwrap().is_none(),
         "refused enrollment records nothing"
     );
     assert!(matches!(
-        store.enroll("nope", 50, &host(&b)),
+        store.enroll("nope", 50, None, &host(&b)),
         Err(EnrollError::Refused(EnrollRefusal::UnknownToken))
     ));
     store
@@ -62,11 +64,13 @@ fn tokens_are_single_use_and_expire() {
                 uses_left: 1,
                 used_by: vec![],
                 revoked: false,
+                cidrs: vec![],
+                labels: None,
             },
         )
         .unwrap();
     assert!(matches!(
-        store.enroll("t2", 100, &host(&b)),
+        store.enroll("t2", 100, None, &host(&b)),
         Err(EnrollError::Refused(EnrollRefusal::Expired(_)))
     ));
     assert!(store.host(&a).unwrap().is_some());
