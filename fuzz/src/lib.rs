@@ -87,7 +87,14 @@ pub fn coordinator() -> &'static Coordinator {
         let dir = StateDir::new(&root.join("state"));
         let clock: certfleet_shared::clock::SharedClock =
             Arc::new(certfleet_shared::clock::SystemClock);
-        fleet_ca::init(&dir, &["localhost".to_owned()], &[], clock.now_unix()).expect("fleet CA");
+        fleet_ca::init(
+            &dir,
+            &["localhost".to_owned()],
+            &[],
+            fleet_ca::SERVER_LIFETIME_SECS,
+            clock.now_unix(),
+        )
+        .expect("fleet CA");
         let ca = Arc::new(FleetCa::load(&dir).expect("load fleet CA"));
         let text = COORDINATOR_TOML.replace("STATE", &dir.root.display().to_string());
         let config = Config::from_toml(&text, Path::new("fuzz.toml"), Vec::new()).expect("config");
@@ -127,7 +134,20 @@ pub fn coordinator() -> &'static Coordinator {
         seed_audit(&audit, &host);
         let (tx, rx) = mpsc::channel(4);
         let handle = sessions.open(host.clone(), tx);
+        let server_cert = certfleet_coordinator::server_cert::ServerCertManager::start(
+            dir.clone(),
+            ca.clone(),
+            vec!["localhost".to_owned()],
+            vec![],
+            fleet_ca::SERVER_LIFETIME_SECS,
+            audit.clone(),
+            clock.clone(),
+        )
+        .expect("server certificate")
+        .resolver
+        .clone();
         let services = Services {
+            server_cert,
             store,
             sessions,
             engine,

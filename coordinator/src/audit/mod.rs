@@ -72,6 +72,16 @@ pub enum Kind {
     /// imported there (`key_group`, `key_sha256`, `from_host`, `recipient_identity_sha256`;
     /// the record's host is the one that received it). The coordinator relayed ciphertext.
     KeyShared,
+    /// An operator was added (`name`, `role`, `serial`, `not_after`); by the admin who
+    /// added it, or `coordinator:state-dir` for the credential `init` / `node join` wrote.
+    OperatorAdded,
+    /// An operator renewed its own credential (`previous_serial`, `serial`, `not_after`).
+    OperatorRenewed,
+    /// An operator was revoked: its credential is refused from now on.
+    OperatorRevoked,
+    /// The coordinator replaced its own TLS server certificate (`previous_serial`,
+    /// `serial`, `not_after`), without a restart.
+    ServerCertificateRenewed,
 }
 
 impl Kind {

@@ -100,6 +100,13 @@ CREATE TABLE leases (
     until   timestamptz NOT NULL
 );
 "#,
+    r#"
+CREATE TABLE operators (
+    name       text COLLATE "C" PRIMARY KEY,
+    generation bigint NOT NULL,
+    payload    json NOT NULL
+);
+"#,
 ];
 
 /// The schema version this coordinator writes.
