@@ -116,7 +116,7 @@ enum Cmd {
     },
     /// Named operators and their roles: add, renew your own credential, list, revoke.
     Operators {
-        #[arg(long)]
+        #[arg(long, global = true)]
         json: bool,
         #[command(subcommand)]
         cmd: Option<OperatorsCmd>,

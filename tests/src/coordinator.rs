@@ -120,6 +120,9 @@ pub struct CoordinatorOptions {
     pub server_ips: Vec<IpAddr>,
     /// `[server] identity_lifetime_secs` (written only when set).
     pub identity_lifetime_secs: Option<u64>,
+    /// `[server] certificate_lifetime_secs`: the coordinator's own server certificate
+    /// (written only when set).
+    pub certificate_lifetime_secs: Option<u64>,
 }
 
 /// An ACME server a coordinator's only `[[issuer]]` points at: pebble, acme2certifier.
@@ -594,6 +597,9 @@ fn render_config(
     s.push_str(&format!("ips = [{}]\n", ips.join(", ")));
     if let Some(secs) = opts.identity_lifetime_secs {
         s.push_str(&format!("identity_lifetime_secs = {secs}\n"));
+    }
+    if let Some(secs) = opts.certificate_lifetime_secs {
+        s.push_str(&format!("certificate_lifetime_secs = {secs}\n"));
     }
     s.push('\n');
     s.push_str("[issuance]\n");
