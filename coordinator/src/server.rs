@@ -658,7 +658,7 @@ impl Admin for Api {
         req: Request<pb::RevokeOperatorRequest>,
     ) -> Result<Response<pb::RevokeOperatorResponse>, Status> {
         let operator = self.operator(&req, AdminRpc::RevokeOperator)?;
-        self.revoke_operator_as(&operator, &req.into_inner().name)
+        self.revoke_operator_as(&operator, &req.into_inner())
             .map(Response::new)
     }
 

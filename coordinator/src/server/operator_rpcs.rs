@@ -62,11 +62,9 @@ impl Api {
         by: &Operator,
         r: pb::AddOperatorRequest,
     ) -> Result<pb::OperatorCredential, Status> {
-        operators::check_name(&r.name).map_err(Status::invalid_argument)?;
-        let role = Role::parse(&r.role).map_err(Status::invalid_argument)?;
-        let secs = operators::lifetime(r.lifetime_seconds).map_err(Status::invalid_argument)?;
+        let (name, role, secs) = crate::requests::add_operator(&r)?;
         let now = self.clock.now_unix();
-        let existing = self.store.operator(&r.name).map_err(internal)?;
+        let existing = self.store.operator(&name).map_err(internal)?;
         if let Some(e) = existing
             .as_ref()
             .filter(|e| e.revoked_at.is_none() && e.not_after > now)
@@ -81,10 +79,10 @@ impl Api {
         }
         let (cert_pem, info) = self
             .ca
-            .sign_operator(&r.csr_der, &r.name, secs, now)
+            .sign_operator(&r.csr_der, &name, secs, now)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let rec = OperatorRecord {
-            name: r.name.clone(),
+            name,
             role,
             serial: info.serial_hex.clone(),
             issued: now,
@@ -171,9 +169,10 @@ impl Api {
     pub(super) fn revoke_operator_as(
         &self,
         by: &Operator,
-        name: &str,
+        r: &pb::RevokeOperatorRequest,
     ) -> Result<pb::RevokeOperatorResponse, Status> {
-        operators::check_name(name).map_err(Status::invalid_argument)?;
+        let name = crate::requests::revoke_operator(r)?;
+        let name = name.as_str();
         let now = self.clock.now_unix();
         let all = self.store.operators().map_err(internal)?;
         let Some(old) = all.iter().find(|o| o.name == name).cloned() else {
