@@ -1,8 +1,7 @@
-//! Operator commands: talk to a running coordinator over the admin API with the operator
-//! credential from the state directory, and print tables or JSON.
+//! Operator commands: talk to a running coordinator over the admin API with an operator
+//! credential (`--credential DIR`, or the state directory's), and print tables or JSON.
 
 use crate::config::Config;
-use crate::fleet_ca::StateDir;
 use anyhow::Context;
 use certfleet_proto::v1::{self as pb, admin_client::AdminClient};
 use certfleet_proto::MAX_MESSAGE_BYTES;
@@ -11,13 +10,21 @@ use certfleet_shared::timefmt::{relative, rfc3339};
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
-/// Connects to the admin API.
-pub async fn connect(config: &Config, url: Option<&str>) -> anyhow::Result<AdminClient<Channel>> {
-    let dir = StateDir::new(&config.state_dir);
-    let ca = dir.read(&dir.ca_cert())?;
-    let cert = dir.read(&dir.admin_cert())?;
-    let key = dir.read(&dir.admin_key())?;
-    let tls = certfleet_shared::tls::fleet_client_config(&ca, &cert, &key)?;
+pub mod credential;
+pub mod operators;
+
+/// Connects to the admin API with the operator credential in `credential` (a directory
+/// from `operators add --out`), or else the state directory's.
+pub async fn connect(
+    config: &Config,
+    url: Option<&str>,
+    credential: Option<&std::path::Path>,
+) -> anyhow::Result<AdminClient<Channel>> {
+    use certfleet_shared::clock::Clock;
+    let files = credential::CredentialFiles::locate(config, credential);
+    let cred = files.load(certfleet_shared::clock::SystemClock.now_unix())?;
+    let tls =
+        certfleet_shared::tls::fleet_client_config(&cred.ca_pem, &cred.cert_pem, &cred.key_pem)?;
     let url = url.map(str::to_owned).unwrap_or_else(|| config.local_url());
     let channel = certfleet_shared::transport::connect(&url, tls)
         .await
@@ -25,7 +32,7 @@ pub async fn connect(config: &Config, url: Option<&str>) -> anyhow::Result<Admin
     Ok(AdminClient::new(channel).max_decoding_message_size(64 * MAX_MESSAGE_BYTES))
 }
 
-fn status_err(s: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("coordinator refused: {} ({:?})", s.message(), s.code())
 }
 
@@ -40,7 +47,7 @@ pub async fn token_create(
         .into_inner())
 }
 
-fn opt_time(unix: i64) -> Value {
+pub(crate) fn opt_time(unix: i64) -> Value {
     if unix == 0 {
         Value::Null
     } else {
@@ -460,6 +467,12 @@ pub async fn status(
         Err(s) if s.code() == tonic::Code::Unimplemented => None,
         Err(s) => return Err(status_err(s)),
     };
+    // Absent from coordinators before operators: then not shown.
+    let creds = client
+        .get_credentials(pb::GetCredentialsRequest {})
+        .await
+        .ok()
+        .map(|r| r.into_inner());
     let connected = hosts.iter().filter(|h| h.connected).count();
     let mut by_state: std::collections::BTreeMap<&str, usize> = Default::default();
     for c in &certs {
@@ -496,12 +509,33 @@ pub async fn status(
                 "sessions": n.sessions, "leases": n.leases})).collect::<Vec<_>>()),
             "leases": cluster.as_ref().map(|c| c.leases.iter().map(|l| json!({"cert_id": l.cert_id,
                 "holder": l.holder, "until": opt_time(l.until_unix)})).collect::<Vec<_>>()),
+            "server_certificate": creds.as_ref().map(|c| json!({"serial": c.server_serial,
+                "not_before": opt_time(c.server_not_before_unix), "not_after": opt_time(c.server_not_after_unix)})),
+            "fleet_ca_not_after": creds.as_ref().map(|c| opt_time(c.fleet_ca_not_after_unix)),
+            "operator": creds.as_ref().and_then(|c| c.caller.as_ref()).map(|o| json!({"name": o.name,
+                "role": o.role, "serial": o.serial, "not_after": opt_time(o.not_after_unix)})),
         });
         return Ok(serde_json::to_string_pretty(&v)? + "\n");
     }
     let mut out = String::new();
     if let Some(c) = &cluster {
         out.push_str(&cluster_lines(c, now));
+    }
+    if let Some(c) = &creds {
+        out.push_str(&format!(
+            "server cert   serial {} until {} (renews itself at two thirds)\n",
+            c.server_serial,
+            rfc3339(c.server_not_after_unix)
+        ));
+        if let Some(o) = &c.caller {
+            out.push_str(&format!(
+                "you           operator {} ({}), credential until {} ({})\n",
+                o.name,
+                o.role,
+                rfc3339(o.not_after_unix),
+                relative(o.not_after_unix, now)
+            ));
+        }
     }
     out.push_str(&format!(
         "hosts         {} ({} connected, {} offline)\n",

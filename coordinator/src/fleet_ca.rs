@@ -19,10 +19,9 @@ use std::path::{Path, PathBuf};
 use time::{Duration, OffsetDateTime};
 
 const CA_LIFETIME_DAYS: i64 = 3650;
-const SERVER_LIFETIME_DAYS: i64 = 825;
-const ADMIN_LIFETIME_DAYS: i64 = 365;
-/// Agent identity certificates. Rotation over the session is a later step; until then a
-/// year, re-enrolling before it ends.
+/// Default lifetime of a coordinator's own server certificate (`[server]
+/// certificate_lifetime_secs`); it renews itself at two thirds (`crate::server_cert`).
+pub const SERVER_LIFETIME_SECS: i64 = 90 * 24 * 3600;
 /// Default agent identity lifetime (the config's `[server] identity_lifetime_secs`).
 pub const AGENT_IDENTITY_LIFETIME_SECS: i64 = 7 * 24 * 3600;
 
@@ -130,10 +129,18 @@ fn random_serial(params: &mut CertificateParams) {
     params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
 }
 
-/// Creates the state directory: fleet CA, server certificate for `names`/`ips`, operator
-/// credential, all valid from `now` (unix seconds). Refuses to overwrite an existing CA.
-/// A second coordinator of the fleet is made from this one by `crate::node` instead.
-pub fn init(dir: &StateDir, names: &[String], ips: &[IpAddr], now: i64) -> Result<String, CaError> {
+/// Creates the state directory: fleet CA, server certificate for `names`/`ips` (valid
+/// `server_lifetime_secs`), the first admin's credential (operator
+/// [`crate::operators::STATE_DIR_OPERATOR`], [`crate::operators::DEFAULT_LIFETIME_SECS`]),
+/// all valid from `now` (unix seconds). Refuses to overwrite an existing CA. A second
+/// coordinator of the fleet is made from this one by `crate::node` instead.
+pub fn init(
+    dir: &StateDir,
+    names: &[String],
+    ips: &[IpAddr],
+    server_lifetime_secs: i64,
+    now: i64,
+) -> Result<String, CaError> {
     if dir.ca_key().exists() {
         return Err(CaError::AlreadyInitialised(dir.root.clone()));
     }
@@ -163,7 +170,14 @@ pub fn init(dir: &StateDir, names: &[String], ips: &[IpAddr], now: i64) -> Resul
     random_serial(&mut ca);
     let ca_cert = ca.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca, ca_key);
-    let node = NodeCredentials::make(&issuer, names, ips, now)?;
+    let node = NodeCredentials::make(
+        &issuer,
+        names,
+        ips,
+        server_lifetime_secs,
+        crate::operators::STATE_DIR_OPERATOR,
+        now,
+    )?;
     // Keys first, CA key last: its presence marks a complete init.
     node.write(dir)?;
     dir.write(&dir.ca_cert(), &ca_cert.pem(), 0o644)?;
@@ -172,52 +186,92 @@ pub fn init(dir: &StateDir, names: &[String], ips: &[IpAddr], now: i64) -> Resul
 }
 
 /// One node's own credentials, signed by the fleet CA: its server certificate for its
-/// `names`/`ips`, and an operator credential for its admin API.
+/// `names`/`ips`, and an admin operator's credential for its admin API (adopted into the
+/// store at `serve` start, see `crate::operators::adopt_state_dir_credential`).
 pub(crate) struct NodeCredentials {
-    server_key: String,
-    server_cert: String,
+    server: ServerCredential,
     admin_key: String,
     admin_cert: String,
 }
 
+/// A coordinator's TLS server key and certificate (PEM).
+pub struct ServerCredential {
+    pub key_pem: String,
+    pub cert_pem: String,
+}
+
+impl std::fmt::Debug for ServerCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerCredential")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A fresh server key and certificate for `names`/`ips`, valid `secs` from `now`.
+fn server_credential(
+    issuer: &Issuer<'_, KeyPair>,
+    names: &[String],
+    ips: &[IpAddr],
+    secs: i64,
+    now: i64,
+) -> Result<ServerCredential, CaError> {
+    let server_key = KeyPair::generate()?;
+    let mut server = CertificateParams::default();
+    server.distinguished_name = DistinguishedName::new();
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "certfleet coordinator");
+    server.subject_alt_names = names
+        .iter()
+        .map(|n| n.clone().try_into().map(SanType::DnsName))
+        .collect::<Result<Vec<_>, _>>()?;
+    server
+        .subject_alt_names
+        .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    validity_secs(&mut server, secs, now)?;
+    random_serial(&mut server);
+    let cert = server.signed_by(&server_key, issuer)?;
+    Ok(ServerCredential {
+        key_pem: server_key.serialize_pem(),
+        cert_pem: cert.pem(),
+    })
+}
+
+impl ServerCredential {
+    /// Writes it into `dir` (key 0600), key first: a crash in between leaves a key that
+    /// does not match the certificate, which `serve` replaces at start.
+    pub fn write(&self, dir: &StateDir) -> Result<(), CaError> {
+        dir.write(&dir.server_key(), &self.key_pem, 0o600)?;
+        dir.write(&dir.server_cert(), &self.cert_pem, 0o644)
+    }
+}
+
 impl NodeCredentials {
-    /// Fresh keys and certificates valid from `now`.
+    /// Fresh keys and certificates valid from `now`; the operator credential names
+    /// `operator`.
     pub(crate) fn make(
         issuer: &Issuer<'_, KeyPair>,
         names: &[String],
         ips: &[IpAddr],
+        server_lifetime_secs: i64,
+        operator: &str,
         now: i64,
     ) -> Result<Self, CaError> {
-        let server_key = KeyPair::generate()?;
-        let mut server = CertificateParams::default();
-        server.distinguished_name = DistinguishedName::new();
-        server
-            .distinguished_name
-            .push(DnType::CommonName, "certfleet coordinator");
-        server.subject_alt_names = names
-            .iter()
-            .map(|n| n.clone().try_into().map(SanType::DnsName))
-            .collect::<Result<Vec<_>, _>>()?;
-        server
-            .subject_alt_names
-            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
-        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        validity(&mut server, SERVER_LIFETIME_DAYS, now)?;
-        random_serial(&mut server);
-        let server_cert = server.signed_by(&server_key, issuer)?;
-
+        let server = server_credential(issuer, names, ips, server_lifetime_secs, now)?;
         let admin_key = KeyPair::generate()?;
         let admin_cert = client_params(
-            "operator",
-            &format!("{ADMIN_URI_PREFIX}operator"),
-            ADMIN_LIFETIME_DAYS * 24 * 3600,
+            operator,
+            &format!("{ADMIN_URI_PREFIX}{operator}"),
+            crate::operators::DEFAULT_LIFETIME_SECS,
             now,
         )?
         .signed_by(&admin_key, issuer)?;
         Ok(Self {
-            server_key: server_key.serialize_pem(),
-            server_cert: server_cert.pem(),
+            server,
             admin_key: admin_key.serialize_pem(),
             admin_cert: admin_cert.pem(),
         })
@@ -225,8 +279,7 @@ impl NodeCredentials {
 
     /// Writes them into `dir` (keys 0600).
     pub(crate) fn write(&self, dir: &StateDir) -> Result<(), CaError> {
-        dir.write(&dir.server_key(), &self.server_key, 0o600)?;
-        dir.write(&dir.server_cert(), &self.server_cert, 0o644)?;
+        self.server.write(dir)?;
         dir.write(&dir.admin_key(), &self.admin_key, 0o600)?;
         dir.write(&dir.admin_cert(), &self.admin_cert, 0o644)
     }
@@ -244,10 +297,24 @@ fn client_params(cn: &str, uri: &str, secs: i64, now: i64) -> Result<Certificate
     Ok(p)
 }
 
-/// The loaded fleet CA, able to sign agent identities.
+/// The public key of a CSR whose signature checks out (rcgen verifies it on parsing).
+fn csr_public_key(csr_der: &[u8]) -> Result<rcgen::PublicKey, CaError> {
+    if csr_der.len() > certfleet_shared::x509::MAX_CSR_BYTES {
+        return Err(CaError::BadCsr("too large".into()));
+    }
+    let csr =
+        CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+            .map_err(|e| CaError::BadCsr(e.to_string()))?;
+    Ok(csr.public_key)
+}
+
+/// The loaded fleet CA, able to sign agent identities, operator credentials and the
+/// coordinator's own server certificate.
 pub struct FleetCa {
     issuer: Issuer<'static, KeyPair>,
     pub ca_pem: String,
+    /// The CA certificate's notAfter (unix seconds).
+    pub not_after: i64,
     /// Lifetime of the agent identities it signs.
     pub identity_lifetime_secs: i64,
 }
@@ -258,11 +325,43 @@ impl FleetCa {
         let key_pem = dir.read(&dir.ca_key())?;
         let key = KeyPair::from_pem(&key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&ca_pem, key)?;
+        let der = certfleet_shared::x509::parse_pem_chain(&ca_pem)
+            .map_err(|e| CaError::Invalid(format!("{}: {e}", dir.ca_cert().display())))?;
+        let info = CertInfo::from_der(&der[0])
+            .map_err(|e| CaError::Invalid(format!("{}: {e}", dir.ca_cert().display())))?;
         Ok(Self {
             issuer,
             ca_pem,
+            not_after: info.not_after,
             identity_lifetime_secs: AGENT_IDENTITY_LIFETIME_SECS,
         })
+    }
+
+    /// A new server key and certificate for `names`/`ips`, valid `secs` from `now`.
+    pub fn sign_server(
+        &self,
+        names: &[String],
+        ips: &[IpAddr],
+        secs: i64,
+        now: i64,
+    ) -> Result<ServerCredential, CaError> {
+        server_credential(&self.issuer, names, ips, secs, now)
+    }
+
+    /// Signs operator `name`'s credential from the CSR made by its CLI (only the public
+    /// key is used, after the CSR's signature is checked), valid `secs` from `now`.
+    pub fn sign_operator(
+        &self,
+        csr_der: &[u8],
+        name: &str,
+        secs: i64,
+        now: i64,
+    ) -> Result<(String, CertInfo), CaError> {
+        let public_key = csr_public_key(csr_der)?;
+        let params = client_params(name, &format!("{ADMIN_URI_PREFIX}{name}"), secs, now)?;
+        let cert = params.signed_by(&public_key, &self.issuer)?;
+        let info = CertInfo::from_der(cert.der()).map_err(|e| CaError::Invalid(e.to_string()))?;
+        Ok((cert.pem(), info))
     }
 
     /// Signs an agent identity for `host` from the agent's CSR, valid from `now` (unix
@@ -274,19 +373,14 @@ impl FleetCa {
         host: &HostId,
         now: i64,
     ) -> Result<(String, CertInfo), CaError> {
-        if csr_der.len() > certfleet_shared::x509::MAX_CSR_BYTES {
-            return Err(CaError::BadCsr("too large".into()));
-        }
-        let csr =
-            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
-                .map_err(|e| CaError::BadCsr(e.to_string()))?;
+        let public_key = csr_public_key(csr_der)?;
         let params = client_params(
             host.as_str(),
             &format!("{HOST_URI_PREFIX}{host}"),
             self.identity_lifetime_secs,
             now,
         )?;
-        let cert = params.signed_by(&csr.public_key, &self.issuer)?;
+        let cert = params.signed_by(&public_key, &self.issuer)?;
         let info = CertInfo::from_der(cert.der()).map_err(|e| CaError::Invalid(e.to_string()))?;
         Ok((cert.pem(), info))
     }
@@ -305,12 +399,13 @@ mod tests {
             &dir,
             &["localhost".into()],
             &["127.0.0.1".parse().unwrap()],
+            SERVER_LIFETIME_SECS,
             now,
         )
         .unwrap();
         assert_eq!(fp, dir.ca_fingerprint().unwrap());
         assert!(matches!(
-            init(&dir, &[], &[], now),
+            init(&dir, &[], &[], SERVER_LIFETIME_SECS, now),
             Err(CaError::AlreadyInitialised(_))
         ));
         use std::os::unix::fs::PermissionsExt;

@@ -23,7 +23,11 @@
 //!   release an address.
 //! - [`lifecycle`] — addresses a host lost (revocation), decommissioning silent hosts,
 //!   a host leaving.
+//! - [`operators`] — named operators: roles, which admin call needs which, credential
+//!   lifetimes, the per-call check against the stored operator.
 //! - [`server`] — gRPC services and the per-call identity checks.
+//! - [`server_cert`] — the coordinator's own TLS: a server certificate renewed and swapped
+//!   in without a restart.
 //! - [`cli`] — operator commands that talk to a running coordinator.
 //! - [`reload`] — SIGHUP: the configuration read again, refused whole or swapped in,
 //!   audited, every host's certificates derived again.
@@ -45,9 +49,11 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod model;
 pub mod node;
+pub mod operators;
 pub mod reload;
 pub mod requests;
 pub mod server;
+pub mod server_cert;
 pub mod sessions;
 pub mod spec;
 pub mod store;
@@ -65,8 +71,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 /// How long a stopping coordinator waits for in-flight work before it exits anyway.
 pub const DRAIN: Duration = Duration::from_secs(10);
@@ -200,8 +205,22 @@ pub async fn serve_with_reload(
     let mut ca = fleet_ca::FleetCa::load(&dir)?;
     ca.identity_lifetime_secs = config.server.identity_lifetime_secs as i64;
     let ca = Arc::new(ca);
-    let server_cert = dir.read(&dir.server_cert())?;
-    let server_key = dir.read(&dir.server_key())?;
+    // The credential `init` / `node join` wrote becomes an admin the store knows.
+    if let Err(e) =
+        operators::adopt_state_dir_credential(&dir, store.as_ref(), &audit, clock.now_unix())
+    {
+        tracing::error!(error = %e, "the state directory's operator credential was not adopted");
+    }
+    let server_cert = server_cert::ServerCertManager::start(
+        dir.clone(),
+        ca.clone(),
+        config.server.names.clone(),
+        config.server.ips.clone(),
+        config.server.certificate_lifetime_secs as i64,
+        audit.clone(),
+        clock.clone(),
+    )?;
+    tracker.spawn(server_cert.clone().run(shutdown.clone()));
     let sessions = Arc::new(sessions::Sessions::new(
         store.clone(),
         sessions::new_node_id(),
@@ -255,36 +274,37 @@ pub async fn serve_with_reload(
         clock: clock.clone(),
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
+        server_cert: server_cert.resolver.clone(),
     });
 
     // The chain includes the fleet CA so agents can pin it by fingerprint at enrollment.
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(
-            format!("{server_cert}{}", ca.ca_pem),
-            server_key,
-        ))
-        .client_ca_root(Certificate::from_pem(&ca.ca_pem))
-        .client_auth_optional(true)
-        .timeout(Duration::from_secs(10));
+    let tls = server_cert.tls_config()?;
 
     // Set once the gRPC server runs, cleared when stopping: half of `/readyz`.
     let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(listener) = metrics_listener {
         let addr = listener.local_addr().context("the metrics listener")?;
         let ready = readiness(store.clone(), serving.clone(), sessions.clone());
-        let (store, sessions, engine, metrics) = (
+        let (store, sessions, engine, metrics, resolver, ca) = (
             store.clone(),
             sessions.clone(),
             engine.clone(),
             metrics.clone(),
+            server_cert.resolver.clone(),
+            ca.clone(),
         );
         let render = move || {
+            let credentials = metrics::Credentials {
+                server: resolver.info(),
+                fleet_ca_not_after: ca.not_after,
+            };
             metrics
                 .render(
                     store.as_ref(),
                     &sessions,
                     &engine.budget_remaining(),
                     engine.decommission_after_secs(),
+                    &credentials,
                     clock.now_unix(),
                 )
                 .map_err(|e| e.to_string())
@@ -294,11 +314,10 @@ pub async fn serve_with_reload(
     }
 
     let addr = listener.local_addr().context("the gRPC listener")?;
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = server_cert::incoming(listener, tls, &tracker, shutdown.clone());
     tracing::info!(listen = %addr, "coordinator listening");
 
     let router = Server::builder()
-        .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .concurrency_limit_per_connection(64)

@@ -28,6 +28,10 @@ struct Args {
     /// Coordinator URL for operator commands (default: from [server] listen).
     #[arg(long, global = true, env = "CERTFLEET_COORDINATOR")]
     coordinator: Option<String>,
+    /// Operator credential for operator commands: a directory from `operators add --out`
+    /// (default: the state directory's admin credential).
+    #[arg(long, global = true, env = "CERTFLEET_CREDENTIAL")]
+    credential: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(
         long,
@@ -111,6 +115,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: StoreCmd,
     },
+    /// Named operators and their roles: add, renew your own credential, list, revoke.
+    Operators {
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        cmd: Option<OperatorsCmd>,
+    },
     /// List certificates, or act on them.
     Certs {
         #[arg(long)]
@@ -135,6 +146,34 @@ enum NodeCmd {
         #[arg(long)]
         bundle: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum OperatorsCmd {
+    /// List operators (role, state, serial, who added them).
+    List,
+    /// Issue a personal credential: the key is made here (0600 in DIR), the coordinator
+    /// signs it. Admins only.
+    Add {
+        name: String,
+        /// admin (every command) or viewer (read-only commands).
+        #[arg(long)]
+        role: String,
+        /// How long it is valid, e.g. 30d, 12h (10s to 90d).
+        #[arg(long, default_value = "30d")]
+        lifetime: String,
+        /// Directory for operator.pem, operator.key and fleet-ca.pem (made 0700).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Renew the credential in use (--credential, or the state directory's) while it is
+    /// valid: new key, same name and role; the old one stops working.
+    Renew,
+    /// Revoke an operator: every coordinator refuses its calls from the next one on.
+    Revoke { name: String },
+    /// Offline, on the coordinator: a new credential for the state directory's admin
+    /// (when every admin credential expired); adopted at the coordinator's next start.
+    Bootstrap,
 }
 
 #[derive(Subcommand)]
@@ -281,7 +320,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     match args.cmd {
         Cmd::Init => {
             let dir = fleet_ca::StateDir::new(&config.state_dir);
-            let fp = fleet_ca::init(&dir, &config.server.names, &config.server.ips, now)?;
+            let fp = fleet_ca::init(
+                &dir,
+                &config.server.names,
+                &config.server.ips,
+                config.server.certificate_lifetime_secs as i64,
+                now,
+            )?;
             println!("initialised {}", config.state_dir.display());
             println!("agents enroll with: certfleet-agent enroll --coordinator {} --token <token> --ca-sha256 {fp}", config.local_url());
             println!("ca-sha256: {fp}");
@@ -303,7 +348,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         } => {
             let dir = fleet_ca::StateDir::new(&config.state_dir);
             let b = node::read_bundle(&bundle)?;
-            match node::join(&dir, &b, &config.server.names, &config.server.ips, now)? {
+            let lifetime = config.server.certificate_lifetime_secs as i64;
+            match node::join(
+                &dir,
+                &b,
+                &config.server.names,
+                &config.server.ips,
+                lifetime,
+                now,
+            )? {
                 node::Joined::Joined { .. } => println!(
                     "joined the fleet in {}: fleet CA written, own server certificate for {} made",
                     config.state_dir.display(),
@@ -428,7 +481,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 fix_labels: new.no_labels || !new.labels.is_empty(),
                 labels: new.labels.into_iter().collect(),
             };
-            let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
+            let mut client = cli::connect(
+                &config,
+                args.coordinator.as_deref(),
+                args.credential.as_deref(),
+            )
+            .await?;
             let t = cli::token_create(&mut client, req).await?;
             println!("{}", t.token);
         }
@@ -436,28 +494,48 @@ async fn run(args: Args) -> anyhow::Result<()> {
             json,
             cmd: None | Some(TokensCmd::List),
         } => {
-            let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
+            let mut client = cli::connect(
+                &config,
+                args.coordinator.as_deref(),
+                args.credential.as_deref(),
+            )
+            .await?;
             print!("{}", cli::tokens(&mut client, json, now).await?);
         }
         Cmd::Tokens {
             cmd: Some(TokensCmd::Revoke { id }),
             ..
         } => {
-            let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
+            let mut client = cli::connect(
+                &config,
+                args.coordinator.as_deref(),
+                args.credential.as_deref(),
+            )
+            .await?;
             println!(
                 "revoked token {}",
                 cli::token_revoke(&mut client, id).await?
             );
         }
         Cmd::Status { json } => {
-            let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
+            let mut client = cli::connect(
+                &config,
+                args.coordinator.as_deref(),
+                args.credential.as_deref(),
+            )
+            .await?;
             print!("{}", cli::status(&mut client, json, now).await?);
         }
         Cmd::Hosts {
             cmd: Some(HostsCmd::Remove { host, no_revoke }),
             ..
         } => {
-            let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
+            let mut client = cli::connect(
+                &config,
+                args.coordinator.as_deref(),
+                args.credential.as_deref(),
+            )
+            .await?;
             let revoked = cli::host_remove(&mut client, host.clone(), no_revoke).await?;
             println!(
                 "removed host {host}; revoked {}",
@@ -472,7 +550,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             cmd: Some(HostsCmd::ReleaseIp { host, ip }),
             ..
         } => {
-            let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
+            let mut client = cli::connect(
+                &config,
+                args.coordinator.as_deref(),
+                args.credential.as_deref(),
+            )
+            .await?;
             let rechecked = cli::host_release_ip(&mut client, host.clone(), ip.clone()).await?;
             println!(
                 "released {ip} from host {host}; {}",
@@ -487,12 +570,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
             cmd: Some(CertsCmd::Revoke { id, reason }),
             ..
         } => {
-            let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
+            let mut client = cli::connect(
+                &config,
+                args.coordinator.as_deref(),
+                args.credential.as_deref(),
+            )
+            .await?;
             let serial = cli::cert_revoke(&mut client, id, reason.clone()).await?;
             println!("revoked serial {serial} ({reason}); a replacement is on its way");
         }
         Cmd::Hosts { json, cmd: None } => {
-            let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
+            let mut client = cli::connect(
+                &config,
+                args.coordinator.as_deref(),
+                args.credential.as_deref(),
+            )
+            .await?;
             print!("{}", cli::hosts(&mut client, json, now).await?);
             if json {
                 println!();
@@ -505,7 +598,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             if ids.is_empty() && host.is_none() {
                 anyhow::bail!("name certificate ids, or --host HOST");
             }
-            let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
+            let mut client = cli::connect(
+                &config,
+                args.coordinator.as_deref(),
+                args.credential.as_deref(),
+            )
+            .await?;
             for id in cli::renew(&mut client, ids, host).await? {
                 println!("renewal scheduled: {id}");
             }
@@ -514,7 +612,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             cmd: Some(AuditCmd::Verify),
             ..
         } => {
-            let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
+            let mut client = cli::connect(
+                &config,
+                args.coordinator.as_deref(),
+                args.credential.as_deref(),
+            )
+            .await?;
             let (ok, text) = cli::audit_verify(&mut client).await?;
             println!("{text}");
             if !ok {
@@ -549,11 +652,72 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     .context("--until")?,
                 limit,
             };
-            let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
+            let mut client = cli::connect(
+                &config,
+                args.coordinator.as_deref(),
+                args.credential.as_deref(),
+            )
+            .await?;
             print!("{}", cli::audit(&mut client, filter, json).await?);
         }
+        Cmd::Operators { json, cmd } => {
+            let connect = || {
+                cli::connect(
+                    &config,
+                    args.coordinator.as_deref(),
+                    args.credential.as_deref(),
+                )
+            };
+            match cmd {
+                None | Some(OperatorsCmd::List) => {
+                    print!(
+                        "{}",
+                        cli::operators::list(&mut connect().await?, json, now).await?
+                    )
+                }
+                Some(OperatorsCmd::Add {
+                    name,
+                    role,
+                    lifetime,
+                    out,
+                }) => {
+                    let secs = certfleet_shared::timefmt::parse_duration_secs(&lifetime)
+                        .map_err(anyhow::Error::msg)
+                        .context("--lifetime")?;
+                    let mut client = connect().await?;
+                    print!(
+                        "{}",
+                        cli::operators::add(&mut client, &name, &role, secs, &out).await?
+                    );
+                }
+                Some(OperatorsCmd::Renew) => {
+                    let files = cli::credential::CredentialFiles::locate(
+                        &config,
+                        args.credential.as_deref(),
+                    );
+                    print!(
+                        "{}",
+                        cli::operators::renew(&mut connect().await?, &files).await?
+                    );
+                }
+                Some(OperatorsCmd::Revoke { name }) => {
+                    print!(
+                        "{}",
+                        cli::operators::revoke(&mut connect().await?, &name).await?
+                    )
+                }
+                Some(OperatorsCmd::Bootstrap) => {
+                    print!("{}", cli::operators::bootstrap(&config, now)?)
+                }
+            }
+        }
         Cmd::Certs { json, cmd: None } => {
-            let mut client = cli::connect(&config, args.coordinator.as_deref()).await?;
+            let mut client = cli::connect(
+                &config,
+                args.coordinator.as_deref(),
+                args.credential.as_deref(),
+            )
+            .await?;
             print!("{}", cli::certs(&mut client, json, now).await?);
             if json {
                 println!();

@@ -69,6 +69,22 @@ struct LimitLabels {
     limit: String,
 }
 
+/// `kind`: `operator` (`name` the operator), `server_certificate` (`name` its serial),
+/// `fleet_ca` (`name` "fleet-ca").
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CredentialLabels {
+    kind: String,
+    name: String,
+}
+
+/// The coordinator's own credentials, for `certfleet_credential_not_after_seconds`
+/// (operators come from the store).
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub server: crate::server_cert::ServerCertInfo,
+    pub fleet_ca_not_after: i64,
+}
+
 fn acme_histogram() -> Histogram {
     // 5 ms … ~40 s
     Histogram::new(exponential_buckets(0.005, 2.0, 14))
@@ -113,9 +129,31 @@ impl Metrics {
         sessions: &Sessions,
         budgets: &[(String, u32)],
         decommission_after: Option<i64>,
+        credentials: &Credentials,
         now: i64,
     ) -> Result<String, crate::store::StoreError> {
         let mut reg = Registry::default();
+        let credential_not_after = Family::<CredentialLabels, Gauge>::default();
+        let credential = |kind: &str, name: &str, not_after: i64| {
+            credential_not_after
+                .get_or_create(&CredentialLabels {
+                    kind: kind.into(),
+                    name: name.into(),
+                })
+                .set(not_after);
+        };
+        credential(
+            "server_certificate",
+            &credentials.server.serial,
+            credentials.server.not_after,
+        );
+        credential("fleet_ca", "fleet-ca", credentials.fleet_ca_not_after);
+        // Revoked operators are gone for good: no series, so no alert about them.
+        for op in store.operators()? {
+            if op.revoked_at.is_none() {
+                credential("operator", &op.name, op.not_after);
+            }
+        }
         let not_after = Family::<CertLabels, Gauge>::default();
         let remaining = Family::<CertLabels, FloatGauge>::default();
         let next_renewal = Family::<CertLabels, Gauge>::default();
@@ -291,6 +329,11 @@ impl Metrics {
             remaining_orders,
         );
         reg.register(
+            "certfleet_credential_not_after_seconds",
+            "notAfter of the coordinator's own credentials: operators, its server certificate, the fleet CA",
+            credential_not_after,
+        );
+        reg.register(
             "certfleet_renewals",
             "Certificates issued to replace another, by issuer and reason",
             self.renewals.clone(),
@@ -322,3 +365,168 @@ impl Metrics {
 }
 
 pub use certfleet_shared::metrics_http::serve;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{OperatorRecord, Role};
+    use crate::server_cert::ServerCertInfo;
+    use crate::store::SledStore;
+
+    fn exposition() -> String {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&tmp.path().join("db")).unwrap();
+        for (name, revoked) in [("alice", None), ("mallory", Some(5))] {
+            let rec = OperatorRecord {
+                name: name.into(),
+                role: Role::Viewer,
+                serial: "0a".into(),
+                issued: 1,
+                not_after: 1_000,
+                lifetime_secs: 999,
+                added_by: "operator:root".into(),
+                added: 1,
+                revoked_at: revoked,
+                revoked_by: None,
+                generation: 0,
+            };
+            assert!(store.put_operator(&rec, None).unwrap());
+        }
+        // One certificate with a current issue, so its per-certificate series exist.
+        let spec = crate::model::CertSpec {
+            name: Default::default(),
+            challenges: Default::default(),
+            policy: None,
+            identifiers: vec!["192.0.2.1".parse().unwrap()],
+            issuer: "le".into(),
+            fallback_issuers: vec![],
+            required_profile: None,
+            key_type: Default::default(),
+            targets: vec!["t".into()],
+            key_group: None,
+        };
+        let host = certfleet_shared::ids::HostId::generate();
+        let rec: crate::model::HostRecord = serde_json::from_value(serde_json::json!({
+            "id": host, "hostname": "web-1", "enrolled": 1, "identity_serial": "01",
+            "last_seen": 5,
+        }))
+        .unwrap();
+        store.put_host(&rec).unwrap();
+        let mut cert = crate::model::CertRecord::new(
+            certfleet_shared::ids::CertId::generate(),
+            host,
+            spec.clone(),
+            1,
+        );
+        cert.observed.current = Some(crate::model::IssuedCert {
+            identifiers: spec.identifiers,
+            issuer: "le".into(),
+            profile: None,
+            serial: "01".into(),
+            not_before: 0,
+            not_after: 100,
+            chain_pem: String::new(),
+            ari_id: None,
+            renew_unit: 0.5,
+            issued_at: 0,
+            validated_by: Default::default(),
+        });
+        store.put_cert(&cert).unwrap();
+        let credentials = Credentials {
+            server: ServerCertInfo {
+                serial: "5e".into(),
+                not_before: 0,
+                not_after: 2_000,
+            },
+            fleet_ca_not_after: 3_000,
+        };
+        let metrics = Metrics::default();
+        // Counters and histograms appear once touched.
+        let reason = IssuerReason {
+            issuer: "le".into(),
+            reason: "due".into(),
+        };
+        metrics.renewals.get_or_create(&reason).inc();
+        metrics.failures.get_or_create(&reason).inc();
+        metrics.observe_acme("le", "new_order", 0.1);
+        metrics
+            .render(
+                &store,
+                &Sessions::default(),
+                &[("le".into(), 3)],
+                None,
+                &credentials,
+                10,
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn credential_expiry_is_exported_per_kind() {
+        let text = exposition();
+        for line in [
+            r#"certfleet_credential_not_after_seconds{kind="operator",name="alice"} 1000"#,
+            r#"certfleet_credential_not_after_seconds{kind="server_certificate",name="5e"} 2000"#,
+            r#"certfleet_credential_not_after_seconds{kind="fleet_ca",name="fleet-ca"} 3000"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+        }
+        assert!(
+            !text.contains("mallory"),
+            "a revoked operator has no series"
+        );
+    }
+
+    /// Every rule in deploy/prometheus/alerts.yml is well formed and every metric its
+    /// expression names is one the coordinator exports.
+    #[test]
+    fn alert_rules_parse_and_name_exported_metrics() {
+        let text = exposition();
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        let exported = |name: &str| {
+            families.iter().any(|f| {
+                name == *f
+                    || ["_total", "_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|suffix| name == format!("{f}{suffix}"))
+            })
+        };
+        let yaml = include_str!("../../deploy/prometheus/alerts.yml");
+        let doc: serde_norway::Value = serde_norway::from_str(yaml).expect("alerts.yml is YAML");
+        let groups = doc["groups"].as_sequence().expect("groups");
+        let mut rules = 0;
+        let mut names_credentials = false;
+        for rule in groups
+            .iter()
+            .flat_map(|g| g["rules"].as_sequence().expect("rules"))
+        {
+            rules += 1;
+            let alert = rule["alert"].as_str().expect("alert name");
+            let expr = rule["expr"].as_str().expect("expr");
+            assert!(
+                rule["labels"]["severity"].as_str().is_some(),
+                "{alert}: severity"
+            );
+            assert!(
+                rule["annotations"]["summary"].as_str().is_some(),
+                "{alert}: summary"
+            );
+            let mut rest = expr;
+            while let Some(i) = rest.find("certfleet_") {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(exported(&name), "{alert}: {name} is not exported");
+                names_credentials |= name == "certfleet_credential_not_after_seconds";
+                rest = &rest[i + name.len()..];
+            }
+        }
+        assert!(rules >= 8, "{rules} rules");
+        assert!(names_credentials, "a rule on credential expiry");
+    }
+}

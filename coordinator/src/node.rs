@@ -6,7 +6,8 @@
 //! and trust for every session, and the private key that signs agent identities at
 //! enrollment and rotation on any node. That is all the bundle holds. Each node makes its
 //! own server key and certificate (signed by the fleet CA, for the names and addresses in
-//! its own `[server]` config) and its own operator credential; no node's server or
+//! its own `[server]` config) and its own admin operator's credential (`operator-<hex>`,
+//! adopted into the store at its first `serve`); no node's server or
 //! operator key leaves it. The bundle holds a private key: it is written 0600, refused when
 //! others may read it, and is to be moved like a secret and deleted after the join. Keys
 //! live as 0600 files in each node's state directory, never in a store.
@@ -155,6 +156,7 @@ pub fn join(
     bundle: &Bundle,
     names: &[String],
     ips: &[IpAddr],
+    server_lifetime_secs: i64,
     now: i64,
 ) -> Result<Joined, CaError> {
     bundle.check()?;
@@ -181,7 +183,13 @@ pub fn join(
     })?;
     let key = KeyPair::from_pem(&bundle.ca_key_pem)?;
     let issuer = Issuer::from_ca_cert_pem(&bundle.ca_cert_pem, key)?;
-    NodeCredentials::make(&issuer, names, ips, now)?.write(dir)?;
+    // Its own admin operator, named apart from other nodes' (a shared store holds them all).
+    let operator = format!(
+        "{}-{}",
+        crate::operators::STATE_DIR_OPERATOR,
+        hex::encode(rand::random::<[u8; 4]>())
+    );
+    NodeCredentials::make(&issuer, names, ips, server_lifetime_secs, &operator, now)?.write(dir)?;
     dir.write(&dir.ca_cert(), &bundle.ca_cert_pem, 0o644)?;
     dir.write(&dir.ca_key(), &bundle.ca_key_pem, 0o600)?;
     Ok(Joined::Joined { ca_sha256 })

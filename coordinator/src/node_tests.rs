@@ -24,12 +24,15 @@ fn signed_by(cert_pem: &str, ca_pem: &str) -> bool {
 }
 
 /// A first node (`init`) and its exported bundle.
+const L: i64 = crate::fleet_ca::SERVER_LIFETIME_SECS;
+
 fn first_node(tmp: &Path) -> (StateDir, std::path::PathBuf, String) {
     let a = StateDir::new(&tmp.join("a"));
     let fp = init(
         &a,
         &["a.example".into()],
         &["10.0.0.1".parse().unwrap()],
+        L,
         NOW,
     )
     .unwrap();
@@ -51,6 +54,7 @@ fn a_second_node_joins_from_the_bundle_with_its_own_server_certificate() {
         &bundle,
         &["b.example".into()],
         &["10.0.0.2".parse().unwrap()],
+        L,
         NOW,
     )
     .unwrap();
@@ -96,7 +100,7 @@ fn a_second_node_joins_from_the_bundle_with_its_own_server_certificate() {
     assert!(signed_by(&pem, &a.read(&a.ca_cert()).unwrap()));
 
     // Joining again changes nothing.
-    let again = join(&b, &bundle, &["other.example".into()], &[], NOW).unwrap();
+    let again = join(&b, &bundle, &["other.example".into()], &[], L, NOW).unwrap();
     assert_eq!(again, Joined::AlreadyMember { ca_sha256: fp });
     assert_eq!(b.read(&b.server_cert()).unwrap(), b_server);
 }
@@ -106,9 +110,9 @@ fn another_fleets_state_directory_is_not_overwritten() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, out, fp) = first_node(tmp.path());
     let other = StateDir::new(&tmp.path().join("other"));
-    let other_fp = init(&other, &["o.example".into()], &[], NOW).unwrap();
+    let other_fp = init(&other, &["o.example".into()], &[], L, NOW).unwrap();
     let server = other.read(&other.server_cert()).unwrap();
-    let err = join(&other, &read_bundle(&out).unwrap(), &[], &[], NOW)
+    let err = join(&other, &read_bundle(&out).unwrap(), &[], &[], L, NOW)
         .unwrap_err()
         .to_string();
     assert!(
@@ -143,7 +147,7 @@ fn a_bad_or_exposed_bundle_is_refused() {
         assert!(err.contains(needle), "{needle}: {err}");
     };
     let other = StateDir::new(&tmp.path().join("other"));
-    init(&other, &[], &[], NOW).unwrap();
+    init(&other, &[], &[], L, NOW).unwrap();
     refused(
         Bundle {
             ca_key_pem: other.read(&other.ca_key()).unwrap(),

@@ -176,6 +176,23 @@ pub fn revoke_token(r: &pb::RevokeTokenRequest) -> Result<String, Status> {
     Ok(id)
 }
 
+/// `AddOperator`: the name, role and lifetime (seconds); the CSR is checked by the fleet
+/// CA when it signs.
+pub fn add_operator(
+    r: &pb::AddOperatorRequest,
+) -> Result<(String, crate::model::Role, i64), Status> {
+    crate::operators::check_name(&r.name).map_err(Status::invalid_argument)?;
+    let role = crate::model::Role::parse(&r.role).map_err(Status::invalid_argument)?;
+    let secs = crate::operators::lifetime(r.lifetime_seconds).map_err(Status::invalid_argument)?;
+    Ok((r.name.clone(), role, secs))
+}
+
+/// `RevokeOperator`: the name.
+pub fn revoke_operator(r: &pb::RevokeOperatorRequest) -> Result<String, Status> {
+    crate::operators::check_name(&r.name).map_err(Status::invalid_argument)?;
+    Ok(r.name.clone())
+}
+
 /// `RenewCerts`: the certificate ids and the host (when one is named).
 pub fn renew_certs(r: &pb::RenewCertsRequest) -> Result<(Vec<CertId>, Option<HostId>), Status> {
     let ids = r

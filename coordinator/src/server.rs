@@ -2,7 +2,8 @@
 //!
 //! - `Enrollment` needs no client certificate: the join token authenticates.
 //! - `AgentSession` needs a fleet-CA client certificate naming an enrolled host.
-//! - `Admin` needs a fleet-CA client certificate naming an operator.
+//! - `Admin` needs a fleet-CA client certificate naming an operator whose stored record
+//!   accepts it and whose role allows the call (`crate::operators`, `server/operator_rpcs.rs`).
 //!
 //! TLS verifies any presented client certificate against the fleet CA (a certificate from
 //! another CA fails the handshake); each RPC then checks *which* identity it carries.
@@ -11,6 +12,7 @@ use crate::audit::{Entry, Kind};
 use crate::engine::Engine;
 use crate::fleet_ca::FleetCa;
 use crate::model::HostRecord;
+use crate::operators::AdminRpc;
 use crate::requests;
 use crate::sessions::Sessions;
 use crate::store::{Store, TokenRecord};
@@ -21,7 +23,7 @@ use certfleet_proto::v1::{
 use certfleet_shared::clock::SharedClock;
 use certfleet_shared::ids::{CertId, HostId};
 use certfleet_shared::x509::{sha256_hex, CertInfo};
-use certfleet_shared::{ADMIN_URI_PREFIX, HOST_URI_PREFIX};
+use certfleet_shared::HOST_URI_PREFIX;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +39,7 @@ const MAX_TARGETS: usize = 32;
 
 mod enroll;
 mod hello;
+mod operator_rpcs;
 
 pub struct Services {
     pub store: Arc<dyn Store>,
@@ -48,6 +51,8 @@ pub struct Services {
     pub shutdown: CancellationToken,
     /// Every task the services spawn (one reader per agent session); drained by `serve`.
     pub tracker: TaskTracker,
+    /// The server certificate in use (swapped when it is renewed).
+    pub server_cert: Arc<crate::server_cert::ServerCertResolver>,
 }
 
 /// The gRPC face of [`Services`] (a local type, so it can implement the generated traits).
@@ -94,17 +99,6 @@ fn host_identity<T>(req: &Request<T>, store: &dyn Store) -> Result<HostRecord, S
             "host {id} is not enrolled (was it removed?); enroll again"
         ))
     })
-}
-
-fn admin_identity<T>(req: &Request<T>) -> Result<String, Status> {
-    peer_uris(req)?
-        .iter()
-        .find_map(|u| u.strip_prefix(ADMIN_URI_PREFIX).map(str::to_owned))
-        .ok_or_else(|| {
-            Status::permission_denied(
-                "this call is for operators; the client certificate is not an operator credential",
-            )
-        })
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
@@ -281,7 +275,7 @@ impl Admin for Api {
         &self,
         req: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
-        let operator = admin_identity(&req)?;
+        let operator = self.operator(&req, AdminRpc::CreateToken)?;
         let requests::NewToken {
             ttl,
             uses,
@@ -305,7 +299,7 @@ impl Admin for Api {
             .append(
                 Kind::TokenCreated,
                 now,
-                Entry::by(format!("operator:{operator}"))
+                Entry::by(operator.by())
                     .detail("token_sha256_prefix", &token_hash[..16])
                     .detail("expires", rec.expires)
                     .detail("uses", uses)
@@ -320,7 +314,7 @@ impl Admin for Api {
             )
             .map_err(internal)?;
         self.store.put_token(&token_hash, &rec).map_err(internal)?;
-        tracing::info!(operator = %operator, ttl, uses, "join token created");
+        tracing::info!(operator = %operator.name(), ttl, uses, "join token created");
         Ok(Response::new(pb::CreateTokenResponse {
             token,
             expires_unix: rec.expires,
@@ -331,7 +325,7 @@ impl Admin for Api {
         &self,
         req: Request<pb::ListHostsRequest>,
     ) -> Result<Response<pb::ListHostsResponse>, Status> {
-        admin_identity(&req)?;
+        self.operator(&req, AdminRpc::ListHosts)?;
         let now = self.clock.now_unix();
         let where_connected =
             crate::cluster::connected_by_name(&self.sessions, self.store.as_ref());
@@ -369,7 +363,7 @@ impl Admin for Api {
         &self,
         req: Request<pb::ListCertsRequest>,
     ) -> Result<Response<pb::ListCertsResponse>, Status> {
-        admin_identity(&req)?;
+        self.operator(&req, AdminRpc::ListCerts)?;
         let now = self.clock.now_unix();
         let certs = self
             .store
@@ -385,21 +379,12 @@ impl Admin for Api {
         &self,
         req: Request<pb::RevokeCertRequest>,
     ) -> Result<Response<pb::RevokeCertResponse>, Status> {
-        let operator = admin_identity(&req)?;
+        let operator = self.operator(&req, AdminRpc::RevokeCert)?;
         let (id, name, reason) = requests::revoke_cert(&req.into_inner())?;
         if self.store.cert(&id).map_err(internal)?.is_none() {
             return Err(Status::not_found(format!("no such certificate: {id}")));
         }
-        match crate::admin::revoke(
-            &self.engine,
-            &id,
-            reason,
-            &name,
-            &format!("operator:{operator}"),
-            true,
-        )
-        .await
-        {
+        match crate::admin::revoke(&self.engine, &id, reason, &name, &operator.by(), true).await {
             Ok(Some(serial)) => Ok(Response::new(pb::RevokeCertResponse { serial })),
             Ok(None) => Err(Status::failed_precondition(format!(
                 "certificate {id} has nothing issued to revoke"
@@ -412,19 +397,14 @@ impl Admin for Api {
         &self,
         req: Request<pb::RemoveHostRequest>,
     ) -> Result<Response<pb::RemoveHostResponse>, Status> {
-        let operator = admin_identity(&req)?;
+        let operator = self.operator(&req, AdminRpc::RemoveHost)?;
         let r = req.into_inner();
         let host = requests::remove_host(&r)?;
         if self.store.host(&host).map_err(internal)?.is_none() {
             return Err(Status::not_found(format!("no such host: {host}")));
         }
-        match crate::admin::remove_host(
-            &self.engine,
-            &host,
-            &format!("operator:{operator}"),
-            !r.keep_certificates,
-        )
-        .await
+        match crate::admin::remove_host(&self.engine, &host, &operator.by(), !r.keep_certificates)
+            .await
         {
             Ok(revoked_serials) => Ok(Response::new(pb::RemoveHostResponse { revoked_serials })),
             Err(e) => Err(Status::unavailable(format!("host not removed: {e}"))),
@@ -435,7 +415,7 @@ impl Admin for Api {
         &self,
         req: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        admin_identity(&req)?;
+        self.operator(&req, AdminRpc::ClusterStatus)?;
         let (sessions, store) = (self.sessions.clone(), self.store.clone());
         let r =
             tokio::task::spawn_blocking(move || crate::cluster::status(&sessions, store.as_ref()))
@@ -448,7 +428,7 @@ impl Admin for Api {
         &self,
         req: Request<pb::ReleaseIpRequest>,
     ) -> Result<Response<pb::ReleaseIpResponse>, Status> {
-        let operator = admin_identity(&req)?;
+        let operator = self.operator(&req, AdminRpc::ReleaseIp)?;
         let (host, ip) = requests::release_ip(&req.into_inner())?;
         match self.store.ip_holder(ip).map_err(internal)? {
             Some(h) if h == host => {}
@@ -464,8 +444,7 @@ impl Admin for Api {
             }
         }
         let rechecked =
-            crate::admin::release_ip(&self.engine, ip, &host, &format!("operator:{operator}"))
-                .map_err(internal)?;
+            crate::admin::release_ip(&self.engine, ip, &host, &operator.by()).map_err(internal)?;
         Ok(Response::new(pb::ReleaseIpResponse {
             rechecked_hosts: rechecked.iter().map(|h| h.to_string()).collect(),
         }))
@@ -475,7 +454,7 @@ impl Admin for Api {
         &self,
         req: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
-        admin_identity(&req)?;
+        self.operator(&req, AdminRpc::ListTokens)?;
         let mut tokens: Vec<pb::TokenView> = self
             .store
             .tokens()
@@ -501,7 +480,7 @@ impl Admin for Api {
         &self,
         req: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
-        let operator = admin_identity(&req)?;
+        let operator = self.operator(&req, AdminRpc::RevokeToken)?;
         let id = requests::revoke_token(&req.into_inner())?;
         let matches: Vec<(String, TokenRecord)> = self
             .store
@@ -526,13 +505,12 @@ impl Admin for Api {
             .append(
                 Kind::TokenRevoked,
                 self.clock.now_unix(),
-                Entry::by(format!("operator:{operator}"))
-                    .detail("token_sha256_prefix", &hash[..16]),
+                Entry::by(operator.by()).detail("token_sha256_prefix", &hash[..16]),
             )
             .map_err(internal)?;
         rec.revoked = true;
         self.store.put_token(&hash, &rec).map_err(internal)?;
-        tracing::info!(operator = %operator, token = %&hash[..16], "join token revoked");
+        tracing::info!(operator = %operator.name(), token = %&hash[..16], "join token revoked");
         Ok(Response::new(pb::RevokeTokenResponse {
             id: hash[..16].to_owned(),
         }))
@@ -542,7 +520,7 @@ impl Admin for Api {
         &self,
         req: Request<pb::QueryAuditRequest>,
     ) -> Result<Response<pb::QueryAuditResponse>, Status> {
-        admin_identity(&req)?;
+        self.operator(&req, AdminRpc::QueryAudit)?;
         let api = self.clone();
         let r = req.into_inner();
         let resp = tokio::task::spawn_blocking(move || api.audit_query(r))
@@ -555,13 +533,13 @@ impl Admin for Api {
         &self,
         req: Request<pb::VerifyAuditRequest>,
     ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
-        let operator = admin_identity(&req)?;
+        let operator = self.operator(&req, AdminRpc::VerifyAudit)?;
         let audit = self.audit.clone();
         let broken = tokio::task::spawn_blocking(move || audit.verify())
             .await
             .map_err(internal)?
             .map_err(internal)?;
-        tracing::info!(operator = %operator, intact = broken.is_none(), "audit chain verified");
+        tracing::info!(operator = %operator.name(), intact = broken.is_none(), "audit chain verified");
         Ok(Response::new(pb::VerifyAuditResponse {
             intact: broken.is_none(),
             records: self.audit.len(),
@@ -574,7 +552,7 @@ impl Admin for Api {
         &self,
         req: Request<pb::RenewCertsRequest>,
     ) -> Result<Response<pb::RenewCertsResponse>, Status> {
-        let operator = admin_identity(&req)?;
+        let operator = self.operator(&req, AdminRpc::RenewCerts)?;
         let (mut ids, host) = requests::renew_certs(&req.into_inner())?;
         if let Some(host) = host {
             if self.store.host(&host).map_err(internal)?.is_none() {
@@ -606,11 +584,55 @@ impl Admin for Api {
                 missing.join(", ")
             )));
         }
-        let done = crate::admin::force_renew(&self.engine, &ids, &operator).map_err(internal)?;
-        tracing::info!(operator = %operator, certs = ?done, "renewal forced");
+        let done =
+            crate::admin::force_renew(&self.engine, &ids, operator.name()).map_err(internal)?;
+        tracing::info!(operator = %operator.name(), certs = ?done, "renewal forced");
         Ok(Response::new(pb::RenewCertsResponse {
             cert_ids: done.into_iter().map(|i| i.to_string()).collect(),
         }))
+    }
+
+    async fn add_operator(
+        &self,
+        req: Request<pb::AddOperatorRequest>,
+    ) -> Result<Response<pb::OperatorCredential>, Status> {
+        let operator = self.operator(&req, AdminRpc::AddOperator)?;
+        self.add_operator_as(&operator, req.into_inner())
+            .map(Response::new)
+    }
+
+    async fn renew_operator(
+        &self,
+        req: Request<pb::RenewOperatorRequest>,
+    ) -> Result<Response<pb::OperatorCredential>, Status> {
+        let operator = self.operator(&req, AdminRpc::RenewOperator)?;
+        self.renew_operator_as(operator, req.into_inner())
+            .map(Response::new)
+    }
+
+    async fn list_operators(
+        &self,
+        req: Request<pb::ListOperatorsRequest>,
+    ) -> Result<Response<pb::ListOperatorsResponse>, Status> {
+        self.operator(&req, AdminRpc::ListOperators)?;
+        self.list_operators_now().map(Response::new)
+    }
+
+    async fn revoke_operator(
+        &self,
+        req: Request<pb::RevokeOperatorRequest>,
+    ) -> Result<Response<pb::RevokeOperatorResponse>, Status> {
+        let operator = self.operator(&req, AdminRpc::RevokeOperator)?;
+        self.revoke_operator_as(&operator, &req.into_inner())
+            .map(Response::new)
+    }
+
+    async fn get_credentials(
+        &self,
+        req: Request<pb::GetCredentialsRequest>,
+    ) -> Result<Response<pb::GetCredentialsResponse>, Status> {
+        let operator = self.operator(&req, AdminRpc::GetCredentials)?;
+        Ok(Response::new(self.credentials_of(&operator)))
     }
 }
 

@@ -87,6 +87,7 @@ async fn serve_runs_on_the_given_clock_store_and_listener_and_drains_on_shutdown
         &dir,
         &["localhost".to_owned()],
         &["127.0.0.1".parse().expect("ip")],
+        fleet_ca::SERVER_LIFETIME_SECS,
         real_now,
     )
     .expect("fleet CA");
@@ -118,7 +119,9 @@ async fn serve_runs_on_the_given_clock_store_and_listener_and_drains_on_shutdown
     let shutdown = CancellationToken::new();
     let daemon = tokio::spawn(serve(config.clone(), deps, shutdown.clone()));
 
-    let mut admin = cli::connect(&config, Some(&url)).await.expect("admin");
+    let mut admin = cli::connect(&config, Some(&url), None)
+        .await
+        .expect("admin");
     let one_hour = || certfleet_proto::v1::CreateTokenRequest {
         ttl_seconds: 3600,
         uses: 1,

@@ -87,7 +87,14 @@ pub fn coordinator() -> &'static Coordinator {
         let dir = StateDir::new(&root.join("state"));
         let clock: certfleet_shared::clock::SharedClock =
             Arc::new(certfleet_shared::clock::SystemClock);
-        fleet_ca::init(&dir, &["localhost".to_owned()], &[], clock.now_unix()).expect("fleet CA");
+        fleet_ca::init(
+            &dir,
+            &["localhost".to_owned()],
+            &[],
+            fleet_ca::SERVER_LIFETIME_SECS,
+            clock.now_unix(),
+        )
+        .expect("fleet CA");
         let ca = Arc::new(FleetCa::load(&dir).expect("load fleet CA"));
         let text = COORDINATOR_TOML.replace("STATE", &dir.root.display().to_string());
         let config = Config::from_toml(&text, Path::new("fuzz.toml"), Vec::new()).expect("config");
@@ -127,7 +134,20 @@ pub fn coordinator() -> &'static Coordinator {
         seed_audit(&audit, &host);
         let (tx, rx) = mpsc::channel(4);
         let handle = sessions.open(host.clone(), tx);
+        let server_cert = certfleet_coordinator::server_cert::ServerCertManager::start(
+            dir.clone(),
+            ca.clone(),
+            vec!["localhost".to_owned()],
+            vec![],
+            fleet_ca::SERVER_LIFETIME_SECS,
+            audit.clone(),
+            clock.clone(),
+        )
+        .expect("server certificate")
+        .resolver
+        .clone();
         let services = Services {
+            server_cert,
             store,
             sessions,
             engine,
@@ -280,7 +300,7 @@ pub fn run_coordinator_identity(data: &[u8]) {
 }
 
 /// The admin requests, in the order the first byte (mod their number) picks them.
-pub const ADMIN_REQUESTS: [&str; 11] = [
+pub const ADMIN_REQUESTS: [&str; 16] = [
     "CreateToken",
     "ListHosts",
     "ListCerts",
@@ -292,6 +312,11 @@ pub const ADMIN_REQUESTS: [&str; 11] = [
     "RemoveHost",
     "RevokeToken",
     "ReleaseIp",
+    "AddOperator",
+    "RenewOperator",
+    "ListOperators",
+    "RevokeOperator",
+    "GetCredentials",
 ];
 
 /// One admin request: the first byte picks the message (see [`ADMIN_REQUESTS`]; an RPC
@@ -320,8 +345,30 @@ pub fn run_coordinator_admin(data: &[u8]) {
         7 => ok(body).map(|r| check::revoke_cert(&r).map(drop).map_err(err)),
         8 => ok(body).map(|r| check::remove_host(&r).map(drop).map_err(err)),
         9 => ok(body).map(|r| check::revoke_token(&r).map(drop).map_err(err)),
-        _ => ok(body).map(|r| check::release_ip(&r).map(drop).map_err(err)),
+        10 => ok(body).map(|r| check::release_ip(&r).map(drop).map_err(err)),
+        // The CSR of an operator's credential goes to the fleet CA as it comes.
+        11 => ok::<pb::AddOperatorRequest>(body).map(|r| {
+            let (name, _, secs) = check::add_operator(&r).map_err(err)?;
+            operator_csr(&r.csr_der, &name, secs);
+            Ok(())
+        }),
+        12 => ok::<pb::RenewOperatorRequest>(body).map(|r| {
+            operator_csr(&r.csr_der, "fuzz", 60);
+            Ok(())
+        }),
+        13 => ok::<pb::ListOperatorsRequest>(body).map(|_| Ok(())),
+        14 => ok(body).map(|r| check::revoke_operator(&r).map(drop).map_err(err)),
+        _ => ok::<pb::GetCredentialsRequest>(body).map(|_| Ok(())),
     };
+}
+
+/// Signs an operator credential from a fuzzed CSR with the fixture's fleet CA.
+fn operator_csr(csr_der: &[u8], name: &str, secs: i64) {
+    let signed = coordinator()
+        .api
+        .ca
+        .sign_operator(csr_der, name, secs, 1_750_000_000);
+    let _ = std::hint::black_box(signed.map(|(pem, _)| pem.len()).map_err(|e| e.to_string()));
 }
 
 /// Splits a config input into its TOML text and its environment.

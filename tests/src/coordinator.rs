@@ -123,6 +123,9 @@ pub struct CoordinatorOptions {
     pub server_ips: Vec<IpAddr>,
     /// `[server] identity_lifetime_secs` (written only when set).
     pub identity_lifetime_secs: Option<u64>,
+    /// `[server] certificate_lifetime_secs`: the coordinator's own server certificate
+    /// (written only when set).
+    pub certificate_lifetime_secs: Option<u64>,
     /// `[store]` on PostgreSQL (several nodes share one by passing the same). `None`:
     /// sled, unless `CERTFLEET_TEST_STORE=postgres` (then a server of the coordinator's own).
     pub postgres: Option<PgChoice>,
@@ -663,6 +666,9 @@ fn render_config(
     s.push_str(&format!("ips = [{}]\n", ips.join(", ")));
     if let Some(secs) = opts.identity_lifetime_secs {
         s.push_str(&format!("identity_lifetime_secs = {secs}\n"));
+    }
+    if let Some(secs) = opts.certificate_lifetime_secs {
+        s.push_str(&format!("certificate_lifetime_secs = {secs}\n"));
     }
     s.push('\n');
     if let Some(pg) = &opts.postgres {

@@ -192,13 +192,21 @@ async fn handshake_as(
 /// verifying it. Connects from the calling process's namespace (the root namespace reaches
 /// every [`crate::netns::NsHost`] over the bridge).
 pub async fn served_chain(addr: SocketAddr) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    served_chain_alpn(addr, b"http/1.1").await
+}
+
+/// [`served_chain`] offering `alpn` (e.g. `h2` for a gRPC server, which refuses others).
+pub async fn served_chain_alpn(
+    addr: SocketAddr,
+    alpn: &[u8],
+) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let provider = provider();
     let mut cfg = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(CaptureAnyCert(provider)))
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = vec![alpn.to_vec()];
     handshake(addr, Arc::new(cfg)).await
 }
 

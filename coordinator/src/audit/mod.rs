@@ -88,6 +88,16 @@ pub enum Kind {
     /// A host no longer reports addresses it had (`ips = "auto"`, or a changed list);
     /// certificates covering them are revoked when `[fleet] revoke_on_address_loss`.
     AddressesLost,
+    /// An operator was added (`name`, `role`, `serial`, `not_after`); by the admin who
+    /// added it, or `coordinator:state-dir` for the credential `init` / `node join` wrote.
+    OperatorAdded,
+    /// An operator renewed its own credential (`previous_serial`, `serial`, `not_after`).
+    OperatorRenewed,
+    /// An operator was revoked: its credential is refused from now on.
+    OperatorRevoked,
+    /// The coordinator replaced its own TLS server certificate (`previous_serial`,
+    /// `serial`, `not_after`), without a restart.
+    ServerCertificateRenewed,
 }
 
 impl Kind {

@@ -111,6 +111,14 @@ pub struct ServerConfig {
     /// when a third is left. Default 7 days; 30 s to 1 year.
     #[serde(default = "default_identity_lifetime")]
     pub identity_lifetime_secs: u64,
+    /// Lifetime of the coordinator's own TLS server certificate; it renews itself at two
+    /// thirds, without a restart. Default 90 days; 30 s to 825 days.
+    #[serde(default = "default_certificate_lifetime")]
+    pub certificate_lifetime_secs: u64,
+}
+
+fn default_certificate_lifetime() -> u64 {
+    crate::fleet_ca::SERVER_LIFETIME_SECS as u64
 }
 
 /// `[server] ips`, with an error that names the entry and the value (serde's own says
@@ -423,6 +431,12 @@ impl Config {
             return Err(format!(
                 "[server] identity_lifetime_secs = {} must be between 30 and 31536000 (1 year)",
                 self.server.identity_lifetime_secs
+            ));
+        }
+        if !(30..=825 * 24 * 3600).contains(&self.server.certificate_lifetime_secs) {
+            return Err(format!(
+                "[server] certificate_lifetime_secs = {} must be between 30 and 71280000 (825 days)",
+                self.server.certificate_lifetime_secs
             ));
         }
         self.store.validate()?;

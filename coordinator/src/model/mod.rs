@@ -12,6 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 mod legacy;
+mod operator;
+
+pub use operator::{OperatorRecord, Role};
 
 /// What the certificate should be.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,6 @@
 //! `certfleet-coordinator store migrate --to postgres://…`: copies a (stopped) sled store
 //! into an empty PostgreSQL database through the store traits — accounts, tokens, hosts,
-//! certificates with their indexes, address holders, budgets, and the audit trail byte for
+//! certificates with their indexes, address holders, budgets, operators, and the audit trail byte for
 //! byte — then checks the copy: the same counts, the audit chain verified on the target,
 //! the same head hash.
 
@@ -16,6 +16,7 @@ pub struct MigrateReport {
     pub certs: usize,
     pub ip_holders: usize,
     pub budgets: usize,
+    pub operators: usize,
     pub audit_records: u64,
 }
 
@@ -24,13 +25,14 @@ impl std::fmt::Display for MigrateReport {
         write!(
             f,
             "{} accounts, {} tokens, {} hosts, {} certificates, {} address holders, \
-             {} budgets, {} audit records (chain verified on the copy)",
+             {} budgets, {} operators, {} audit records (chain verified on the copy)",
             self.accounts,
             self.tokens,
             self.hosts,
             self.certs,
             self.ip_holders,
             self.budgets,
+            self.operators,
             self.audit_records
         )
     }
@@ -127,6 +129,12 @@ pub fn sled_to_postgres(
         to.put_token(&hash, &tok)?;
         report.tokens += 1;
     }
+    for op in from.operators()? {
+        if !to.put_operator(&op, None)? {
+            return Err(MigrateError::NotEmpty(format!("operator {}", op.name)));
+        }
+        report.operators += 1;
+    }
     for host in from.hosts()? {
         to.put_host(&host)?;
         report.hosts += 1;
@@ -152,6 +160,7 @@ pub fn sled_to_postgres(
     })?;
     check("tokens", report.tokens, to.tokens()?.len())?;
     check("hosts", report.hosts, to.hosts()?.len())?;
+    check("operators", report.operators, to.operators()?.len())?;
     check("certificates", report.certs, to.certs()?.len())?;
     check(
         "scheduled certificates",

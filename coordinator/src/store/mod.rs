@@ -19,7 +19,7 @@ mod sled;
 pub use self::pg::{PgOptions, PgStore, PgSyncStore, PgTls};
 pub use self::sled::SledStore;
 
-use crate::model::{CertRecord, HostRecord};
+use crate::model::{CertRecord, HostRecord, OperatorRecord};
 use certfleet_shared::ids::{CertId, HostId};
 use certfleet_shared::ratelimit::Budget;
 use serde::{Deserialize, Serialize};
@@ -232,6 +232,16 @@ pub trait Store: cluster::ClusterStore + Send + Sync + 'static {
 
     fn budget(&self, issuer: &str) -> Result<Option<Budget>, StoreError>;
     fn put_budget(&self, issuer: &str, budget: &Budget) -> Result<(), StoreError>;
+
+    /// The named operator, if any (revoked ones included).
+    fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, StoreError>;
+    /// Every operator, by name.
+    fn operators(&self) -> Result<Vec<OperatorRecord>, StoreError>;
+    /// Stores `rec` only while the stored record of `rec.name` is at generation `expected`
+    /// (`None`: there is none), atomically; `false` and nothing written otherwise (another
+    /// writer came first: read again and decide again).
+    fn put_operator(&self, rec: &OperatorRecord, expected: Option<u64>)
+        -> Result<bool, StoreError>;
 }
 
 /// One sealed audit record as handed to [`AuditStore::append_audit`]: the record's JSON

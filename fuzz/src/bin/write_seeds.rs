@@ -149,7 +149,7 @@ fn main() {
     let t = "coordinator_admin";
     let host = "h-abcdefghijk23456";
     let cert = "c-abcdefghijk23456";
-    let admin: [(&str, Vec<u8>); 11] = [
+    let admin: [(&str, Vec<u8>); 16] = [
         (
             "create-token",
             pb::CreateTokenRequest {
@@ -217,6 +217,38 @@ fn main() {
                 ip: "2001:db8::10".into(),
             }
             .encode_to_vec(),
+        ),
+        (
+            "add-operator",
+            pb::AddOperatorRequest {
+                name: "vera".into(),
+                role: "viewer".into(),
+                lifetime_seconds: 86_400,
+                csr_der: csr_p256.clone(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "renew-operator",
+            pb::RenewOperatorRequest {
+                csr_der: csr_p384.clone(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "list-operators",
+            pb::ListOperatorsRequest {}.encode_to_vec(),
+        ),
+        (
+            "revoke-operator",
+            pb::RevokeOperatorRequest {
+                name: "vera".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "get-credentials",
+            pb::GetCredentialsRequest {}.encode_to_vec(),
         ),
     ];
     for (i, (name, body)) in admin.into_iter().enumerate() {

@@ -40,6 +40,7 @@ mod names_alpn;
 mod names_refusals;
 mod netns_smoke;
 mod operator;
+mod operators;
 mod pending_keys;
 mod policy;
 mod readiness;

@@ -230,6 +230,9 @@ fn a_sled_store_migrates_whole() {
     let mut budget = Budget::new();
     budget.record(&Event::OrderCreated, 5);
     sled.put_budget("le", &budget).unwrap();
+    assert!(sled
+        .put_operator(&super::operator("alice", "0a"), None)
+        .unwrap());
     let certs: Vec<CertRecord> = (0..3)
         .map(|i| cert(&h, Some(i * 10), Some("edge")))
         .collect();
@@ -260,9 +263,14 @@ fn a_sled_store_migrates_whole() {
             report.accounts,
             report.budgets,
             report.ip_holders,
+            report.operators,
             report.audit_records
         ),
-        (1, 3, 1, 1, 1, 1, 20)
+        (1, 3, 1, 1, 1, 1, 1, 20)
+    );
+    assert_eq!(
+        pg.operator("alice").unwrap(),
+        Some(super::operator("alice", "0a"))
     );
     assert_eq!(pg.account("le").unwrap().unwrap().account_id, "acct-1");
     assert_eq!(pg.budget("le").unwrap(), Some(budget));

@@ -5,7 +5,7 @@
 use super::audit::{SeqCursor, SeqIndex};
 use super::records::SCAN_PAGE;
 use super::{PgOptions, PgStore};
-use crate::model::{CertRecord, HostRecord};
+use crate::model::{CertRecord, HostRecord, OperatorRecord};
 use crate::store::cluster::{NodeRow, RelayRequest};
 use crate::store::{
     AccountRecord, AuditRecordIter, AuditRow, AuditStore, EnrollError, Lease, SeqIter, Store,
@@ -375,6 +375,24 @@ impl Store for PgSyncStore {
     fn put_budget(&self, issuer: &str, budget: &Budget) -> Result<(), StoreError> {
         let (issuer, budget) = (issuer.to_owned(), budget.clone());
         self.call(move |s| async move { s.put_budget(&issuer, &budget).await })
+    }
+
+    fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, StoreError> {
+        let name = name.to_owned();
+        self.call(move |s| async move { s.operator(&name).await })
+    }
+
+    fn operators(&self) -> Result<Vec<OperatorRecord>, StoreError> {
+        self.call(move |s| async move { s.operators().await })
+    }
+
+    fn put_operator(
+        &self,
+        rec: &OperatorRecord,
+        expected: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        let rec = rec.clone();
+        self.call(move |s| async move { s.put_operator(&rec, expected).await })
     }
 }
 

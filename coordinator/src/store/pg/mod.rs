@@ -17,13 +17,14 @@
 //! traits become async the bridge is deleted and these async methods are called directly.
 //!
 //! Files: `schema.rs` (migrations, the audit chain's constraints), `records.rs` (the
-//! [`Store`](super::Store) half), `audit.rs` (the audit half), `tls.rs` (rustls for the
-//! database connection), `bridge.rs`.
+//! [`Store`](super::Store) half), `audit.rs` (the audit half), `operators.rs` (operator
+//! records), `tls.rs` (rustls for the database connection), `bridge.rs`.
 
 mod audit;
 mod bridge;
 mod cluster;
 mod leases;
+mod operators;
 mod records;
 mod schema;
 mod tls;

@@ -128,6 +128,13 @@ CREATE TABLE relay (
 );
 CREATE INDEX relay_inbox ON relay (to_node, posted) WHERE NOT taken;
 "#,
+    r#"
+CREATE TABLE operators (
+    name       text COLLATE "C" PRIMARY KEY,
+    generation bigint NOT NULL,
+    payload    json NOT NULL
+);
+"#,
 ];
 
 /// The schema version this coordinator writes.
