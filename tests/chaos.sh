@@ -7,6 +7,8 @@
 #   CERTFLEET_CHAOS_SEED=1234 tests/chaos.sh 200     # replay a seed
 #   CERTFLEET_CHAOS_HOSTS=20 tests/chaos.sh 100      # more hosts
 #   tests/chaos.sh 200 coordinator_kill9             # only one of the two tests
+#   tests/chaos.sh 10 ha::three_coordinators         # three nodes on PostgreSQL, 10 kills
+#                                                      (CI: 3; needs postgresql and netns)
 #
 # The same tests run in CI (tests/run.sh) with 20 kills each. Each prints one
 # `CHAOS SUMMARY` line with the counts; a failure prints the seed to replay it with.
@@ -27,6 +29,7 @@ command -v pebble >/dev/null || {
 kills=${1:-200}
 filter=${2:-chaos::}
 export CERTFLEET_CHAOS_KILLS=$kills
+export CERTFLEET_HA_KILLS=$kills
 if [[ -z ${CERTFLEET_CHAOS_SEED:-} ]]; then
     CERTFLEET_CHAOS_SEED=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
 fi
@@ -39,5 +42,5 @@ status=0
 cargo test -p certfleet-tests --test e2e "$filter" -- --test-threads 1 --nocapture 2>&1 |
     tee "$log" || status=$?
 echo "==> summary (full log: $log)"
-grep -E '^CHAOS (SUMMARY|coordinator|agent)' "$log" || echo "(no CHAOS SUMMARY line: see the log)"
+grep -E '^(CHAOS (SUMMARY|coordinator|agent)|HA SUMMARY)' "$log" || echo "(no CHAOS SUMMARY line: see the log)"
 exit "$status"

@@ -87,6 +87,9 @@ export CERTFLEET_REQUIRE_POSTGRES=1
 # The chaos tests draw their kill moments from a seed: fixed here so a CI run can be
 # replayed exactly; tests/chaos.sh runs many random seeds (long mode).
 export CERTFLEET_CHAOS_SEED=${CERTFLEET_CHAOS_SEED:-20261201}
+# Three coordinators on one PostgreSQL, a node killed mid-order this many times (ten in
+# the long mode: tests/chaos.sh).
+export CERTFLEET_HA_KILLS=${CERTFLEET_HA_KILLS:-3}
 
 echo "==> cargo clippy --workspace --all-targets (benches included; warnings fail)"
 cargo clippy --workspace --all-targets -- -D warnings
@@ -101,8 +104,15 @@ e2e_threads=${E2E_THREADS:-2}
 if cargo nextest --version >/dev/null 2>&1; then
     echo "==> unit tests (cargo nextest)"
     cargo nextest run --workspace --no-tests=pass -E 'not binary(e2e)' "$@"
-    echo "==> end-to-end tests (cargo nextest, ${e2e_threads} at a time)"
+    echo "==> end-to-end tests (cargo nextest, ${e2e_threads} at a time), coordinators on sled"
     cargo nextest run -p certfleet-tests --test e2e --no-tests=pass --test-threads "${e2e_threads}" "$@"
+    # The same suite with every coordinator on a PostgreSQL of its own (E2E_POSTGRES=0
+    # skips this pass).
+    if [[ ${E2E_POSTGRES:-1} != 0 ]]; then
+        echo "==> end-to-end tests again, coordinators on PostgreSQL (CERTFLEET_TEST_STORE=postgres)"
+        CERTFLEET_TEST_STORE=postgres cargo nextest run -p certfleet-tests --test e2e \
+            --no-tests=pass --test-threads "${e2e_threads}" "$@"
+    fi
 else
     echo "==> unit tests (cargo test)"
     cargo test --workspace --exclude certfleet-tests "$@"
@@ -111,6 +121,11 @@ else
     cargo test -p certfleet-tests --test store_conformance "$@"
     echo "==> end-to-end tests (cargo test, ${e2e_threads} at a time)"
     cargo test -p certfleet-tests --test e2e -- --test-threads "${e2e_threads}" "$@"
+    if [[ ${E2E_POSTGRES:-1} != 0 ]]; then
+        echo "==> end-to-end tests again, coordinators on PostgreSQL (CERTFLEET_TEST_STORE=postgres)"
+        CERTFLEET_TEST_STORE=postgres cargo test -p certfleet-tests --test e2e -- \
+            --test-threads "${e2e_threads}" "$@"
+    fi
 fi
 # Every parser that faces the outside, a short run each from the committed seeds (see
 # tests/fuzz.sh; FUZZ_SECONDS=0 skips it). Only on a full run, not with a test filter.

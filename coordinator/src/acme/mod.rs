@@ -301,16 +301,17 @@ impl AcmeIssuer {
         }
     }
 
-    /// Creates an order whose challenges of type `kind` are to be answered. With
-    /// `replaces`, a server that refuses or ignores it (some do) gets the order again without
-    /// it; the returned flag says whether `replaces` was kept.
+    /// Creates an order (nothing more: the caller stores its URL before anything else, so
+    /// a crash from then on resumes it instead of ordering again; then [`Self::drive_order`]).
+    /// With `replaces`, a server that refuses or ignores it (some do) gets the order again
+    /// without it; the returned flag says whether `replaces` was kept, the count how many
+    /// orders the CA created.
     pub async fn new_order(
         &self,
         identifiers: &[certfleet_shared::identifier::Identifier],
         profile: Option<&str>,
         replaces: Option<&str>,
-        kind: ChallengeKind,
-    ) -> Result<(OrderDriver<'_>, bool, usize), AcmeError> {
+    ) -> Result<(Order, bool, usize), AcmeError> {
         use certfleet_shared::identifier::Identifier as Ours;
         let account = self.account().await?;
         let ids: Vec<Identifier> = identifiers
@@ -356,7 +357,17 @@ impl AcmeIssuer {
             },
             None => self.timed("new order", account.new_order(&base())).await?,
         };
-        Ok((self.driver(order, kind).await?, kept, created))
+        Ok((order, kept, created))
+    }
+
+    /// The driver of an order [`Self::new_order`] created, answering challenges of type
+    /// `kind` (fetches its authorizations).
+    pub async fn drive_order(
+        &self,
+        order: Order,
+        kind: ChallengeKind,
+    ) -> Result<OrderDriver<'_>, AcmeError> {
+        self.driver(order, kind).await
     }
 
     /// Re-opens an order created before a restart; its challenges of type `kind` are the

@@ -189,6 +189,7 @@ mod tests {
             challenges_announced: false,
             presented: Vec::new(),
             dns_records: None,
+            recorded: true,
         };
         let want = CsrWant::new(&r, &order);
         assert_eq!(

@@ -103,54 +103,96 @@ impl Engine {
                 .is_some_and(|a| now >= a.start && now < a.end);
         self.budget_check(&issuer, &spec.identifiers, now, exempt)?;
 
-        let (driver, kept, orders_created) = issuer
-            .new_order(
-                &spec.identifiers,
-                profile.as_deref(),
-                replaces.as_deref(),
-                challenge,
-            )
+        let (order, kept, orders_created) = issuer
+            .new_order(&spec.identifiers, profile.as_deref(), replaces.as_deref())
             .await?;
-        self.budget_record(&issuer, &vec![Event::OrderCreated; orders_created])?;
-        if replaces.is_some() && !kept {
-            tracing::warn!(cert = %rec.id, "the CA did not accept `replaces`; renewing without it");
-        }
-        let account = issuer.account_url().await.unwrap_or_default();
-        self.record(
-            Kind::OrderCreated,
-            rec,
-            Entry::by("coordinator")
-                .ids(&spec.identifiers)
-                .issuer(issuer.cfg.name.clone())
-                .detail("account", account)
-                .detail("order_url", driver.url())
-                .detail("profile", &profile)
-                .detail("challenge", challenge.as_str())
-                .detail("replaces", if kept { &replaces } else { &None })
-                .detail("replaces_ignored_by_ca", replaces.is_some() && !kept)
-                .detail("reason", reason.to_string()),
-        )?;
-        rec.observed.last_order_url = Some(driver.url().to_owned());
+        let url = order.url().to_owned();
+        // Durable before anything else (the authorizations, the audit): a coordinator that
+        // dies from here on leaves an order the next one resumes by its URL, never orders
+        // again.
+        rec.observed.last_order_url = Some(url.clone());
         rec.observed.order = Some(OrderInFlight {
             validated_by: Default::default(),
             challenge: Some(challenge),
-            url: driver.url().to_owned(),
+            url: url.clone(),
             issuer: issuer.cfg.name.clone(),
             identifiers: spec.identifiers.clone(),
             profile: profile.clone(),
-            replaces: if kept { replaces } else { None },
+            replaces: if kept { replaces.clone() } else { None },
             reason: reason.to_string(),
             started: now,
             challenges_announced: false,
             presented: Vec::new(),
             dns_records: None,
+            recorded: false,
         });
         rec.state = CertState::Ordering;
         rec.updated = now;
         self.save(rec)?;
-        tracing::info!(host = %rec.host_id, cert = %rec.id, order = %driver.url(), ids = ?spec.identifiers,
+        if replaces.is_some() && !kept {
+            tracing::warn!(cert = %rec.id, "the CA did not accept `replaces`; renewing without it");
+        }
+        self.record_order(rec, &issuer, orders_created, replaces.is_some() && !kept)
+            .await?;
+        tracing::info!(host = %rec.host_id, cert = %rec.id, order = %url, ids = ?spec.identifiers,
             profile = ?profile, challenge = challenge.as_str(), reason = %reason, "order created");
+        let driver = issuer.drive_order(order, challenge).await?;
         self.drive(agent, rec, &issuer, driver).await
+    }
+
+    /// Puts the order in flight in the rate-limit budget and the audit (`order_created`),
+    /// once: a resumed order whose record a crash interrupted is recorded then, unless the
+    /// audit already has it (the crash came between the audit and the store).
+    pub(super) async fn record_order(
+        &self,
+        rec: &mut CertRecord,
+        issuer: &crate::acme::AcmeIssuer,
+        orders_created: usize,
+        replaces_ignored: bool,
+    ) -> Result<(), IssueError> {
+        let Some(order) = rec.observed.order.clone() else {
+            return Ok(());
+        };
+        if order.recorded {
+            return Ok(());
+        }
+        if !self.audit_has_order(rec, &order.url)? {
+            self.budget_record(issuer, &vec![Event::OrderCreated; orders_created])?;
+            let account = issuer.account_url().await.unwrap_or_default();
+            self.record(
+                Kind::OrderCreated,
+                rec,
+                Entry::by("coordinator")
+                    .ids(&order.identifiers)
+                    .issuer(issuer.cfg.name.clone())
+                    .detail("account", account)
+                    .detail("order_url", &order.url)
+                    .detail("profile", &order.profile)
+                    .detail("challenge", order.challenge_kind().as_str())
+                    .detail("replaces", &order.replaces)
+                    .detail("replaces_ignored_by_ca", replaces_ignored)
+                    .detail("reason", &order.reason),
+            )?;
+        }
+        if let Some(o) = rec.observed.order.as_mut() {
+            o.recorded = true;
+        }
+        self.save(rec)?;
+        Ok(())
+    }
+
+    /// Whether the audit has the `order_created` of `url` for this host already.
+    fn audit_has_order(&self, rec: &CertRecord, url: &str) -> Result<bool, IssueError> {
+        let q = crate::audit::Query {
+            host_id: Some(rec.host_id.to_string()),
+            kinds: vec![Kind::OrderCreated],
+            ..Default::default()
+        };
+        let found = self.audit.query(&q)?;
+        Ok(found
+            .iter()
+            .rev()
+            .any(|r| r.entry.details.get("order_url").and_then(|v| v.as_str()) == Some(url)))
     }
 
     /// Continues the order in flight after a restart, or abandons it when the CA says it is
@@ -171,6 +213,9 @@ impl Engine {
         {
             Ok((status, driver)) if status != OrderStatus::Invalid => {
                 tracing::info!(cert = %rec.id, order = %order.url, status = ?status, "resuming order");
+                // Created, then the coordinator died before recording it (the CA made one
+                // order, whatever `replaces` did: counted once).
+                self.record_order(rec, &issuer, 1, false).await?;
                 self.drive(agent, rec, &issuer, driver).await
             }
             Ok(_) => {

@@ -535,6 +535,7 @@ mod tests {
             challenges_announced: false,
             presented: Vec::new(),
             dns_records: None,
+            recorded: true,
         });
         assert_eq!(decide(&r, 1), Decision::Resume);
         r.observed.current = None;

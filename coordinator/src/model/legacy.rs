@@ -179,6 +179,7 @@ mod tests {
                 challenges_announced: true,
                 presented: vec!["tok".into()],
                 dns_records: None,
+                recorded: true,
             }),
             last_order_url: Some("https://ca/order/0".into()),
             installed_serial: Some("0a".into()),

@@ -231,6 +231,16 @@ pub struct OrderInFlight {
     /// so they are removed on every path, after a crash too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_records: Option<crate::dns::PresentedSet>,
+    /// The order is in the audit (`order_created`) and the rate-limit budget. Stored false
+    /// with the URL right after the CA answered (so a crash resumes the order rather than
+    /// ordering again), true once recorded; a resumed order not recorded yet is recorded
+    /// then (unless the audit already has it). Records from before the field: recorded.
+    #[serde(default = "yes")]
+    pub recorded: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl OrderInFlight {

@@ -38,6 +38,13 @@ fn env_num(name: &str, default: u64) -> u64 {
 
 /// A PostgreSQL server, or `None` (skipped) where it is not installed and not required.
 async fn postgres(test: &str) -> Option<PgChoice> {
+    if certfleet_tests::coordinator::test_store_is_postgres() {
+        // Already on PostgreSQL in the sled pass; the second pass would repeat it.
+        eprintln!(
+            "SKIPPED under CERTFLEET_TEST_STORE=postgres: {test} runs on PostgreSQL in every pass"
+        );
+        return None;
+    }
     if let Err(why) = certfleet_tests::postgres::bin_dir() {
         assert!(
             !certfleet_tests::postgres::postgres_required(),
@@ -214,6 +221,8 @@ async fn three_coordinators_on_postgres_survive_kills_mid_order() {
         .map(|(h, (_, s))| (h.clone(), s.clone()))
         .collect();
     let mut failovers: Vec<Duration> = Vec::new();
+    // Leases the killed nodes held when killed (a bound on orders lost in flight).
+    let mut killed_holding = 0;
     let mut round = 0;
     while failovers.len() < kills {
         round += 1;
@@ -258,6 +267,7 @@ async fn three_coordinators_on_postgres_survive_kills_mid_order() {
             .filter(|(_, holder)| **holder == victim_id)
             .map(|(c, _)| c.clone())
             .collect();
+        killed_holding += work.len();
         let killed = Instant::now();
         cluster.nodes[idx]
             .stop_current(RestartMode::Kill)
@@ -328,17 +338,36 @@ async fn three_coordinators_on_postgres_survive_kills_mid_order() {
     let mut orders_total = 0;
     for c in &cert_ids {
         let (orders, issued) = (count("order_created", c), count("certificate_issued", c));
-        assert_eq!(
-            orders, issued,
-            "{c}: {orders} orders for {issued} certificates"
-        );
+        if orders != issued {
+            let trail: Vec<String> = audit
+                .iter()
+                .filter(|r| r["cert_id"] == c.as_str())
+                .map(|r| format!("{} {} {}", r["kind"], r["actor"], r["details"]))
+                .collect();
+            panic!(
+                "{c}: {orders} orders for {issued} certificates; its audit:\n{}",
+                trail.join("\n")
+            );
+        }
         orders_total += orders;
     }
+    // At the CA: every order the audit lists, plus at most one per certificate a killed
+    // node was creating at that instant (its new-order request sent, the process killed
+    // before the CA's answer was stored: no ACME client can know that order — Let's
+    // Encrypt has no list of an account's orders — so it lapses unused). Never a second
+    // order for a renewal the coordinators know of (the audit check above).
     let at_ca = pebble.logs().matches("POST /order-plz").count();
-    eprintln!("HA: {orders_total} orders in the audit, {at_ca} new-order requests at pebble");
-    assert_eq!(
-        at_ca, orders_total,
-        "pebble saw other orders than the audit lists"
+    let orphans = at_ca.saturating_sub(orders_total);
+    eprintln!(
+        "HA: {orders_total} orders in the audit, {at_ca} new-order requests at pebble ({orphans} sent by a node killed before the answer was stored)"
+    );
+    assert!(
+        at_ca >= orders_total,
+        "pebble saw fewer orders than the audit lists"
+    );
+    assert!(
+        orphans <= killed_holding,
+        "{orphans} orders at the CA the audit does not know, more than the {killed_holding} certificates killed nodes were working on"
     );
     let verify = cluster.any().audit_verify().await.expect("audit verify");
     assert!(verify.contains("intact"), "{verify}");
@@ -346,7 +375,7 @@ async fn three_coordinators_on_postgres_survive_kills_mid_order() {
     failovers.sort();
     let ms: Vec<u128> = failovers.iter().map(|d| d.as_millis()).collect();
     println!(
-        "HA SUMMARY: seed {seed}, {} kills mid-order, takeover ms min {} median {} max {} (all {ms:?}); {orders_total} orders, 0 extra",
+        "HA SUMMARY: seed {seed}, {} kills mid-order, takeover ms min {} median {} max {} (all {ms:?}); {orders_total} orders, 0 extra ({orphans} lost in flight at the CA)",
         ms.len(),
         ms.first().copied().unwrap_or(0),
         ms.get(ms.len() / 2).copied().unwrap_or(0),

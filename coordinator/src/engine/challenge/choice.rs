@@ -223,6 +223,7 @@ mod tests {
             challenges_announced: false,
             presented: vec!["old".into()],
             dns_records: None,
+            recorded: true,
         }
     }
 
