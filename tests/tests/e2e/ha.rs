@@ -164,42 +164,7 @@ async fn three_coordinators_on_postgres_survive_kills_mid_order() {
     );
 
     // Ten hosts, each agent with all three addresses.
-    let urls: Vec<String> = cluster
-        .nodes
-        .iter()
-        .map(|c| c.url_at(IpAddr::V4(lan.gateway_v4())))
-        .collect();
-    let url_refs: Vec<&str> = urls.iter().map(String::as_str).collect();
-    let mut hosts = Vec::new();
-    for i in 0..n_hosts {
-        let mut h = FleetHost::new(
-            &lan,
-            HostSpec::new(&format!("ha{i}"), ServerKind::Nginx, Challenge::Webroot),
-        )
-        .await
-        .expect("host");
-        let token = cluster.nodes[i % 3]
-            .create_token(None)
-            .await
-            .expect("token");
-        let out = h
-            .agent
-            .enroll_many(&url_refs, &token, cluster.nodes[0].ca_sha256())
-            .await
-            .expect("enroll");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        h.agent.start().expect("agent start");
-        hosts.push(h);
-    }
-    let host_ids: Vec<String> = hosts
-        .iter()
-        .map(|h| h.agent.host_id().expect("enrolled").to_owned())
-        .collect();
-    let served = wait_served(&cluster, &host_ids, &HashMap::new()).await;
+    let (hosts, host_ids, served) = start_hosts(&lan, &cluster, "ha", n_hosts).await;
     let cert_ids: Vec<String> = host_ids.iter().map(|h| served[h].0.clone()).collect();
     let status = cluster.status().await;
     let spread: BTreeMap<String, u64> = status["nodes"]
@@ -384,6 +349,62 @@ async fn three_coordinators_on_postgres_survive_kills_mid_order() {
     drop(hosts);
 }
 
+/// `n` nginx namespace hosts named `PREFIX<i>`, each agent enrolled (tokens from the nodes
+/// in turn) with every node's address and started; waits until all serve. Returns the
+/// hosts, their ids, and per host id its (cert id, serial).
+async fn start_hosts(
+    lan: &certfleet_tests::netns::Lan,
+    cluster: &Cluster,
+    prefix: &str,
+    n: usize,
+) -> (
+    Vec<FleetHost>,
+    Vec<String>,
+    HashMap<String, (String, String)>,
+) {
+    let urls: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|c| c.url_at(IpAddr::V4(lan.gateway_v4())))
+        .collect();
+    let url_refs: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let mut hosts = Vec::new();
+    for i in 0..n {
+        let mut h = FleetHost::new(
+            lan,
+            HostSpec::new(
+                &format!("{prefix}{i}"),
+                ServerKind::Nginx,
+                Challenge::Webroot,
+            ),
+        )
+        .await
+        .expect("host");
+        let token = cluster.nodes[i % cluster.nodes.len()]
+            .create_token(None)
+            .await
+            .expect("token");
+        let out = h
+            .agent
+            .enroll_many(&url_refs, &token, cluster.nodes[0].ca_sha256())
+            .await
+            .expect("enroll");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        h.agent.start().expect("agent start");
+        hosts.push(h);
+    }
+    let host_ids: Vec<String> = hosts
+        .iter()
+        .map(|h| h.agent.host_id().expect("enrolled").to_owned())
+        .collect();
+    let served = wait_served(cluster, &host_ids, &HashMap::new()).await;
+    (hosts, host_ids, served)
+}
+
 /// Waits until every host's first certificate is served with a serial other than its
 /// serial in `old`: host id → (cert id, serial).
 async fn wait_served(
@@ -490,39 +511,7 @@ async fn a_database_restart_and_a_node_cut_off_lose_nothing() {
         nodes: vec![a, b],
         up: vec![true, true],
     };
-    let urls: Vec<String> = cluster
-        .nodes
-        .iter()
-        .map(|c| c.url_at(IpAddr::V4(lan.gateway_v4())))
-        .collect();
-    let url_refs: Vec<&str> = urls.iter().map(String::as_str).collect();
-    let mut hosts = Vec::new();
-    for i in 0..4 {
-        let mut h = FleetHost::new(
-            &lan,
-            HostSpec::new(&format!("pg{i}"), ServerKind::Nginx, Challenge::Webroot),
-        )
-        .await
-        .expect("host");
-        let token = cluster.nodes[0].create_token(None).await.expect("token");
-        let out = h
-            .agent
-            .enroll_many(&url_refs, &token, cluster.nodes[0].ca_sha256())
-            .await
-            .expect("enroll");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        h.agent.start().expect("agent start");
-        hosts.push(h);
-    }
-    let host_ids: Vec<String> = hosts
-        .iter()
-        .map(|h| h.agent.host_id().expect("enrolled").to_owned())
-        .collect();
-    let served = wait_served(&cluster, &host_ids, &HashMap::new()).await;
+    let (hosts, host_ids, served) = start_hosts(&lan, &cluster, "pg", 4).await;
     let cert_ids: Vec<String> = host_ids.iter().map(|h| served[h].0.clone()).collect();
     let mut before: HashMap<String, String> = served
         .iter()
