@@ -454,7 +454,8 @@ mod tests {
                 &store,
                 &Sessions::default(),
                 &[("le".into(), 3)],
-                None,
+                // A silent host counts down to its decommission.
+                Some(3600),
                 &credentials,
                 10,
             )
