@@ -58,7 +58,8 @@ fn viewers_read_admins_do_everything_and_renewal_is_for_everyone() {
             "ListTokens",
             "RenewOperator",
             "ListOperators",
-            "GetCredentials"
+            "GetCredentials",
+            "ClusterStatus"
         ]
     );
     for write in [
