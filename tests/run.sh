@@ -87,9 +87,6 @@ export CERTFLEET_REQUIRE_POSTGRES=1
 # The chaos tests draw their kill moments from a seed: fixed here so a CI run can be
 # replayed exactly; tests/chaos.sh runs many random seeds (long mode).
 export CERTFLEET_CHAOS_SEED=${CERTFLEET_CHAOS_SEED:-20261201}
-# Three coordinators on one PostgreSQL, a node killed mid-order this many times (ten in
-# the long mode: tests/chaos.sh).
-export CERTFLEET_HA_KILLS=${CERTFLEET_HA_KILLS:-3}
 
 echo "==> cargo clippy --workspace --all-targets (benches included; warnings fail)"
 cargo clippy --workspace --all-targets -- -D warnings
