@@ -155,6 +155,7 @@ fn main() {
             pb::CreateTokenRequest {
                 ttl_seconds: 600,
                 uses: 3,
+                ..Default::default()
             }
             .encode_to_vec(),
         ),
