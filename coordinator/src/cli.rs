@@ -10,6 +10,7 @@ use certfleet_shared::timefmt::{relative, rfc3339};
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
+mod cluster;
 pub mod credential;
 pub mod operators;
 
@@ -519,7 +520,7 @@ pub async fn status(
     }
     let mut out = String::new();
     if let Some(c) = &cluster {
-        out.push_str(&cluster_lines(c, now));
+        out.push_str(&cluster::lines(c, now));
     }
     if let Some(c) = &creds {
         out.push_str(&format!(
@@ -598,42 +599,6 @@ pub async fn status(
         }
     }
     Ok(out)
-}
-
-/// `status`'s store and node lines.
-fn cluster_lines(c: &pb::ClusterStatusResponse, now: i64) -> String {
-    let mut out = String::new();
-    if c.store_ok {
-        out.push_str(&format!(
-            "store         {} (read in {} ms)\n",
-            c.backend, c.store_latency_ms
-        ));
-    } else {
-        out.push_str(&format!(
-            "store         {} UNREACHABLE: {}\n",
-            c.backend, c.store_error
-        ));
-    }
-    let alive = c.nodes.iter().filter(|n| n.alive).count();
-    out.push_str(&format!(
-        "nodes         {} ({} alive, {} leases held)\n",
-        c.nodes.len(),
-        alive,
-        c.leases.len()
-    ));
-    for n in &c.nodes {
-        out.push_str(&format!(
-            "  {}{} {}: {} sessions, {} leases, last beat {}{}\n",
-            if n.this_node { "*" } else { " " },
-            n.name,
-            n.node,
-            n.sessions,
-            n.leases,
-            relative(n.beat_unix, now),
-            if n.alive { "" } else { " (DEAD)" }
-        ));
-    }
-    out
 }
 
 /// Audit filters from the command line.
