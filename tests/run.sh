@@ -103,10 +103,9 @@ if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-tests=pass -E 'not binary(e2e)' "$@"
     echo "==> end-to-end tests (cargo nextest, ${e2e_threads} at a time), coordinators on sled"
     cargo nextest run -p certfleet-tests --test e2e --no-tests=pass --test-threads "${e2e_threads}" "$@"
-    # The same suite with every coordinator on a PostgreSQL of its own (E2E_POSTGRES=1).
-    # Off by default until a restarted node stops routing commands to its own previous
-    # incarnation (alive in the store for 15 s): 2 stale_replies tests fail in this pass.
-    if [[ ${E2E_POSTGRES:-0} != 0 ]]; then
+    # The same suite with every coordinator on a PostgreSQL of its own (E2E_POSTGRES=0
+    # skips it).
+    if [[ ${E2E_POSTGRES:-1} != 0 ]]; then
         echo "==> end-to-end tests again, coordinators on PostgreSQL (CERTFLEET_TEST_STORE=postgres)"
         CERTFLEET_TEST_STORE=postgres cargo nextest run -p certfleet-tests --test e2e \
             --no-tests=pass --test-threads "${e2e_threads}" "$@"
@@ -119,7 +118,7 @@ else
     cargo test -p certfleet-tests --test store_conformance "$@"
     echo "==> end-to-end tests (cargo test, ${e2e_threads} at a time)"
     cargo test -p certfleet-tests --test e2e -- --test-threads "${e2e_threads}" "$@"
-    if [[ ${E2E_POSTGRES:-0} != 0 ]]; then
+    if [[ ${E2E_POSTGRES:-1} != 0 ]]; then
         echo "==> end-to-end tests again, coordinators on PostgreSQL (CERTFLEET_TEST_STORE=postgres)"
         CERTFLEET_TEST_STORE=postgres cargo test -p certfleet-tests --test e2e -- \
             --test-threads "${e2e_threads}" "$@"

@@ -32,6 +32,11 @@ pub const CUT_OFF_AFTER: Duration = Duration::from_secs(10);
 pub const RELAY_POLL: Duration = Duration::from_millis(50);
 /// Added to a relayed command's timeout for the two hops through the store.
 const RELAY_GRACE: Duration = Duration::from_secs(3);
+/// A live node takes a relayed command within one poll; one not taken by then is
+/// withdrawn and the agent counts as not connected. This is what a node restarted under
+/// a new id meets while its previous incarnation's heartbeat is still fresh: the old
+/// session rows name a node nobody serves, and the agent is on its way back.
+const RELAY_TAKE_WITHIN: Duration = Duration::from_secs(2);
 /// Relayed commands taken per poll.
 const INBOX_BATCH: usize = 64;
 
@@ -89,7 +94,9 @@ impl Remote {
             tracing::warn!(host = %host, node = %self.to, error = %e, "cannot post a command for the coordinator holding the agent's session");
             return Err(ended());
         }
-        let deadline = Instant::now() + timeout + RELAY_GRACE;
+        let posted = Instant::now();
+        let deadline = posted + timeout + RELAY_GRACE;
+        let mut taken = false;
         loop {
             tokio::time::sleep(RELAY_POLL).await;
             match self.store.relay_reply(request_id) {
@@ -97,6 +104,18 @@ impl Remote {
                 Ok(None) => {}
                 Err(e) => {
                     tracing::debug!(host = %host, error = %e, "cannot read the relay; trying again")
+                }
+            }
+            if !taken && posted.elapsed() >= RELAY_TAKE_WITHIN {
+                match self.store.relay_withdraw(request_id) {
+                    Ok(true) => {
+                        tracing::info!(host = %host, node = %self.to, "the coordinator named by the agent's session did not take the command; the agent counts as not connected");
+                        return Err(SessionError::NotConnected(host.clone()));
+                    }
+                    Ok(false) => taken = true,
+                    Err(e) => {
+                        tracing::debug!(host = %host, error = %e, "cannot withdraw a relayed command; trying again")
+                    }
                 }
             }
             if Instant::now() >= deadline {

@@ -142,6 +142,11 @@ impl AgentHandle {
         Ok((request_id, result))
     }
 
+    /// Whether the session is on another node (each command goes through the relay).
+    pub fn is_remote(&self) -> bool {
+        matches!(self.route, Route::Remote(_))
+    }
+
     /// Where the session is: "local", or the node that holds it.
     pub fn via(&self) -> &str {
         match &self.route {

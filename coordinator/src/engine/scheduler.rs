@@ -11,6 +11,7 @@
 
 use super::{decide, lock, Decision, Engine, IssueError};
 use crate::model::{CertRecord, HostRecord};
+use crate::sessions::SessionError;
 use crate::store::{Lease, StoreError};
 use certfleet_shared::ids::CertId;
 use std::sync::Arc;
@@ -31,6 +32,8 @@ tokio::task_local! {
     static LEASE: Lease;
 }
 const TICK_BATCH: usize = 512;
+/// How many times one task follows an agent whose session moved to another node.
+const MAX_REROUTES: u32 = 2;
 
 impl Engine {
     /// After a restart: an order in flight is resumed now, and any certificate without a
@@ -238,19 +241,40 @@ impl Engine {
         if !rec.observed.dns_cleanup.is_empty() {
             self.retry_dns_cleanup(rec).await;
         }
-        let decision = decide(rec, now);
+        let mut decision = decide(rec, now);
         if decision == Decision::Idle {
             return Ok(());
         }
-        let agent = self
+        let mut agent = self
             .sessions
             .get(&host.id)
             .ok_or(IssueError::WaitingForAgent)?;
-        let outcome = match decision {
-            Decision::Idle => Ok(()),
-            Decision::Install => self.install(&agent, rec).await,
-            Decision::Resume => self.resume(&agent, rec).await,
-            Decision::Issue(reason) => self.issue(&agent, rec, host, reason).await,
+        let mut rerouted = 0;
+        let outcome = loop {
+            let outcome = match decision {
+                Decision::Idle => Ok(()),
+                Decision::Install => self.install(&agent, rec).await,
+                Decision::Resume => self.resume(&agent, rec).await,
+                Decision::Issue(reason) => self.issue(&agent, rec, host, reason).await,
+            };
+            // The session this task found was on another node that no longer serves it
+            // (a node restarted under a new id, its old rows still fresh): the agent may
+            // have reconnected meanwhile, here or elsewhere; go on through its new session.
+            // What was done is in the record (an order is resumed by its URL).
+            if let Err(IssueError::Agent(SessionError::NotConnected(_))) = &outcome {
+                if rerouted < MAX_REROUTES && agent.is_remote() {
+                    if let Some(next) = self.sessions.get(&host.id) {
+                        if next.via() != agent.via() {
+                            tracing::info!(host = %host.id, cert = %rec.id, from = agent.via(), to = next.via(), "the agent's session moved; going on through the new one");
+                            rerouted += 1;
+                            agent = next;
+                            decision = decide(rec, self.clock.now_unix());
+                            continue;
+                        }
+                    }
+                }
+            }
+            break outcome;
         };
         if rec.observed.order.is_none() && !matches!(outcome, Err(IssueError::Agent(_))) {
             self.discard_pending_keys(&agent, rec).await;

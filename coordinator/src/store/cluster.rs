@@ -97,6 +97,9 @@ pub trait ClusterStore: Send + Sync + 'static {
     fn relay_reply(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// The sender gave up on `id`: it is forgotten.
     fn relay_cancel(&self, id: &str) -> Result<(), StoreError>;
+    /// Withdraws command `id` if no node has taken it yet: true when withdrawn (it will
+    /// never be handed out), false when a node already took it (its answer will come).
+    fn relay_withdraw(&self, id: &str) -> Result<bool, StoreError>;
 }
 
 #[derive(Default)]

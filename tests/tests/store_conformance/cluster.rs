@@ -125,11 +125,29 @@ fn two_coordinators_relay_a_command_through_postgres() {
     // A cancelled command is never handed out.
     one.relay_send(&RelayRequest {
         id: "req-2".into(),
-        ..req
+        ..req.clone()
     })
     .unwrap();
     one.relay_cancel("req-2").unwrap();
     assert!(two.relay_inbox("two", 10).unwrap().is_empty());
+    // A command nobody took can be withdrawn, and then it is never handed out...
+    one.relay_send(&RelayRequest {
+        id: "req-3".into(),
+        ..req.clone()
+    })
+    .unwrap();
+    assert!(one.relay_withdraw("req-3").unwrap(), "not taken: withdrawn");
+    assert!(two.relay_inbox("two", 10).unwrap().is_empty());
+    // ...but one already taken is not: its answer still arrives.
+    one.relay_send(&RelayRequest {
+        id: "req-4".into(),
+        ..req
+    })
+    .unwrap();
+    assert_eq!(two.relay_inbox("two", 10).unwrap().len(), 1);
+    assert!(!one.relay_withdraw("req-4").unwrap(), "taken: stays");
+    two.relay_answer("req-4", &[7]).unwrap();
+    assert_eq!(one.relay_reply("req-4").unwrap(), Some(vec![7]));
 }
 
 fn unix_now() -> i64 {

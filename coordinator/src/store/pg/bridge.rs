@@ -573,4 +573,9 @@ impl crate::store::cluster::ClusterStore for PgSyncStore {
         let id = id.to_owned();
         self.call(move |s| async move { s.relay_cancel(&id).await })
     }
+
+    fn relay_withdraw(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.call(move |s| async move { s.relay_withdraw(&id).await })
+    }
 }

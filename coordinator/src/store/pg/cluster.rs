@@ -271,4 +271,14 @@ impl PgStore {
         .await
         .map(drop)
     }
+
+    pub async fn relay_withdraw(&self, id: &str) -> Result<bool, StoreError> {
+        self.exec(
+            "withdrawing a relayed command",
+            "DELETE FROM relay WHERE id = $1 AND NOT taken",
+            &[&id],
+        )
+        .await
+        .map(|n| n == 1)
+    }
 }

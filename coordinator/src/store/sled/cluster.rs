@@ -94,4 +94,8 @@ impl ClusterStore for SledStore {
     fn relay_cancel(&self, _id: &str) -> Result<(), StoreError> {
         Ok(())
     }
+
+    fn relay_withdraw(&self, _id: &str) -> Result<bool, StoreError> {
+        Ok(true)
+    }
 }
