@@ -4,13 +4,18 @@
 #              an IP certificate, and a name certificate via HTTP-01 and via TLS-ALPN-01;
 #   fleet    — N namespace hosts with nginx from enrollment to "served" on every host
 #              (N = 1 as the baseline, then FLEET_SIZES, default 10,50,100), each N with
-#              one IP certificate per host, then an IP and a name certificate per host.
+#              one IP certificate per host, then an IP and a name certificate per host;
+#   scale    — N simulated agents in one process (tests/src/loadgen.rs), N = SCALE_SIZES
+#              (default 1000,10000), one coordinator on sled and two on PostgreSQL
+#              (SCALE_SETUPS): sessions up, issuance rate, idle RSS/CPU, restart storm.
+#              Long (minutes per N): only run when asked, never by `all` or CI.
 # As root (adds addresses, makes network namespaces); installs pebble, nginx and knot if
 # missing (knot serves the names pebble resolves).
 #
 #   tests/bench.sh              # both
 #   tests/bench.sh issuance     # one of them
 #   FLEET_SIZES=10 tests/bench.sh fleet
+#   SCALE_SIZES=1000 SCALE_SETUPS=sled tests/bench.sh scale
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -25,6 +30,7 @@ command -v knotd >/dev/null || [[ -x /usr/sbin/knotd ]] || missing+=(knot)
 if ! command -v kdig >/dev/null || ! command -v knsupdate >/dev/null; then
     missing+=(knot-dnsutils)
 fi
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update
@@ -33,13 +39,13 @@ fi
 
 cargo build --release --workspace --bins
 case "${1:-all}" in
-    issuance | fleet) cargo bench -p certfleet-tests --bench "$1" ;;
+    issuance | fleet | scale) cargo bench -p certfleet-tests --bench "$1" ;;
     all)
         cargo bench -p certfleet-tests --bench issuance
         cargo bench -p certfleet-tests --bench fleet
         ;;
     *)
-        echo "usage: tests/bench.sh [issuance|fleet]" >&2
+        echo "usage: tests/bench.sh [issuance|fleet|scale]" >&2
         exit 2
         ;;
 esac
