@@ -101,6 +101,7 @@ struct Figures {
     storm_restart: Duration,
     storm_peak_cpu: Vec<f64>,
     storm_reinstalls: u64,
+    storm_lost: u64,
     loadgen_cpu: Duration,
     loadgen_rss_kib: u64,
     failures: u64,
@@ -126,7 +127,10 @@ impl Figures {
             self.nodes,
             if self.nodes > 1 { "s" } else { "" }
         );
-        println!("  enrollment             {:>8.1} s", self.enroll.as_secs_f64());
+        println!(
+            "  enrollment             {:>8.1} s",
+            self.enroll.as_secs_f64()
+        );
         println!(
             "  all sessions up        {:>8.1} s",
             self.sessions_up.as_secs_f64()
@@ -168,9 +172,10 @@ impl Figures {
             None => println!("  RSS per agent          {per:>8.1} KiB  (baseline)"),
         }
         println!(
-            "  restart storm          {:>8.1} s from SIGKILL to all back [{}] (node start {:.1} s; peak CPU {}; {} installs repeated)",
+            "  restart storm          {:>8.1} s from SIGKILL to all back [{}] ({} sessions lost; node start {:.1} s; peak CPU {}; {} installs repeated)",
             self.storm_back.as_secs_f64(),
             verdict(self.storm_back < TARGET_RECONNECT),
+            self.storm_lost,
             self.storm_restart.as_secs_f64(),
             pct(&self.storm_peak_cpu),
             self.storm_reinstalls
@@ -213,8 +218,10 @@ async fn with_peak_cpu<T>(pids: &[u32], fut: impl Future<Output = T>) -> (T, Vec
     let pids = pids.to_vec();
     let sampler = tokio::spawn(async move {
         let mut peaks = vec![0.0f64; pids.len()];
-        let mut last: Vec<Option<Duration>> =
-            pids.iter().map(|p| proc_sample(*p).ok().map(|s| s.cpu)).collect();
+        let mut last: Vec<Option<Duration>> = pids
+            .iter()
+            .map(|p| proc_sample(*p).ok().map(|s| s.cpu))
+            .collect();
         let mut at = Instant::now();
         loop {
             tokio::select! {
@@ -241,14 +248,21 @@ async fn with_peak_cpu<T>(pids: &[u32], fut: impl Future<Output = T>) -> (T, Vec
 fn pids(coords: &mut [Coordinator]) -> anyhow::Result<Vec<u32>> {
     coords
         .iter_mut()
-        .map(|c| c.child().map(|ch| ch.pid()).context("coordinator not running"))
+        .map(|c| {
+            c.child()
+                .map(|ch| ch.pid())
+                .context("coordinator not running")
+        })
         .collect()
 }
 
 /// Times an admin list call and counts its rows (the CLI prints one JSON array).
 async fn timed_list(c: &Coordinator, what: &str) -> Result<(Duration, usize), String> {
     let start = Instant::now();
-    let out = c.cli(&[what, "--json"]).await.map_err(|e| format!("{e:#}"))?;
+    let out = c
+        .cli(&[what, "--json"])
+        .await
+        .map_err(|e| format!("{e:#}"))?;
     let took = start.elapsed();
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
@@ -319,23 +333,21 @@ async fn one_run(setup: &str, nodes: usize, n: usize) -> anyhow::Result<Figures>
     tokio::time::sleep(IDLE_SETTLE).await;
     let me = std::process::id();
     let mut idle = Vec::new();
-    let windows = futures::future::join_all(
-        pid_list
-            .iter()
-            .map(|p| cpu_percent_over(*p, IDLE_WINDOW)),
-    )
-    .await;
+    let windows =
+        futures::future::join_all(pid_list.iter().map(|p| cpu_percent_over(*p, IDLE_WINDOW))).await;
     for (pid, cpu) in pid_list.iter().zip(windows) {
         idle.push((proc_sample(*pid)?.rss_kib, cpu?));
     }
 
     // The storm: SIGKILL the first coordinator and serve again on the same port and store.
     let installs_before = stats.installs();
+    let ends_before = stats.session_ends();
     let t_kill = Instant::now();
     coords[0].restart(RestartMode::Kill).await?;
     let storm_restart = t_kill.elapsed();
+    // With two nodes the agents of the killed one may all be on the other node already.
     wait_stats(&stats, "sessions lost", Duration::from_secs(10), |s| {
-        s.connected() < n
+        s.session_ends() > ends_before
     })
     .await?;
     let pid_list = pids(&mut coords)?;
@@ -346,6 +358,7 @@ async fn one_run(setup: &str, nodes: usize, n: usize) -> anyhow::Result<Figures>
     .await;
     back?;
     let storm_back = t_kill.elapsed();
+    let storm_lost = stats.session_ends() - ends_before;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let storm_reinstalls = stats.installs() - installs_before;
 
@@ -367,6 +380,7 @@ async fn one_run(setup: &str, nodes: usize, n: usize) -> anyhow::Result<Figures>
         storm_restart,
         storm_peak_cpu,
         storm_reinstalls,
+        storm_lost,
         loadgen_cpu: own.cpu,
         loadgen_rss_kib: own.rss_kib,
         failures,

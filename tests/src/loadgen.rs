@@ -159,6 +159,9 @@ impl Stats {
     pub fn sessions(&self) -> u64 {
         self.sessions.load(Ordering::Relaxed)
     }
+    pub fn session_ends(&self) -> u64 {
+        self.session_ends.load(Ordering::Relaxed)
+    }
     pub fn installs(&self) -> u64 {
         self.installs.load(Ordering::Relaxed)
     }
@@ -241,14 +244,13 @@ impl SimAgent {
 
     /// One session; whether it was established.
     async fn session(&self, url: &str) -> bool {
-        let channel =
-            match certfleet_shared::transport::connect(url, self.id.tls.clone()).await {
-                Ok(c) => c,
-                Err(_) => {
-                    self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                    return false;
-                }
-            };
+        let channel = match certfleet_shared::transport::connect(url, self.id.tls.clone()).await {
+            Ok(c) => c,
+            Err(_) => {
+                self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+        };
         let mut client = AgentSessionClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -366,11 +368,13 @@ impl SimAgent {
 
 fn make_csr(c: &pb::CreateCsr) -> Result<Vec<u8>, String> {
     let alg = match pb::KeyType::try_from(c.key_type) {
-        Ok(pb::KeyType::Unspecified) | Ok(pb::KeyType::EcdsaP256) => {
-            &rcgen::PKCS_ECDSA_P256_SHA256
-        }
+        Ok(pb::KeyType::Unspecified) | Ok(pb::KeyType::EcdsaP256) => &rcgen::PKCS_ECDSA_P256_SHA256,
         Ok(pb::KeyType::EcdsaP384) => &rcgen::PKCS_ECDSA_P384_SHA384,
-        other => return Err(format!("the load generator makes ECDSA keys only, not {other:?}")),
+        other => {
+            return Err(format!(
+                "the load generator makes ECDSA keys only, not {other:?}"
+            ))
+        }
     };
     let key = KeyPair::generate_for(alg).map_err(|e| e.to_string())?;
     let mut params = CertificateParams::default();
@@ -385,9 +389,7 @@ fn make_csr(c: &pb::CreateCsr) -> Result<Vec<u8>, String> {
             ),
         });
     }
-    let csr = params
-        .serialize_request(&key)
-        .map_err(|e| e.to_string())?;
+    let csr = params.serialize_request(&key).map_err(|e| e.to_string())?;
     Ok(csr.der().to_vec())
 }
 
