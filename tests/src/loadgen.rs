@@ -453,3 +453,39 @@ pub async fn cpu_percent_over(pid: u32, window: Duration) -> anyhow::Result<f64>
     let b = proc_sample(pid)?;
     Ok((b.cpu.saturating_sub(a.cpu)).as_secs_f64() / window.as_secs_f64() * 100.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use certfleet_shared::x509::CsrInfo;
+
+    #[test]
+    fn addresses_are_distinct_and_inside_10_64_0_0_10() {
+        assert_eq!(sim_ip(0), "10.64.0.1".parse::<IpAddr>().unwrap());
+        let all: std::collections::BTreeSet<IpAddr> = (0..20_000).map(sim_ip).collect();
+        assert_eq!(all.len(), 20_000);
+        let last = match sim_ip(19_999) {
+            IpAddr::V4(v4) => v4.octets(),
+            IpAddr::V6(_) => unreachable!(),
+        };
+        assert_eq!((last[0], last[1] & 0xc0), (10, 64));
+    }
+
+    #[test]
+    fn csr_asks_for_exactly_the_identifiers_and_refuses_rsa() {
+        let c = pb::CreateCsr {
+            identifiers: vec!["10.64.0.7".into(), "sim-7.example.test".into()],
+            key_type: pb::KeyType::EcdsaP384 as i32,
+            ..Default::default()
+        };
+        let info = CsrInfo::from_der(&make_csr(&c).unwrap()).unwrap();
+        assert_eq!(info.ips, vec!["10.64.0.7".parse::<IpAddr>().unwrap()]);
+        assert_eq!(info.dns_names, vec!["sim-7.example.test".to_owned()]);
+        assert_eq!(info.subject_cn, None);
+        let rsa = pb::CreateCsr {
+            key_type: pb::KeyType::Rsa2048 as i32,
+            ..c
+        };
+        assert!(make_csr(&rsa).unwrap_err().contains("ECDSA keys only"));
+    }
+}
