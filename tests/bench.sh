@@ -8,13 +8,18 @@
 #   bootstrap — boot to certificate: BOOT_RUNS (default 10) new namespace hosts with nginx
 #              run deploy/cloud-init/certfleet-bootstrap.sh; `enroll --wait` start →
 #              certificate served, median/min/max and the phases, vs a direct ACME client.
+#   scale    — N simulated agents in one process (tests/src/loadgen.rs), N = SCALE_SIZES
+#              (default 1000,10000), one coordinator on sled and two on PostgreSQL
+#              (SCALE_SETUPS): sessions up, issuance rate, idle RSS/CPU, restart storm.
+#              Long (minutes per N): only run when asked, never by `all` or CI.
 # As root (adds addresses, makes network namespaces); installs pebble, nginx and knot if
 # missing (knot serves the names pebble resolves).
 #
-#   tests/bench.sh              # all three
+#   tests/bench.sh              # all but scale
 #   tests/bench.sh issuance     # one of them
 #   BOOT_RUNS=3 tests/bench.sh bootstrap    # a short run
 #   FLEET_SIZES=10 tests/bench.sh fleet
+#   SCALE_SIZES=1000 SCALE_SETUPS=sled tests/bench.sh scale
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -29,6 +34,7 @@ command -v knotd >/dev/null || [[ -x /usr/sbin/knotd ]] || missing+=(knot)
 if ! command -v kdig >/dev/null || ! command -v knsupdate >/dev/null; then
     missing+=(knot-dnsutils)
 fi
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update
@@ -37,14 +43,14 @@ fi
 
 cargo build --release --workspace --bins
 case "${1:-all}" in
-    issuance | fleet | bootstrap) cargo bench -p certfleet-tests --bench "$1" ;;
+    issuance | fleet | bootstrap | scale) cargo bench -p certfleet-tests --bench "$1" ;;
     all)
         cargo bench -p certfleet-tests --bench issuance
         cargo bench -p certfleet-tests --bench fleet
         cargo bench -p certfleet-tests --bench bootstrap
         ;;
     *)
-        echo "usage: tests/bench.sh [issuance|fleet|bootstrap]" >&2
+        echo "usage: tests/bench.sh [issuance|fleet|bootstrap|scale]" >&2
         exit 2
         ;;
 esac

@@ -39,6 +39,9 @@
 //!   harness creates, for the coordinator's `route53` DNS provider.
 //! - [`venv`] — [`venv::VenvSpec`]: the Python venvs (acme2certifier, moto) made once per
 //!   machine under `/var/cache/certfleet-tests`, rebuilt when a pin changes.
+//! - [`loadgen`] — [`loadgen::SimFleet`]: many simulated agents in one process (own
+//!   enrolled identities, real mTLS sessions, answers to every command) for the scale
+//!   benchmark and the `certfleet-loadgen` binary; `/proc` CPU and RSS samples.
 //! - [`direct`] — the baseline: a minimal direct instant-acme client.
 //! - [`http01`] — a minimal HTTP-01 responder for the direct-ACME baseline.
 //! - [`file_tls`] — a TLS server presenting a target's current files (the demo's served
@@ -60,6 +63,7 @@ pub mod file_tls;
 pub mod fleet;
 pub mod grpc;
 pub mod http01;
+pub mod loadgen;
 pub mod moto;
 pub mod net;
 pub mod netns;
