@@ -36,6 +36,8 @@ const TARGET_IDLE_PCT: f64 = 5.0;
 const TARGET_RECONNECT: Duration = Duration::from_secs(60);
 const IDLE_SETTLE: Duration = Duration::from_secs(5);
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
+/// How often a long wait prints where it is (on stderr).
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
@@ -196,7 +198,19 @@ async fn wait_stats(
     done: impl Fn(&Stats) -> bool,
 ) -> anyhow::Result<Duration> {
     let start = Instant::now();
+    let mut told = start;
     while !done(stats) {
+        if told.elapsed() >= PROGRESS_EVERY {
+            told = Instant::now();
+            eprintln!(
+                "  … {what}: {:.0} s, connected {}, installed {}, failures {}, connect failures {}",
+                start.elapsed().as_secs_f64(),
+                stats.connected(),
+                stats.agents_installed(),
+                stats.failures(),
+                stats.connect_failures()
+            );
+        }
         anyhow::ensure!(
             start.elapsed() < timeout,
             "{what}: not within {timeout:?} (connected {}, sessions {}, installed {}, failures {}, connect failures {})",
@@ -307,10 +321,12 @@ async fn one_run(setup: &str, nodes: usize, n: usize) -> anyhow::Result<Figures>
         .trim()
         .to_owned();
 
+    eprintln!("{setup}, {n} agents: coordinators up; enrolling");
     let t = Instant::now();
     let ids = enroll_all(&urls, coords[0].ca_sha256(), &token, n, 16).await?;
     let enroll = t.elapsed();
 
+    eprintln!("  enrolled in {:.1} s; starting the sessions", enroll.as_secs_f64());
     let fleet = SimFleet::start(ids, &urls);
     let stats = fleet.stats.clone();
     let pid_list = pids(&mut coords)?;
@@ -327,6 +343,7 @@ async fn one_run(setup: &str, nodes: usize, n: usize) -> anyhow::Result<Figures>
     .await;
     let (sessions_up, all_installed) = rollout?;
 
+    eprintln!("  all installed; list calls, then idle");
     let certs_list = timed_list(&coords[0], "certs").await;
     let hosts_list = timed_list(&coords[0], "hosts").await;
 
@@ -339,6 +356,7 @@ async fn one_run(setup: &str, nodes: usize, n: usize) -> anyhow::Result<Figures>
         idle.push((proc_sample(*pid)?.rss_kib, cpu?));
     }
 
+    eprintln!("  idle measured; the restart storm");
     // The storm: SIGKILL the first coordinator and serve again on the same port and store.
     let installs_before = stats.installs();
     let ends_before = stats.session_ends();

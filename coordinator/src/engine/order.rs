@@ -156,7 +156,7 @@ impl Engine {
         if order.recorded {
             return Ok(());
         }
-        if !self.audit_has_order(rec, &order.url)? {
+        if !self.audit_has(rec, Kind::OrderCreated, &order.url)? {
             self.budget_record(issuer, &vec![Event::OrderCreated; orders_created])?;
             let account = issuer.account_url().await.unwrap_or_default();
             self.record(
@@ -181,11 +181,13 @@ impl Engine {
         Ok(())
     }
 
-    /// Whether the audit has the `order_created` of `url` for this host already.
-    fn audit_has_order(&self, rec: &CertRecord, url: &str) -> Result<bool, IssueError> {
+    /// Whether the audit has a `kind` record of order `url` for this host already (a node
+    /// killed between appending it and saving the record leaves it there for the node
+    /// that resumes the order).
+    fn audit_has(&self, rec: &CertRecord, kind: Kind, url: &str) -> Result<bool, IssueError> {
         let q = crate::audit::Query {
             host_id: Some(rec.host_id.to_string()),
-            kinds: vec![Kind::OrderCreated],
+            kinds: vec![kind],
             ..Default::default()
         };
         let found = self.audit.query(&q)?;
@@ -375,36 +377,40 @@ impl Engine {
             .iter()
             .map(|c| certfleet_shared::x509::sha256_hex(c))
             .collect();
-        self.record(
-            Kind::CertificateIssued,
-            rec,
-            Entry::by("coordinator")
-                .ids(&order.identifiers)
-                .serial(leaf.serial_hex.clone())
-                .issuer(issuer.cfg.name.clone())
-                .detail("not_before", leaf.not_before)
-                .detail("not_after", leaf.not_after)
-                .detail(
-                    "sans",
-                    leaf.ips
-                        .iter()
-                        .map(|i| i.to_string())
-                        .chain(leaf.dns_names.iter().cloned())
-                        .collect::<Vec<_>>(),
-                )
-                .detail("issuer_chain_sha256", issuer_chain_sha256)
-                .detail("order_url", &order.url)
-                .detail(
-                    "profile",
-                    rec.observed
-                        .current
-                        .as_ref()
-                        .and_then(|c| c.profile.clone()),
-                )
-                .detail("reason", &order.reason)
-                .detail("key_group", &rec.spec.key_group)
-                .detail("key_sha256", super::csr::key_digest(&leaf.spki_der)),
-        )?;
+        if self.audit_has(rec, Kind::CertificateIssued, &order.url)? {
+            tracing::info!(cert = %rec.id, order = %order.url, "the issuance of this order is in the audit already (recorded before a crash)");
+        } else {
+            self.record(
+                Kind::CertificateIssued,
+                rec,
+                Entry::by("coordinator")
+                    .ids(&order.identifiers)
+                    .serial(leaf.serial_hex.clone())
+                    .issuer(issuer.cfg.name.clone())
+                    .detail("not_before", leaf.not_before)
+                    .detail("not_after", leaf.not_after)
+                    .detail(
+                        "sans",
+                        leaf.ips
+                            .iter()
+                            .map(|i| i.to_string())
+                            .chain(leaf.dns_names.iter().cloned())
+                            .collect::<Vec<_>>(),
+                    )
+                    .detail("issuer_chain_sha256", issuer_chain_sha256)
+                    .detail("order_url", &order.url)
+                    .detail(
+                        "profile",
+                        rec.observed
+                            .current
+                            .as_ref()
+                            .and_then(|c| c.profile.clone()),
+                    )
+                    .detail("reason", &order.reason)
+                    .detail("key_group", &rec.spec.key_group)
+                    .detail("key_sha256", super::csr::key_digest(&leaf.spki_der)),
+            )?;
+        }
         // Durable before the install is asked for.
         self.save(rec)?;
         self.budget_record(
