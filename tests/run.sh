@@ -124,6 +124,14 @@ else
             --test-threads "${e2e_threads}" "$@"
     fi
 fi
+# Three coordinators on one PostgreSQL, kill -9 of the node doing orders at 3 seeded
+# moments (tests/chaos.sh runs it with more kills). Alone, not beside other e2e tests: it
+# times failover against a 20 s lease. Only on a full run, not with a test filter.
+if (($# == 0)) && cargo nextest --version >/dev/null 2>&1; then
+    echo "==> three coordinators, kill -9 mid-order (CERTFLEET_HA_KILLS=${HA_KILLS:-3})"
+    CERTFLEET_HA_KILLS=${HA_KILLS:-3} cargo nextest run -p certfleet-tests --test e2e \
+        --no-tests=fail -E 'test(/three_coordinators_on_postgres/)'
+fi
 # Every parser that faces the outside, a short run each from the committed seeds (see
 # tests/fuzz.sh; FUZZ_SECONDS=0 skips it). Only on a full run, not with a test filter.
 fuzz_seconds=${FUZZ_SECONDS:-10}
