@@ -8,7 +8,8 @@ use super::{AuditStore, PgSyncStore, SledStore, Store, StoreError};
 use crate::audit::{AuditError, AuditLog};
 use std::sync::Arc;
 
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// What a copy (`store migrate`, `store backup`, `store restore`) holds.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MigrateReport {
     pub accounts: usize,
     pub tokens: usize,

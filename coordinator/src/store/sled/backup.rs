@@ -1,0 +1,13 @@
+//! The pause a backup takes its snapshot in (`store/backup.rs`).
+
+use super::SledStore;
+
+impl SledStore {
+    /// Runs `f` while every write of the records a backup holds waits (writes in progress
+    /// finish first): what `f` reads is one consistent state. Leases and the append-only
+    /// audit trail are not paused.
+    pub fn with_writes_paused<T>(&self, f: impl FnOnce(&Self) -> T) -> T {
+        let _paused = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        f(self)
+    }
+}
