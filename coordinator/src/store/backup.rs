@@ -473,3 +473,7 @@ fn restore_into(
     .map_err(|e| BackupError::Invalid(format!("writing the fleet CA and credentials: {e}")))?;
     Ok(restored)
 }
+
+#[cfg(test)]
+#[path = "backup_tests.rs"]
+mod tests;
