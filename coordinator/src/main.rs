@@ -475,7 +475,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 certfleet_coordinator::store::migrate::sled_to_postgres_at(&config, opts)
             })
             .await??;
-            println!("copied {report}");
+            println!("copied {report} (audit chain verified on the copy)");
             println!("now set [store] backend = \"postgres\" (with url_file or url_env) and start the coordinator");
         }
         Cmd::Store {
@@ -508,7 +508,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 certfleet_coordinator::store::backup::restore(&config, &from, now)
             })
             .await??;
-            println!("restored into {}: {counts}", state_dir.display());
+            println!(
+                "restored into {}: {counts} (audit chain verified)",
+                state_dir.display()
+            );
             println!("a new server certificate and admin credential (admin.pem) were made; start the coordinator");
         }
         Cmd::Token {

@@ -26,7 +26,7 @@ impl std::fmt::Display for MigrateReport {
         write!(
             f,
             "{} accounts, {} tokens, {} hosts, {} certificates, {} address holders, \
-             {} budgets, {} operators, {} audit records (chain verified on the copy)",
+             {} budgets, {} operators, {} audit records",
             self.accounts,
             self.tokens,
             self.hosts,
