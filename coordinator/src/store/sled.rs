@@ -242,11 +242,6 @@ impl SledStore {
             .transpose()
     }
 
-    /// A write of backed-up records: waits while a backup reads them (never nested).
-    fn writing(&self) -> std::sync::RwLockReadGuard<'_, ()> {
-        self.gate.read().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn put<T: Serialize>(&self, tree: &sled::Tree, key: &str, rec: &T) -> Result<(), StoreError> {
         let _w = self.writing();
         tree.insert(key.as_bytes(), serde_json::to_vec(rec)?)?;

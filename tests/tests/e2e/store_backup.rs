@@ -208,6 +208,27 @@ async fn admin_lists_page_through_twelve_thousand_hosts() {
             }
         }
     }
+
+    // A backup of this store while it serves: how long the snapshot of a large fleet takes.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("big.backup");
+    let t = Instant::now();
+    let out = coord
+        .cli_ok(&["store", "backup", "--out", path.to_str().expect("utf-8")])
+        .await
+        .expect("store backup of a large fleet");
+    let size = std::fs::metadata(&path).expect("backup").len();
+    eprintln!(
+        "store backup of {} hosts: {:?}, {:.1} MiB: {}",
+        HOSTS + 1,
+        t.elapsed(),
+        size as f64 / 1048576.0,
+        out.trim()
+    );
+    assert!(
+        out.contains(&format!("{} hosts, {HOSTS} certificates", HOSTS + 1)),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
