@@ -145,7 +145,9 @@ pub fn write(
         fleet_ca: fleet_ca.clone(),
     })))?;
     let mut n = MigrateReport::default();
+    let mut paused = std::time::Duration::ZERO;
     let audit_end = store.with_writes_paused(|s| -> Result<u64, BackupError> {
+        let started = std::time::Instant::now();
         let (account_issuers, budget_issuers) = s.issuers()?;
         for issuer in account_issuers {
             if let Some(record) = s.account(&issuer)? {
@@ -204,9 +206,16 @@ pub fn write(
             w.line(&Line::IpHolder { ip, host })?;
             n.ip_holders += 1;
         }
-        Ok(s.last_audit_record()?
-            .map_or(0, |r| r.seq.saturating_add(1)))
+        let end = s
+            .last_audit_record()?
+            .map_or(0, |r| r.seq.saturating_add(1));
+        paused = started.elapsed();
+        Ok(end)
     })?;
+    tracing::info!(
+        paused_ms = paused.as_millis() as u64,
+        "store backup: records read, writes resumed"
+    );
     for stored in store.audit_records_from(0) {
         let stored = stored?;
         if stored.seq >= audit_end {

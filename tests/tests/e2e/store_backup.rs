@@ -229,6 +229,9 @@ async fn admin_lists_page_through_twelve_thousand_hosts() {
         out.contains(&format!("{} hosts, {HOSTS} certificates", HOSTS + 1)),
         "{out}"
     );
+    for line in coord.log_lines_containing("store backup") {
+        eprintln!("coordinator: {line}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
