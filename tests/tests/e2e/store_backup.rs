@@ -262,6 +262,39 @@ async fn a_backup_taken_while_serving_restores_into_a_new_state_directory() {
         .await
         .expect("connected");
 
+    // It holds the account and CA keys: a viewer is refused, naming the role.
+    let viewer = coord.dir().join("op-vera");
+    let viewer_s = viewer.to_str().expect("utf-8");
+    coord
+        .cli_ok(&[
+            "operators",
+            "add",
+            "vera",
+            "--role",
+            "viewer",
+            "--out",
+            viewer_s,
+        ])
+        .await
+        .expect("operators add");
+    let out = coord
+        .cli(&[
+            "--credential",
+            viewer_s,
+            "store",
+            "backup",
+            "--out",
+            backup_arg,
+        ])
+        .await
+        .expect("cli");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && err.contains("BackupStore needs role admin"),
+        "{err}"
+    );
+    assert!(!backup.exists(), "a refused backup leaves no file");
+
     // Taken while the coordinator serves and the agent's session is up.
     let t = Instant::now();
     let out = coord
