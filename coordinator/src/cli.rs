@@ -10,9 +10,11 @@ use certfleet_shared::timefmt::{relative, rfc3339};
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
+pub mod backup;
 mod cluster;
 pub mod credential;
 pub mod operators;
+pub mod paging;
 
 /// Connects to the admin API with the operator credential in `credential` (a directory
 /// from `operators add --out`), or else the state directory's.
@@ -69,12 +71,7 @@ pub async fn hosts(
     as_json: bool,
     now: i64,
 ) -> anyhow::Result<String> {
-    let mut hosts = client
-        .list_hosts(pb::ListHostsRequest {})
-        .await
-        .map_err(status_err)?
-        .into_inner()
-        .hosts;
+    let mut hosts = paging::hosts(client).await?;
     hosts.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.host_id.cmp(&b.host_id)));
     if as_json {
         let v: Vec<Value> = hosts
@@ -134,12 +131,7 @@ pub async fn certs(
     as_json: bool,
     now: i64,
 ) -> anyhow::Result<String> {
-    let mut certs = client
-        .list_certs(pb::ListCertsRequest {})
-        .await
-        .map_err(status_err)?
-        .into_inner()
-        .certs;
+    let mut certs = paging::certs(client).await?;
     certs.sort_by(|a, b| a.host_id.cmp(&b.host_id).then(a.cert_id.cmp(&b.cert_id)));
     if as_json {
         let v: Vec<Value> = certs
@@ -309,12 +301,7 @@ pub async fn tokens(
     as_json: bool,
     now: i64,
 ) -> anyhow::Result<String> {
-    let tokens = client
-        .list_tokens(pb::ListTokensRequest {})
-        .await
-        .map_err(status_err)?
-        .into_inner()
-        .tokens;
+    let tokens = paging::tokens(client).await?;
     let state = |t: &pb::TokenView| -> &'static str {
         if t.revoked {
             "revoked"
@@ -450,18 +437,8 @@ pub async fn status(
     as_json: bool,
     now: i64,
 ) -> anyhow::Result<String> {
-    let hosts = client
-        .list_hosts(pb::ListHostsRequest {})
-        .await
-        .map_err(status_err)?
-        .into_inner()
-        .hosts;
-    let certs = client
-        .list_certs(pb::ListCertsRequest {})
-        .await
-        .map_err(status_err)?
-        .into_inner()
-        .certs;
+    let hosts = paging::hosts(client).await?;
+    let certs = paging::certs(client).await?;
     // A coordinator older than the call has no cluster view: left out, not an error.
     let cluster = match client.cluster_status(pb::ClusterStatusRequest {}).await {
         Ok(r) => Some(r.into_inner()),
@@ -630,20 +607,22 @@ pub async fn audit(
     f: AuditFilter,
     as_json: bool,
 ) -> anyhow::Result<String> {
-    let resp = client
-        .query_audit(pb::QueryAuditRequest {
-            host_id: f.host.unwrap_or_default(),
-            network: f.network.unwrap_or_default(),
-            name: f.name.unwrap_or_default(),
-            serial: f.serial.unwrap_or_default(),
-            kinds: f.kinds,
-            since_unix: f.since.unwrap_or(0),
-            until_unix: f.until.unwrap_or(0),
-            limit: f.limit,
-        })
-        .await
-        .map_err(status_err)?
-        .into_inner();
+    let q = pb::QueryAuditRequest {
+        host_id: f.host.unwrap_or_default(),
+        network: f.network.unwrap_or_default(),
+        name: f.name.unwrap_or_default(),
+        serial: f.serial.unwrap_or_default(),
+        kinds: f.kinds,
+        since_unix: f.since.unwrap_or(0),
+        until_unix: f.until.unwrap_or(0),
+        ..Default::default()
+    };
+    let (records_json, truncated) = paging::audit(client, q, f.limit as usize).await?;
+    let resp = pb::QueryAuditResponse {
+        records_json,
+        truncated,
+        next_page_token: String::new(),
+    };
     let mut out = String::new();
     if as_json {
         for r in &resp.records_json {

@@ -105,12 +105,14 @@ enum Cmd {
         since: Option<String>,
         #[arg(long)]
         until: Option<String>,
+        /// At most this many records (0: every matching one, fetched a page at a time).
         #[arg(long, default_value_t = 0)]
         limit: u32,
         #[arg(long)]
         json: bool,
     },
-    /// The store itself (run with the coordinator stopped).
+    /// The store itself: `migrate` and `restore` with the coordinator stopped, `backup`
+    /// while it serves.
     Store {
         #[command(subcommand)]
         cmd: StoreCmd,
@@ -218,6 +220,18 @@ enum StoreCmd {
         /// Roots for verify-full (PEM); default the system's.
         #[arg(long)]
         ca_file: Option<PathBuf>,
+    },
+    /// Write a consistent snapshot of the running coordinator's sled store (audit trail,
+    /// ACME accounts and the fleet CA included) to FILE, 0600. PostgreSQL: use pg_dump.
+    Backup {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Make the (empty or new) state directory from a `store backup` file, with the
+    /// coordinator stopped; the audit chain is verified after the restore.
+    Restore {
+        #[arg(long)]
+        from: PathBuf,
     },
 }
 
@@ -461,8 +475,44 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 certfleet_coordinator::store::migrate::sled_to_postgres_at(&config, opts)
             })
             .await??;
-            println!("copied {report}");
+            println!("copied {report} (audit chain verified on the copy)");
             println!("now set [store] backend = \"postgres\" (with url_file or url_env) and start the coordinator");
+        }
+        Cmd::Store {
+            cmd: StoreCmd::Backup { out },
+        } => {
+            let mut client = cli::connect(
+                &config,
+                args.coordinator.as_deref(),
+                args.credential.as_deref(),
+            )
+            .await?;
+            let started = std::time::Instant::now();
+            let counts = cli::backup::backup(&mut client, &out).await?;
+            println!(
+                "backup written to {} in {:.1} s (checked): {counts}",
+                out.display(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Cmd::Store {
+            cmd: StoreCmd::Restore { from },
+        } => {
+            anyhow::ensure!(
+                config.store.backend == StoreBackend::Sled,
+                "[store] backend is postgres: restore a PostgreSQL store with pg_restore / psql \
+                 (README, \"Store\"); `store restore` makes a sled state directory"
+            );
+            let state_dir = config.state_dir.clone();
+            let counts = tokio::task::spawn_blocking(move || {
+                certfleet_coordinator::store::backup::restore(&config, &from, now)
+            })
+            .await??;
+            println!(
+                "restored into {}: {counts} (audit chain verified)",
+                state_dir.display()
+            );
+            println!("a new server certificate and admin credential (admin.pem) were made; start the coordinator");
         }
         Cmd::Token {
             cmd: TokenCmd::Create(new),

@@ -69,6 +69,7 @@ pub enum AdminRpc {
     RevokeOperator,
     GetCredentials,
     ClusterStatus,
+    BackupStore,
 }
 
 impl AdminRpc {
@@ -90,6 +91,7 @@ impl AdminRpc {
         AdminRpc::RevokeOperator,
         AdminRpc::GetCredentials,
         AdminRpc::ClusterStatus,
+        AdminRpc::BackupStore,
     ];
 
     /// The RPC's name in the proto's `service Admin`.
@@ -112,6 +114,7 @@ impl AdminRpc {
             AdminRpc::RevokeOperator => "RevokeOperator",
             AdminRpc::GetCredentials => "GetCredentials",
             AdminRpc::ClusterStatus => "ClusterStatus",
+            AdminRpc::BackupStore => "BackupStore",
         }
     }
 
@@ -133,7 +136,9 @@ impl AdminRpc {
             | AdminRpc::RevokeToken
             | AdminRpc::ReleaseIp
             | AdminRpc::AddOperator
-            | AdminRpc::RevokeOperator => Access::Write,
+            | AdminRpc::RevokeOperator
+            // The snapshot holds ACME account keys and the fleet CA key.
+            | AdminRpc::BackupStore => Access::Write,
             AdminRpc::RenewOperator => Access::Own,
         }
     }

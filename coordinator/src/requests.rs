@@ -211,7 +211,8 @@ pub fn renew_certs(r: &pb::RenewCertsRequest) -> Result<(Vec<CertId>, Option<Hos
     Ok((ids, host))
 }
 
-/// `QueryAudit`: the query (its limit one above the cap, to tell truncation) and the cap.
+/// `QueryAudit`: the query (its limit one above the cap, to tell truncation) and the cap
+/// (`limit`, the calls without `page_size`; `server/lists.rs` pages).
 pub fn query_audit(r: &pb::QueryAuditRequest) -> Result<(Query, usize), Status> {
     let mut q = Query::default();
     if !r.host_id.is_empty() {

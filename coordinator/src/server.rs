@@ -37,8 +37,10 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 const MAX_IPS: usize = 64;
 const MAX_TARGETS: usize = 32;
 
+mod backup;
 mod enroll;
 mod hello;
+pub mod lists;
 mod operator_rpcs;
 
 pub struct Services {
@@ -325,54 +327,14 @@ impl Admin for Api {
         &self,
         req: Request<pb::ListHostsRequest>,
     ) -> Result<Response<pb::ListHostsResponse>, Status> {
-        self.operator(&req, AdminRpc::ListHosts)?;
-        let now = self.clock.now_unix();
-        let where_connected =
-            crate::cluster::connected_by_name(&self.sessions, self.store.as_ref());
-        let hosts = self
-            .store
-            .hosts()
-            .map_err(internal)?
-            .into_iter()
-            .map(|h| (where_connected.get(&h.id).cloned(), h))
-            .map(|(node, h)| (node.is_some(), node.unwrap_or_default(), h))
-            .map(|(connected, node, h)| pb::HostView {
-                connected,
-                node,
-                host_id: h.id.to_string(),
-                hostname: h.hostname,
-                ips: h.ips.iter().map(|i| i.to_string()).collect(),
-                targets: h.targets,
-                enrolled_unix: h.enrolled,
-                // A connected host is being seen right now.
-                last_seen_unix: if connected {
-                    now
-                } else {
-                    h.last_seen.unwrap_or(0)
-                },
-                labels: h.labels.into_iter().collect(),
-                identity_serial: h.identity_serial,
-                identity_not_after_unix: h.identity_not_after.unwrap_or(0),
-                identity_rotated_unix: h.identity_rotated.unwrap_or(0),
-            })
-            .collect();
-        Ok(Response::new(pb::ListHostsResponse { hosts }))
+        self.list_hosts_paged(req).await.map(Response::new)
     }
 
     async fn list_certs(
         &self,
         req: Request<pb::ListCertsRequest>,
     ) -> Result<Response<pb::ListCertsResponse>, Status> {
-        self.operator(&req, AdminRpc::ListCerts)?;
-        let now = self.clock.now_unix();
-        let certs = self
-            .store
-            .certs()
-            .map_err(internal)?
-            .into_iter()
-            .map(|c| cert_view(c, now))
-            .collect();
-        Ok(Response::new(pb::ListCertsResponse { certs }))
+        self.list_certs_paged(req).await.map(Response::new)
     }
 
     async fn revoke_cert(
@@ -454,26 +416,7 @@ impl Admin for Api {
         &self,
         req: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
-        self.operator(&req, AdminRpc::ListTokens)?;
-        let mut tokens: Vec<pb::TokenView> = self
-            .store
-            .tokens()
-            .map_err(internal)?
-            .into_iter()
-            .map(|(hash, t)| pb::TokenView {
-                id: hash.chars().take(16).collect(),
-                created_unix: t.created,
-                expires_unix: t.expires,
-                uses_left: t.uses_left,
-                used_by: t.used_by.iter().map(|h| h.to_string()).collect(),
-                revoked: t.revoked,
-                cidrs: t.cidrs.iter().map(ToString::to_string).collect(),
-                labels_fixed: t.labels.is_some(),
-                labels: t.labels.unwrap_or_default().into_iter().collect(),
-            })
-            .collect();
-        tokens.sort_by_key(|t| t.created_unix);
-        Ok(Response::new(pb::ListTokensResponse { tokens }))
+        self.list_tokens_paged(req).await.map(Response::new)
     }
 
     async fn revoke_token(
@@ -627,6 +570,15 @@ impl Admin for Api {
             .map(Response::new)
     }
 
+    type BackupStoreStream = backup::BackupStream;
+
+    async fn backup_store(
+        &self,
+        req: Request<pb::BackupStoreRequest>,
+    ) -> Result<Response<Self::BackupStoreStream>, Status> {
+        self.backup_store_stream(req).await.map(Response::new)
+    }
+
     async fn get_credentials(
         &self,
         req: Request<pb::GetCredentialsRequest>,
@@ -640,18 +592,7 @@ impl Api {
     /// Runs an audit query. `pub` for the fuzz targets (`fuzz/`); not an API.
     #[doc(hidden)]
     pub fn audit_query(&self, r: pb::QueryAuditRequest) -> Result<pb::QueryAuditResponse, Status> {
-        let (q, cap) = requests::query_audit(&r)?;
-        let mut records = self.audit.query(&q).map_err(internal)?;
-        let truncated = records.len() > cap;
-        records.truncate(cap);
-        let records_json = records
-            .iter()
-            .map(|r| serde_json::to_string(r).unwrap_or_default())
-            .collect();
-        Ok(pb::QueryAuditResponse {
-            records_json,
-            truncated,
-        })
+        self.audit_page(&r)
     }
 }
 

@@ -67,7 +67,7 @@ async fn host(
     admin: &mut pb::admin_client::AdminClient<tonic::transport::Channel>,
 ) -> pb::HostView {
     let hosts = admin
-        .list_hosts(pb::ListHostsRequest {})
+        .list_hosts(pb::ListHostsRequest::default())
         .await
         .expect("list hosts")
         .into_inner()

@@ -98,6 +98,9 @@ pub enum Kind {
     /// The coordinator replaced its own TLS server certificate (`previous_serial`,
     /// `serial`, `not_after`), without a restart.
     ServerCertificateRenewed,
+    /// A backup of the store was taken (`store backup`, by the operator); the snapshot
+    /// includes this record.
+    StoreBackedUp,
 }
 
 impl Kind {
@@ -227,6 +230,8 @@ pub struct Query {
     pub since: Option<i64>,
     pub until: Option<i64>,
     pub limit: Option<usize>,
+    /// Only records after this sequence number (the cursor of a paged query).
+    pub after: Option<u64>,
 }
 
 impl Query {
@@ -312,6 +317,28 @@ fn ip_block(net: IpAddr, len: u8) -> ([u8; 16], [u8; 16]) {
     let mask = prefix_mask(net, len);
     let lo = u128::from_be_bytes(ip_key(net)) & mask;
     (lo.to_be_bytes(), (lo | !mask).to_be_bytes())
+}
+
+/// Appends a record read from another store (or a backup) byte for byte, with the index
+/// entries made from its own fields, without flushing (`flush_audit` once at the end).
+/// A record that does not parse is refused (`verify()` on the source says where).
+pub fn append_copy(target: &dyn AuditStore, seq: u64, json: &[u8]) -> Result<(), AuditError> {
+    let rec = parse_record(seq, json)?;
+    let text = std::str::from_utf8(json).map_err(|e| AuditError::Corrupt {
+        seq,
+        detail: e.to_string(),
+    })?;
+    let ips: Vec<[u8; 16]> = rec.entry.identifiers.iter().map(|ip| ip_key(*ip)).collect();
+    target.append_audit_unflushed(&AuditRow {
+        seq: rec.seq,
+        json: text,
+        prev: &rec.prev,
+        hash: &rec.hash,
+        host_id: rec.entry.host_id.as_deref(),
+        ips: &ips,
+        serial: rec.entry.serial.as_deref(),
+    })?;
+    Ok(())
 }
 
 fn parse_record(seq: u64, json: &[u8]) -> Result<Record, AuditError> {
@@ -499,6 +526,10 @@ impl AuditLog {
             Some(t) => self.first_seq_from(t)?,
             None => 0,
         };
+        let start = match q.after {
+            Some(after) => start.max(after.saturating_add(1)),
+            None => start,
+        };
         let mut out = Vec::new();
         match self.candidates(q) {
             Some(seqs) => {
@@ -546,21 +577,7 @@ impl AuditLog {
         let mut n = 0;
         for stored in self.store.audit_records_from(0) {
             let stored = stored?;
-            let rec = parse_record(stored.seq, &stored.json)?;
-            let json = std::str::from_utf8(&stored.json).map_err(|e| AuditError::Corrupt {
-                seq: stored.seq,
-                detail: e.to_string(),
-            })?;
-            let ips: Vec<[u8; 16]> = rec.entry.identifiers.iter().map(|ip| ip_key(*ip)).collect();
-            target.append_audit_unflushed(&AuditRow {
-                seq: rec.seq,
-                json,
-                prev: &rec.prev,
-                hash: &rec.hash,
-                host_id: rec.entry.host_id.as_deref(),
-                ips: &ips,
-                serial: rec.entry.serial.as_deref(),
-            })?;
+            append_copy(target, stored.seq, &stored.json)?;
             n += 1;
         }
         target.flush_audit()?;

@@ -8,7 +8,8 @@ use super::{AuditStore, PgSyncStore, SledStore, Store, StoreError};
 use crate::audit::{AuditError, AuditLog};
 use std::sync::Arc;
 
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// What a copy (`store migrate`, `store backup`, `store restore`) holds.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MigrateReport {
     pub accounts: usize,
     pub tokens: usize,
@@ -25,7 +26,7 @@ impl std::fmt::Display for MigrateReport {
         write!(
             f,
             "{} accounts, {} tokens, {} hosts, {} certificates, {} address holders, \
-             {} budgets, {} operators, {} audit records (chain verified on the copy)",
+             {} budgets, {} operators, {} audit records",
             self.accounts,
             self.tokens,
             self.hosts,

@@ -11,6 +11,7 @@
 //!
 //! This module owns *what is stored*; it never talks to a CA or an agent.
 
+pub mod backup;
 pub mod cluster;
 pub mod migrate;
 pub mod pg;
@@ -151,6 +152,12 @@ pub struct TokenRecord {
 
 /// The coordinator's durable state.
 pub trait Store: cluster::ClusterStore + Send + Sync + 'static {
+    /// The sled store itself, for what only sled needs (`store backup`: PostgreSQL is
+    /// backed up by pg_dump).
+    fn as_sled(&self) -> Option<&SledStore> {
+        None
+    }
+
     fn account(&self, issuer: &str) -> Result<Option<AccountRecord>, StoreError>;
     fn put_account(&self, issuer: &str, rec: &AccountRecord) -> Result<(), StoreError>;
     fn delete_account(&self, issuer: &str) -> Result<(), StoreError>;
@@ -158,6 +165,13 @@ pub trait Store: cluster::ClusterStore + Send + Sync + 'static {
     fn put_token(&self, token_hash: &str, rec: &TokenRecord) -> Result<(), StoreError>;
     /// Every token record with its hash.
     fn tokens(&self) -> Result<Vec<(String, TokenRecord)>, StoreError>;
+    /// Up to `limit` token records whose hash sorts after `after` (byte order), in that
+    /// order: one page of a listing, the cursor being the last hash of the page before.
+    fn tokens_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, TokenRecord)>, StoreError>;
     /// Atomically: check the token ([`TokenRecord::admit`]: uses, expiry, revocation,
     /// `source` against its CIDRs, the host's labels against the ones it fixes), consume
     /// one use, and record the host with the labels the token gives it. Returns the host
@@ -176,6 +190,14 @@ pub trait Store: cluster::ClusterStore + Send + Sync + 'static {
     /// Removes a certificate record with its index entries.
     fn delete_cert(&self, rec: &CertRecord) -> Result<(), StoreError>;
     fn hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
+    /// Up to `limit` hosts whose id sorts after `after` (byte order), in that order. Reads
+    /// only that range, so pages stay stable (nothing skipped or repeated) while hosts are
+    /// added or removed elsewhere in the range.
+    fn hosts_page(
+        &self,
+        after: Option<&HostId>,
+        limit: usize,
+    ) -> Result<Vec<HostRecord>, StoreError>;
 
     fn cert(&self, id: &CertId) -> Result<Option<CertRecord>, StoreError>;
     /// Writes the record and moves its entry in the next-action index, atomically.
@@ -183,6 +205,13 @@ pub trait Store: cluster::ClusterStore + Send + Sync + 'static {
     /// [`Store::put_cert`] without the flush, for leases whose loss a restart repairs.
     fn put_cert_unflushed(&self, rec: &CertRecord) -> Result<(), StoreError>;
     fn certs(&self) -> Result<Vec<CertRecord>, StoreError>;
+    /// Up to `limit` certificates whose id sorts after `after` (byte order), in that order
+    /// (as [`Store::hosts_page`]).
+    fn certs_page(
+        &self,
+        after: Option<&CertId>,
+        limit: usize,
+    ) -> Result<Vec<CertRecord>, StoreError>;
     /// Visits every certificate without holding them all in memory.
     fn scan_certs(
         &self,

@@ -49,6 +49,10 @@ pub struct SledStore {
     /// Nodes and sessions: this process only (see [`super::cluster`]).
     cluster: super::cluster::MemCluster,
     path: std::path::PathBuf,
+    /// Held shared by every write of the records a backup holds (not leases, not the
+    /// append-only audit trail), exclusively while a backup reads them (`sled/backup.rs`):
+    /// sled has no snapshot across trees, so a backup pauses those writes instead.
+    gate: std::sync::RwLock<()>,
 }
 
 /// Index key: big-endian with the sign bit flipped, so byte order is numeric order.
@@ -127,6 +131,7 @@ impl SledStore {
             audit_by_serial: db.open_tree("audit_by_serial")?,
             cluster: Default::default(),
             path: path.to_owned(),
+            gate: std::sync::RwLock::new(()),
             db,
         })
     }
@@ -134,6 +139,7 @@ impl SledStore {
     /// Writes a certificate with its index entries in one transaction; with a fence, only
     /// while that lease is held (checked in the same transaction).
     fn write_cert(&self, rec: &CertRecord, fence: Option<(&Lease, i64)>) -> Result<(), StoreError> {
+        let _w = self.writing();
         use sled::transaction::{
             ConflictableTransactionError as Cte, TransactionError, Transactional,
         };
@@ -237,8 +243,28 @@ impl SledStore {
     }
 
     fn put<T: Serialize>(&self, tree: &sled::Tree, key: &str, rec: &T) -> Result<(), StoreError> {
+        let _w = self.writing();
         tree.insert(key.as_bytes(), serde_json::to_vec(rec)?)?;
         self.flush()
+    }
+
+    /// Up to `limit` records with their keys, after key `after`: one range read.
+    fn page<T: DeserializeOwned>(
+        tree: &sled::Tree,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, |k| Bound::Excluded(k.as_bytes()));
+        tree.range::<&[u8], _>((from, Bound::Unbounded))
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv?;
+                let key = String::from_utf8_lossy(&k).into_owned();
+                let rec = decode(&key, &v)?;
+                Ok((key, rec))
+            })
+            .collect()
     }
 
     fn all<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
@@ -266,6 +292,10 @@ fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError>
 }
 
 impl Store for SledStore {
+    fn as_sled(&self) -> Option<&SledStore> {
+        Some(self)
+    }
+
     fn account(&self, issuer: &str) -> Result<Option<AccountRecord>, StoreError> {
         Self::get(&self.accounts, issuer)
     }
@@ -275,6 +305,7 @@ impl Store for SledStore {
     }
 
     fn delete_account(&self, issuer: &str) -> Result<(), StoreError> {
+        let _w = self.writing();
         self.accounts.remove(issuer.as_bytes())?;
         self.flush()
     }
@@ -284,15 +315,15 @@ impl Store for SledStore {
     }
 
     fn tokens(&self) -> Result<Vec<(String, TokenRecord)>, StoreError> {
-        self.tokens
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                let key = String::from_utf8_lossy(&k).into_owned();
-                let rec = decode(&key, &v)?;
-                Ok((key, rec))
-            })
-            .collect()
+        Self::page(&self.tokens, None, usize::MAX)
+    }
+
+    fn tokens_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, TokenRecord)>, StoreError> {
+        Self::page(&self.tokens, after, limit)
     }
 
     fn enroll(
@@ -305,6 +336,7 @@ impl Store for SledStore {
         use sled::transaction::{
             ConflictableTransactionError as Cte, TransactionError, Transactional,
         };
+        let _w = self.writing();
         let result = (&self.tokens, &self.hosts).transaction(|(tokens, hosts)| {
             let raw = tokens
                 .get(token_hash.as_bytes())?
@@ -339,11 +371,13 @@ impl Store for SledStore {
     }
 
     fn delete_host(&self, id: &HostId) -> Result<(), StoreError> {
+        let _w = self.writing();
         self.hosts.remove(id.as_str().as_bytes())?;
         self.flush()
     }
 
     fn delete_cert(&self, rec: &CertRecord) -> Result<(), StoreError> {
+        let _w = self.writing();
         if let Some(stored) = self.cert(&rec.id)? {
             if let Some(at) = stored.schedule.next_action {
                 self.schedule.remove(schedule_key(at, &stored.id))?;
@@ -361,6 +395,15 @@ impl Store for SledStore {
 
     fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
         Self::all(&self.hosts)
+    }
+
+    fn hosts_page(
+        &self,
+        after: Option<&HostId>,
+        limit: usize,
+    ) -> Result<Vec<HostRecord>, StoreError> {
+        let page = Self::page(&self.hosts, after.map(HostId::as_str), limit)?;
+        Ok(page.into_iter().map(|(_, h)| h).collect())
     }
 
     fn cert(&self, id: &CertId) -> Result<Option<CertRecord>, StoreError> {
@@ -445,6 +488,15 @@ impl Store for SledStore {
         Self::all(&self.certs)
     }
 
+    fn certs_page(
+        &self,
+        after: Option<&CertId>,
+        limit: usize,
+    ) -> Result<Vec<CertRecord>, StoreError> {
+        let page = Self::page(&self.certs, after.map(CertId::as_str), limit)?;
+        Ok(page.into_iter().map(|(_, c)| c).collect())
+    }
+
     fn scan_certs(
         &self,
         f: &mut dyn FnMut(CertRecord) -> Result<(), StoreError>,
@@ -516,6 +568,7 @@ impl Store for SledStore {
     ) -> Result<HostId, StoreError> {
         let key = ip.to_string();
         let old = expected.map(|h| h.as_str().as_bytes().to_vec());
+        let w = self.writing();
         match self.ip_holders.compare_and_swap(
             key.as_bytes(),
             old,
@@ -528,13 +581,17 @@ impl Store for SledStore {
             Err(e) => match e.current {
                 Some(v) => holder_of(&key, &v),
                 // Freed meanwhile: try once more from nobody.
-                None => self.claim_ip(ip, host, None),
+                None => {
+                    drop(w);
+                    self.claim_ip(ip, host, None)
+                }
             },
         }
     }
 
     fn release_ip(&self, ip: IpAddr, host: &HostId) -> Result<bool, StoreError> {
         let key = ip.to_string();
+        let _w = self.writing();
         let released = self
             .ip_holders
             .compare_and_swap(
@@ -729,6 +786,7 @@ impl AuditStore for SledStore {
     }
 }
 
+mod backup;
 mod cluster;
 mod operators;
 

@@ -159,8 +159,8 @@ fn main() {
             }
             .encode_to_vec(),
         ),
-        ("list-hosts", pb::ListHostsRequest {}.encode_to_vec()),
-        ("list-certs", pb::ListCertsRequest {}.encode_to_vec()),
+        ("list-hosts", pb::ListHostsRequest::default().encode_to_vec()),
+        ("list-certs", pb::ListCertsRequest::default().encode_to_vec()),
         (
             "renew-certs",
             pb::RenewCertsRequest {
@@ -183,11 +183,13 @@ fn main() {
                 until_unix: 2_000_000_000,
                 limit: 5,
                 name: "*.example.net".into(),
+                page_size: 2,
+                page_token: "a:12".into(),
             }
             .encode_to_vec(),
         ),
         ("verify-audit", pb::VerifyAuditRequest {}.encode_to_vec()),
-        ("list-tokens", pb::ListTokensRequest {}.encode_to_vec()),
+        ("list-tokens", pb::ListTokensRequest::default().encode_to_vec()),
         (
             "revoke-cert",
             pb::RevokeCertRequest {

@@ -50,6 +50,7 @@ mod renewal;
 mod restart;
 mod revocation;
 mod stale_replies;
+mod store_backup;
 mod support;
 mod tls_alpn;
 mod validation;

@@ -24,7 +24,7 @@ async fn list_hosts(
         .await
         .map_err(|e| format!("connect: {e:#}"))?;
     AdminClient::new(channel)
-        .list_hosts(ListHostsRequest {})
+        .list_hosts(ListHostsRequest::default())
         .await
         .map(|r| r.into_inner())
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))

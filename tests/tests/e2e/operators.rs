@@ -237,7 +237,10 @@ async fn an_operator_renews_its_credential_and_an_expired_one_is_refused() {
     .expect("config");
     let server_side = match grpc::channel(coord.addr(), cfg).await {
         Err(e) => format!("connect: {e:#}"),
-        Ok(ch) => match AdminClient::new(ch).list_hosts(ListHostsRequest {}).await {
+        Ok(ch) => match AdminClient::new(ch)
+            .list_hosts(ListHostsRequest::default())
+            .await
+        {
             Ok(_) => panic!("an expired credential was accepted"),
             Err(s) => format!("{:?}: {}", s.code(), s.message()),
         },

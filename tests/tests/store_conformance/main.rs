@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cluster;
+mod paging;
 mod postgres;
 
 use certfleet_coordinator::audit::{AuditLog, Entry, Kind, Query};

@@ -200,6 +200,11 @@ impl Drop for PgSyncStore {
     }
 }
 
+/// A page size as SQL's `LIMIT` (a bigint).
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
 impl Store for PgSyncStore {
     fn account(&self, issuer: &str) -> Result<Option<AccountRecord>, StoreError> {
         let issuer = issuer.to_owned();
@@ -223,6 +228,15 @@ impl Store for PgSyncStore {
 
     fn tokens(&self) -> Result<Vec<(String, TokenRecord)>, StoreError> {
         self.call(move |s| async move { s.tokens().await })
+    }
+
+    fn tokens_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, TokenRecord)>, StoreError> {
+        let (after, limit) = (after.map(str::to_owned), sql_limit(limit));
+        self.call(move |s| async move { s.tokens_page(after.as_deref(), limit).await })
     }
 
     fn enroll(
@@ -258,6 +272,15 @@ impl Store for PgSyncStore {
 
     fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
         self.call(move |s| async move { s.hosts().await })
+    }
+
+    fn hosts_page(
+        &self,
+        after: Option<&HostId>,
+        limit: usize,
+    ) -> Result<Vec<HostRecord>, StoreError> {
+        let (after, limit) = (after.map(HostId::to_string), sql_limit(limit));
+        self.call(move |s| async move { s.hosts_page(after.as_deref(), limit).await })
     }
 
     fn cert(&self, id: &CertId) -> Result<Option<CertRecord>, StoreError> {
@@ -303,6 +326,15 @@ impl Store for PgSyncStore {
 
     fn certs(&self) -> Result<Vec<CertRecord>, StoreError> {
         self.call(move |s| async move { s.certs().await })
+    }
+
+    fn certs_page(
+        &self,
+        after: Option<&CertId>,
+        limit: usize,
+    ) -> Result<Vec<CertRecord>, StoreError> {
+        let (after, limit) = (after.map(CertId::to_string), sql_limit(limit));
+        self.call(move |s| async move { s.certs_page(after.as_deref(), limit).await })
     }
 
     fn scan_certs(

@@ -178,6 +178,28 @@ impl PgStore {
 
     /// Checks the token, consumes one use and records the host, in one transaction (the
     /// token's row locked, so two enrollments with the last use cannot both succeed).
+    /// Up to `limit` tokens after hash `after`: keyset pagination on the primary key.
+    pub async fn tokens_page(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<(String, TokenRecord)>, StoreError> {
+        let rows = self
+            .rows(
+                "reading tokens",
+                "SELECT hash, payload::text FROM tokens WHERE $1::text IS NULL OR hash > $1
+                 ORDER BY hash LIMIT $2",
+                &[&after, &limit],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let key: &str = r.get(0);
+                Ok((key.to_owned(), decode(key, r.get(1))?))
+            })
+            .collect()
+    }
+
     pub async fn enroll(
         &self,
         token_hash: &str,
@@ -252,6 +274,23 @@ impl PgStore {
                 "reading hosts",
                 "SELECT id, payload::text FROM hosts ORDER BY id",
                 &[],
+            )
+            .await?;
+        decode_rows("hosts", &rows)
+    }
+
+    /// Up to `limit` hosts after id `after`: keyset pagination on the primary key.
+    pub async fn hosts_page(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<HostRecord>, StoreError> {
+        let rows = self
+            .rows(
+                "reading hosts",
+                "SELECT id, payload::text FROM hosts WHERE $1::text IS NULL OR id > $1
+                 ORDER BY id LIMIT $2",
+                &[&after, &limit],
             )
             .await?;
         decode_rows("hosts", &rows)

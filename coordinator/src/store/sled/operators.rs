@@ -17,6 +17,7 @@ impl SledStore {
         rec: &OperatorRecord,
         expected: Option<u64>,
     ) -> Result<bool, StoreError> {
+        let _w = self.writing();
         let tree = self.db.open_tree(TREE)?;
         let key = rec.name.as_bytes();
         let current = tree.get(key)?;
