@@ -40,7 +40,7 @@ pub fn show_labels(labels: &BTreeMap<String, String>) -> String {
 #[derive(Debug, Clone)]
 pub enum Admission {
     /// A new host: one use taken, the key noted; the host as it is to be recorded.
-    New(HostRecord),
+    New(Box<HostRecord>),
     /// The identity key already enrolled with this token, as this host: a retry whose
     /// reply was lost. Nothing taken; the store checks the host is still there with that
     /// key ([`resolve_repeat`]).
@@ -147,7 +147,7 @@ impl TokenRecord {
         if let Some(k) = key {
             self.keys.insert(k, host.id.clone());
         }
-        Ok(Admission::New(admitted))
+        Ok(Admission::New(Box::new(admitted)))
     }
 }
 
@@ -178,7 +178,7 @@ mod tests {
 
     fn admitted(r: Result<Admission, EnrollRefusal>) -> HostRecord {
         match r {
-            Ok(Admission::New(h)) => h,
+            Ok(Admission::New(h)) => *h,
             other => panic!("want a new host, got {other:?}"),
         }
     }

@@ -322,7 +322,7 @@ impl Store for SledStore {
                         serde_json::to_vec(&admitted).map_err(|e| broken(StoreError::from(e)))?;
                     tokens.insert(token_hash.as_bytes(), tok_bytes)?;
                     hosts.insert(admitted.id.as_str().as_bytes(), host_bytes)?;
-                    Ok(Enrolled::New(admitted))
+                    Ok(Enrolled::New(*admitted))
                 }
                 Admission::Repeat(id) => {
                     let stored = match hosts.get(id.as_str().as_bytes())? {

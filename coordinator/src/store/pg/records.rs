@@ -203,7 +203,7 @@ impl PgStore {
             serde_json::from_str(row.get(0)).map_err(|_| EnrollRefusal::UnknownToken)?;
         // Refused: the transaction is dropped (rolled back), the row lock released.
         let admitted = match tok.admit(now, source, host)? {
-            Admission::New(admitted) => admitted,
+            Admission::New(admitted) => *admitted,
             Admission::Repeat(id) => {
                 // Nothing written: the transaction is dropped with the token untouched.
                 let row = tx
