@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Proof that the packages install, work and leave what Debian policy says (long mode: the
-# release build alone takes minutes, so tests/run.sh does not run this; CI runs it as its
-# own step). As root on Debian:
+# Proof that the packages install, work and leave what Debian policy says. As root on
+# Debian:
 #
-#   packaging/test-debs.sh                 # builds the .debs (packaging/build-debs.sh) first
+#   packaging/test-debs.sh                 # builds release .debs (packaging/build-debs.sh) first
+#   packaging/test-debs.sh --from-debug    # .debs of the debug binaries `cargo build` made
+#                                          # (what tests/run.sh runs: no release build)
 #   DEBS="a.deb b.deb" packaging/test-debs.sh   # tests .debs built before
 #
 # A minimal Debian of the host's release (debootstrap --variant=minbase, with adduser) is
-# unpacked into a temp dir from a tarball cached in /var/cache/certfleet-tests (made once
-# from the mirror, MIRROR to change it); in a chroot: dpkg -i both packages, --version,
-# the system user, directories and modes, conffiles, units, completions, man pages,
+# unpacked into a temp dir from a tar of it cached in /var/cache/certfleet-tests (CACHE_DIR
+# to change it; made once by debootstrap from the mirror, MIRROR to change it); in a chroot: dpkg -i both packages, --version,
+# the system user, directories and modes, conffiles, units (the leave unit too, disabled,
+# never restarted by the package), completions, man pages,
 # `certfleet-coordinator init` as the service user with the packaged config edited as the
 # README says, --help of every subcommand (found by walking the help itself), then dpkg -r
 # (config, state and user stay) and dpkg --purge (config and state gone, user stays).
@@ -37,13 +39,23 @@ phase() {
 suite=$(. /etc/os-release && echo "${VERSION_CODENAME:?no VERSION_CODENAME in /etc/os-release}")
 arch=$(dpkg --print-architecture)
 mirror=${MIRROR:-http://deb.debian.org/debian}
-cache_dir=/var/cache/certfleet-tests
+cache_dir=${CACHE_DIR:-/var/cache/certfleet-tests}
 tarball=$cache_dir/debootstrap-$suite-$arch.tgz
+rootfs=$cache_dir/debootstrap-$suite-$arch-root.tar.gz
+
+build_args=()
+case ${1:-} in
+"") ;;
+--from-debug) build_args=(--from-debug) ;;
+*) echo "test-debs.sh: unknown argument $1 (want nothing or --from-debug)" >&2; exit 2 ;;
+esac
 
 if [[ -n ${DEBS:-} ]]; then
     read -r -a debs <<<"$DEBS"
 else
-    mapfile -t debs < <(packaging/build-debs.sh)
+    # A failed build fails here (mapfile would not see the exit status).
+    built=$(packaging/build-debs.sh "${build_args[@]}")
+    mapfile -t debs <<<"$built"
 fi
 ((${#debs[@]} == 2)) || { echo "test-debs.sh: want 2 .debs, got: ${debs[*]}" >&2; exit 1; }
 phase "build the packages"
@@ -57,22 +69,47 @@ if [[ ! -s $tarball ]]; then
     scratch=$(mktemp -d /tmp/certfleet-debootstrap.XXXXXX)
     debootstrap --variant=minbase --include=adduser --make-tarball="$tarball.tmp" \
         "$suite" "$scratch" "$mirror"
-    rm -rf "$scratch"
+    rm -rf --one-file-system "$scratch"
     mv "$tarball.tmp" "$tarball"
+fi
+# Unmounts what debootstrap or this script mounted under a root, then removes it (never
+# across a file system boundary: a mount left behind stays rather than being emptied).
+remove_root() {
+    local m
+    for m in proc sys dev/pts; do
+        if mountpoint -q "$1/$m"; then umount "$1/$m"; fi
+    done
+    rm -rf --one-file-system "$1"
+}
+# The installed system itself is cached too: debootstrap's second stage (dpkg in the
+# chroot) takes minutes on a busy machine, unpacking a tar of its result seconds. Made
+# again when the package tarball is newer.
+if [[ ! -s $rootfs || $tarball -nt $rootfs ]]; then
+    echo "==> making $rootfs (once; debootstrap $suite from $tarball)"
+    scratch=$(mktemp -d /tmp/certfleet-debootstrap.XXXXXX)
+    chmod 0755 "$scratch"
+    if ! debootstrap --variant=minbase --include=adduser --unpack-tarball="$tarball" \
+        "$suite" "$scratch" "$mirror" >/dev/null; then
+        remove_root "$scratch"
+        echo "test-debs.sh: debootstrap from $tarball failed; remove it to fetch it again" >&2
+        exit 1
+    fi
+    for m in proc sys dev/pts; do
+        if mountpoint -q "$scratch/$m"; then umount "$scratch/$m"; fi
+    done
+    rm -f "$scratch"/var/cache/apt/archives/*.deb # the packages installed: not needed again
+    tar -C "$scratch" --numeric-owner -czf "$rootfs.tmp" .
+    remove_root "$scratch"
+    mv "$rootfs.tmp" "$rootfs"
 fi
 
 root=$(mktemp -d /tmp/certfleet-debs.XXXXXX)
+trap 'remove_root "$root"' EXIT
+echo "==> $suite into $root (from $rootfs)"
+tar -C "$root" --numeric-owner -xpzf "$rootfs"
 chmod 0755 "$root" # the chroot's / (mktemp makes it 0700: no other user could run anything)
-cleanup() {
-    if mountpoint -q "$root/proc"; then umount "$root/proc"; fi
-    rm -rf "$root"
-}
-trap cleanup EXIT
-echo "==> debootstrap $suite into $root (from $tarball)"
-debootstrap --variant=minbase --include=adduser --unpack-tarball="$tarball" \
-    "$suite" "$root" "$mirror" >/dev/null
 mount -t proc proc "$root/proc"
-phase "debootstrap from the cached tarball"
+phase "the Debian root from the cached tarball"
 
 in_root() { chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
@@ -108,6 +145,8 @@ for p in coordinator agent; do
         fail "/etc/certfleet/$p.toml is not a conffile of certfleet-$p"
     unit=/usr/lib/systemd/system/certfleet-$p.service
     grep -qx 'Type=notify' "$root$unit" || fail "$unit: not Type=notify"
+    [[ -z $(find "$root/etc/systemd/system" -name "certfleet-$p*" 2>/dev/null) ]] ||
+        fail "certfleet-$p: a unit is enabled by the package"
     # Completions load, man pages are gzip'd roff with the right title.
     in_root bash -c "source /usr/share/bash-completion/completions/certfleet-$p && complete -p certfleet-$p" >/dev/null ||
         fail "bash completion of certfleet-$p does not load"
@@ -116,6 +155,22 @@ for p in coordinator agent; do
     in_root zcat "/usr/share/man/man1/certfleet-$p.1.gz" | grep -q "^\.TH certfleet-$p 1" ||
         fail "man page of certfleet-$p"
 done
+# The leave unit (ephemeral VMs): installed, disabled, its ExecStop the packaged binary,
+# and nothing of the package's own stops or restarts it but removal (a stop runs `leave`).
+leave=/usr/lib/systemd/system/certfleet-agent-leave.service
+[[ -f $root$leave ]] || fail "$leave not installed"
+grep -qx 'ExecStop=/usr/bin/certfleet-agent --config /etc/certfleet/agent.toml leave --timeout 30s' "$root$leave" ||
+    fail "$leave: ExecStop is not the packaged agent's leave"
+grep -q '^Requires=' "$root$leave" && fail "$leave: Requires= would restart it (run leave) with the agent"
+grep -qx 'Wants=certfleet-agent.service' "$root$leave" || fail "$leave: does not pull in the agent"
+for script in postinst preinst; do
+    f=$root/var/lib/dpkg/info/certfleet-agent.$script
+    if [[ -f $f ]] && grep -E 'deb-systemd-invoke .*(start|restart).*certfleet-agent-leave' "$f"; then
+        fail "certfleet-agent.$script starts or restarts the leave unit"
+    fi
+done
+grep -q 'deb-systemd-invoke stop certfleet-agent-leave.service' "$root/var/lib/dpkg/info/certfleet-agent.prerm" ||
+    fail "the agent's prerm does not stop the leave unit on removal"
 phase "version, user, modes, conffiles, units, completions, man pages"
 
 # --help of every command and subcommand, found from the help itself; each has a man page.
@@ -160,6 +215,7 @@ if in_root runuser -u certfleet -- certfleet-coordinator init >/dev/null 2>&1; t
     fail "a second init succeeded over an existing fleet CA"
 fi
 expect_eq "$(in_root certfleet-agent status)" "not enrolled
+session: none yet (the agent has not run)
 target nginx: nothing installed" "agent status with the packaged config"
 phase "init with the packaged config"
 

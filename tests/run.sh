@@ -4,8 +4,9 @@
 # coordinator and agent binaries) from tests/tests/e2e.
 #
 # As root on Debian: installs what is missing (pebble, nginx and its stream module,
-# apache2, iproute2, python3-venv, knot, knot-dnsutils, unbound, postgresql), builds the binaries the e2e tests
-# drive, runs the tests. Exits non-zero on any failure. Multi-host tests (network
+# apache2, iproute2, python3-venv, knot, knot-dnsutils, unbound, postgresql, debootstrap),
+# builds the binaries the e2e tests drive, runs the tests, then the Debian package test on
+# those binaries (packaging/test-debs.sh --from-debug). Exits non-zero on any failure. Multi-host tests (network
 # namespaces) must not skip here: CERTFLEET_REQUIRE_NETNS=1 turns "namespaces
 # unavailable" into a failure.
 #
@@ -13,6 +14,7 @@
 #   E2E_THREADS=1 tests/run.sh   # e2e tests one at a time
 #   tests/run.sh happy_path      # extra args are passed to the test runner as a filter
 #   FUZZ_SECONDS=0 tests/run.sh  # without the fuzz smoke run (default 10 s per target)
+#   PACKAGE_TEST=0 tests/run.sh  # without the Debian package test (packaging/test-debs.sh)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -52,6 +54,11 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 # test on a namespace host) makes a placeholder certificate with openssl; the test probes
 # the served certificate with it too.
 command -v openssl >/dev/null || missing+=(openssl)
+# The package test (packaging/test-debs.sh): a Debian root made by debootstrap, the test
+# build's binaries stripped into the .debs (binutils), dpkg-deb.
+command -v debootstrap >/dev/null || [[ -x /usr/sbin/debootstrap ]] || missing+=(debootstrap)
+command -v strip >/dev/null || missing+=(binutils)
+command -v dpkg-deb >/dev/null || missing+=(dpkg)
 if ((${#missing[@]})); then
     echo "==> installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -131,6 +138,15 @@ if (($# == 0)) && cargo nextest --version >/dev/null 2>&1; then
     echo "==> three coordinators, kill -9 mid-order (CERTFLEET_HA_KILLS=${HA_KILLS:-3})"
     CERTFLEET_HA_KILLS=${HA_KILLS:-3} cargo nextest run -p certfleet-tests --test e2e \
         --no-tests=fail -E 'test(/three_coordinators_on_postgres/)'
+fi
+# The Debian packages, from the binaries built above (packaging/test-debs.sh --from-debug:
+# cargo-deb, a cached Debian root, install, --version, init, every --help, the units,
+# dpkg -r / --purge). About a minute warm; the first run on a machine installs cargo-deb
+# and debootstraps the root (minutes, cached in /var/cache/certfleet-tests). Only on a full
+# run, not with a test filter; PACKAGE_TEST=0 skips it.
+if (($# == 0)) && [[ ${PACKAGE_TEST:-1} != 0 ]]; then
+    echo "==> Debian packages (packaging/test-debs.sh --from-debug)"
+    packaging/test-debs.sh --from-debug
 fi
 # Every parser that faces the outside, a short run each from the committed seeds (see
 # tests/fuzz.sh; FUZZ_SECONDS=0 skips it). Only on a full run, not with a test filter.

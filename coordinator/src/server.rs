@@ -294,6 +294,7 @@ impl Admin for Api {
             revoked: false,
             cidrs,
             labels,
+            keys: Default::default(),
         };
         let token_hash = sha256_hex(token.as_bytes());
         // Recorded before the token is handed out; only a hash prefix ever appears.

@@ -5,6 +5,8 @@
 use crate::model::HostRecord;
 use crate::store::{EnrollRefusal, TokenRecord};
 use base64::Engine;
+use certfleet_shared::ids::HostId;
+use certfleet_shared::x509::sha256_hex;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -34,30 +36,59 @@ pub fn show_labels(labels: &BTreeMap<String, String>) -> String {
         .join(", ")
 }
 
+/// What a token decides for an enrollment ([`TokenRecord::admit`]).
+#[derive(Debug, Clone)]
+pub enum Admission {
+    /// A new host: one use taken, the key noted; the host as it is to be recorded.
+    New(Box<HostRecord>),
+    /// The identity key already enrolled with this token, as this host: a retry whose
+    /// reply was lost. Nothing taken; the store checks the host is still there with that
+    /// key ([`resolve_repeat`]).
+    Repeat(HostId),
+}
+
+/// The SHA-256 (hex) of the identity key a host record carries (`identity_spki`, hex
+/// DER), as tokens note the keys enrolled with them. `None`: no key recorded.
+pub fn key_sha256(host: &HostRecord) -> Option<String> {
+    let der = hex::decode(host.identity_spki.as_deref()?).ok()?;
+    Some(sha256_hex(&der))
+}
+
+/// The store's half of a repeat: `stored` is what the store holds now under `id` (read in
+/// the enrollment transaction), `asked` the request's host. The host as stored when it
+/// still has the requested identity key; refused when it was removed (a removed host does
+/// not come back through an old token) or has another key since (the reply was not lost:
+/// the host rotated its identity).
+pub fn resolve_repeat(
+    id: &HostId,
+    stored: Option<HostRecord>,
+    asked: &HostRecord,
+) -> Result<HostRecord, EnrollRefusal> {
+    match stored {
+        None => Err(EnrollRefusal::HostRemoved(id.to_string())),
+        Some(h) if h.identity_spki.is_some() && h.identity_spki == asked.identity_spki => Ok(h),
+        Some(_) => Err(EnrollRefusal::AlreadyUsed(id.to_string())),
+    }
+}
+
 impl TokenRecord {
     /// Whether an enrollment from `source` (the connection's address; `None` when the
-    /// transport did not say) for `host` may use this token at `now`: not revoked, a use
-    /// left, not expired, `source` inside one of the token's CIDRs (when it has any), and
-    /// every label the agent asked for fixed by the token with the same value (when it
-    /// fixes labels). On success one use is taken and the host noted; the host is returned
-    /// with the labels it gets (the token's, when it fixes them). Pure: the store runs it
-    /// inside its enrollment transaction and writes both records.
+    /// transport did not say) for `host` may use this token at `now`: not revoked, not
+    /// expired, `source` inside one of the token's CIDRs (when it has any), and every label
+    /// the agent asked for fixed by the token with the same value (when it fixes labels);
+    /// then either the host's identity key enrolled with this token before
+    /// ([`Admission::Repeat`], nothing taken — whether or not a use is left), or a use is
+    /// left: it is taken, the host and its key noted, and the host returned with the
+    /// labels it gets (the token's, when it fixes them). Pure: the store runs it inside its
+    /// enrollment transaction and writes both records.
     pub fn admit(
         &mut self,
         now: i64,
         source: Option<IpAddr>,
         host: &HostRecord,
-    ) -> Result<HostRecord, EnrollRefusal> {
+    ) -> Result<Admission, EnrollRefusal> {
         if self.revoked {
             return Err(EnrollRefusal::Revoked);
-        }
-        if self.uses_left == 0 {
-            let by = self
-                .used_by
-                .last()
-                .map(|h| h.to_string())
-                .unwrap_or_default();
-            return Err(EnrollRefusal::AlreadyUsed(by));
         }
         if now >= self.expires {
             return Err(EnrollRefusal::Expired(certfleet_shared::timefmt::rfc3339(
@@ -99,9 +130,24 @@ impl TokenRecord {
             }
             admitted.labels = fixed.clone();
         }
+        let key = key_sha256(host);
+        if let Some(earlier) = key.as_ref().and_then(|k| self.keys.get(k)) {
+            return Ok(Admission::Repeat(earlier.clone()));
+        }
+        if self.uses_left == 0 {
+            let by = self
+                .used_by
+                .last()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            return Err(EnrollRefusal::AlreadyUsed(by));
+        }
         self.uses_left -= 1;
         self.used_by.push(host.id.clone());
-        Ok(admitted)
+        if let Some(k) = key {
+            self.keys.insert(k, host.id.clone());
+        }
+        Ok(Admission::New(Box::new(admitted)))
     }
 }
 
@@ -126,7 +172,20 @@ mod tests {
             revoked: false,
             cidrs: vec![],
             labels: None,
+            keys: Default::default(),
         }
+    }
+
+    fn admitted(r: Result<Admission, EnrollRefusal>) -> HostRecord {
+        match r {
+            Ok(Admission::New(h)) => *h,
+            other => panic!("want a new host, got {other:?}"),
+        }
+    }
+
+    fn with_key(mut h: HostRecord, spki_der: &[u8]) -> HostRecord {
+        h.identity_spki = Some(hex::encode(spki_der));
+        h
     }
 
     fn host(labels: &[(&str, &str)]) -> HostRecord {
@@ -161,7 +220,7 @@ mod tests {
     fn an_unconstrained_token_takes_a_use_and_keeps_the_agents_labels() {
         let mut t = token();
         let h = host(&[("role", "web")]);
-        let got = t.admit(50, None, &h).unwrap();
+        let got = admitted(t.admit(50, None, &h));
         assert_eq!(got.labels, h.labels);
         assert_eq!((t.uses_left, t.used_by.clone()), (1, vec![h.id.clone()]));
         t.admit(50, None, &host(&[])).unwrap();
@@ -229,7 +288,7 @@ mod tests {
             &[("role", "web")][..],
             &[("env", "prod"), ("role", "web")],
         ] {
-            let got = t.admit(50, None, &host(asked)).unwrap();
+            let got = admitted(t.admit(50, None, &host(asked)));
             assert_eq!(got.labels, t.labels.clone().unwrap());
         }
         // Another label, or another value: refused, naming the label and the fix.
@@ -250,7 +309,66 @@ mod tests {
         t.labels = Some(BTreeMap::new());
         let e = t.admit(50, None, &host(&[("role", "web")])).unwrap_err();
         assert!(e.to_string().contains("(none)"), "{e}");
-        assert!(t.admit(50, None, &host(&[])).unwrap().labels.is_empty());
+        assert!(admitted(t.admit(50, None, &host(&[]))).labels.is_empty());
+    }
+
+    #[test]
+    fn the_same_key_again_is_a_repeat_and_takes_nothing() {
+        let mut t = token();
+        t.uses_left = 1;
+        let first = with_key(host(&[]), b"key-one");
+        let got = admitted(t.admit(50, None, &first));
+        assert_eq!(t.keys.len(), 1);
+        // The same key under another (fresh) host id, as a retried Enroll carries: the
+        // first host, the used-up token untouched.
+        let retry = with_key(host(&[]), b"key-one");
+        assert!(
+            matches!(t.admit(60, None, &retry), Ok(Admission::Repeat(id)) if id == got.id),
+            "a repeat"
+        );
+        assert_eq!((t.uses_left, t.used_by.len()), (0, 1));
+        // Another key: the token is used up.
+        let other = with_key(host(&[]), b"key-two");
+        assert_eq!(t.admit(60, None, &other).unwrap_err().constraint(), "uses");
+        // A host without a recorded key is never a repeat.
+        assert_eq!(
+            t.admit(60, None, &host(&[])).unwrap_err().constraint(),
+            "uses"
+        );
+        // A repeat still meets every other constraint.
+        assert_eq!(
+            t.admit(100, None, &retry).unwrap_err().constraint(),
+            "expiry"
+        );
+        t.cidrs = vec!["10.0.0.0/8".parse().unwrap()];
+        let e = t.admit(60, ip("192.0.2.1"), &retry).unwrap_err();
+        assert_eq!(e.constraint(), "cidr");
+        t.revoked = true;
+        assert_eq!(
+            t.admit(60, ip("10.0.0.1"), &retry)
+                .unwrap_err()
+                .constraint(),
+            "revoked"
+        );
+    }
+
+    #[test]
+    fn a_repeat_needs_the_host_still_there_with_that_key() {
+        let asked = with_key(host(&[]), b"key-one");
+        let id = HostId::generate();
+        let e = resolve_repeat(&id, None, &asked).unwrap_err();
+        assert_eq!(e.constraint(), "removed");
+        assert!(e.to_string().contains("token create"), "{e}");
+        let mut stored = with_key(host(&[]), b"key-one");
+        stored.id = id.clone();
+        let got = resolve_repeat(&id, Some(stored.clone()), &asked).unwrap();
+        assert_eq!(
+            (got.id, got.identity_spki),
+            (id.clone(), stored.identity_spki.clone())
+        );
+        let rotated = with_key(stored, b"key-rotated");
+        let e = resolve_repeat(&id, Some(rotated), &asked).unwrap_err();
+        assert_eq!(e.constraint(), "uses");
     }
 
     #[test]
@@ -268,5 +386,10 @@ mod tests {
         let back: TokenRecord = serde_json::from_str(&json).unwrap();
         assert_eq!(back.cidrs, c.cidrs);
         assert_eq!(back.labels, c.labels);
+        // The keys enrolled with a token survive the round trip.
+        let mut k = t.clone();
+        k.keys.insert("ab".repeat(32), HostId::generate());
+        let back: TokenRecord = serde_json::from_str(&serde_json::to_string(&k).unwrap()).unwrap();
+        assert_eq!(back.keys, k.keys);
     }
 }

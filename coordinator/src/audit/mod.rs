@@ -34,6 +34,10 @@ pub enum Kind {
     TokenRevoked,
     EnrollmentRefused,
     HostEnrolled,
+    /// An Enroll with a token and an identity key that enrolled together before (a retry
+    /// whose reply was lost): the same host again, its identity certificate issued anew
+    /// for that key (`identity_serial`, `previous_identity_serial`), no use taken.
+    EnrollmentRepeated,
     HostRemoved,
     IdentityRotated,
     OrderCreated,

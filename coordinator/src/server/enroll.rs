@@ -1,12 +1,15 @@
 //! `Enrollment/Enroll`: a join token (checked against its constraints in the store's
-//! transaction, [`crate::store::TokenRecord::admit`]) buys a host identity. Every outcome
-//! is audited: `token_used` + `host_enrolled`, or `enrollment_refused` with the constraint.
+//! transaction, [`crate::store::TokenRecord::admit`]) buys a host identity. The same
+//! token with the same identity key again (the agent retries when a reply is lost) is the
+//! same host again: its identity certificate issued anew, no use taken. Every outcome is
+//! audited: `token_used` + `host_enrolled`, `enrollment_repeated`, or
+//! `enrollment_refused` with the constraint.
 
 use super::{internal, Api};
 use crate::audit::{Entry, Kind};
 use crate::model::HostRecord;
 use crate::requests;
-use crate::store::EnrollError;
+use crate::store::{EnrollError, EnrollRefusal, Enrolled};
 use certfleet_proto::v1::{self as pb, enrollment_server::Enrollment};
 use certfleet_shared::ids::HostId;
 use certfleet_shared::x509::sha256_hex;
@@ -56,8 +59,8 @@ impl Enrollment for Api {
             tokio::task::spawn_blocking(move || store.enroll(&token_hash, now, source, &host))
                 .await
                 .map_err(internal)?;
-        match result {
-            Ok(host) => {
+        let refusal = match result {
+            Ok(Enrolled::New(host)) => {
                 let by = format!("host:{host_id}");
                 self.audit
                     .append(
@@ -82,32 +85,85 @@ impl Enrollment for Api {
                     })
                     .map_err(internal)?;
                 tracing::info!(host = %host_id, from = %from, "agent enrolled");
-                Ok(Response::new(pb::EnrollResponse {
+                return Ok(Response::new(pb::EnrollResponse {
                     host_id: host_id.to_string(),
                     client_cert_pem: cert_pem,
                     ca_cert_pem: self.ca.ca_pem.clone(),
-                }))
+                }));
             }
-            Err(EnrollError::Refused(refusal)) => {
-                let used_by = match &refusal {
-                    crate::store::EnrollRefusal::AlreadyUsed(h) => h.as_str(),
-                    _ => "",
-                };
-                tracing::warn!(from = %from, reason = %refusal, constraint = refusal.constraint(), used_by, "enrollment refused");
-                let _ = self.audit.append(
-                    Kind::EnrollmentRefused,
-                    now,
-                    Entry::by("unauthenticated")
-                        .detail("from", &from)
-                        .detail("constraint", refusal.constraint())
-                        .detail("reason", refusal.to_string())
-                        .detail("labels_asked", &asked)
-                        .detail("token_sha256_prefix", &token_ref)
-                        .detail("used_by", used_by),
-                );
-                Err(Status::permission_denied(refusal.to_string()))
+            Ok(Enrolled::Repeat(earlier)) => {
+                match self.repeat(&r.csr_der, earlier, now, &from, &token_ref)? {
+                    Ok(resp) => return Ok(Response::new(resp)),
+                    Err(refusal) => refusal,
+                }
             }
-            Err(EnrollError::Store(e)) => Err(internal(e)),
-        }
+            Err(EnrollError::Refused(refusal)) => refusal,
+            Err(EnrollError::Store(e)) => return Err(internal(e)),
+        };
+        let used_by = match &refusal {
+            EnrollRefusal::AlreadyUsed(h) | EnrollRefusal::HostRemoved(h) => h.as_str(),
+            _ => "",
+        };
+        tracing::warn!(from = %from, reason = %refusal, constraint = refusal.constraint(), used_by, "enrollment refused");
+        let _ = self.audit.append(
+            Kind::EnrollmentRefused,
+            now,
+            Entry::by("unauthenticated")
+                .detail("from", &from)
+                .detail("constraint", refusal.constraint())
+                .detail("reason", refusal.to_string())
+                .detail("labels_asked", &asked)
+                .detail("token_sha256_prefix", &token_ref)
+                .detail("used_by", used_by),
+        );
+        Err(Status::permission_denied(refusal.to_string()))
+    }
+}
+
+impl Api {
+    /// A repeated enrollment (the store found `earlier` enrolled with this token and this
+    /// key): the identity certificate issued anew for `earlier` — the agent never got the
+    /// first one — recorded on the host like a rotation, and audited. A refusal when the
+    /// host went away meanwhile.
+    fn repeat(
+        &self,
+        csr_der: &[u8],
+        earlier: crate::model::HostRecord,
+        now: i64,
+        from: &str,
+        token_ref: &str,
+    ) -> Result<Result<pb::EnrollResponse, EnrollRefusal>, Status> {
+        let (cert_pem, info) = self
+            .ca
+            .sign_agent(csr_der, &earlier.id, now)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Re-read: the session or a removal may have written the host since the store's
+        // transaction looked.
+        let Some(mut rec) = self.store.host(&earlier.id).map_err(internal)? else {
+            return Ok(Err(EnrollRefusal::HostRemoved(earlier.id.to_string())));
+        };
+        let previous = std::mem::replace(&mut rec.identity_serial, info.serial_hex.clone());
+        rec.identity_spki = Some(hex::encode(&info.spki_der));
+        rec.identity_not_after = Some(info.not_after);
+        self.audit
+            .append(
+                Kind::EnrollmentRepeated,
+                now,
+                Entry::by(format!("host:{}", rec.id))
+                    .host(&rec.id)
+                    .detail("from", from)
+                    .detail("hostname", &rec.hostname)
+                    .detail("previous_identity_serial", &previous)
+                    .detail("identity_serial", &info.serial_hex)
+                    .detail("token_sha256_prefix", token_ref),
+            )
+            .map_err(internal)?;
+        self.store.put_host(&rec).map_err(internal)?;
+        tracing::info!(host = %rec.id, from = %from, serial = %info.serial_hex, "repeated enrollment: same host, identity issued anew");
+        Ok(Ok(pb::EnrollResponse {
+            host_id: rec.id.to_string(),
+            client_cert_pem: cert_pem,
+            ca_cert_pem: self.ca.ca_pem.clone(),
+        }))
     }
 }

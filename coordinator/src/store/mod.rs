@@ -79,6 +79,13 @@ pub enum EnrollRefusal {
     AlreadyUsed(String),
     #[error("join token was revoked; create a new one with `certfleet-coordinator token create`")]
     Revoked,
+    /// This identity key enrolled with the token before, and that host has been removed
+    /// since; carries its id, for the coordinator's log only.
+    #[error(
+        "this key already enrolled with this join token, and that host has since been \
+         removed from the fleet; enroll again with a new token (`certfleet-coordinator token create`)"
+    )]
+    HostRemoved(String),
     /// The connection came from outside the token's `--cidr` blocks.
     #[error(
         "join token may only be used from {allowed}, and this enrollment came from {from}: \
@@ -106,8 +113,32 @@ impl EnrollRefusal {
             EnrollRefusal::Expired(_) => "expiry",
             EnrollRefusal::AlreadyUsed(_) => "uses",
             EnrollRefusal::Revoked => "revoked",
+            EnrollRefusal::HostRemoved(_) => "removed",
             EnrollRefusal::SourceNotAllowed { .. } => "cidr",
             EnrollRefusal::LabelNotAllowed { .. } => "labels",
+        }
+    }
+}
+
+/// What [`Store::enroll`] did.
+#[derive(Debug, Clone)]
+pub enum Enrolled {
+    /// A new host, recorded; one use of the token taken.
+    New(HostRecord),
+    /// The same identity key enrolled with this token before (a retry whose reply was
+    /// lost): the host as stored; nothing written, no use taken.
+    Repeat(HostRecord),
+}
+
+impl Enrolled {
+    pub fn host(&self) -> &HostRecord {
+        match self {
+            Enrolled::New(h) | Enrolled::Repeat(h) => h,
+        }
+    }
+    pub fn into_host(self) -> HostRecord {
+        match self {
+            Enrolled::New(h) | Enrolled::Repeat(h) => h,
         }
     }
 }
@@ -148,6 +179,11 @@ pub struct TokenRecord {
     /// label (or value) is refused. `None`: the agent's own labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
+    /// The identity keys enrolled with it (SHA-256 of the SPKI, [`crate::tokens::key_sha256`])
+    /// and the host each became: the same key again is that host again, not a new use.
+    /// Absent from records written before.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub keys: BTreeMap<String, HostId>,
 }
 
 /// The coordinator's durable state.
@@ -174,15 +210,18 @@ pub trait Store: cluster::ClusterStore + Send + Sync + 'static {
     ) -> Result<Vec<(String, TokenRecord)>, StoreError>;
     /// Atomically: check the token ([`TokenRecord::admit`]: uses, expiry, revocation,
     /// `source` against its CIDRs, the host's labels against the ones it fixes), consume
-    /// one use, and record the host with the labels the token gives it. Returns the host
-    /// as recorded.
+    /// one use, and record the host with the labels the token gives it
+    /// ([`Enrolled::New`], the host as recorded). When the host's identity key enrolled
+    /// with this token before: that host as stored ([`Enrolled::Repeat`], nothing
+    /// written), refused when it was removed or has another key since
+    /// ([`crate::tokens::resolve_repeat`]).
     fn enroll(
         &self,
         token_hash: &str,
         now: i64,
         source: Option<IpAddr>,
         host: &HostRecord,
-    ) -> Result<HostRecord, EnrollError>;
+    ) -> Result<Enrolled, EnrollError>;
 
     fn host(&self, id: &HostId) -> Result<Option<HostRecord>, StoreError>;
     fn put_host(&self, rec: &HostRecord) -> Result<(), StoreError>;

@@ -7,8 +7,8 @@
 //! (`serial ++ 0 ++ seq`) and `audit_by_ip` (16-byte address key `++ seq`), all → ().
 
 use super::{
-    AccountRecord, AuditRecordIter, AuditRow, AuditStore, EnrollError, EnrollRefusal, Lease,
-    SeqIter, Store, StoreError, StoredAuditRecord, TokenRecord,
+    AccountRecord, AuditRecordIter, AuditRow, AuditStore, EnrollError, EnrollRefusal, Enrolled,
+    Lease, SeqIter, Store, StoreError, StoredAuditRecord, TokenRecord,
 };
 use crate::model::{CertRecord, HostRecord, OperatorRecord};
 use certfleet_shared::ids::{CertId, HostId};
@@ -332,32 +332,48 @@ impl Store for SledStore {
         now: i64,
         source: Option<IpAddr>,
         host: &HostRecord,
-    ) -> Result<HostRecord, EnrollError> {
+    ) -> Result<Enrolled, EnrollError> {
+        use crate::tokens::{resolve_repeat, Admission};
         use sled::transaction::{
             ConflictableTransactionError as Cte, TransactionError, Transactional,
         };
         let _w = self.writing();
+        let refuse = |r: EnrollRefusal| Cte::Abort(EnrollError::Refused(r));
+        let broken = |e: StoreError| Cte::Abort(EnrollError::Store(e));
         let result = (&self.tokens, &self.hosts).transaction(|(tokens, hosts)| {
             let raw = tokens
                 .get(token_hash.as_bytes())?
-                .ok_or(Cte::Abort(EnrollRefusal::UnknownToken))?;
-            let mut tok: TokenRecord = serde_json::from_slice(&raw)
-                .map_err(|_| Cte::Abort(EnrollRefusal::UnknownToken))?;
-            let admitted = tok.admit(now, source, host).map_err(Cte::Abort)?;
-            let tok_bytes =
-                serde_json::to_vec(&tok).map_err(|_| Cte::Abort(EnrollRefusal::UnknownToken))?;
-            let host_bytes = serde_json::to_vec(&admitted)
-                .map_err(|_| Cte::Abort(EnrollRefusal::UnknownToken))?;
-            tokens.insert(token_hash.as_bytes(), tok_bytes)?;
-            hosts.insert(admitted.id.as_str().as_bytes(), host_bytes)?;
-            Ok(admitted)
+                .ok_or_else(|| refuse(EnrollRefusal::UnknownToken))?;
+            let mut tok: TokenRecord =
+                serde_json::from_slice(&raw).map_err(|_| refuse(EnrollRefusal::UnknownToken))?;
+            match tok.admit(now, source, host).map_err(refuse)? {
+                Admission::New(admitted) => {
+                    let tok_bytes =
+                        serde_json::to_vec(&tok).map_err(|e| broken(StoreError::from(e)))?;
+                    let host_bytes =
+                        serde_json::to_vec(&admitted).map_err(|e| broken(StoreError::from(e)))?;
+                    tokens.insert(token_hash.as_bytes(), tok_bytes)?;
+                    hosts.insert(admitted.id.as_str().as_bytes(), host_bytes)?;
+                    Ok(Enrolled::New(*admitted))
+                }
+                Admission::Repeat(id) => {
+                    let stored = match hosts.get(id.as_str().as_bytes())? {
+                        Some(raw) => Some(decode(id.as_str(), &raw).map_err(broken)?),
+                        None => None,
+                    };
+                    let h = resolve_repeat(&id, stored, host).map_err(refuse)?;
+                    Ok(Enrolled::Repeat(h))
+                }
+            }
         });
         match result {
-            Ok(admitted) => {
-                self.flush()?;
-                Ok(admitted)
+            Ok(enrolled) => {
+                if matches!(enrolled, Enrolled::New(_)) {
+                    self.flush()?;
+                }
+                Ok(enrolled)
             }
-            Err(TransactionError::Abort(refusal)) => Err(EnrollError::Refused(refusal)),
+            Err(TransactionError::Abort(e)) => Err(e),
             Err(TransactionError::Storage(e)) => Err(EnrollError::Store(StoreError::from(e))),
         }
     }

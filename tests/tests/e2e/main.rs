@@ -22,6 +22,7 @@ mod dns01_paths;
 mod dns01_route53;
 mod dns_harness;
 mod eab;
+mod enroll_repeat;
 mod fallback;
 mod fleet;
 mod ha;

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cluster;
+mod enroll_repeat;
 mod paging;
 mod postgres;
 
@@ -132,6 +133,7 @@ fn token(expires: i64, uses: u32) -> TokenRecord {
         revoked: false,
         cidrs: vec![],
         labels: None,
+        keys: Default::default(),
     }
 }
 
@@ -283,7 +285,7 @@ fn constrained_tokens_are_checked_inside_the_enrollment() {
         // Inside, asking for nothing: the host gets exactly the token's labels.
         let mut asked = host(&a, "a");
         asked.labels.clear();
-        let got = s.enroll("tc", 50, inside, &asked).unwrap();
+        let got = s.enroll("tc", 50, inside, &asked).unwrap().into_host();
         let want = BTreeMap::from([("pool".to_owned(), "edge".to_owned())]);
         assert_eq!(got.labels, want, "{}", b.name);
         assert_eq!(

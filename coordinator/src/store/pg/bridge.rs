@@ -8,8 +8,8 @@ use super::{PgOptions, PgStore};
 use crate::model::{CertRecord, HostRecord, OperatorRecord};
 use crate::store::cluster::{NodeRow, RelayRequest};
 use crate::store::{
-    AccountRecord, AuditRecordIter, AuditRow, AuditStore, EnrollError, Lease, SeqIter, Store,
-    StoreError, StoredAuditRecord, TokenRecord,
+    AccountRecord, AuditRecordIter, AuditRow, AuditStore, EnrollError, Enrolled, Lease, SeqIter,
+    Store, StoreError, StoredAuditRecord, TokenRecord,
 };
 use certfleet_shared::ids::{CertId, HostId};
 use certfleet_shared::ratelimit::Budget;
@@ -245,7 +245,7 @@ impl Store for PgSyncStore {
         now: i64,
         source: Option<IpAddr>,
         host: &HostRecord,
-    ) -> Result<HostRecord, EnrollError> {
+    ) -> Result<Enrolled, EnrollError> {
         let (hash, host) = (token_hash.to_owned(), host.clone());
         self.call_any(move |s| async move { s.enroll(&hash, now, source, &host).await })?
     }

@@ -3,7 +3,8 @@
 
 use super::{db_error, PgStore};
 use crate::model::{CertRecord, HostRecord};
-use crate::store::{AccountRecord, EnrollError, EnrollRefusal, StoreError, TokenRecord};
+use crate::store::{AccountRecord, EnrollError, EnrollRefusal, Enrolled, StoreError, TokenRecord};
+use crate::tokens::{resolve_repeat, Admission};
 use certfleet_shared::ids::{CertId, HostId};
 use certfleet_shared::ratelimit::Budget;
 use serde::{de::DeserializeOwned, Serialize};
@@ -206,7 +207,7 @@ impl PgStore {
         now: i64,
         source: Option<IpAddr>,
         host: &HostRecord,
-    ) -> Result<HostRecord, EnrollError> {
+    ) -> Result<Enrolled, EnrollError> {
         let mut client = self.client().await?;
         let tx = client
             .transaction()
@@ -223,7 +224,24 @@ impl PgStore {
         let mut tok: TokenRecord =
             serde_json::from_str(row.get(0)).map_err(|_| EnrollRefusal::UnknownToken)?;
         // Refused: the transaction is dropped (rolled back), the row lock released.
-        let admitted = tok.admit(now, source, host)?;
+        let admitted = match tok.admit(now, source, host)? {
+            Admission::New(admitted) => *admitted,
+            Admission::Repeat(id) => {
+                // Nothing written: the transaction is dropped with the token untouched.
+                let row = tx
+                    .query_opt(
+                        "SELECT payload::text FROM hosts WHERE id = $1",
+                        &[&id.as_str()],
+                    )
+                    .await
+                    .map_err(|e| db_error("reading the host of a repeated enrollment", e))?;
+                let stored = match row {
+                    Some(r) => Some(decode::<HostRecord>(id.as_str(), r.get(0))?),
+                    None => None,
+                };
+                return Ok(Enrolled::Repeat(resolve_repeat(&id, stored, host)?));
+            }
+        };
         let tok_json = serde_json::to_string(&tok).map_err(StoreError::from)?;
         let host_json = serde_json::to_string(&admitted).map_err(StoreError::from)?;
         tx.execute(Kv::Tokens.put_sql(), &[&token_hash, &tok_json])
@@ -235,7 +253,7 @@ impl PgStore {
         tx.commit()
             .await
             .map_err(|e| db_error("committing an enrollment", e))?;
-        Ok(admitted)
+        Ok(Enrolled::New(admitted))
     }
 
     pub async fn host(&self, id: &HostId) -> Result<Option<HostRecord>, StoreError> {

@@ -39,6 +39,7 @@ fn tokens_are_single_use_and_expire() {
                 revoked: false,
                 cidrs: vec![],
                 labels: None,
+                keys: Default::default(),
             },
         )
         .unwrap();
@@ -66,6 +67,7 @@ fn tokens_are_single_use_and_expire() {
                 revoked: false,
                 cidrs: vec![],
                 labels: None,
+                keys: Default::default(),
             },
         )
         .unwrap();
