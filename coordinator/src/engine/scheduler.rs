@@ -71,7 +71,14 @@ impl Engine {
             match self.store.due(now, TICK_BATCH) {
                 Ok(ids) => {
                     for id in ids {
-                        busy |= !self.run_cert(id);
+                        // A task starts only with a free slot, and takes its lease then:
+                        // a lease taken while the task queued for a slot would run out
+                        // before its work began (seen with 1,000 certificates due at once).
+                        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                            busy = true;
+                            break;
+                        };
+                        busy |= !self.run_cert(id, permit);
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "reading the schedule failed"),
@@ -98,7 +105,11 @@ impl Engine {
 
     /// Starts the task for one certificate unless one runs already. Returns false when it
     /// was already running, here or (its lease held) on another coordinator.
-    pub(super) fn run_cert(self: &Arc<Self>, id: CertId) -> bool {
+    pub(super) fn run_cert(
+        self: &Arc<Self>,
+        id: CertId,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> bool {
         if self.shutdown.is_cancelled() || !lock(&self.running).insert(id.clone()) {
             return false;
         }
@@ -126,7 +137,6 @@ impl Engine {
         }
         let engine = self.clone();
         self.tracker.spawn(async move {
-            let permit = engine.permits.clone().acquire_owned().await;
             let token = engine.shutdown.clone();
             let work = async {
                 tokio::select! {
