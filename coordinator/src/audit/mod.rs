@@ -98,6 +98,9 @@ pub enum Kind {
     /// The coordinator replaced its own TLS server certificate (`previous_serial`,
     /// `serial`, `not_after`), without a restart.
     ServerCertificateRenewed,
+    /// An operator opened a web view session with a one-time login link (`session_secs`);
+    /// by the operator.
+    WebLogin,
 }
 
 impl Kind {
@@ -617,6 +620,9 @@ impl AuditLog {
         Ok(None)
     }
 }
+
+mod page;
+pub use page::Page;
 
 #[cfg(test)]
 mod tests;
