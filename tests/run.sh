@@ -52,6 +52,10 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 # test on a namespace host) makes a placeholder certificate with openssl; the test probes
 # the served certificate with it too.
 command -v openssl >/dev/null || missing+=(openssl)
+# The web view's e2e test (tests/tests/e2e/web.rs) loads its pages in headless Chromium and
+# checks the client-certificate path and headers with curl.
+command -v chromium >/dev/null || missing+=(chromium)
+command -v curl >/dev/null || missing+=(curl)
 if ((${#missing[@]})); then
     echo "==> installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -16,6 +16,8 @@ pub mod cli;
 pub mod data;
 #[cfg(test)]
 mod fixture;
+#[cfg(test)]
+mod scale_tests;
 mod handlers;
 mod hostpage;
 pub mod pages;

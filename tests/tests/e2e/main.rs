@@ -53,5 +53,6 @@ mod stale_replies;
 mod support;
 mod tls_alpn;
 mod validation;
+mod web;
 mod wildcard;
 mod world;
