@@ -32,33 +32,37 @@ pub fn host_page(
         .iter()
         .map(|c| data::cert_row(c, &h.hostname, now))
         .collect();
-    let served: std::collections::HashMap<String, String> = certs
-        .iter()
-        .flat_map(|c| {
-            c.observed
-                .served_in
-                .iter()
-                .map(|(t, s)| (format!("{t}/{s}"), s.clone()))
-        })
-        .collect();
-    let installed = h
-        .inventory
-        .iter()
-        .map(|i| {
-            let seen = served.contains_key(&format!("{}/{}", i.target, i.serial));
-            (
-                i.target.clone(),
-                i.serial.clone(),
-                when(i.not_after, now),
-                i.identifiers.join(", "),
-                if seen {
-                    "yes".into()
+    // Per target of each certificate: what the agent confirmed installed and saw served.
+    let mut installed = Vec::new();
+    for c in &certs {
+        let current = c.observed.current.as_ref();
+        for t in &c.spec.targets {
+            let serial = c.observed.installed_in.get(t).cloned().unwrap_or_default();
+            let expires = current
+                .filter(|x| x.serial == serial)
+                .map(|x| when(x.not_after, now))
+                .unwrap_or_else(|| "—".into());
+            let served = match c.observed.served_in.get(t) {
+                Some(s) if *s == serial => "yes".to_owned(),
+                Some(s) => format!("an older one ({s})"),
+                None if c.observed.unverified.contains(t) => {
+                    "not checked (no verify address)".into()
+                }
+                None => "not seen yet".into(),
+            };
+            installed.push((
+                t.clone(),
+                c.spec.name.clone(),
+                if serial.is_empty() {
+                    "nothing yet".into()
                 } else {
-                    "not seen".into()
+                    serial
                 },
-            )
-        })
-        .collect();
+                expires,
+                served,
+            ));
+        }
+    }
     let q = Query {
         host_id: Some(id.to_string()),
         ..Query::default()
@@ -194,7 +198,9 @@ pub fn audit_page(web: &Web, params: AuditParams, viewer: String, now: i64) -> R
         Ok(result) => {
             page.summary = match (result.records.first(), result.records.last()) {
                 (Some(a), Some(b)) => format!(
-                    "records {}–{} (newest first; {} of {} in the trail read)",
+                    "{} record{}, #{} to #{}, newest first ({} of the trail's {} read)",
+                    result.records.len(),
+                    if result.records.len() == 1 { "" } else { "s" },
                     a.seq,
                     b.seq,
                     result.scanned,

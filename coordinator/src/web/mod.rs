@@ -16,11 +16,11 @@ pub mod cli;
 pub mod data;
 #[cfg(test)]
 mod fixture;
-#[cfg(test)]
-mod scale_tests;
 mod handlers;
 mod hostpage;
 pub mod pages;
+#[cfg(test)]
+mod scale_tests;
 
 use crate::audit::AuditLog;
 use crate::fleet_ca::StateDir;

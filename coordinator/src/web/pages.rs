@@ -60,7 +60,7 @@ pub struct HostPage {
     pub enrolled: String,
     pub identity_until: String,
     pub rows: Vec<CertRow>,
-    /// (target, serial, expires, identifiers, served)
+    /// (target, certificate name, installed serial, expires, served)
     pub installed: Vec<(String, String, String, String, String)>,
     pub audit: Vec<AuditRow>,
     pub older: Option<String>,

@@ -18,9 +18,7 @@ const MARKUP: &str = "<script>alert(1)</script>";
 fn artifacts() -> PathBuf {
     let dir = std::env::var_os("CERTFLEET_TEST_ARTIFACTS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts")
-        })
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts"))
         .join("web");
     std::fs::create_dir_all(&dir).expect("artifacts dir");
     dir
@@ -146,44 +144,81 @@ async fn the_web_view_in_a_browser_shows_the_fleet_to_operators_only() {
         "referrer-policy: no-referrer",
         "x-frame-options: DENY",
     ] {
-        assert!(text.to_lowercase().contains(&h.to_lowercase()), "{h}: {text}");
+        assert!(
+            text.to_lowercase().contains(&h.to_lowercase()),
+            "{h}: {text}"
+        );
     }
     let stranger = Browser::new();
     let dom = stranger.shot("01-unauthenticated", &format!("{base}/hosts"));
-    assert!(dom.contains("Log in to see the fleet") && dom.contains("web login"), "{dom}");
+    assert!(
+        dom.contains("Log in to see the fleet") && dom.contains("web login"),
+        "{dom}"
+    );
     assert!(!dom.contains("alpha"), "no fleet data without login: {dom}");
 
     // A login link: once, then the session shows the real fleet.
     let link = login_link(&coord).await;
     let browser = Browser::new();
-    let dom = browser.shot("02-overview", &link);
+    let landed = artifacts().join("02-login-link.png");
+    browser.run(&[&format!("--screenshot={}", landed.display())], &link);
+    assert!(landed.is_file());
+    // The session cookie is the profile's now: the overview, without the token.
+    let dom = browser.shot("02-overview", &format!("{base}/"));
     assert!(dom.contains("Fleet overview"), "{dom}");
-    assert!(dom.contains("<b>2</b> hosts") && dom.contains("<b>2</b> connected"), "{dom}");
-    assert!(dom.contains(&alpha_cert.cert_id), "soonest expiries list it: {dom}");
+    assert!(
+        dom.contains("<b>2</b> hosts") && dom.contains("<b>2</b> connected"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(&alpha_cert.cert_id),
+        "soonest expiries list it: {dom}"
+    );
     let again = Browser::new().dom(&link);
     assert!(again.contains("already used"), "a link works once: {again}");
 
     let dom = browser.shot("03-hosts", &format!("{base}/hosts"));
     assert!(dom.contains("alpha") && dom.contains("beta"), "{dom}");
     // Markup in a label is shown as text: escaped in the DOM, never an element.
-    assert!(dom.contains("note=&lt;script&gt;alert(1)&lt;/script&gt;"), "{dom}");
+    assert!(
+        dom.contains("note=&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{dom}"
+    );
     assert!(!dom.contains(MARKUP), "{dom}");
     let dom = browser.shot("04-host", &format!("{base}/hosts/{alpha_id}"));
-    assert!(dom.contains(&alpha_cert.cert_id) && dom.contains("host_enrolled"), "{dom}");
+    assert!(
+        dom.contains(&alpha_cert.cert_id) && dom.contains("host_enrolled"),
+        "{dom}"
+    );
     assert!(dom.contains("certificate_installed"), "timeline: {dom}");
     assert!(!dom.contains(MARKUP), "{dom}");
-    let dom = browser.shot("05-certificate", &format!("{base}/certs/{}", alpha_cert.cert_id));
+    let dom = browser.shot(
+        "05-certificate",
+        &format!("{base}/certs/{}", alpha_cert.cert_id),
+    );
     let serial = alpha_cert.serial.clone().expect("issued");
-    assert!(dom.contains(&serial) && dom.contains("Renewal plan"), "{dom}");
-    assert!(dom.contains("Pebble"), "the chain names pebble's intermediate: {dom}");
+    assert!(
+        dom.contains(&serial) && dom.contains("Renewal plan"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("Pebble"),
+        "the chain names pebble's intermediate: {dom}"
+    );
     let dom = browser.shot("06-certificates", &format!("{base}/certs"));
     assert!(dom.contains(&alpha_cert.cert_id), "{dom}");
     let dom = browser.shot(
         "07-audit-search",
         &format!("{base}/audit?host=alpha&kind=certificate_issued"),
     );
-    assert!(dom.contains("certificate_issued") && dom.contains(&serial), "{dom}");
-    assert!(!dom.contains("host_enrolled</td>"), "filtered by kind: {dom}");
+    assert!(
+        dom.contains("certificate_issued") && dom.contains(&serial),
+        "{dom}"
+    );
+    assert!(
+        !dom.contains("host_enrolled</td>"),
+        "filtered by kind: {dom}"
+    );
     browser.shot("08-audit", &format!("{base}/audit"));
 
     // The export: JSON Lines of the same search (the session's cookie is the browser's,
@@ -191,10 +226,21 @@ async fn the_web_view_in_a_browser_shows_the_fleet_to_operators_only() {
     let viewer = coord.dir().join("op-viewer");
     let out = viewer.to_string_lossy().into_owned();
     coord
-        .cli_ok(&["operators", "add", "ann", "--role", "viewer", "--out", &out, "--p12"])
+        .cli_ok(&[
+            "operators",
+            "add",
+            "ann",
+            "--role",
+            "viewer",
+            "--out",
+            &out,
+            "--p12",
+        ])
         .await
         .expect("operators add --p12");
-    assert!(viewer.join("operator.p12").is_file() && viewer.join("operator.p12.password").is_file());
+    assert!(
+        viewer.join("operator.p12").is_file() && viewer.join("operator.p12.password").is_file()
+    );
     let (status, text) = curl(&format!("{base}/"), Some(&viewer));
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("ann (viewer, client certificate)"), "{text}");
@@ -209,7 +255,8 @@ async fn the_web_view_in_a_browser_shows_the_fleet_to_operators_only() {
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
     assert!(!lines.is_empty(), "{body}");
-    assert!(lines.iter().all(|r| r["kind"] == "certificate_issued" && r["host_id"] == alpha_id.as_str()));
+    assert!(lines.iter().all(|r| r["kind"] == "certificate_issued"
+        && r["host_id"].as_str() == Some(alpha_id.to_string().as_str())));
 
     // Revoked: the certificate is refused at the next request.
     coord
