@@ -59,6 +59,10 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v debootstrap >/dev/null || [[ -x /usr/sbin/debootstrap ]] || missing+=(debootstrap)
 command -v strip >/dev/null || missing+=(binutils)
 command -v dpkg-deb >/dev/null || missing+=(dpkg)
+# The web view's e2e test (tests/tests/e2e/web.rs) loads its pages in headless Chromium and
+# checks the client-certificate path and headers with curl.
+command -v chromium >/dev/null || missing+=(chromium)
+command -v curl >/dev/null || missing+=(curl)
 if ((${#missing[@]})); then
     echo "==> installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive

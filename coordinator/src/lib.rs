@@ -29,6 +29,8 @@
 //! - [`server_cert`] — the coordinator's own TLS: a server certificate renewed and swapped
 //!   in without a restart.
 //! - [`cli`] — operator commands that talk to a running coordinator.
+//! - [`web`] — the read-only web view (`[web] listen`): pages for operators, by client
+//!   certificate or login link.
 //! - [`reload`] — SIGHUP: the configuration read again, refused whole or swapped in,
 //!   audited, every host's certificates derived again.
 //!
@@ -58,6 +60,7 @@ pub mod sessions;
 pub mod spec;
 pub mod store;
 pub mod tokens;
+pub mod web;
 
 use anyhow::Context;
 use certfleet_proto::v1::{
@@ -88,6 +91,8 @@ pub struct Deps {
     pub listener: TcpListener,
     /// `/metrics` (`[metrics] listen`), when configured.
     pub metrics_listener: Option<TcpListener>,
+    /// The web view (`[web] listen`), when configured.
+    pub web_listener: Option<TcpListener>,
     /// Every task the daemon spawns is spawned here; [`serve`] closes it and waits (at most
     /// [`DRAIN`]) before it returns.
     pub tasks: TaskTracker,
@@ -141,6 +146,12 @@ impl Deps {
             })?),
             None => None,
         };
+        let web_listener = match config.web.listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} for the web view ([web] listen)")
+            })?),
+            None => None,
+        };
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -150,6 +161,7 @@ impl Deps {
             audit,
             listener,
             metrics_listener,
+            web_listener,
             tasks: TaskTracker::new(),
         })
     }
@@ -199,6 +211,7 @@ pub async fn serve_with_reload(
         audit,
         listener,
         metrics_listener,
+        web_listener,
         tasks: tracker,
     } = deps;
     let dir = fleet_ca::StateDir::new(&config.state_dir);
@@ -279,6 +292,22 @@ pub async fn serve_with_reload(
 
     // The chain includes the fleet CA so agents can pin it by fingerprint at enrollment.
     let tls = server_cert.tls_config()?;
+
+    if let Some(listener) = web_listener {
+        let addr = listener.local_addr().context("the web listener")?;
+        let web = Arc::new(web::Web {
+            store: store.clone(),
+            audit: audit.clone(),
+            sessions: sessions.clone(),
+            clock: clock.clone(),
+            dir: dir.clone(),
+            logins: web::auth::WebSessions::new(config.web.session_lifetime().as_secs() as i64),
+            tasks: tracker.clone(),
+        });
+        let tls = web::tls_config(server_cert.resolver.clone(), &ca.ca_pem)?;
+        web::serve(web, listener, tls, &tracker, shutdown.clone());
+        tracing::info!(listen = %addr, "web view on https://{addr}/ (operators only)");
+    }
 
     // Set once the gRPC server runs, cleared when stopping: half of `/readyz`.
     let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));

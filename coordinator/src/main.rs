@@ -124,6 +124,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: Option<OperatorsCmd>,
     },
+    /// The read-only web view ([web] listen).
+    Web {
+        #[command(subcommand)]
+        cmd: WebCmd,
+    },
     /// List certificates, or act on them.
     Certs {
         #[arg(long)]
@@ -151,6 +156,21 @@ enum NodeCmd {
 }
 
 #[derive(Subcommand)]
+enum WebCmd {
+    /// On the coordinator's machine: print a login link for the web view that works once
+    /// (a ticket in the state directory; the coordinator checks the operator when the link
+    /// is opened, then a session cookie takes over).
+    Login {
+        /// The operator to log in as (default: the state directory's credential).
+        #[arg(long)]
+        operator: Option<String>,
+        /// How long the link can be opened, 10s to 1h.
+        #[arg(long, default_value = "10m")]
+        ttl: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum OperatorsCmd {
     /// List operators (role, state, serial, who added them).
     List,
@@ -167,6 +187,10 @@ enum OperatorsCmd {
         /// Directory for operator.pem, operator.key and fleet-ca.pem (made 0700).
         #[arg(long)]
         out: PathBuf,
+        /// Also write operator.p12 (key, certificate, fleet CA) for a browser to log in
+        /// to the web view, and its password in operator.p12.password (both 0600).
+        #[arg(long)]
+        p12: bool,
     },
     /// Renew the credential in use (--credential, or the state directory's) while it is
     /// valid: new key, same name and role; the old one stops working.
@@ -730,6 +754,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     role,
                     lifetime,
                     out,
+                    p12,
                 }) => {
                     let secs = certfleet_shared::timefmt::parse_duration_secs(&lifetime)
                         .map_err(anyhow::Error::msg)
@@ -737,7 +762,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     let mut client = connect().await?;
                     print!(
                         "{}",
-                        cli::operators::add(&mut client, &name, &role, secs, &out).await?
+                        cli::operators::add(&mut client, &name, &role, secs, &out, p12).await?
                     );
                 }
                 Some(OperatorsCmd::Renew) => {
@@ -761,6 +786,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
         }
+        Cmd::Web {
+            cmd: WebCmd::Login { operator, ttl },
+        } => print!(
+            "{}",
+            certfleet_coordinator::web::cli::login(&config, operator.as_deref(), &ttl, now)?
+        ),
         Cmd::Certs { json, cmd: None } => {
             let mut client = cli::connect(
                 &config,

@@ -597,7 +597,7 @@ impl Api {
     }
 }
 
-fn cert_view(c: crate::model::CertRecord, now: i64) -> pb::CertView {
+pub(crate) fn cert_view(c: crate::model::CertRecord, now: i64) -> pb::CertView {
     let cur = c.observed.current.as_ref();
     let renew_at = c.renew_time(now).map(|(at, _)| at).unwrap_or(0);
     pb::CertView {

@@ -114,6 +114,7 @@ async fn serve_runs_on_the_given_clock_store_and_listener_and_drains_on_shutdown
         audit,
         listener,
         metrics_listener: None,
+        web_listener: None,
         tasks: tasks.clone(),
     };
     let shutdown = CancellationToken::new();

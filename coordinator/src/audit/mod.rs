@@ -105,6 +105,9 @@ pub enum Kind {
     /// A backup of the store was taken (`store backup`, by the operator); the snapshot
     /// includes this record.
     StoreBackedUp,
+    /// An operator opened a web view session with a one-time login link (`session_secs`);
+    /// by the operator.
+    WebLogin,
 }
 
 impl Kind {
@@ -638,6 +641,9 @@ impl AuditLog {
         Ok(None)
     }
 }
+
+mod page;
+pub use page::Page;
 
 #[cfg(test)]
 mod tests;

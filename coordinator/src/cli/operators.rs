@@ -31,6 +31,7 @@ pub async fn add(
     role: &str,
     lifetime_secs: u64,
     out: &Path,
+    p12: bool,
 ) -> anyhow::Result<String> {
     let files = CredentialFiles::in_dir(out);
     anyhow::ensure!(
@@ -54,14 +55,31 @@ pub async fn add(
     write_atomic(&files.key, key_pem.as_bytes(), 0o600)?;
     write_atomic(&files.cert, cred.cert_pem.as_bytes(), 0o644)?;
     write_atomic(&out.join(CA_FILE), cred.ca_cert_pem.as_bytes(), 0o644)?;
+    let browser = if p12 {
+        let (file, pass) = crate::web::cli::write_p12(
+            out,
+            &cred.name,
+            &key_pem,
+            &cred.cert_pem,
+            &cred.ca_cert_pem,
+        )?;
+        format!(
+            "wrote {} for a browser (import it; its password is in {}, 0600)\n",
+            file.display(),
+            pass.display()
+        )
+    } else {
+        String::new()
+    };
     Ok(format!(
-        "operator {} ({}) added, serial {}, valid until {}\nwrote {} (key 0600); hand the directory to its owner, who runs commands with --credential {} (or CERTFLEET_CREDENTIAL) and renews with `operators renew` before it expires\n",
+        "operator {} ({}) added, serial {}, valid until {}\nwrote {} (key 0600); hand the directory to its owner, who runs commands with --credential {} (or CERTFLEET_CREDENTIAL) and renews with `operators renew` before it expires\n{}",
         cred.name,
         cred.role,
         cred.serial,
         rfc3339(cred.not_after_unix),
         out.display(),
-        out.display()
+        out.display(),
+        browser
     ))
 }
 

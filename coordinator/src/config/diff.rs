@@ -26,6 +26,9 @@ pub fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.store != new.store {
         out.push("[store]");
     }
+    if old.web != new.web {
+        out.push("[web]");
+    }
     out
 }
 

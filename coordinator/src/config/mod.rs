@@ -28,6 +28,8 @@ mod store;
 pub use store::{StoreBackend, StoreConfig};
 mod fleet;
 pub use fleet::FleetConfig;
+mod web;
+pub use web::WebConfig;
 mod policy;
 pub use policy::{
     in_some_zone, CertificateConfig, ChallengeKind, IpSelection, NameTemplate, PolicyConfig,
@@ -61,6 +63,9 @@ pub struct Config {
     /// (`config/fleet.rs`).
     #[serde(default)]
     pub fleet: FleetConfig,
+    /// The read-only web view (`config/web.rs`); off without `listen`.
+    #[serde(default)]
+    pub web: WebConfig,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -441,6 +446,7 @@ impl Config {
         }
         self.store.validate()?;
         self.fleet.validate()?;
+        self.web.validate()?;
         if !self.state_dir.is_absolute() {
             return Err(format!(
                 "state_dir {:?} must be an absolute path",

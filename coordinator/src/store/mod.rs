@@ -373,6 +373,13 @@ pub trait AuditStore: Send + Sync + 'static {
     fn last_audit_record(&self) -> Result<Option<StoredAuditRecord>, StoreError>;
     /// Every record from sequence number `from` on, in ascending order of sequence number.
     fn audit_records_from(&self, from: u64) -> AuditRecordIter<'_>;
+    /// At most `limit` records with a sequence number below `before`, newest first: one
+    /// bounded read for paging backwards through the trail (the web view's audit pages).
+    fn audit_records_before(
+        &self,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredAuditRecord>, StoreError>;
 
     /// Sequence numbers of the records indexed under this host id, ascending, lazily (a
     /// query with a limit stops reading early).

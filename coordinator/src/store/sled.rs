@@ -769,6 +769,19 @@ impl AuditStore for SledStore {
         )
     }
 
+    fn audit_records_before(
+        &self,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredAuditRecord>, StoreError> {
+        self.audit
+            .range(..before.to_be_bytes())
+            .rev()
+            .take(limit)
+            .map(|kv| Ok(stored_audit_record(kv?)))
+            .collect()
+    }
+
     fn audit_seqs_by_host(&self, host_id: &str) -> SeqIter<'_> {
         let mut p = host_id.as_bytes().to_vec();
         p.push(0);

@@ -55,5 +55,6 @@ mod store_backup;
 mod support;
 mod tls_alpn;
 mod validation;
+mod web;
 mod wildcard;
 mod world;

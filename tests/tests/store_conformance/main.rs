@@ -5,6 +5,7 @@
 //! server restart.
 #![allow(clippy::unwrap_used)]
 
+mod audit_pages;
 mod cluster;
 mod enroll_repeat;
 mod paging;

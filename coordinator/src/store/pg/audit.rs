@@ -142,6 +142,30 @@ impl PgStore {
             .collect())
     }
 
+    /// Up to `limit` records below `before`, newest first.
+    pub async fn audit_records_before(
+        &self,
+        before: u64,
+        limit: i64,
+    ) -> Result<Vec<StoredAuditRecord>, StoreError> {
+        // Above every stored seq (those fit an i64): the newest records.
+        let before = i64::try_from(before).unwrap_or(i64::MAX);
+        let rows = self
+            .rows(
+                "reading audit records backwards",
+                "SELECT seq, record FROM audit WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
+                &[&before, &limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| StoredAuditRecord {
+                seq: seq_u64(r.get(0)),
+                json: r.get(1),
+            })
+            .collect())
+    }
+
     /// Up to `limit` sequence numbers of an index after `cursor`, and the cursor after
     /// them. Host and serial pages are ascending; address pages are in (address, seq)
     /// order, as the trait allows.

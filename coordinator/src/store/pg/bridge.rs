@@ -498,6 +498,15 @@ impl AuditStore for PgSyncStore {
         })
     }
 
+    fn audit_records_before(
+        &self,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredAuditRecord>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call(move |s| async move { s.audit_records_before(before, limit).await })
+    }
+
     fn audit_seqs_by_host(&self, host_id: &str) -> SeqIter<'_> {
         self.seqs(SeqIndex::Host(host_id.to_owned()))
     }

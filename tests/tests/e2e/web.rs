@@ -1,0 +1,269 @@
+//! The web view in a real browser (Debian `chromium`, headless) against a running fleet:
+//! two hosts with served certificates, one labelled with markup. Pages are refused without
+//! an operator identity, a login link works once and its session shows the real hosts and
+//! certificates, markup stays text, and an operator's client certificate works until the
+//! operator is revoked. Screenshots of every page go to `$CERTFLEET_TEST_ARTIFACTS/web/`
+//! (default `target/test-artifacts/web/`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use certfleet_tests::coordinator::CoordinatorOptions;
+use certfleet_tests::{Agent, Coordinator, PebbleOptions};
+
+use crate::support::{pebble_and_coordinator_with, ISSUE_TIMEOUT};
+
+const MARKUP: &str = "<script>alert(1)</script>";
+
+fn artifacts() -> PathBuf {
+    let dir = std::env::var_os("CERTFLEET_TEST_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts"))
+        .join("web");
+    std::fs::create_dir_all(&dir).expect("artifacts dir");
+    dir
+}
+
+/// Headless chromium on one profile (its cookies kept between runs).
+struct Browser {
+    profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn new() -> Self {
+        Self {
+            profile: tempfile::tempdir().expect("profile dir"),
+        }
+    }
+
+    fn run(&self, extra: &[&str], url: &str) -> String {
+        let out = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                // The coordinator's certificate is from the fleet CA, which this profile
+                // does not trust; the page content is what is checked.
+                "--ignore-certificate-errors",
+                "--window-size=1280,1000",
+            ])
+            .arg(format!("--user-data-dir={}", self.profile.path().display()))
+            .args(extra)
+            .arg(url)
+            .output()
+            .expect("chromium runs (apt-get install chromium; tests/run.sh installs it)");
+        assert!(
+            out.status.success(),
+            "chromium {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The page's DOM after load.
+    fn dom(&self, url: &str) -> String {
+        self.run(&["--dump-dom"], url)
+    }
+
+    /// A screenshot into the artifacts, and the DOM.
+    fn shot(&self, name: &str, url: &str) -> String {
+        let file = artifacts().join(format!("{name}.png"));
+        self.run(&[&format!("--screenshot={}", file.display())], url);
+        assert!(file.is_file(), "{name}: no screenshot");
+        self.dom(url)
+    }
+}
+
+/// `curl` with optional client certificate: (status, headers + body).
+fn curl(url: &str, cred: Option<&Path>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sk", "-D", "-", "-w", "\n%{http_code}"]);
+    if let Some(dir) = cred {
+        cmd.arg("--cert").arg(dir.join("operator.pem"));
+        cmd.arg("--key").arg(dir.join("operator.key"));
+    }
+    let out = cmd.arg(url).output().expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.trim_end().rsplit_once('\n').expect("status line");
+    (code.trim().parse().expect("status"), body.to_owned())
+}
+
+async fn login_link(coord: &Coordinator) -> String {
+    let text = coord
+        .cli_ok(&["web", "login", "--ttl", "5m"])
+        .await
+        .expect("web login");
+    text.lines()
+        .find(|l| l.starts_with("https://"))
+        .unwrap_or_else(|| panic!("no link in {text}"))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_view_in_a_browser_shows_the_fleet_to_operators_only() {
+    let port = certfleet_tests::net::free_port().expect("port");
+    let base = format!("https://127.0.0.1:{port}");
+    let (pebble, coord) = pebble_and_coordinator_with(
+        PebbleOptions::default(),
+        CoordinatorOptions {
+            extra_config: format!("\n[web]\nlisten = \"127.0.0.1:{port}\"\nurl = \"{base}\"\n"),
+            ..CoordinatorOptions::default()
+        },
+    )
+    .await;
+    let mut alpha = Agent::new("alpha", pebble.http_port()).expect("agent alpha");
+    alpha
+        .enroll_with_labels(&coord, &[("note", MARKUP)])
+        .await
+        .expect("enroll alpha");
+    let mut beta = Agent::new("beta", pebble.http_port()).expect("agent beta");
+    beta.enroll_with(&coord).await.expect("enroll beta");
+    for a in [&mut alpha, &mut beta] {
+        a.start().expect("start agent");
+        a.wait_installed(&coord, ISSUE_TIMEOUT)
+            .await
+            .expect("certificate installed");
+    }
+    let alpha_id = alpha.id().expect("alpha enrolled");
+    let certs = coord.certs().await.expect("certs --json");
+    let alpha_cert = certs
+        .iter()
+        .find(|c| c.host_id == alpha_id)
+        .expect("alpha's certificate")
+        .clone();
+
+    // Nothing without an operator: the 401 page says how to log in.
+    let (status, text) = curl(&format!("{base}/"), None);
+    assert_eq!(status, 401, "{text}");
+    for h in [
+        "content-security-policy: default-src 'none'",
+        "x-content-type-options: nosniff",
+        "referrer-policy: no-referrer",
+        "x-frame-options: DENY",
+    ] {
+        assert!(
+            text.to_lowercase().contains(&h.to_lowercase()),
+            "{h}: {text}"
+        );
+    }
+    let stranger = Browser::new();
+    let dom = stranger.shot("01-unauthenticated", &format!("{base}/hosts"));
+    assert!(
+        dom.contains("Log in to see the fleet") && dom.contains("web login"),
+        "{dom}"
+    );
+    assert!(!dom.contains("alpha"), "no fleet data without login: {dom}");
+
+    // A login link: once, then the session shows the real fleet.
+    let link = login_link(&coord).await;
+    let browser = Browser::new();
+    let landed = artifacts().join("02-login-link.png");
+    browser.run(&[&format!("--screenshot={}", landed.display())], &link);
+    assert!(landed.is_file());
+    // The session cookie is the profile's now: the overview, without the token.
+    let dom = browser.shot("02-overview", &format!("{base}/"));
+    assert!(dom.contains("Fleet overview"), "{dom}");
+    assert!(
+        dom.contains("<b>2</b> hosts") && dom.contains("<b>2</b> connected"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(&alpha_cert.cert_id),
+        "soonest expiries list it: {dom}"
+    );
+    let again = Browser::new().dom(&link);
+    assert!(again.contains("already used"), "a link works once: {again}");
+
+    let dom = browser.shot("03-hosts", &format!("{base}/hosts"));
+    assert!(dom.contains("alpha") && dom.contains("beta"), "{dom}");
+    // Markup in a label is shown as text: escaped in the DOM, never an element.
+    assert!(
+        dom.contains("note=&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{dom}"
+    );
+    assert!(!dom.contains(MARKUP), "{dom}");
+    let dom = browser.shot("04-host", &format!("{base}/hosts/{alpha_id}"));
+    assert!(
+        dom.contains(&alpha_cert.cert_id) && dom.contains("host_enrolled"),
+        "{dom}"
+    );
+    assert!(dom.contains("certificate_installed"), "timeline: {dom}");
+    assert!(!dom.contains(MARKUP), "{dom}");
+    let dom = browser.shot(
+        "05-certificate",
+        &format!("{base}/certs/{}", alpha_cert.cert_id),
+    );
+    let serial = alpha_cert.serial.clone().expect("issued");
+    assert!(
+        dom.contains(&serial) && dom.contains("Renewal plan"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("Pebble"),
+        "the chain names pebble's intermediate: {dom}"
+    );
+    let dom = browser.shot("06-certificates", &format!("{base}/certs"));
+    assert!(dom.contains(&alpha_cert.cert_id), "{dom}");
+    let dom = browser.shot(
+        "07-audit-search",
+        &format!("{base}/audit?host=alpha&kind=certificate_issued"),
+    );
+    assert!(
+        dom.contains("certificate_issued") && dom.contains(&serial),
+        "{dom}"
+    );
+    assert!(
+        !dom.contains("host_enrolled</td>"),
+        "filtered by kind: {dom}"
+    );
+    browser.shot("08-audit", &format!("{base}/audit"));
+
+    // The export: JSON Lines of the same search (the session's cookie is the browser's,
+    // so the client certificate path below is used for it).
+    let viewer = coord.dir().join("op-viewer");
+    let out = viewer.to_string_lossy().into_owned();
+    coord
+        .cli_ok(&[
+            "operators",
+            "add",
+            "ann",
+            "--role",
+            "viewer",
+            "--out",
+            &out,
+            "--p12",
+        ])
+        .await
+        .expect("operators add --p12");
+    assert!(
+        viewer.join("operator.p12").is_file() && viewer.join("operator.p12.password").is_file()
+    );
+    let (status, text) = curl(&format!("{base}/"), Some(&viewer));
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("ann (viewer, client certificate)"), "{text}");
+    let (status, text) = curl(
+        &format!("{base}/audit.jsonl?host={alpha_id}&kind=certificate_issued"),
+        Some(&viewer),
+    );
+    assert_eq!(status, 200, "{text}");
+    let body = text.split("\r\n\r\n").nth(1).expect("body");
+    let lines: Vec<serde_json::Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert!(!lines.is_empty(), "{body}");
+    assert!(lines.iter().all(|r| r["kind"] == "certificate_issued"
+        && r["host_id"].as_str() == Some(alpha_id.to_string().as_str())));
+
+    // Revoked: the certificate is refused at the next request.
+    coord
+        .cli_ok(&["operators", "revoke", "ann"])
+        .await
+        .expect("revoke");
+    let (status, text) = curl(&format!("{base}/"), Some(&viewer));
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("revoked"), "{text}");
+}
