@@ -12,6 +12,9 @@ use tonic::transport::Channel;
 
 mod cluster;
 pub mod credential;
+pub mod health;
+mod tables;
+pub use tables::table;
 pub mod operators;
 
 /// Connects to the admin API with the operator credential in `credential` (a directory
@@ -444,12 +447,13 @@ pub async fn token_revoke(client: &mut AdminClient<Channel>, id: String) -> anyh
         .id)
 }
 
-/// One screen: hosts, certificates by state, the soonest expiry and action, what is wrong.
+/// One screen: hosts, certificates by state, the soonest expiry and action, what is wrong;
+/// and the exit code for it ([`health`]).
 pub async fn status(
     client: &mut AdminClient<Channel>,
     as_json: bool,
     now: i64,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, u8)> {
     let hosts = client
         .list_hosts(pb::ListHostsRequest {})
         .await
@@ -481,6 +485,8 @@ pub async fn status(
     }
     let at_risk: Vec<&pb::CertView> = certs.iter().filter(|c| c.at_risk).collect();
     let failing: Vec<&pb::CertView> = certs.iter().filter(|c| !c.last_error.is_empty()).collect();
+    let problems = health::problems(&certs, cluster.as_ref(), now);
+    let code = health::exit_code(&problems);
     let soonest_expiry = certs
         .iter()
         .filter(|c| c.not_after_unix > 0)
@@ -515,8 +521,11 @@ pub async fn status(
             "fleet_ca_not_after": creds.as_ref().map(|c| opt_time(c.fleet_ca_not_after_unix)),
             "operator": creds.as_ref().and_then(|c| c.caller.as_ref()).map(|o| json!({"name": o.name,
                 "role": o.role, "serial": o.serial, "not_after": opt_time(o.not_after_unix)})),
+            "healthy": problems.is_empty(),
+            "exit_code": code,
+            "problems": problems.iter().map(health::Problem::to_json).collect::<Vec<_>>(),
         });
-        return Ok(serde_json::to_string_pretty(&v)? + "\n");
+        return Ok((serde_json::to_string_pretty(&v)? + "\n", code));
     }
     let mut out = String::new();
     if let Some(c) = &cluster {
@@ -598,7 +607,18 @@ pub async fn status(
             ));
         }
     }
-    Ok(out)
+    if problems.is_empty() {
+        out.push_str("health        ok\n");
+    } else {
+        out.push_str(&format!(
+            "health        {} problem(s) (exit {code})\n",
+            problems.len()
+        ));
+        for p in &problems {
+            out.push_str(&format!("  {}\n", p.line()));
+        }
+    }
+    Ok((out, code))
 }
 
 /// Audit filters from the command line.
@@ -723,40 +743,8 @@ pub async fn audit_verify(client: &mut AdminClient<Channel>) -> anyhow::Result<(
     })
 }
 
-/// A plain left-aligned text table.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| -> String {
-        let mut s = String::new();
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(cell);
-            } else {
-                s.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        s.trim_end().to_owned() + "\n"
-    };
-    let mut out = line(header.to_vec());
-    for row in rows {
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn tables_align() {
-        let t = super::table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
-        assert_eq!(t, "A    BB\nxxx  y\n");
-    }
-
     #[test]
     fn validated_by_is_one_type_or_one_per_identifier() {
         let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();

@@ -71,6 +71,11 @@ enum Cmd {
         cmd: Option<TokensCmd>,
     },
     /// One screen: hosts, certificates by state, soonest expiry, anything at risk or failing.
+    ///
+    /// Exit status: 0 all well; 3 something needs attention (a certificate at risk, expired,
+    /// failing or held back by conflict/refused, a coordinator node dead, the store
+    /// unreachable: listed under "health", and as "problems" in --json); 1 the coordinator
+    /// could not be asked (unreachable, refused, bad config); 2 a usage error.
     Status {
         #[arg(long)]
         json: bool,
@@ -524,7 +529,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 args.credential.as_deref(),
             )
             .await?;
-            print!("{}", cli::status(&mut client, json, now).await?);
+            let (text, code) = cli::status(&mut client, json, now).await?;
+            print!("{text}");
+            if code != cli::health::EXIT_OK {
+                std::process::exit(code.into());
+            }
         }
         Cmd::Hosts {
             cmd: Some(HostsCmd::Remove { host, no_revoke }),
