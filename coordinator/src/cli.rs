@@ -13,7 +13,9 @@ use tonic::transport::Channel;
 mod cluster;
 pub mod credential;
 pub mod health;
+mod output;
 mod tables;
+pub use output::Printed;
 pub use tables::table;
 pub mod operators;
 
@@ -51,7 +53,7 @@ pub async fn token_create(
         .into_inner())
 }
 
-pub(crate) fn opt_time(unix: i64) -> Value {
+pub fn opt_time(unix: i64) -> Value {
     if unix == 0 {
         Value::Null
     } else {
@@ -724,23 +726,25 @@ pub async fn audit(
     Ok(out)
 }
 
-pub async fn audit_verify(client: &mut AdminClient<Channel>) -> anyhow::Result<(bool, String)> {
+/// `audit verify`: whether the chain is intact, and the report.
+pub async fn audit_verify(client: &mut AdminClient<Channel>) -> anyhow::Result<(bool, Printed)> {
     let v = client
         .verify_audit(pb::VerifyAuditRequest {})
         .await
         .map_err(status_err)?
         .into_inner();
-    Ok(if v.intact {
-        (true, format!("audit chain intact: {} records", v.records))
+    let text = if v.intact {
+        format!("audit chain intact: {} records", v.records)
     } else {
-        (
-            false,
-            format!(
-                "audit chain BROKEN at record {}: {} ({} records)",
-                v.broken_seq, v.reason, v.records
-            ),
+        format!(
+            "audit chain BROKEN at record {}: {} ({} records)",
+            v.broken_seq, v.reason, v.records
         )
-    })
+    };
+    let json = json!({"intact": v.intact, "records": v.records,
+        "broken_seq": if v.intact { Value::Null } else { json!(v.broken_seq) },
+        "reason": opt_str(&v.reason)});
+    Ok((v.intact, Printed::new(text, json)))
 }
 
 #[cfg(test)]

@@ -109,11 +109,19 @@ pub struct ServerConfig {
     pub ips: Vec<IpAddr>,
     /// Lifetime of agent identity certificates; agents rotate them over their session
     /// when a third is left. Default 7 days; 30 s to 1 year.
-    #[serde(default = "default_identity_lifetime")]
+    #[serde(
+        default = "default_identity_lifetime",
+        deserialize_with = "certfleet_shared::timefmt::de_secs",
+        alias = "identity_lifetime"
+    )]
     pub identity_lifetime_secs: u64,
     /// Lifetime of the coordinator's own TLS server certificate; it renews itself at two
     /// thirds, without a restart. Default 90 days; 30 s to 825 days.
-    #[serde(default = "default_certificate_lifetime")]
+    #[serde(
+        default = "default_certificate_lifetime",
+        deserialize_with = "certfleet_shared::timefmt::de_secs",
+        alias = "certificate_lifetime"
+    )]
     pub certificate_lifetime_secs: u64,
 }
 
@@ -177,11 +185,19 @@ pub struct IssuanceConfig {
     pub key_type: KeyTypeName,
     /// Target name on the agent; defaults to the agent's only target.
     pub target: Option<String>,
-    #[serde(default = "default_validation_timeout")]
+    #[serde(
+        default = "default_validation_timeout",
+        deserialize_with = "certfleet_shared::timefmt::de_secs",
+        alias = "validation_timeout"
+    )]
     pub validation_timeout_secs: u64,
     /// First retry delay after a failure; later ones grow tenfold (1 min, 10 min, 100 min,
     /// then every 4 h), with jitter.
-    #[serde(default = "default_retry_base")]
+    #[serde(
+        default = "default_retry_base",
+        deserialize_with = "certfleet_shared::timefmt::de_secs",
+        alias = "retry_base"
+    )]
     pub retry_base_secs: u64,
 }
 
