@@ -71,23 +71,8 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
-/// A CIDR block or a single address (as a /32 or /128). A block with host bits set is
-/// refused: it is almost always a typo for its network.
-pub fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Ok(ipnet::IpNet::from(ip));
-    }
-    let net: ipnet::IpNet = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not an address or CIDR block (like 203.0.113.0/24)"))?;
-    if net.trunc() != net {
-        return Err(format!(
-            "{s:?} has host bits set; did you mean {}?",
-            net.trunc()
-        ));
-    }
-    Ok(net)
-}
+/// A CIDR block or a single address (as a /32 or /128); host bits set are refused.
+pub use certfleet_shared::identifier::parse_net;
 
 /// Rate limits an issuer declares, which the coordinator then counts itself.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
