@@ -321,7 +321,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted.get(idx).copied().unwrap_or(0.0)
 }
 
-
 /// Baseline: every record read, decoded and filtered (what `query()` does without an index).
 fn full_scan(store: &dyn AuditStore, pred: &dyn Fn(&Record) -> bool) -> usize {
     store
