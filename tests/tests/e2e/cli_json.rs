@@ -28,16 +28,15 @@ fn json_of(what: &str, out: &Output) -> Value {
 /// `certfleet-coordinator --config CONFIG ARGS…` (a config other than the live one's).
 async fn coordinator_with(config: &Path, args: &[&str]) -> Output {
     let bin = certfleet_tests::bins::bin_path("certfleet-coordinator").expect("binary");
-    tokio::process::Command::new(bin)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("CERTFLEET_CONFIG")
-        .env_remove("CERTFLEET_COORDINATOR")
-        .env_remove("CERTFLEET_CREDENTIAL")
-        .output()
-        .await
-        .expect("run certfleet-coordinator")
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.arg("--config").arg(config).args(args);
+    // The test's own CERTFLEET_* settings would be config overrides to the binary.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("CERTFLEET_") {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.output().await.expect("run certfleet-coordinator")
 }
 
 /// The live coordinator's config with another state directory.
@@ -151,6 +150,25 @@ async fn every_command_prints_json_with_json() {
     );
     assert!(revoked["revoked_serial"].is_string(), "{revoked:#}");
     assert_eq!(revoked["reason"], "superseded");
+    // The replacement is installed before the host leaves (leaving revokes what it holds).
+    let old_serial = revoked["revoked_serial"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    certfleet_tests::wait_for(
+        "the replacement certificate installed",
+        ISSUE_TIMEOUT,
+        std::time::Duration::from_millis(300),
+        || async {
+            let c = coord.cert(&row.cert_id).await?;
+            Ok((c.installed_serial.is_some()
+                && c.installed_serial == c.serial
+                && c.serial.as_deref() != Some(old_serial.as_str()))
+            .then_some(()))
+        },
+    )
+    .await
+    .expect("replacement");
 
     // Hosts: release an address, remove the idle host.
     let ip = hosts
