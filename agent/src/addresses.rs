@@ -126,23 +126,8 @@ impl crate::config::AgentConfig {
     }
 }
 
-/// A CIDR block or a single address; a block with host bits set is refused (a typo for
-/// its network, almost always).
-fn parse_net(s: &str) -> Result<IpNet, String> {
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Ok(IpNet::from(ip));
-    }
-    let net: IpNet = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not an address or CIDR block (like 203.0.113.0/24)"))?;
-    if net.trunc() != net {
-        return Err(format!(
-            "{s:?} has host bits set; did you mean {}?",
-            net.trunc()
-        ));
-    }
-    Ok(net)
-}
+/// A CIDR block or a single address; host bits set are refused.
+use certfleet_shared::identifier::parse_net;
 
 /// The addresses of `found` this host claims: never link-local; not in `exclude`; in
 /// `include`, or public (the special-purpose ranges of `shared::identifier` — loopback,

@@ -459,6 +459,9 @@ reload = ["/bin/true"]
         let cfg = AgentConfig::from_toml(&text, &path, Vec::new()).unwrap();
         assert_eq!(cfg.ip_addrs().len(), 2);
         assert!(cfg.targets.contains_key("nginx"));
+        // Durations ("30s") where seconds are counted.
+        assert_eq!(cfg.targets["nginx"].reload_timeout_secs, 30);
+        assert_eq!(cfg.targets["nginx"].verify_grace_secs, 10);
         assert!(cfg.names.is_empty(), "names is a commented example");
         let text = text.replace("# names = [", "names = [");
         let cfg = AgentConfig::from_toml(&text, &path, Vec::new()).unwrap();

@@ -302,15 +302,19 @@ impl KeyGroups {
             key_sha256: sha,
         };
         let key = envelope::open(identity_key, &ctx, &env).map_err(open_failure)?;
-        // `open` checked the fingerprint; the key must also be what every key file here is.
-        if !key.trim_start().starts_with("-----BEGIN PRIVATE KEY-----")
-            || key_fingerprint(&key).as_deref() != Some(env.key_sha256.as_str())
-        {
-            return Err(AgentFailure::new(
-                "envelope_not_opened",
-                format!("the envelope from {sender} opened, but what it holds is not a PKCS#8 PEM private key with public key SHA-256 {}; refused", env.key_sha256),
-            ));
-        }
+        // `open` checked the fingerprint; the key must also be what every key file here is:
+        // one PKCS#8 PEM block (kept as re-encoded, whatever else the envelope held).
+        let key = match certfleet_shared::x509::pkcs8_key_pem(&key) {
+            Some(k) if key_fingerprint(&k).as_deref() == Some(env.key_sha256.as_str()) => {
+                Zeroizing::new(k)
+            }
+            _ => {
+                return Err(AgentFailure::new(
+                    "envelope_not_opened",
+                    format!("the envelope from {sender} opened, but what it holds is not a PKCS#8 PEM private key with public key SHA-256 {}; refused", env.key_sha256),
+                ))
+            }
+        };
         pending.keep(&key, &env.key_sha256, Some(&cert))?;
         self.sweep(pending, targets);
         self.mark(&env.key_sha256, &ctx.group)?;

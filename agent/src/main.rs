@@ -35,6 +35,10 @@ struct Args {
         default_value = "text"
     )]
     log_format: String,
+    /// Print JSON instead of text (`enroll`, `leave`, `status`), before or after the
+    /// subcommand.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -65,10 +69,10 @@ enum Cmd {
         /// certificate and proved it served (exit 0), e.g. to hold a VM's service.
         #[arg(long)]
         wait: bool,
-        /// Give up after this long (e.g. 90s, 5m): retries while no coordinator is
+        /// Give up after this long (e.g. 90s, 5m, 1h30m): retries while no coordinator is
         /// reachable, and with --wait the wait for the first certificate.
-        #[arg(long, default_value = "5m")]
-        timeout: String,
+        #[arg(long, default_value = "5m", value_parser = certfleet_shared::timefmt::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// Run the agent.
     Run,
@@ -76,15 +80,12 @@ enum Cmd {
     /// it, then the local identity is deleted (installed certificate files stay). For a
     /// VM's shutdown: deploy/systemd/certfleet-agent-leave.service.
     Leave {
-        /// Give up after this long (nothing is deleted then).
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        /// Give up after this long, e.g. 30s, 2m (nothing is deleted then).
+        #[arg(long, default_value = "30s", value_parser = certfleet_shared::timefmt::parse_duration)]
         timeout: std::time::Duration,
     },
     /// Show enrollment and installed certificates.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
+    Status,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -140,10 +141,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
             timeout,
         } => {
             let started = std::time::Instant::now();
-            let timeout = certfleet_shared::timefmt::parse_duration_secs(&timeout)
-                .map_err(anyhow::Error::msg)
-                .context("--timeout")?;
-            let timeout = std::time::Duration::from_secs(timeout);
             let hostname = match name {
                 Some(n) => n,
                 None => std::fs::read_to_string("/etc/hostname")
@@ -178,13 +175,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 timeout,
             };
             let e = identity::enroll(&config.state_dir, &params, SystemClock.now_unix()).await?;
-            match &e {
-                identity::Enrolled::New(e) => println!("enrolled as host {}", e.host_id),
-                identity::Enrolled::Already(e) => println!(
-                    "already enrolled as host {}\n(same fleet CA, with {}; the token was not used)",
-                    e.host_id,
-                    e.coordinator_urls().join(", ")
-                ),
+            let mut doc = serde_json::json!({
+                "host_id": e.enrollment().host_id.to_string(),
+                "already_enrolled": matches!(e, identity::Enrolled::Already(_)),
+                "coordinators": e.enrollment().coordinator_urls(),
+            });
+            if !args.json {
+                match &e {
+                    identity::Enrolled::New(e) => println!("enrolled as host {}", e.host_id),
+                    identity::Enrolled::Already(e) => println!(
+                        "already enrolled as host {}\n(same fleet CA, with {}; the token was not used)",
+                        e.host_id,
+                        e.coordinator_urls().join(", ")
+                    ),
+                }
             }
             if wait {
                 let host_id = e.enrollment().host_id.to_string();
@@ -196,17 +200,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 )
                 .await?;
                 let t = &first.install;
-                println!(
-                    "certificate {} installed in target {} and {} after {:.2} s",
-                    t.serial,
-                    first.target,
-                    if t.verify_disabled {
-                        "its reload done (the target has no served check)".to_owned()
-                    } else {
-                        format!("served on {}", t.served_on.join(", "))
-                    },
-                    started.elapsed().as_secs_f64()
-                );
+                doc["first_certificate"] = serde_json::json!({
+                    "serial": t.serial, "target": first.target,
+                    "served_on": t.served_on, "verify_disabled": t.verify_disabled,
+                    "seconds": started.elapsed().as_secs_f64(),
+                });
+                if !args.json {
+                    println!(
+                        "certificate {} installed in target {} and {} after {:.2} s",
+                        t.serial,
+                        first.target,
+                        if t.verify_disabled {
+                            "its reload done (the target has no served check)".to_owned()
+                        } else {
+                            format!("served on {}", t.served_on.join(", "))
+                        },
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&doc)?);
             }
         }
         Cmd::Run => {
@@ -234,7 +248,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         Cmd::Leave { timeout } => {
             use certfleet_agent::leave::Left;
-            match certfleet_agent::leave::leave(&config, timeout).await? {
+            let left = certfleet_agent::leave::leave(&config, timeout).await?;
+            if args.json {
+                let v = match &left {
+                    Left::Removed {
+                        host,
+                        revoked_serials,
+                    } => serde_json::json!({"left": true, "host_id": host.to_string(),
+                        "already_removed": false, "revoked_serials": revoked_serials}),
+                    Left::AlreadyRemoved { host } => serde_json::json!({"left": true,
+                        "host_id": host.to_string(), "already_removed": true, "revoked_serials": []}),
+                    Left::NotEnrolled => serde_json::json!({"left": false, "host_id": null,
+                        "already_removed": false, "revoked_serials": []}),
+                };
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            match left {
                 Left::Removed {
                     host,
                     revoked_serials,
@@ -248,7 +278,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 Left::NotEnrolled => println!("not enrolled; nothing to leave"),
             }
         }
-        Cmd::Status { json } => status(&config, json).context("status")?,
+        Cmd::Status => status(&config, args.json).context("status")?,
     }
     Ok(())
 }

@@ -113,14 +113,22 @@ pub struct TargetConfig {
     /// Instead of a command: send this signal (e.g. "HUP") to the pid in `pid_file`.
     pub reload_signal: Option<String>,
     pub pid_file: Option<PathBuf>,
-    #[serde(default = "default_reload_timeout")]
+    #[serde(
+        default = "default_reload_timeout",
+        deserialize_with = "certfleet_shared::timefmt::de_secs",
+        alias = "reload_timeout"
+    )]
     pub reload_timeout_secs: u64,
     /// Where the new certificate must be seen served after the reload, `"ip:port"`
     /// (`"[v6]:port"`). Default: each of the host's ips on port 443. `verify = []` turns
     /// the check off (the certificate is then reported installed, never served).
     pub verify: Option<Vec<String>>,
     /// How long the served check keeps retrying after the reload.
-    #[serde(default = "default_verify_grace")]
+    #[serde(
+        default = "default_verify_grace",
+        deserialize_with = "certfleet_shared::timefmt::de_secs",
+        alias = "verify_grace"
+    )]
     pub verify_grace_secs: u64,
     /// Where the versions of this target's files live; the configured paths become
     /// symlinks into `<store_dir>/current/`, and an install switches `current` in one

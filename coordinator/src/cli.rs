@@ -10,9 +10,16 @@ use certfleet_shared::timefmt::{relative, rfc3339};
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
+mod audit;
 pub mod backup;
 mod cluster;
 pub mod credential;
+pub mod health;
+mod output;
+mod tables;
+pub use audit::{audit, audit_verify, parse_time, AuditFilter};
+pub use output::Printed;
+pub use tables::table;
 pub mod operators;
 pub mod paging;
 
@@ -50,7 +57,7 @@ pub async fn token_create(
         .into_inner())
 }
 
-pub(crate) fn opt_time(unix: i64) -> Value {
+pub fn opt_time(unix: i64) -> Value {
     if unix == 0 {
         Value::Null
     } else {
@@ -431,12 +438,13 @@ pub async fn token_revoke(client: &mut AdminClient<Channel>, id: String) -> anyh
         .id)
 }
 
-/// One screen: hosts, certificates by state, the soonest expiry and action, what is wrong.
+/// One screen: hosts, certificates by state, the soonest expiry and action, what is wrong;
+/// and the exit code for it ([`health`]).
 pub async fn status(
     client: &mut AdminClient<Channel>,
     as_json: bool,
     now: i64,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, u8)> {
     let hosts = paging::hosts(client).await?;
     let certs = paging::certs(client).await?;
     // A coordinator older than the call has no cluster view: left out, not an error.
@@ -458,6 +466,8 @@ pub async fn status(
     }
     let at_risk: Vec<&pb::CertView> = certs.iter().filter(|c| c.at_risk).collect();
     let failing: Vec<&pb::CertView> = certs.iter().filter(|c| !c.last_error.is_empty()).collect();
+    let problems = health::problems(&certs, cluster.as_ref(), now);
+    let code = health::exit_code(&problems);
     let soonest_expiry = certs
         .iter()
         .filter(|c| c.not_after_unix > 0)
@@ -492,8 +502,11 @@ pub async fn status(
             "fleet_ca_not_after": creds.as_ref().map(|c| opt_time(c.fleet_ca_not_after_unix)),
             "operator": creds.as_ref().and_then(|c| c.caller.as_ref()).map(|o| json!({"name": o.name,
                 "role": o.role, "serial": o.serial, "not_after": opt_time(o.not_after_unix)})),
+            "healthy": problems.is_empty(),
+            "exit_code": code,
+            "problems": problems.iter().map(health::Problem::to_json).collect::<Vec<_>>(),
         });
-        return Ok(serde_json::to_string_pretty(&v)? + "\n");
+        return Ok((serde_json::to_string_pretty(&v)? + "\n", code));
     }
     let mut out = String::new();
     if let Some(c) = &cluster {
@@ -575,167 +588,22 @@ pub async fn status(
             ));
         }
     }
-    Ok(out)
-}
-
-/// Audit filters from the command line.
-#[derive(Debug, Default)]
-pub struct AuditFilter {
-    pub host: Option<String>,
-    pub network: Option<String>,
-    pub name: Option<String>,
-    pub serial: Option<String>,
-    pub kinds: Vec<String>,
-    pub since: Option<i64>,
-    pub until: Option<i64>,
-    pub limit: u32,
-}
-
-/// Parses "2026-11-22T10:00:00Z" or a duration back from now ("24h", "7d").
-pub fn parse_time(s: &str, now: i64) -> anyhow::Result<i64> {
-    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
-        return Ok(t.unix_timestamp());
-    }
-    let secs = certfleet_shared::timefmt::parse_duration_secs(s).map_err(|_| {
-        anyhow::anyhow!("{s:?} is neither an RFC 3339 time nor a duration like 24h")
-    })?;
-    Ok(now - secs as i64)
-}
-
-pub async fn audit(
-    client: &mut AdminClient<Channel>,
-    f: AuditFilter,
-    as_json: bool,
-) -> anyhow::Result<String> {
-    let q = pb::QueryAuditRequest {
-        host_id: f.host.unwrap_or_default(),
-        network: f.network.unwrap_or_default(),
-        name: f.name.unwrap_or_default(),
-        serial: f.serial.unwrap_or_default(),
-        kinds: f.kinds,
-        since_unix: f.since.unwrap_or(0),
-        until_unix: f.until.unwrap_or(0),
-        ..Default::default()
-    };
-    let (records_json, truncated) = paging::audit(client, q, f.limit as usize).await?;
-    let resp = pb::QueryAuditResponse {
-        records_json,
-        truncated,
-        next_page_token: String::new(),
-    };
-    let mut out = String::new();
-    if as_json {
-        for r in &resp.records_json {
-            out.push_str(r);
-            out.push('\n');
-        }
+    if problems.is_empty() {
+        out.push_str("health        ok\n");
     } else {
-        let rows: Vec<Vec<String>> = resp
-            .records_json
-            .iter()
-            .filter_map(|r| serde_json::from_str::<Value>(r).ok())
-            .map(|v| {
-                let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
-                let ids = v
-                    .get("identifiers")
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(Value::as_str)
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .filter(|x| !x.is_empty())
-                    .unwrap_or_else(|| "-".into());
-                let details = v.get("details").map(|d| d.to_string()).unwrap_or_default();
-                vec![
-                    v.get("seq").map(|x| x.to_string()).unwrap_or_default(),
-                    v.get("time")
-                        .and_then(Value::as_i64)
-                        .map(rfc3339)
-                        .unwrap_or_default(),
-                    s("kind"),
-                    s("actor"),
-                    s("host_id"),
-                    ids,
-                    s("serial"),
-                    details.chars().take(120).collect(),
-                ]
-            })
-            .collect();
-        out = table(
-            &[
-                "SEQ",
-                "TIME",
-                "KIND",
-                "ACTOR",
-                "HOST",
-                "IDENTIFIERS",
-                "SERIAL",
-                "DETAILS",
-            ],
-            &rows,
-        );
-    }
-    if resp.truncated {
-        eprintln!("(more records matched; narrow the filter or raise --limit)");
-    }
-    Ok(out)
-}
-
-pub async fn audit_verify(client: &mut AdminClient<Channel>) -> anyhow::Result<(bool, String)> {
-    let v = client
-        .verify_audit(pb::VerifyAuditRequest {})
-        .await
-        .map_err(status_err)?
-        .into_inner();
-    Ok(if v.intact {
-        (true, format!("audit chain intact: {} records", v.records))
-    } else {
-        (
-            false,
-            format!(
-                "audit chain BROKEN at record {}: {} ({} records)",
-                v.broken_seq, v.reason, v.records
-            ),
-        )
-    })
-}
-
-/// A plain left-aligned text table.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+        out.push_str(&format!(
+            "health        {} problem(s) (exit {code})\n",
+            problems.len()
+        ));
+        for p in &problems {
+            out.push_str(&format!("  {}\n", p.line()));
         }
     }
-    let line = |cells: Vec<&str>| -> String {
-        let mut s = String::new();
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(cell);
-            } else {
-                s.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        s.trim_end().to_owned() + "\n"
-    };
-    let mut out = line(header.to_vec());
-    for row in rows {
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
-    }
-    out
+    Ok((out, code))
 }
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn tables_align() {
-        let t = super::table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
-        assert_eq!(t, "A    BB\nxxx  y\n");
-    }
-
     #[test]
     fn validated_by_is_one_type_or_one_per_identifier() {
         let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();

@@ -2,11 +2,13 @@
 //! then calls the library.
 
 use anyhow::Context;
+use certfleet_coordinator::cli::Printed;
 use certfleet_coordinator::config::{StoreBackend, StoreConfig};
 use certfleet_coordinator::{cli, config::Config, fleet_ca, node};
 use certfleet_proto::v1 as pb;
 use certfleet_shared::clock::{Clock, SystemClock};
 use clap::{Parser, Subcommand};
+use serde_json::json;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +42,10 @@ struct Args {
         default_value = "text"
     )]
     log_format: String,
+    /// Print JSON instead of text: one document (`audit`: JSON Lines, one record a line).
+    /// Every command that prints takes it, before or after the subcommand.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -65,20 +71,18 @@ enum Cmd {
     },
     /// Join tokens: list (default) or revoke.
     Tokens {
-        #[arg(long)]
-        json: bool,
         #[command(subcommand)]
         cmd: Option<TokensCmd>,
     },
     /// One screen: hosts, certificates by state, soonest expiry, anything at risk or failing.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
+    ///
+    /// Exit status: 0 all well; 3 something needs attention (a certificate at risk, expired,
+    /// failing or held back by conflict/refused, a coordinator node dead, the store
+    /// unreachable: listed under "health", and as "problems" in --json); 1 the coordinator
+    /// could not be asked (unreachable, refused, bad config); 2 a usage error.
+    Status,
     /// List hosts, or remove one.
     Hosts {
-        #[arg(long)]
-        json: bool,
         #[command(subcommand)]
         cmd: Option<HostsCmd>,
     },
@@ -100,7 +104,7 @@ enum Cmd {
         /// Event kind (repeatable), e.g. certificate_issued, host_enrolled.
         #[arg(long = "kind")]
         kinds: Vec<String>,
-        /// From this time (RFC 3339) or this long ago (24h, 7d).
+        /// From this time (RFC 3339) or this long ago (24h, 1h30m, 7d).
         #[arg(long)]
         since: Option<String>,
         #[arg(long)]
@@ -108,8 +112,6 @@ enum Cmd {
         /// At most this many records (0: every matching one, fetched a page at a time).
         #[arg(long, default_value_t = 0)]
         limit: u32,
-        #[arg(long)]
-        json: bool,
     },
     /// The store itself: `migrate` and `restore` with the coordinator stopped, `backup`
     /// while it serves.
@@ -119,8 +121,6 @@ enum Cmd {
     },
     /// Named operators and their roles: add, renew your own credential, list, revoke.
     Operators {
-        #[arg(long, global = true)]
-        json: bool,
         #[command(subcommand)]
         cmd: Option<OperatorsCmd>,
     },
@@ -131,8 +131,6 @@ enum Cmd {
     },
     /// List certificates, or act on them.
     Certs {
-        #[arg(long)]
-        json: bool,
         #[command(subcommand)]
         cmd: Option<CertsCmd>,
     },
@@ -181,9 +179,9 @@ enum OperatorsCmd {
         /// admin (every command) or viewer (read-only commands).
         #[arg(long)]
         role: String,
-        /// How long it is valid, e.g. 30d, 12h (10s to 90d).
-        #[arg(long, default_value = "30d")]
-        lifetime: String,
+        /// How long it is valid, e.g. 30d, 12h, 1d12h (10s to 90d).
+        #[arg(long, default_value = "30d", value_parser = certfleet_shared::timefmt::parse_duration_secs)]
+        lifetime: u64,
         /// Directory for operator.pem, operator.key and fleet-ca.pem (made 0700).
         #[arg(long)]
         out: PathBuf,
@@ -294,9 +292,9 @@ enum TokenCmd {
 /// A join token's lifetime, uses and constraints.
 #[derive(clap::Args)]
 struct NewTokenArgs {
-    /// Lifetime, e.g. 30m, 1h, 7d.
-    #[arg(long, default_value = "1h")]
-    ttl: String,
+    /// Lifetime, e.g. 30m, 1h30m, 7d (a bare number is seconds).
+    #[arg(long, default_value = "1h", value_parser = certfleet_shared::timefmt::parse_duration_secs)]
+    ttl: u64,
     /// How many enrollments it allows.
     #[arg(long, default_value_t = 1)]
     uses: u32,
@@ -355,6 +353,15 @@ fn main() -> std::process::ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     let now = SystemClock.now_unix();
+    let json = args.json;
+    let connect = || {
+        cli::connect(
+            &config,
+            args.coordinator.as_deref(),
+            args.credential.as_deref(),
+        )
+    };
+    let out = |p: Printed| print!("{}", p.render(json));
     match args.cmd {
         Cmd::Init => {
             let dir = fleet_ca::StateDir::new(&config.state_dir);
@@ -365,21 +372,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 config.server.certificate_lifetime_secs as i64,
                 now,
             )?;
-            println!("initialised {}", config.state_dir.display());
-            println!("agents enroll with: certfleet-agent enroll --coordinator {} --token <token> --ca-sha256 {fp}", config.local_url());
-            println!("ca-sha256: {fp}");
+            let url = config.local_url();
+            let enroll = format!(
+                "certfleet-agent enroll --coordinator {url} --token <token> --ca-sha256 {fp}"
+            );
+            out(Printed::new(
+                format!(
+                    "initialised {}\nagents enroll with: {enroll}\nca-sha256: {fp}",
+                    config.state_dir.display()
+                ),
+                json!({"state_dir": config.state_dir, "ca_sha256": fp, "coordinator": url,
+                       "enroll": enroll, "admin_credential": dir.admin_cert()}),
+            ));
         }
         Cmd::Node {
-            cmd: NodeCmd::Export { out },
+            cmd: NodeCmd::Export { out: file },
         } => {
             let dir = fleet_ca::StateDir::new(&config.state_dir);
-            let b = node::export(&dir, &out, now)?;
-            println!(
-                "wrote {} (fleet CA {}, mode 0600)",
-                out.display(),
-                b.ca_sha256
-            );
-            println!("it holds the fleet CA's private key: copy it to the new node like a secret (scp, not email or tickets), run `certfleet-coordinator node join --bundle FILE` there, then delete every copy");
+            let b = node::export(&dir, &file, now)?;
+            out(Printed::new(
+                format!(
+                    "wrote {} (fleet CA {}, mode 0600)\nit holds the fleet CA's private key: copy it to the new node like a secret (scp, not email or tickets), run `certfleet-coordinator node join --bundle FILE` there, then delete every copy",
+                    file.display(),
+                    b.ca_sha256
+                ),
+                json!({"bundle": file, "ca_sha256": b.ca_sha256, "mode": "0600"}),
+            ));
         }
         Cmd::Node {
             cmd: NodeCmd::Join { bundle },
@@ -387,42 +405,49 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let dir = fleet_ca::StateDir::new(&config.state_dir);
             let b = node::read_bundle(&bundle)?;
             let lifetime = config.server.certificate_lifetime_secs as i64;
-            match node::join(
+            let names: Vec<String> = config
+                .server
+                .names
+                .iter()
+                .cloned()
+                .chain(config.server.ips.iter().map(ToString::to_string))
+                .collect();
+            let joined = node::join(
                 &dir,
                 &b,
                 &config.server.names,
                 &config.server.ips,
                 lifetime,
                 now,
-            )? {
-                node::Joined::Joined { .. } => println!(
+            )?;
+            let first = match joined {
+                node::Joined::Joined { .. } => format!(
                     "joined the fleet in {}: fleet CA written, own server certificate for {} made",
                     config.state_dir.display(),
-                    config
-                        .server
-                        .names
-                        .iter()
-                        .cloned()
-                        .chain(config.server.ips.iter().map(ToString::to_string))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    names.join(", ")
                 ),
-                node::Joined::AlreadyMember { .. } => println!(
+                node::Joined::AlreadyMember { .. } => format!(
                     "{} already holds this fleet CA and its own credentials; nothing changed",
                     config.state_dir.display()
                 ),
-            }
-            println!(
-                "now delete {} (it holds the fleet CA's private key)",
-                bundle.display()
-            );
-            println!("agents reach this node at {}", config.local_url());
-            println!("ca-sha256: {}", b.ca_sha256);
+            };
+            out(Printed::new(
+                format!(
+                    "{first}\nnow delete {} (it holds the fleet CA's private key)\nagents reach this node at {}\nca-sha256: {}",
+                    bundle.display(),
+                    config.local_url(),
+                    b.ca_sha256
+                ),
+                json!({"state_dir": config.state_dir,
+                       "joined": matches!(joined, node::Joined::Joined { .. }),
+                       "server_names": names, "coordinator": config.local_url(),
+                       "ca_sha256": b.ca_sha256, "delete": bundle}),
+            ));
         }
-        Cmd::CaFingerprint => println!(
-            "{}",
-            fleet_ca::StateDir::new(&config.state_dir).ca_fingerprint()?
-        ),
+        Cmd::CaFingerprint => {
+            let fp = fleet_ca::StateDir::new(&config.state_dir).ca_fingerprint()?;
+            out(Printed::new(fp.clone(), json!({"ca_sha256": fp})));
+        }
         Cmd::Serve => {
             config.check_files(&args.config)?;
             for w in config.warnings() {
@@ -439,7 +464,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 requests,
             };
             let serve = certfleet_coordinator::serve_with_reload(
-                config,
+                config.clone(),
                 deps,
                 shutdown.clone(),
                 Some(reloads),
@@ -495,15 +520,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 ..StoreConfig::default()
             };
             let opts = target.pg_options().map_err(anyhow::Error::msg)?;
+            let from = config.clone();
             let report = tokio::task::spawn_blocking(move || {
-                certfleet_coordinator::store::migrate::sled_to_postgres_at(&config, opts)
+                certfleet_coordinator::store::migrate::sled_to_postgres_at(&from, opts)
             })
             .await??;
-            println!("copied {report} (audit chain verified on the copy)");
-            println!("now set [store] backend = \"postgres\" (with url_file or url_env) and start the coordinator");
+            out(Printed::new(
+                format!("copied {report} (audit chain verified on the copy)\nnow set [store] backend = \"postgres\" (with url_file or url_env) and start the coordinator"),
+                json!({"copied": {"accounts": report.accounts, "tokens": report.tokens,
+                       "hosts": report.hosts, "certificates": report.certs,
+                       "ip_holders": report.ip_holders, "rate_limit_budgets": report.budgets,
+                       "operators": report.operators, "audit_records": report.audit_records},
+                       "verified": true}),
+            ));
         }
         Cmd::Store {
-            cmd: StoreCmd::Backup { out },
+            cmd: StoreCmd::Backup { out: file },
         } => {
             let mut client = cli::connect(
                 &config,
@@ -512,12 +544,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
             )
             .await?;
             let started = std::time::Instant::now();
-            let counts = cli::backup::backup(&mut client, &out).await?;
-            println!(
-                "backup written to {} in {:.1} s (checked): {counts}",
-                out.display(),
-                started.elapsed().as_secs_f64()
-            );
+            let counts = cli::backup::backup(&mut client, &file).await?;
+            out(Printed::new(
+                format!(
+                    "backup written to {} in {:.1} s (checked): {counts}",
+                    file.display(),
+                    started.elapsed().as_secs_f64()
+                ),
+                json!({"file": file, "seconds": started.elapsed().as_secs_f64(),
+                       "contents": counts.to_string(), "checked": true}),
+            ));
         }
         Cmd::Store {
             cmd: StoreCmd::Restore { from },
@@ -532,168 +568,133 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 certfleet_coordinator::store::backup::restore(&config, &from, now)
             })
             .await??;
-            println!(
-                "restored into {}: {counts} (audit chain verified)",
-                state_dir.display()
-            );
-            println!("a new server certificate and admin credential (admin.pem) were made; start the coordinator");
+            out(Printed::new(
+                format!(
+                    "restored into {}: {counts} (audit chain verified)\na new server certificate and admin credential (admin.pem) were made; start the coordinator",
+                    state_dir.display()
+                ),
+                json!({"state_dir": state_dir, "contents": counts.to_string(), "audit_verified": true}),
+            ));
         }
         Cmd::Token {
             cmd: TokenCmd::Create(new),
         }
         | Cmd::Tokens {
             cmd: Some(TokensCmd::Create(new)),
-            ..
         } => {
-            let ttl = certfleet_shared::timefmt::parse_duration_secs(&new.ttl)
-                .map_err(anyhow::Error::msg)
-                .context("--ttl")?;
             let req = pb::CreateTokenRequest {
-                ttl_seconds: ttl,
+                ttl_seconds: new.ttl,
                 uses: new.uses,
                 cidrs: new.cidrs,
                 fix_labels: new.no_labels || !new.labels.is_empty(),
                 labels: new.labels.into_iter().collect(),
             };
-            let mut client = cli::connect(
-                &config,
-                args.coordinator.as_deref(),
-                args.credential.as_deref(),
-            )
-            .await?;
-            let t = cli::token_create(&mut client, req).await?;
-            println!("{}", t.token);
+            let t = cli::token_create(&mut connect().await?, req).await?;
+            // Text: the token alone (scripts take it as it is).
+            out(Printed::new(
+                t.token.clone(),
+                json!({"token": t.token, "expires": cli::opt_time(t.expires_unix), "uses": new.uses}),
+            ));
         }
         Cmd::Tokens {
-            json,
             cmd: None | Some(TokensCmd::List),
-        } => {
-            let mut client = cli::connect(
-                &config,
-                args.coordinator.as_deref(),
-                args.credential.as_deref(),
-            )
-            .await?;
-            print!("{}", cli::tokens(&mut client, json, now).await?);
-        }
+        } => print!("{}", cli::tokens(&mut connect().await?, json, now).await?),
         Cmd::Tokens {
             cmd: Some(TokensCmd::Revoke { id }),
-            ..
         } => {
-            let mut client = cli::connect(
-                &config,
-                args.coordinator.as_deref(),
-                args.credential.as_deref(),
-            )
-            .await?;
-            println!(
-                "revoked token {}",
-                cli::token_revoke(&mut client, id).await?
-            );
+            let id = cli::token_revoke(&mut connect().await?, id).await?;
+            out(Printed::new(
+                format!("revoked token {id}"),
+                json!({"revoked": id}),
+            ));
         }
-        Cmd::Status { json } => {
-            let mut client = cli::connect(
-                &config,
-                args.coordinator.as_deref(),
-                args.credential.as_deref(),
-            )
-            .await?;
-            print!("{}", cli::status(&mut client, json, now).await?);
+        Cmd::Status => {
+            let (text, code) = cli::status(&mut connect().await?, json, now).await?;
+            print!("{text}");
+            if code != cli::health::EXIT_OK {
+                std::process::exit(code.into());
+            }
         }
         Cmd::Hosts {
             cmd: Some(HostsCmd::Remove { host, no_revoke }),
-            ..
         } => {
-            let mut client = cli::connect(
-                &config,
-                args.coordinator.as_deref(),
-                args.credential.as_deref(),
-            )
-            .await?;
-            let revoked = cli::host_remove(&mut client, host.clone(), no_revoke).await?;
-            println!(
-                "removed host {host}; revoked {}",
-                if revoked.is_empty() {
-                    "nothing".into()
-                } else {
-                    revoked.join(", ")
-                }
-            );
+            let revoked = cli::host_remove(&mut connect().await?, host.clone(), no_revoke).await?;
+            out(Printed::new(
+                format!(
+                    "removed host {host}; revoked {}",
+                    if revoked.is_empty() {
+                        "nothing".into()
+                    } else {
+                        revoked.join(", ")
+                    }
+                ),
+                json!({"removed": host, "revoked_serials": revoked}),
+            ));
         }
         Cmd::Hosts {
             cmd: Some(HostsCmd::ReleaseIp { host, ip }),
-            ..
         } => {
-            let mut client = cli::connect(
-                &config,
-                args.coordinator.as_deref(),
-                args.credential.as_deref(),
-            )
-            .await?;
-            let rechecked = cli::host_release_ip(&mut client, host.clone(), ip.clone()).await?;
-            println!(
-                "released {ip} from host {host}; {}",
-                if rechecked.is_empty() {
-                    "no other host claims it".into()
-                } else {
-                    format!("looked again at {}", rechecked.join(", "))
-                }
-            );
+            let rechecked =
+                cli::host_release_ip(&mut connect().await?, host.clone(), ip.clone()).await?;
+            out(Printed::new(
+                format!(
+                    "released {ip} from host {host}; {}",
+                    if rechecked.is_empty() {
+                        "no other host claims it".into()
+                    } else {
+                        format!("looked again at {}", rechecked.join(", "))
+                    }
+                ),
+                json!({"released": ip, "host_id": host, "rechecked_hosts": rechecked}),
+            ));
         }
-        Cmd::Certs {
-            cmd: Some(CertsCmd::Revoke { id, reason }),
-            ..
-        } => {
-            let mut client = cli::connect(
-                &config,
-                args.coordinator.as_deref(),
-                args.credential.as_deref(),
-            )
-            .await?;
-            let serial = cli::cert_revoke(&mut client, id, reason.clone()).await?;
-            println!("revoked serial {serial} ({reason}); a replacement is on its way");
-        }
-        Cmd::Hosts { json, cmd: None } => {
-            let mut client = cli::connect(
-                &config,
-                args.coordinator.as_deref(),
-                args.credential.as_deref(),
-            )
-            .await?;
-            print!("{}", cli::hosts(&mut client, json, now).await?);
+        Cmd::Hosts { cmd: None } => {
+            print!("{}", cli::hosts(&mut connect().await?, json, now).await?);
             if json {
                 println!();
             }
         }
         Cmd::Certs {
+            cmd: Some(CertsCmd::Revoke { id, reason }),
+        } => {
+            let serial =
+                cli::cert_revoke(&mut connect().await?, id.clone(), reason.clone()).await?;
+            out(Printed::new(
+                format!("revoked serial {serial} ({reason}); a replacement is on its way"),
+                json!({"cert_id": id, "revoked_serial": serial, "reason": reason}),
+            ));
+        }
+        Cmd::Certs {
             cmd: Some(CertsCmd::Renew { ids, host }),
-            ..
         } => {
             if ids.is_empty() && host.is_none() {
                 anyhow::bail!("name certificate ids, or --host HOST");
             }
-            let mut client = cli::connect(
-                &config,
-                args.coordinator.as_deref(),
-                args.credential.as_deref(),
-            )
-            .await?;
-            for id in cli::renew(&mut client, ids, host).await? {
-                println!("renewal scheduled: {id}");
+            let scheduled = cli::renew(&mut connect().await?, ids, host).await?;
+            out(Printed::new(
+                if scheduled.is_empty() {
+                    "no renewal scheduled".to_owned()
+                } else {
+                    scheduled
+                        .iter()
+                        .map(|id| format!("renewal scheduled: {id}\n"))
+                        .collect::<String>()
+                },
+                json!({"renewal_scheduled": scheduled}),
+            ));
+        }
+        Cmd::Certs { cmd: None } => {
+            print!("{}", cli::certs(&mut connect().await?, json, now).await?);
+            if json {
+                println!();
             }
         }
         Cmd::Audit {
             cmd: Some(AuditCmd::Verify),
             ..
         } => {
-            let mut client = cli::connect(
-                &config,
-                args.coordinator.as_deref(),
-                args.credential.as_deref(),
-            )
-            .await?;
-            let (ok, text) = cli::audit_verify(&mut client).await?;
-            println!("{text}");
+            let (ok, printed) = cli::audit_verify(&mut connect().await?).await?;
+            out(printed);
             if !ok {
                 std::process::exit(3);
             }
@@ -708,7 +709,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
             since,
             until,
             limit,
-            json,
         } => {
             let filter = cli::AuditFilter {
                 host,
@@ -726,84 +726,43 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     .context("--until")?,
                 limit,
             };
-            let mut client = cli::connect(
-                &config,
-                args.coordinator.as_deref(),
-                args.credential.as_deref(),
-            )
-            .await?;
-            print!("{}", cli::audit(&mut client, filter, json).await?);
+            print!("{}", cli::audit(&mut connect().await?, filter, json).await?);
         }
-        Cmd::Operators { json, cmd } => {
-            let connect = || {
-                cli::connect(
-                    &config,
-                    args.coordinator.as_deref(),
-                    args.credential.as_deref(),
+        Cmd::Operators { cmd } => match cmd {
+            None | Some(OperatorsCmd::List) => {
+                print!(
+                    "{}",
+                    cli::operators::list(&mut connect().await?, json, now).await?
                 )
-            };
-            match cmd {
-                None | Some(OperatorsCmd::List) => {
-                    print!(
-                        "{}",
-                        cli::operators::list(&mut connect().await?, json, now).await?
-                    )
-                }
-                Some(OperatorsCmd::Add {
-                    name,
-                    role,
-                    lifetime,
-                    out,
-                    p12,
-                }) => {
-                    let secs = certfleet_shared::timefmt::parse_duration_secs(&lifetime)
-                        .map_err(anyhow::Error::msg)
-                        .context("--lifetime")?;
-                    let mut client = connect().await?;
-                    print!(
-                        "{}",
-                        cli::operators::add(&mut client, &name, &role, secs, &out, p12).await?
-                    );
-                }
-                Some(OperatorsCmd::Renew) => {
-                    let files = cli::credential::CredentialFiles::locate(
-                        &config,
-                        args.credential.as_deref(),
-                    );
-                    print!(
-                        "{}",
-                        cli::operators::renew(&mut connect().await?, &files).await?
-                    );
-                }
-                Some(OperatorsCmd::Revoke { name }) => {
-                    print!(
-                        "{}",
-                        cli::operators::revoke(&mut connect().await?, &name).await?
-                    )
-                }
-                Some(OperatorsCmd::Bootstrap) => {
-                    print!("{}", cli::operators::bootstrap(&config, now)?)
-                }
             }
-        }
+            Some(OperatorsCmd::Add {
+                name,
+                role,
+                lifetime,
+                out: dir,
+                p12,
+            }) => {
+                let mut client = connect().await?;
+                out(cli::operators::add(&mut client, &name, &role, lifetime, &dir, p12).await?);
+            }
+            Some(OperatorsCmd::Renew) => {
+                let files =
+                    cli::credential::CredentialFiles::locate(&config, args.credential.as_deref());
+                out(cli::operators::renew(&mut connect().await?, &files).await?);
+            }
+            Some(OperatorsCmd::Revoke { name }) => {
+                out(cli::operators::revoke(&mut connect().await?, &name).await?)
+            }
+            Some(OperatorsCmd::Bootstrap) => out(cli::operators::bootstrap(&config, now)?),
+        },
         Cmd::Web {
             cmd: WebCmd::Login { operator, ttl },
-        } => print!(
-            "{}",
-            certfleet_coordinator::web::cli::login(&config, operator.as_deref(), &ttl, now)?
-        ),
-        Cmd::Certs { json, cmd: None } => {
-            let mut client = cli::connect(
-                &config,
-                args.coordinator.as_deref(),
-                args.credential.as_deref(),
-            )
-            .await?;
-            print!("{}", cli::certs(&mut client, json, now).await?);
-            if json {
-                println!();
-            }
-        }
+        } => out(certfleet_coordinator::web::cli::login(
+            &config,
+            operator.as_deref(),
+            &ttl,
+            now,
+        )?),
     }
     Ok(())
 }

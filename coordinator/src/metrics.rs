@@ -41,10 +41,31 @@ pub struct AcmeOp {
     pub op: String,
 }
 
+/// A certificate's series: the ids, plus what a person reads in an alert — the host's
+/// name, the primary (first) identifier and the issuer of the current certificate. One
+/// series per certificate: the ids alone pick it; the readable labels are cut to
+/// [`LABEL_MAX_CHARS`] characters so a long name cannot blow up a series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CertLabels {
     cert_id: String,
     host_id: String,
+    hostname: String,
+    identifier: String,
+    issuer: String,
+}
+
+/// The longest value of the `hostname`, `identifier` and `issuer` labels, in characters;
+/// a longer one is cut and ends in `…` (documented in the README's metrics section).
+pub const LABEL_MAX_CHARS: usize = 64;
+
+/// `value`, cut to [`LABEL_MAX_CHARS`] characters (the last being `…` when cut).
+pub fn label_value(value: &str) -> String {
+    if value.chars().count() <= LABEL_MAX_CHARS {
+        return value.to_owned();
+    }
+    let mut out: String = value.chars().take(LABEL_MAX_CHARS - 1).collect();
+    out.push('…');
+    out
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,9 +79,11 @@ pub struct BlockLabel {
     pub kind: String,
 }
 
+/// A host's series: its id and (cut like a certificate's labels) its name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HostLabel {
     host_id: String,
+    hostname: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -157,6 +180,7 @@ impl Metrics {
         let not_after = Family::<CertLabels, Gauge>::default();
         let remaining = Family::<CertLabels, FloatGauge>::default();
         let next_renewal = Family::<CertLabels, Gauge>::default();
+        let cert_at_risk = Family::<CertLabels, Gauge>::default();
         let by_state = Family::<StateLabel, Gauge>::default();
         let at_risk = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
         for s in [
@@ -173,6 +197,11 @@ impl Metrics {
                 .get_or_create(&StateLabel { state: s.into() })
                 .set(0);
         }
+        let hosts = store.hosts()?;
+        let hostnames: std::collections::HashMap<_, String> = hosts
+            .iter()
+            .map(|h| (h.id.clone(), label_value(&h.hostname)))
+            .collect();
         store.scan_certs(&mut |c| {
             by_state
                 .get_or_create(&StateLabel {
@@ -186,8 +215,19 @@ impl Metrics {
                 let l = CertLabels {
                     cert_id: c.id.to_string(),
                     host_id: c.host_id.to_string(),
+                    hostname: hostnames.get(&c.host_id).cloned().unwrap_or_default(),
+                    identifier: cur
+                        .identifiers
+                        .first()
+                        .or(c.spec.identifiers.first())
+                        .map(|i| label_value(&i.to_string()))
+                        .unwrap_or_default(),
+                    issuer: label_value(&cur.issuer),
                 };
                 not_after.get_or_create(&l).set(cur.not_after);
+                cert_at_risk
+                    .get_or_create(&l)
+                    .set(i64::from(c.schedule.at_risk));
                 remaining
                     .get_or_create(&l)
                     .set(certfleet_shared::renewal::remaining_fraction(
@@ -207,12 +247,12 @@ impl Metrics {
         // the same figure, so aggregate with max, not sum.
         let anywhere = sessions.connected();
         let decommission_in = Family::<HostLabel, Gauge>::default();
-        let hosts = store.hosts()?;
         if let Some(after) = decommission_after {
             let connected = |h: &certfleet_shared::ids::HostId| anywhere.contains_key(h);
             for (id, left) in crate::lifecycle::countdown(&hosts, &connected, after, now) {
                 decommission_in
                     .get_or_create(&HostLabel {
+                        hostname: hostnames.get(&id).cloned().unwrap_or_default(),
                         host_id: id.to_string(),
                     })
                     .set(left.max(0));
@@ -229,6 +269,7 @@ impl Metrics {
                 last_seen
                     .get_or_create(&HostLabel {
                         host_id: h.id.to_string(),
+                        hostname: label_value(&h.hostname),
                     })
                     .set(t);
             }
@@ -276,6 +317,11 @@ impl Metrics {
             "certfleet_certificate_next_renewal_timestamp_seconds",
             "When the certificate is planned to be renewed",
             next_renewal,
+        );
+        reg.register(
+            "certfleet_certificate_at_risk",
+            "1 while the certificate's remaining lifetime is below the safety margin",
+            cert_at_risk,
         );
         reg.register(
             "certfleet_certificates",
@@ -367,167 +413,5 @@ impl Metrics {
 pub use certfleet_shared::metrics_http::serve;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{OperatorRecord, Role};
-    use crate::server_cert::ServerCertInfo;
-    use crate::store::SledStore;
-
-    fn exposition() -> String {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = SledStore::open(&tmp.path().join("db")).unwrap();
-        for (name, revoked) in [("alice", None), ("mallory", Some(5))] {
-            let rec = OperatorRecord {
-                name: name.into(),
-                role: Role::Viewer,
-                serial: "0a".into(),
-                issued: 1,
-                not_after: 1_000,
-                lifetime_secs: 999,
-                added_by: "operator:root".into(),
-                added: 1,
-                revoked_at: revoked,
-                revoked_by: None,
-                generation: 0,
-            };
-            assert!(store.put_operator(&rec, None).unwrap());
-        }
-        // One certificate with a current issue, so its per-certificate series exist.
-        let spec = crate::model::CertSpec {
-            name: Default::default(),
-            challenges: Default::default(),
-            policy: None,
-            identifiers: vec!["192.0.2.1".parse().unwrap()],
-            issuer: "le".into(),
-            fallback_issuers: vec![],
-            required_profile: None,
-            key_type: Default::default(),
-            targets: vec!["t".into()],
-            key_group: None,
-        };
-        let host = certfleet_shared::ids::HostId::generate();
-        let rec: crate::model::HostRecord = serde_json::from_value(serde_json::json!({
-            "id": host, "hostname": "web-1", "enrolled": 1, "identity_serial": "01",
-            "last_seen": 5,
-        }))
-        .unwrap();
-        store.put_host(&rec).unwrap();
-        let mut cert = crate::model::CertRecord::new(
-            certfleet_shared::ids::CertId::generate(),
-            host,
-            spec.clone(),
-            1,
-        );
-        cert.observed.current = Some(crate::model::IssuedCert {
-            identifiers: spec.identifiers,
-            issuer: "le".into(),
-            profile: None,
-            serial: "01".into(),
-            not_before: 0,
-            not_after: 100,
-            chain_pem: String::new(),
-            ari_id: None,
-            renew_unit: 0.5,
-            issued_at: 0,
-            validated_by: Default::default(),
-        });
-        store.put_cert(&cert).unwrap();
-        let credentials = Credentials {
-            server: ServerCertInfo {
-                serial: "5e".into(),
-                not_before: 0,
-                not_after: 2_000,
-            },
-            fleet_ca_not_after: 3_000,
-        };
-        let metrics = Metrics::default();
-        // Counters and histograms appear once touched.
-        let reason = IssuerReason {
-            issuer: "le".into(),
-            reason: "due".into(),
-        };
-        metrics.renewals.get_or_create(&reason).inc();
-        metrics.failures.get_or_create(&reason).inc();
-        metrics.observe_acme("le", "new_order", 0.1);
-        metrics
-            .render(
-                &store,
-                &Sessions::default(),
-                &[("le".into(), 3)],
-                // A silent host counts down to its decommission.
-                Some(3600),
-                &credentials,
-                10,
-            )
-            .unwrap()
-    }
-
-    #[test]
-    fn credential_expiry_is_exported_per_kind() {
-        let text = exposition();
-        for line in [
-            r#"certfleet_credential_not_after_seconds{kind="operator",name="alice"} 1000"#,
-            r#"certfleet_credential_not_after_seconds{kind="server_certificate",name="5e"} 2000"#,
-            r#"certfleet_credential_not_after_seconds{kind="fleet_ca",name="fleet-ca"} 3000"#,
-        ] {
-            assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
-        }
-        assert!(
-            !text.contains("mallory"),
-            "a revoked operator has no series"
-        );
-    }
-
-    /// Every rule in deploy/prometheus/alerts.yml is well formed and every metric its
-    /// expression names is one the coordinator exports.
-    #[test]
-    fn alert_rules_parse_and_name_exported_metrics() {
-        let text = exposition();
-        let families: Vec<&str> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("# TYPE "))
-            .filter_map(|l| l.split_whitespace().next())
-            .collect();
-        let exported = |name: &str| {
-            families.iter().any(|f| {
-                name == *f
-                    || ["_total", "_bucket", "_sum", "_count"]
-                        .iter()
-                        .any(|suffix| name == format!("{f}{suffix}"))
-            })
-        };
-        let yaml = include_str!("../../deploy/prometheus/alerts.yml");
-        let doc: serde_norway::Value = serde_norway::from_str(yaml).expect("alerts.yml is YAML");
-        let groups = doc["groups"].as_sequence().expect("groups");
-        let mut rules = 0;
-        let mut names_credentials = false;
-        for rule in groups
-            .iter()
-            .flat_map(|g| g["rules"].as_sequence().expect("rules"))
-        {
-            rules += 1;
-            let alert = rule["alert"].as_str().expect("alert name");
-            let expr = rule["expr"].as_str().expect("expr");
-            assert!(
-                rule["labels"]["severity"].as_str().is_some(),
-                "{alert}: severity"
-            );
-            assert!(
-                rule["annotations"]["summary"].as_str().is_some(),
-                "{alert}: summary"
-            );
-            let mut rest = expr;
-            while let Some(i) = rest.find("certfleet_") {
-                let name: String = rest[i..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                assert!(exported(&name), "{alert}: {name} is not exported");
-                names_credentials |= name == "certfleet_credential_not_after_seconds";
-                rest = &rest[i + name.len()..];
-            }
-        }
-        assert!(rules >= 8, "{rules} rules");
-        assert!(names_credentials, "a rule on credential expiry");
-    }
-}
+#[path = "metrics_tests.rs"]
+mod tests;

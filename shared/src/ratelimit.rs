@@ -10,7 +10,7 @@
 //! coordinator using several accounts at one CA must check those against all of them.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 
 use crate::identifier::{canonical_identifiers, Identifier};
 
@@ -127,10 +127,8 @@ fn identifier_key(id: &Identifier) -> String {
 pub fn ip_block_key(ip: IpAddr) -> String {
     match ip.to_canonical() {
         IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            format!("{}/64", Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-        }
+        // A /64 always holds (64 <= 128).
+        IpAddr::V6(v6) => ipnet::Ipv6Net::new_assert(v6, 64).trunc().to_string(),
     }
 }
 

@@ -11,21 +11,47 @@ pub fn rfc3339(unix: i64) -> String {
         .unwrap_or_else(|| format!("@{unix}"))
 }
 
-/// Parses "90", "90s", "30m", "1h", "7d" into seconds.
+/// Parses a duration into whole seconds: a bare number of seconds ("90"), or humantime's
+/// form — one or more number+unit parts, "90s", "30m", "1h30m", "1h 30m", "7d", "2w"
+/// (units s, m, h, d, w, and their long names). Zero, fractions of a second and
+/// overflow are refused.
 pub fn parse_duration_secs(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, 's')) => (&s[..i], 1),
-        Some((i, 'm')) => (&s[..i], 60),
-        Some((i, 'h')) => (&s[..i], 3600),
-        Some((i, 'd')) => (&s[..i], 86_400),
-        _ => (s, 1),
+    let bad = || format!("{s:?} is not a duration; use e.g. 90s, 30m, 1h30m, 7d");
+    let secs = if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() {
+        s.parse::<u64>().map_err(|_| bad())?
+    } else {
+        let d = humantime::parse_duration(s).map_err(|_| bad())?;
+        if d.subsec_nanos() != 0 {
+            return Err(format!("{s:?}: give whole seconds (e.g. 1s, 90s)"));
+        }
+        d.as_secs()
     };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .filter(|n| *n > 0)
-        .ok_or_else(|| format!("{s:?} is not a duration; use e.g. 90s, 30m, 1h, 7d"))
+    if secs == 0 {
+        return Err(format!("{s:?}: a duration must be longer than zero"));
+    }
+    Ok(secs)
+}
+
+/// serde `deserialize_with` for a config field in seconds: an integer (the old form,
+/// `retry_base_secs = 60`) or a duration string (`retry_base_secs = "1m"`, "1h30m"; see
+/// [`parse_duration_secs`]).
+pub fn de_secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Secs {
+        Number(u64),
+        Text(String),
+    }
+    match <Secs as serde::Deserialize>::deserialize(d)? {
+        Secs::Number(n) => Ok(n),
+        Secs::Text(t) => parse_duration_secs(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+/// clap `value_parser` for a duration flag (see [`parse_duration_secs`]).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    parse_duration_secs(s).map(std::time::Duration::from_secs)
 }
 
 /// "in 5h 12m" / "3d 4h ago" relative to `now`; hours for anything under a few days.
@@ -63,6 +89,34 @@ mod tests {
         assert!(parse_duration_secs("0s").is_err());
         assert!(parse_duration_secs("h").is_err());
         assert!(parse_duration_secs("99999999999999999999d").is_err());
+        // Compound forms, and the long unit names.
+        assert_eq!(parse_duration_secs("1h30m"), Ok(5400));
+        assert_eq!(parse_duration_secs("1h 30m"), Ok(5400));
+        assert_eq!(parse_duration_secs("7d"), Ok(7 * 86_400));
+        assert_eq!(parse_duration_secs("2weeks"), Ok(14 * 86_400));
+        assert_eq!(parse_duration_secs(" 45 "), Ok(45));
+        assert!(parse_duration_secs("1500ms").is_err(), "not whole seconds");
+        assert!(parse_duration_secs("").is_err());
+        assert!(parse_duration_secs("-5").is_err());
+        assert!(parse_duration_secs("1x").is_err());
+        let e = parse_duration_secs("soon").unwrap_err();
+        assert!(e.contains("1h30m"), "{e}");
+    }
+
+    #[test]
+    fn config_seconds_take_a_number_or_a_duration() {
+        #[derive(serde::Deserialize)]
+        struct C {
+            #[serde(deserialize_with = "de_secs")]
+            t: u64,
+        }
+        let t = |v: &str| toml::from_str::<C>(&format!("t = {v}")).map(|c| c.t);
+        assert_eq!(t("60").unwrap(), 60);
+        assert_eq!(t("\"1h30m\"").unwrap(), 5400);
+        assert_eq!(t("\"90\"").unwrap(), 90);
+        let e = t("\"later\"").unwrap_err().to_string();
+        assert!(e.contains("not a duration"), "{e}");
+        assert!(t("-1").is_err());
     }
 
     #[test]

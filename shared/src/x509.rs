@@ -64,6 +64,15 @@ pub fn chain_to_pem(chain: &[CertificateDer<'_>]) -> String {
         .collect()
 }
 
+/// The first PKCS#8 private key (`PRIVATE KEY`) in `pem`, which may also hold
+/// certificates or other blocks (haproxy's combined file), as one PEM block of its own.
+/// Found and decoded by rustls-pki-types' PEM reader (which skips the other sections),
+/// not by searching for markers. None when there is none or it is not valid base64.
+pub fn pkcs8_key_pem(pem: &str) -> Option<String> {
+    let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes()).ok()?;
+    Some(der_to_pem("PRIVATE KEY", der.secret_pkcs8_der()))
+}
+
 /// One PEM block.
 pub fn der_to_pem(label: &str, der: &[u8]) -> String {
     use base64::Engine;
@@ -288,6 +297,32 @@ mod tests {
         assert!(
             parse_pem_chain("-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n")
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn the_pkcs8_key_is_found_among_other_blocks() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let key_pem = key.serialize_pem();
+        let cert = rcgen::CertificateParams::new(vec!["a.test".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        // haproxy's combined file: certificate first, then the key, then more.
+        let combined = format!("{}{key_pem}{}", cert.pem(), cert.pem());
+        let found = pkcs8_key_pem(&combined).expect("key found");
+        assert_eq!(found, key_pem.replace("\r\n", "\n"));
+        assert_eq!(pkcs8_key_pem(&key_pem).as_deref(), Some(found.as_str()));
+        // No key, a truncated one, an EC (SEC1) key: none.
+        assert_eq!(pkcs8_key_pem(&cert.pem()), None);
+        assert_eq!(pkcs8_key_pem("-----BEGIN PRIVATE KEY-----"), None);
+        assert_eq!(
+            pkcs8_key_pem("-----BEGIN PRIVATE KEY-----\n!!!\n-----END PRIVATE KEY-----\n"),
+            None
+        );
+        assert_eq!(
+            pkcs8_key_pem("-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n"),
+            None
         );
     }
 }

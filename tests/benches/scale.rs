@@ -326,7 +326,10 @@ async fn one_run(setup: &str, nodes: usize, n: usize) -> anyhow::Result<Figures>
     let ids = enroll_all(&urls, coords[0].ca_sha256(), &token, n, 16).await?;
     let enroll = t.elapsed();
 
-    eprintln!("  enrolled in {:.1} s; starting the sessions", enroll.as_secs_f64());
+    eprintln!(
+        "  enrolled in {:.1} s; starting the sessions",
+        enroll.as_secs_f64()
+    );
     let fleet = SimFleet::start(ids, &urls);
     let stats = fleet.stats.clone();
     let pid_list = pids(&mut coords)?;

@@ -514,6 +514,25 @@ impl Coordinator {
         Ok(String::from_utf8(out.stdout)?)
     }
 
+    /// `status --json`: its exit code (0 all well, 3 something needs attention; anything
+    /// else is an error here) and its JSON.
+    pub async fn status_json(&self) -> anyhow::Result<(i32, serde_json::Value)> {
+        let out = self.cli(&["status", "--json"]).await?;
+        let code = out.status.code().unwrap_or(-1);
+        anyhow::ensure!(
+            code == 0 || code == 3,
+            "certfleet-coordinator status --json failed: {}",
+            describe_output(&out)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("status --json printed {}", describe_output(&out)))?;
+        anyhow::ensure!(
+            v["exit_code"] == code && v["healthy"] == (code == 0),
+            "status exited {code} but says {v}"
+        );
+        Ok((code, v))
+    }
+
     pub async fn hosts_json(&self) -> anyhow::Result<serde_json::Value> {
         let out = self.cli_ok(&["hosts", "--json"]).await?;
         serde_json::from_str(&out).with_context(|| format!("hosts --json printed {out:?}"))

@@ -112,8 +112,7 @@ pub fn inspect(target: &Target) -> Option<Installed> {
 pub(crate) fn held_key(target: &Target) -> Option<KeyPem> {
     let key_file = target.key_source()?;
     let key = String::from_utf8(read_limited(&key_file.path, 256 * 1024).ok()?).ok()?;
-    let key = private_key_block(&key)?;
-    Some(KeyPem(format!("{key}\n")))
+    Some(KeyPem(certfleet_shared::x509::pkcs8_key_pem(&key)?))
 }
 
 /// The key `target` holds now, if it is the private key whose public key has SHA-256
@@ -143,15 +142,6 @@ pub(crate) fn find_key(
                 Some(key)
             })
     })
-}
-
-/// The PKCS#8 block of a PEM file that may also hold certificates (haproxy's combined file).
-fn private_key_block(pem: &str) -> Option<&str> {
-    const BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
-    const END: &str = "-----END PRIVATE KEY-----";
-    let start = pem.find(BEGIN)?;
-    let end = pem[start..].find(END)? + start + END.len();
-    Some(&pem[start..end])
 }
 
 #[derive(Debug)]

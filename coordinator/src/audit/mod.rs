@@ -17,6 +17,7 @@
 use crate::store::{AuditRow, AuditStore, SeqIter, StoreError};
 use certfleet_shared::identifier::{Identifier, NamePattern};
 use certfleet_shared::x509::sha256_hex;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -229,7 +230,7 @@ pub struct BrokenLink {
 pub struct Query {
     pub host_id: Option<String>,
     /// An address or a CIDR block.
-    pub network: Option<(IpAddr, u8)>,
+    pub network: Option<IpNet>,
     pub serial: Option<String>,
     /// A name, or every name below a zone (`*.zone`).
     pub name: Option<NamePattern>,
@@ -260,36 +261,25 @@ impl Query {
             })
             && self.since.is_none_or(|t| r.time >= t)
             && self.until.is_none_or(|t| r.time < t)
-            && self.network.is_none_or(|(net, len)| {
-                r.entry
-                    .identifiers
-                    .iter()
-                    .any(|ip| in_network(*ip, net, len))
-            })
+            && self
+                .network
+                .is_none_or(|net| r.entry.identifiers.iter().any(|ip| net.contains(ip)))
     }
 }
 
-/// Parses "203.0.113.7", "203.0.113.0/24", "2001:db8::/32".
-pub fn parse_network(s: &str) -> Result<(IpAddr, u8), String> {
-    let (addr, len) = match s.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (s, None),
-    };
-    let ip: IpAddr = addr
-        .parse()
-        .map_err(|_| format!("{s:?} is not an address or CIDR block"))?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let len = match len {
-        Some(l) => l
-            .parse::<u8>()
-            .ok()
-            .filter(|l| *l <= max)
-            .ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?,
-        None => max,
-    };
-    Ok((ip, len))
+/// Parses "203.0.113.7", "203.0.113.0/24", "2001:db8::/32" (host bits are ignored: a
+/// query for 203.0.113.7/24 is one for 203.0.113.0/24).
+pub fn parse_network(s: &str) -> Result<IpNet, String> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    let net: IpNet = s.parse().map_err(|_| {
+        format!("{s:?} is not an address or CIDR block (like 203.0.113.0/24, prefix length 0..=32 for IPv4, 0..=128 for IPv6)")
+    })?;
+    Ok(net.trunc())
 }
 
+/// An address as the IP index keys it: 16 bytes, IPv4 as IPv4-mapped IPv6.
 fn ip_key(ip: IpAddr) -> [u8; 16] {
     match ip {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
@@ -297,33 +287,9 @@ fn ip_key(ip: IpAddr) -> [u8; 16] {
     }
 }
 
-fn in_network(ip: IpAddr, net: IpAddr, len: u8) -> bool {
-    if ip.is_ipv4() != net.is_ipv4() {
-        return false;
-    }
-    let mask = prefix_mask(net, len);
-    (u128::from_be_bytes(ip_key(ip)) & mask) == (u128::from_be_bytes(ip_key(net)) & mask)
-}
-
-/// The mask of a block over the 16-byte key of [`ip_key`].
-fn prefix_mask(net: IpAddr, len: u8) -> u128 {
-    let bits = if net.is_ipv4() {
-        len as u32 + 96
-    } else {
-        len as u32
-    };
-    if bits == 0 {
-        0
-    } else {
-        u128::MAX << (128 - bits)
-    }
-}
-
-/// The first and last 16-byte keys of a block, for the IP index's range scan.
-fn ip_block(net: IpAddr, len: u8) -> ([u8; 16], [u8; 16]) {
-    let mask = prefix_mask(net, len);
-    let lo = u128::from_be_bytes(ip_key(net)) & mask;
-    (lo.to_be_bytes(), (lo | !mask).to_be_bytes())
+/// The first and last keys of a block, for the IP index's range scan.
+fn ip_block(net: IpNet) -> ([u8; 16], [u8; 16]) {
+    (ip_key(net.network()), ip_key(net.broadcast()))
 }
 
 /// Appends a record read from another store (or a backup) byte for byte, with the index
@@ -496,8 +462,7 @@ impl AuditLog {
         if let Some(s) = &q.serial {
             return Some(self.store.audit_seqs_by_serial(s));
         }
-        let (net, len) = q.network?;
-        let (lo, hi) = ip_block(net, len);
+        let (lo, hi) = ip_block(q.network?);
         // Keys are ordered by address, then sequence: a block needs sorting.
         let seqs: Result<Vec<u64>, StoreError> = self.store.audit_seqs_by_ip(lo, hi).collect();
         Some(match seqs {

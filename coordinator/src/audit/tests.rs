@@ -297,6 +297,35 @@ fn queries_use_host_cidr_serial_kind_and_time() {
     assert!(parse_network("nope").is_err());
 }
 
+#[test]
+fn network_blocks_by_ipnet() {
+    let net = |s: &str| parse_network(s).unwrap();
+    assert_eq!(net("203.0.113.7/24").to_string(), "203.0.113.0/24");
+    assert_eq!(net("198.51.100.9").to_string(), "198.51.100.9/32");
+    assert_eq!(net("2001:db8::1").to_string(), "2001:db8::1/128");
+    let key = |s: &str| ip_key(s.parse().unwrap());
+    // IPv4 blocks are IPv4-mapped ranges, first to last address.
+    assert_eq!(
+        ip_block(net("10.0.0.0/8")),
+        (key("10.0.0.0"), key("10.255.255.255"))
+    );
+    assert_eq!(
+        ip_block(net("0.0.0.0/0")),
+        (key("0.0.0.0"), key("255.255.255.255"))
+    );
+    assert_eq!(ip_block(net("::/0")), ([0; 16], [0xff; 16]));
+    assert_eq!(
+        ip_block(net("2001:db8::/32")),
+        (
+            key("2001:db8::"),
+            key("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff")
+        )
+    );
+    // contains() keeps the families apart: ::ffff:10.0.0.1 is not in 10.0.0.0/8.
+    assert!(net("10.0.0.0/8").contains(&"10.0.0.1".parse::<std::net::IpAddr>().unwrap()));
+    assert!(!net("10.0.0.0/8").contains(&"::ffff:10.0.0.1".parse::<std::net::IpAddr>().unwrap()));
+}
+
 /// Two logs on one store (as two coordinators on one database): each log's cached head is
 /// stale after the other appends; the store refuses the stale record and the log seals it
 /// again onto the real head, so the records form one chain in one order.

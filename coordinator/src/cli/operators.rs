@@ -2,7 +2,7 @@
 //! and never leave the operator's machine: the coordinator signs a CSR.
 
 use super::credential::{CredentialFiles, CA_FILE};
-use super::{opt_time, status_err, table};
+use super::{opt_time, status_err, table, Printed};
 use crate::config::Config;
 use crate::fleet_ca::{FleetCa, StateDir};
 use anyhow::Context;
@@ -32,7 +32,7 @@ pub async fn add(
     lifetime_secs: u64,
     out: &Path,
     p12: bool,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Printed> {
     let files = CredentialFiles::in_dir(out);
     anyhow::ensure!(
         !files.key.exists() && !files.cert.exists(),
@@ -55,7 +55,7 @@ pub async fn add(
     write_atomic(&files.key, key_pem.as_bytes(), 0o600)?;
     write_atomic(&files.cert, cred.cert_pem.as_bytes(), 0o644)?;
     write_atomic(&out.join(CA_FILE), cred.ca_cert_pem.as_bytes(), 0o644)?;
-    let browser = if p12 {
+    let (browser, p12_file) = if p12 {
         let (file, pass) = crate::web::cli::write_p12(
             out,
             &cred.name,
@@ -63,23 +63,31 @@ pub async fn add(
             &cred.cert_pem,
             &cred.ca_cert_pem,
         )?;
-        format!(
-            "wrote {} for a browser (import it; its password is in {}, 0600)\n",
-            file.display(),
-            pass.display()
+        (
+            format!(
+                "\nwrote {} for a browser (import it; its password is in {}, 0600)",
+                file.display(),
+                pass.display()
+            ),
+            Some(file),
         )
     } else {
-        String::new()
+        (String::new(), None)
     };
-    Ok(format!(
-        "operator {} ({}) added, serial {}, valid until {}\nwrote {} (key 0600); hand the directory to its owner, who runs commands with --credential {} (or CERTFLEET_CREDENTIAL) and renews with `operators renew` before it expires\n{}",
-        cred.name,
-        cred.role,
-        cred.serial,
-        rfc3339(cred.not_after_unix),
-        out.display(),
-        out.display(),
-        browser
+    Ok(Printed::new(
+        format!(
+            "operator {} ({}) added, serial {}, valid until {}\nwrote {} (key 0600); hand the directory to its owner, who runs commands with --credential {} (or CERTFLEET_CREDENTIAL) and renews with `operators renew` before it expires{}",
+            cred.name,
+            cred.role,
+            cred.serial,
+            rfc3339(cred.not_after_unix),
+            out.display(),
+            out.display(),
+            browser
+        ),
+        json!({"name": cred.name, "role": cred.role, "serial": cred.serial,
+               "not_after": opt_time(cred.not_after_unix), "credential_dir": out,
+               "p12": p12_file}),
     ))
 }
 
@@ -88,7 +96,7 @@ pub async fn add(
 pub async fn renew(
     client: &mut AdminClient<Channel>,
     files: &CredentialFiles,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Printed> {
     let (key_pem, csr_der) = key_and_csr("operator")?;
     let cred = client
         .renew_operator(pb::RenewOperatorRequest { csr_der })
@@ -96,13 +104,17 @@ pub async fn renew(
         .map_err(status_err)?
         .into_inner();
     files.replace(&key_pem, &cred.cert_pem)?;
-    Ok(format!(
-        "renewed operator {} ({}): serial {}, valid until {}; {} replaced\n",
-        cred.name,
-        cred.role,
-        cred.serial,
-        rfc3339(cred.not_after_unix),
-        files.cert.display()
+    Ok(Printed::new(
+        format!(
+            "renewed operator {} ({}): serial {}, valid until {}; {} replaced",
+            cred.name,
+            cred.role,
+            cred.serial,
+            rfc3339(cred.not_after_unix),
+            files.cert.display()
+        ),
+        json!({"name": cred.name, "role": cred.role, "serial": cred.serial,
+               "not_after": opt_time(cred.not_after_unix), "certificate": files.cert}),
     ))
 }
 
@@ -158,15 +170,18 @@ pub async fn list(
     ))
 }
 
-pub async fn revoke(client: &mut AdminClient<Channel>, name: &str) -> anyhow::Result<String> {
+pub async fn revoke(client: &mut AdminClient<Channel>, name: &str) -> anyhow::Result<Printed> {
     let r = client
         .revoke_operator(pb::RevokeOperatorRequest { name: name.into() })
         .await
         .map_err(status_err)?
         .into_inner();
-    Ok(format!(
-        "revoked operator {name} (serial {}); its calls are refused from now on\n",
-        r.serial
+    Ok(Printed::new(
+        format!(
+            "revoked operator {name} (serial {}); its calls are refused from now on",
+            r.serial
+        ),
+        json!({"revoked": name, "serial": r.serial}),
     ))
 }
 
@@ -174,7 +189,7 @@ pub async fn revoke(client: &mut AdminClient<Channel>, name: &str) -> anyhow::Re
 /// directory): a new credential for the state directory's admin, signed with the fleet CA
 /// key there, for when every admin credential has expired. The coordinator adopts it at
 /// its next start unless that operator was revoked.
-pub fn bootstrap(config: &Config, now: i64) -> anyhow::Result<String> {
+pub fn bootstrap(config: &Config, now: i64) -> anyhow::Result<Printed> {
     let dir = StateDir::new(&config.state_dir);
     let ca = FleetCa::load(&dir)?;
     let name = crate::operators::STATE_DIR_OPERATOR;
@@ -187,10 +202,14 @@ pub fn bootstrap(config: &Config, now: i64) -> anyhow::Result<String> {
         ca: dir.ca_cert(),
     };
     files.replace(&key_pem, &cert_pem)?;
-    Ok(format!(
-        "wrote {} (operator {name}, serial {}, valid until {}); restart the coordinator to adopt it (not when operator {name} was revoked)\n",
-        files.cert.display(),
-        info.serial_hex,
-        rfc3339(info.not_after)
+    Ok(Printed::new(
+        format!(
+            "wrote {} (operator {name}, serial {}, valid until {}); restart the coordinator to adopt it (not when operator {name} was revoked)",
+            files.cert.display(),
+            info.serial_hex,
+            rfc3339(info.not_after)
+        ),
+        json!({"name": name, "serial": info.serial_hex, "not_after": opt_time(info.not_after),
+               "certificate": files.cert}),
     ))
 }

@@ -74,7 +74,8 @@ pub struct DnsProviderConfig {
     #[serde(default)]
     pub delegated_zones: Vec<String>,
     pub kind: DnsProviderKind,
-    /// TTL of the TXT records (seconds, 1..=86400). Default 60.
+    /// TTL of the TXT records (seconds, 1..=86400: a number or a duration, "5m"). Default 60.
+    #[serde(default, deserialize_with = "ttl_secs")]
     pub ttl: Option<u32>,
     /// How long to wait until every checked nameserver serves the records ("120s").
     pub propagation_timeout: Option<String>,
@@ -135,6 +136,14 @@ const ROUTE53_KEYS: &[&str] = &[
     "credentials_file",
 ];
 const EXEC_KEYS: &[&str] = &["command"];
+
+/// `ttl`: seconds as a number or a duration ([`certfleet_shared::timefmt::de_secs`]).
+fn ttl_secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let secs = certfleet_shared::timefmt::de_secs(d)?;
+    u32::try_from(secs)
+        .map(Some)
+        .map_err(|_| serde::de::Error::custom(format!("ttl {secs} is out of range (1..=86400)")))
+}
 
 impl DnsProviderConfig {
     /// TTL of the records written.

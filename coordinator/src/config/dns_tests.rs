@@ -302,3 +302,12 @@ fn the_example_config_in_deploy_has_a_provider() {
     );
     assert_eq!(p.propagation_timeout(), Duration::from_secs(120));
 }
+
+#[test]
+fn ttl_is_seconds_or_a_duration() {
+    let five_minutes = parse(&KNOT.replace("ttl = 30", "ttl = \"5m\"")).unwrap();
+    assert_eq!(five_minutes.dns_providers[0].ttl(), 300);
+    assert_eq!(parse(KNOT).unwrap().dns_providers[0].ttl(), 30);
+    let err = refused(&KNOT.replace("ttl = 30", "ttl = \"soon\""));
+    assert!(err.contains("not a duration"), "{err}");
+}

@@ -76,23 +76,8 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
-/// A CIDR block or a single address (as a /32 or /128). A block with host bits set is
-/// refused: it is almost always a typo for its network.
-pub fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Ok(ipnet::IpNet::from(ip));
-    }
-    let net: ipnet::IpNet = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not an address or CIDR block (like 203.0.113.0/24)"))?;
-    if net.trunc() != net {
-        return Err(format!(
-            "{s:?} has host bits set; did you mean {}?",
-            net.trunc()
-        ));
-    }
-    Ok(net)
-}
+/// A CIDR block or a single address (as a /32 or /128); host bits set are refused.
+pub use certfleet_shared::identifier::parse_net;
 
 /// Rate limits an issuer declares, which the coordinator then counts itself.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -114,11 +99,19 @@ pub struct ServerConfig {
     pub ips: Vec<IpAddr>,
     /// Lifetime of agent identity certificates; agents rotate them over their session
     /// when a third is left. Default 7 days; 30 s to 1 year.
-    #[serde(default = "default_identity_lifetime")]
+    #[serde(
+        default = "default_identity_lifetime",
+        deserialize_with = "certfleet_shared::timefmt::de_secs",
+        alias = "identity_lifetime"
+    )]
     pub identity_lifetime_secs: u64,
     /// Lifetime of the coordinator's own TLS server certificate; it renews itself at two
     /// thirds, without a restart. Default 90 days; 30 s to 825 days.
-    #[serde(default = "default_certificate_lifetime")]
+    #[serde(
+        default = "default_certificate_lifetime",
+        deserialize_with = "certfleet_shared::timefmt::de_secs",
+        alias = "certificate_lifetime"
+    )]
     pub certificate_lifetime_secs: u64,
 }
 
@@ -182,11 +175,19 @@ pub struct IssuanceConfig {
     pub key_type: KeyTypeName,
     /// Target name on the agent; defaults to the agent's only target.
     pub target: Option<String>,
-    #[serde(default = "default_validation_timeout")]
+    #[serde(
+        default = "default_validation_timeout",
+        deserialize_with = "certfleet_shared::timefmt::de_secs",
+        alias = "validation_timeout"
+    )]
     pub validation_timeout_secs: u64,
     /// First retry delay after a failure; later ones grow tenfold (1 min, 10 min, 100 min,
     /// then every 4 h), with jitter.
-    #[serde(default = "default_retry_base")]
+    #[serde(
+        default = "default_retry_base",
+        deserialize_with = "certfleet_shared::timefmt::de_secs",
+        alias = "retry_base"
+    )]
     pub retry_base_secs: u64,
 }
 

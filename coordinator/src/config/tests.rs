@@ -29,6 +29,28 @@ fn example_config_in_deploy_parses() {
     assert_eq!(cfg.issuers[0].rate_limits(), RateLimits::Letsencrypt);
     assert_eq!(cfg.policies.len(), 1);
     assert_eq!(cfg.metrics.listen.map(|a| a.port()), Some(9464));
+    // Durations in `*_secs` fields ("7d", "1m"), and the old numbers, and the short names.
+    assert_eq!(cfg.server.identity_lifetime_secs, 7 * 86_400);
+    assert_eq!(cfg.server.certificate_lifetime_secs, 90 * 86_400);
+    assert_eq!(cfg.issuance.validation_timeout_secs, 90);
+    assert_eq!(cfg.issuance.retry_base_secs, 60);
+    let numbers = text
+        .replace("retry_base_secs = \"1m\"", "retry_base_secs = 600")
+        .replace(
+            "validation_timeout_secs = \"90s\"",
+            "validation_timeout = \"1m30s\"",
+        );
+    let cfg3 = Config::from_toml(&numbers, &path, Vec::new()).unwrap();
+    assert_eq!(cfg3.issuance.retry_base_secs, 600);
+    assert_eq!(cfg3.issuance.validation_timeout_secs, 90);
+    let bad = text.replace("retry_base_secs = \"1m\"", "retry_base_secs = \"soon\"");
+    let err = Config::from_toml(&bad, &path, Vec::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("retry_base_secs") || err.contains("not a duration"),
+        "{err}"
+    );
     assert_eq!(cfg.policies[0].ips, IpSelection::Public);
     assert!(cfg.fleet.revoke_on_address_loss);
     assert_eq!(cfg.fleet.decommission_after(), None, "off unless set");

@@ -47,7 +47,7 @@ fn every_filter_parses_or_says_why() {
     })
     .search(&hosts, NOW)
     .unwrap();
-    assert_eq!(s.query.network, Some(("192.0.2.0".parse().unwrap(), 24)));
+    assert_eq!(s.query.network, Some("192.0.2.0/24".parse().unwrap()));
     assert_eq!(s.query.serial.as_deref(), Some("0a1b"));
     assert_eq!(s.query.kinds.len(), 2);
     assert_eq!(s.query.since, Some(NOW - 7 * 86_400));

@@ -72,7 +72,7 @@ pub fn login(
     operator: Option<&str>,
     ttl: &str,
     now: i64,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<crate::cli::Printed> {
     let base = base_url(config)?;
     let ttl_secs = match ttl.trim() {
         "" => DEFAULT_LOGIN_TTL,
@@ -100,9 +100,13 @@ pub fn login(
     let token = create_login(&dir, &name, ttl_secs, now)
         .with_context(|| format!("writing the login ticket under {}", dir.root.display()))?;
     same_owner(&dir).context("giving the login ticket to the state directory's owner")?;
-    Ok(format!(
-        "login link for operator {name}, valid until {} and only once (the coordinator checks the operator is current when it is opened):\n{base}/login?token={token}\n",
-        rfc3339(now + ttl_secs)
+    let link = format!("{base}/login?token={token}");
+    Ok(crate::cli::Printed::new(
+        format!(
+            "login link for operator {name}, valid until {} and only once (the coordinator checks the operator is current when it is opened):\n{link}\n",
+            rfc3339(now + ttl_secs)
+        ),
+        serde_json::json!({"operator": name, "link": link, "expires": rfc3339(now + ttl_secs)}),
     ))
 }
 

@@ -6,6 +6,7 @@
 //! configured to allow private addresses (private CAs, pebble in tests).
 
 use super::IdentifierError;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Parses an IP identifier, insisting on the canonical text form (RFC 5952 for IPv6,
@@ -81,73 +82,94 @@ pub fn is_public(ip: IpAddr) -> bool {
     }
 }
 
+/// A block from its address and prefix length, checked when compiled.
+const fn v4(a: [u8; 4], len: u8) -> Ipv4Net {
+    Ipv4Net::new_assert(Ipv4Addr::new(a[0], a[1], a[2], a[3]), len)
+}
+
+const fn v6(s: [u16; 8], len: u8) -> Ipv6Net {
+    Ipv6Net::new_assert(
+        Ipv6Addr::new(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]),
+        len,
+    )
+}
+
 /// IPv4 link-local (RFC 3927).
-const LINK_LOCAL_V4: ([u8; 4], u32) = ([169, 254, 0, 0], 16);
+const LINK_LOCAL_V4: Ipv4Net = v4([169, 254, 0, 0], 16);
 /// IPv6 link-local unicast (RFC 4291).
-const LINK_LOCAL_V6: ([u16; 8], u32) = ([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10);
+const LINK_LOCAL_V6: Ipv6Net = v6([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10);
 
 /// True for `169.254.0.0/16` and `fe80::/10`: addresses that are only meaningful on one
 /// link (one of the special-purpose ranges of [`is_public`]).
 pub fn is_link_local(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => in_v4(v4, LINK_LOCAL_V4.0, LINK_LOCAL_V4.1),
-        IpAddr::V6(v6) => in_v6(v6, LINK_LOCAL_V6.0, LINK_LOCAL_V6.1),
+        IpAddr::V4(v4) => LINK_LOCAL_V4.contains(&v4),
+        IpAddr::V6(v6) => LINK_LOCAL_V6.contains(&v6),
     }
 }
 
-fn in_v4(ip: Ipv4Addr, net: [u8; 4], len: u32) -> bool {
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    (u32::from(ip) & mask) == (u32::from(Ipv4Addr::from(net)) & mask)
-}
+/// IANA IPv4 special-purpose blocks public CAs refuse.
+const SPECIAL_V4: &[Ipv4Net] = &[
+    v4([0, 0, 0, 0], 8),       // "this network"
+    v4([10, 0, 0, 0], 8),      // private
+    v4([100, 64, 0, 0], 10),   // shared address space (CGNAT)
+    v4([127, 0, 0, 0], 8),     // loopback
+    LINK_LOCAL_V4,             // link local
+    v4([172, 16, 0, 0], 12),   // private
+    v4([192, 0, 0, 0], 24),    // IETF protocol assignments
+    v4([192, 0, 2, 0], 24),    // TEST-NET-1
+    v4([192, 88, 99, 0], 24),  // 6to4 relay anycast (deprecated)
+    v4([192, 168, 0, 0], 16),  // private
+    v4([198, 18, 0, 0], 15),   // benchmarking
+    v4([198, 51, 100, 0], 24), // TEST-NET-2
+    v4([203, 0, 113, 0], 24),  // TEST-NET-3
+    v4([224, 0, 0, 0], 4),     // multicast
+    v4([240, 0, 0, 0], 4),     // reserved, and broadcast
+];
+
+/// IANA IPv6 special-purpose blocks public CAs refuse.
+const SPECIAL_V6: &[Ipv6Net] = &[
+    v6([0, 0, 0, 0, 0, 0, 0, 0], 128),         // unspecified
+    v6([0, 0, 0, 0, 0, 0, 0, 1], 128),         // loopback
+    v6([0, 0, 0, 0, 0, 0xffff, 0, 0], 96),     // IPv4-mapped
+    v6([0x64, 0xff9b, 0, 0, 0, 0, 0, 0], 96),  // IPv4/IPv6 translation
+    v6([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48),  // local-use translation
+    v6([0x100, 0, 0, 0, 0, 0, 0, 0], 64),      // discard-only
+    v6([0x2001, 0, 0, 0, 0, 0, 0, 0], 23),     // IETF protocol assignments
+    v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32), // documentation
+    v6([0x2002, 0, 0, 0, 0, 0, 0, 0], 16),     // 6to4
+    v6([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20),     // documentation (RFC 9637)
+    v6([0x5f00, 0, 0, 0, 0, 0, 0, 0], 16),     // segment routing SIDs
+    v6([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7),      // unique local
+    LINK_LOCAL_V6,                             // link local
+    v6([0xff00, 0, 0, 0, 0, 0, 0, 0], 8),      // multicast
+];
 
 fn is_public_v4(ip: Ipv4Addr) -> bool {
-    const RANGES: &[([u8; 4], u32)] = &[
-        ([0, 0, 0, 0], 8),       // "this network"
-        ([10, 0, 0, 0], 8),      // private
-        ([100, 64, 0, 0], 10),   // shared address space (CGNAT)
-        ([127, 0, 0, 0], 8),     // loopback
-        LINK_LOCAL_V4,           // link local
-        ([172, 16, 0, 0], 12),   // private
-        ([192, 0, 0, 0], 24),    // IETF protocol assignments
-        ([192, 0, 2, 0], 24),    // TEST-NET-1
-        ([192, 88, 99, 0], 24),  // 6to4 relay anycast (deprecated)
-        ([192, 168, 0, 0], 16),  // private
-        ([198, 18, 0, 0], 15),   // benchmarking
-        ([198, 51, 100, 0], 24), // TEST-NET-2
-        ([203, 0, 113, 0], 24),  // TEST-NET-3
-        ([224, 0, 0, 0], 4),     // multicast
-        ([240, 0, 0, 0], 4),     // reserved, and broadcast
-    ];
-    !RANGES.iter().any(|&(net, len)| in_v4(ip, net, len))
-}
-
-fn in_v6(ip: Ipv6Addr, net: [u16; 8], len: u32) -> bool {
-    let mask = if len == 0 {
-        0
-    } else {
-        u128::MAX << (128 - len)
-    };
-    (u128::from(ip) & mask) == (u128::from(Ipv6Addr::from(net)) & mask)
+    !SPECIAL_V4.iter().any(|net| net.contains(&ip))
 }
 
 fn is_public_v6(ip: Ipv6Addr) -> bool {
-    const RANGES: &[([u16; 8], u32)] = &[
-        ([0, 0, 0, 0, 0, 0, 0, 0], 128),         // unspecified
-        ([0, 0, 0, 0, 0, 0, 0, 1], 128),         // loopback
-        ([0, 0, 0, 0, 0, 0xffff, 0, 0], 96),     // IPv4-mapped
-        ([0x64, 0xff9b, 0, 0, 0, 0, 0, 0], 96),  // IPv4/IPv6 translation
-        ([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48),  // local-use translation
-        ([0x100, 0, 0, 0, 0, 0, 0, 0], 64),      // discard-only
-        ([0x2001, 0, 0, 0, 0, 0, 0, 0], 23),     // IETF protocol assignments
-        ([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32), // documentation
-        ([0x2002, 0, 0, 0, 0, 0, 0, 0], 16),     // 6to4
-        ([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20),     // documentation (RFC 9637)
-        ([0x5f00, 0, 0, 0, 0, 0, 0, 0], 16),     // segment routing SIDs
-        ([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7),      // unique local
-        LINK_LOCAL_V6,                           // link local
-        ([0xff00, 0, 0, 0, 0, 0, 0, 0], 8),      // multicast
-    ];
-    !RANGES.iter().any(|&(net, len)| in_v6(ip, net, len))
+    !SPECIAL_V6.iter().any(|net| net.contains(&ip))
+}
+
+/// A CIDR block or a single address (as a /32 or /128), for config and token
+/// constraints. A block with host bits set is refused: it is almost always a typo for
+/// its network.
+pub fn parse_net(s: &str) -> Result<IpNet, String> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    let net: IpNet = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an address or CIDR block (like 203.0.113.0/24)"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "{s:?} has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
 }
 
 /// Sorts and de-duplicates a set of addresses: the canonical order of a certificate's
@@ -184,6 +206,41 @@ pub fn reverse_name(ip: IpAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nets_parse_by_ipnet_and_refuse_host_bits() {
+        assert_eq!(
+            parse_net("203.0.113.0/24").unwrap().to_string(),
+            "203.0.113.0/24"
+        );
+        assert_eq!(parse_net("192.0.2.7").unwrap().to_string(), "192.0.2.7/32");
+        assert_eq!(
+            parse_net("2001:db8::/32").unwrap().to_string(),
+            "2001:db8::/32"
+        );
+        assert_eq!(parse_net("::1").unwrap().prefix_len(), 128);
+        let e = parse_net("203.0.113.7/24").unwrap_err();
+        assert!(e.contains("did you mean 203.0.113.0/24"), "{e}");
+        assert!(parse_net("10.0.0.0/33").is_err());
+        assert!(parse_net("nope")
+            .unwrap_err()
+            .contains("not an address or CIDR block"));
+    }
+
+    #[test]
+    fn special_purpose_blocks_edges() {
+        let public = |s: &str| is_public(s.parse().unwrap());
+        // First and last address of a block, and the neighbours outside it.
+        assert!(!public("100.64.0.0") && !public("100.127.255.255"));
+        assert!(public("100.63.255.255") && public("100.128.0.0"));
+        assert!(!public("172.31.255.255") && public("172.32.0.0"));
+        assert!(!public("198.19.255.255") && public("198.20.0.0"));
+        assert!(!public("2001:1ff:ffff:ffff::1") && public("2001:200::1"));
+        assert!(!public("fdff::1") && public("fe00::1") && !public("febf::1"));
+        assert!(is_link_local("169.254.1.1".parse().unwrap()));
+        assert!(is_link_local("fe80::1".parse().unwrap()));
+        assert!(!is_link_local("fec0::1".parse().unwrap()));
+    }
 
     #[test]
     fn canonical_forms_are_accepted() {

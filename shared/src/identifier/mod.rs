@@ -19,7 +19,8 @@ mod pattern;
 mod tests;
 
 pub use ip::{
-    canonical_set, check_issuable, is_link_local, is_public, parse_host_ip, parse_ip, reverse_name,
+    canonical_set, check_issuable, is_link_local, is_public, parse_host_ip, parse_ip, parse_net,
+    reverse_name,
 };
 pub use name::{registered_domain, DnsName, MAX_LABEL_OCTETS, MAX_NAME_OCTETS};
 pub use pattern::NamePattern;

@@ -200,6 +200,26 @@ async fn broken_nginx_config_is_rolled_back_reported_and_audited() {
         table.contains("config test"),
         "error visible in certs:\n{table}"
     );
+    // `status` exits 3 naming the failing certificate (for cron and monitoring scripts).
+    let (code, status) = coord.status_json().await.expect("status");
+    assert_eq!(code, 3, "{status:#}");
+    assert!(
+        status["problems"]
+            .as_array()
+            .expect("problems")
+            .iter()
+            .any(|p| p["kind"] == "certificate_failing"
+                && p["subject"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with(&row.cert_id))),
+        "{status:#}"
+    );
+    let text = coord.cli(&["status"]).await.expect("status");
+    assert_eq!(text.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("certificate_failing"),
+        "{text:?}"
+    );
 
     // Fixed: the retry installs and serves the new certificate without anyone asking.
     h.web.restore_config().expect("restore");

@@ -233,9 +233,12 @@ async fn a_host_not_seen_for_decommission_after_is_revoked_and_removed() {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let text = scrape(metrics_port).await;
-            if text.contains(&format!(
-                "certfleet_host_decommission_in_seconds{{host_id=\"{gone_id}\"}}"
-            )) {
+            // The host's id and its name (the labels an alert names it by).
+            if text.lines().any(|l| {
+                l.starts_with(&format!(
+                    "certfleet_host_decommission_in_seconds{{host_id=\"{gone_id}\",hostname=\""
+                ))
+            }) {
                 break text;
             }
             assert!(

@@ -15,6 +15,7 @@ mod bootstrap;
 mod challenge_fallback;
 mod chaos;
 mod cli;
+mod cli_json;
 mod crash;
 mod deploy_hooks;
 mod dns01_errors;

@@ -63,7 +63,12 @@ async fn metrics_match_the_fleet() {
     );
     assert_eq!(value(&m, "certfleet_certificates{state=\"failed\"}"), 0.0);
     assert_eq!(value(&m, "certfleet_certificates_at_risk "), 0.0);
-    let labels = format!("{{cert_id=\"{}\",host_id=\"{host}\"}}", row.cert_id);
+    // Beside the ids, what an alert names: the host's name, the primary identifier and
+    // the issuer.
+    let labels = format!(
+        "{{cert_id=\"{}\",host_id=\"{host}\",hostname=\"metered\",identifier=\"{}\",issuer=\"{}\"}}",
+        row.cert_id, row.identifiers[0], row.issuer
+    );
     let not_after = value(
         &m,
         &format!("certfleet_certificate_not_after_timestamp_seconds{labels}"),

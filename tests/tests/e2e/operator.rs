@@ -112,6 +112,7 @@ async fn tokens_are_listed_and_revoked_and_status_sums_up_the_fleet() {
     );
 
     // Status.
+    // (`cli_ok`: a healthy fleet exits 0.)
     let status: Value = serde_json::from_str(
         &coord
             .cli_ok(&["status", "--json"])
@@ -119,6 +120,8 @@ async fn tokens_are_listed_and_revoked_and_status_sums_up_the_fleet() {
             .expect("status --json"),
     )
     .unwrap();
+    assert_eq!(status["healthy"], true, "{status:#}");
+    assert_eq!(status["problems"], serde_json::json!([]));
     assert_eq!(status["hosts"]["total"], 1);
     assert_eq!(status["hosts"]["connected"], 1);
     assert_eq!(status["certificates"]["by_state"]["installed"], 1);

@@ -56,7 +56,7 @@ fn audit_trees_keep_their_keys_and_json() {
     assert_eq!(log.verify().unwrap(), None);
     let by_ip = log
         .query(&Query {
-            network: Some((ip, 24)),
+            network: Some(ipnet::IpNet::new(ip, 24).unwrap().trunc()),
             ..Default::default()
         })
         .unwrap();
