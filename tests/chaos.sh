@@ -8,7 +8,7 @@
 #   CERTFLEET_CHAOS_HOSTS=20 tests/chaos.sh 100      # more hosts
 #   tests/chaos.sh 200 coordinator_kill9             # only one of the two tests
 #   tests/chaos.sh 10 ha::three_coordinators         # three nodes on PostgreSQL, 10 kills
-#                                                      (CI runs it with 3; needs postgresql, netns)
+#                                                      (not in CI: pebble deadlock, see tests/run.sh)
 #
 # The same tests run in CI (tests/run.sh) with 20 kills each. Each prints one
 # `CHAOS SUMMARY` line with the counts; a failure prints the seed to replay it with.

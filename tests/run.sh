@@ -135,12 +135,15 @@ else
             --test-threads "${e2e_threads}" "$@"
     fi
 fi
-# Three coordinators on one PostgreSQL, kill -9 of the node doing orders at 3 seeded
-# moments (tests/chaos.sh runs it with more kills). Alone, not beside other e2e tests: it
-# times failover against a 20 s lease. Only on a full run, not with a test filter.
-if (($# == 0)) && cargo nextest --version >/dev/null 2>&1; then
-    echo "==> three coordinators, kill -9 mid-order (CERTFLEET_HA_KILLS=${HA_KILLS:-3})"
-    CERTFLEET_HA_KILLS=${HA_KILLS:-3} cargo nextest run -p certfleet-tests --test e2e \
+# Three coordinators on one PostgreSQL, kill -9 of the node doing orders at HA_KILLS
+# seeded moments (tests/chaos.sh runs it with more kills), alone, not beside other e2e
+# tests: it times failover against a 20 s lease. Off by default (HA_KILLS=3 turns it on):
+# Debian's pebble 2.4.0 can deadlock under many concurrent new orders (its memory store's
+# FindValidAuthorization and AddChallenge take two locks in opposite orders; goroutine dump
+# in ARCHITECTURE.md, "Testing"), and then every order of the run times out.
+if (($# == 0)) && ((${HA_KILLS:-0} > 0)) && cargo nextest --version >/dev/null 2>&1; then
+    echo "==> three coordinators, kill -9 mid-order (CERTFLEET_HA_KILLS=${HA_KILLS})"
+    CERTFLEET_HA_KILLS=${HA_KILLS} cargo nextest run -p certfleet-tests --test e2e \
         --no-tests=fail -E 'test(/three_coordinators_on_postgres/)'
 fi
 # The Debian packages, from the binaries built above (packaging/test-debs.sh --from-debug:
