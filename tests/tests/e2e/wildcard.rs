@@ -162,11 +162,18 @@ async fn wildcard_and_apex_by_rfc2136_are_served_by_nginx_and_apache_and_renewed
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(
-        renewed.validated_by.get(&wild).map(String::as_str),
-        Some("dns-01"),
+    // Every authorization the renewal validated was by DNS-01. Both hosts order the same
+    // two names under one account, so pebble may hand the renewal an authorization the
+    // other host's order validated moments ago (already valid: nothing to validate, so
+    // the record names no challenge for it) — a CA may do that, as Let's Encrypt does.
+    assert!(
+        !renewed.validated_by.is_empty()
+            && renewed.validated_by.values().all(|k| k == "dns-01"),
         "{renewed:?}"
     );
+    if !renewed.validated_by.contains_key(&wild) {
+        eprintln!("the CA reused a valid authorization for {wild} in the renewal");
+    }
     tlsutil::served_leaf_for_name(
         hosts[0].https_addrs()[0],
         &format!("www.{ZONE}"),
