@@ -14,8 +14,22 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use rand::Rng as _;
 
-/// A TCP port that was free on 127.0.0.1 a moment ago (bind to :0, read, close).
+/// Ports handed out by [`free_port`]: below Linux's default ephemeral range
+/// (32768–60999), so an outgoing connection of another test cannot take the port in the
+/// moment between this check and the process under test binding it (seen in CI: a
+/// TLS-ALPN-01 listener refused with "address in use").
+const PICK_PORTS: std::ops::Range<u16> = 20_000..32_768;
+
+/// A TCP port that was free on 127.0.0.1 a moment ago: a random one outside the
+/// ephemeral range that binds now (then closed), else one the kernel picks.
 pub fn free_port() -> anyhow::Result<u16> {
+    let mut rng = rand::rng();
+    for _ in 0..200 {
+        let port = rng.random_range(PICK_PORTS);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     let l = TcpListener::bind(("127.0.0.1", 0)).context("binding 127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
