@@ -167,8 +167,7 @@ async fn wildcard_and_apex_by_rfc2136_are_served_by_nginx_and_apache_and_renewed
     // other host's order validated moments ago (already valid: nothing to validate, so
     // the record names no challenge for it) — a CA may do that, as Let's Encrypt does.
     assert!(
-        !renewed.validated_by.is_empty()
-            && renewed.validated_by.values().all(|k| k == "dns-01"),
+        !renewed.validated_by.is_empty() && renewed.validated_by.values().all(|k| k == "dns-01"),
         "{renewed:?}"
     );
     if !renewed.validated_by.contains_key(&wild) {
