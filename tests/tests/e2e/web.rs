@@ -37,6 +37,11 @@ impl Browser {
     }
 
     fn run(&self, extra: &[&str], url: &str) -> String {
+        self.output(extra, url).0
+    }
+
+    /// Chromium's stdout and stderr; a failed run panics with its stderr.
+    fn output(&self, extra: &[&str], url: &str) -> (String, String) {
         let out = Command::new("chromium")
             .args([
                 "--headless",
@@ -60,12 +65,25 @@ impl Browser {
             "chromium {url}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
-    /// The page's DOM after load.
+    /// The page's DOM after load. Headless chromium now and then exits with success before
+    /// it has printed the DOM (seen once in CI on a busy machine, on a 401 page): an empty
+    /// dump is taken again, up to three times, and its stderr shown if it stays empty.
     fn dom(&self, url: &str) -> String {
-        self.run(&["--dump-dom"], url)
+        let mut stderr = String::new();
+        for _ in 0..3 {
+            let (dom, err) = self.output(&["--dump-dom"], url);
+            if !dom.trim().is_empty() {
+                return dom;
+            }
+            stderr = err;
+        }
+        panic!("chromium printed no DOM for {url} three times; its stderr: {stderr}")
     }
 
     /// A screenshot into the artifacts, and the DOM.
