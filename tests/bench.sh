@@ -41,6 +41,10 @@ if ((${#missing[@]})); then
     apt-get install -y "${missing[@]}"
 fi
 
+# The patched pebble of tests/run.sh (Debian's deadlocks under the scale benchmark's load).
+PEBBLE_BIN=$(tests/pebble/build.sh)
+export PEBBLE_BIN
+
 cargo build --release --workspace --bins
 case "${1:-all}" in
     issuance | fleet | bootstrap | scale) cargo bench -p certfleet-tests --bench "$1" ;;
