@@ -6,6 +6,7 @@ pub(super) const BAD_NONCE: &str = "urn:ietf:params:acme:error:badNonce";
 pub(super) const RATE_LIMITED: &str = "urn:ietf:params:acme:error:rateLimited";
 pub(super) const ACCOUNT_GONE: &str = "urn:ietf:params:acme:error:accountDoesNotExist";
 pub(super) const UNAUTHORIZED: &str = "urn:ietf:params:acme:error:unauthorized";
+pub(super) const ALREADY_REVOKED: &str = "urn:ietf:params:acme:error:alreadyRevoked";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcmeError {
@@ -155,6 +156,15 @@ impl AcmeError {
             }
         )
     }
+    /// The CA says the certificate is revoked already (`alreadyRevoked`, RFC 8555 §7.6): the
+    /// state a revocation asks for, reached earlier (an operator's `certs revoke` before the
+    /// host's removal, or a revocation whose answer was lost).
+    pub fn is_already_revoked(&self) -> bool {
+        matches!(
+            self,
+            AcmeError::Ca { problem_type: Some(t), .. } if t == ALREADY_REVOKED
+        )
+    }
     /// Worth retrying soon, with the same order: bad nonce, rate limit, a CA that is down or
     /// slow (no problem document at all).
     pub fn is_transient(&self) -> bool {
@@ -196,5 +206,18 @@ mod tests {
             Problem::AccountGone
         );
         assert_eq!(Problem::classify(None, t), Problem::Unreachable);
+    }
+
+    #[test]
+    fn only_the_alreadyrevoked_problem_counts_as_revoked_already() {
+        let ca = |t: Option<&str>| AcmeError::Ca {
+            issuer: "le".into(),
+            detail: "Certificate already revoked".into(),
+            problem_type: t.map(str::to_owned),
+            problem: Problem::classify(t, ""),
+        };
+        assert!(ca(Some(ALREADY_REVOKED)).is_already_revoked());
+        assert!(!ca(Some("urn:ietf:params:acme:error:malformed")).is_already_revoked());
+        assert!(!ca(None).is_already_revoked());
     }
 }
