@@ -65,6 +65,10 @@ impl Files {
     pub fn enrollment(&self) -> PathBuf {
         self.dir.join("enrollment.json")
     }
+    /// The key an enrollment in progress asks with (0600), kept until it has succeeded.
+    pub fn pending_key(&self) -> PathBuf {
+        self.dir.join("enroll-pending.key")
+    }
 
     fn read(&self, p: &Path) -> anyhow::Result<String> {
         let bytes =
@@ -208,8 +212,8 @@ pub async fn enroll(state_dir: &Path, p: &EnrollParams, now: i64) -> anyhow::Res
         bail!("--token is empty");
     }
 
-    // One key and CSR for every attempt.
-    let key = KeyPair::generate()?;
+    // One key and CSR for every attempt, and for a rerun after this one was cut short.
+    let key = enrollment_key(&files)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params
@@ -241,7 +245,11 @@ pub async fn enroll(state_dir: &Path, p: &EnrollParams, now: i64) -> anyhow::Res
             });
         let error = match attempt {
             Ok(resp) => break resp,
-            Err(Attempt::Final(e)) => return Err(e),
+            Err(Attempt::Final(e)) => {
+                // Refused: the next enrollment (another token, another pin) starts afresh.
+                let _ = std::fs::remove_file(files.pending_key());
+                return Err(e);
+            }
             Err(Attempt::Unreachable(e)) => e,
         };
         failures += 1;
@@ -305,7 +313,37 @@ pub async fn enroll(state_dir: &Path, p: &EnrollParams, now: i64) -> anyhow::Res
         }
         return Err(e.context(format!("writing the identity into {}", state_dir.display())));
     }
+    let _ = std::fs::remove_file(files.pending_key());
     Ok(Enrolled::New(record))
+}
+
+/// The key this enrollment asks with. A run cut short after the coordinator had answered
+/// (killed, rebooted, a cloud-init timeout) left its key in [`Files::pending_key`]: asking
+/// again with the same token and the same key gets the same host back, where a new key
+/// would find the single-use token spent. Otherwise a new key, written 0600 before the
+/// first request (which also finds an unwritable state directory before a token use).
+fn enrollment_key(files: &Files) -> anyhow::Result<KeyPair> {
+    let path = files.pending_key();
+    if let Ok(bytes) = read_limited(&path, 64 * 1024) {
+        match std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|pem| KeyPair::from_pem(pem).ok())
+        {
+            Some(key) => {
+                tracing::info!(path = %path.display(), "an earlier enrollment was cut short; asking again with its key");
+                return Ok(key);
+            }
+            None => {
+                tracing::warn!(path = %path.display(), "unreadable key of an earlier enrollment; making a new one")
+            }
+        }
+    }
+    create_dir_with_mode(&files.dir, 0o700)
+        .with_context(|| format!("creating the state directory {}", files.dir.display()))?;
+    let key = KeyPair::generate()?;
+    write_atomic(&path, key.serialize_pem().as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(key)
 }
 
 /// One round over the coordinators' addresses: resolve, connect (pinned), ask.

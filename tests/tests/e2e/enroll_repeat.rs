@@ -140,3 +140,58 @@ async fn a_replayed_enrollment_is_the_same_host_and_takes_no_second_use() {
     assert!(st.message().contains("removed"), "{}", st.message());
     assert!(coord.hosts().await.expect("hosts").is_empty());
 }
+
+/// `certfleet-agent enroll` killed after the coordinator answered, before it wrote the
+/// identity (a reboot, a cloud-init timeout): it kept its key in `enroll-pending.key`
+/// (0600) before asking, so the rerun asks with that key and gets the same host back
+/// instead of finding the single-use token spent. Simulated by giving a second agent's
+/// state directory the first one's key as the pending key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrollment_cut_short_is_finished_by_the_rerun_with_its_kept_key() {
+    let (pebble, coord) = pebble_and_coordinator().await;
+    let token = coord.create_token(None).await.expect("token");
+    let mut first = certfleet_tests::Agent::new("cut-short", pebble.http_port()).expect("agent");
+    let out = first
+        .enroll(&coord.url(), &token, coord.ca_sha256())
+        .await
+        .expect("enroll");
+    assert!(out.status.success(), "{out:?}");
+    let host = first.id().expect("host id").to_owned();
+    let pending = first.state_dir().join("enroll-pending.key");
+    assert!(!pending.exists(), "the pending key goes once enrolled");
+
+    // The run that was "killed": only its pending key is on disk.
+    let mut rerun = certfleet_tests::Agent::new("cut-short", pebble.http_port()).expect("agent");
+    std::fs::create_dir_all(rerun.state_dir()).expect("state dir");
+    std::fs::copy(
+        first.state_dir().join("identity.key"),
+        rerun.state_dir().join("enroll-pending.key"),
+    )
+    .expect("pending key");
+    let out = rerun
+        .enroll(&coord.url(), &token, coord.ca_sha256())
+        .await
+        .expect("enroll again");
+    assert!(
+        out.status.success(),
+        "the rerun must finish the enrollment with the same token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(rerun.id().expect("host id"), host, "the same host");
+    assert!(!rerun.state_dir().join("enroll-pending.key").exists());
+    assert_eq!(coord.hosts().await.expect("hosts").len(), 1);
+
+    // A rerun with a new key (no pending key) finds the token spent, as before.
+    let mut other = certfleet_tests::Agent::new("other", pebble.http_port()).expect("agent");
+    let out = other
+        .enroll(&coord.url(), &token, coord.ca_sha256())
+        .await
+        .expect("enroll other");
+    assert!(!out.status.success(), "a new key with a spent token");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already used"),
+        "{out:?}"
+    );
+    let left = other.state_dir().join("enroll-pending.key");
+    assert!(!left.exists(), "a refused enrollment leaves no key behind");
+}
