@@ -5,7 +5,7 @@
 use crate::audit::{Entry, Kind};
 use crate::engine::reconcile::state_of;
 use crate::engine::{Engine, IssueError};
-use crate::store::StoreError;
+use crate::store::{RenewalRequest, StoreError};
 use certfleet_shared::ids::{CertId, HostId};
 use certfleet_shared::x509::parse_pem_chain;
 use std::net::IpAddr;
@@ -28,17 +28,23 @@ pub async fn revoke(
     };
     let issuer = engine.issuer(&cur.issuer)?;
     let chain = parse_pem_chain(&cur.chain_pem).map_err(|e| IssueError::BadCert(e.to_string()))?;
-    issuer.revoke(&chain[0], reason).await?;
-    engine.record(
-        Kind::CertificateRevoked,
-        &rec,
-        Entry::by(by)
-            .ids(&cur.identifiers)
-            .serial(cur.serial.clone())
-            .issuer(cur.issuer.clone())
-            .detail("reason", reason_name),
-    )?;
-    tracing::warn!(cert = %id, serial = %cur.serial, reason = reason_name, by, "certificate revoked");
+    // Revoked already at the CA (an earlier `certs revoke`, or an answer lost on the way):
+    // done, recorded as such, not an error that blocks the host's removal.
+    let already = match issuer.revoke(&chain[0], reason).await {
+        Ok(()) => false,
+        Err(e) if e.is_already_revoked() => true,
+        Err(e) => return Err(e.into()),
+    };
+    let mut entry = Entry::by(by)
+        .ids(&cur.identifiers)
+        .serial(cur.serial.clone())
+        .issuer(cur.issuer.clone())
+        .detail("reason", reason_name);
+    if already {
+        entry = entry.detail("already_revoked", true);
+    }
+    engine.record(Kind::CertificateRevoked, &rec, entry)?;
+    tracing::warn!(cert = %id, serial = %cur.serial, reason = reason_name, by, already_revoked = already, "certificate revoked");
     if reissue {
         // A key group's certificate is every member's: all of them drop it, and the
         // group orders one replacement.
@@ -166,6 +172,15 @@ pub fn force_renew(engine: &Engine, ids: &[CertId], by: &str) -> Result<Vec<Cert
                 tracing::error!(error = %e, "audit append failed; renewal not forced");
                 continue;
             }
+            // The request itself, apart from the record: a task ending meanwhile writes
+            // its older copy of the record, which would drop the fields set below.
+            engine.store.request_renewal(&RenewalRequest {
+                cert: id.clone(),
+                by: by.to_owned(),
+                at: now,
+                nonce: format!("{:016x}", rand::random::<u64>()),
+            })?;
+            // Shown at once by `certs`; the engine sets them again when it takes the request.
             rec.schedule.forced_by = Some(by.to_owned());
             // The operator takes charge: the next attempt is not held back by earlier failures.
             rec.schedule.attempts = 0;

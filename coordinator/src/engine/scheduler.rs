@@ -83,6 +83,24 @@ impl Engine {
                 }
                 Err(e) => tracing::error!(error = %e, "reading the schedule failed"),
             }
+            // Operators' renewal requests, whatever the records' next actions say (a task
+            // may have written its older copy over the forced next action). One whose
+            // certificate is being worked on waits for that task's end (which wakes us).
+            match self.store.renewal_requests() {
+                Ok(requests) => {
+                    for r in requests {
+                        if lock(&self.running).contains(&r.cert) {
+                            continue;
+                        }
+                        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                            busy = true;
+                            break;
+                        };
+                        self.run_cert(r.cert, permit);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "reading renewal requests failed"),
+            }
             let longest = if self.store.shared() {
                 SHARED_POLL_SECS
             } else {
@@ -213,7 +231,12 @@ impl Engine {
     }
 
     pub(super) async fn reconcile(&self, id: &CertId) -> Result<(), IssueError> {
+        let request = self.store.renewal_request(id)?;
         let Some(mut rec) = self.store.cert(id)? else {
+            // Removed with its host: a request for it has nothing left to renew.
+            if let Some(r) = &request {
+                self.store.clear_renewal_request(r)?;
+            }
             return Ok(());
         };
         let Some(host) = self.store.host(&rec.host_id)? else {
@@ -221,6 +244,15 @@ impl Engine {
             self.save(&rec)?;
             return Ok(());
         };
+        if let Some(r) = request {
+            // Into the record under this task's lease, then out of the requests: a crash
+            // in between takes it again (the same renewal), never loses it.
+            rec.schedule.forced_by = Some(r.by.clone());
+            rec.schedule.attempts = 0;
+            rec.schedule.next_reason = Some(format!("renewal forced by {}", r.by));
+            self.save(&rec)?;
+            self.store.clear_renewal_request(&r)?;
+        }
         let now = self.clock.now_unix();
         self.refresh_ari(&mut rec, now).await;
         let outcome = match rec.spec.key_group.clone() {

@@ -53,6 +53,21 @@ pub enum StoreError {
     SchemaTooNew { found: i64, known: i64 },
 }
 
+/// An operator's "renew now" for one certificate, kept apart from the certificate's record:
+/// a task that finishes with its older copy of the record cannot lose it (it did: a forced
+/// renewal made while the first issuance's task was ending was overwritten). The engine
+/// moves it into the record (`schedule.forced_by`) when it starts work on the certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewalRequest {
+    pub cert: CertId,
+    /// Who asked (`operator:NAME`).
+    pub by: String,
+    /// When (unix seconds).
+    pub at: i64,
+    /// Tells this request from a later one for the same certificate.
+    pub nonce: String,
+}
+
 /// The right to work on one certificate, until `until` (unix seconds on the store's
 /// clock). `token` grows with every new lease on the certificate, so a holder whose lease
 /// was taken over is told apart from the new one (fencing).
@@ -277,6 +292,14 @@ pub trait Store: cluster::ClusterStore + Send + Sync + 'static {
     /// token, not expired), checked in the same transaction: otherwise
     /// [`StoreError::LeaseLost`] and nothing is written.
     fn put_cert_fenced(&self, rec: &CertRecord, lease: &Lease, now: i64) -> Result<(), StoreError>;
+    /// Records `req`, replacing an earlier request for the same certificate.
+    fn request_renewal(&self, req: &RenewalRequest) -> Result<(), StoreError>;
+    /// The pending renewal request for `cert`.
+    fn renewal_request(&self, cert: &CertId) -> Result<Option<RenewalRequest>, StoreError>;
+    /// Every pending renewal request (few: operators make them), oldest first.
+    fn renewal_requests(&self) -> Result<Vec<RenewalRequest>, StoreError>;
+    /// Removes `req` if it is still the pending one: a request made since stays.
+    fn clear_renewal_request(&self, req: &RenewalRequest) -> Result<(), StoreError>;
     /// Certificates whose next action is at or before `now`, soonest first (at most `limit`).
     fn due(&self, now: i64, limit: usize) -> Result<Vec<CertId>, StoreError>;
     /// The soonest next action of all certificates.

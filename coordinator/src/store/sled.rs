@@ -7,7 +7,8 @@
 //! (`serial ++ 0 ++ seq`) and `audit_by_ip` (16-byte address key `++ seq`), all → ().
 
 use super::{
-    AccountRecord, EnrollError, EnrollRefusal, Enrolled, Lease, Store, StoreError, TokenRecord,
+    AccountRecord, EnrollError, EnrollRefusal, Enrolled, Lease, RenewalRequest, Store, StoreError,
+    TokenRecord,
 };
 use crate::model::{CertRecord, HostRecord, OperatorRecord};
 use certfleet_shared::ids::{CertId, HostId};
@@ -648,6 +649,22 @@ impl Store for SledStore {
         self.operator_record(name)
     }
 
+    fn request_renewal(&self, req: &RenewalRequest) -> Result<(), StoreError> {
+        self.put_renewal_request(req)
+    }
+
+    fn renewal_request(&self, cert: &CertId) -> Result<Option<RenewalRequest>, StoreError> {
+        self.renewal_request_of(cert)
+    }
+
+    fn renewal_requests(&self) -> Result<Vec<RenewalRequest>, StoreError> {
+        self.all_renewal_requests()
+    }
+
+    fn clear_renewal_request(&self, req: &RenewalRequest) -> Result<(), StoreError> {
+        self.remove_renewal_request(req)
+    }
+
     fn operators(&self) -> Result<Vec<OperatorRecord>, StoreError> {
         Self::all(&self.db.open_tree(operators::TREE)?)
     }
@@ -665,6 +682,7 @@ mod audit;
 mod backup;
 mod cluster;
 mod operators;
+mod requests;
 
 #[cfg(test)]
 mod tests;

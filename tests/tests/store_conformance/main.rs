@@ -10,6 +10,7 @@ mod cluster;
 mod enroll_repeat;
 mod paging;
 mod postgres;
+mod renewal_requests;
 
 use certfleet_coordinator::audit::{AuditLog, Entry, Kind, Query};
 use certfleet_coordinator::model::{CertRecord, CertSpec, HostRecord, OperatorRecord, Role};

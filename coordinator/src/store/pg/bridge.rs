@@ -8,8 +8,8 @@ use super::{PgOptions, PgStore};
 use crate::model::{CertRecord, HostRecord, OperatorRecord};
 use crate::store::cluster::{NodeRow, RelayRequest};
 use crate::store::{
-    AccountRecord, AuditRecordIter, AuditRow, AuditStore, EnrollError, Enrolled, Lease, SeqIter,
-    Store, StoreError, StoredAuditRecord, TokenRecord,
+    AccountRecord, AuditRecordIter, AuditRow, AuditStore, EnrollError, Enrolled, Lease,
+    RenewalRequest, SeqIter, Store, StoreError, StoredAuditRecord, TokenRecord,
 };
 use certfleet_shared::ids::{CertId, HostId};
 use certfleet_shared::ratelimit::Budget;
@@ -407,6 +407,25 @@ impl Store for PgSyncStore {
     fn put_budget(&self, issuer: &str, budget: &Budget) -> Result<(), StoreError> {
         let (issuer, budget) = (issuer.to_owned(), budget.clone());
         self.call(move |s| async move { s.put_budget(&issuer, &budget).await })
+    }
+
+    fn request_renewal(&self, req: &RenewalRequest) -> Result<(), StoreError> {
+        let req = req.clone();
+        self.call(move |s| async move { s.request_renewal(&req).await })
+    }
+
+    fn renewal_request(&self, cert: &CertId) -> Result<Option<RenewalRequest>, StoreError> {
+        let cert = cert.clone();
+        self.call(move |s| async move { s.renewal_request(&cert).await })
+    }
+
+    fn renewal_requests(&self) -> Result<Vec<RenewalRequest>, StoreError> {
+        self.call(move |s| async move { s.renewal_requests().await })
+    }
+
+    fn clear_renewal_request(&self, req: &RenewalRequest) -> Result<(), StoreError> {
+        let req = req.clone();
+        self.call(move |s| async move { s.clear_renewal_request(&req).await })
     }
 
     fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, StoreError> {

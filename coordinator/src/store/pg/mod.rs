@@ -26,6 +26,7 @@ mod cluster;
 mod leases;
 mod operators;
 mod records;
+mod requests;
 mod schema;
 mod tls;
 

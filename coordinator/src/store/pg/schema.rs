@@ -135,6 +135,14 @@ CREATE TABLE operators (
     payload    json NOT NULL
 );
 "#,
+    r#"
+CREATE TABLE renewal_requests (
+    cert_id  text COLLATE "C" PRIMARY KEY,
+    asked_by text NOT NULL,
+    at       bigint NOT NULL,
+    nonce    text NOT NULL
+);
+"#,
 ];
 
 /// The schema version this coordinator writes.
