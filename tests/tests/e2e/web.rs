@@ -1,8 +1,9 @@
 //! The web view in a real browser (Debian `chromium`, headless) against a running fleet:
 //! two hosts with served certificates, one labelled with markup. Pages are refused without
 //! an operator identity, a login link works once and its session shows the real hosts and
-//! certificates, markup stays text, and an operator's client certificate works until the
-//! operator is revoked. Screenshots of every page go to `$CERTFLEET_TEST_ARTIFACTS/web/`
+//! certificates, markup stays text, and an operator's client certificate — with curl, and
+//! as its PKCS#12 imported into the browser's NSS database, with no login link — works until
+//! the operator is revoked. Screenshots of every page go to `$CERTFLEET_TEST_ARTIFACTS/web/`
 //! (default `target/test-artifacts/web/`).
 
 use std::path::{Path, PathBuf};
@@ -12,6 +13,8 @@ use certfleet_tests::coordinator::CoordinatorOptions;
 use certfleet_tests::{Agent, Coordinator, PebbleOptions};
 
 use crate::support::{pebble_and_coordinator_with, ISSUE_TIMEOUT};
+
+mod client_cert;
 
 const MARKUP: &str = "<script>alert(1)</script>";
 
@@ -24,16 +27,34 @@ fn artifacts() -> PathBuf {
     dir
 }
 
-/// Headless chromium on one profile (its cookies kept between runs).
+/// Headless chromium on one profile (its cookies kept between runs), with its own HOME so
+/// that it reads its own NSS database (client certificates), never the machine user's.
 struct Browser {
-    profile: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    _auto_select: Option<client_cert::AutoSelectPolicy>,
 }
 
 impl Browser {
     fn new() -> Self {
+        let dir = tempfile::tempdir().expect("browser dir");
+        std::fs::create_dir(dir.path().join("home")).expect("browser HOME");
         Self {
-            profile: tempfile::tempdir().expect("profile dir"),
+            dir,
+            _auto_select: None,
         }
+    }
+
+    /// A browser holding the operator's PKCS#12 (imported as a user would) that presents it
+    /// to `origin` without a prompt, for as long as it lives.
+    fn with_client_cert(p12: &Path, password_file: &Path, origin: &str) -> Self {
+        let mut browser = Self::new();
+        client_cert::import_p12(&browser.home(), p12, password_file);
+        browser._auto_select = Some(client_cert::AutoSelectPolicy::for_origin(origin));
+        browser
+    }
+
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
     }
 
     fn run(&self, extra: &[&str], url: &str) -> String {
@@ -55,7 +76,11 @@ impl Browser {
                 "--ignore-certificate-errors",
                 "--window-size=1280,1000",
             ])
-            .arg(format!("--user-data-dir={}", self.profile.path().display()))
+            .env("HOME", self.home())
+            .arg(format!(
+                "--user-data-dir={}",
+                self.dir.path().join("profile").display()
+            ))
             .args(extra)
             .arg(url)
             .output()
@@ -276,7 +301,27 @@ async fn the_web_view_in_a_browser_shows_the_fleet_to_operators_only() {
     assert!(lines.iter().all(|r| r["kind"] == "certificate_issued"
         && r["host_id"].as_str() == Some(alpha_id.to_string().as_str())));
 
-    // Revoked: the certificate is refused at the next request.
+    // The same credential as a user holds it: the PKCS#12 imported into a browser, which
+    // opens the web view with no login link (a fresh profile, no cookie) and sees the fleet.
+    let holder = Browser::with_client_cert(
+        &viewer.join("operator.p12"),
+        &viewer.join("operator.p12.password"),
+        &base,
+    );
+    let dom = holder.shot("09-client-certificate", &format!("{base}/"));
+    assert!(
+        dom.contains("Fleet overview") && dom.contains("ann (viewer, client certificate)"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<b>2</b> hosts") && dom.contains(&alpha_cert.cert_id),
+        "{dom}"
+    );
+    let dom = holder.dom(&format!("{base}/hosts"));
+    assert!(dom.contains("alpha") && dom.contains("beta"), "{dom}");
+
+    // Revoked: the certificate is refused at the next request, by curl and by the browser
+    // (which still presents it: the refusal names it, not a missing certificate).
     coord
         .cli_ok(&["operators", "revoke", "ann"])
         .await
@@ -284,4 +329,15 @@ async fn the_web_view_in_a_browser_shows_the_fleet_to_operators_only() {
     let (status, text) = curl(&format!("{base}/"), Some(&viewer));
     assert_eq!(status, 401, "{text}");
     assert!(text.contains("revoked"), "{text}");
+    let dom = holder.shot("10-client-certificate-revoked", &format!("{base}/"));
+    assert!(
+        dom.contains("Log in to see the fleet")
+            && dom.contains("client certificate refused")
+            && dom.contains("revoked"),
+        "{dom}"
+    );
+    assert!(
+        !dom.contains("Fleet overview") && !dom.contains(&alpha_cert.cert_id),
+        "no fleet data once revoked: {dom}"
+    );
 }
