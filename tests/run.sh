@@ -62,6 +62,11 @@ command -v dpkg-deb >/dev/null || missing+=(dpkg)
 # The web view's e2e test (tests/tests/e2e/web.rs) loads its pages in headless Chromium and
 # checks the client-certificate path and headers with curl.
 command -v chromium >/dev/null || missing+=(chromium)
+# Its client-certificate path imports the operator's PKCS#12 into the browser's NSS
+# database ($HOME/.pki/nssdb, where Chromium on Linux looks) with certutil and pk12util.
+if ! command -v certutil >/dev/null || ! command -v pk12util >/dev/null; then
+    missing+=(libnss3-tools)
+fi
 command -v curl >/dev/null || missing+=(curl)
 if ((${#missing[@]})); then
     echo "==> installing ${missing[*]}"

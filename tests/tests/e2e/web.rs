@@ -1,17 +1,22 @@
 //! The web view in a real browser (Debian `chromium`, headless) against a running fleet:
 //! two hosts with served certificates, one labelled with markup. Pages are refused without
 //! an operator identity, a login link works once and its session shows the real hosts and
-//! certificates, markup stays text, and an operator's client certificate works until the
-//! operator is revoked. Screenshots of every page go to `$CERTFLEET_TEST_ARTIFACTS/web/`
+//! certificates, markup stays text, and an operator's client certificate — with curl, and
+//! as its PKCS#12 imported into the browser's NSS database, with no login link — works until
+//! the operator is revoked. Screenshots of every page go to `$CERTFLEET_TEST_ARTIFACTS/web/`
 //! (default `target/test-artifacts/web/`).
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus};
+use std::time::{Duration, Instant};
 
 use certfleet_tests::coordinator::CoordinatorOptions;
-use certfleet_tests::{Agent, Coordinator, PebbleOptions};
+use certfleet_tests::{Agent, ChildGuard, Coordinator, PebbleOptions};
 
 use crate::support::{pebble_and_coordinator_with, ISSUE_TIMEOUT};
+
+mod client_cert;
 
 const MARKUP: &str = "<script>alert(1)</script>";
 
@@ -24,51 +29,85 @@ fn artifacts() -> PathBuf {
     dir
 }
 
-/// Headless chromium on one profile (its cookies kept between runs).
+/// Longest one chromium run may take. A local page loads in a second or two; a site that
+/// asks for a client certificate makes headless chromium wait forever for a choice nobody
+/// can make, unless an `AutoSelectCertificateForUrls` policy matches the site.
+const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Headless chromium on one profile (its cookies kept between runs), with its own HOME so
+/// that it reads its own NSS database (client certificates), never the machine user's.
 struct Browser {
-    profile: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    /// Chromium runs so far: names each run's logs in `dir`.
+    runs: Cell<u32>,
+    _auto_select: Option<client_cert::AutoSelectPolicy>,
 }
 
 impl Browser {
     fn new() -> Self {
+        let dir = tempfile::tempdir().expect("browser dir");
+        std::fs::create_dir(dir.path().join("home")).expect("browser HOME");
         Self {
-            profile: tempfile::tempdir().expect("profile dir"),
+            dir,
+            runs: Cell::new(0),
+            _auto_select: None,
         }
+    }
+
+    /// A browser holding the operator's PKCS#12 (imported as a user would) that presents it
+    /// to `origin` without a prompt, for as long as it lives.
+    fn with_client_cert(p12: &Path, password_file: &Path, origin: &str) -> Self {
+        let mut browser = Self::new();
+        client_cert::import_p12(&browser.home(), p12, password_file);
+        browser._auto_select = Some(client_cert::AutoSelectPolicy::for_origin(origin));
+        browser
+    }
+
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
     }
 
     fn run(&self, extra: &[&str], url: &str) -> String {
         self.output(extra, url).0
     }
 
-    /// Chromium's stdout and stderr; a failed run panics with its stderr.
+    /// Chromium's stdout and stderr; a failed run panics with its stderr, and so does a run
+    /// that is still going after [`CHROMIUM_TIMEOUT`] (then killed).
     fn output(&self, extra: &[&str], url: &str) -> (String, String) {
-        let out = Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-                // The coordinator's certificate is from the fleet CA, which this profile
-                // does not trust; the page content is what is checked.
-                "--ignore-certificate-errors",
-                "--window-size=1280,1000",
-            ])
-            .arg(format!("--user-data-dir={}", self.profile.path().display()))
-            .args(extra)
-            .arg(url)
-            .output()
+        let mut cmd = Command::new("chromium");
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            // The coordinator's certificate is from the fleet CA, which this profile
+            // does not trust; the page content is what is checked.
+            "--ignore-certificate-errors",
+            "--window-size=1280,1000",
+        ])
+        .env("HOME", self.home())
+        .arg(format!(
+            "--user-data-dir={}",
+            self.dir.path().join("profile").display()
+        ))
+        .args(extra)
+        .arg(url);
+        self.runs.set(self.runs.get() + 1);
+        let name = format!("chromium-{}", self.runs.get());
+        let mut child = ChildGuard::spawn(&name, &mut cmd, self.dir.path())
             .expect("chromium runs (apt-get install chromium; tests/run.sh installs it)");
-        assert!(
-            out.status.success(),
-            "chromium {url}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let Some(status) = exit_within(&mut child, CHROMIUM_TIMEOUT) else {
+            panic!(
+                "chromium {url}: still running after {CHROMIUM_TIMEOUT:?}, killed — if the site \
+                 asks for a client certificate, no AutoSelectCertificateForUrls policy matched \
+                 it; its stderr: {}",
+                child.stderr()
+            )
+        };
+        assert!(status.success(), "chromium {url}: {}", child.stderr());
+        (child.stdout(), child.stderr())
     }
 
     /// The page's DOM after load. Headless chromium now and then exits with success before
@@ -89,10 +128,24 @@ impl Browser {
     /// A screenshot into the artifacts, and the DOM.
     fn shot(&self, name: &str, url: &str) -> String {
         let file = artifacts().join(format!("{name}.png"));
+        // An earlier run's file must not pass for this one's.
+        let _ = std::fs::remove_file(&file);
         self.run(&[&format!("--screenshot={}", file.display())], url);
         assert!(file.is_file(), "{name}: no screenshot");
         self.dom(url)
     }
+}
+
+/// The child's exit status, or `None` if it is still running after `timeout`.
+fn exit_within(child: &mut ChildGuard, timeout: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Some(status) = child.try_wait().expect("waiting for chromium") {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
 }
 
 /// `curl` with optional client certificate: (status, headers + body).
@@ -179,6 +232,7 @@ async fn the_web_view_in_a_browser_shows_the_fleet_to_operators_only() {
     let link = login_link(&coord).await;
     let browser = Browser::new();
     let landed = artifacts().join("02-login-link.png");
+    let _ = std::fs::remove_file(&landed);
     browser.run(&[&format!("--screenshot={}", landed.display())], &link);
     assert!(landed.is_file());
     // The session cookie is the profile's now: the overview, without the token.
@@ -276,7 +330,27 @@ async fn the_web_view_in_a_browser_shows_the_fleet_to_operators_only() {
     assert!(lines.iter().all(|r| r["kind"] == "certificate_issued"
         && r["host_id"].as_str() == Some(alpha_id.to_string().as_str())));
 
-    // Revoked: the certificate is refused at the next request.
+    // The same credential as a user holds it: the PKCS#12 imported into a browser, which
+    // opens the web view with no login link (a fresh profile, no cookie) and sees the fleet.
+    let holder = Browser::with_client_cert(
+        &viewer.join("operator.p12"),
+        &viewer.join("operator.p12.password"),
+        &base,
+    );
+    let dom = holder.shot("09-client-certificate", &format!("{base}/"));
+    assert!(
+        dom.contains("Fleet overview") && dom.contains("ann (viewer, client certificate)"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<b>2</b> hosts") && dom.contains(&alpha_cert.cert_id),
+        "{dom}"
+    );
+    let dom = holder.dom(&format!("{base}/hosts"));
+    assert!(dom.contains("alpha") && dom.contains("beta"), "{dom}");
+
+    // Revoked: the certificate is refused at the next request, by curl and by the browser
+    // (which still presents it: the refusal names it, not a missing certificate).
     coord
         .cli_ok(&["operators", "revoke", "ann"])
         .await
@@ -284,4 +358,15 @@ async fn the_web_view_in_a_browser_shows_the_fleet_to_operators_only() {
     let (status, text) = curl(&format!("{base}/"), Some(&viewer));
     assert_eq!(status, 401, "{text}");
     assert!(text.contains("revoked"), "{text}");
+    let dom = holder.shot("10-client-certificate-revoked", &format!("{base}/"));
+    assert!(
+        dom.contains("Log in to see the fleet")
+            && dom.contains("client certificate refused")
+            && dom.contains("revoked"),
+        "{dom}"
+    );
+    assert!(
+        !dom.contains("Fleet overview") && !dom.contains(&alpha_cert.cert_id),
+        "no fleet data once revoked: {dom}"
+    );
 }
