@@ -102,6 +102,12 @@ pub fn query_string(pairs: &[(&str, &str)]) -> String {
         .join("&")
 }
 
+/// The web view's routes over `web` (what [`serve`] serves; the `web_pages` benchmark
+/// drives it directly, without TLS).
+pub fn router(web: Arc<Web>) -> axum::Router {
+    handlers::router(web)
+}
+
 /// Headers on every answer: a strict content security policy (no script at all, styles
 /// from /style.css only), no sniffing, no referrer (a login link's token never leaves in
 /// one), no framing, no caching of pages about the fleet.
