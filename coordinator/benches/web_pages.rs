@@ -44,6 +44,7 @@ const TRAIL_SECS: i64 = 30 * DAY;
 /// A filled store behind the web view's router, and what the pages ask about.
 struct Fleet {
     _tmp: tempfile::TempDir,
+    web: Arc<Web>,
     router: axum::Router,
     cookie: String,
     some_host: HostId,
@@ -175,7 +176,10 @@ fn fill(hosts: usize, records: usize) -> anyhow::Result<Fleet> {
         let (kind, e) = if i % 100_000 == 99_999 {
             (Kind::CertificateRevoked, Entry::by("operator:ann"))
         } else if i % 100 == 0 {
-            (Kind::CertificateServed, Entry::by("coordinator").host(&some_host))
+            (
+                Kind::CertificateServed,
+                Entry::by("coordinator").host(&some_host),
+            )
         } else {
             let h = &ids[i % ids.len()];
             (Kind::CertificateServed, Entry::by("coordinator").host(h))
@@ -186,9 +190,20 @@ fn fill(hosts: usize, records: usize) -> anyhow::Result<Fleet> {
     audit.flush()?;
     let clock = ManualClock::new(NOW);
     let shared: SharedClock = Arc::new(clock);
-    let sessions = Arc::new(Sessions::new(store.clone(), "node-bench".into(), shared.clone()));
+    let sessions = Arc::new(Sessions::new(
+        store.clone(),
+        "node-bench".into(),
+        shared.clone(),
+    ));
     let logins = auth::WebSessions::new(3600);
     let cookie = format!("{}={}", auth::COOKIE, logins.open("ann", NOW));
+    let tasks = TaskTracker::new();
+    let fleet = web::fleet::FleetCache::new(
+        store.clone(),
+        sessions.clone(),
+        shared.clone(),
+        tasks.clone(),
+    );
     let w = Arc::new(Web {
         store,
         audit,
@@ -196,11 +211,13 @@ fn fill(hosts: usize, records: usize) -> anyhow::Result<Fleet> {
         clock: shared,
         dir: StateDir::new(tmp.path()),
         logins,
-        tasks: TaskTracker::new(),
+        tasks,
+        fleet,
     });
     Ok(Fleet {
         _tmp: tmp,
-        router: web::router(w),
+        router: web::router(w.clone()),
+        web: w,
         cookie,
         some_host,
         hosts,
@@ -268,10 +285,28 @@ async fn measure(f: &Fleet, runs: usize) -> anyhow::Result<Vec<(f64, f64, usize)
     Ok(out)
 }
 
+/// What making the overview's and lists' snapshot costs (first, median of `runs`): the
+/// work a page view starts at most every few seconds, off the request.
+fn snapshot_ms(f: &Fleet, runs: usize) -> anyhow::Result<(f64, f64, usize)> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs.clamp(1, 5) {
+        let t = Instant::now();
+        let snap = web::fleet::build(f.web.store.as_ref(), &f.web.sessions, NOW)?;
+        anyhow::ensure!(snap.hosts.len() == f.hosts, "a snapshot of every host");
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let first = times[0];
+    times.sort_by(f64::total_cmp);
+    Ok((first, times[times.len() / 2], 0))
+}
+
 fn main() -> anyhow::Result<()> {
     let runs = env("BENCH_RUNS", 9).max(1);
     let sizes = [
-        (env("BENCH_BASE_HOSTS", 100), env("BENCH_BASE_RECORDS", 1000)),
+        (
+            env("BENCH_BASE_HOSTS", 100),
+            env("BENCH_BASE_RECORDS", 1000),
+        ),
         (env("BENCH_HOSTS", 10_000), env("BENCH_RECORDS", 1_000_000)),
     ];
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -294,7 +329,10 @@ fn main() -> anyhow::Result<()> {
             rss_kib("VmRSS:") >> 10,
             rss_kib("VmHWM:") >> 10
         );
-        let names: Vec<&str> = pages(&fleet).iter().map(|(w, _)| *w).collect();
+        let mut figures = figures;
+        figures.push(snapshot_ms(&fleet, runs)?);
+        let mut names: Vec<&str> = pages(&fleet).iter().map(|(w, _)| *w).collect();
+        names.push("(snapshot, background)");
         results.push((fleet.hosts, fleet.records, names, figures));
     }
     print_table(&results, runs);
@@ -317,10 +355,7 @@ fn print_table(results: &[Sized], runs: usize) {
         print!("{name:<26}");
         for (_, _, _, figs) in results {
             let (first, median, bytes) = figs[i];
-            print!(
-                " | {:>8.1} / {:>7.1} {:>9} B",
-                first, median, bytes
-            );
+            print!(" | {:>8.1} / {:>7.1} {:>9} B", first, median, bytes);
         }
         println!();
     }
