@@ -71,7 +71,8 @@ pub fn problem(c: &CertRecord, now: i64) -> Option<String> {
     })
 }
 
-pub fn cert_row(c: &CertRecord, hostname: &str, now: i64) -> CertRow {
+/// `expires_at`: the time the "expires" text is relative to (`None`: left empty).
+pub fn cert_row(c: &CertRecord, hostname: &str, expires_at: Option<i64>, now: i64) -> CertRow {
     let cur = c.observed.current.as_ref();
     let not_after = cur.map(|x| x.not_after).unwrap_or(0);
     CertRow {
@@ -88,7 +89,7 @@ pub fn cert_row(c: &CertRecord, hostname: &str, now: i64) -> CertRow {
             .join(", "),
         state: c.state.as_str().to_owned(),
         not_after,
-        expires: when(not_after, now),
+        expires: expires_at.map(|t| when(not_after, t)).unwrap_or_default(),
         problem: problem(c, now).unwrap_or_default(),
     }
 }

@@ -91,7 +91,8 @@ pub fn build(store: &dyn Store, sessions: &Sessions, now: i64) -> Result<Snapsho
     let mut certs = Vec::new();
     store.scan_certs(&mut |c| {
         let hostname = names.get(&c.host_id).copied().unwrap_or("");
-        let row = cert_row(&c, hostname, now);
+        // The relative expiry is written when a page shows the row (`data::at`).
+        let row = cert_row(&c, hostname, None, now);
         let search = format!(
             "{}\n{}\n{}\n{}",
             row.name, row.identifiers, row.hostname, row.id
@@ -100,9 +101,11 @@ pub fn build(store: &dyn Store, sessions: &Sessions, now: i64) -> Result<Snapsho
         certs.push(CertEntry { row, search });
         Ok(())
     })?;
-    certs.sort_by(|a, b| {
-        let key = |r: &CertRow| (r.not_after == 0, r.not_after, r.id.clone());
-        key(&a.row).cmp(&key(&b.row))
+    certs.sort_unstable_by(|a, b| {
+        let (a, b) = (&a.row, &b.row);
+        (a.not_after == 0, a.not_after)
+            .cmp(&(b.not_after == 0, b.not_after))
+            .then_with(|| a.id.cmp(&b.id))
     });
     let connected = crate::cluster::connected_by_name(sessions, store);
     Ok(Snapshot {

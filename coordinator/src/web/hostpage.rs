@@ -35,7 +35,7 @@ pub fn host_page(
     certs.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
     let rows = certs
         .iter()
-        .map(|c| data::cert_row(c, &h.hostname, now))
+        .map(|c| data::cert_row(c, &h.hostname, Some(now), now))
         .collect();
     // Per target of each certificate: what the agent confirmed installed and saw served.
     let mut installed = Vec::new();
