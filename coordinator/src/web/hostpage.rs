@@ -256,8 +256,8 @@ fn summary(result: &crate::audit::Page, trail: u64) -> String {
 
 /// The matches as JSON Lines, oldest first like the CLI's `audit --json`: with `limit`,
 /// the records of that audit page (the `limit` newest matches below `before`, read
-/// backwards with the page's own budget per step, then written oldest first); without, every match
-/// below `before`, read forwards and streamed as it is read.
+/// backwards, then written oldest first); without, every match below `before`, read
+/// forwards and streamed as it is read.
 pub fn audit_export(web: &Web, params: AuditParams, viewer: &Viewer, now: i64) -> Response {
     let s = match search(web, &params, now) {
         Ok(s) => s,
