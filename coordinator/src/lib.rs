@@ -303,6 +303,12 @@ pub async fn serve_with_reload(
             dir: dir.clone(),
             logins: web::auth::WebSessions::new(config.web.session_lifetime().as_secs() as i64),
             tasks: tracker.clone(),
+            fleet: web::fleet::FleetCache::new(
+                store.clone(),
+                sessions.clone(),
+                clock.clone(),
+                tracker.clone(),
+            ),
         });
         let tls = web::tls_config(server_cert.resolver.clone(), &ca.ca_pem)?;
         web::serve(web, listener, tls, &tracker, shutdown.clone());

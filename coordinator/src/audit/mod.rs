@@ -240,6 +240,9 @@ pub struct Query {
     pub limit: Option<usize>,
     /// Only records after this sequence number (the cursor of a paged query).
     pub after: Option<u64>,
+    /// Only records before this sequence number (the web view's export of what an audit
+    /// page at this cursor and older shows); [`AuditLog::query`] stops reading there.
+    pub before: Option<u64>,
 }
 
 impl Query {
@@ -502,11 +505,15 @@ impl AuditLog {
             Some(after) => start.max(after.saturating_add(1)),
             None => start,
         };
+        let end = q.before.unwrap_or(u64::MAX);
         let mut out = Vec::new();
         match self.candidates(q) {
             Some(seqs) => {
                 for seq in seqs {
                     let seq = seq?;
+                    if seq >= end {
+                        break;
+                    }
                     if seq < start {
                         continue;
                     }
@@ -523,6 +530,9 @@ impl AuditLog {
             None => {
                 for stored in self.store.audit_records_from(start) {
                     let stored = stored?;
+                    if stored.seq >= end {
+                        break;
+                    }
                     let r = parse_record(stored.seq, &stored.json)?;
                     if q.until
                         .is_some_and(|u| r.time >= u.saturating_add(CLOCK_SLACK_SECS))

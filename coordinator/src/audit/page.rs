@@ -3,7 +3,8 @@
 //! timelines and JSON Lines export read the trail this way, so a page stays cheap with a
 //! million records.
 
-use super::{parse_record, AuditError, AuditLog, Query, Record, CLOCK_SLACK_SECS};
+use super::{parse_record, AuditError, AuditLog, Kind, Query, Record, CLOCK_SLACK_SECS};
+use serde::Deserialize;
 
 /// Records read from the store per round trip of an unindexed page.
 const BATCH: usize = 512;
@@ -17,6 +18,27 @@ pub struct Page {
     pub next_before: Option<u64>,
     /// How many records were read to make the page (at most the `scan` asked for).
     pub scanned: usize,
+    /// The oldest record read: (sequence number, time). With `next_before` set and few
+    /// records, how far back this page searched.
+    pub reached: Option<(u64, i64)>,
+}
+
+/// The two fields most filters of an unindexed scan decide on, read without building the
+/// whole record (serde skips the rest): a record of another kind or outside the time
+/// range is passed over at a fraction of a full parse.
+#[derive(Deserialize)]
+struct Probe {
+    time: i64,
+    kind: Kind,
+}
+
+impl Query {
+    /// False when the record's kind or time rules it out.
+    fn may_match(&self, p: &Probe) -> bool {
+        (self.kinds.is_empty() || self.kinds.contains(&p.kind))
+            && self.since.is_none_or(|t| p.time >= t)
+            && self.until.is_none_or(|t| p.time < t)
+    }
 }
 
 impl AuditLog {
@@ -64,6 +86,7 @@ impl AuditLog {
             for (i, &seq) in in_range.iter().enumerate().rev() {
                 let Some(r) = self.get(seq)? else { continue };
                 page.scanned += 1;
+                page.reached = Some((r.seq, r.time));
                 if q.matches(&r) {
                     page.records.push(r);
                 }
@@ -87,6 +110,15 @@ impl AuditLog {
                     return Ok(page);
                 }
                 page.scanned += 1;
+                let probe: Probe =
+                    serde_json::from_slice(&stored.json).map_err(|e| AuditError::Corrupt {
+                        seq: stored.seq,
+                        detail: e.to_string(),
+                    })?;
+                page.reached = Some((stored.seq, probe.time));
+                if !q.may_match(&probe) {
+                    continue;
+                }
                 let r = parse_record(stored.seq, &stored.json)?;
                 if q.matches(&r) {
                     page.records.push(r);

@@ -1,8 +1,9 @@
 //! The audit search: the page's filters (host, IP or CIDR, name, serial, kind, time range)
 //! read from the query string into an `audit::Query`, with an error per filter that does
 //! not parse; and the rows a page shows. Pages go backwards from the newest record with a
-//! `before` cursor ([`crate::audit::Page`]); `/audit.jsonl` streams every match the same
-//! way.
+//! `before` cursor ([`crate::audit::Page`]), reading at most [`SCAN`] records; a page the
+//! budget stopped says how far back it searched and links on. `/audit.jsonl` writes the
+//! same matches oldest first (as the CLI's `audit --json`).
 
 use crate::audit::{Kind, Query, Record};
 use crate::model::HostRecord;
@@ -232,7 +233,7 @@ pub fn row(r: &Record) -> AuditRow {
                 other => format!("{k}={other}"),
             })
             .collect::<Vec<_>>()
-            .join("; "),
+            .join("\n"),
     }
 }
 

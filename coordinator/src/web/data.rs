@@ -1,13 +1,12 @@
-//! What the pages show, read from the same store and views the admin API uses
-//! (`Store::{hosts, host, scan_certs, certs_for_host, cert}`, `server::cert_view`,
-//! `cluster::connected_by_name`, the audit log). Read only: nothing here writes. Lists are
-//! cut into pages here; the whole fleet is scanned for counts and the top of each list,
-//! never rendered whole.
+//! What the pages show: rows of hosts and certificates (made once per [`Snapshot`], see
+//! [`super::fleet`]), the overview's counts and top rows, and lists cut into pages from
+//! the snapshot — filtering and slicing in memory, never a store read per request, never
+//! a whole list rendered. Read only: nothing here writes.
 
+use super::fleet::{CertEntry, HostEntry, Snapshot};
 use crate::model::{CertRecord, CertState, HostRecord};
-use crate::store::{Store, StoreError};
 use certfleet_shared::timefmt::{relative, rfc3339};
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 
 /// Rows on a list page at most (`?limit=` is clamped to this).
 pub const MAX_PAGE: usize = 200;
@@ -72,7 +71,8 @@ pub fn problem(c: &CertRecord, now: i64) -> Option<String> {
     })
 }
 
-pub fn cert_row(c: &CertRecord, hostname: &str, now: i64) -> CertRow {
+/// `expires_at`: the time the "expires" text is relative to (`None`: left empty).
+pub fn cert_row(c: &CertRecord, hostname: &str, expires_at: Option<i64>, now: i64) -> CertRow {
     let cur = c.observed.current.as_ref();
     let not_after = cur.map(|x| x.not_after).unwrap_or(0);
     CertRow {
@@ -89,7 +89,7 @@ pub fn cert_row(c: &CertRecord, hostname: &str, now: i64) -> CertRow {
             .join(", "),
         state: c.state.as_str().to_owned(),
         not_after,
-        expires: when(not_after, now),
+        expires: expires_at.map(|t| when(not_after, t)).unwrap_or_default(),
         problem: problem(c, now).unwrap_or_default(),
     }
 }
@@ -121,99 +121,36 @@ const STATES: [CertState; 8] = [
     CertState::Refused,
 ];
 
-/// A certificate ordered by (expiry, id) only.
-struct Keyed(i64, String, CertRecord);
-
-impl PartialEq for Keyed {
-    fn eq(&self, o: &Self) -> bool {
-        (self.0, &self.1) == (o.0, &o.1)
-    }
-}
-impl Eq for Keyed {}
-impl PartialOrd for Keyed {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Keyed {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.0, &self.1).cmp(&(o.0, &o.1))
+/// A row as shown at `now` (the relative expiry is of the request, not the snapshot).
+fn at(row: &CertRow, now: i64) -> CertRow {
+    CertRow {
+        expires: when(row.not_after, now),
+        ..row.clone()
     }
 }
 
-/// Keeps the `n` smallest items seen (a max-heap of the kept ones).
-struct Smallest<T: Ord> {
-    n: usize,
-    heap: BinaryHeap<T>,
-}
-
-impl<T: Ord> Smallest<T> {
-    fn new(n: usize) -> Self {
-        Self {
-            n,
-            heap: BinaryHeap::with_capacity(n + 1),
-        }
-    }
-    fn offer(&mut self, item: T) {
-        if self.heap.len() < self.n {
-            self.heap.push(item);
-        } else if self.heap.peek().is_some_and(|top| item < *top) {
-            self.heap.pop();
-            self.heap.push(item);
-        }
-    }
-    fn sorted(self) -> Vec<T> {
-        self.heap.into_sorted_vec()
-    }
-}
-
-/// Host id → hostname, for lists of certificates.
-pub fn hostnames(hosts: &[HostRecord]) -> HashMap<String, String> {
-    hosts
-        .iter()
-        .map(|h| (h.id.to_string(), h.hostname.clone()))
-        .collect()
-}
-
-/// One pass over hosts and certificates.
-pub fn overview(store: &dyn Store, connected: usize, now: i64) -> Result<Overview, StoreError> {
-    let hosts = store.hosts()?;
-    let names = hostnames(&hosts);
-    let mut counts: HashMap<&'static str, usize> = HashMap::new();
-    let (mut attention, mut soonest) = (Smallest::new(OVERVIEW_ROWS), Smallest::new(OVERVIEW_ROWS));
+/// Counts and the top of each list, from the snapshot's certificates (already in expiry
+/// order, so the top rows are the first ones that qualify).
+pub fn overview(snap: &Snapshot, now: i64) -> Overview {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
     let mut attention_total = 0;
-    let mut total = 0;
-    // Ordered by (expiry, never issued last, id); rows are made for the kept ones only.
-    store.scan_certs(&mut |c| {
-        total += 1;
-        *counts.entry(c.state.as_str()).or_default() += 1;
-        let not_after = c.observed.current.as_ref().map(|x| x.not_after);
-        let (at, id) = (not_after.unwrap_or(i64::MAX), c.id.to_string());
-        if problem(&c, now).is_some() {
-            attention_total += 1;
-            attention.offer(Keyed(at, id.clone(), c.clone()));
-        }
-        if not_after.is_some() {
-            soonest.offer(Keyed(at, id, c));
-        }
-        Ok(())
-    })?;
-    let rows = |kept: Smallest<Keyed>| -> Vec<CertRow> {
-        kept.sorted()
-            .into_iter()
-            .map(|Keyed(_, _, c)| {
-                let name = names
-                    .get(&c.host_id.to_string())
-                    .cloned()
-                    .unwrap_or_default();
-                cert_row(&c, &name, now)
-            })
+    for c in &snap.certs {
+        *counts.entry(c.row.state.as_str()).or_default() += 1;
+        attention_total += usize::from(!c.row.problem.is_empty());
+    }
+    let top = |keep: &dyn Fn(&CertRow) -> bool| -> Vec<CertRow> {
+        snap.certs
+            .iter()
+            .map(|c| &c.row)
+            .filter(|r| keep(r))
+            .take(OVERVIEW_ROWS)
+            .map(|r| at(r, now))
             .collect()
     };
-    Ok(Overview {
-        hosts: hosts.len(),
-        connected,
-        certs: total,
+    Overview {
+        hosts: snap.hosts.len(),
+        connected: snap.connected.len(),
+        certs: snap.certs.len(),
         by_state: STATES
             .iter()
             .map(|s| {
@@ -223,10 +160,10 @@ pub fn overview(store: &dyn Store, connected: usize, now: i64) -> Result<Overvie
                 )
             })
             .collect(),
-        attention: rows(attention),
+        attention: top(&|r| !r.problem.is_empty()),
         attention_total,
-        soonest: rows(soonest),
-    })
+        soonest: top(&|r| r.not_after != 0),
+    }
 }
 
 /// A slice of a list and where the neighbouring slices start.
@@ -293,48 +230,38 @@ pub fn labels_text(h: &HostRecord) -> String {
 
 /// Hosts whose hostname, id, address or label contains `filter`, by hostname.
 pub fn host_list(
-    mut hosts: Vec<HostRecord>,
-    connected: &HashMap<certfleet_shared::ids::HostId, String>,
+    snap: &Snapshot,
     filter: &str,
     offset: usize,
     limit: usize,
     now: i64,
 ) -> Paged<HostRow> {
     let f = filter.trim().to_lowercase();
-    hosts.retain(|h| {
-        f.is_empty()
-            || h.hostname.to_lowercase().contains(&f)
-            || h.id.to_string().contains(&f)
-            || h.ips.iter().any(|i| i.to_string().contains(&f))
-            || labels_text(h).to_lowercase().contains(&f)
-    });
-    hosts.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
-    let page = Paged::of(hosts, offset, limit);
+    let matching: Vec<&HostEntry> = snap
+        .hosts
+        .iter()
+        .filter(|h| f.is_empty() || h.search.contains(&f))
+        .collect();
+    let page = Paged::of(matching, offset, limit);
+    let row = |h: &HostEntry| {
+        let node = snap.connected.get(&h.id);
+        HostRow {
+            id: h.id.to_string(),
+            hostname: h.hostname.clone(),
+            ips: h.ips.clone(),
+            labels: h.labels.clone(),
+            connected: node
+                .map(|n| format!("yes ({n})"))
+                .unwrap_or_else(|| "no".into()),
+            last_seen: if node.is_some() {
+                "now".into()
+            } else {
+                when(h.last_seen, now)
+            },
+        }
+    };
     Paged {
-        rows: page
-            .rows
-            .iter()
-            .map(|h| HostRow {
-                id: h.id.to_string(),
-                hostname: h.hostname.clone(),
-                ips: h
-                    .ips
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                labels: labels_text(h),
-                connected: connected
-                    .get(&h.id)
-                    .map(|n| format!("yes ({n})"))
-                    .unwrap_or_else(|| "no".into()),
-                last_seen: if connected.contains_key(&h.id) {
-                    "now".into()
-                } else {
-                    when(h.last_seen.unwrap_or(0), now)
-                },
-            })
-            .collect(),
+        rows: page.rows.iter().map(|h| row(h)).collect(),
         total: page.total,
         offset: page.offset,
         limit: page.limit,
@@ -344,39 +271,38 @@ pub fn host_list(
 /// Certificates in `state` (any when empty) whose name, identifiers or host contain
 /// `filter`, soonest expiry first.
 pub fn cert_list(
-    store: &dyn Store,
+    snap: &Snapshot,
     state: &str,
     filter: &str,
     offset: usize,
     limit: usize,
     now: i64,
-) -> Result<Paged<CertRow>, StoreError> {
-    let names = hostnames(&store.hosts()?);
+) -> Paged<CertRow> {
     let f = filter.trim().to_lowercase();
-    let mut rows = Vec::new();
-    store.scan_certs(&mut |c| {
-        if !state.is_empty() && c.state.as_str() != state {
-            return Ok(());
-        }
-        let hostname = names
-            .get(&c.host_id.to_string())
-            .map(String::as_str)
-            .unwrap_or("");
-        let row = cert_row(&c, hostname, now);
-        if f.is_empty()
-            || row.name.to_lowercase().contains(&f)
-            || row.identifiers.to_lowercase().contains(&f)
-            || row.hostname.to_lowercase().contains(&f)
-            || row.id.contains(&f)
-        {
-            rows.push(row);
-        }
-        Ok(())
-    })?;
-    rows.sort_by(|a, b| {
-        (a.not_after == 0, a.not_after, &a.id).cmp(&(b.not_after == 0, b.not_after, &b.id))
-    });
-    Ok(Paged::of(rows, offset, limit))
+    let matching: Vec<&CertEntry> = snap
+        .certs
+        .iter()
+        .filter(|c| state.is_empty() || c.row.state == state)
+        .filter(|c| f.is_empty() || c.search.contains(&f))
+        .collect();
+    let page = Paged::of(matching, offset, limit);
+    Paged {
+        rows: page.rows.iter().map(|c| at(&c.row, now)).collect(),
+        total: page.total,
+        offset: page.offset,
+        limit: page.limit,
+    }
+}
+
+/// "as of 2027-01-15T08:00:00Z (3 s ago; lists are remade at most every 5 s)".
+pub fn as_of(snap: &Snapshot, now: i64) -> String {
+    format!(
+        "as of {} ({} s ago; counts and lists are remade at most every {} s, in {} ms)",
+        rfc3339(snap.taken),
+        (now - snap.taken).max(0),
+        super::fleet::FRESH_SECS,
+        snap.build_ms
+    )
 }
 
 /// One certificate of a chain, as read from its PEM.

@@ -33,12 +33,3 @@ fn problems_name_why() {
     risky.schedule.at_risk = true;
     assert_eq!(problem(&risky, NOW).as_deref(), Some("at risk"));
 }
-
-#[test]
-fn the_smallest_are_kept_in_order() {
-    let mut s = Smallest::new(3);
-    for x in [5, 1, 9, 3, 7, 2] {
-        s.offer(x);
-    }
-    assert_eq!(s.sorted(), vec![1, 2, 3]);
-}

@@ -2,6 +2,7 @@
 //! certificates, operators and audit records made here.
 
 use super::auth::WebSessions;
+use super::fleet::FleetCache;
 use super::Web;
 use crate::audit::{AuditLog, Entry, Kind};
 use crate::fleet_ca::StateDir;
@@ -111,6 +112,13 @@ pub fn fixture() -> Fixture {
         "node-test".into(),
         shared.clone(),
     ));
+    let tasks = TaskTracker::new();
+    let fleet = FleetCache::new(
+        store.clone(),
+        sessions.clone(),
+        shared.clone(),
+        tasks.clone(),
+    );
     let web = Arc::new(Web {
         store: store.clone(),
         audit,
@@ -118,7 +126,8 @@ pub fn fixture() -> Fixture {
         clock: shared,
         dir: StateDir::new(tmp.path()),
         logins: WebSessions::new(3600),
-        tasks: TaskTracker::new(),
+        tasks,
+        fleet,
     });
     Fixture {
         _tmp: tmp,

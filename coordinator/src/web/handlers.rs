@@ -231,38 +231,36 @@ impl ListParams {
 }
 
 async fn overview(State(web): State<Arc<Web>>, p: Presented) -> Response {
-    guarded(web, p, |web, v, now| {
-        let connected = crate::cluster::connected_by_name(&web.sessions, web.store.as_ref()).len();
-        match data::overview(web.store.as_ref(), connected, now) {
-            Ok(o) => html(
-                StatusCode::OK,
-                &OverviewPage {
-                    title: "Fleet overview".into(),
-                    viewer: who(v),
-                    now: rfc3339(now),
-                    o,
-                },
-            ),
-            Err(e) => store_error(e, v, now),
-        }
+    guarded(web, p, |web, v, now| match web.fleet.get() {
+        Ok(snap) => html(
+            StatusCode::OK,
+            &OverviewPage {
+                title: "Fleet overview".into(),
+                viewer: who(v),
+                now: rfc3339(now),
+                as_of: data::as_of(&snap, now),
+                o: data::overview(&snap, now),
+            },
+        ),
+        Err(e) => store_error(e, v, now),
     })
     .await
 }
 
 async fn hosts(State(web): State<Arc<Web>>, p: Presented, Query(q): Query<ListParams>) -> Response {
     guarded(web, p, move |web, v, now| {
-        let all = match web.store.hosts() {
-            Ok(h) => h,
+        let snap = match web.fleet.get() {
+            Ok(s) => s,
             Err(e) => return store_error(e, v, now),
         };
-        let connected = crate::cluster::connected_by_name(&web.sessions, web.store.as_ref());
-        let page = data::host_list(all, &connected, &q.q, q.offset(), q.limit(), now);
+        let page = data::host_list(&snap, &q.q, q.offset(), q.limit(), now);
         html(
             StatusCode::OK,
             &HostsPage {
                 title: "Hosts".into(),
                 viewer: who(v),
                 now: rfc3339(now),
+                as_of: data::as_of(&snap, now),
                 filter: q.q.clone(),
                 range: page.range(),
                 prev: q.link("/hosts", page.prev(), page.limit),
@@ -276,28 +274,31 @@ async fn hosts(State(web): State<Arc<Web>>, p: Presented, Query(q): Query<ListPa
 
 async fn certs(State(web): State<Arc<Web>>, p: Presented, Query(q): Query<ListParams>) -> Response {
     guarded(web, p, move |web, v, now| {
+        let snap = match web.fleet.get() {
+            Ok(s) => s,
+            Err(e) => return store_error(e, v, now),
+        };
         let state = q.state.trim().to_ascii_lowercase();
-        match data::cert_list(web.store.as_ref(), &state, &q.q, q.offset(), q.limit(), now) {
-            Ok(page) => html(
-                StatusCode::OK,
-                &CertsPage {
-                    title: if state.is_empty() {
-                        "Certificates".into()
-                    } else {
-                        format!("Certificates: {state}")
-                    },
-                    viewer: who(v),
-                    now: rfc3339(now),
-                    state,
-                    filter: q.q.clone(),
-                    range: page.range(),
-                    prev: q.link("/certs", page.prev(), page.limit),
-                    next: q.link("/certs", page.next(), page.limit),
-                    rows: page.rows,
+        let page = data::cert_list(&snap, &state, &q.q, q.offset(), q.limit(), now);
+        html(
+            StatusCode::OK,
+            &CertsPage {
+                title: if state.is_empty() {
+                    "Certificates".into()
+                } else {
+                    format!("Certificates: {state}")
                 },
-            ),
-            Err(e) => store_error(e, v, now),
-        }
+                viewer: who(v),
+                now: rfc3339(now),
+                as_of: data::as_of(&snap, now),
+                state,
+                filter: q.q.clone(),
+                range: page.range(),
+                prev: q.link("/certs", page.prev(), page.limit),
+                next: q.link("/certs", page.next(), page.limit),
+                rows: page.rows,
+            },
+        )
     })
     .await
 }

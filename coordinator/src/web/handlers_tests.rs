@@ -230,10 +230,36 @@ async fn lists_are_paged_and_the_audit_is_searched_and_exported() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 120);
-    assert_eq!(lines[0]["seq"], 119);
+    assert_eq!(
+        lines[0]["seq"], 0,
+        "oldest first, as the CLI's audit --json"
+    );
+    assert_eq!(lines[119]["seq"], 119);
     assert_eq!(lines[119]["kind"], "host_enrolled");
-    let (_, _, body) = get(&f, "/audit.jsonl?limit=7", Some(&cookie)).await;
-    assert_eq!(body.lines().count(), 7);
+    // A page's export: the page's records (the 7 newest below the cursor), oldest first.
+    let (_, _, body) = get(
+        &f,
+        "/audit.jsonl?kind=host_enrolled&limit=7&before=100",
+        Some(&cookie),
+    )
+    .await;
+    let seqs: Vec<u64> = body
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, (93..100).collect::<Vec<_>>());
+    // Everything below a cursor, oldest first.
+    let (_, _, body) = get(
+        &f,
+        "/audit.jsonl?kind=host_enrolled&before=3",
+        Some(&cookie),
+    )
+    .await;
+    assert_eq!(body.lines().count(), 3, "{body}");
 }
 
 #[test]

@@ -6,7 +6,7 @@ use super::auth::Viewer;
 use super::data::{self, when};
 use super::pages::{AuditPage, CertPage, HostPage};
 use super::Web;
-use crate::audit::Query;
+use crate::audit::{AuditError, AuditLog, Query};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use certfleet_shared::ids::{CertId, HostId};
@@ -14,6 +14,11 @@ use certfleet_shared::timefmt::rfc3339;
 
 /// Audit records on a host page.
 const TIMELINE: usize = 50;
+/// Records an export reads per step of a page export (the stream is a download, not a
+/// page view: a larger budget than a page's).
+const EXPORT_SCAN: usize = 100_000;
+/// Records per chunk of a whole export.
+const EXPORT_CHUNK: usize = 1_000;
 
 pub fn host_page(
     web: &Web,
@@ -30,7 +35,7 @@ pub fn host_page(
     certs.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
     let rows = certs
         .iter()
-        .map(|c| data::cert_row(c, &h.hostname, now))
+        .map(|c| data::cert_row(c, &h.hostname, Some(now), now))
         .collect();
     // Per target of each certificate: what the agent confirmed installed and saw served.
     let mut installed = Vec::new();
@@ -185,6 +190,7 @@ pub fn audit_page(web: &Web, params: AuditParams, viewer: String, now: i64) -> R
         summary: String::new(),
         newest: None,
         older: None,
+        older_label: String::new(),
         audit: Vec::new(),
     };
     let s = match search(web, &params, now) {
@@ -196,25 +202,19 @@ pub fn audit_page(web: &Web, params: AuditParams, viewer: String, now: i64) -> R
     };
     match web.audit.page(&s.query, s.before, s.limit, SCAN) {
         Ok(result) => {
-            page.summary = match (result.records.first(), result.records.last()) {
-                (Some(a), Some(b)) => format!(
-                    "{} record{}, #{} to #{}, newest first ({} of the trail's {} read)",
-                    result.records.len(),
-                    if result.records.len() == 1 { "" } else { "s" },
-                    a.seq,
-                    b.seq,
-                    result.scanned,
-                    web.audit.len()
-                ),
-                _ if result.next_before.is_some() => format!(
-                    "no match among the {} records read; older ones may match",
-                    result.scanned
-                ),
-                _ => "no matching records".into(),
-            };
+            page.summary = summary(&result, web.audit.len());
+            // A page cut short by the scan budget (fewer records than asked) goes on
+            // searching from where it stopped; a full page just shows older records.
+            let searching = result.records.len() < s.limit;
             page.older = result
                 .next_before
                 .map(|b| format!("/audit?{}", params.with_before(Some(b))));
+            page.older_label = if searching {
+                "continue searching older records →"
+            } else {
+                "older →"
+            }
+            .into();
             page.newest = s
                 .before
                 .map(|_| format!("/audit?{}", params.with_before(None)));
@@ -228,45 +228,53 @@ pub fn audit_page(web: &Web, params: AuditParams, viewer: String, now: i64) -> R
     }
 }
 
-/// Every match (newest first) as JSON Lines, streamed: read page by page on a blocking
-/// task, sent on as it is read. `limit`, when given, caps the number of records.
+/// What a page holds and, when the scan budget stopped it, how far back it searched.
+fn summary(result: &crate::audit::Page, trail: u64) -> String {
+    let reached = match (result.next_before, result.reached) {
+        (Some(_), Some((seq, time))) => format!(
+            "; searched back to #{seq} ({}), older records not read yet",
+            rfc3339(time)
+        ),
+        _ => String::new(),
+    };
+    match (result.records.first(), result.records.last()) {
+        (Some(a), Some(b)) => format!(
+            "{} record{}, #{} to #{}, newest first ({} of the trail's {trail} read{reached})",
+            result.records.len(),
+            if result.records.len() == 1 { "" } else { "s" },
+            a.seq,
+            b.seq,
+            result.scanned,
+        ),
+        _ if result.next_before.is_some() => format!(
+            "no match among the {} records read{reached}",
+            result.scanned
+        ),
+        _ => "no matching records".into(),
+    }
+}
+
+/// The matches as JSON Lines, oldest first like the CLI's `audit --json`: with `limit`,
+/// the records of that audit page (the `limit` newest matches below `before`, read
+/// backwards, then written oldest first); without, every match below `before`, read
+/// forwards and streamed as it is read.
 pub fn audit_export(web: &Web, params: AuditParams, viewer: &Viewer, now: i64) -> Response {
     let s = match search(web, &params, now) {
         Ok(s) => s,
         Err(errors) => return (StatusCode::BAD_REQUEST, errors.join("\n") + "\n").into_response(),
     };
-    let cap = if params.limit.trim().is_empty() {
-        usize::MAX
-    } else {
-        s.limit
-    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(8);
     let audit = web.audit.clone();
+    let page_only = !params.limit.trim().is_empty();
     tracing::info!(operator = %viewer.name, filter = %params.with_before(None), "web: audit export");
     web.tasks.spawn_blocking(move || {
-        let (mut before, mut sent) = (s.before, 0usize);
-        loop {
-            let want = (cap - sent).min(1000);
-            let page = match audit.page(&s.query, before, want, 100_000) {
-                Ok(p) => p,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
-                    return;
-                }
-            };
-            let mut chunk = String::new();
-            for r in &page.records {
-                chunk.push_str(&serde_json::to_string(r).unwrap_or_default());
-                chunk.push('\n');
-            }
-            sent += page.records.len();
-            if !chunk.is_empty() && tx.blocking_send(Ok(chunk.into())).is_err() {
-                return; // the browser went away
-            }
-            match page.next_before {
-                Some(b) if sent < cap => before = Some(b),
-                _ => return,
-            }
+        let sent = if page_only {
+            export_page(&audit, &s, &tx)
+        } else {
+            export_all(&audit, &s, &tx)
+        };
+        if let Err(e) = sent {
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
         }
     });
     let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
@@ -281,4 +289,56 @@ pub fn audit_export(web: &Web, params: AuditParams, viewer: &Viewer, now: i64) -
         body,
     )
         .into_response()
+}
+
+type Chunks = tokio::sync::mpsc::Sender<Result<axum::body::Bytes, std::io::Error>>;
+
+fn json_lines<'a>(records: impl Iterator<Item = &'a crate::audit::Record>) -> String {
+    let mut chunk = String::new();
+    for r in records {
+        chunk.push_str(&serde_json::to_string(r).unwrap_or_default());
+        chunk.push('\n');
+    }
+    chunk
+}
+
+/// The `limit` newest matches below `before` (at most [`audit_view::MAX_LIMIT`]), oldest
+/// first.
+fn export_page(audit: &AuditLog, s: &Search, tx: &Chunks) -> Result<(), AuditError> {
+    let mut records = Vec::with_capacity(s.limit);
+    let mut before = s.before;
+    while records.len() < s.limit {
+        let page = audit.page(&s.query, before, s.limit - records.len(), EXPORT_SCAN)?;
+        records.extend(page.records);
+        match page.next_before {
+            Some(b) => before = Some(b),
+            None => break,
+        }
+    }
+    let _ = tx.blocking_send(Ok(json_lines(records.iter().rev()).into()));
+    Ok(())
+}
+
+/// Every match below `before`, oldest first, a chunk at a time (the CLI's reading order:
+/// `AuditLog::query` after a cursor).
+fn export_all(audit: &AuditLog, s: &Search, tx: &Chunks) -> Result<(), AuditError> {
+    let mut q = s.query.clone();
+    q.before = s.before;
+    q.limit = Some(EXPORT_CHUNK);
+    loop {
+        let records = audit.query(&q)?;
+        let Some(last) = records.last().map(|r| r.seq) else {
+            return Ok(());
+        };
+        if tx
+            .blocking_send(Ok(json_lines(records.iter()).into()))
+            .is_err()
+        {
+            return Ok(()); // the browser went away
+        }
+        if records.len() < EXPORT_CHUNK {
+            return Ok(());
+        }
+        q.after = Some(last);
+    }
 }

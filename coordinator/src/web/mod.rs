@@ -5,7 +5,9 @@
 //! Lines export. Nothing here writes to the store.
 //!
 //! - [`auth`] — who may look: client certificates, login links, sessions.
-//! - [`data`] — what the pages show, read from the store (lists paged).
+//! - [`data`] — what the pages show: rows, counts, lists cut into pages.
+//! - [`fleet`] — the snapshot of every host and certificate the overview and lists are
+//!   made from, at most a few seconds old (stated on the page), made one at a time.
 //! - [`audit`] — the audit search's filters and rows.
 //! - [`pages`] — the askama templates (`templates/web/`).
 //! - `handlers` — the routes; `hostpage` — the host, certificate and audit pages' data.
@@ -16,6 +18,7 @@ pub mod cli;
 pub mod data;
 #[cfg(test)]
 mod fixture;
+pub mod fleet;
 mod handlers;
 mod hostpage;
 pub mod pages;
@@ -54,6 +57,8 @@ pub struct Web {
     pub logins: auth::WebSessions,
     /// Export streams run here (drained at shutdown with the daemon's other tasks).
     pub tasks: TaskTracker,
+    /// The fleet's rows and counts for the overview and the lists (bounded staleness).
+    pub fleet: Arc<fleet::FleetCache>,
 }
 
 /// The leaf certificate a browser presented, if any (a request extension).
@@ -100,6 +105,12 @@ pub fn query_string(pairs: &[(&str, &str)]) -> String {
         .map(|(k, v)| format!("{k}={}", enc(v)))
         .collect::<Vec<_>>()
         .join("&")
+}
+
+/// The web view's routes over `web` (what [`serve`] serves; the `web_pages` benchmark
+/// drives it directly, without TLS).
+pub fn router(web: Arc<Web>) -> axum::Router {
+    handlers::router(web)
 }
 
 /// Headers on every answer: a strict content security policy (no script at all, styles

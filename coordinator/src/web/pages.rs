@@ -13,6 +13,8 @@ pub struct OverviewPage {
     pub title: String,
     pub viewer: String,
     pub now: String,
+    /// When the counts and rows were read ([`super::data::as_of`]).
+    pub as_of: String,
     pub o: Overview,
 }
 
@@ -22,6 +24,8 @@ pub struct HostsPage {
     pub title: String,
     pub viewer: String,
     pub now: String,
+    /// When the counts and rows were read ([`super::data::as_of`]).
+    pub as_of: String,
     pub filter: String,
     pub rows: Vec<HostRow>,
     pub range: String,
@@ -35,6 +39,8 @@ pub struct CertsPage {
     pub title: String,
     pub viewer: String,
     pub now: String,
+    /// When the counts and rows were read ([`super::data::as_of`]).
+    pub as_of: String,
     pub state: String,
     pub filter: String,
     pub rows: Vec<CertRow>,
@@ -99,6 +105,9 @@ pub struct AuditPage {
     pub summary: String,
     pub newest: Option<String>,
     pub older: Option<String>,
+    /// "older →", or "continue searching older records →" after a page the scan budget
+    /// cut short.
+    pub older_label: String,
     pub export: String,
     pub audit: Vec<AuditRow>,
 }

@@ -1,6 +1,9 @@
 //! How long the pages take with 10,000 hosts (a certificate each) and 100,000 audit
 //! records on sled. Prints the figures (`--nocapture`); asserts only that each page
 //! answered and stayed a page (time on a shared test machine is not a pass criterion).
+//! The figures that count are the release-build benchmark's (`cargo bench -p
+//! certfleet-coordinator --bench web_pages`: 10,000 hosts and 1,000,000 records against a
+//! small baseline); this test checks the pages at scale in a debug build.
 //! Ignored by default (filling the store takes most of its ~40 s):
 //! `cargo nextest run -p certfleet-coordinator --run-ignored only -E 'test(/pages_at_ten/)' --no-capture`.
 
