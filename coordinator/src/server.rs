@@ -199,7 +199,7 @@ impl AgentSession for Api {
             svc.sessions.close(&handle);
             if let Ok(Some(mut rec)) = svc.store.host(&handle.host) {
                 rec.last_seen = Some(svc.clock.now_unix());
-                let _ = svc.store.put_host(&rec);
+                let _ = svc.store.put_host_unflushed(&rec);
             }
             tracing::info!(host = %handle.host, session = handle.session_id, "agent disconnected");
         });

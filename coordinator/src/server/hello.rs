@@ -114,6 +114,7 @@ impl Services {
             })
             .collect();
         rec.last_seen = Some(self.clock.now_unix());
-        self.store.put_host(&rec).map_err(internal)
+        // Everything written here the next Hello says again: not worth an fsync each.
+        self.store.put_host_unflushed(&rec).map_err(internal)
     }
 }

@@ -386,6 +386,13 @@ impl Store for SledStore {
         self.put(&self.hosts, rec.id.as_str(), rec)
     }
 
+    fn put_host_unflushed(&self, rec: &HostRecord) -> Result<(), StoreError> {
+        let _w = self.writing();
+        self.hosts
+            .insert(rec.id.as_str().as_bytes(), serde_json::to_vec(rec)?)?;
+        Ok(())
+    }
+
     fn delete_host(&self, id: &HostId) -> Result<(), StoreError> {
         let _w = self.writing();
         self.hosts.remove(id.as_str().as_bytes())?;
