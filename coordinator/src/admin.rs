@@ -163,7 +163,7 @@ pub fn force_renew(engine: &Engine, ids: &[CertId], by: &str) -> Result<Vec<Cert
     }
     let mut done = Vec::new();
     for id in ids {
-        if let Some(mut rec) = engine.store.cert(id)? {
+        if let Some(rec) = engine.store.cert(id)? {
             if let Err(e) = engine.record(
                 Kind::RenewalForced,
                 &rec,
@@ -172,21 +172,18 @@ pub fn force_renew(engine: &Engine, ids: &[CertId], by: &str) -> Result<Vec<Cert
                 tracing::error!(error = %e, "audit append failed; renewal not forced");
                 continue;
             }
-            // The request itself, apart from the record: a task ending meanwhile writes
-            // its older copy of the record, which would drop the fields set below.
+            // A request apart from the record, never a write of the record here: a task
+            // running on the certificate (on any node) would write its older copy over
+            // the force, and this copy, read before that task stored its order's URL,
+            // would drop the URL — another node then ordered a second time (seen in the
+            // three-coordinator kill test). The engine takes the request under the
+            // certificate's lease and puts it in the record (`forced_by`, attempts 0).
             engine.store.request_renewal(&RenewalRequest {
                 cert: id.clone(),
                 by: by.to_owned(),
                 at: now,
                 nonce: format!("{:016x}", rand::random::<u64>()),
             })?;
-            // Shown at once by `certs`; the engine sets them again when it takes the request.
-            rec.schedule.forced_by = Some(by.to_owned());
-            // The operator takes charge: the next attempt is not held back by earlier failures.
-            rec.schedule.attempts = 0;
-            rec.schedule.next_action = Some(now);
-            rec.schedule.next_reason = Some(format!("renewal forced by {by}"));
-            engine.store.put_cert(&rec)?;
             done.push(id.clone());
         }
     }
