@@ -25,6 +25,10 @@ use tokio::sync::Mutex;
 /// Bound on any single request to a CA: a CA that hangs must not hang us.
 pub const ACME_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a failed order's report waits for the CA to finish validating its other
+/// announced challenges (see `identifier_problems`).
+const PROBLEMS_SETTLE: Duration = Duration::from_secs(10);
+
 /// One challenge to present, of the order's type.
 #[derive(Debug, Clone)]
 pub struct PendingChallenge {
@@ -478,6 +482,9 @@ impl OrderDriver<'_> {
         let issuer = self.issuer;
         let tokens: Vec<String> = self.challenges.iter().map(|c| c.token.clone()).collect();
         let mut refused = None;
+        // Challenges the CA is validating for this order: announced now, or (an order
+        // resumed after a restart) already processing.
+        let mut announced: Vec<String> = Vec::new();
         let mut authzs = self.order.authorizations();
         while let Some(next) = authzs.next().await {
             let mut authz = next.map_err(|e| issuer.ca_err(&e))?;
@@ -487,10 +494,15 @@ impl OrderDriver<'_> {
             if let Some(mut ch) = authz.challenge(acme_type(self.kind)) {
                 // Only a pending challenge is announced: one the CA is already processing
                 // (e.g. an order resumed after a restart) must not be validated twice.
+                if tokens.contains(&ch.token)
+                    && ch.status == instant_acme::ChallengeStatus::Processing
+                {
+                    announced.push(ch.token.clone());
+                }
                 if tokens.contains(&ch.token) && ch.status == instant_acme::ChallengeStatus::Pending
                 {
                     match issuer.timed("set challenge ready", ch.set_ready()).await {
-                        Ok(_) => {}
+                        Ok(_) => announced.push(ch.token.clone()),
                         // The CA answers with the validation's own problem when the
                         // authorization already failed (pebble, validating at once): that
                         // is a failed validation of this order, reported per identifier
@@ -510,7 +522,7 @@ impl OrderDriver<'_> {
             }
         }
         if let Some(e) = refused {
-            let per_id = self.identifier_problems().await;
+            let per_id = self.identifier_problems(&announced).await;
             return Err(AcmeError::Validation(if per_id.is_empty() {
                 vec![(String::new(), e.to_string())]
             } else {
@@ -546,7 +558,7 @@ impl OrderDriver<'_> {
                 return Err(issuer.ca_err(&e))
             }
             Ok(Err(instant_acme::Error::Api(problem))) => {
-                let per_id = self.identifier_problems().await;
+                let per_id = self.identifier_problems(&announced).await;
                 return Err(AcmeError::Validation(if per_id.is_empty() {
                     vec![(String::new(), problem_text(&problem))]
                 } else {
@@ -559,7 +571,7 @@ impl OrderDriver<'_> {
         match status {
             OrderStatus::Ready => Ok(()),
             other => {
-                let per_id = self.identifier_problems().await;
+                let per_id = self.identifier_problems(&announced).await;
                 Err(AcmeError::Validation(if per_id.is_empty() {
                     vec![(String::new(), format!("order is {other:?}"))]
                 } else {
@@ -570,8 +582,34 @@ impl OrderDriver<'_> {
     }
 
     /// (identifier, problem) for every identifier whose challenge failed.
-    async fn identifier_problems(&mut self) -> Vec<(String, String)> {
+    ///
+    /// The CA marks the order invalid as soon as one authorization fails, while the
+    /// others it is still validating go on: their outcome counts against the CA's
+    /// failed-validation limit all the same, so it is waited for (briefly) and reported,
+    /// or the budget would undercount and the operator would see half the story.
+    async fn identifier_problems(&mut self, announced: &[String]) -> Vec<(String, String)> {
+        let settle_until = tokio::time::Instant::now() + PROBLEMS_SETTLE;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let (out, validating) = self.identifier_problems_once(announced).await;
+            if !validating || tokio::time::Instant::now() + pause > settle_until {
+                return out;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// One look at the authorizations: the problems so far, and whether the CA is still
+    /// validating one of this order's announced challenges (pending authorization; the
+    /// challenge `processing`, or still `pending` at a CA that does not show processing,
+    /// as pebble).
+    async fn identifier_problems_once(
+        &mut self,
+        announced: &[String],
+    ) -> (Vec<(String, String)>, bool) {
         let mut out: Vec<(String, String)> = Vec::new();
+        let mut validating = false;
         let mut authzs = self.order.authorizations();
         while let Some(Ok(mut authz)) = authzs.next().await {
             if tokio::time::timeout(ACME_CALL_TIMEOUT, authz.refresh())
@@ -585,13 +623,19 @@ impl OrderDriver<'_> {
                 if let Some(problem) = &ch.error {
                     out.push((ident.clone(), problem_text(problem)));
                 }
+                if authz.status == AuthorizationStatus::Pending
+                    && (ch.status == instant_acme::ChallengeStatus::Processing
+                        || announced.contains(&ch.token))
+                {
+                    validating = true;
+                }
             }
             if authz.status == AuthorizationStatus::Invalid && !out.iter().any(|(i, _)| *i == ident)
             {
                 out.push((ident, "authorization invalid".into()));
             }
         }
-        out
+        (out, validating)
     }
 
     /// Finalizes with the host's CSR (when the order still needs one) and downloads the
