@@ -78,6 +78,9 @@ fn group_cert_key(group: &str, cert: &CertId) -> Vec<u8> {
 const SCHEMA_KEY: &[u8] = b"schema_version";
 const SCHEMA_VERSION: &[u8] = b"1";
 
+/// How long `open` waits for the directory lock another holder is about to release.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl SledStore {
     /// Default page cache: enough for the working set of a large fleet, small enough for a
     /// small VM (sled's own default is 1 GiB).
@@ -88,11 +91,25 @@ impl SledStore {
     }
 
     pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .cache_capacity(cache_bytes)
             .path(path)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+            .mode(sled::Mode::HighThroughput);
+        // A database this process just closed stays locked until sled's flusher thread
+        // lets go of it (up to its flush interval, longer on a loaded machine), and one a
+        // process has just exited from is the same: wait a little before saying "locked".
+        let give_up = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < give_up =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => break other?,
+            }
+        };
         let meta = db.open_tree("meta")?;
         match meta.get(SCHEMA_KEY)? {
             None => {

@@ -231,7 +231,7 @@ fn a_sled_store_migrates_whole() {
     budget.record(&Event::OrderCreated, 5);
     sled.put_budget("le", &budget).unwrap();
     assert!(sled
-        .put_operator(&super::operator("alice", "0a"), None)
+        .put_operator(&super::operators::operator("alice", "0a"), None)
         .unwrap());
     let certs: Vec<CertRecord> = (0..3)
         .map(|i| cert(&h, Some(i * 10), Some("edge")))
@@ -270,7 +270,7 @@ fn a_sled_store_migrates_whole() {
     );
     assert_eq!(
         pg.operator("alice").unwrap(),
-        Some(super::operator("alice", "0a"))
+        Some(super::operators::operator("alice", "0a"))
     );
     assert_eq!(pg.account("le").unwrap().unwrap().account_id, "acct-1");
     assert_eq!(pg.budget("le").unwrap(), Some(budget));
