@@ -125,14 +125,22 @@ impl Browser {
         panic!("chromium printed no DOM for {url} three times; its stderr: {stderr}")
     }
 
-    /// A screenshot into the artifacts, and the DOM.
+    /// A screenshot into the artifacts, and the DOM. Like the DOM dump, headless chromium
+    /// now and then exits with success without having written the screenshot (seen once in
+    /// CI on a busy machine): a missing file is taken again, up to three times.
     fn shot(&self, name: &str, url: &str) -> String {
         let file = artifacts().join(format!("{name}.png"));
         // An earlier run's file must not pass for this one's.
         let _ = std::fs::remove_file(&file);
-        self.run(&[&format!("--screenshot={}", file.display())], url);
-        assert!(file.is_file(), "{name}: no screenshot");
-        self.dom(url)
+        let mut stderr = String::new();
+        for _ in 0..3 {
+            let (_, err) = self.output(&[&format!("--screenshot={}", file.display())], url);
+            if file.is_file() {
+                return self.dom(url);
+            }
+            stderr = err;
+        }
+        panic!("{name}: chromium wrote no screenshot of {url} three times; its stderr: {stderr}")
     }
 }
 
